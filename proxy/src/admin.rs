@@ -1,0 +1,234 @@
+//! The admin API on `admin.address`, Envoy's endpoints and formats.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::app::{Proxy, ShutdownKind};
+
+pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(handle(req, &proxy).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    reply(StatusCode::OK, "application/json", text)
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=UTF-8";
+    let mutating = matches!(
+        req.uri().path(),
+        "/drain_listeners" | "/quitquitquit" | "/reload"
+    );
+    if mutating && req.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            text,
+            "This endpoint requires POST\n",
+        );
+    }
+    let store = &proxy.shared.store;
+    match req.uri().path() {
+        "/ready" => {
+            if proxy.draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "DRAINING\n")
+            } else {
+                reply(StatusCode::OK, text, "LIVE\n")
+            }
+        }
+        "/server_info" => json(server_info(proxy)),
+        "/stats" => match query_param(&req, "format") {
+            Some("json") => json(store.render_json()),
+            Some("prometheus") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                store.render_prometheus(),
+            ),
+            _ => reply(
+                StatusCode::OK,
+                text,
+                store.render_text(query_param(&req, "filter")),
+            ),
+        },
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            store.render_prometheus(),
+        ),
+        "/config_dump" => {
+            let rt = proxy.shared.runtime.load();
+            json(json!({"configs": [{
+                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                "bootstrap": rt.snapshot.source,
+            }]}))
+        }
+        "/clusters" => clusters(proxy, query_param(&req, "format") == Some("json")),
+        "/listeners" => {
+            let ls = proxy.listener_addresses();
+            if query_param(&req, "format") == Some("json") {
+                json(
+                    json!({"listener_statuses": ls.iter().map(|(name, a)| json!({
+                    "name": name,
+                    "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
+                })).collect::<Vec<_>>()}),
+                )
+            } else {
+                let mut out = String::new();
+                for (name, a) in ls {
+                    let _ = writeln!(out, "{name}::{a}");
+                }
+                reply(StatusCode::OK, text, out)
+            }
+        }
+        "/drain_listeners" => {
+            proxy.drain_listeners();
+            reply(StatusCode::OK, text, "OK\n")
+        }
+        "/reload" => match proxy.reload().await {
+            Ok(()) => reply(StatusCode::OK, text, "OK\n"),
+            Err(e) => reply(StatusCode::BAD_REQUEST, text, format!("{e:#}\n")),
+        },
+        "/quitquitquit" => {
+            let _ = proxy.shutdown.send(ShutdownKind::Immediate);
+            reply(StatusCode::OK, text, "OK\n")
+        }
+        "/" | "/help" => reply(StatusCode::OK, text, HELP),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            format!("invalid path. admin commands are:\n{HELP}"),
+        ),
+    }
+}
+
+const HELP: &str = "  /clusters: upstream cluster status (?format=json)
+  /config_dump: the active config
+  /drain_listeners (POST): stop accepting and drain connections
+  /listeners: listeners and their bound addresses (?format=json)
+  /quitquitquit (POST): exit the server
+  /ready: LIVE when serving
+  /reload (POST): re-read the config file
+  /server_info: version, state and options
+  /stats: counters and gauges (?filter=, ?format=json|prometheus)
+  /stats/prometheus: Prometheus text exposition
+";
+
+fn server_info(proxy: &Proxy) -> serde_json::Value {
+    let rt = proxy.shared.runtime.load();
+    let uptime = proxy
+        .shared
+        .started
+        .elapsed()
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "version": concat!("strait/", env!("CARGO_PKG_VERSION")),
+        "state": if proxy.draining() { "DRAINING" } else { "LIVE" },
+        "uptime_current_epoch": format!("{uptime}s"),
+        "uptime_all_epochs": format!("{uptime}s"),
+        "node": {"id": rt.snapshot.node.id, "cluster": rt.snapshot.node.cluster},
+        "command_line_options": {
+            "concurrency": proxy.options.concurrency,
+            "drain_time": format!("{}s", proxy.options.drain_time.as_secs()),
+            "config_path": match &proxy.options.source {
+                crate::app::Source::File(p) => p.display().to_string(),
+                crate::app::Source::Quick { .. } => String::new(),
+            },
+        },
+        "config_generation": rt.generation,
+        "active_connections": proxy.shared.connections.load(Ordering::Relaxed),
+    })
+}
+
+fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
+    let rt = proxy.shared.runtime.load();
+    let mut out = String::new();
+    let mut statuses = Vec::new();
+    for name in &rt.snapshot.cluster_order {
+        let Some(c) = rt.clusters.get(name) else {
+            continue;
+        };
+        let hosts = c.hosts.load();
+        let mut host_statuses = Vec::new();
+        for h in &hosts.hosts {
+            let stats = [
+                ("cx_active", h.cx_active.load(Ordering::Relaxed)),
+                ("cx_connect_fail", h.cx_connect_fail.load(Ordering::Relaxed)),
+                ("rq_active", h.rq_active.load(Ordering::Relaxed)),
+                ("rq_error", h.rq_error.load(Ordering::Relaxed)),
+                ("rq_total", h.rq_total.load(Ordering::Relaxed)),
+            ];
+            if as_json {
+                host_statuses.push(json!({
+                    "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
+                    "stats": stats.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+                    "health_status": {"eds_health_status": "HEALTHY"},
+                    "weight": h.weight,
+                    "hostname": h.hostname,
+                }));
+            } else {
+                for (n, v) in stats {
+                    let _ = writeln!(out, "{name}::{}::{n}::{v}", h.addr);
+                }
+                let _ = writeln!(out, "{name}::{}::hostname::{}", h.addr, h.hostname);
+                let _ = writeln!(out, "{name}::{}::health_flags::healthy", h.addr);
+                let _ = writeln!(out, "{name}::{}::weight::{}", h.addr, h.weight);
+            }
+        }
+        if as_json {
+            statuses.push(json!({"name": name, "host_statuses": host_statuses}));
+        } else if hosts.hosts.is_empty() {
+            let _ = writeln!(out, "{name}::default_priority::max_connections::1024");
+        }
+    }
+    if as_json {
+        json(json!({"cluster_statuses": statuses}))
+    } else {
+        reply(StatusCode::OK, "text/plain; charset=UTF-8", out)
+    }
+}

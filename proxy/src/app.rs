@@ -1,0 +1,281 @@
+//! The process, wired in one place: parse config before binding anything, bind, start
+//! workers, serve admin, watch for reloads and signals, drain on the way out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use strait_xds::model::Snapshot;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::access_log::Writers;
+use crate::runtime::{Runtime, Shared};
+use crate::stats::{Scope, Store};
+use crate::worker::{self, Command, WorkerHandle};
+use crate::{admin, listener};
+
+/// Where the config comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Quick {
+        listen: SocketAddr,
+        upstream: String,
+    },
+}
+
+impl Source {
+    pub fn load(&self) -> anyhow::Result<Snapshot> {
+        Ok(match self {
+            Source::File(p) => strait_xds::snapshot_from_path(p)?,
+            Source::Quick { listen, upstream } => strait_xds::quick_snapshot(*listen, upstream)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub source: Source,
+    pub concurrency: usize,
+    pub drain_time: Duration,
+    pub admin_address_path: Option<PathBuf>,
+}
+
+/// The running proxy, as the main thread and the admin API see it.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub options: Options,
+    workers: Vec<WorkerHandle>,
+    /// Configured listener address → bound address.
+    bound: std::sync::Mutex<HashMap<SocketAddr, SocketAddr>>,
+    reload_lock: Mutex<()>,
+    pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
+    reload_ok: crate::stats::Counter,
+    reload_failed: crate::stats::Counter,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ShutdownKind {
+    /// SIGTERM: drain for up to the drain time, then exit.
+    Graceful,
+    /// `/quitquitquit`: exit now.
+    Immediate,
+}
+
+impl Proxy {
+    /// Actual bound addresses by listener name, for `/listeners`.
+    pub fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        let rt = self.shared.runtime.load();
+        let bound = self.bound.lock().expect("bound map lock is never poisoned");
+        rt.listeners
+            .iter()
+            .map(|l| {
+                let a = l.config.address;
+                (l.config.name.clone(), *bound.get(&a).unwrap_or(&a))
+            })
+            .collect()
+    }
+
+    /// Re-reads the config. A bad config is refused, logged with its path, and the
+    /// running one keeps serving.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {
+                self.reload_ok.inc();
+                tracing::info!("config reloaded");
+            }
+            Err(e) => {
+                self.reload_failed.inc();
+                tracing::error!(error = %format!("{e:#}"), "config rejected; the previous config keeps serving");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> anyhow::Result<()> {
+        let snapshot = self.options.source.load()?;
+        let old = self.shared.runtime.load_full();
+        let new = Runtime::build(
+            snapshot,
+            Some(&old),
+            &self.shared.store,
+            &self.shared.writers,
+        )
+        .await?;
+        let wanted: Vec<SocketAddr> = new.listeners.iter().map(|l| l.config.address).collect();
+        // Bind every new address before publishing, so a port in use refuses the config.
+        let mut fresh = Vec::new();
+        {
+            let bound = self.bound.lock().expect("bound map lock is never poisoned");
+            for (i, addr) in wanted.iter().enumerate() {
+                if !bound.contains_key(addr) {
+                    let b = listener::bind(*addr, self.workers.len()).with_context(|| {
+                        format!("static_resources.listeners[{i}].address: cannot bind {addr}")
+                    })?;
+                    fresh.push((*addr, b));
+                }
+            }
+        }
+        self.shared.runtime.store(Arc::new(new));
+        let mut bound = self.bound.lock().expect("bound map lock is never poisoned");
+        for (addr, b) in fresh {
+            bound.insert(addr, b.actual);
+            self.hand_out(addr, b.per_worker);
+        }
+        let gone: Vec<SocketAddr> = bound
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            bound.remove(&addr);
+            for w in &self.workers {
+                let _ = w.commands.send(Command::Unlisten { config_addr: addr });
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_out(&self, config_addr: SocketAddr, sockets: Vec<std::net::TcpListener>) {
+        for (w, socket) in self.workers.iter().zip(sockets) {
+            let _ = w.commands.send(Command::Listen {
+                config_addr,
+                socket,
+            });
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting everywhere and asks open connections to finish.
+    pub fn drain_listeners(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            let _ = w.commands.send(Command::Drain);
+        }
+    }
+}
+
+/// Runs the proxy until it is told to stop. Returns the process exit code.
+pub fn run(options: Options) -> anyhow::Result<i32> {
+    let snapshot = options.source.load()?;
+    let main_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    main_rt.block_on(async move {
+        let store = Store::default();
+        let writers = Writers::default();
+        let runtime = Runtime::build(snapshot, None, &store, &writers).await?;
+        let mut bindings = Vec::new();
+        for (i, l) in runtime.listeners.iter().enumerate() {
+            let b = listener::bind(l.config.address, options.concurrency).with_context(|| {
+                format!(
+                    "static_resources.listeners[{i}].address: cannot bind {}",
+                    l.config.address
+                )
+            })?;
+            bindings.push((l.config.address, b));
+        }
+        let admin_addr = runtime.snapshot.admin.as_ref().map(|a| a.address);
+        let admin_listener = match admin_addr {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("admin.address: cannot bind {a}"))?,
+            ),
+            None => None,
+        };
+        let server = Scope::server();
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            store: store.clone(),
+            writers,
+            connections: Default::default(),
+            started: std::time::SystemTime::now(),
+        });
+        let mut workers = Vec::with_capacity(options.concurrency);
+        for i in 0..options.concurrency {
+            workers.push(worker::spawn(i, shared.clone())?);
+        }
+        let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+        let proxy = Arc::new(Proxy {
+            shared: shared.clone(),
+            options: options.clone(),
+            workers,
+            bound: Default::default(),
+            reload_lock: Mutex::new(()),
+            shutdown: shutdown_tx.clone(),
+            reload_ok: store.counter(&server, "config_reload_success"),
+            reload_failed: store.counter(&server, "config_reload_failure"),
+            draining: Default::default(),
+        });
+        store
+            .gauge(&server, "concurrency")
+            .set(options.concurrency as i64);
+        for (addr, b) in bindings {
+            proxy
+                .bound
+                .lock()
+                .expect("not poisoned")
+                .insert(addr, b.actual);
+            tracing::info!(listener = %addr, bound = %b.actual, "listening");
+            proxy.hand_out(addr, b.per_worker);
+        }
+        if let Some(l) = admin_listener {
+            let bound = l.local_addr()?;
+            tracing::info!(%bound, "admin listening");
+            if let Some(p) = &options.admin_address_path {
+                std::fs::write(p, bound.to_string())
+                    .with_context(|| format!("--admin-address-path {}", p.display()))?;
+            }
+            tokio::spawn(admin::serve(l, proxy.clone()));
+        }
+        tokio::spawn(dns_refresh(proxy.clone()));
+        crate::reload::watch(proxy.clone(), shutdown_tx)?;
+
+        let kind = shutdown_rx.recv().await.unwrap_or(ShutdownKind::Immediate);
+        tracing::info!(?kind, "shutting down");
+        proxy.drain_listeners();
+        if let ShutdownKind::Graceful = kind {
+            let deadline = tokio::time::Instant::now() + options.drain_time;
+            while shared.connections.load(Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        shared.writers.flush_blocking(Duration::from_secs(2));
+        Ok(0)
+    })
+}
+
+/// Re-resolves STRICT_DNS / LOGICAL_DNS clusters at their refresh rate.
+async fn dns_refresh(proxy: Arc<Proxy>) {
+    let mut due: HashMap<u64, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let rt = proxy.shared.runtime.load_full();
+        let now = tokio::time::Instant::now();
+        for cluster in rt.clusters.values() {
+            let Some(every) = cluster.dns_refresh() else {
+                continue;
+            };
+            let next = due.entry(cluster.id).or_insert(now + every);
+            if *next <= now {
+                cluster.refresh().await;
+                *next = now + every;
+            }
+        }
+        due.retain(|id, _| rt.clusters.values().any(|c| c.id == *id));
+    }
+}

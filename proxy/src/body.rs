@@ -1,0 +1,269 @@
+//! Bodies on both legs, streamed frame by frame with nothing buffered.
+//!
+//! `RequestBody` is what goes upstream; `ResponseBody` is what goes downstream: an
+//! upstream body (with the pooled connection to give back and the stream's timers), or
+//! a local reply. The stream guard inside finishes the stream's stats and access log
+//! exactly once: at end of stream, on error, or when hyper drops the body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::pool::Lease;
+use crate::stream::StreamGuard;
+
+/// Bytes received from downstream, shared between the request body and its guard.
+#[derive(Default, Debug)]
+pub struct ByteCount(AtomicU64);
+
+impl ByteCount {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub enum RequestBody {
+    Empty,
+    Streaming {
+        inner: Incoming,
+        received: Arc<ByteCount>,
+    },
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody::Empty
+    }
+
+    /// Whether the body is known to have no bytes (so the request can be replayed).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streaming { inner, .. } => inner.is_end_stream(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Streaming { inner, received } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(f)) = &frame {
+                    if let Some(d) = f.data_ref() {
+                        received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streaming { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Why a response body stopped early.
+#[derive(Debug)]
+pub struct StreamError(pub &'static str);
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+/// Timers of a stream whose response is streaming: the route's deadline and the
+/// stream idle timeout, folded into one `Sleep`.
+pub struct StreamTimers {
+    pub deadline: Option<Instant>,
+    pub idle: Option<Duration>,
+    pub sleep: Pin<Box<Sleep>>,
+}
+
+impl StreamTimers {
+    pub fn new(deadline: Option<Instant>, idle: Option<Duration>) -> Option<StreamTimers> {
+        let next = next_wake(deadline, idle)?;
+        Some(StreamTimers {
+            deadline,
+            idle,
+            sleep: Box::pin(tokio::time::sleep_until(next)),
+        })
+    }
+
+    fn touch(&mut self) {
+        if self.idle.is_some() {
+            if let Some(next) = next_wake(self.deadline, self.idle) {
+                self.sleep.as_mut().reset(next);
+            }
+        }
+    }
+
+    fn expired_reason(&self) -> &'static str {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => "UT",
+            _ => "SI",
+        }
+    }
+}
+
+fn next_wake(deadline: Option<Instant>, idle: Option<Duration>) -> Option<Instant> {
+    let idle_at = idle.map(|d| Instant::now() + d);
+    match (deadline, idle_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+pub struct ResponseBody {
+    kind: Kind,
+    lease: Option<Lease>,
+    timers: Option<StreamTimers>,
+    guard: Option<StreamGuard>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(
+        inner: Incoming,
+        lease: Option<Lease>,
+        timers: Option<StreamTimers>,
+        guard: StreamGuard,
+    ) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Upstream(inner),
+            lease,
+            timers,
+            guard: Some(guard),
+        }
+    }
+
+    pub fn full(bytes: Bytes, guard: Option<StreamGuard>) -> ResponseBody {
+        let data = (!bytes.is_empty()).then_some(bytes);
+        ResponseBody {
+            kind: Kind::Full(data),
+            lease: None,
+            timers: None,
+            guard,
+        }
+    }
+
+    fn finish(&mut self, flag: Option<&'static str>) {
+        if flag.is_none() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        } else {
+            self.lease = None;
+        }
+        if let Some(mut g) = self.guard.take() {
+            if let Some(f) = flag {
+                g.set_flag(f);
+            }
+            g.finish();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(Into::into))),
+                Poll::Pending => {
+                    if let Some(t) = &mut this.timers {
+                        if t.sleep.as_mut().poll(cx).is_ready() {
+                            let reason = t.expired_reason();
+                            this.finish(Some(reason));
+                            return Poll::Ready(Some(Err(Box::new(StreamError(
+                                if reason == "UT" {
+                                    "upstream request timeout"
+                                } else {
+                                    "stream idle timeout"
+                                },
+                            )))));
+                        }
+                    }
+                    Poll::Pending
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = &mut this.timers {
+                    t.touch();
+                }
+                if let (Some(g), Some(d)) = (&mut this.guard, frame.data_ref()) {
+                    g.bytes_sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Some("UR")),
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(d) => d.is_none(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.guard.is_some() {
+            // hyper stops polling once `is_end_stream` says so; anything else dropped
+            // early means the downstream went away (Envoy's `DC`).
+            let flag = (!self.is_end_stream()).then_some("DC");
+            self.finish(flag);
+        }
+    }
+}

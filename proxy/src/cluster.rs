@@ -1,0 +1,235 @@
+//! Cluster runtime state: the resolved hosts of a cluster and their counters, kept
+//! beside the config snapshot so a reload that keeps a cluster keeps its state.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use strait_xds::model::{self, Discovery, DnsLookupFamily};
+
+use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
+
+/// One upstream address and its live counters, shared by every worker.
+#[derive(Debug)]
+pub struct Host {
+    pub addr: SocketAddr,
+    /// The name the endpoint was configured with (a DNS name for STRICT_DNS).
+    pub hostname: String,
+    pub weight: u32,
+    pub rq_active: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+}
+
+impl Host {
+    fn new(addr: SocketAddr, hostname: &str, weight: u32) -> Host {
+        Host {
+            addr,
+            hostname: hostname.to_owned(),
+            weight: weight.max(1),
+            rq_active: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_active: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The set of hosts in effect; replaced whole when DNS answers change.
+#[derive(Debug, Default)]
+pub struct HostSet {
+    pub hosts: Vec<Arc<Host>>,
+    /// Every weight is the same, so round robin needs no weighting.
+    pub uniform: bool,
+}
+
+impl HostSet {
+    fn new(hosts: Vec<Arc<Host>>) -> HostSet {
+        let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
+        HostSet { hosts, uniform }
+    }
+}
+
+/// Envoy's per-cluster stats, registered once per cluster.
+#[derive(Clone)]
+pub struct ClusterStats {
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_time: Histogram,
+    pub upstream_rq_xx: [Counter; 5],
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_destroy_remote: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_cx_none_healthy: Counter,
+}
+
+impl ClusterStats {
+    fn register(store: &Store, name: &str) -> ClusterStats {
+        let scope = Scope::cluster(name);
+        let c = |n: &str| store.counter(&scope, n);
+        ClusterStats {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: store.gauge(&scope, "upstream_rq_active"),
+            upstream_rq_time: store.histogram(&scope, "upstream_rq_time"),
+            upstream_rq_xx: [
+                c("upstream_rq_1xx"),
+                c("upstream_rq_2xx"),
+                c("upstream_rq_3xx"),
+                c("upstream_rq_4xx"),
+                c("upstream_rq_5xx"),
+            ],
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: store.gauge(&scope, "upstream_cx_active"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+        }
+    }
+
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = self
+            .upstream_rq_xx
+            .get((status / 100).wrapping_sub(1) as usize)
+        {
+            c.inc();
+        }
+    }
+}
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A cluster as the workers see it: config, live hosts, stats.
+pub struct ClusterRuntime {
+    /// Unique for the life of the process; keys per-worker pools and LB state.
+    pub id: u64,
+    pub config: Arc<model::Cluster>,
+    pub hosts: ArcSwap<HostSet>,
+    pub stats: ClusterStats,
+}
+
+impl ClusterRuntime {
+    /// Builds the runtime of a cluster and resolves its endpoints once, so a cluster
+    /// is usable as soon as the config that names it is published.
+    pub async fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<ClusterRuntime> {
+        let rt = Arc::new(ClusterRuntime {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            stats: ClusterStats::register(store, &config.name),
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            config,
+        });
+        rt.refresh().await;
+        rt
+    }
+
+    /// Re-resolves DNS endpoints; keeps hosts (and their counters) whose address stays.
+    pub async fn refresh(&self) {
+        let mut resolved = Vec::new();
+        for ep in &self.config.endpoints {
+            for addr in resolve(ep, self.config.discovery, self.config.dns_lookup_family).await {
+                resolved.push((addr, ep));
+            }
+        }
+        if self.config.discovery == Discovery::LogicalDns {
+            resolved.truncate(1);
+        }
+        let current = self.hosts.load();
+        let same = current.hosts.len() == resolved.len()
+            && current
+                .hosts
+                .iter()
+                .zip(&resolved)
+                .all(|(h, (a, _))| h.addr == *a);
+        if same && !current.hosts.is_empty() {
+            return;
+        }
+        if resolved.is_empty() && !current.hosts.is_empty() {
+            // A failed lookup keeps the last good answer, as Envoy does.
+            return;
+        }
+        let hosts = resolved
+            .into_iter()
+            .map(|(addr, ep)| {
+                current
+                    .hosts
+                    .iter()
+                    .find(|h| h.addr == addr && h.weight == ep.weight.max(1))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Host::new(addr, &ep.host, ep.weight)))
+            })
+            .collect();
+        self.hosts.store(Arc::new(HostSet::new(hosts)));
+    }
+
+    /// Whether hosts need periodic re-resolution, and how often.
+    pub fn dns_refresh(&self) -> Option<Duration> {
+        match self.config.discovery {
+            Discovery::Static => None,
+            Discovery::StrictDns | Discovery::LogicalDns => Some(self.config.dns_refresh_rate),
+        }
+    }
+}
+
+async fn resolve(
+    ep: &model::Endpoint,
+    discovery: Discovery,
+    family: DnsLookupFamily,
+) -> Vec<SocketAddr> {
+    if let Ok(ip) = ep.host.parse::<std::net::IpAddr>() {
+        return vec![SocketAddr::new(ip, ep.port)];
+    }
+    if discovery == Discovery::Static {
+        return Vec::new();
+    }
+    let lookup = tokio::net::lookup_host((ep.host.as_str(), ep.port));
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+        Ok(Ok(it)) => it.collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(host = %ep.host, error = %e, "DNS resolution failed");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(host = %ep.host, "DNS resolution timed out");
+            Vec::new()
+        }
+    };
+    let (v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv4());
+    let mut out = match family {
+        DnsLookupFamily::V4Only => v4,
+        DnsLookupFamily::V6Only => v6,
+        DnsLookupFamily::Auto if !v6.is_empty() => v6,
+        DnsLookupFamily::Auto => v4,
+        DnsLookupFamily::V4Preferred if !v4.is_empty() => v4,
+        DnsLookupFamily::V4Preferred => v6,
+        DnsLookupFamily::All => v4.into_iter().chain(v6).collect(),
+    };
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+impl Host {
+    pub fn for_test(addr: SocketAddr, weight: u32) -> Host {
+        Host::new(addr, "test", weight)
+    }
+}
+
+#[cfg(test)]
+impl HostSet {
+    pub fn for_test(hosts: Vec<Arc<Host>>) -> HostSet {
+        HostSet::new(hosts)
+    }
+}

@@ -1,0 +1,136 @@
+//! The one proxy error type, and the one place that maps an error to the status code,
+//! the Envoy response flag and the local-reply body.
+
+use std::fmt;
+
+/// Which side of the proxy an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Why a stream ended without an upstream response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No virtual host or route matched (`NR`).
+    NoRoute,
+    /// The route names a cluster that does not exist (`NC`).
+    NoCluster,
+    /// The cluster has no endpoint to send to (`UH`).
+    NoHealthyUpstream,
+    /// TCP connect failed or timed out (`UF`).
+    ConnectFailure { reason: String },
+    /// The upstream reset or closed before sending response headers (`UC`/`UR`).
+    UpstreamReset { reason: String },
+    /// The route timeout elapsed before the response (`UT`).
+    UpstreamTimeout,
+    /// The stream saw no activity for the idle timeout (`SI`).
+    StreamIdleTimeout,
+    /// An upgrade (e.g. WebSocket) that the connection manager does not allow.
+    UpgradeRejected,
+    /// A request the proxy refuses to forward (smuggling shapes and the like).
+    BadRequest { reason: &'static str },
+    /// Request headers larger than `max_request_headers_kb`.
+    HeadersTooLarge,
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::NoCluster | ProxyError::NoHealthyUpstream => {
+                Side::Internal
+            }
+            ProxyError::ConnectFailure { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamTimeout => Side::Upstream,
+            ProxyError::StreamIdleTimeout
+            | ProxyError::UpgradeRejected
+            | ProxyError::BadRequest { .. }
+            | ProxyError::HeadersTooLarge => Side::Downstream,
+        }
+    }
+
+    /// The status code of the local reply, as Envoy answers it.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::NoRoute => 404,
+            ProxyError::NoCluster | ProxyError::NoHealthyUpstream => 503,
+            ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
+            ProxyError::UpstreamTimeout => 504,
+            ProxyError::StreamIdleTimeout => 408,
+            ProxyError::UpgradeRejected => 403,
+            ProxyError::BadRequest { .. } => 400,
+            ProxyError::HeadersTooLarge => 431,
+        }
+    }
+
+    /// Envoy's response flag for access logs (`%RESPONSE_FLAGS%`).
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "NR",
+            ProxyError::NoCluster => "NC",
+            ProxyError::NoHealthyUpstream => "UH",
+            ProxyError::ConnectFailure { .. } => "UF",
+            ProxyError::UpstreamReset { .. } => "UR",
+            ProxyError::UpstreamTimeout => "UT",
+            ProxyError::StreamIdleTimeout => "SI",
+            ProxyError::UpgradeRejected => "UPE",
+            ProxyError::BadRequest { .. } | ProxyError::HeadersTooLarge => "DPE",
+        }
+    }
+
+    /// `%RESPONSE_CODE_DETAILS%`, Envoy's names where they exist.
+    pub fn details(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "route_not_found",
+            ProxyError::NoCluster => "cluster_not_found",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::ConnectFailure { .. } => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ProxyError::UpstreamReset { .. } => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            ProxyError::UpstreamTimeout => "upstream_response_timeout",
+            ProxyError::StreamIdleTimeout => "stream_idle_timeout",
+            ProxyError::UpgradeRejected => "upgrade_failed",
+            ProxyError::BadRequest { .. } => "http1.codec_error",
+            ProxyError::HeadersTooLarge => "http1.headers_too_large",
+        }
+    }
+
+    /// The local reply body, worded as Envoy's so clients and people recognise it.
+    pub fn body(&self) -> String {
+        match self {
+            ProxyError::NoRoute | ProxyError::UpgradeRejected => String::new(),
+            ProxyError::NoCluster => "cluster not found".into(),
+            ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
+            ProxyError::ConnectFailure { reason } => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+            ),
+            ProxyError::UpstreamReset { reason } => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+            ),
+            ProxyError::UpstreamTimeout => "upstream request timeout".into(),
+            ProxyError::StreamIdleTimeout => "stream timeout".into(),
+            ProxyError::BadRequest { reason } => format!("bad request: {reason}"),
+            ProxyError::HeadersTooLarge => "request header too large".into(),
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({:?} side): {}",
+            self.flag(),
+            self.side(),
+            self.body()
+        )
+    }
+}
+
+impl std::error::Error for ProxyError {}

@@ -1,0 +1,243 @@
+//! Header processing every proxied request and response goes through: hop-by-hop
+//! removal (RFC 9110 §7.6.1), `x-forwarded-*`, `x-request-id`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let names_others = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| !is_connection_option(t.trim()));
+    if names_others {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter(|t| !is_connection_option(t.trim()))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    // `te: trailers` is the one TE value that survives a hop (gRPC needs it over h2).
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Connection tokens that are options, not header names.
+fn is_connection_option(token: &str) -> bool {
+    token.eq_ignore_ascii_case("keep-alive")
+        || token.eq_ignore_ascii_case("close")
+        || token.eq_ignore_ascii_case("upgrade")
+}
+
+/// Whether the request asks to switch protocols, and to which (lower-case).
+pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
+    let conn = headers.get(header::CONNECTION)?.to_str().ok()?;
+    if !conn
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    Some(
+        headers
+            .get(header::UPGRADE)?
+            .to_str()
+            .ok()?
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Envoy's notion of an internal address: loopback and RFC 1918 / RFC 4193.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Settings of the connection manager that shape the forwarding headers.
+pub struct ForwardingPolicy {
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub generate_request_id: bool,
+}
+
+/// Applies `x-forwarded-for`, `x-forwarded-proto` and `x-request-id` as Envoy does and
+/// returns the downstream address the rest of the stream should believe.
+pub fn apply_forwarding(
+    headers: &mut HeaderMap,
+    policy: &ForwardingPolicy,
+    peer: IpAddr,
+    scheme: &'static str,
+) -> IpAddr {
+    let effective = if policy.use_remote_address {
+        append_xff(headers, peer);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        if !is_internal(peer) {
+            if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+                headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
+            }
+        }
+        peer
+    } else {
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        }
+        xff_client(headers, policy.xff_num_trusted_hops).unwrap_or(peer)
+    };
+    let external = policy.use_remote_address && !is_internal(peer);
+    if policy.generate_request_id && (external || !headers.contains_key(&X_REQUEST_ID)) {
+        headers.insert(&X_REQUEST_ID, new_request_id());
+    }
+    effective
+}
+
+fn append_xff(headers: &mut HeaderMap, peer: IpAddr) {
+    let ip = peer.to_string();
+    let joined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+/// The client address from `x-forwarded-for`, skipping `trusted_hops` entries from the
+/// right (Envoy's `xff_num_trusted_hops`).
+fn xff_client(headers: &HeaderMap, trusted_hops: u32) -> Option<IpAddr> {
+    let xff = headers.get(&X_FORWARDED_FOR)?.to_str().ok()?;
+    let entry = xff.rsplit(',').nth(trusted_hops as usize)?;
+    entry.trim().parse().ok()
+}
+
+/// A random (version 4) UUID, as Envoy's request ids are.
+fn new_request_id() -> HeaderValue {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [0u8; 36];
+    let mut pos = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[pos] = b'-';
+            pos += 1;
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out[pos] = HEX[(b >> 4) as usize];
+        out[pos + 1] = HEX[(b & 0xf) as usize];
+        pos += 2;
+    }
+    // SAFETY-free: every byte written above is ASCII hex or '-'.
+    HeaderValue::from_bytes(&out).expect("uuid is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        let mut grpc = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut grpc, false);
+        assert!(grpc.contains_key("te"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_only_when_asked() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(upgrade_type(&h).as_deref(), Some("websocket"));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2);
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_headers_follow_envoy() {
+        let edge = ForwardingPolicy {
+            use_remote_address: true,
+            xff_num_trusted_hops: 0,
+            generate_request_id: true,
+        };
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-request-id", "abc")]);
+        let ip = apply_forwarding(&mut h, &edge, "10.0.0.1".parse().unwrap(), "http");
+        assert_eq!(ip.to_string(), "10.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4,10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["x-request-id"], "abc",
+            "internal callers keep their request id"
+        );
+
+        let mut ext = map(&[("x-request-id", "abc")]);
+        apply_forwarding(&mut ext, &edge, "8.8.8.8".parse().unwrap(), "http");
+        assert_ne!(
+            ext["x-request-id"], "abc",
+            "an edge regenerates external ids"
+        );
+        assert_eq!(ext["x-request-id"].len(), 36);
+
+        let inner = ForwardingPolicy {
+            use_remote_address: false,
+            xff_num_trusted_hops: 1,
+            generate_request_id: true,
+        };
+        let mut h = map(&[("x-forwarded-for", "9.9.9.9, 10.0.0.2")]);
+        let ip = apply_forwarding(&mut h, &inner, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(ip.to_string(), "9.9.9.9");
+        assert_eq!(h["x-forwarded-for"], "9.9.9.9, 10.0.0.2");
+        assert!(h.contains_key("x-request-id"));
+    }
+}

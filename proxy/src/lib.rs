@@ -1,0 +1,27 @@
+//! Strait: a high-performance L4/L7 proxy configured with Envoy's v3 API.
+//!
+//! Threads: N workers, each a current-thread Tokio runtime with its own `SO_REUSEPORT`
+//! sockets and upstream pools (`worker`, `listener`, `pool`); the main thread runs the
+//! admin API, reloads and DNS (`app`, `admin`, `reload`). Config: `strait_xds` turns
+//! YAML into an immutable `Snapshot`; `runtime` adds stat handles and cluster state
+//! and publishes it through an `ArcSwap`. A request: `conn` → `router` → `pool`, with
+//! `body` streaming both ways and `stream::StreamGuard` recording it exactly once.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cluster;
+pub mod conn;
+pub mod error;
+pub mod headers;
+pub mod lb;
+pub mod listener;
+pub mod pool;
+pub mod reload;
+pub mod router;
+pub mod runtime;
+pub mod stats;
+pub mod stream;
+pub mod worker;

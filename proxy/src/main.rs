@@ -1,0 +1,72 @@
+//! `strait`: the proxy binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use strait::app::{self, Options, Source};
+
+/// A high-performance L4/L7 proxy configured with Envoy's v3 bootstrap YAML.
+#[derive(Parser, Debug)]
+#[command(name = "strait", version)]
+struct Cli {
+    /// Envoy v3 bootstrap YAML file (watched; SIGHUP also re-reads it).
+    #[arg(short = 'c', long = "config-path", required_unless_present = "listen")]
+    config: Option<PathBuf>,
+    /// Number of worker threads; default: the number of cores.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// trace, debug, info, warn, error, critical or off.
+    #[arg(short = 'l', long, default_value = "info")]
+    log_level: String,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    drain_time_s: u64,
+    /// Write the admin listener's bound address to this file (useful with port 0).
+    #[arg(long)]
+    admin_address_path: Option<PathBuf>,
+    /// Quick mode: listen here and proxy everything to --upstream, no config file.
+    #[arg(long, requires = "upstream", conflicts_with = "config")]
+    listen: Option<SocketAddr>,
+    /// Quick mode upstream, host:port.
+    #[arg(long, requires = "listen")]
+    upstream: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.log_level.as_str() {
+        "critical" => "error",
+        "off" => "off",
+        l => l,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn"))
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let source = match (cli.config, cli.listen, cli.upstream) {
+        (Some(path), _, _) => Source::File(path),
+        (None, Some(listen), Some(upstream)) => Source::Quick { listen, upstream },
+        _ => unreachable!("clap requires --config-path or --listen with --upstream"),
+    };
+    let options = Options {
+        source,
+        concurrency: cli
+            .concurrency
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        drain_time: Duration::from_secs(cli.drain_time_s),
+        admin_address_path: cli.admin_address_path,
+    };
+    match app::run(options) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("strait: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Upstream connection pools, one set per worker thread.
+//!
+//! Workers are current-thread runtimes, so a pool is plain thread-local data: no lock,
+//! no atomics, no cross-thread hand-off. HTTP/1.1 connections are reused LIFO (the
+//! most recently used socket is the one least likely to have been closed by the
+//! upstream); HTTP/2 keeps one multiplexed connection per host.
+//!
+//! Keep-alive races ("503 upstream connect error" after the upstream closed an idle
+//! connection just as we reused it) are answered by retrying once on a new connection
+//! when the request is idempotent, has no body, and no response byte came back.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::cluster::{ClusterRuntime, Host};
+use crate::error::ProxyError;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    cluster: u64,
+    addr: SocketAddr,
+    h2: bool,
+}
+
+#[derive(Default)]
+struct Entry {
+    idle_h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
+    h2: Option<http2::SendRequest<RequestBody>>,
+}
+
+thread_local! {
+    static POOLS: RefCell<HashMap<PoolKey, Entry>> = RefCell::new(HashMap::new());
+}
+
+/// An HTTP/1.1 connection lent to one response; it goes back to its worker's pool
+/// when the response body has been read to the end.
+pub struct Lease {
+    key: PoolKey,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        POOLS.with(|p| {
+            p.borrow_mut()
+                .entry(self.key)
+                .or_default()
+                .idle_h1
+                .push((self.sender, Instant::now()))
+        });
+    }
+}
+
+/// Sends `req` to `host`, on a pooled connection when one is idle.
+///
+/// `upgrade` asks for a fresh HTTP/1.1 connection that is never pooled (its socket is
+/// handed over to the upgraded protocol).
+pub async fn send(
+    cluster: &ClusterRuntime,
+    host: &Arc<Host>,
+    h2: bool,
+    upgrade: bool,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    let key = PoolKey {
+        cluster: cluster.id,
+        addr: host.addr,
+        h2,
+    };
+    if h2 {
+        return send_h2(cluster, host, key, req).await;
+    }
+    let idle_timeout = cluster.config.idle_timeout;
+    let mut reused = if upgrade {
+        None
+    } else {
+        checkout_h1(key, idle_timeout)
+    };
+    // A body-less idempotent request can be replayed if a reused connection turns out
+    // to be dead; keep its head for that (only when a connection is reused).
+    let replay = match (&reused, req.body().is_empty(), idempotent(req.method())) {
+        (Some(_), true, true) => Some(clone_head(&req)),
+        _ => None,
+    };
+    let mut req = Some(req);
+    loop {
+        let (mut sender, was_reused) = match reused.take() {
+            Some(s) => (s, true),
+            None => (connect_h1(cluster, host).await?, false),
+        };
+        if was_reused && sender.ready().await.is_err() {
+            // Closed while idle: the request was not written, use a new connection.
+            continue;
+        }
+        let this = req.take().expect("request present until sent");
+        match sender.try_send_request(this).await {
+            Ok(resp) => {
+                let lease = (!upgrade).then_some(Lease { key, sender });
+                return Ok((resp, lease));
+            }
+            Err(mut e) => {
+                if let Some(back) = e.take_message() {
+                    // Never written: safe to send on another connection.
+                    req = Some(back);
+                    continue;
+                }
+                if was_reused {
+                    if let Some(head) = &replay {
+                        cluster.stats.upstream_rq_retry.inc();
+                        req = Some(clone_request(head));
+                        continue;
+                    }
+                }
+                return Err(reset_error(e.error()));
+            }
+        }
+    }
+}
+
+async fn send_h2(
+    cluster: &ClusterRuntime,
+    host: &Arc<Host>,
+    key: PoolKey,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    let pooled = POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.entry(key).or_default();
+        match &entry.h2 {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            _ => {
+                entry.h2 = None;
+                None
+            }
+        }
+    });
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => {
+            let s = connect_h2(cluster, host).await?;
+            POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = Some(s.clone()));
+            s
+        }
+    };
+    if sender.ready().await.is_err() {
+        sender = connect_h2(cluster, host).await?;
+        POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = Some(sender.clone()));
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, None)),
+        Err(e) => Err(reset_error(e.error())),
+    }
+}
+
+fn checkout_h1(
+    key: PoolKey,
+    idle_timeout: Option<Duration>,
+) -> Option<http1::SendRequest<RequestBody>> {
+    POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.get_mut(&key)?;
+        while let Some((sender, since)) = entry.idle_h1.pop() {
+            let expired = idle_timeout.is_some_and(|t| since.elapsed() >= t);
+            if !expired && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    })
+}
+
+async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<TcpStream, ProxyError> {
+    let stats = &cluster.stats;
+    let connect = TcpStream::connect(host.addr);
+    let stream = match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            stats.upstream_cx_connect_fail.inc();
+            host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::ConnectFailure {
+                reason: format!("delayed connect error: {}", io_reason(&e)),
+            });
+        }
+        Err(_) => {
+            stats.upstream_cx_connect_fail.inc();
+            stats.upstream_cx_connect_timeout.inc();
+            host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::ConnectFailure {
+                reason: "connection timeout".into(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    stats.upstream_cx_total.inc();
+    Ok(stream)
+}
+
+/// Counts a connection as active until its task ends.
+struct ActiveConn {
+    cluster_gauge: crate::stats::Gauge,
+    host: Arc<Host>,
+}
+
+impl ActiveConn {
+    fn new(cluster: &ClusterRuntime, host: &Arc<Host>) -> ActiveConn {
+        cluster.stats.upstream_cx_active.inc();
+        host.cx_active.fetch_add(1, Ordering::Relaxed);
+        ActiveConn {
+            cluster_gauge: cluster.stats.upstream_cx_active.clone(),
+            host: host.clone(),
+        }
+    }
+}
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        self.cluster_gauge.dec();
+        self.host.cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connect_h1(
+    cluster: &ClusterRuntime,
+    host: &Arc<Host>,
+) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+    let stream = connect(cluster, host).await?;
+    let (sender, conn) = http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| reset_error(&e))?;
+    let active = ActiveConn::new(cluster, host);
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+        drop(active);
+    });
+    Ok(sender)
+}
+
+async fn connect_h2(
+    cluster: &ClusterRuntime,
+    host: &Arc<Host>,
+) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    let stream = connect(cluster, host).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| reset_error(&e))?;
+    let active = ActiveConn::new(cluster, host);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection ended");
+        }
+        drop(active);
+    });
+    Ok(sender)
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn clone_head(req: &Request<RequestBody>) -> Request<()> {
+    let mut b = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
+    if let Some(h) = b.headers_mut() {
+        *h = req.headers().clone();
+    }
+    b.body(()).expect("parts copied from a valid request")
+}
+
+fn clone_request(head: &Request<()>) -> Request<RequestBody> {
+    let mut b = Request::builder()
+        .method(head.method().clone())
+        .uri(head.uri().clone())
+        .version(head.version());
+    if let Some(h) = b.headers_mut() {
+        *h = head.headers().clone();
+    }
+    b.body(RequestBody::empty())
+        .expect("parts copied from a valid request")
+}
+
+pub fn reset_error(e: &hyper::Error) -> ProxyError {
+    let reason = if let Some(h2) =
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>())
+    {
+        if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            "remote refused stream reset".to_string()
+        } else {
+            format!("remote reset: {h2}")
+        }
+    } else {
+        "connection termination".to_string()
+    };
+    ProxyError::UpstreamReset { reason }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

@@ -1,0 +1,470 @@
+//! The router: one downstream request in, one response out.
+//!
+//! Order of work: load the runtime once, check the request, decide (virtual host,
+//! route, cluster, host — pure lookups over the snapshot), then do IO (pool, send,
+//! stream the response back). Every local reply goes through `local_reply`, which takes
+//! its status and body from `ProxyError`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
+use tokio::time::Instant;
+
+use crate::body::{ByteCount, RequestBody, ResponseBody, StreamTimers};
+use crate::error::ProxyError;
+use crate::headers::{self, ForwardingPolicy};
+use crate::lb::LbState;
+use crate::pool;
+use crate::runtime::{ListenerRuntime, Runtime, Shared};
+use crate::stream::{LogInfo, StreamGuard};
+
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+thread_local! {
+    /// Per-worker LB state, keyed by cluster id.
+    static LB: RefCell<HashMap<u64, LbState>> = RefCell::new(HashMap::new());
+}
+
+/// What a connection knows about itself.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    /// The listener this connection was accepted on, as configured.
+    pub listener: Arc<ListenerRuntime>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl ConnCtx {
+    /// The listener's config in the current runtime, or the one the connection was
+    /// accepted with when the listener has since been removed.
+    fn listener(&self, rt: &Runtime) -> Arc<ListenerRuntime> {
+        rt.listener(self.listener.config.address)
+            .cloned()
+            .unwrap_or_else(|| self.listener.clone())
+    }
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let rt = conn.shared.runtime.load_full();
+    let listener = conn.listener(&rt);
+    if req.version() == Version::HTTP_2 {
+        listener.http.downstream_rq_http2_total.inc();
+    } else {
+        listener.http.downstream_rq_http1_total.inc();
+    }
+    let mut guard = Some(StreamGuard::new(listener.clone(), conn.peer, conn.local));
+    Ok(match proxy(req, &conn, &rt, &listener, &mut guard).await {
+        Ok(resp) => resp,
+        Err((err, close)) => {
+            // `proxy` takes the guard only when it returns a response.
+            let guard = guard.expect("guard kept on the error path");
+            local_reply(&err, close, &listener, guard)
+        }
+    })
+}
+
+type Failure = (ProxyError, bool);
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+    rt: &Runtime,
+    listener: &Arc<ListenerRuntime>,
+    slot: &mut Option<StreamGuard>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let guard = slot.as_mut().expect("proxy is called with a guard");
+    let hcm = &listener.config.hcm;
+    check_request(&req, hcm.max_request_headers_kb)?;
+
+    let authority = authority(&req).ok_or((
+        ProxyError::BadRequest {
+            reason: "missing host",
+        },
+        true,
+    ))?;
+    let policy = ForwardingPolicy {
+        use_remote_address: hcm.use_remote_address,
+        xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+        generate_request_id: hcm.generate_request_id,
+    };
+    let effective_ip =
+        headers::apply_forwarding(req.headers_mut(), &policy, conn.peer.ip(), "http");
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if !listener.access_logs.is_empty() {
+        guard.log = Some(Box::new(LogInfo {
+            start_time: SystemTime::now(),
+            method: req.method().clone(),
+            path: path_and_query.clone(),
+            authority: authority.clone(),
+            protocol: protocol_name(req.version()),
+            request_headers: req.headers().clone(),
+            response_headers: None,
+            route_name: String::new(),
+            downstream_remote: SocketAddr::new(effective_ip, 0),
+        }));
+    }
+
+    // Decide.
+    let rc = &hcm.route_config;
+    let view = RequestView {
+        host: &authority,
+        path_and_query: &path_and_query,
+        headers: req.headers(),
+    };
+    let Some(vhost) = rc.find_virtual_host(&authority) else {
+        listener.http.no_route.inc();
+        return Err((ProxyError::NoRoute, false));
+    };
+    let Some(route) = vhost.find_route(&view) else {
+        listener.http.no_route.inc();
+        return Err((ProxyError::NoRoute, false));
+    };
+    if let Some(log) = &mut guard.log {
+        log.route_name.clone_from(&route.name);
+    }
+    let target = match &route.action {
+        RouteAction::Route(t) => t,
+        RouteAction::Redirect(r) => {
+            listener.http.rq_redirect.inc();
+            let location = r.location(&route.matcher, "http", &authority, &path_and_query);
+            let mut resp = Response::new(Bytes::new());
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            let guard = slot.take().expect("guard present");
+            return Ok(finish_local(
+                resp,
+                listener,
+                Some(route_mutations(rc, vhost, route)),
+                guard,
+                "redirect",
+            ));
+        }
+        RouteAction::DirectResponse { status, body } => {
+            listener.http.rq_direct_response.inc();
+            let body = body
+                .as_ref()
+                .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b));
+            let mut resp = Response::new(body);
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            if !resp.body().is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            let guard = slot.take().expect("guard present");
+            return Ok(finish_local(
+                resp,
+                listener,
+                Some(route_mutations(rc, vhost, route)),
+                guard,
+                "direct_response",
+            ));
+        }
+    };
+    let random: u64 = rand::random();
+    let Some(cluster_name) = target.cluster.pick(req.headers(), random) else {
+        listener.http.no_cluster.inc();
+        return Err((ProxyError::NoCluster, false));
+    };
+    let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
+        listener.http.no_cluster.inc();
+        return Err((ProxyError::NoCluster, false));
+    };
+    let weighted = match &target.cluster {
+        strait_xds::model::ClusterSpecifier::Weighted { clusters, .. } => clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .map(|c| &c.headers),
+        _ => None,
+    };
+    let upgrade = headers::upgrade_type(req.headers());
+    if let Some(kind) = &upgrade {
+        if !hcm.upgrade_types.iter().any(|t| t == kind) {
+            return Err((ProxyError::UpgradeRejected, false));
+        }
+    }
+    let hosts = cluster.hosts.load_full();
+    let host = LB.with(|lb| {
+        lb.borrow_mut().entry(cluster.id).or_default().pick(
+            cluster.config.lb_policy,
+            &hosts,
+            random.rotate_left(17),
+        )
+    });
+    let Some(host) = host else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        guard.upstream = Some(crate::stream::Upstream {
+            cluster,
+            host: None,
+        });
+        return Err((ProxyError::NoHealthyUpstream, false));
+    };
+
+    // Build the upstream request.
+    let h2 = match cluster.config.protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
+    } && upgrade.is_none();
+    let downstream_version = req.version();
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let new_path = target.rewrite_path(&route.matcher, &path_and_query);
+    if new_path.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+            parts.headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
+        }
+    }
+    let upstream_authority = upstream_authority(target, &authority, &host);
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    parts.headers.remove(header::EXPECT);
+    route.headers.apply_request(&mut parts.headers);
+    if let Some(w) = weighted {
+        w.apply_request(&mut parts.headers);
+    }
+    vhost.headers.apply_request(&mut parts.headers);
+    rc.headers.apply_request(&mut parts.headers);
+    let path = new_path.as_deref().unwrap_or(&path_and_query);
+    let uri = if h2 {
+        parts.headers.remove(header::HOST);
+        Uri::builder()
+            .scheme("http")
+            .authority(upstream_authority.as_str())
+            .path_and_query(path)
+            .build()
+    } else {
+        if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+        Uri::builder().path_and_query(path).build()
+    };
+    parts.uri = uri.map_err(|_| {
+        (
+            ProxyError::BadRequest {
+                reason: "invalid authority or path",
+            },
+            true,
+        )
+    })?;
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        let received = Arc::new(ByteCount::default());
+        guard.received = Some(received.clone());
+        RequestBody::Streaming {
+            inner: body,
+            received,
+        }
+    };
+    let upstream_req = Request::from_parts(parts, body);
+
+    // Do IO.
+    let deadline = target.timeout.map(|t| guard.start() + t);
+    // A route's explicit 0s disables the idle timeout; unset inherits the HCM's.
+    let idle = match target.idle_timeout {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => hcm.stream_idle_timeout,
+    };
+    guard.begin_upstream(cluster.clone(), host.clone());
+    let send = pool::send(&cluster, &host, h2, upgrade.is_some(), upstream_req);
+    let wait_until = match (deadline, idle) {
+        (Some(d), Some(i)) => Some(d.min(Instant::now() + i)),
+        (d, i) => d.or(i.map(|i| Instant::now() + i)),
+    };
+    let sent = match wait_until {
+        Some(at) => match tokio::time::timeout_at(at, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    cluster.stats.upstream_rq_timeout.inc();
+                    Err(ProxyError::UpstreamTimeout)
+                } else {
+                    listener.http.downstream_rq_timeout.inc();
+                    Err(ProxyError::StreamIdleTimeout)
+                }
+            }
+        },
+        None => send.await,
+    };
+    let (mut resp, lease) = sent.map_err(|e| (e, false))?;
+    let status = resp.status().as_u16();
+    guard.upstream_responded(status);
+
+    if status == 101 {
+        if let Some(on_upgrade) = on_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(down), Ok(up)) = (on_upgrade.await, upstream_upgrade.await) else {
+                    return;
+                };
+                let mut down = hyper_util::rt::TokioIo::new(down);
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    // The downstream codec speaks its own version, whatever the upstream spoke.
+    parts.version = downstream_version;
+    headers::remove_hop_by_hop(&mut parts.headers, status == 101);
+    route.headers.apply_response(&mut parts.headers);
+    if let Some(w) = weighted {
+        w.apply_response(&mut parts.headers);
+    }
+    vhost.headers.apply_response(&mut parts.headers);
+    rc.headers.apply_response(&mut parts.headers);
+    let service_ms = guard.start().elapsed().as_millis() as u64;
+    parts.headers.insert(
+        &X_ENVOY_UPSTREAM_SERVICE_TIME,
+        HeaderValue::from(service_ms),
+    );
+    set_server(&mut parts.headers, &hcm.server_name);
+    guard.status = status;
+    if let Some(log) = &mut guard.log {
+        log.response_headers = Some(parts.headers.clone());
+    }
+    let timers = StreamTimers::new(deadline, idle);
+    let guard = slot.take().expect("guard present");
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, lease, timers, guard),
+    ))
+}
+
+/// Rejects heads larger than `max_request_headers_kb`. hyper's parser already refuses
+/// the other malformed shapes (obs-fold, bad characters, differing Content-Length) with
+/// 400 before a request exists, and answers Content-Length with Transfer-Encoding by
+/// dropping Content-Length and closing the connection after the response.
+fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), Failure> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if size > max_headers_kb as usize * 1024 {
+        return Err((ProxyError::HeadersTooLarge, true));
+    }
+    Ok(())
+}
+
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+fn upstream_authority(
+    target: &RouteTarget,
+    authority: &str,
+    host: &crate::cluster::Host,
+) -> String {
+    if let Some(h) = &target.host_rewrite_literal {
+        return h.clone();
+    }
+    if target.auto_host_rewrite {
+        return if host.hostname.parse::<std::net::IpAddr>().is_ok() {
+            host.addr.to_string()
+        } else {
+            host.hostname.clone()
+        };
+    }
+    authority.to_owned()
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn set_server(headers: &mut http::HeaderMap, name: &str) {
+    if let Ok(v) = HeaderValue::from_str(name) {
+        headers.insert(header::SERVER, v);
+    }
+}
+
+type Mutations<'a> = [&'a strait_xds::model::HeaderMutations; 3];
+
+fn route_mutations<'a>(
+    rc: &'a strait_xds::model::RouteConfig,
+    vhost: &'a strait_xds::model::VirtualHost,
+    route: &'a strait_xds::model::Route,
+) -> Mutations<'a> {
+    [&route.headers, &vhost.headers, &rc.headers]
+}
+
+fn finish_local(
+    mut resp: Response<Bytes>,
+    listener: &ListenerRuntime,
+    mutations: Option<Mutations<'_>>,
+    mut guard: StreamGuard,
+    details: &'static str,
+) -> Response<ResponseBody> {
+    for m in mutations.into_iter().flatten() {
+        m.apply_response(resp.headers_mut());
+    }
+    set_server(resp.headers_mut(), &listener.config.hcm.server_name);
+    guard.status = resp.status().as_u16();
+    guard.details = details;
+    if let Some(log) = &mut guard.log {
+        log.response_headers = Some(resp.headers().clone());
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ResponseBody::full(body, Some(guard)))
+}
+
+/// The response the proxy itself sends for an error, as Envoy words it.
+fn local_reply(
+    err: &ProxyError,
+    close: bool,
+    listener: &ListenerRuntime,
+    mut guard: StreamGuard,
+) -> Response<ResponseBody> {
+    let body = Bytes::from(err.body());
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() =
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    *resp.body_mut() = body;
+    guard.set_flag(err.flag());
+    finish_local(resp, listener, None, guard, err.details())
+}

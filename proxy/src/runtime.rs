@@ -1,0 +1,161 @@
+//! The published runtime: one config snapshot plus what the workers need beside it
+//! (stat handles, access loggers, cluster state). Built once per config generation,
+//! published with one `ArcSwap::store`; a request loads it once and keeps it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use strait_xds::model::{self, Snapshot};
+
+use crate::access_log::{AccessLogger, Writers};
+use crate::cluster::ClusterRuntime;
+use crate::stats::{Counter, Gauge, Scope, Store};
+
+/// Envoy's `http.<stat_prefix>.*` connection-manager stats.
+#[derive(Clone)]
+pub struct HttpStats {
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_xx: [Counter; 5],
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_redirect: Counter,
+}
+
+impl HttpStats {
+    fn register(store: &Store, prefix: &str) -> HttpStats {
+        let scope = Scope::http(prefix);
+        let c = |n: &str| store.counter(&scope, n);
+        HttpStats {
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: store.gauge(&scope, "downstream_rq_active"),
+            downstream_rq_xx: [
+                c("downstream_rq_1xx"),
+                c("downstream_rq_2xx"),
+                c("downstream_rq_3xx"),
+                c("downstream_rq_4xx"),
+                c("downstream_rq_5xx"),
+            ],
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: store.gauge(&scope, "downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+        }
+    }
+}
+
+/// Envoy's `listener.<address>.*` stats.
+#[derive(Clone)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+}
+
+pub struct ListenerRuntime {
+    pub config: Arc<model::Listener>,
+    pub http: HttpStats,
+    pub listener: ListenerStats,
+    pub access_logs: Vec<AccessLogger>,
+}
+
+pub struct Runtime {
+    pub generation: u64,
+    pub snapshot: Arc<Snapshot>,
+    pub listeners: Vec<Arc<ListenerRuntime>>,
+    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+impl Runtime {
+    pub fn listener(&self, address: SocketAddr) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.iter().find(|l| l.config.address == address)
+    }
+
+    /// Builds the runtime for `snapshot`, keeping the state of clusters whose config
+    /// did not change (`previous`). Fails only on IO (an access-log file that cannot
+    /// be opened), before anything is published.
+    pub async fn build(
+        snapshot: Snapshot,
+        previous: Option<&Runtime>,
+        store: &Store,
+        writers: &Writers,
+    ) -> anyhow::Result<Runtime> {
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
+        let snapshot = Arc::new(snapshot);
+        let mut listeners = Vec::with_capacity(snapshot.listeners.len());
+        for (i, l) in snapshot.listeners.iter().enumerate() {
+            let mut access_logs = Vec::new();
+            for (j, log) in l.hcm.access_logs.iter().enumerate() {
+                let logger = AccessLogger::new(log, writers).map_err(|e| {
+                    anyhow::anyhow!(
+                        "static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.access_log[{j}]: {e}"
+                    )
+                })?;
+                access_logs.push(logger);
+            }
+            let scope = Scope::listener(&listener_stat_name(l.address));
+            listeners.push(Arc::new(ListenerRuntime {
+                config: l.clone(),
+                http: HttpStats::register(store, &l.hcm.stat_prefix),
+                listener: ListenerStats {
+                    downstream_cx_total: store.counter(&scope, "downstream_cx_total"),
+                    downstream_cx_active: store.gauge(&scope, "downstream_cx_active"),
+                },
+                access_logs,
+            }));
+        }
+        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        for name in &snapshot.cluster_order {
+            let config = snapshot.clusters[name].clone();
+            let kept = previous
+                .and_then(|p| p.clusters.get(name))
+                .filter(|old| *old.config == *config)
+                .cloned();
+            let rt = match kept {
+                Some(old) => old,
+                None => ClusterRuntime::new(config, store).await,
+            };
+            clusters.insert(name.clone(), rt);
+        }
+        Ok(Runtime {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            snapshot,
+            listeners,
+            clusters,
+        })
+    }
+}
+
+/// Envoy names listener stats after the address with `:` turned into `_`.
+pub fn listener_stat_name(addr: SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
+}
+
+/// Everything the process shares between the main thread and the workers.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub store: Store,
+    pub writers: Writers,
+    /// Connections open on all workers, for draining.
+    pub connections: AtomicU64,
+    pub started: std::time::SystemTime,
+}

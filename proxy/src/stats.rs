@@ -1,0 +1,622 @@
+//! The stats store: counters, gauges and histograms named like Envoy's.
+//!
+//! Handles are registered at config time (`Store::counter` and friends format the name
+//! and take the registry lock once); a request then only touches `Relaxed` atomics
+//! through the handles it was given: no string formatting, no lock, nothing shared
+//! but the cache lines of the stats it updates. The registry lock is taken again only
+//! by registration and by the admin renderers.
+//!
+//! Registering a name that exists returns the same atomics, so a config reload that
+//! re-registers its stats keeps their values. Each stat records its Prometheus family
+//! and label when registered (from its `Scope`), because a cluster name may contain
+//! dots and cannot be recovered from the dotted name.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Envoy's default histogram bucket bounds (milliseconds for `*_time` stats).
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The quantiles `/stats` prints for each histogram, as Envoy does.
+const QUANTILES: [(f64, &str); 10] = [
+    (0.0, "P0"),
+    (0.25, "P25"),
+    (0.5, "P50"),
+    (0.75, "P75"),
+    (0.9, "P90"),
+    (0.95, "P95"),
+    (0.99, "P99"),
+    (0.995, "P99.5"),
+    (0.999, "P99.9"),
+    (1.0, "P100"),
+];
+
+/// Where a stat lives: its dotted name prefix and its Prometheus family and label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Dotted prefix including the trailing dot, e.g. `cluster.backend.`.
+    prefix: String,
+    /// Prometheus family prefix including the trailing `_`, e.g. `envoy_cluster_`.
+    family: String,
+    label: Option<(&'static str, String)>,
+}
+
+impl Scope {
+    /// `http.<stat_prefix>.<stat>`, `envoy_http_<stat>{envoy_http_conn_manager_prefix=..}`.
+    pub fn http(stat_prefix: &str) -> Scope {
+        Scope::tagged("http", "envoy_http_conn_manager_prefix", stat_prefix)
+    }
+
+    /// `cluster.<name>.<stat>`, `envoy_cluster_<stat>{envoy_cluster_name=..}`.
+    pub fn cluster(name: &str) -> Scope {
+        Scope::tagged("cluster", "envoy_cluster_name", name)
+    }
+
+    /// `listener.<address>.<stat>`, `envoy_listener_<stat>{envoy_listener_address=..}`.
+    pub fn listener(address: &str) -> Scope {
+        Scope::tagged("listener", "envoy_listener_address", address)
+    }
+
+    /// `server.<stat>`, `envoy_server_<stat>`.
+    pub fn server() -> Scope {
+        Scope::custom("server")
+    }
+
+    /// `<prefix>.<stat>`, `envoy_<prefix>_<stat>` with the prefix sanitized.
+    pub fn custom(prefix: &str) -> Scope {
+        Scope {
+            prefix: format!("{prefix}."),
+            family: format!("envoy_{prefix}_"),
+            label: None,
+        }
+    }
+
+    fn tagged(kind: &str, label: &'static str, value: &str) -> Scope {
+        Scope {
+            prefix: format!("{kind}.{value}."),
+            family: format!("envoy_{kind}_"),
+            label: Some((label, value.to_owned())),
+        }
+    }
+
+    /// The dotted name of `stat` in this scope, e.g. `cluster.backend.upstream_rq_total`.
+    pub fn name(&self, stat: &str) -> String {
+        format!("{}{stat}", self.prefix)
+    }
+}
+
+/// A monotonically increasing count.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn value(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down (active connections, pool sizes).
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn dec(&self) {
+        self.add(-1);
+    }
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Relaxed);
+    }
+    pub fn value(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A distribution over `BUCKETS`; values are usually milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+struct HistogramCells {
+    /// Per-bucket (not cumulative) counts; the last one is the overflow bucket.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum: AtomicU64,
+    count: AtomicU64,
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for HistogramCells {
+    fn default() -> Self {
+        HistogramCells {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, value: u64) {
+        let cells = &*self.0;
+        let bucket = BUCKETS.partition_point(|&bound| bound < value as f64);
+        cells.buckets[bucket].fetch_add(1, Relaxed);
+        cells.sum.fetch_add(value, Relaxed);
+        cells.count.fetch_add(1, Relaxed);
+        cells.min.fetch_min(value, Relaxed);
+        cells.max.fetch_max(value, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Relaxed)
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.0.sum.load(Relaxed)
+    }
+
+    /// Estimate of quantile `q` (0..=1): linear interpolation inside the bucket that
+    /// holds it, clamped to the observed min and max. NaN when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let counts: [u64; BUCKETS.len() + 1] =
+            std::array::from_fn(|i| self.0.buckets[i].load(Relaxed));
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let (min, max) = (
+            self.0.min.load(Relaxed) as f64,
+            self.0.max.load(Relaxed) as f64,
+        );
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n == 0 || ((seen + n) as f64) < rank {
+                seen += n;
+                continue;
+            }
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let upper = BUCKETS.get(i).copied().unwrap_or(max);
+            let estimate = lower + (upper - lower) * (rank - seen as f64) / n as f64;
+            return estimate.clamp(min, max);
+        }
+        max
+    }
+
+    /// Cumulative counts per bound of `BUCKETS`, then the total (`+Inf`).
+    fn cumulative(&self) -> Vec<u64> {
+        let mut running = 0;
+        let buckets = self.0.buckets.iter();
+        buckets
+            .map(|b| {
+                running += b.load(Relaxed);
+                running
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Handle {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+impl Handle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Handle::Counter(_) => "counter",
+            Handle::Gauge(_) => "gauge",
+            Handle::Histogram(_) => "histogram",
+        }
+    }
+}
+
+/// One registered stat: its handle and its Prometheus identity.
+#[derive(Debug, Clone)]
+struct Metric {
+    handle: Handle,
+    /// Sanitized family name, e.g. `envoy_cluster_upstream_rq_total`.
+    family: String,
+    /// Rendered labels without braces, e.g. `envoy_cluster_name="backend"`; may be empty.
+    labels: String,
+}
+
+/// The process-wide registry of stats. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    registry: Arc<Mutex<BTreeMap<String, Metric>>>,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    pub fn counter(&self, scope: &Scope, stat: &str) -> Counter {
+        match self.register(scope, stat, || Handle::Counter(Counter::default())) {
+            Some(Handle::Counter(c)) => c,
+            _ => Counter::default(),
+        }
+    }
+
+    pub fn gauge(&self, scope: &Scope, stat: &str) -> Gauge {
+        match self.register(scope, stat, || Handle::Gauge(Gauge::default())) {
+            Some(Handle::Gauge(g)) => g,
+            _ => Gauge::default(),
+        }
+    }
+
+    pub fn histogram(&self, scope: &Scope, stat: &str) -> Histogram {
+        match self.register(scope, stat, || Handle::Histogram(Histogram::default())) {
+            Some(Handle::Histogram(h)) => h,
+            _ => Histogram::default(),
+        }
+    }
+
+    /// The existing handle of that name, or a new one. `None` (after a warning) when the
+    /// name is taken by another kind; the caller then hands out a detached handle.
+    fn register(&self, scope: &Scope, stat: &str, new: impl FnOnce() -> Handle) -> Option<Handle> {
+        let name = scope.name(stat);
+        let fresh = new();
+        let mut registry = self.registry.lock();
+        if let Some(existing) = registry.get(&name) {
+            if existing.handle.kind() == fresh.kind() {
+                return Some(existing.handle.clone());
+            }
+            let (existing, wanted) = (existing.handle.kind(), fresh.kind());
+            tracing::warn!(%name, existing, wanted, "stat registered with another type");
+            return None;
+        }
+        let labels = scope
+            .label
+            .as_ref()
+            .map_or_else(String::new, |(key, value)| {
+                format!("{key}=\"{}\"", escape_label(value))
+            });
+        let metric = Metric {
+            handle: fresh.clone(),
+            family: sanitize(&format!("{}{stat}", scope.family)),
+            labels,
+        };
+        registry.insert(name, metric);
+        Some(fresh)
+    }
+
+    /// Current value of a counter or gauge by dotted name; a histogram gives its sample
+    /// count. For tests and the admin API.
+    pub fn get(&self, name: &str) -> Option<i64> {
+        let registry = self.registry.lock();
+        Some(match &registry.get(name)?.handle {
+            Handle::Counter(c) => i64::try_from(c.value()).unwrap_or(i64::MAX),
+            Handle::Gauge(g) => g.value(),
+            Handle::Histogram(h) => i64::try_from(h.count()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Envoy's `/stats` text: `name: value` for counters and gauges sorted by name, then
+    /// histograms as quantile summaries. `filter` keeps names containing it.
+    pub fn render_text(&self, filter: Option<&str>) -> String {
+        let registry = self.registry.lock();
+        let wanted = |name: &&String| filter.is_none_or(|f| name.contains(f));
+        let mut out = String::new();
+        let mut histograms = Vec::new();
+        for (name, metric) in registry.iter().filter(|(name, _)| wanted(name)) {
+            match &metric.handle {
+                Handle::Counter(c) => _ = writeln!(out, "{name}: {}", c.value()),
+                Handle::Gauge(g) => _ = writeln!(out, "{name}: {}", g.value()),
+                Handle::Histogram(h) => histograms.push((name, h)),
+            }
+        }
+        for (name, h) in histograms {
+            out.push_str(name);
+            out.push(':');
+            if h.count() == 0 {
+                out.push_str(" No recorded values");
+            }
+            for (q, label) in QUANTILES.iter().filter(|_| h.count() > 0) {
+                // Envoy prints (interval, cumulative); we keep only cumulative values.
+                _ = write!(out, " {label}(nan,{})", round(h.quantile(*q)));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Prometheus text exposition format 0.0.4, one `# TYPE` per family.
+    pub fn render_prometheus(&self) -> String {
+        let registry = self.registry.lock();
+        let mut families: BTreeMap<&str, Vec<&Metric>> = BTreeMap::new();
+        for metric in registry.values() {
+            families.entry(&metric.family).or_default().push(metric);
+        }
+        let mut out = String::new();
+        for (family, metrics) in families {
+            let kind = metrics[0].handle.kind();
+            _ = writeln!(out, "# TYPE {family} {kind}");
+            // Two scopes could sanitize to one family with different kinds; keep the first.
+            for metric in metrics.iter().filter(|m| m.handle.kind() == kind) {
+                let labels = &metric.labels;
+                let braced = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{labels}}}")
+                };
+                match &metric.handle {
+                    Handle::Counter(c) => _ = writeln!(out, "{family}{braced} {}", c.value()),
+                    Handle::Gauge(g) => _ = writeln!(out, "{family}{braced} {}", g.value()),
+                    Handle::Histogram(h) => {
+                        let sep = if labels.is_empty() { "" } else { "," };
+                        let cumulative = h.cumulative();
+                        let bounds = BUCKETS.iter().map(|b| b.to_string());
+                        let bounds = bounds.chain(std::iter::once("+Inf".to_owned()));
+                        for (bound, n) in bounds.zip(&cumulative) {
+                            _ = writeln!(out, "{family}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+                        }
+                        _ = writeln!(out, "{family}_sum{braced} {}", h.sum());
+                        _ = writeln!(out, "{family}_count{braced} {}", h.count());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `/stats?format=json`: `{"stats":[{"name":..,"value":..},..]}` and, as Envoy does,
+    /// a last element `{"histograms":{"supported_quantiles":..,"computed_quantiles":..}}`.
+    pub fn render_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let registry = self.registry.lock();
+        let mut stats = Vec::new();
+        let mut computed = Vec::new();
+        for (name, metric) in registry.iter() {
+            match &metric.handle {
+                Handle::Counter(c) => stats.push(json!({"name": name, "value": c.value()})),
+                Handle::Gauge(g) => stats.push(json!({"name": name, "value": g.value()})),
+                Handle::Histogram(h) => {
+                    let cumulative = |q: f64| Some(round(h.quantile(q))).filter(|v| v.is_finite());
+                    let values = QUANTILES
+                        .map(|(q, _)| json!({"interval": null, "cumulative": cumulative(q)}));
+                    computed.push(json!({"name": name, "values": values}));
+                }
+            }
+        }
+        if !computed.is_empty() {
+            let supported = QUANTILES.map(|(q, _)| q * 100.0);
+            stats.push(json!({"histograms": {
+                "supported_quantiles": supported,
+                "computed_quantiles": computed,
+            }}));
+        }
+        json!({ "stats": stats })
+    }
+}
+
+/// Rounds to 3 decimals so estimates print compactly (`12.5`, not `12.499999999`).
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// A valid Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`; anything else becomes `_`.
+fn sanitize(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Escapes a Prometheus label value: backslash, double quote and newline.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re_registration_returns_the_same_handle() {
+        let store = Store::new();
+        let scope = Scope::cluster("backend");
+        store.counter(&scope, "upstream_rq_total").inc();
+        let again = store.counter(&Scope::cluster("backend"), "upstream_rq_total");
+        again.add(2);
+        assert_eq!(again.value(), 3);
+        assert_eq!(store.get("cluster.backend.upstream_rq_total"), Some(3));
+
+        let gauge = store.gauge(&scope, "upstream_cx_active");
+        gauge.inc();
+        gauge.inc();
+        gauge.dec();
+        store.gauge(&scope, "upstream_cx_active").add(-5);
+        assert_eq!(store.get("cluster.backend.upstream_cx_active"), Some(-4));
+        gauge.set(7);
+        assert_eq!(gauge.value(), 7);
+    }
+
+    #[test]
+    fn another_kind_gets_a_detached_handle() {
+        let store = Store::new();
+        let scope = Scope::server();
+        store.counter(&scope, "x").add(5);
+        let gauge = store.gauge(&scope, "x");
+        gauge.set(100);
+        assert_eq!(store.get("server.x"), Some(5));
+        assert_eq!(store.get("server.missing"), None);
+    }
+
+    #[test]
+    fn prometheus_for_each_scope_kind() {
+        let store = Store::new();
+        store
+            .counter(&Scope::http("ingress_http"), "downstream_rq_total")
+            .add(4);
+        store
+            .counter(&Scope::cluster("a.b"), "upstream_rq_total")
+            .add(1);
+        store
+            .counter(&Scope::cluster("c\"d"), "upstream_rq_total")
+            .add(2);
+        store
+            .gauge(&Scope::listener("0.0.0.0:8080"), "downstream_cx_active")
+            .set(3);
+        store.gauge(&Scope::server(), "live").set(1);
+        store
+            .counter(&Scope::custom("wasm.my-plugin"), "hits")
+            .inc();
+        let text = store.render_prometheus();
+        let expected = [
+            "# TYPE envoy_http_downstream_rq_total counter",
+            "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 4",
+            "# TYPE envoy_cluster_upstream_rq_total counter",
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a.b\"} 1",
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"c\\\"d\"} 2",
+            "# TYPE envoy_listener_downstream_cx_active gauge",
+            "envoy_listener_downstream_cx_active{envoy_listener_address=\"0.0.0.0:8080\"} 3",
+            "# TYPE envoy_server_live gauge\nenvoy_server_live 1",
+            "# TYPE envoy_wasm_my_plugin_hits counter\nenvoy_wasm_my_plugin_hits 1",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE envoy_cluster_upstream_rq_total")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_and_prometheus() {
+        let store = Store::new();
+        let h = store.histogram(&Scope::cluster("backend"), "upstream_rq_time");
+        for v in [0, 1, 3, 7, 7, 4000000] {
+            h.record(v);
+        }
+        assert_eq!((h.count(), h.sum()), (6, 4000018));
+        let text = store.render_prometheus();
+        let family = "envoy_cluster_upstream_rq_time";
+        let label = "envoy_cluster_name=\"backend\"";
+        for (le, n) in [
+            ("0.5", 1),
+            ("1", 2),
+            ("5", 3),
+            ("10", 5),
+            ("3600000", 5),
+            ("+Inf", 6),
+        ] {
+            let line = format!("{family}_bucket{{{label},le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains(&format!("# TYPE {family} histogram\n")));
+        assert!(text.contains(&format!("{family}_sum{{{label}}} 4000018\n")));
+        assert!(text.contains(&format!("{family}_count{{{label}}} 6\n")));
+        assert_eq!(text.matches("_bucket{").count(), BUCKETS.len() + 1);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        assert!(h.quantile(0.5).is_nan());
+        for v in 1..=100 {
+            h.record(v);
+        }
+        assert_eq!(h.quantile(0.0), 1.0);
+        assert_eq!(h.quantile(1.0), 100.0);
+        let p50 = h.quantile(0.5);
+        assert!((25.0..=50.0).contains(&p50), "p50 {p50}");
+        assert!(h.quantile(0.99) <= 100.0);
+    }
+
+    #[test]
+    fn text_rendering_and_filter() {
+        let store = Store::new();
+        store
+            .counter(&Scope::cluster("b"), "upstream_rq_total")
+            .add(2);
+        store
+            .gauge(&Scope::cluster("a"), "upstream_cx_active")
+            .set(-1);
+        store
+            .histogram(&Scope::cluster("a"), "upstream_rq_time")
+            .record(10);
+        store.histogram(&Scope::cluster("b"), "upstream_rq_time");
+        let text = store.render_text(None);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("cluster.a.upstream_cx_active: -1"));
+        assert_eq!(lines.next(), Some("cluster.b.upstream_rq_total: 2"));
+        let hist = lines.next().unwrap();
+        assert!(
+            hist.starts_with("cluster.a.upstream_rq_time: P0(nan,10) P25(nan,"),
+            "{hist}"
+        );
+        assert!(hist.ends_with(" P99.9(nan,10) P100(nan,10)"), "{hist}");
+        assert_eq!(
+            lines.next(),
+            Some("cluster.b.upstream_rq_time: No recorded values")
+        );
+        assert_eq!(
+            store.render_text(Some("rq_total")),
+            "cluster.b.upstream_rq_total: 2\n"
+        );
+    }
+
+    #[test]
+    fn json_rendering() {
+        let store = Store::new();
+        store.counter(&Scope::server(), "c").add(2);
+        store.histogram(&Scope::server(), "h").record(5);
+        let json = store.render_json();
+        assert_eq!(
+            json["stats"][0],
+            serde_json::json!({"name": "server.c", "value": 2})
+        );
+        let hist = &json["stats"][1]["histograms"];
+        assert_eq!(hist["supported_quantiles"][2], 50.0);
+        assert_eq!(hist["computed_quantiles"][0]["name"], "server.h");
+        assert_eq!(
+            hist["computed_quantiles"][0]["values"][9]["cumulative"],
+            5.0
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The per-stream drop guard: records a stream's stats and access log exactly once,
+//! whatever path the stream ended on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use crate::access_log::LogRecord;
+use crate::body::ByteCount;
+use crate::cluster::{ClusterRuntime, Host};
+use crate::runtime::ListenerRuntime;
+
+/// What the access log needs beyond counters; built only when the listener logs.
+pub struct LogInfo {
+    pub start_time: SystemTime,
+    pub method: http::Method,
+    pub path: String,
+    pub authority: String,
+    pub protocol: &'static str,
+    pub request_headers: HeaderMap,
+    pub response_headers: Option<HeaderMap>,
+    pub route_name: String,
+    pub downstream_remote: SocketAddr,
+}
+
+pub struct Upstream {
+    pub cluster: Arc<ClusterRuntime>,
+    pub host: Option<Arc<Host>>,
+}
+
+pub struct StreamGuard {
+    listener: Arc<ListenerRuntime>,
+    start: Instant,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub status: u16,
+    flags: Vec<&'static str>,
+    pub details: &'static str,
+    pub bytes_sent: u64,
+    pub received: Option<Arc<ByteCount>>,
+    pub upstream: Option<Upstream>,
+    pub response_started: Option<Instant>,
+    pub log: Option<Box<LogInfo>>,
+}
+
+impl StreamGuard {
+    pub fn new(listener: Arc<ListenerRuntime>, peer: SocketAddr, local: SocketAddr) -> StreamGuard {
+        listener.http.downstream_rq_total.inc();
+        listener.http.downstream_rq_active.inc();
+        StreamGuard {
+            listener,
+            start: Instant::now(),
+            peer,
+            local,
+            status: 0,
+            flags: Vec::new(),
+            details: "via_upstream",
+            bytes_sent: 0,
+            received: None,
+            upstream: None,
+            response_started: None,
+            log: None,
+        }
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    pub fn set_flag(&mut self, flag: &'static str) {
+        if !self.flags.contains(&flag) {
+            self.flags.push(flag);
+        }
+    }
+
+    /// Marks the upstream leg as begun: counts the request against cluster and host.
+    pub fn begin_upstream(&mut self, cluster: Arc<ClusterRuntime>, host: Arc<Host>) {
+        cluster.stats.upstream_rq_total.inc();
+        cluster.stats.upstream_rq_active.inc();
+        host.rq_active.fetch_add(1, Ordering::Relaxed);
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        self.upstream = Some(Upstream {
+            cluster,
+            host: Some(host),
+        });
+    }
+
+    /// Records the upstream response head.
+    pub fn upstream_responded(&mut self, status: u16) {
+        self.response_started = Some(Instant::now());
+        if let Some(up) = &self.upstream {
+            let stats = &up.cluster.stats;
+            stats
+                .upstream_rq_time
+                .record(self.start.elapsed().as_millis() as u64);
+            stats.record_status(status);
+            if status >= 500 {
+                if let Some(h) = &up.host {
+                    h.rq_error.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        // Drop does the work, so a guard dropped on any path counts once.
+        drop(self)
+    }
+
+    fn record(&mut self) {
+        let http = &self.listener.http;
+        http.downstream_rq_active.dec();
+        if let Some(c) = http
+            .downstream_rq_xx
+            .get((self.status / 100).wrapping_sub(1) as usize)
+        {
+            c.inc();
+        }
+        if let Some(up) = &self.upstream {
+            up.cluster.stats.upstream_rq_active.dec();
+            if let Some(h) = &up.host {
+                h.rq_active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.listener.access_logs.is_empty() {
+            return;
+        }
+        let Some(info) = self.log.take() else { return };
+        let flags = self.flags.join(",");
+        let now = Instant::now();
+        let (cluster_name, upstream_host) = match &self.upstream {
+            Some(up) => (
+                Some(up.cluster.config.name.as_str()),
+                up.host.as_ref().map(|h| h.addr),
+            ),
+            None => (None, None),
+        };
+        let record = LogRecord {
+            start_time: info.start_time,
+            request_headers: &info.request_headers,
+            method: info.method.as_str(),
+            path: &info.path,
+            authority: &info.authority,
+            scheme: "http",
+            protocol: info.protocol,
+            response_headers: info.response_headers.as_ref(),
+            response_trailers: None,
+            status: self.status,
+            response_flags: &flags,
+            response_code_details: self.details,
+            bytes_received: self.received.as_ref().map_or(0, |r| r.get()),
+            bytes_sent: self.bytes_sent,
+            duration: now - self.start,
+            request_duration: None,
+            response_duration: self.response_started.map(|t| t - self.start),
+            upstream_host,
+            upstream_cluster: cluster_name,
+            upstream_local: None,
+            upstream_failure: None,
+            downstream_remote: info.downstream_remote,
+            downstream_direct_remote: self.peer,
+            downstream_local: self.local,
+            route_name: &info.route_name,
+        };
+        for logger in self.listener.access_logs.iter() {
+            logger.log(&record);
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.record();
+    }
+}

@@ -1,0 +1,122 @@
+//! Workers: one thread each, each a current-thread Tokio runtime with its own listening
+//! sockets, connections and upstream pools. The main thread talks to a worker only
+//! through its command channel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::conn;
+use crate::router::ConnCtx;
+use crate::runtime::Shared;
+
+pub enum Command {
+    /// Start accepting on a socket bound for `config_addr`.
+    Listen {
+        config_addr: SocketAddr,
+        socket: std::net::TcpListener,
+    },
+    /// Stop accepting on `config_addr`; its open connections drain.
+    Unlisten { config_addr: SocketAddr },
+    /// Stop accepting everywhere and ask every connection to close gracefully.
+    Drain,
+}
+
+pub struct WorkerHandle {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<WorkerHandle> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("strait-worker-{index}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a worker runtime can be built");
+            rt.block_on(run(shared, rx));
+        })?;
+    Ok(WorkerHandle {
+        commands: tx,
+        thread,
+    })
+}
+
+async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut accepting: HashMap<SocketAddr, AbortHandle> = HashMap::new();
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Listen {
+                config_addr,
+                socket,
+            } => {
+                let listener = match tokio::net::TcpListener::from_std(socket) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(%config_addr, error = %e, "cannot register listener");
+                        continue;
+                    }
+                };
+                let task = tokio::spawn(accept_loop(
+                    listener,
+                    config_addr,
+                    shared.clone(),
+                    drain_rx.clone(),
+                ));
+                if let Some(old) = accepting.insert(config_addr, task.abort_handle()) {
+                    old.abort();
+                }
+            }
+            Command::Unlisten { config_addr } => {
+                if let Some(t) = accepting.remove(&config_addr) {
+                    t.abort();
+                }
+            }
+            Command::Drain => {
+                for (_, t) in accepting.drain() {
+                    t.abort();
+                }
+                let _ = drain_tx.send(true);
+            }
+        }
+    }
+    // The main thread dropped the channel: the process is exiting.
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    config_addr: SocketAddr,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!(%config_addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let local = stream.local_addr().unwrap_or(config_addr);
+        let rt = shared.runtime.load();
+        let Some(lrt) = rt.listener(config_addr).cloned() else {
+            continue;
+        };
+        let ctx = Arc::new(ConnCtx {
+            shared: shared.clone(),
+            listener: lrt,
+            peer,
+            local,
+        });
+        tokio::spawn(conn::serve(stream, ctx, drain.clone()));
+    }
+}

@@ -1,0 +1,149 @@
+//! `config.cluster.v3.Cluster` and the upstream HTTP protocol options.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    duration, proto_enum, Address, CommonHttpProtocolOptions, Http1ProtocolOptions,
+    Http2ProtocolOptions, Unsupported,
+};
+use crate::model::{Discovery, DnsLookupFamily, LbPolicy};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub r#type: Option<Discovery>,
+    #[serde(default, deserialize_with = "duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub lb_policy: Option<LbPolicy>,
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub dns_lookup_family: Option<DnsLookupFamily>,
+    #[serde(default, deserialize_with = "duration")]
+    pub dns_refresh_rate: Option<Duration>,
+    /// Accepted and ignored.
+    pub respect_dns_ttl: Option<IgnoredAny>,
+    /// Accepted and ignored.
+    pub per_connection_buffer_limit_bytes: Option<IgnoredAny>,
+    /// Deprecated: upstream HTTP/2. Prefer `typed_extension_protocol_options`.
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    /// Deprecated: upstream HTTP/1.1 (the default).
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    /// Deprecated: moved into `HttpProtocolOptions`.
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    /// Extension name → `Any`; decoded by the translator.
+    #[serde(default)]
+    pub typed_extension_protocol_options: BTreeMap<String, Value>,
+    pub metadata: Option<IgnoredAny>,
+    pub alt_stat_name: Option<IgnoredAny>,
+    pub circuit_breakers: Option<Unsupported>,
+    pub outlier_detection: Option<Unsupported>,
+    pub health_checks: Option<Unsupported>,
+    pub transport_socket: Option<Unsupported>,
+    pub transport_socket_matches: Option<Unsupported>,
+    pub eds_cluster_config: Option<Unsupported>,
+    pub cluster_type: Option<Unsupported>,
+    pub lb_subset_config: Option<Unsupported>,
+    pub ring_hash_lb_config: Option<Unsupported>,
+    pub maglev_lb_config: Option<Unsupported>,
+    pub original_dst_lb_config: Option<Unsupported>,
+    pub least_request_lb_config: Option<Unsupported>,
+    pub round_robin_lb_config: Option<Unsupported>,
+    pub common_lb_config: Option<Unsupported>,
+    pub load_balancing_policy: Option<Unsupported>,
+    pub upstream_bind_config: Option<Unsupported>,
+    pub upstream_connection_options: Option<Unsupported>,
+    pub upstream_http_protocol_options: Option<Unsupported>,
+    pub dns_resolvers: Option<Unsupported>,
+    pub dns_resolution_config: Option<Unsupported>,
+    pub typed_dns_resolver_config: Option<Unsupported>,
+    pub dns_failure_refresh_rate: Option<Unsupported>,
+    pub use_tcp_for_dns_lookups: Option<Unsupported>,
+    pub wait_for_warm_on_init: Option<Unsupported>,
+    pub max_requests_per_connection: Option<Unsupported>,
+    pub cleanup_interval: Option<Unsupported>,
+    pub protocol_selection: Option<Unsupported>,
+    pub close_connections_on_host_health_failure: Option<Unsupported>,
+    pub ignore_health_on_host_removal: Option<Unsupported>,
+    pub filters: Option<Unsupported>,
+    pub track_cluster_stats: Option<Unsupported>,
+    pub preconnect_policy: Option<Unsupported>,
+    pub connection_pool_per_downstream_connection: Option<Unsupported>,
+    pub lrs_server: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLoadAssignment {
+    /// Accepted and ignored: the cluster's own name is used.
+    pub cluster_name: Option<IgnoredAny>,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpoints>,
+    pub named_endpoints: Option<Unsupported>,
+    pub policy: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbEndpoints {
+    #[serde(default)]
+    pub lb_endpoints: Vec<LbEndpoint>,
+    /// Only priority 0 is supported.
+    pub priority: Option<u32>,
+    /// Accepted and ignored: localities only matter to zone-aware and locality-weighted
+    /// balancing, which Strait does not do.
+    pub locality: Option<IgnoredAny>,
+    pub load_balancing_weight: Option<IgnoredAny>,
+    pub proximity: Option<IgnoredAny>,
+    pub leds_cluster_locality_config: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbEndpoint {
+    pub endpoint: Endpoint,
+    pub load_balancing_weight: Option<u32>,
+    pub metadata: Option<IgnoredAny>,
+    pub health_status: Option<Unsupported>,
+    pub endpoint_name: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: Address,
+    /// Accepted and ignored.
+    pub hostname: Option<IgnoredAny>,
+    pub health_check_config: Option<Unsupported>,
+    pub additional_addresses: Option<Unsupported>,
+}
+
+/// `extensions.upstreams.http.v3.HttpProtocolOptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProtocolOptions {
+    pub explicit_http_config: Option<ProtocolChoice>,
+    pub use_downstream_protocol_config: Option<ProtocolChoice>,
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    /// Needs TLS ALPN.
+    pub auto_config: Option<Unsupported>,
+    pub upstream_http_protocol_options: Option<Unsupported>,
+    pub http_filters: Option<Unsupported>,
+    pub header_validation_config: Option<Unsupported>,
+}
+
+/// `ExplicitHttpConfig` / `UseDownstreamHttpConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolChoice {
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    pub http3_protocol_options: Option<Unsupported>,
+}

@@ -1,0 +1,209 @@
+//! `config.listener.v3.Listener`, the HTTP connection manager and access loggers.
+
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{
+    duration, proto_enum, Address, CommonHttpProtocolOptions, DataSource, Http1ProtocolOptions,
+    Http2ProtocolOptions, RouteConfiguration, Unsupported,
+};
+use crate::model::CodecType;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub address: Address,
+    #[serde(default)]
+    pub filter_chains: Vec<FilterChain>,
+    pub per_connection_buffer_limit_bytes: Option<u32>,
+    /// Accepted and ignored: Envoy uses it only for stats and tracing.
+    pub traffic_direction: Option<IgnoredAny>,
+    pub metadata: Option<IgnoredAny>,
+    pub stat_prefix: Option<Unsupported>,
+    pub additional_addresses: Option<Unsupported>,
+    pub default_filter_chain: Option<Unsupported>,
+    pub filter_chain_matcher: Option<Unsupported>,
+    pub listener_filters: Option<Unsupported>,
+    pub listener_filters_timeout: Option<Unsupported>,
+    pub continue_on_listener_filters_timeout: Option<Unsupported>,
+    pub use_original_dst: Option<Unsupported>,
+    pub transparent: Option<Unsupported>,
+    pub freebind: Option<Unsupported>,
+    pub socket_options: Option<Unsupported>,
+    pub tcp_fast_open_queue_length: Option<Unsupported>,
+    pub tcp_backlog_size: Option<Unsupported>,
+    pub bind_to_port: Option<Unsupported>,
+    pub enable_reuse_port: Option<Unsupported>,
+    pub connection_balance_config: Option<Unsupported>,
+    pub udp_listener_config: Option<Unsupported>,
+    pub api_listener: Option<Unsupported>,
+    pub internal_listener: Option<Unsupported>,
+    pub access_log: Option<Unsupported>,
+    pub drain_type: Option<Unsupported>,
+    pub enable_mptcp: Option<Unsupported>,
+    pub ignore_global_conn_limit: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChain {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Informational only.
+    pub name: Option<IgnoredAny>,
+    pub metadata: Option<IgnoredAny>,
+    pub filter_chain_match: Option<Unsupported>,
+    pub transport_socket: Option<Unsupported>,
+    pub transport_socket_connect_timeout: Option<Unsupported>,
+    pub use_proxy_proto: Option<Unsupported>,
+    pub on_demand_configuration: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub name: String,
+    pub typed_config: Option<Value>,
+    pub config_discovery: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub codec_type: Option<CodecType>,
+    pub route_config: Option<RouteConfiguration>,
+    #[serde(default)]
+    pub http_filters: Vec<HttpFilter>,
+    #[serde(default)]
+    pub access_log: Vec<AccessLog>,
+    #[serde(default, deserialize_with = "duration")]
+    pub request_headers_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub stream_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub request_timeout: Option<Duration>,
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    pub max_request_headers_kb: Option<u32>,
+    pub use_remote_address: Option<bool>,
+    pub xff_num_trusted_hops: Option<u32>,
+    pub generate_request_id: Option<bool>,
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
+    pub server_name: Option<String>,
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    pub rds: Option<Unsupported>,
+    pub scoped_routes: Option<Unsupported>,
+    pub tracing: Option<Unsupported>,
+    pub http3_protocol_options: Option<Unsupported>,
+    pub server_header_transformation: Option<Unsupported>,
+    pub scheme_header_transformation: Option<Unsupported>,
+    pub max_request_headers_count: Option<Unsupported>,
+    pub drain_timeout: Option<Unsupported>,
+    pub delayed_close_timeout: Option<Unsupported>,
+    pub access_log_options: Option<Unsupported>,
+    pub internal_address_config: Option<Unsupported>,
+    pub skip_xff_append: Option<Unsupported>,
+    pub via: Option<Unsupported>,
+    pub add_user_agent: Option<Unsupported>,
+    pub preserve_external_request_id: Option<Unsupported>,
+    pub always_set_request_id_in_response: Option<Unsupported>,
+    pub forward_client_cert_details: Option<Unsupported>,
+    pub set_current_client_cert_details: Option<Unsupported>,
+    pub proxy_100_continue: Option<Unsupported>,
+    pub normalize_path: Option<Unsupported>,
+    pub merge_slashes: Option<Unsupported>,
+    pub path_with_escaped_slashes_action: Option<Unsupported>,
+    pub path_normalization_options: Option<Unsupported>,
+    pub local_reply_config: Option<Unsupported>,
+    pub strip_matching_host_port: Option<Unsupported>,
+    pub strip_any_host_port: Option<Unsupported>,
+    pub stream_error_on_invalid_http_message: Option<Unsupported>,
+    pub request_id_extension: Option<Unsupported>,
+    pub original_ip_detection_extensions: Option<Unsupported>,
+    pub early_header_mutation_extensions: Option<Unsupported>,
+    pub represent_ipv4_remote_address_as_ipv4_mapped_ipv6: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub upgrade_type: String,
+    pub enabled: Option<bool>,
+    pub filters: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFilter {
+    pub name: String,
+    pub typed_config: Option<Value>,
+    pub is_optional: Option<Unsupported>,
+    pub disabled: Option<Unsupported>,
+    pub config_discovery: Option<Unsupported>,
+}
+
+/// `extensions.filters.http.router.v3.Router`; nothing in it changes what Strait does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// Accepted and ignored.
+    pub suppress_envoy_headers: Option<IgnoredAny>,
+    /// Accepted and ignored (tracing is not supported).
+    pub start_child_span: Option<IgnoredAny>,
+    /// Accepted and ignored.
+    pub dynamic_stats: Option<IgnoredAny>,
+    pub upstream_log: Option<Unsupported>,
+    pub upstream_log_options: Option<Unsupported>,
+    pub upstream_http_filters: Option<Unsupported>,
+    pub strict_check_headers: Option<Unsupported>,
+    pub respect_expected_rq_timeout: Option<Unsupported>,
+    pub suppress_grpc_request_failure_code_stats: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub name: String,
+    pub typed_config: Option<Value>,
+    pub filter: Option<Unsupported>,
+}
+
+/// `extensions.access_loggers.file.v3.FileAccessLog`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    pub path: String,
+    pub log_format: Option<SubstitutionFormatString>,
+    /// Deprecated text form of `log_format.text_format_source`.
+    pub format: Option<String>,
+    /// Deprecated form of `log_format.json_format`.
+    pub json_format: Option<Map<String, Value>>,
+    pub typed_json_format: Option<Unsupported>,
+}
+
+/// `extensions.access_loggers.stream.v3.StdoutAccessLog` / `StderrAccessLog`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamAccessLog {
+    pub log_format: Option<SubstitutionFormatString>,
+}
+
+/// `config.core.v3.SubstitutionFormatString`: exactly one of the three formats.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubstitutionFormatString {
+    pub text_format: Option<String>,
+    pub text_format_source: Option<DataSource>,
+    pub json_format: Option<Map<String, Value>>,
+    pub omit_empty_values: Option<Unsupported>,
+    pub content_type: Option<Unsupported>,
+    pub formatters: Option<Unsupported>,
+    pub json_format_options: Option<Unsupported>,
+}

@@ -1,0 +1,422 @@
+//! Strait's own config model: immutable, validated, everything expensive built once.
+//!
+//! The translator (`crate::translate`) is the only producer of these values; the proxy
+//! only reads them. A `Snapshot` is published with one `ArcSwap::store` and a request
+//! keeps the `Arc<Snapshot>` it started with until it ends.
+//!
+//! Pure decisions over the model (virtual-host lookup, route match, weighted cluster
+//! pick, redirect location, path rewrite) live here as methods so they are unit-tested
+//! from tables without sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use regex::Regex;
+
+/// The whole validated config of one proxy.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub listeners: Vec<Arc<Listener>>,
+    /// Clusters by name; `cluster_order` keeps the YAML order for `/clusters` and dumps.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub cluster_order: Vec<String>,
+    pub admin: Option<Admin>,
+    pub node: Node,
+    /// The config as the user wrote it, as JSON, for `/config_dump`.
+    pub source: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub per_connection_buffer_limit_bytes: u32,
+    pub hcm: HttpConnectionManager,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecType {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub codec_type: CodecType,
+    pub stat_prefix: String,
+    pub route_config: Arc<RouteConfig>,
+    pub access_logs: Vec<AccessLog>,
+    /// Time allowed to receive the complete request head. `None`: disabled (Envoy's default).
+    pub request_headers_timeout: Option<Duration>,
+    /// Per-stream idle timeout. Envoy's default is 5 minutes; `None` when set to 0.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Whole-request (downstream) timeout, `request_timeout`. `None`: disabled.
+    pub request_timeout: Option<Duration>,
+    /// Connection idle timeout (`common_http_protocol_options.idle_timeout`); Envoy's
+    /// default is 1 hour; `None` when set to 0.
+    pub idle_timeout: Option<Duration>,
+    /// Default 60, max 8192 (Envoy's bounds).
+    pub max_request_headers_kb: u32,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    /// Default true.
+    pub generate_request_id: bool,
+    /// Lower-case upgrade types allowed (`upgrade_configs[].upgrade_type`), e.g. "websocket".
+    pub upgrade_types: Vec<String>,
+    /// Value of the `server` response header; Envoy's default is "envoy", ours "strait".
+    pub server_name: String,
+}
+
+// ---------------------------------------------------------------- access logs
+
+#[derive(Debug, Clone)]
+pub enum AccessLogSink {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    pub sink: AccessLogSink,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub enum LogFormat {
+    /// A text format string; Envoy's default format when the user gave none.
+    Text(Vec<FormatPiece>),
+    /// `json_format`: one JSON object per line; values are format templates.
+    Json(Vec<(String, JsonValueTemplate)>),
+}
+
+#[derive(Debug, Clone)]
+pub enum JsonValueTemplate {
+    /// A string with commands. A value that is exactly one command keeps that
+    /// command's type (numbers stay numbers), as Envoy does.
+    Format(Vec<FormatPiece>),
+    /// Non-string literal (number, bool, null) kept as is.
+    Literal(serde_json::Value),
+    Object(Vec<(String, JsonValueTemplate)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FormatPiece {
+    Literal(String),
+    Command(FormatCommand),
+}
+
+/// One `%COMMAND%` of Envoy's substitution format language.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FormatCommand {
+    /// `%START_TIME%` or `%START_TIME(strftime)%`.
+    StartTime(Option<String>),
+    /// `%REQ(X?Y):Z%`: request header X, else Y, truncated to Z bytes.
+    /// Pseudo headers `:method`, `:path`, `:authority`, `:scheme` are understood.
+    Req {
+        main: String,
+        alt: Option<String>,
+        max_len: Option<usize>,
+    },
+    Resp {
+        main: String,
+        alt: Option<String>,
+        max_len: Option<usize>,
+    },
+    Trailer {
+        main: String,
+        alt: Option<String>,
+        max_len: Option<usize>,
+    },
+    Protocol,
+    ResponseCode,
+    ResponseCodeDetails,
+    ResponseFlags,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    RequestDuration,
+    ResponseDuration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    UpstreamTransportFailureReason,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    DownstreamDirectRemoteAddress,
+    RouteName,
+    Hostname,
+}
+
+// ---------------------------------------------------------------- routes
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+    /// Lookup index built by the translator; see `find_virtual_host`.
+    pub index: VirtualHostIndex,
+}
+
+/// Envoy's domain search order: exact, then longest `*.suffix`/`*suffix`, then longest
+/// `prefix*`, then `*`. Values are indexes into `RouteConfig::virtual_hosts`.
+#[derive(Debug, Default)]
+pub struct VirtualHostIndex {
+    pub exact: HashMap<String, usize>,
+    /// (suffix without the leading '*', vhost), longest suffix first.
+    pub suffixes: Vec<(String, usize)>,
+    /// (prefix without the trailing '*', vhost), longest prefix first.
+    pub prefixes: Vec<(String, usize)>,
+    pub default: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct HeaderMutations {
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    pub request_headers_to_remove: Vec<HeaderName>,
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    pub response_headers_to_remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderValueOption {
+    pub name: HeaderName,
+    pub value: HeaderValue,
+    pub action: AppendAction,
+    pub keep_empty_value: bool,
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// Applies to prefix/path/path_separated_prefix; default true.
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Path(String),
+    /// Matched against the path without the query string, anchored at both ends.
+    Regex(Regex),
+    PathSeparatedPrefix(String),
+}
+
+#[derive(Debug)]
+pub struct StringMatcher {
+    pub kind: StringMatchKind,
+    pub ignore_case: bool,
+}
+
+#[derive(Debug)]
+pub enum StringMatchKind {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// Anchored at both ends (Envoy's RE2 full match).
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    pub name: HeaderName,
+    pub kind: HeaderMatchKind,
+    pub invert: bool,
+}
+
+#[derive(Debug)]
+pub enum HeaderMatchKind {
+    /// `present_match: true|false`.
+    Present(bool),
+    String(StringMatcher),
+    /// `range_match`: [start, end).
+    Range {
+        start: i64,
+        end: i64,
+    },
+}
+
+#[derive(Debug)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// `None`: `present_match: true`.
+    pub string_match: Option<StringMatcher>,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Route(RouteTarget),
+    Redirect(Redirect),
+    /// Direct-response bodies are small and shared between workers.
+    DirectResponse {
+        status: u16,
+        body: Option<Arc<[u8]>>,
+    },
+}
+
+#[derive(Debug)]
+pub enum ClusterSpecifier {
+    Cluster(String),
+    Weighted {
+        clusters: Vec<WeightedCluster>,
+        total_weight: u32,
+    },
+    /// `cluster_header`: the cluster name is read from this request header.
+    Header(HeaderName),
+}
+
+#[derive(Debug)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug)]
+pub struct RouteTarget {
+    pub cluster: ClusterSpecifier,
+    pub prefix_rewrite: Option<String>,
+    /// (pattern, substitution) — every match in the path (not the query) is replaced.
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite_literal: Option<String>,
+    pub auto_host_rewrite: bool,
+    /// Whole upstream request timeout; Envoy's default is 15 s, `None` when set to 0.
+    pub timeout: Option<Duration>,
+    /// Per-stream idle timeout on this route; overrides the HCM's. `Some(Duration::ZERO)`
+    /// (written `0s`) disables it for this route, as in Envoy.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    /// `https_redirect: true` sets Some("https"); `scheme_redirect` sets it too.
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    /// 301 (default), 302, 303, 307, 308.
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+// ---------------------------------------------------------------- clusters
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// `use_downstream_protocol_config`: h2 downstream goes h2 upstream, else h1.
+    Downstream,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    /// Idle upstream connections are closed after this (`common_http_protocol_options.
+    /// idle_timeout` in the cluster's HttpProtocolOptions); Envoy's default is 1 hour.
+    /// `None` when set to 0.
+    pub idle_timeout: Option<Duration>,
+    /// Default 5 s, for STRICT_DNS / LOGICAL_DNS.
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// Envoy's AUTO: IPv6 if any, else IPv4.
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// An IP literal for STATIC; a host name or IP for the DNS types.
+    pub host: String,
+    pub port: u16,
+    /// `load_balancing_weight`, default 1.
+    pub weight: u32,
+}
+
+// ---------------------------------------------------------------- request view
+
+/// What route matching needs to know about a request; borrowed, so matching allocates
+/// nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The `:authority` / Host, as received (may include a port).
+    pub host: &'a str,
+    /// Path and query, as received (e.g. `/a/b?x=1`).
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+}

@@ -1,0 +1,337 @@
+//! Listeners, the HTTP connection manager, its filter list and access logs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{
+    data_source, ip_address, route, timeout_or, Clusters, ConfigError, Result, TypedConfig,
+};
+use crate::bootstrap::{
+    self, FileAccessLog, Router, StreamAccessLog, SubstitutionFormatString, NOT_SUPPORTED,
+};
+use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
+use crate::model::{
+    AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, JsonValueTemplate,
+    Listener, LogFormat,
+};
+
+pub(super) const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+pub(super) const ROUTER_NAME: &str = "envoy.filters.http.router";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+pub(super) fn listeners(
+    configs: &[bootstrap::Listener],
+    clusters: &Clusters,
+) -> Result<Vec<Arc<Listener>>> {
+    let mut listeners: Vec<Arc<Listener>> = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        let listener = listener(&path, config, clusters)?;
+        if listeners.iter().any(|other| other.name == listener.name) {
+            let message = format!("duplicate listener name '{}'", listener.name);
+            return Err(ConfigError::new(format!("{path}.name"), message));
+        }
+        // Port 0 asks the OS for a fresh port, so those never collide.
+        let same_address = |other: &&Arc<Listener>| other.address == listener.address;
+        if let Some(other) = listeners
+            .iter()
+            .filter(|_| listener.address.port() != 0)
+            .find(same_address)
+        {
+            let message = format!(
+                "{} is already used by listener '{}'",
+                listener.address, other.name
+            );
+            return Err(ConfigError::new(format!("{path}.address"), message));
+        }
+        listeners.push(Arc::new(listener));
+    }
+    Ok(listeners)
+}
+
+fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Result<Listener> {
+    if config.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "name must not be empty",
+        ));
+    }
+    let address = ip_address(&format!("{path}.address"), &config.address)?;
+    let chain = match config.filter_chains.as_slice() {
+        [chain] => chain,
+        [] => {
+            return Err(ConfigError::new(
+                format!("{path}.filter_chains"),
+                "one filter chain is required",
+            ))
+        }
+        _ => {
+            let message = format!("more than one filter chain {NOT_SUPPORTED}");
+            return Err(ConfigError::new(format!("{path}.filter_chains"), message));
+        }
+    };
+    let path = format!("{path}.filter_chains[0]");
+    let filter = match chain.filters.as_slice() {
+        [filter] => filter,
+        [] => {
+            let message = format!("one filter ({HCM_NAME}) is required");
+            return Err(ConfigError::new(format!("{path}.filters"), message));
+        }
+        _ => {
+            let message = format!("more than one network filter {NOT_SUPPORTED}");
+            return Err(ConfigError::new(format!("{path}.filters"), message));
+        }
+    };
+    let path = format!("{path}.filters[0]");
+    let typed = match &filter.typed_config {
+        Some(value) => TypedConfig::parse(format!("{path}.typed_config"), value)?,
+        None if filter.name == HCM_NAME => {
+            return Err(ConfigError::new(
+                format!("{path}.typed_config"),
+                "typed_config is required",
+            ));
+        }
+        None => {
+            let message = format!("{} {NOT_SUPPORTED}", filter.name);
+            return Err(ConfigError::new(format!("{path}.name"), message));
+        }
+    };
+    if typed.type_name != HCM_TYPE {
+        return Err(typed.unsupported());
+    }
+    Ok(Listener {
+        name: config.name.clone(),
+        address,
+        per_connection_buffer_limit_bytes: config
+            .per_connection_buffer_limit_bytes
+            .unwrap_or(1 << 20),
+        hcm: http_connection_manager(&typed, clusters)?,
+    })
+}
+
+fn http_connection_manager(
+    typed: &TypedConfig,
+    clusters: &Clusters,
+) -> Result<HttpConnectionManager> {
+    let config: bootstrap::HttpConnectionManager = typed.decode()?;
+    let path = typed.fields_path.as_str();
+    http_filters(path, &config.http_filters)?;
+    let route_config = config.route_config.as_ref().ok_or_else(|| {
+        ConfigError::new(format!("{path}.route_config"), "route_config is required")
+    })?;
+    let max_request_headers_kb = config.max_request_headers_kb.unwrap_or(60);
+    if !(1..=8192).contains(&max_request_headers_kb) {
+        let message = "must be between 1 and 8192";
+        return Err(ConfigError::new(
+            format!("{path}.max_request_headers_kb"),
+            message,
+        ));
+    }
+    let access_logs = config
+        .access_log
+        .iter()
+        .enumerate()
+        .map(|(i, log)| access_log(&format!("{path}.access_log[{i}]"), log))
+        .collect::<Result<_>>()?;
+    let idle_timeout = config
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|c| c.idle_timeout);
+    Ok(HttpConnectionManager {
+        codec_type: config.codec_type.unwrap_or(CodecType::Auto),
+        route_config: Arc::new(route::route_config(
+            &format!("{path}.route_config"),
+            route_config,
+            clusters,
+        )?),
+        access_logs,
+        request_headers_timeout: config.request_headers_timeout.filter(|t| !t.is_zero()),
+        stream_idle_timeout: timeout_or(config.stream_idle_timeout, Duration::from_secs(300)),
+        request_timeout: config.request_timeout.filter(|t| !t.is_zero()),
+        idle_timeout: timeout_or(idle_timeout, Duration::from_secs(3600)),
+        max_request_headers_kb,
+        use_remote_address: config.use_remote_address.unwrap_or(false),
+        xff_num_trusted_hops: config.xff_num_trusted_hops.unwrap_or(0),
+        generate_request_id: config.generate_request_id.unwrap_or(true),
+        upgrade_types: config
+            .upgrade_configs
+            .iter()
+            .filter(|upgrade| upgrade.enabled.unwrap_or(true))
+            .map(|upgrade| upgrade.upgrade_type.to_ascii_lowercase())
+            .collect(),
+        server_name: config.server_name.unwrap_or_else(|| "strait".to_owned()),
+        stat_prefix: config.stat_prefix,
+    })
+}
+
+/// Only the router is supported, and it must come last (as Envoy requires).
+fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<()> {
+    let Some(last) = filters.len().checked_sub(1) else {
+        let message = format!("http_filters must end with {ROUTER_NAME}");
+        return Err(ConfigError::new(format!("{path}.http_filters"), message));
+    };
+    for (i, filter) in filters.iter().enumerate() {
+        let path = format!("{path}.http_filters[{i}]");
+        match &filter.typed_config {
+            Some(value) => {
+                let typed = TypedConfig::parse(format!("{path}.typed_config"), value)?;
+                if typed.type_name != ROUTER_TYPE {
+                    return Err(typed.unsupported());
+                }
+                typed.decode::<Router>()?;
+            }
+            None if filter.name == ROUTER_NAME => {}
+            None => {
+                let message = format!("{} {NOT_SUPPORTED}", filter.name);
+                return Err(ConfigError::new(format!("{path}.name"), message));
+            }
+        }
+        if i != last {
+            return Err(ConfigError::new(
+                path,
+                format!("{ROUTER_NAME} must be the last filter"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {
+    let Some(value) = &config.typed_config else {
+        let sink = match config.name.as_str() {
+            "envoy.access_loggers.stdout" => AccessLogSink::Stdout,
+            "envoy.access_loggers.stderr" => AccessLogSink::Stderr,
+            "envoy.access_loggers.file" | "envoy.file_access_log" => {
+                let message = "typed_config with a path is required";
+                return Err(ConfigError::new(format!("{path}.typed_config"), message));
+            }
+            name => {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("{name} {NOT_SUPPORTED}"),
+                ))
+            }
+        };
+        return Ok(AccessLog {
+            sink,
+            format: default_format(),
+        });
+    };
+    let typed = TypedConfig::parse(format!("{path}.typed_config"), value)?;
+    let fields = typed.fields_path.as_str();
+    let (sink, log_format) = match typed.type_name.as_str() {
+        FILE_LOG_TYPE => {
+            let file: FileAccessLog = typed.decode()?;
+            if file.path.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{fields}.path"),
+                    "path is required",
+                ));
+            }
+            let sink = AccessLogSink::File(PathBuf::from(file.path));
+            let format = match (file.log_format, file.format, file.json_format) {
+                (None, None, None) => None,
+                (Some(format), None, None) => {
+                    Some(log_format(&format!("{fields}.log_format"), &format)?)
+                }
+                (None, Some(text), None) => Some(LogFormat::Text(text_format(
+                    &format!("{fields}.format"),
+                    &text,
+                )?)),
+                (None, None, Some(json)) => Some(LogFormat::Json(json_format(
+                    &format!("{fields}.json_format"),
+                    &json,
+                )?)),
+                _ => {
+                    return Err(ConfigError::new(
+                        fields,
+                        "only one of log_format, format, json_format may be set",
+                    ))
+                }
+            };
+            (sink, format)
+        }
+        STDOUT_LOG_TYPE | STDERR_LOG_TYPE => {
+            let stream: StreamAccessLog = typed.decode()?;
+            let sink = match typed.type_name.as_str() {
+                STDOUT_LOG_TYPE => AccessLogSink::Stdout,
+                _ => AccessLogSink::Stderr,
+            };
+            let format = stream
+                .log_format
+                .map(|f| log_format(&format!("{fields}.log_format"), &f))
+                .transpose()?;
+            (sink, format)
+        }
+        _ => return Err(typed.unsupported()),
+    };
+    Ok(AccessLog {
+        sink,
+        format: log_format.unwrap_or_else(default_format),
+    })
+}
+
+fn default_format() -> LogFormat {
+    // The default is a constant that `format::tests::default_format_parses` covers.
+    LogFormat::Text(parse_format(DEFAULT_ACCESS_LOG_FORMAT).expect("default format parses"))
+}
+
+fn log_format(path: &str, config: &SubstitutionFormatString) -> Result<LogFormat> {
+    match (
+        &config.text_format,
+        &config.text_format_source,
+        &config.json_format,
+    ) {
+        (Some(text), None, None) => Ok(LogFormat::Text(text_format(
+            &format!("{path}.text_format"),
+            text,
+        )?)),
+        (None, Some(source), None) => {
+            let path = format!("{path}.text_format_source");
+            let text = String::from_utf8(data_source(&path, source)?)
+                .map_err(|_| ConfigError::new(&path, "format is not valid UTF-8"))?;
+            Ok(LogFormat::Text(text_format(&path, &text)?))
+        }
+        (None, None, Some(json)) => Ok(LogFormat::Json(json_format(
+            &format!("{path}.json_format"),
+            json,
+        )?)),
+        _ => Err(ConfigError::new(
+            path,
+            "exactly one of text_format, text_format_source, json_format is required",
+        )),
+    }
+}
+
+fn text_format(path: &str, text: &str) -> Result<Vec<FormatPiece>> {
+    parse_format(text).map_err(|message| ConfigError::new(path, message))
+}
+
+/// Keys come out sorted: `serde_json::Map` is a `BTreeMap` in this workspace.
+fn json_format(path: &str, map: &Map<String, Value>) -> Result<Vec<(String, JsonValueTemplate)>> {
+    map.iter()
+        .map(|(key, value)| {
+            let path = format!("{path}.{key}");
+            let template = match value {
+                Value::String(text) => JsonValueTemplate::Format(text_format(&path, text)?),
+                Value::Object(map) => JsonValueTemplate::Object(json_format(&path, map)?),
+                Value::Array(_) => {
+                    return Err(ConfigError::new(
+                        path,
+                        "lists are not supported in json_format",
+                    ))
+                }
+                literal => JsonValueTemplate::Literal(literal.clone()),
+            };
+            Ok((key.clone(), template))
+        })
+        .collect()
+}

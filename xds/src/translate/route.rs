@@ -1,0 +1,577 @@
+//! Route configurations: virtual hosts and their index, routes, matchers and actions.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::headers::{header_name, header_value, mutations};
+use super::{data_source, timeout_or, Clusters, ConfigError, Result};
+use crate::bootstrap::{self, RegexMatcher, RegexRewrite, NOT_SUPPORTED};
+use crate::model::{
+    ClusterSpecifier, HeaderMatchKind, HeaderMatcher, PathMatch, QueryParameterMatcher, Redirect,
+    Route, RouteAction, RouteConfig, RouteMatch, RouteTarget, StringMatchKind, StringMatcher,
+    VirtualHost, VirtualHostIndex, WeightedCluster,
+};
+
+/// What route translation needs from around it.
+struct Context<'a> {
+    clusters: &'a Clusters,
+    validate_clusters: bool,
+    max_body_bytes: usize,
+}
+
+impl Context<'_> {
+    fn check_cluster(&self, path: &str, name: &str) -> Result<()> {
+        match self.validate_clusters && !self.clusters.contains_key(name) {
+            true => Err(ConfigError::new(path, format!("unknown cluster '{name}'"))),
+            false => Ok(()),
+        }
+    }
+}
+
+pub(super) fn route_config(
+    path: &str,
+    config: &bootstrap::RouteConfiguration,
+    clusters: &Clusters,
+) -> Result<RouteConfig> {
+    let context = Context {
+        clusters,
+        validate_clusters: config.validate_clusters.unwrap_or(true),
+        max_body_bytes: config.max_direct_response_body_size_bytes.unwrap_or(4096) as usize,
+    };
+    let virtual_hosts = config
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, vhost)| virtual_host(&format!("{path}.virtual_hosts[{i}]"), vhost, &context))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RouteConfig {
+        name: config.name.clone(),
+        index: index(path, &virtual_hosts)?,
+        virtual_hosts,
+        headers: mutations(
+            path,
+            &config.request_headers_to_add,
+            &config.request_headers_to_remove,
+            &config.response_headers_to_add,
+            &config.response_headers_to_remove,
+        )?,
+    })
+}
+
+fn virtual_host(
+    path: &str,
+    config: &bootstrap::VirtualHost,
+    context: &Context,
+) -> Result<VirtualHost> {
+    if config.domains.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.domains"),
+            "at least one domain is required",
+        ));
+    }
+    Ok(VirtualHost {
+        name: config.name.clone(),
+        domains: config.domains.clone(),
+        routes: config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(&format!("{path}.routes[{i}]"), r, context))
+            .collect::<Result<_>>()?,
+        headers: mutations(
+            path,
+            &config.request_headers_to_add,
+            &config.request_headers_to_remove,
+            &config.response_headers_to_add,
+            &config.response_headers_to_remove,
+        )?,
+    })
+}
+
+/// Envoy's domain index; a domain may appear once across all virtual hosts.
+fn index(path: &str, virtual_hosts: &[VirtualHost]) -> Result<VirtualHostIndex> {
+    let mut index = VirtualHostIndex::default();
+    let mut seen = HashMap::new();
+    for (v, vhost) in virtual_hosts.iter().enumerate() {
+        for (d, domain) in vhost.domains.iter().enumerate() {
+            let domain = domain.to_ascii_lowercase();
+            if let Some(other) = seen.insert(domain.clone(), v) {
+                let message = format!(
+                    "domain '{domain}' is already used by virtual host '{}'",
+                    virtual_hosts[other].name
+                );
+                return Err(ConfigError::new(
+                    format!("{path}.virtual_hosts[{v}].domains[{d}]"),
+                    message,
+                ));
+            }
+            if domain == "*" {
+                index.default = Some(v);
+            } else if let Some(suffix) = domain.strip_prefix('*') {
+                index.suffixes.push((suffix.to_owned(), v));
+            } else if let Some(prefix) = domain.strip_suffix('*') {
+                index.prefixes.push((prefix.to_owned(), v));
+            } else {
+                index.exact.insert(domain, v);
+            }
+        }
+    }
+    // Stable sorts: among equal lengths the first configured wins.
+    index
+        .suffixes
+        .sort_by_key(|(suffix, _)| Reverse(suffix.len()));
+    index
+        .prefixes
+        .sort_by_key(|(prefix, _)| Reverse(prefix.len()));
+    Ok(index)
+}
+
+fn route(path: &str, config: &bootstrap::Route, context: &Context) -> Result<Route> {
+    let matcher = route_match(&format!("{path}.match"), &config.r#match)?;
+    let action = match (&config.route, &config.redirect, &config.direct_response) {
+        (Some(target), None, None) => RouteAction::Route(route_target(
+            &format!("{path}.route"),
+            target,
+            &matcher,
+            context,
+        )?),
+        (None, Some(redirect), None) => RouteAction::Redirect(redirect_action(
+            &format!("{path}.redirect"),
+            redirect,
+            &matcher,
+        )?),
+        (None, None, Some(direct)) => {
+            let path = format!("{path}.direct_response");
+            if !(100..=599).contains(&direct.status) {
+                return Err(ConfigError::new(
+                    format!("{path}.status"),
+                    "status must be in 100..=599",
+                ));
+            }
+            let body = direct
+                .body
+                .as_ref()
+                .map(|b| data_source(&format!("{path}.body"), b))
+                .transpose()?;
+            if let Some(body) = body.as_ref().filter(|b| b.len() > context.max_body_bytes) {
+                let message = format!(
+                    "body is {} bytes, more than max_direct_response_body_size_bytes ({})",
+                    body.len(),
+                    context.max_body_bytes
+                );
+                return Err(ConfigError::new(format!("{path}.body"), message));
+            }
+            RouteAction::DirectResponse {
+                status: direct.status,
+                body: body.map(Arc::from),
+            }
+        }
+        _ => {
+            let message = "exactly one of route, redirect, direct_response is required";
+            return Err(ConfigError::new(path, message));
+        }
+    };
+    Ok(Route {
+        name: config.name.clone(),
+        matcher,
+        action,
+        headers: mutations(
+            path,
+            &config.request_headers_to_add,
+            &config.request_headers_to_remove,
+            &config.response_headers_to_add,
+            &config.response_headers_to_remove,
+        )?,
+    })
+}
+
+fn route_match(path: &str, config: &bootstrap::RouteMatch) -> Result<RouteMatch> {
+    let path_match = match (
+        &config.prefix,
+        &config.path,
+        &config.safe_regex,
+        &config.path_separated_prefix,
+    ) {
+        (Some(prefix), None, None, None) => PathMatch::Prefix(prefix.clone()),
+        (None, Some(exact), None, None) => PathMatch::Path(exact.clone()),
+        (None, None, Some(regex), None) => {
+            PathMatch::Regex(full_match(&format!("{path}.safe_regex"), regex)?)
+        }
+        (None, None, None, Some(prefix)) => {
+            if prefix.is_empty() || prefix.contains(['?', '#']) || prefix.ends_with('/') {
+                let message = "path_separated_prefix must be non-empty, without '?' or '#', and not end in '/'";
+                return Err(ConfigError::new(
+                    format!("{path}.path_separated_prefix"),
+                    message,
+                ));
+            }
+            PathMatch::PathSeparatedPrefix(prefix.clone())
+        }
+        _ => {
+            let message =
+                "exactly one of prefix, path, safe_regex, path_separated_prefix is required";
+            return Err(ConfigError::new(path, message));
+        }
+    };
+    Ok(RouteMatch {
+        path: path_match,
+        case_sensitive: config.case_sensitive.unwrap_or(true),
+        headers: config
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| header_matcher(&format!("{path}.headers[{i}]"), h))
+            .collect::<Result<_>>()?,
+        query_parameters: config
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| query_matcher(&format!("{path}.query_parameters[{i}]"), q))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// At most one of the given options; `Ok(None)` when none is set.
+fn one_of<T>(
+    path: &str,
+    names: &str,
+    options: impl IntoIterator<Item = Option<T>>,
+) -> Result<Option<T>> {
+    let mut set = options.into_iter().flatten();
+    match (set.next(), set.next()) {
+        (first, None) => Ok(first),
+        _ => Err(ConfigError::new(
+            path,
+            format!("only one of {names} may be set"),
+        )),
+    }
+}
+
+fn header_matcher(path: &str, config: &bootstrap::HeaderMatcher) -> Result<HeaderMatcher> {
+    let name_path = format!("{path}.name");
+    if config.name.starts_with(':') {
+        let message = format!("matching pseudo-header '{}' {NOT_SUPPORTED}", config.name);
+        return Err(ConfigError::new(name_path, message));
+    }
+    let string = |kind| {
+        Ok(HeaderMatchKind::String(StringMatcher {
+            kind,
+            ignore_case: false,
+        }))
+    };
+    let kind = one_of(
+        path,
+        "exact_match, prefix_match, suffix_match, contains_match, safe_regex_match, present_match, \
+         range_match, string_match",
+        [
+            config.exact_match.clone().map(|v| string(StringMatchKind::Exact(v))),
+            config.prefix_match.clone().map(|v| string(StringMatchKind::Prefix(v))),
+            config.suffix_match.clone().map(|v| string(StringMatchKind::Suffix(v))),
+            config.contains_match.clone().map(|v| string(StringMatchKind::Contains(v))),
+            config.safe_regex_match.as_ref().map(|re| {
+                string(StringMatchKind::Regex(full_match(&format!("{path}.safe_regex_match"), re)?))
+            }),
+            config.present_match.map(|present| Ok(HeaderMatchKind::Present(present))),
+            config.range_match.as_ref().map(|r| Ok(HeaderMatchKind::Range { start: r.start, end: r.end })),
+            config.string_match.as_ref().map(|m| {
+                Ok(HeaderMatchKind::String(string_matcher(&format!("{path}.string_match"), m)?))
+            }),
+        ],
+    )?;
+    Ok(HeaderMatcher {
+        name: header_name(&name_path, &config.name)?,
+        // Envoy: a matcher with no specifier matches when the header is present.
+        kind: kind.unwrap_or(Ok(HeaderMatchKind::Present(true)))?,
+        invert: config.invert_match.unwrap_or(false),
+    })
+}
+
+fn string_matcher(path: &str, config: &bootstrap::StringMatcher) -> Result<StringMatcher> {
+    let kind = one_of(
+        path,
+        "exact, prefix, suffix, contains, safe_regex",
+        [
+            config.exact.clone().map(|v| Ok(StringMatchKind::Exact(v))),
+            config
+                .prefix
+                .clone()
+                .map(|v| Ok(StringMatchKind::Prefix(v))),
+            config
+                .suffix
+                .clone()
+                .map(|v| Ok(StringMatchKind::Suffix(v))),
+            config
+                .contains
+                .clone()
+                .map(|v| Ok(StringMatchKind::Contains(v))),
+            config.safe_regex.as_ref().map(|re| {
+                Ok(StringMatchKind::Regex(full_match(
+                    &format!("{path}.safe_regex"),
+                    re,
+                )?))
+            }),
+        ],
+    )?
+    .ok_or_else(|| {
+        ConfigError::new(
+            path,
+            "one of exact, prefix, suffix, contains, safe_regex is required",
+        )
+    })??;
+    Ok(StringMatcher {
+        kind,
+        ignore_case: config.ignore_case.unwrap_or(false),
+    })
+}
+
+fn query_matcher(
+    path: &str,
+    config: &bootstrap::QueryParameterMatcher,
+) -> Result<QueryParameterMatcher> {
+    if config.string_match.is_some() && config.present_match.is_some() {
+        return Err(ConfigError::new(
+            path,
+            "only one of string_match, present_match may be set",
+        ));
+    }
+    Ok(QueryParameterMatcher {
+        name: config.name.clone(),
+        string_match: config
+            .string_match
+            .as_ref()
+            .map(|m| string_matcher(&format!("{path}.string_match"), m))
+            .transpose()?,
+    })
+}
+
+/// A regex that must match the whole input, as RE2's `FullMatch` does.
+fn full_match(path: &str, matcher: &RegexMatcher) -> Result<Regex> {
+    let path = format!("{path}.regex");
+    // Compiled alone first so an error shows the pattern as the user wrote it.
+    compile(&path, &matcher.regex)?;
+    compile(&path, &format!("^(?:{})$", matcher.regex))
+}
+
+fn compile(path: &str, pattern: &str) -> Result<Regex> {
+    Regex::new(pattern).map_err(|e| ConfigError::new(path, format!("invalid regex: {e}")))
+}
+
+fn route_target(
+    path: &str,
+    config: &bootstrap::RouteAction,
+    matcher: &RouteMatch,
+    context: &Context,
+) -> Result<RouteTarget> {
+    let cluster = match (
+        &config.cluster,
+        &config.weighted_clusters,
+        &config.cluster_header,
+    ) {
+        (Some(name), None, None) => {
+            context.check_cluster(&format!("{path}.cluster"), name)?;
+            ClusterSpecifier::Cluster(name.clone())
+        }
+        (None, Some(weighted), None) => {
+            weighted_clusters(&format!("{path}.weighted_clusters"), weighted, context)?
+        }
+        (None, None, Some(header)) => {
+            ClusterSpecifier::Header(header_name(&format!("{path}.cluster_header"), header)?)
+        }
+        _ => {
+            let message = "exactly one of cluster, weighted_clusters, cluster_header is required";
+            return Err(ConfigError::new(path, message));
+        }
+    };
+    let (prefix_rewrite, regex_rewrite) = rewrites(
+        path,
+        matcher,
+        &config.prefix_rewrite,
+        config.regex_rewrite.as_ref(),
+    )?;
+    let auto_host_rewrite = config.auto_host_rewrite.unwrap_or(false);
+    if let Some(host) = &config.host_rewrite_literal {
+        if auto_host_rewrite {
+            let message = "only one of host_rewrite_literal, auto_host_rewrite may be set";
+            return Err(ConfigError::new(path, message));
+        }
+        header_value(&format!("{path}.host_rewrite_literal"), host)?;
+    }
+    Ok(RouteTarget {
+        cluster,
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite_literal: config.host_rewrite_literal.clone(),
+        auto_host_rewrite,
+        timeout: timeout_or(config.timeout, Duration::from_secs(15)),
+        idle_timeout: config.idle_timeout,
+    })
+}
+
+fn weighted_clusters(
+    path: &str,
+    config: &bootstrap::WeightedClusters,
+    context: &Context,
+) -> Result<ClusterSpecifier> {
+    let clusters = config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, cluster)| {
+            let path = format!("{path}.clusters[{i}]");
+            context.check_cluster(&format!("{path}.name"), &cluster.name)?;
+            Ok(WeightedCluster {
+                name: cluster.name.clone(),
+                weight: cluster.weight.unwrap_or(0),
+                headers: mutations(
+                    &path,
+                    &cluster.request_headers_to_add,
+                    &cluster.request_headers_to_remove,
+                    &cluster.response_headers_to_add,
+                    &cluster.response_headers_to_remove,
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sum: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    let total_weight = match u32::try_from(sum) {
+        Ok(0) => {
+            return Err(ConfigError::new(
+                format!("{path}.clusters"),
+                "weights must not sum to 0",
+            ))
+        }
+        Ok(total) => total,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.clusters"),
+                "weights sum to more than 2^32-1",
+            ))
+        }
+    };
+    match config.total_weight {
+        Some(declared) if declared != total_weight => {
+            let message =
+                format!("total_weight {declared} is not the sum of the weights ({total_weight})");
+            Err(ConfigError::new(format!("{path}.total_weight"), message))
+        }
+        _ => Ok(ClusterSpecifier::Weighted {
+            clusters,
+            total_weight,
+        }),
+    }
+}
+
+type Rewrites = (Option<String>, Option<(Regex, String)>);
+
+fn rewrites(
+    path: &str,
+    matcher: &RouteMatch,
+    prefix_rewrite: &Option<String>,
+    regex_rewrite: Option<&RegexRewrite>,
+) -> Result<Rewrites> {
+    if prefix_rewrite.is_some() && regex_rewrite.is_some() {
+        return Err(ConfigError::new(
+            path,
+            "only one of prefix_rewrite, regex_rewrite may be set",
+        ));
+    }
+    if prefix_rewrite.is_some() && matches!(matcher.path, PathMatch::Regex(_)) {
+        let message = "prefix_rewrite cannot be used with a safe_regex match";
+        return Err(ConfigError::new(format!("{path}.prefix_rewrite"), message));
+    }
+    let regex_rewrite = match regex_rewrite {
+        Some(rewrite) => {
+            let path = format!("{path}.regex_rewrite");
+            let regex = compile(&format!("{path}.pattern.regex"), &rewrite.pattern.regex)?;
+            let substitution = substitution(
+                &format!("{path}.substitution"),
+                &rewrite.substitution,
+                &regex,
+            )?;
+            Some((regex, substitution))
+        }
+        None => None,
+    };
+    Ok((prefix_rewrite.clone(), regex_rewrite))
+}
+
+/// Converts an RE2 rewrite string (`\1`, `\\`) into the `regex` crate's (`${1}`, `$$`).
+fn substitution(path: &str, re2: &str, regex: &Regex) -> Result<String> {
+    let mut out = String::with_capacity(re2.len());
+    let mut chars = re2.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.next() {
+                Some('\\') => out.push('\\'),
+                Some(digit @ '0'..='9') => {
+                    let group = digit as usize - '0' as usize;
+                    if group >= regex.captures_len() {
+                        let message =
+                            format!("\\{group} names a capture group the pattern does not have");
+                        return Err(ConfigError::new(path, message));
+                    }
+                    out.push_str(&format!("${{{group}}}"));
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "'\\' must be followed by a digit or '\\'",
+                    ))
+                }
+            },
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn redirect_action(
+    path: &str,
+    config: &bootstrap::RedirectAction,
+    matcher: &RouteMatch,
+) -> Result<Redirect> {
+    let scheme = match (
+        config.https_redirect.unwrap_or(false),
+        &config.scheme_redirect,
+    ) {
+        (true, Some(_)) => {
+            return Err(ConfigError::new(
+                path,
+                "only one of https_redirect, scheme_redirect may be set",
+            ));
+        }
+        (true, None) => Some("https".to_owned()),
+        (false, scheme) => scheme.as_ref().map(|s| s.to_ascii_lowercase()),
+    };
+    one_of(
+        path,
+        "path_redirect, prefix_rewrite, regex_rewrite",
+        [
+            config.path_redirect.is_some().then_some(()),
+            config.prefix_rewrite.is_some().then_some(()),
+            config.regex_rewrite.is_some().then_some(()),
+        ],
+    )?;
+    let (prefix_rewrite, regex_rewrite) = rewrites(
+        path,
+        matcher,
+        &config.prefix_rewrite,
+        config.regex_rewrite.as_ref(),
+    )?;
+    Ok(Redirect {
+        scheme,
+        host: config.host_redirect.clone(),
+        // Envoy reads an unset (zero) port as "keep".
+        port: config.port_redirect.filter(|port| *port != 0),
+        path: config.path_redirect.clone(),
+        prefix_rewrite,
+        regex_rewrite,
+        status: config.response_code.unwrap_or(301),
+        strip_query: config.strip_query.unwrap_or(false),
+    })
+}
