@@ -202,6 +202,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             writers,
             connections: Default::default(),
             started: std::time::SystemTime::now(),
+            local_ip: crate::headers::local_address(),
         });
         let mut workers = Vec::with_capacity(options.concurrency);
         for i in 0..options.concurrency {

@@ -15,7 +15,8 @@ use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
 #[derive(Debug)]
 pub struct Host {
     pub addr: SocketAddr,
-    /// The name the endpoint was configured with (a DNS name for STRICT_DNS).
+    /// The name the endpoint was configured with for the DNS cluster types (what
+    /// `auto_host_rewrite` sends); empty for STATIC, as in Envoy.
     pub hostname: String,
     pub weight: u32,
     pub rq_active: AtomicU64,
@@ -168,7 +169,13 @@ impl ClusterRuntime {
                     .iter()
                     .find(|h| h.addr == addr && h.weight == ep.weight.max(1))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Host::new(addr, &ep.host, ep.weight)))
+                    .unwrap_or_else(|| {
+                        let hostname = match self.config.discovery {
+                            Discovery::Static => "",
+                            Discovery::StrictDns | Discovery::LogicalDns => &ep.host,
+                        };
+                        Arc::new(Host::new(addr, hostname, ep.weight))
+                    })
             })
             .collect();
         self.hosts.store(Arc::new(HostSet::new(hosts)));

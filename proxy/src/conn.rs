@@ -12,6 +12,7 @@ use strait_xds::model::CodecType;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::framing::{FramingGuard, Verdict};
 use crate::router::{self, ConnCtx};
 
 /// Keeps connection gauges right whichever way the connection ends.
@@ -77,18 +78,23 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
     let activity = Arc::new(Activity::default());
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
+    let verdict = Arc::new(Verdict::default());
+    let svc_verdict = verdict.clone();
     let service = service_fn(move |req| {
         let ctx = svc_ctx.clone();
         let activity = svc_activity.clone();
-        activity.started.fetch_add(1, Ordering::Relaxed);
+        // On HTTP/1 requests arrive one at a time, so the count is this request's index.
+        let index = activity.started.fetch_add(1, Ordering::Relaxed);
+        let smuggling = svc_verdict.refuses(index as usize);
         activity.active.fetch_add(1, Ordering::Relaxed);
         async move {
-            let r = router::handle(req, ctx).await;
+            let r = router::handle(req, ctx, smuggling).await;
             activity.active.fetch_sub(1, Ordering::Relaxed);
             r
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(stream, verdict)), service);
     tokio::pin!(conn);
     let mut idle_check = idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
     let mut last_started = 0;

@@ -104,12 +104,14 @@ impl ProxyError {
     /// The local reply body, worded as Envoy's so clients and people recognise it.
     pub fn body(&self) -> String {
         match self {
-            ProxyError::NoRoute | ProxyError::UpgradeRejected => String::new(),
-            ProxyError::NoCluster => "cluster not found".into(),
+            ProxyError::NoRoute | ProxyError::UpgradeRejected | ProxyError::NoCluster => {
+                String::new()
+            }
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
-            ProxyError::ConnectFailure { reason } => format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
-            ),
+            // Envoy's wording; the transport reason goes to the log and access log.
+            ProxyError::ConnectFailure { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".into()
+            }
             ProxyError::UpstreamReset { reason } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
             ),

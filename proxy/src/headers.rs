@@ -77,14 +77,6 @@ pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// Envoy's notion of an internal address: loopback and RFC 1918 / RFC 4193.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
-}
-
 /// Settings of the connection manager that shape the forwarding headers.
 pub struct ForwardingPolicy {
     pub use_remote_address: bool,
@@ -92,21 +84,25 @@ pub struct ForwardingPolicy {
     pub generate_request_id: bool,
 }
 
-/// Applies `x-forwarded-for`, `x-forwarded-proto` and `x-request-id` as Envoy does and
-/// returns the downstream address the rest of the stream should believe.
+/// Applies `x-forwarded-for`, `x-forwarded-proto` and `x-request-id` as Envoy 1.40
+/// does and returns the downstream address the rest of the stream should believe.
+///
+/// With `use_remote_address`, a loopback peer is recorded as this machine's own
+/// address (`local_ip`), as Envoy does, and every request counts as external: Envoy
+/// treats no address as internal unless `internal_address_config` says so, so
+/// `x-request-id` is regenerated and `x-envoy-external-address` set.
 pub fn apply_forwarding(
     headers: &mut HeaderMap,
     policy: &ForwardingPolicy,
     peer: IpAddr,
+    local_ip: IpAddr,
     scheme: &'static str,
 ) -> IpAddr {
     let effective = if policy.use_remote_address {
-        append_xff(headers, peer);
+        append_xff(headers, if peer.is_loopback() { local_ip } else { peer });
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-        if !is_internal(peer) {
-            if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-                headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
-            }
+        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+            headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
         }
         peer
     } else {
@@ -115,11 +111,25 @@ pub fn apply_forwarding(
         }
         xff_client(headers, policy.xff_num_trusted_hops).unwrap_or(peer)
     };
-    let external = policy.use_remote_address && !is_internal(peer);
-    if policy.generate_request_id && (external || !headers.contains_key(&X_REQUEST_ID)) {
+    if policy.generate_request_id
+        && (policy.use_remote_address || !headers.contains_key(&X_REQUEST_ID))
+    {
         headers.insert(&X_REQUEST_ID, new_request_id());
     }
     effective
+}
+
+/// The address Envoy writes into `x-forwarded-for` for loopback peers: the first
+/// non-loopback IPv4 address of an interface, else loopback.
+pub fn local_address() -> IpAddr {
+    if_addrs::get_if_addrs()
+        .ok()
+        .and_then(|ifs| {
+            ifs.into_iter()
+                .map(|i| i.ip())
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        })
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 fn append_xff(headers: &mut HeaderMap, peer: IpAddr) {
@@ -211,33 +221,44 @@ mod tests {
             xff_num_trusted_hops: 0,
             generate_request_id: true,
         };
+        let local: IpAddr = "192.0.2.2".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-request-id", "abc")]);
-        let ip = apply_forwarding(&mut h, &edge, "10.0.0.1".parse().unwrap(), "http");
+        let ip = apply_forwarding(&mut h, &edge, "10.0.0.1".parse().unwrap(), local, "http");
         assert_eq!(ip.to_string(), "10.0.0.1");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4,10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(
-            h["x-request-id"], "abc",
-            "internal callers keep their request id"
-        );
+        assert_eq!(h["x-envoy-external-address"], "10.0.0.1");
+        assert_ne!(h["x-request-id"], "abc", "an edge regenerates request ids");
+        assert_eq!(h["x-request-id"].len(), 36);
 
-        let mut ext = map(&[("x-request-id", "abc")]);
-        apply_forwarding(&mut ext, &edge, "8.8.8.8".parse().unwrap(), "http");
-        assert_ne!(
-            ext["x-request-id"], "abc",
-            "an edge regenerates external ids"
+        let mut lo = HeaderMap::new();
+        apply_forwarding(&mut lo, &edge, "127.0.0.1".parse().unwrap(), local, "http");
+        assert_eq!(
+            lo["x-forwarded-for"], "192.0.2.2",
+            "loopback peers are recorded as us"
         );
-        assert_eq!(ext["x-request-id"].len(), 36);
 
         let inner = ForwardingPolicy {
             use_remote_address: false,
             xff_num_trusted_hops: 1,
             generate_request_id: true,
         };
-        let mut h = map(&[("x-forwarded-for", "9.9.9.9, 10.0.0.2")]);
-        let ip = apply_forwarding(&mut h, &inner, "127.0.0.1".parse().unwrap(), "http");
+        let mut h = map(&[
+            ("x-forwarded-for", "9.9.9.9, 10.0.0.2"),
+            ("x-request-id", "abc"),
+        ]);
+        let ip = apply_forwarding(&mut h, &inner, "127.0.0.1".parse().unwrap(), local, "http");
         assert_eq!(ip.to_string(), "9.9.9.9");
         assert_eq!(h["x-forwarded-for"], "9.9.9.9, 10.0.0.2");
-        assert!(h.contains_key("x-request-id"));
+        assert_eq!(h["x-request-id"], "abc", "a sidecar keeps the caller's id");
+        let mut none = HeaderMap::new();
+        apply_forwarding(
+            &mut none,
+            &inner,
+            "127.0.0.1".parse().unwrap(),
+            local,
+            "http",
+        );
+        assert!(none.contains_key("x-request-id"));
     }
 }

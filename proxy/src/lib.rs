@@ -15,6 +15,7 @@ pub mod body;
 pub mod cluster;
 pub mod conn;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod lb;
 pub mod listener;

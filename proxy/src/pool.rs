@@ -11,11 +11,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{FutureExt as _, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -33,10 +36,17 @@ struct PoolKey {
     h2: bool,
 }
 
+type H2Sender = http2::SendRequest<RequestBody>;
+
+/// An HTTP/2 connection being opened; streams that arrive meanwhile wait for it
+/// instead of opening their own.
+type Connecting = Shared<Pin<Box<dyn Future<Output = Result<H2Sender, ProxyError>> + Send>>>;
+
 #[derive(Default)]
 struct Entry {
     idle_h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
-    h2: Option<http2::SendRequest<RequestBody>>,
+    h2: Option<H2Sender>,
+    h2_connecting: Option<Connecting>,
 }
 
 thread_local! {
@@ -70,7 +80,7 @@ impl Lease {
 /// `upgrade` asks for a fresh HTTP/1.1 connection that is never pooled (its socket is
 /// handed over to the upgraded protocol).
 pub async fn send(
-    cluster: &ClusterRuntime,
+    cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     h2: bool,
     upgrade: bool,
@@ -132,38 +142,65 @@ pub async fn send(
 }
 
 async fn send_h2(
-    cluster: &ClusterRuntime,
+    cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     key: PoolKey,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
-    let pooled = POOLS.with(|p| {
-        let mut p = p.borrow_mut();
-        let entry = p.entry(key).or_default();
-        match &entry.h2 {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            _ => {
-                entry.h2 = None;
-                None
-            }
-        }
-    });
-    let mut sender = match pooled {
-        Some(s) => s,
-        None => {
-            let s = connect_h2(cluster, host).await?;
-            POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = Some(s.clone()));
-            s
-        }
-    };
+    let mut sender = h2_sender(cluster, host, key).await?;
     if sender.ready().await.is_err() {
-        sender = connect_h2(cluster, host).await?;
-        POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = Some(sender.clone()));
+        // The connection went away between checkout and use: open the next one.
+        POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = None);
+        sender = h2_sender(cluster, host, key).await?;
+        sender.ready().await.map_err(|e| reset_error(&e))?;
     }
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, None)),
         Err(e) => Err(reset_error(e.error())),
     }
+}
+
+/// The host's multiplexed connection: the pooled one, the one being opened, or a new one.
+async fn h2_sender(
+    cluster: &Arc<ClusterRuntime>,
+    host: &Arc<Host>,
+    key: PoolKey,
+) -> Result<H2Sender, ProxyError> {
+    let connecting = POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.entry(key).or_default();
+        if let Some(s) = entry.h2.as_ref().filter(|s| !s.is_closed()) {
+            return Err(s.clone());
+        }
+        entry.h2 = None;
+        let connecting = entry.h2_connecting.get_or_insert_with(|| {
+            let (cluster, host) = (cluster.clone(), host.clone());
+            let fut: Pin<Box<dyn Future<Output = _> + Send>> =
+                Box::pin(async move { connect_h2(&cluster, &host).await });
+            fut.shared()
+        });
+        Ok(connecting.clone())
+    });
+    let connecting = match connecting {
+        Err(pooled) => return Ok(pooled),
+        Ok(c) => c,
+    };
+    let result = connecting.clone().await;
+    POOLS.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.entry(key).or_default();
+        if entry
+            .h2_connecting
+            .as_ref()
+            .is_some_and(|c| c.ptr_eq(&connecting))
+        {
+            entry.h2_connecting = None;
+            if let Ok(s) = &result {
+                entry.h2 = Some(s.clone());
+            }
+        }
+    });
+    result
 }
 
 fn checkout_h1(

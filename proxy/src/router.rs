@@ -29,6 +29,11 @@ use crate::runtime::{ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
 
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
@@ -56,9 +61,12 @@ impl ConnCtx {
     }
 }
 
+/// Handles one request. `smuggling`: the connection's framing guard saw this request
+/// carry both Content-Length and Transfer-Encoding (see `framing`); it is refused.
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnCtx>,
+    smuggling: bool,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let rt = conn.shared.runtime.load_full();
     let listener = conn.listener(&rt);
@@ -68,42 +76,82 @@ pub async fn handle(
         listener.http.downstream_rq_http1_total.inc();
     }
     let mut guard = Some(StreamGuard::new(listener.clone(), conn.peer, conn.local));
+    let grpc = is_grpc(req.headers());
+    if smuggling {
+        listener.http.downstream_cx_protocol_error.inc();
+        let error = ProxyError::BadRequest {
+            reason: "both content-length and transfer-encoding",
+        };
+        let failure = Failure {
+            error,
+            close: true,
+            mutations: None,
+        };
+        let guard = guard.expect("guard just made");
+        return Ok(local_reply(failure, grpc, &listener, guard));
+    }
     Ok(match proxy(req, &conn, &rt, &listener, &mut guard).await {
         Ok(resp) => resp,
-        Err((err, close)) => {
+        Err(failure) => {
             // `proxy` takes the guard only when it returns a response.
             let guard = guard.expect("guard kept on the error path");
-            local_reply(&err, close, &listener, guard)
+            local_reply(failure, grpc, &listener, guard)
         }
     })
 }
 
-type Failure = (ProxyError, bool);
+/// Why `proxy` answers locally: the error, whether to close the connection, and the
+/// matched route's response header mutations (Envoy applies them to local replies).
+struct Failure<'a> {
+    error: ProxyError,
+    close: bool,
+    mutations: Option<Mutations<'a>>,
+}
 
-async fn proxy(
+impl From<ProxyError> for Failure<'_> {
+    fn from(error: ProxyError) -> Self {
+        Failure {
+            error,
+            close: false,
+            mutations: None,
+        }
+    }
+}
+
+async fn proxy<'a>(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
-    rt: &Runtime,
-    listener: &Arc<ListenerRuntime>,
+    rt: &'a Runtime,
+    listener: &'a Arc<ListenerRuntime>,
     slot: &mut Option<StreamGuard>,
-) -> Result<Response<ResponseBody>, Failure> {
+) -> Result<Response<ResponseBody>, Failure<'a>> {
     let guard = slot.as_mut().expect("proxy is called with a guard");
     let hcm = &listener.config.hcm;
-    check_request(&req, hcm.max_request_headers_kb)?;
+    check_request(&req, hcm.max_request_headers_kb).map_err(|error| Failure {
+        error,
+        close: true,
+        mutations: None,
+    })?;
 
-    let authority = authority(&req).ok_or((
-        ProxyError::BadRequest {
+    let authority = authority(&req).ok_or(Failure {
+        error: ProxyError::BadRequest {
             reason: "missing host",
         },
-        true,
-    ))?;
+        close: true,
+        mutations: None,
+    })?;
     let policy = ForwardingPolicy {
         use_remote_address: hcm.use_remote_address,
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,
         generate_request_id: hcm.generate_request_id,
     };
-    let effective_ip =
-        headers::apply_forwarding(req.headers_mut(), &policy, conn.peer.ip(), "http");
+    let effective_ip = headers::apply_forwarding(
+        req.headers_mut(),
+        &policy,
+        conn.peer.ip(),
+        conn.shared.local_ip,
+        "http",
+    );
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -132,11 +180,17 @@ async fn proxy(
     };
     let Some(vhost) = rc.find_virtual_host(&authority) else {
         listener.http.no_route.inc();
-        return Err((ProxyError::NoRoute, false));
+        return Err(ProxyError::NoRoute.into());
     };
     let Some(route) = vhost.find_route(&view) else {
         listener.http.no_route.inc();
-        return Err((ProxyError::NoRoute, false));
+        return Err(ProxyError::NoRoute.into());
+    };
+    let mutations = route_mutations(rc, vhost, route);
+    let fail = |error: ProxyError| Failure {
+        error,
+        close: false,
+        mutations: Some(mutations),
     };
     if let Some(log) = &mut guard.log {
         log.route_name.clone_from(&route.name);
@@ -156,7 +210,7 @@ async fn proxy(
             return Ok(finish_local(
                 resp,
                 listener,
-                Some(route_mutations(rc, vhost, route)),
+                Some(mutations),
                 guard,
                 "redirect",
             ));
@@ -166,17 +220,13 @@ async fn proxy(
             let body = body
                 .as_ref()
                 .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b));
-            let mut resp = Response::new(body);
-            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            if !resp.body().is_empty() {
-                resp.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            }
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let resp = local_response(status, body, is_grpc(req.headers()));
             let guard = slot.take().expect("guard present");
             return Ok(finish_local(
                 resp,
                 listener,
-                Some(route_mutations(rc, vhost, route)),
+                Some(mutations),
                 guard,
                 "direct_response",
             ));
@@ -185,11 +235,11 @@ async fn proxy(
     let random: u64 = rand::random();
     let Some(cluster_name) = target.cluster.pick(req.headers(), random) else {
         listener.http.no_cluster.inc();
-        return Err((ProxyError::NoCluster, false));
+        return Err(fail(ProxyError::NoCluster));
     };
     let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
         listener.http.no_cluster.inc();
-        return Err((ProxyError::NoCluster, false));
+        return Err(fail(ProxyError::NoCluster));
     };
     let weighted = match &target.cluster {
         strait_xds::model::ClusterSpecifier::Weighted { clusters, .. } => clusters
@@ -201,7 +251,7 @@ async fn proxy(
     let upgrade = headers::upgrade_type(req.headers());
     if let Some(kind) = &upgrade {
         if !hcm.upgrade_types.iter().any(|t| t == kind) {
-            return Err((ProxyError::UpgradeRejected, false));
+            return Err(fail(ProxyError::UpgradeRejected));
         }
     }
     let hosts = cluster.hosts.load_full();
@@ -218,7 +268,7 @@ async fn proxy(
             cluster,
             host: None,
         });
-        return Err((ProxyError::NoHealthyUpstream, false));
+        return Err(fail(ProxyError::NoHealthyUpstream));
     };
 
     // Build the upstream request.
@@ -237,6 +287,11 @@ async fn proxy(
         }
     }
     let upstream_authority = upstream_authority(target, &authority, &host);
+    if upstream_authority != authority {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(&X_ENVOY_ORIGINAL_HOST, v);
+        }
+    }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
     parts.headers.remove(header::EXPECT);
     route.headers.apply_request(&mut parts.headers);
@@ -245,6 +300,12 @@ async fn proxy(
     }
     vhost.headers.apply_request(&mut parts.headers);
     rc.headers.apply_request(&mut parts.headers);
+    if let Some(t) = target.timeout {
+        parts.headers.insert(
+            &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+            HeaderValue::from(t.as_millis() as u64),
+        );
+    }
     let path = new_path.as_deref().unwrap_or(&path_and_query);
     let uri = if h2 {
         parts.headers.remove(header::HOST);
@@ -259,13 +320,12 @@ async fn proxy(
         }
         Uri::builder().path_and_query(path).build()
     };
-    parts.uri = uri.map_err(|_| {
-        (
-            ProxyError::BadRequest {
-                reason: "invalid authority or path",
-            },
-            true,
-        )
+    parts.uri = uri.map_err(|_| Failure {
+        error: ProxyError::BadRequest {
+            reason: "invalid authority or path",
+        },
+        close: true,
+        mutations: None,
     })?;
     parts.version = if h2 {
         Version::HTTP_2
@@ -313,7 +373,7 @@ async fn proxy(
         },
         None => send.await,
     };
-    let (mut resp, lease) = sent.map_err(|e| (e, false))?;
+    let (mut resp, lease) = sent.map_err(fail)?;
     let status = resp.status().as_u16();
     guard.upstream_responded(status);
 
@@ -362,7 +422,7 @@ async fn proxy(
 /// the other malformed shapes (obs-fold, bad characters, differing Content-Length) with
 /// 400 before a request exists, and answers Content-Length with Transfer-Encoding by
 /// dropping Content-Length and closing the connection after the response.
-fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), Failure> {
+fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), ProxyError> {
     let size: usize = req
         .headers()
         .iter()
@@ -370,7 +430,7 @@ fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), Fai
         .sum::<usize>()
         + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if size > max_headers_kb as usize * 1024 {
-        return Err((ProxyError::HeadersTooLarge, true));
+        return Err(ProxyError::HeadersTooLarge);
     }
     Ok(())
 }
@@ -383,6 +443,8 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// The authority sent upstream. `auto_host_rewrite` uses the endpoint's DNS name, as
+/// Envoy does; an endpoint configured by IP has no name and the host is kept.
 fn upstream_authority(
     target: &RouteTarget,
     authority: &str,
@@ -391,12 +453,8 @@ fn upstream_authority(
     if let Some(h) = &target.host_rewrite_literal {
         return h.clone();
     }
-    if target.auto_host_rewrite {
-        return if host.hostname.parse::<std::net::IpAddr>().is_ok() {
-            host.addr.to_string()
-        } else {
-            host.hostname.clone()
-        };
+    if target.auto_host_rewrite && !host.hostname.is_empty() {
+        return host.hostname.clone();
     }
     authority.to_owned()
 }
@@ -447,24 +505,80 @@ fn finish_local(
 
 /// The response the proxy itself sends for an error, as Envoy words it.
 fn local_reply(
-    err: &ProxyError,
-    close: bool,
+    failure: Failure<'_>,
+    grpc: bool,
     listener: &ListenerRuntime,
     mut guard: StreamGuard,
 ) -> Response<ResponseBody> {
-    let body = Bytes::from(err.body());
+    let err = &failure.error;
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = local_response(status, Bytes::from(err.body()), grpc);
+    if failure.close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    guard.set_flag(err.flag());
+    finish_local(resp, listener, failure.mutations, guard, err.details())
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A local response. For a gRPC request it is a trailers-only gRPC response (HTTP 200,
+/// `grpc-status` mapped from the HTTP status, the body as `grpc-message`), as Envoy
+/// answers gRPC clients, which cannot read an HTTP error body.
+fn local_response(status: StatusCode, body: Bytes, grpc: bool) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
-    *resp.status_mut() =
-        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if grpc {
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            &GRPC_STATUS,
+            HeaderValue::from(grpc_status(status.as_u16())),
+        );
+        if !body.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&body)) {
+                headers.insert(&GRPC_MESSAGE, v);
+            }
+        }
+        return resp;
+    }
+    *resp.status_mut() = status;
     if !body.is_empty() {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    if close {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     *resp.body_mut() = body;
-    guard.set_flag(err.flag());
-    finish_local(resp, listener, None, guard, err.details())
+    resp
+}
+
+/// Envoy's HTTP → gRPC status mapping (`Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status(http: u16) -> u16 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    for &b in body {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -158,4 +158,6 @@ pub struct Shared {
     /// Connections open on all workers, for draining.
     pub connections: AtomicU64,
     pub started: std::time::SystemTime,
+    /// This machine's address, for `x-forwarded-for` when the peer is loopback.
+    pub local_ip: std::net::IpAddr,
 }

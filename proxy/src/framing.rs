@@ -1,0 +1,368 @@
+//! Follows HTTP/1.1 message framing on a downstream socket, beside hyper's parser, to
+//! catch the request-smuggling shape hyper normalises away: a request with both
+//! `Content-Length` and `Transfer-Encoding`. hyper drops the Content-Length and reads
+//! the body as chunked (RFC 9112 §6.3 allows it); Envoy, and we, refuse such a request
+//! with 400 and close the connection, so it never reaches an upstream.
+//!
+//! The guard sees every byte hyper reads, in order, before hyper parses it: it finds
+//! each request head, notes the index of the first bad one, and skips bodies by their
+//! framing (Content-Length or chunked) without copying them. It stops following (and
+//! costs nothing more) on HTTP/2, on an upgrade or CONNECT, and after a bad request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The index of the first request on a connection that must be refused.
+#[derive(Debug)]
+pub struct Verdict(AtomicUsize);
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict(AtomicUsize::new(usize::MAX))
+    }
+}
+
+impl Verdict {
+    /// Whether the `index`th request (0-based) on the connection is to be refused.
+    pub fn refuses(&self, index: usize) -> bool {
+        self.0.load(Ordering::Relaxed) == index
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// Longer heads are hyper's to refuse (431); we stop following.
+const MAX_PARTIAL: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Before the first byte: HTTP/2 prior knowledge or HTTP/1?
+    Start,
+    Head,
+    Skip {
+        remaining: u64,
+        then: After,
+    },
+    ChunkSize,
+    Trailers,
+    /// Not following any more.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum After {
+    Head,
+    ChunkCrlf,
+    ChunkSize,
+}
+
+pub struct FramingGuard<IO> {
+    io: IO,
+    state: State,
+    /// A head or chunk-size line split across reads.
+    partial: Vec<u8>,
+    heads: usize,
+    verdict: Arc<Verdict>,
+}
+
+impl<IO> FramingGuard<IO> {
+    pub fn new(io: IO, verdict: Arc<Verdict>) -> Self {
+        FramingGuard {
+            io,
+            state: State::Start,
+            partial: Vec::new(),
+            heads: 0,
+            verdict,
+        }
+    }
+
+    fn inspect(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Start => {
+                    let n = data.len().min(H2_PREFACE.len());
+                    self.state = if data[..n] == H2_PREFACE[..n] {
+                        State::Off
+                    } else {
+                        State::Head
+                    };
+                }
+                State::Skip { remaining, then } => {
+                    let take = remaining.min(data.len() as u64);
+                    data = &data[take as usize..];
+                    self.state = if take == remaining {
+                        match then {
+                            After::Head => State::Head,
+                            After::ChunkCrlf => State::Skip {
+                                remaining: 2,
+                                then: After::ChunkSize,
+                            },
+                            After::ChunkSize => State::ChunkSize,
+                        }
+                    } else {
+                        State::Skip {
+                            remaining: remaining - take,
+                            then,
+                        }
+                    };
+                }
+                State::Head => {
+                    if self.partial.is_empty() {
+                        // Empty lines between messages are allowed (RFC 9112 §2.2).
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let Some(head) = self.take_until(&mut data, b"\r\n\r\n") else {
+                        return;
+                    };
+                    self.state = self.after_head(&head);
+                }
+                State::Trailers => {
+                    // Trailer fields line by line, up to the empty line.
+                    let Some(line) = self.take_until(&mut data, b"\n") else {
+                        return;
+                    };
+                    if line == b"\r\n" || line == b"\n" {
+                        self.state = State::Head;
+                    }
+                }
+                State::ChunkSize => {
+                    let Some(line) = self.take_until(&mut data, b"\n") else {
+                        return;
+                    };
+                    self.state = match chunk_size(&line) {
+                        Some(0) => State::Trailers,
+                        Some(n) => State::Skip {
+                            remaining: n,
+                            then: After::ChunkCrlf,
+                        },
+                        None => State::Off,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Takes bytes up to and including `end`, joining a piece kept from earlier reads.
+    /// `None` (data all kept) when `end` has not arrived yet.
+    fn take_until(&mut self, data: &mut &[u8], end: &[u8]) -> Option<Vec<u8>> {
+        let from = self.partial.len().saturating_sub(end.len() - 1);
+        self.partial.extend_from_slice(data);
+        match find(&self.partial[from..], end) {
+            Some(i) => {
+                let cut = from + i + end.len();
+                let consumed = cut - (self.partial.len() - data.len());
+                *data = &data[consumed..];
+                let mut line = std::mem::take(&mut self.partial);
+                line.truncate(cut);
+                Some(line)
+            }
+            None => {
+                *data = &[];
+                if self.partial.len() > MAX_PARTIAL {
+                    self.state = State::Off;
+                    self.partial = Vec::new();
+                }
+                None
+            }
+        }
+    }
+
+    fn after_head(&mut self, head: &[u8]) -> State {
+        let index = self.heads;
+        self.heads += 1;
+        let mut lines = head
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let request_line = lines.next().unwrap_or_default();
+        if request_line.starts_with(b"CONNECT ") {
+            return State::Off;
+        }
+        let (mut content_length, mut lengths, mut te, mut chunked, mut upgrade) =
+            (0u64, 0, false, false, false);
+        for line in lines {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths += 1;
+                match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                    Some(n) => content_length = n,
+                    None => return State::Off, // hyper refuses it
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                te = true;
+                let last = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .map(trim)
+                    .unwrap_or_default();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+        }
+        if te && lengths > 0 {
+            self.verdict.0.store(index, Ordering::Relaxed);
+            return State::Off;
+        }
+        match (upgrade, te, chunked, content_length) {
+            (true, ..) => State::Off,
+            (_, true, true, _) => State::ChunkSize,
+            (_, true, false, _) => State::Off, // hyper refuses it
+            (_, false, _, 0) => State::Head,
+            (_, false, _, n) => State::Skip {
+                remaining: n,
+                then: After::Head,
+            },
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits: &[u8] = line
+        .split(|b| *b == b';' || *b == b'\r' || *b == b'\n')
+        .next()
+        .map(trim)?;
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.state != State::Off {
+            if let Poll::Ready(Ok(())) = polled {
+                let filled = buf.filled()[before..].to_vec();
+                this.inspect(&filled);
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes and returns the refused index.
+    fn refused(input: &[u8], step: usize) -> Option<usize> {
+        let verdict = Arc::new(Verdict::default());
+        let mut g = FramingGuard::new((), verdict.clone());
+        for piece in input.chunks(step) {
+            g.inspect(piece);
+        }
+        let v = verdict.0.load(Ordering::Relaxed);
+        (v != usize::MAX).then_some(v)
+    }
+
+    const CL_TE: &[u8] = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn finds_the_bad_request_after_any_framing_in_any_split() {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        stream.extend_from_slice(
+            b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello\r\n\r\n!!",
+        );
+        stream.extend_from_slice(
+            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nab\r\n\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n",
+        );
+        stream
+            .extend_from_slice(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        stream.extend_from_slice(CL_TE);
+        for step in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(refused(&stream, step), Some(4), "split every {step} bytes");
+        }
+    }
+
+    #[test]
+    fn clean_streams_and_other_protocols_pass() {
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", 5),
+            None
+        );
+        let h2 = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(), CL_TE].concat();
+        assert_eq!(refused(&h2, 9), None, "HTTP/2 is not followed");
+        let ws = [
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".as_slice(),
+            CL_TE,
+        ]
+        .concat();
+        assert_eq!(refused(&ws, 100), None, "upgraded bytes are not HTTP/1");
+        // A body that looks like a bad head is skipped as a body.
+        let body = [
+            b"POST / HTTP/1.1\r\nContent-Length: 86\r\n\r\n".as_slice(),
+            CL_TE,
+        ]
+        .concat();
+        assert_eq!(refused(&body, 10), None);
+        assert_eq!(refused(CL_TE, 1000), Some(0));
+    }
+}

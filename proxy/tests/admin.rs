@@ -1,0 +1,181 @@
+//! The admin API: readiness, server info, stats in both formats, config dump, clusters,
+//! drain and quit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_server_info() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let (status, body) = s.admin_get("/ready").await;
+    assert_eq!((status, body.trim()), (200, "LIVE"));
+    let (status, body) = s.admin_get("/server_info").await;
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).expect("server_info is JSON");
+    assert_eq!(info["state"], "LIVE", "{info}");
+    assert!(
+        info["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("strait")),
+        "{info}"
+    );
+    assert_eq!(info["command_line_options"]["concurrency"], 2, "{info}");
+    let (status, _) = s.admin_get("/no-such-endpoint").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_requests() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    let mut c = Client::connect(addr, Proto::H1).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(c.get("h", "/", &[]).await.status, 200);
+    }
+    assert_eq!(
+        c.get("h", "/", &[("x-backend-status", "503")]).await.status,
+        503
+    );
+    assert_eq!(
+        get_h2(addr, "h", "/", &[("x-backend-status", "404")])
+            .await
+            .status,
+        404
+    );
+
+    s.wait_stat("http.ingress.downstream_rq_total", |v| v == 7)
+        .await;
+    s.wait_stat("http.ingress.downstream_rq_2xx", |v| v == 5)
+        .await;
+    s.wait_stat("http.ingress.downstream_rq_5xx", |v| v == 1)
+        .await;
+    s.wait_stat("http.ingress.downstream_rq_4xx", |v| v == 1)
+        .await;
+    s.wait_stat("cluster.b.upstream_rq_total", |v| v == 7).await;
+    // Pooled keep-alive connections to the backend stay open and are counted.
+    let accepted = b.connections();
+    assert!(accepted >= 1);
+    s.wait_stat("cluster.b.upstream_cx_active", |v| v as u64 == accepted)
+        .await;
+    // One keep-alive connection is still open; the h2 one closed.
+    s.wait_stat("http.ingress.downstream_cx_active", |v| v == 1)
+        .await;
+    let stats = s.stats().await;
+    let listener_cx = stats
+        .iter()
+        .find(|(k, _)| k.starts_with("listener.") && k.ends_with(".downstream_cx_total"))
+        .map(|(_, v)| *v);
+    assert_eq!(
+        listener_cx,
+        Some(2),
+        "listener.<addr>.downstream_cx_total in {stats:?}"
+    );
+    let (_, text) = s.admin_get("/stats").await;
+    assert!(
+        text.contains("cluster.b.upstream_rq_time:"),
+        "histogram in /stats:\n{text}"
+    );
+
+    let (status, prom) = s.admin_get("/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert!(
+        prom.lines()
+            .any(|l| l == "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"b\"} 7"),
+        "prometheus:\n{prom}"
+    );
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq_time_bucket{")
+            && prom.contains("envoy_cluster_name=\"b\""),
+        "upstream_rq_time histogram buckets in prometheus:\n{prom}"
+    );
+    assert!(
+        prom.contains("# TYPE envoy_cluster_upstream_rq_time histogram"),
+        "{prom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_and_clusters() {
+    let (b1, b2) = (Backend::echo("b1").await, Backend::echo("b2").await);
+    let cluster = cluster_yaml("weighted_pool", &[(b1.addr(), 3), (b2.addr(), 1)], false);
+    let s = Strait::start(
+        &Bootstrap::catch_all("weighted_pool")
+            .cluster_raw(&cluster)
+            .build(),
+    )
+    .await;
+
+    let (status, dump) = s.admin_get("/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump is JSON");
+    assert!(dump.to_string().contains("weighted_pool"), "{dump}");
+
+    let (status, text) = s.admin_get("/clusters").await;
+    assert_eq!(status, 200);
+    for (addr, weight) in [(b1.addr(), 3), (b2.addr(), 1)] {
+        let line = format!("weighted_pool::{addr}::weight::{weight}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} in /clusters:\n{text}"
+        );
+    }
+    let (_, json) = s.admin_get("/clusters?format=json").await;
+    let json: serde_json::Value = serde_json::from_str(&json).expect("/clusters?format=json");
+    let hosts = json["cluster_statuses"][0]["host_statuses"]
+        .as_array()
+        .expect("host_statuses");
+    let weights: Vec<u64> = hosts
+        .iter()
+        .map(|h| h["weight"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(weights, [3, 1], "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_listeners_stops_new_connections() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    assert_eq!(
+        s.admin_get("/drain_listeners").await.0,
+        405,
+        "mutations need POST"
+    );
+    assert_eq!(s.admin_post("/drain_listeners").await.0, 200);
+    eventually(
+        Duration::from_secs(10),
+        "new connections to be refused",
+        || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = s.admin_get("/ready").await;
+    assert_eq!((status, body.trim()), (503, "DRAINING"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quitquitquit_exits() {
+    let b = Backend::echo("b").await;
+    let mut s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    assert_eq!(
+        s.admin_get("/quitquitquit").await.0,
+        405,
+        "GET does not quit"
+    );
+    assert_eq!(s.admin_post("/quitquitquit").await.0, 200);
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("strait exits");
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,49 @@
+//! The shared integration-test kit: the proxy as a child process (`proxy`), backends
+//! that misbehave on command (`backend`, `grpc`), clients (`client`) and a bootstrap
+//! builder (`config`). A test reads in a few lines and no test writes its own server.
+//!
+//! Every wait in here is bounded by a deadline; nothing binds a fixed port.
+
+// Each test binary uses a different part of the kit.
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use backend::{Backend, Echo};
+pub use client::{get, get_h2, send_raw, send_raw_until_close, Client, Proto, RawConn, Resp};
+pub use config::{cluster_yaml, Bootstrap};
+pub use proxy::Strait;
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` with
+/// `what` in the message.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Fails the test if `fut` takes longer than `timeout`.
+pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {timeout:?}"),
+    }
+}

@@ -1,0 +1,181 @@
+//! Local replies when the upstream side fails, and refusal of malformed requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RESET_BODY: &str = "upstream connect error or disconnect/reset before headers";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_503_and_counted() {
+    let dead = Backend::closed_port();
+    let s = Strait::start(&Bootstrap::catch_all("dead").cluster("dead", dead).build()).await;
+    let addr = s.main_addr().await;
+    for n in 1..=2 {
+        let r = get(addr, "h", "/", &[]).await;
+        assert_eq!(r.status, 503);
+        assert!(r.text().starts_with(RESET_BODY), "{}", r.text());
+        s.wait_stat("cluster.dead.upstream_cx_connect_fail", |v| v >= n)
+            .await;
+    }
+    s.wait_stat("http.ingress.downstream_rq_5xx", |v| v == 2)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_is_504() {
+    let slow = Backend::echo("slow").await;
+    let vhosts = r#"
+- name: t
+  domains: ["*"]
+  routes: [{match: {prefix: /}, route: {cluster: slow, timeout: 0.2s}}]
+"#;
+    let s = Strait::start(&Bootstrap::new(vhosts).cluster("slow", slow.addr()).build()).await;
+    let started = Instant::now();
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-delay-ms", "5000")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "upstream request timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the proxy waited for the backend"
+    );
+    s.wait_stat("cluster.slow.upstream_rq_timeout", |v| v == 1)
+        .await;
+    // A fast request on the same route is unaffected.
+    assert_eq!(get(s.main_addr().await, "h", "/", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404() {
+    let b = Backend::echo("b").await;
+    let vhosts = r#"
+- name: v
+  domains: ["*"]
+  routes: [{match: {prefix: /api}, route: {cluster: b}}]
+"#;
+    let s = Strait::start(&Bootstrap::new(vhosts).cluster("b", b.addr()).build()).await;
+    let r = get(s.main_addr().await, "h", "/other", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(b.requests(), 0);
+    s.wait_stat("http.ingress.downstream_rq_4xx", |v| v == 1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_without_endpoints_is_503_no_healthy_upstream() {
+    let unresolvable = r#"
+- name: nowhere
+  type: STRICT_DNS
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: nowhere
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            socket_address: {address: nonexistent.invalid, port_value: 80}
+"#;
+    let s = Strait::start(
+        &Bootstrap::catch_all("nowhere")
+            .cluster_raw(unresolvable)
+            .build(),
+    )
+    .await;
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "no healthy upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_before_headers_is_503() {
+    let b = Backend::echo("b").await;
+    for h2 in [false, true] {
+        let config = Bootstrap::catch_all("b");
+        let config = if h2 {
+            config.h2_cluster("b", b.addr())
+        } else {
+            config.cluster("b", b.addr())
+        };
+        let s = Strait::start(&config.build()).await;
+        let r = get(
+            s.main_addr().await,
+            "h",
+            "/",
+            &[("x-backend-reset", "before-headers")],
+        )
+        .await;
+        assert_eq!(r.status, 503, "h2 upstream: {h2}");
+        assert!(
+            r.text().starts_with(RESET_BODY),
+            "h2 upstream: {h2}: {}",
+            r.text()
+        );
+        // The proxy is fine afterwards.
+        assert_eq!(get(s.main_addr().await, "h", "/", &[]).await.status, 200);
+    }
+}
+
+/// Each request must get 400 (431 for the oversize head), reach no backend, and leave
+/// the connection closed. Pins a smuggling-shape bug: hyper's HTTP/1 parser drops
+/// `Content-Length` when `Transfer-Encoding` is present, so `router::check_request`'s
+/// CL+TE check never sees both headers and the request is forwarded (Envoy answers 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_never_forwarded() {
+    let b = Backend::echo("b").await;
+    let config = Bootstrap::catch_all("b")
+        .hcm("max_request_headers_kb: 8")
+        .cluster("b", b.addr());
+    let s = Strait::start(&config.build()).await;
+    let addr = s.main_addr().await;
+    let big = "a".repeat(10 * 1024);
+    let oversize = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "content-length and transfer-encoding",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two differing content-lengths",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+            400,
+        ),
+        ("obs-fold continuation", b"GET / HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n".to_vec(), 400),
+        ("invalid header name", b"GET / HTTP/1.1\r\nHost: h\r\nBad@Name: x\r\n\r\n".to_vec(), 400),
+        ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: h\r\nX-Nul: a\0b\r\n\r\n".to_vec(), 400),
+        ("garbage request line", b"NOT A REQUEST\r\n\r\n".to_vec(), 400),
+        ("headers over max_request_headers_kb", oversize.into_bytes(), 431),
+    ];
+    let replies = futures_util::future::join_all(
+        cases
+            .iter()
+            .map(|(_, bytes, _)| send_raw_until_close(addr, bytes)),
+    )
+    .await;
+    let mut failures = Vec::new();
+    for ((name, _, want), (reply, closed)) in cases.iter().zip(replies) {
+        let status_line = reply.lines().next().unwrap_or("<nothing>").to_owned();
+        if !status_line.starts_with(&format!("HTTP/1.1 {want}")) {
+            failures.push(format!("{name}: want {want}, got {status_line:?}"));
+        }
+        if !closed {
+            failures.push(format!("{name}: connection left open after the error"));
+        }
+    }
+    let forwarded = b.requests();
+    assert!(
+        failures.is_empty() && forwarded == 0,
+        "malformed requests mishandled ({forwarded} reached the backend):\n{}",
+        failures.join("\n")
+    );
+    // Well-formed requests still work.
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+}

@@ -1,0 +1,240 @@
+//! The process over time: config reloads (file change, SIGHUP, bad files), graceful
+//! drain on SIGTERM, refusal of invalid configs at startup, quick mode.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn two_routes(second: bool) -> &'static str {
+    if second {
+        r#"
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: /a}
+    route: {cluster: a}
+  - match: {prefix: /b}
+    route: {cluster: b}
+"#
+    } else {
+        r#"
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: /a}
+    route: {cluster: a}
+"#
+    }
+}
+
+fn config(a: &Backend, b: &Backend, second: bool) -> String {
+    Bootstrap::new(two_routes(second))
+        .cluster("a", a.addr())
+        .cluster("b", b.addr())
+        .build()
+}
+
+/// Starts a request that the backend holds for `delay_ms`, and waits until the
+/// backend has it, so it is in flight for whatever the test does next.
+async fn in_flight(
+    addr: std::net::SocketAddr,
+    backend: &Backend,
+    delay_ms: u64,
+) -> tokio::task::JoinHandle<Resp> {
+    let before = backend.requests();
+    let delay = delay_ms.to_string();
+    let task =
+        tokio::spawn(
+            async move { get(addr, "h", "/a/slow", &[("x-backend-delay-ms", &delay)]).await },
+        );
+    eventually(
+        Duration::from_secs(10),
+        "the slow request to reach the backend",
+        || async { (backend.requests() > before).then_some(()) },
+    )
+    .await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_good_file_adds_routes_and_keeps_requests_in_flight() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(&config(&a, &b, false)).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 404);
+    let slow = in_flight(addr, &a, 1500).await;
+
+    s.rewrite_config(&config(&a, &b, true));
+    s.wait_stat("server.config_reload_success", |v| v >= 1)
+        .await;
+    let r = get(addr, "h", "/b", &[]).await;
+    assert_eq!(
+        r.header("x-backend-name"),
+        Some("b"),
+        "the new route serves"
+    );
+    assert_eq!(
+        s.main_addr().await,
+        addr,
+        "the listener keeps its port across the reload"
+    );
+
+    let r = within(Duration::from_secs(10), "the in-flight request", slow)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "a request in flight during the reload completes"
+    );
+    assert_eq!(s.stat("server.config_reload_failure").await.unwrap_or(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_bad_file_keeps_the_old_config() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(&config(&a, &b, false)).await;
+    let addr = s.main_addr().await;
+    let mut keepalive = Client::connect(addr, Proto::H1).await.unwrap();
+    assert_eq!(keepalive.get("h", "/a", &[]).await.status, 200);
+
+    s.rewrite_config(&config(&a, &b, true).replace("lb_endpoints:", "lb_endpointz:"));
+    s.wait_stat("server.config_reload_failure", |v| v >= 1)
+        .await;
+    assert_eq!(
+        get(addr, "h", "/a", &[]).await.status,
+        200,
+        "the old config serves"
+    );
+    assert_eq!(
+        get(addr, "h", "/b", &[]).await.status,
+        404,
+        "the bad config's route did not appear"
+    );
+    assert_eq!(
+        keepalive.get("h", "/a", &[]).await.status,
+        200,
+        "open connections keep working"
+    );
+    assert_eq!(s.main_addr().await, addr);
+    assert!(
+        s.stderr().contains("lb_endpointz"),
+        "the rejection names the field:\n{}",
+        s.stderr()
+    );
+
+    // A good file afterwards is accepted.
+    s.rewrite_config(&config(&a, &b, true));
+    s.wait_stat("server.config_reload_success", |v| v >= 1)
+        .await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(&config(&a, &b, false)).await;
+    let addr = s.main_addr().await;
+    s.rewrite_config(&config(&a, &b, true));
+    let after_file = s
+        .wait_stat("server.config_reload_success", |v| v >= 1)
+        .await;
+    // Nothing changes on disk now, so only the signal can cause the next reload.
+    s.signal(libc::SIGHUP);
+    s.wait_stat("server.config_reload_success", |v| v > after_file)
+        .await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 200);
+    assert_eq!(s.main_addr().await, addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let mut s = Strait::start_with(&config(&a, &b, false), &["--drain-time-s", "20"]).await;
+    let addr = s.main_addr().await;
+    let slow = in_flight(addr, &a, 1500).await;
+
+    s.signal(libc::SIGTERM);
+    eventually(
+        Duration::from_secs(10),
+        "new connections to be refused",
+        || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let r = within(Duration::from_secs(10), "the in-flight request", slow)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the in-flight request completes during the drain"
+    );
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("strait exits after draining");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configs_at_startup_exit_non_zero_naming_the_field() {
+    let b = Backend::echo("b").await;
+    let good = Bootstrap::catch_all("b").cluster("b", b.addr()).build();
+    let cases = [
+        (
+            "unknown field",
+            good.replace(
+                "connect_timeout: 1s",
+                "connect_timeout: 1s\n    bogus_field: 1",
+            ),
+            vec!["bogus_field", "clusters"],
+        ),
+        (
+            "MAGLEV",
+            good.replace("type: STATIC", "type: STATIC\n    lb_policy: MAGLEV"),
+            vec!["lb_policy", "MAGLEV"],
+        ),
+        (
+            "route to an undefined cluster",
+            good.replace("cluster: b}", "cluster: missing}"),
+            vec!["missing"],
+        ),
+        (
+            "not YAML",
+            "static_resources: [unclosed".to_owned(),
+            vec!["line 1"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, yaml, needles) in &cases {
+        let (code, stderr) = Strait::start_expect_failure(yaml).await;
+        if code == 0 {
+            failures.push(format!("{name}: exit code 0"));
+        }
+        for needle in needles {
+            if !stderr.contains(needle) {
+                failures.push(format!("{name}: stderr lacks {needle:?}:\n{stderr}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_mode_proxies_everything_to_the_upstream() {
+    let b = Backend::echo("b").await;
+    let (_s, addr) = Strait::start_quick(&b.addr().to_string()).await;
+    let r = get(addr, "anything.test", "/any/path?x=1", &[]).await;
+    assert_eq!(r.status, 200);
+    let e = r.echo();
+    assert_eq!(
+        (e.path.as_str(), e.host.as_str()),
+        ("/any/path?x=1", "anything.test")
+    );
+    assert_eq!(get_h2(addr, "h", "/", &[]).await.status, 200);
+}
