@@ -116,7 +116,8 @@ impl StreamTimers {
         })
     }
 
-    fn touch(&mut self) {
+    /// Activity on the stream: pushes the idle deadline back.
+    pub fn touch(&mut self) {
         if self.idle.is_some() {
             if let Some(next) = next_wake(self.deadline, self.idle) {
                 self.sleep.as_mut().reset(next);
@@ -124,7 +125,8 @@ impl StreamTimers {
         }
     }
 
-    fn expired_reason(&self) -> &'static str {
+    /// The response flag of an expired timer: `UT` (route timeout) or `SI` (idle).
+    pub fn expired_reason(&self) -> &'static str {
         match self.deadline {
             Some(d) if Instant::now() >= d => "UT",
             _ => "SI",

@@ -62,24 +62,35 @@ enum After {
 
 pub struct FramingGuard<IO> {
     io: IO,
-    state: State,
-    /// A head or chunk-size line split across reads.
-    partial: Vec<u8>,
-    heads: usize,
-    verdict: Arc<Verdict>,
+    follower: Follower,
 }
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO, verdict: Arc<Verdict>) -> Self {
         FramingGuard {
             io,
-            state: State::Start,
-            partial: Vec::new(),
-            heads: 0,
-            verdict,
+            follower: Follower {
+                state: State::Start,
+                partial: Vec::new(),
+                heads: 0,
+                verdict,
+            },
         }
     }
+}
 
+/// The framing state machine, apart from the socket so it can read the bytes the
+/// socket just filled without copying them.
+struct Follower {
+    state: State,
+    /// A head or chunk-size line split across reads; empty (and unallocated) when
+    /// heads arrive whole, as they nearly always do.
+    partial: Vec<u8>,
+    heads: usize,
+    verdict: Arc<Verdict>,
+}
+
+impl Follower {
     fn inspect(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match self.state {
@@ -123,25 +134,28 @@ impl<IO> FramingGuard<IO> {
                             return;
                         }
                     }
-                    let Some(head) = self.take_until(&mut data, b"\r\n\r\n") else {
+                    let Some(next) = self.take_until(&mut data, b"\r\n\r\n", Self::after_head)
+                    else {
                         return;
                     };
-                    self.state = self.after_head(&head);
+                    self.state = next;
                 }
                 State::Trailers => {
                     // Trailer fields line by line, up to the empty line.
-                    let Some(line) = self.take_until(&mut data, b"\n") else {
+                    let empty = |_: &mut Self, line: &[u8]| line == b"\r\n" || line == b"\n";
+                    let Some(end) = self.take_until(&mut data, b"\n", empty) else {
                         return;
                     };
-                    if line == b"\r\n" || line == b"\n" {
+                    if end {
                         self.state = State::Head;
                     }
                 }
                 State::ChunkSize => {
-                    let Some(line) = self.take_until(&mut data, b"\n") else {
+                    let Some(size) = self.take_until(&mut data, b"\n", |_, line| chunk_size(line))
+                    else {
                         return;
                     };
-                    self.state = match chunk_size(&line) {
+                    self.state = match size {
                         Some(0) => State::Trailers,
                         Some(n) => State::Skip {
                             remaining: n,
@@ -154,29 +168,41 @@ impl<IO> FramingGuard<IO> {
         }
     }
 
-    /// Takes bytes up to and including `end`, joining a piece kept from earlier reads.
-    /// `None` (data all kept) when `end` has not arrived yet.
-    fn take_until(&mut self, data: &mut &[u8], end: &[u8]) -> Option<Vec<u8>> {
-        let from = self.partial.len().saturating_sub(end.len() - 1);
-        self.partial.extend_from_slice(data);
-        match find(&self.partial[from..], end) {
-            Some(i) => {
+    /// Takes bytes up to and including `end`, joining a piece kept from earlier reads,
+    /// and hands them to `then`. Returns `None` (the bytes are kept) when `end` has not
+    /// arrived yet.
+    fn take_until<R>(
+        &mut self,
+        data: &mut &[u8],
+        end: &[u8],
+        then: impl FnOnce(&mut Self, &[u8]) -> R,
+    ) -> Option<R> {
+        if self.partial.is_empty() {
+            if let Some(i) = memchr::memmem::find(data, end) {
+                let (line, rest) = data.split_at(i + end.len());
+                *data = rest;
+                return Some(then(self, line));
+            }
+        } else {
+            let from = self.partial.len().saturating_sub(end.len() - 1);
+            let old = self.partial.len();
+            self.partial.extend_from_slice(data);
+            if let Some(i) = memchr::memmem::find(&self.partial[from..], end) {
                 let cut = from + i + end.len();
-                let consumed = cut - (self.partial.len() - data.len());
-                *data = &data[consumed..];
-                let mut line = std::mem::take(&mut self.partial);
-                line.truncate(cut);
-                Some(line)
+                *data = &data[cut - old..];
+                let line = std::mem::take(&mut self.partial);
+                return Some(then(self, &line[..cut]));
             }
-            None => {
-                *data = &[];
-                if self.partial.len() > MAX_PARTIAL {
-                    self.state = State::Off;
-                    self.partial = Vec::new();
-                }
-                None
-            }
+            self.partial.truncate(old);
         }
+        if self.partial.len() + data.len() > MAX_PARTIAL {
+            self.state = State::Off;
+            self.partial = Vec::new();
+        } else {
+            self.partial.extend_from_slice(data);
+        }
+        *data = &[];
+        None
     }
 
     fn after_head(&mut self, head: &[u8]) -> State {
@@ -231,10 +257,6 @@ impl<IO> FramingGuard<IO> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 fn trim(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
@@ -267,10 +289,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.state != State::Off {
+        if this.follower.state != State::Off {
             if let Poll::Ready(Ok(())) = polled {
-                let filled = buf.filled()[before..].to_vec();
-                this.inspect(&filled);
+                this.follower.inspect(&buf.filled()[before..]);
             }
         }
         polled
@@ -316,7 +337,7 @@ mod tests {
         let verdict = Arc::new(Verdict::default());
         let mut g = FramingGuard::new((), verdict.clone());
         for piece in input.chunks(step) {
-            g.inspect(piece);
+            g.follower.inspect(piece);
         }
         let v = verdict.0.load(Ordering::Relaxed);
         (v != usize::MAX).then_some(v)

@@ -15,6 +15,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names beats ten hashed removals.
+    let any = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == header::PROXY_AUTHENTICATE
+            || k == header::PROXY_AUTHORIZATION
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
     let names_others = headers
         .get_all(header::CONNECTION)
         .iter()

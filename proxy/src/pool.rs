@@ -10,7 +10,6 @@
 //! when the request is idempotent, has no body, and no response byte came back.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::cluster::{ClusterRuntime, Host};
 use crate::error::ProxyError;
+use crate::runtime::FastMap;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -50,7 +50,7 @@ struct Entry {
 }
 
 thread_local! {
-    static POOLS: RefCell<HashMap<PoolKey, Entry>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<FastMap<PoolKey, Entry>> = RefCell::new(FastMap::default());
 }
 
 /// An HTTP/1.1 connection lent to one response; it goes back to its worker's pool
@@ -95,15 +95,18 @@ pub async fn send(
         return send_h2(cluster, host, key, req).await;
     }
     let idle_timeout = cluster.config.idle_timeout;
-    let mut reused = if upgrade {
-        None
-    } else {
-        checkout_h1(key, idle_timeout)
+    let (mut reused, idle_for) = match upgrade {
+        true => (None, Duration::ZERO),
+        false => {
+            checkout_h1(key, idle_timeout).map_or((None, Duration::ZERO), |(s, d)| (Some(s), d))
+        }
     };
     // A body-less idempotent request can be replayed if a reused connection turns out
-    // to be dead; keep its head for that (only when a connection is reused).
+    // to be dead; keep its head for that. Upstreams close idle connections on timers of
+    // a second or more (and say `Connection: close` otherwise), so a connection idle for
+    // less than `RACE_IDLE` is not at risk and the copy is not worth making.
     let replay = match (&reused, req.body().is_empty(), idempotent(req.method())) {
-        (Some(_), true, true) => Some(clone_head(&req)),
+        (Some(_), true, true) if idle_for >= RACE_IDLE => Some(clone_head(&req)),
         _ => None,
     };
     let mut req = Some(req);
@@ -203,17 +206,23 @@ async fn h2_sender(
     result
 }
 
+/// How long a connection must have been idle before a request on it keeps a copy for
+/// the keep-alive race retry.
+const RACE_IDLE: Duration = Duration::from_millis(250);
+
+/// The most recently used idle connection, and how long it has been idle.
 fn checkout_h1(
     key: PoolKey,
     idle_timeout: Option<Duration>,
-) -> Option<http1::SendRequest<RequestBody>> {
+) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&key)?;
         while let Some((sender, since)) = entry.idle_h1.pop() {
-            let expired = idle_timeout.is_some_and(|t| since.elapsed() >= t);
+            let idle = since.elapsed();
+            let expired = idle_timeout.is_some_and(|t| idle >= t);
             if !expired && !sender.is_closed() {
-                return Some(sender);
+                return Some((sender, idle));
             }
         }
         None

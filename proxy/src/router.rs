@@ -6,7 +6,6 @@
 //! its status and body from `ProxyError`.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +17,13 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
-use tokio::time::Instant;
 
 use crate::body::{ByteCount, RequestBody, ResponseBody, StreamTimers};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
 use crate::pool;
-use crate::runtime::{ListenerRuntime, Runtime, Shared};
+use crate::runtime::{FastMap, ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
 
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
@@ -39,7 +37,7 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 
 thread_local! {
     /// Per-worker LB state, keyed by cluster id.
-    static LB: RefCell<HashMap<u64, LbState>> = RefCell::new(HashMap::new());
+    static LB: RefCell<FastMap<u64, LbState>> = RefCell::new(FastMap::default());
 }
 
 /// What a connection knows about itself.
@@ -300,11 +298,10 @@ async fn proxy<'a>(
     }
     vhost.headers.apply_request(&mut parts.headers);
     rc.headers.apply_request(&mut parts.headers);
-    if let Some(t) = target.timeout {
-        parts.headers.insert(
-            &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-            HeaderValue::from(t.as_millis() as u64),
-        );
+    if let Some(t) = &target.timeout_header {
+        parts
+            .headers
+            .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, t.clone());
     }
     let path = new_path.as_deref().unwrap_or(&path_and_query);
     let uri = if h2 {
@@ -354,15 +351,13 @@ async fn proxy<'a>(
     };
     guard.begin_upstream(cluster.clone(), host.clone());
     let send = pool::send(&cluster, &host, h2, upgrade.is_some(), upstream_req);
-    let wait_until = match (deadline, idle) {
-        (Some(d), Some(i)) => Some(d.min(Instant::now() + i)),
-        (d, i) => d.or(i.map(|i| Instant::now() + i)),
-    };
-    let sent = match wait_until {
-        Some(at) => match tokio::time::timeout_at(at, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+    // One timer serves the wait for the response head and then the response body.
+    let mut timers = StreamTimers::new(deadline, idle);
+    let sent = match &mut timers {
+        Some(t) => tokio::select! {
+            r = send => r,
+            _ = t.sleep.as_mut() => {
+                if t.expired_reason() == "UT" {
                     cluster.stats.upstream_rq_timeout.inc();
                     Err(ProxyError::UpstreamTimeout)
                 } else {
@@ -410,7 +405,9 @@ async fn proxy<'a>(
     if let Some(log) = &mut guard.log {
         log.response_headers = Some(parts.headers.clone());
     }
-    let timers = StreamTimers::new(deadline, idle);
+    if let Some(t) = &mut timers {
+        t.touch();
+    }
     let guard = slot.take().expect("guard present");
     Ok(Response::from_parts(
         parts,

@@ -14,6 +14,10 @@ use crate::access_log::{AccessLogger, Writers};
 use crate::cluster::ClusterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 
+/// A hash map for lookups on the request path: keys come from config or from us, so
+/// a fast unkeyed-quality hash is enough.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Envoy's `http.<stat_prefix>.*` connection-manager stats.
 #[derive(Clone)]
 pub struct HttpStats {
@@ -82,7 +86,7 @@ pub struct Runtime {
     pub generation: u64,
     pub snapshot: Arc<Snapshot>,
     pub listeners: Vec<Arc<ListenerRuntime>>,
-    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    pub clusters: FastMap<String, Arc<ClusterRuntime>>,
 }
 
 impl Runtime {
@@ -123,7 +127,8 @@ impl Runtime {
                 access_logs,
             }));
         }
-        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        let mut clusters =
+            FastMap::with_capacity_and_hasher(snapshot.clusters.len(), Default::default());
         for name in &snapshot.cluster_order {
             let config = snapshot.clusters[name].clone();
             let kept = previous

@@ -4,6 +4,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use hyper::Method;
+
 use common::*;
 
 const RESET_BODY: &str = "upstream connect error or disconnect/reset before headers";
@@ -22,6 +24,35 @@ async fn connect_failure_is_503_and_counted() {
     }
     s.wait_stat("http.ingress.downstream_rq_5xx", |v| v == 2)
         .await;
+}
+
+/// The "503 upstream connect error" users of other sidecars see when an upstream
+/// closes an idle keep-alive connection just as it is reused: a body-less idempotent
+/// request is retried once on a new connection instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_race_is_retried_on_a_new_connection() {
+    let racer = Backend::keepalive_racer("racer").await;
+    let config = Bootstrap::catch_all("up")
+        .cluster("up", racer.addr())
+        .build();
+    // One worker, so both requests share its pool.
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    // Let the pooled connection age past the point where a request on it keeps a copy
+    // for replay (pool::RACE_IDLE, 250 ms); this wait is the scenario, not a sync.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get(addr, "h", "/again", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(racer.connections(), 2, "the retry used a new connection");
+    s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 1)
+        .await;
+    // A POST is not replayed: the race surfaces as a 503.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut c = Client::connect(addr, Proto::H1).await.expect("connect");
+    let req = c.request(Method::POST, "h", "/post", &[], full("data"));
+    let r = c.send(req).await.expect("response");
+    assert_eq!(r.status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,6 +328,9 @@ pub struct RouteTarget {
     pub auto_host_rewrite: bool,
     /// Whole upstream request timeout; Envoy's default is 15 s, `None` when set to 0.
     pub timeout: Option<Duration>,
+    /// `timeout` in milliseconds as the `x-envoy-expected-rq-timeout-ms` value, made
+    /// once here rather than formatted per request.
+    pub timeout_header: Option<HeaderValue>,
     /// Per-stream idle timeout on this route; overrides the HCM's. `Some(Duration::ZERO)`
     /// (written `0s`) disables it for this route, as in Envoy.
     pub idle_timeout: Option<Duration>,

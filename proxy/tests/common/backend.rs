@@ -195,6 +195,48 @@ impl Backend {
         }
     }
 
+    /// Answers the first request on each connection with keep-alive, then closes the
+    /// connection when the second request arrives, without answering: an upstream
+    /// whose idle timer fired just as the proxy reused the connection.
+    pub async fn keepalive_racer(name: &str) -> Backend {
+        let listener = bind().await;
+        let addr = listener.local_addr().expect("local addr");
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    // The next request (or EOF) ends the connection unanswered.
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            counters,
+            accept,
+        }
+    }
+
     /// A WebSocket server echoing every text and binary message.
     pub async fn websocket_echo(name: &str) -> Backend {
         let listener = bind().await;

@@ -71,11 +71,12 @@ impl Strait {
         let mut args = vec![
             "-c".to_owned(),
             config.display().to_string(),
-            "--concurrency".into(),
-            "2".into(),
             "--admin-address-path".into(),
             admin_file.display().to_string(),
         ];
+        if !extra_args.contains(&"--concurrency") {
+            args.extend(["--concurrency".into(), "2".into()]);
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = spawn(&dir, &args);

@@ -400,13 +400,15 @@ fn route_target(
         }
         header_value(&format!("{path}.host_rewrite_literal"), host)?;
     }
+    let timeout = timeout_or(config.timeout, Duration::from_secs(15));
     Ok(RouteTarget {
         cluster,
         prefix_rewrite,
         regex_rewrite,
         host_rewrite_literal: config.host_rewrite_literal.clone(),
         auto_host_rewrite,
-        timeout: timeout_or(config.timeout, Duration::from_secs(15)),
+        timeout,
+        timeout_header: timeout.map(|t| http::HeaderValue::from(t.as_millis() as u64)),
         idle_timeout: config.idle_timeout,
     })
 }
