@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::stream::StreamGuard;
 
@@ -86,59 +87,83 @@ impl Body for RequestBody {
     }
 }
 
-/// Why a response body stopped early.
-#[derive(Debug)]
-pub struct StreamError(pub &'static str);
+/// Which of a stream's timers fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The route's `timeout` (504, `UT`).
+    Route,
+    /// The connection manager's `request_timeout` (408).
+    Request,
+    /// `stream_idle_timeout` / the route's `idle_timeout` (`SI`).
+    Idle,
+}
 
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+impl Expiry {
+    pub fn error(self) -> ProxyError {
+        match self {
+            Expiry::Route => ProxyError::UpstreamTimeout,
+            Expiry::Request => ProxyError::RequestTimeout,
+            Expiry::Idle => ProxyError::StreamIdleTimeout,
+        }
     }
 }
 
-impl std::error::Error for StreamError {}
-
-/// Timers of a stream whose response is streaming: the route's deadline and the
-/// stream idle timeout, folded into one `Sleep`.
+/// A stream's timers (route timeout, request timeout, idle timeout) folded into one
+/// `Sleep`, which serves the wait for the response head and then the body.
 pub struct StreamTimers {
-    pub deadline: Option<Instant>,
-    pub idle: Option<Duration>,
+    route: Option<Instant>,
+    request: Option<Instant>,
+    idle: Option<Duration>,
     pub sleep: Pin<Box<Sleep>>,
 }
 
 impl StreamTimers {
-    pub fn new(deadline: Option<Instant>, idle: Option<Duration>) -> Option<StreamTimers> {
-        let next = next_wake(deadline, idle)?;
-        Some(StreamTimers {
-            deadline,
+    pub fn new(
+        route: Option<Instant>,
+        request: Option<Instant>,
+        idle: Option<Duration>,
+    ) -> Option<StreamTimers> {
+        let mut timers = StreamTimers {
+            route,
+            request,
             idle,
-            sleep: Box::pin(tokio::time::sleep_until(next)),
-        })
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+        };
+        let next = timers.next_wake()?;
+        timers.sleep.as_mut().reset(next);
+        Some(timers)
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        [
+            self.route,
+            self.request,
+            self.idle.map(|d| Instant::now() + d),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Activity on the stream: pushes the idle deadline back.
     pub fn touch(&mut self) {
         if self.idle.is_some() {
-            if let Some(next) = next_wake(self.deadline, self.idle) {
+            if let Some(next) = self.next_wake() {
                 self.sleep.as_mut().reset(next);
             }
         }
     }
 
-    /// The response flag of an expired timer: `UT` (route timeout) or `SI` (idle).
-    pub fn expired_reason(&self) -> &'static str {
-        match self.deadline {
-            Some(d) if Instant::now() >= d => "UT",
-            _ => "SI",
+    /// Which timer fired, once `sleep` has.
+    pub fn expired(&self) -> Expiry {
+        let now = Instant::now();
+        if self.route.is_some_and(|d| now >= d) {
+            Expiry::Route
+        } else if self.request.is_some_and(|d| now >= d) {
+            Expiry::Request
+        } else {
+            Expiry::Idle
         }
-    }
-}
-
-fn next_wake(deadline: Option<Instant>, idle: Option<Duration>) -> Option<Instant> {
-    let idle_at = idle.map(|d| Instant::now() + d);
-    match (deadline, idle_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -212,15 +237,14 @@ impl Body for ResponseBody {
                 Poll::Pending => {
                     if let Some(t) = &mut this.timers {
                         if t.sleep.as_mut().poll(cx).is_ready() {
-                            let reason = t.expired_reason();
-                            this.finish(Some(reason));
-                            return Poll::Ready(Some(Err(Box::new(StreamError(
-                                if reason == "UT" {
-                                    "upstream request timeout"
-                                } else {
-                                    "stream idle timeout"
-                                },
-                            )))));
+                            // Headers are gone already: the stream is reset.
+                            let expiry = t.expired();
+                            if let Some(g) = &mut this.guard {
+                                g.timed_out(expiry);
+                            }
+                            let err = expiry.error();
+                            this.finish(Some(err.flag()));
+                            return Poll::Ready(Some(Err(Box::new(err))));
                         }
                     }
                     Poll::Pending

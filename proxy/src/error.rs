@@ -28,6 +28,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The stream saw no activity for the idle timeout (`SI`).
     StreamIdleTimeout,
+    /// The connection manager's `request_timeout` elapsed (408).
+    RequestTimeout,
     /// An upgrade (e.g. WebSocket) that the connection manager does not allow.
     UpgradeRejected,
     /// A request the proxy refuses to forward (smuggling shapes and the like).
@@ -46,6 +48,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout => Side::Upstream,
             ProxyError::StreamIdleTimeout
+            | ProxyError::RequestTimeout
             | ProxyError::UpgradeRejected
             | ProxyError::BadRequest { .. }
             | ProxyError::HeadersTooLarge => Side::Downstream,
@@ -59,7 +62,7 @@ impl ProxyError {
             ProxyError::NoCluster | ProxyError::NoHealthyUpstream => 503,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
             ProxyError::UpstreamTimeout => 504,
-            ProxyError::StreamIdleTimeout => 408,
+            ProxyError::StreamIdleTimeout | ProxyError::RequestTimeout => 408,
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
             ProxyError::HeadersTooLarge => 431,
@@ -76,6 +79,9 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "UR",
             ProxyError::UpstreamTimeout => "UT",
             ProxyError::StreamIdleTimeout => "SI",
+            // Envoy sets no flag of its own for request_timeout; DT is its flag for a
+            // stream that outlived its allowed duration, the closest meaning.
+            ProxyError::RequestTimeout => "DT",
             ProxyError::UpgradeRejected => "UPE",
             ProxyError::BadRequest { .. } | ProxyError::HeadersTooLarge => "DPE",
         }
@@ -95,6 +101,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => "upstream_response_timeout",
             ProxyError::StreamIdleTimeout => "stream_idle_timeout",
+            ProxyError::RequestTimeout => "request_overall_timeout",
             ProxyError::UpgradeRejected => "upgrade_failed",
             ProxyError::BadRequest { .. } => "http1.codec_error",
             ProxyError::HeadersTooLarge => "http1.headers_too_large",
@@ -117,6 +124,7 @@ impl ProxyError {
             ),
             ProxyError::UpstreamTimeout => "upstream request timeout".into(),
             ProxyError::StreamIdleTimeout => "stream timeout".into(),
+            ProxyError::RequestTimeout => "request timeout".into(),
             ProxyError::BadRequest { reason } => format!("bad request: {reason}"),
             ProxyError::HeadersTooLarge => "request header too large".into(),
         }

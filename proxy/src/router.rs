@@ -352,18 +352,15 @@ async fn proxy<'a>(
     guard.begin_upstream(cluster.clone(), host.clone());
     let send = pool::send(&cluster, &host, h2, upgrade.is_some(), upstream_req);
     // One timer serves the wait for the response head and then the response body.
-    let mut timers = StreamTimers::new(deadline, idle);
+    let request_deadline = hcm.request_timeout.map(|t| guard.start() + t);
+    let mut timers = StreamTimers::new(deadline, request_deadline, idle);
     let sent = match &mut timers {
         Some(t) => tokio::select! {
             r = send => r,
             _ = t.sleep.as_mut() => {
-                if t.expired_reason() == "UT" {
-                    cluster.stats.upstream_rq_timeout.inc();
-                    Err(ProxyError::UpstreamTimeout)
-                } else {
-                    listener.http.downstream_rq_timeout.inc();
-                    Err(ProxyError::StreamIdleTimeout)
-                }
+                let expiry = t.expired();
+                guard.timed_out(expiry);
+                Err(expiry.error())
             }
         },
         None => send.await,

@@ -106,6 +106,14 @@ impl StreamGuard {
         }
     }
 
+    /// Counts a timer that ended the stream where Envoy counts it.
+    pub fn timed_out(&mut self, expiry: crate::body::Expiry) {
+        match (expiry, &self.upstream) {
+            (crate::body::Expiry::Route, Some(up)) => up.cluster.stats.upstream_rq_timeout.inc(),
+            _ => self.listener.http.downstream_rq_timeout.inc(),
+        }
+    }
+
     pub fn finish(self) {
         // Drop does the work, so a guard dropped on any path counts once.
         drop(self)

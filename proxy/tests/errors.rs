@@ -56,6 +56,53 @@ async fn keepalive_race_is_retried_on_a_new_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_is_408() {
+    let slow = Backend::echo("slow").await;
+    let config = Bootstrap::catch_all("slow")
+        .hcm("request_timeout: 0.3s")
+        .cluster("slow", slow.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-delay-ms", "5000")],
+    )
+    .await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    s.wait_stat("http.ingress.downstream_rq_timeout", |v| v == 1)
+        .await;
+}
+
+/// Headers already went out, so the idle timeout can only reset the stream; the
+/// client sees the body end early rather than hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_response_body_is_reset_by_the_stream_idle_timeout() {
+    let b = Backend::echo("b").await;
+    let config = Bootstrap::catch_all("b")
+        .hcm("stream_idle_timeout: 0.3s")
+        .cluster("b", b.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let mut c = Client::connect(s.main_addr().await, Proto::H1)
+        .await
+        .expect("connect");
+    let headers = [
+        ("x-backend-body-bytes", "1000000"),
+        ("x-backend-stall-after-bytes", "65536"),
+    ];
+    let req = c.request(Method::GET, "h", "/", &headers, empty());
+    let resp = c.send_streaming(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    let body = count_body(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "the stalled body must not end cleanly: {body:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_is_504() {
     let slow = Backend::echo("slow").await;
     let vhosts = r#"

@@ -421,7 +421,20 @@ async fn echo(
     let mut trailers = Some(trailers)
         .filter(|t| !t.is_empty())
         .map(|t| t.into_iter().collect::<HeaderMap>());
+    // `x-backend-stall-after-bytes: N`: send N body bytes, then nothing, ever.
+    let mut stall_after = get("x-backend-stall-after-bytes").and_then(|v| v.parse::<u64>().ok());
     let stream = futures_util::stream::poll_fn(move |_| {
+        if let Some(budget) = &mut stall_after {
+            if *budget == 0 {
+                return std::task::Poll::Pending;
+            }
+            let n = left.min(data.len() as u64).min(*budget);
+            *budget -= n;
+            left -= n;
+            return std::task::Poll::Ready(Some(Ok::<_, Infallible>(Frame::data(
+                data.slice(..n as usize),
+            ))));
+        }
         if left > 0 {
             let n = left.min(data.len() as u64);
             left -= n;

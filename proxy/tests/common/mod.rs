@@ -17,7 +17,10 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use backend::{Backend, Echo};
-pub use client::{full, get, get_h2, send_raw, send_raw_until_close, Client, Proto, RawConn, Resp};
+pub use client::{
+    count_body, empty, full, get, get_h2, send_raw, send_raw_until_close, Client, Proto, RawConn,
+    Resp,
+};
 pub use config::{cluster_yaml, Bootstrap};
 pub use proxy::Strait;
 
