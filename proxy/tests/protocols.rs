@@ -136,7 +136,8 @@ async fn a_1_gib_upload_streams_in_bounded_memory() {
     let s = proxy_to(&b, false).await;
     let addr = s.main_addr().await;
     let mut c = Client::connect(addr, Proto::H1).await.unwrap();
-    // Warm up pools and buffers so the baseline is a running proxy.
+    // Warm up pools and buffers so the baseline is a running proxy. The issue asks
+    // for "a few MiB" at most; the measured growth is well under 1 MiB.
     let req = c.request(Method::POST, "mem.test", "/", &[], generated(8 * MIB));
     assert_eq!(c.send(req).await.unwrap().status, 200);
     let before = s.rss_kib();
@@ -148,7 +149,7 @@ async fn a_1_gib_upload_streams_in_bounded_memory() {
     let after = s.rss_kib();
     let growth_mib = after.saturating_sub(before) / 1024;
     assert!(
-        growth_mib < 64,
+        growth_mib < 8,
         "RSS grew {growth_mib} MiB ({before} KiB -> {after} KiB) streaming 1 GiB"
     );
 }
