@@ -67,7 +67,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
         .timer(TokioTimer::new())
         .max_header_list_size(max_head as u32)
         .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(1 << 24)
+        .initial_connection_window_size(4 << 20)
         .max_concurrent_streams(1024);
     let builder = match hcm.codec_type {
         CodecType::Auto => builder,

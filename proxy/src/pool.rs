@@ -307,7 +307,7 @@ async fn connect_h2(
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(1 << 24)
+        .initial_connection_window_size(4 << 20)
         .adaptive_window(false)
         .handshake(TokioIo::new(stream))
         .await
