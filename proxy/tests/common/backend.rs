@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 type BackendBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -116,12 +116,15 @@ impl Backend {
         l.local_addr().expect("local addr")
     }
 
-    /// The echo backend, HTTP/1.1 and h2c prior knowledge on one port.
-    pub async fn echo(name: &str) -> Backend {
+    /// Accepts connections on 127.0.0.1:0 and runs `conn` for each, counting them.
+    async fn serve<F, Fut>(name: &str, conn: F) -> Backend
+    where
+        F: Fn(TcpStream, Arc<Counters>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = bind().await;
         let addr = listener.local_addr().expect("local addr");
         let counters = Arc::new(Counters::default());
-        let name_arc: Arc<str> = Arc::from(name);
         let c = counters.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -130,16 +133,7 @@ impl Backend {
                 };
                 let _ = stream.set_nodelay(true);
                 c.connections.fetch_add(1, Ordering::SeqCst);
-                let (c, name) = (c.clone(), name_arc.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| echo(name.clone(), c.clone(), req));
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder
-                        .http2()
-                        .initial_stream_window_size(4 << 20)
-                        .initial_connection_window_size(8 << 20);
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                });
+                tokio::spawn(conn(stream, c.clone()));
             }
         });
         Backend {
@@ -150,125 +144,76 @@ impl Backend {
         }
     }
 
+    /// The echo backend, HTTP/1.1 and h2c prior knowledge on one port.
+    pub async fn echo(name: &str) -> Backend {
+        let name_arc: Arc<str> = Arc::from(name);
+        Backend::serve(name, move |stream, c| {
+            let name = name_arc.clone();
+            async move {
+                let svc = service_fn(move |req| echo(name.clone(), c.clone(), req));
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http2()
+                    .initial_stream_window_size(4 << 20)
+                    .initial_connection_window_size(8 << 20);
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+        })
+        .await
+    }
+
     /// Reads each request head verbatim (recorded in `heads()`), answers `200 ok` and
     /// closes. For checks on the exact bytes a proxy sends (header case).
     pub async fn raw_recorder(name: &str) -> Backend {
-        let listener = bind().await;
-        let addr = listener.local_addr().expect("local addr");
-        let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                c.connections.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    c.requests.fetch_add(1, Ordering::SeqCst);
-                    c.heads
-                        .lock()
-                        .expect("heads lock")
-                        .push(String::from_utf8_lossy(&head).into_owned());
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                        )
-                        .await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Backend {
-            name: name.to_owned(),
-            addr,
-            counters,
-            accept,
-        }
+        Backend::serve(name, |mut stream, c| async move {
+            let Some(head) = read_head(&mut stream).await else {
+                return;
+            };
+            c.requests.fetch_add(1, Ordering::SeqCst);
+            c.heads
+                .lock()
+                .expect("heads lock")
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+            let _ = stream.shutdown().await;
+        })
+        .await
     }
 
     /// Answers the first request on each connection with keep-alive, then closes the
     /// connection when the second request arrives, without answering: an upstream
     /// whose idle timer fired just as the proxy reused the connection.
     pub async fn keepalive_racer(name: &str) -> Backend {
-        let listener = bind().await;
-        let addr = listener.local_addr().expect("local addr");
-        let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                c.connections.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    c.requests.fetch_add(1, Ordering::SeqCst);
-                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(ok).await.is_err() {
-                        return;
-                    }
-                    // The next request (or EOF) ends the connection unanswered.
-                    let _ = stream.read(&mut buf).await;
-                });
+        Backend::serve(name, |mut stream, c| async move {
+            if read_head(&mut stream).await.is_none() {
+                return;
             }
-        });
-        Backend {
-            name: name.to_owned(),
-            addr,
-            counters,
-            accept,
-        }
+            c.requests.fetch_add(1, Ordering::SeqCst);
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(ok).await.is_ok() {
+                // The next request (or EOF) ends the connection unanswered.
+                let _ = read_head(&mut stream).await;
+            }
+        })
+        .await
     }
 
     /// A WebSocket server echoing every text and binary message.
     pub async fn websocket_echo(name: &str) -> Backend {
-        let listener = bind().await;
-        let addr = listener.local_addr().expect("local addr");
-        let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                c.connections.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    c.requests.fetch_add(1, Ordering::SeqCst);
-                    while let Some(Ok(msg)) = ws.next().await {
-                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        Backend::serve(name, |stream, c| async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            c.requests.fetch_add(1, Ordering::SeqCst);
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    return;
+                }
             }
-        });
-        Backend {
-            name: name.to_owned(),
-            addr,
-            counters,
-            accept,
-        }
+        })
+        .await
     }
 
     /// A gRPC server (`tests/proto/echo.proto`) over h2c.
@@ -296,6 +241,19 @@ impl Backend {
             accept,
         }
     }
+}
+
+/// Reads one request head, byte for byte; `None` on EOF or error first.
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
 }
 
 fn header_pairs(headers: &HeaderMap, name: &str) -> Vec<(HeaderName, HeaderValue)> {
