@@ -1,0 +1,245 @@
+//! The `env::proxy_*` host functions of proxy-wasm ABI 0.2.0 / 0.2.1.
+//!
+//! Every function returns a status code; plugin mistakes (bad pointers, unknown map
+//! types, malformed pairs) are status codes, never traps. A trap only comes from the
+//! guest itself (including its allocator, which the host calls to return data).
+//!
+//! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
+//! exactly this: HTTP and gRPC callouts, shared queues, `proxy_set_property`,
+//! `proxy_close_stream`, `proxy_get_status`, `proxy_call_foreign_function`.
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use wasmtime::{Caller, FuncType, Linker, Val, ValType};
+
+mod maps;
+mod shared;
+
+use super::headers::deserialize_pairs;
+use super::memory::{copy_out, read, write_u32, write_u64};
+use super::properties;
+use super::state::HostState;
+use crate::LocalReply;
+
+/// Status codes of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub(crate) enum Status {
+    Ok = 0,
+    NotFound = 1,
+    BadArgument = 2,
+    SerializationFailure = 3,
+    InvalidMemoryAccess = 6,
+    CasMismatch = 8,
+    InternalFailure = 10,
+    Unimplemented = 12,
+}
+
+/// Why a host function did not succeed: a status for the guest, or a trap that
+/// ends the callback.
+pub(crate) enum HostError {
+    Status(Status),
+    Trap(wasmtime::Error),
+}
+
+impl From<Status> for HostError {
+    fn from(status: Status) -> Self {
+        HostError::Status(status)
+    }
+}
+
+pub(crate) type HostResult<T = ()> = Result<T, HostError>;
+
+pub(crate) fn finish(result: HostResult) -> wasmtime::Result<i32> {
+    match result {
+        Ok(()) => Ok(Status::Ok as i32),
+        Err(HostError::Status(status)) => Ok(status as i32),
+        Err(HostError::Trap(trap)) => Err(trap),
+    }
+}
+
+pub(crate) type C<'a> = Caller<'a, HostState>;
+
+const UNIMPLEMENTED: &[(&str, usize)] = &[
+    ("proxy_set_property", 4),
+    ("proxy_register_shared_queue", 3),
+    ("proxy_resolve_shared_queue", 5),
+    ("proxy_dequeue_shared_queue", 3),
+    ("proxy_enqueue_shared_queue", 3),
+    ("proxy_close_stream", 1),
+    ("proxy_http_call", 10),
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_get_status", 3),
+    ("proxy_call_foreign_function", 6),
+];
+
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    add_logging_and_time(linker)?;
+    maps::add_header_maps(linker)?;
+    maps::add_buffers(linker)?;
+    add_stream_control(linker)?;
+    shared::add_shared_data_and_metrics(linker)?;
+    for (name, params) in UNIMPLEMENTED {
+        let ty = FuncType::new(linker.engine(), vec![ValType::I32; *params], [ValType::I32]);
+        linker.func_new("env", name, ty, |_, _, results| {
+            results[0] = Val::I32(Status::Unimplemented as i32);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |caller: C<'_>, level: i32, ptr: i32, len: i32| {
+            finish(read(&caller, ptr, len).map(|message| {
+                let plugin = caller.data().plugin.name.as_str();
+                let message = String::from_utf8_lossy(&message);
+                match level {
+                    0 => tracing::trace!(target: "strait::wasm", plugin, "{message}"),
+                    1 => tracing::debug!(target: "strait::wasm", plugin, "{message}"),
+                    2 => tracing::info!(target: "strait::wasm", plugin, "{message}"),
+                    3 => tracing::warn!(target: "strait::wasm", plugin, "{message}"),
+                    _ => tracing::error!(target: "strait::wasm", plugin, "{message}"),
+                }
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut caller: C<'_>, out: i32| {
+            // The SDKs filter below this level themselves, saving a host call per line.
+            use tracing::level_filters::LevelFilter;
+            let level = match LevelFilter::current() {
+                LevelFilter::TRACE => 0,
+                LevelFilter::DEBUG => 1,
+                LevelFilter::INFO => 2,
+                LevelFilter::WARN => 3,
+                LevelFilter::ERROR => 4,
+                _ => 5,
+            };
+            finish(write_u32(&mut caller, out, level))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut caller: C<'_>, out: i32| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64);
+            finish(write_u64(&mut caller, out, now))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut caller: C<'_>, ms: i32| {
+            caller.data_mut().tick_period = std::time::Duration::from_millis(u64::from(ms as u32));
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut caller: C<'_>, ptr: i32, len: i32, out_ptr: i32, out_len: i32| {
+            finish((|| {
+                let path = read(&caller, ptr, len)?;
+                let value = properties::get(caller.data(), &path).ok_or(Status::NotFound)?;
+                copy_out(&mut caller, &value, out_ptr, out_len)
+            })())
+        },
+    )?;
+    Ok(())
+}
+
+fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut caller: C<'_>,
+         status: i32,
+         details_ptr: i32,
+         details_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         grpc_status: i32| {
+            finish((|| {
+                let status = u16::try_from(status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .ok_or(Status::BadArgument)?;
+                let details =
+                    String::from_utf8_lossy(&read(&caller, details_ptr, details_len)?).into_owned();
+                let body = Bytes::from(read(&caller, body_ptr, body_len)?);
+                let mut reply = LocalReply {
+                    status,
+                    headers: http::HeaderMap::new(),
+                    body,
+                    details,
+                };
+                for (name, value) in deserialize_pairs(&read(&caller, headers_ptr, headers_len)?)? {
+                    let name = HeaderName::from_bytes(&name).map_err(|_| Status::BadArgument)?;
+                    let value = HeaderValue::from_bytes(&value).map_err(|_| Status::BadArgument)?;
+                    reply.headers.append(name, value);
+                }
+                if grpc_status >= 0 {
+                    reply
+                        .headers
+                        .insert("grpc-status", HeaderValue::from(grpc_status));
+                }
+                let state = caller.data_mut();
+                let context = state.effective_context;
+                state
+                    .signals
+                    .get_mut(&context)
+                    .ok_or(Status::NotFound)?
+                    .local_reply = Some(reply);
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut caller: C<'_>, stream_type: i32| {
+            let state = caller.data_mut();
+            let context = state.effective_context;
+            let Some(signals) = state.signals.get_mut(&context) else {
+                return Ok(Status::NotFound as i32);
+            };
+            match stream_type {
+                0 => signals.resume_request = true,
+                1 => signals.resume_response = true,
+                _ => return Ok(Status::BadArgument as i32),
+            }
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut caller: C<'_>, context: i32| {
+            let state = caller.data_mut();
+            let context = context as u32;
+            if context != state.root_context_id && !state.signals.contains_key(&context) {
+                return Ok(Status::BadArgument as i32);
+            }
+            state.effective_context = context;
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    linker.func_wrap("env", "proxy_done", |mut caller: C<'_>| {
+        caller.data_mut().done = true;
+        Ok(Status::Ok as i32)
+    })?;
+    Ok(())
+}

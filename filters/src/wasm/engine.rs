@@ -1,0 +1,60 @@
+//! The process-wide wasmtime engine and the epoch ticker that enforces CPU deadlines.
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How often the ticker thread advances the engine epoch. A callback's deadline is a
+/// number of these ticks, so deadlines are accurate to one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// One `wasmtime::Engine` (compiler settings, code memory, epoch counter) shared by
+/// every plugin and worker. Cloning is cheap (an `Arc` inside).
+#[derive(Clone)]
+pub struct WasmEngine {
+    engine: wasmtime::Engine,
+}
+
+impl WasmEngine {
+    /// The engine every plugin uses unless a test makes its own. Its ticker thread
+    /// lives as long as the process.
+    pub fn shared() -> &'static WasmEngine {
+        static SHARED: OnceLock<WasmEngine> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            // The configuration is fixed and valid for the host target; failing here
+            // means wasmtime cannot run on this machine at all.
+            WasmEngine::new().expect("wasmtime engine with the default configuration")
+        })
+    }
+
+    /// A new engine with its own ticker thread, which exits once the engine is
+    /// dropped.
+    pub fn new() -> Result<Self, String> {
+        let mut config = wasmtime::Config::new();
+        // Epoch checks cost a load and compare per loop back-edge and function entry;
+        // fuel metering would cost several instructions per basic block.
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:?}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+        Ok(Self { engine })
+    }
+
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+}
+
+/// Epoch ticks for a deadline, at least one (a zero deadline would trap at once).
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    let ticks = deadline.as_nanos().div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}

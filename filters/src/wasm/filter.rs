@@ -1,0 +1,293 @@
+//! `WasmHttpFilter`: one stream context of a plugin, driven by the filter chain.
+//!
+//! Each phase moves the proxy's own value (head, body buffer, trailers) into the
+//! VM's store for the duration of the callback, so host functions edit it in place
+//! without copying, and moves it back afterwards. Later phases still let the plugin
+//! read the request (and, in `on_log`, the response) head: the filter keeps a copy
+//! of each head as it left this filter, which costs one header-map clone per head
+//! per stream. Edits to those copies are not forwarded; Envoy likewise ignores
+//! request-header edits once the request has gone upstream.
+//!
+//! Failure: the first callback that traps, runs out of time or memory (or finds its
+//! VM failed by another stream) answers 500 `wasm_fail_stream`, or continues when
+//! the plugin is `fail_open`; later phases of that stream continue untouched.
+use std::mem;
+use std::rc::Rc;
+
+use http::{HeaderMap, StatusCode};
+
+use super::headers::HeaderView;
+use super::state::StreamData;
+use super::vm::{Phase, WasmVm};
+use super::WasmError;
+use crate::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
+
+/// The proxy-wasm plugin as an HTTP filter, one per stream.
+pub struct WasmHttpFilter {
+    vm: Rc<WasmVm>,
+    /// VM generation and context id; `None` if the VM could not start.
+    context: Option<(u64, u32)>,
+    fail_open: bool,
+    error: Option<WasmError>,
+    /// The failure was answered (500 or fail-open continue); later phases pass.
+    failure_answered: bool,
+    request: Option<RequestHead>,
+    response: Option<ResponseHead>,
+    resume_request: bool,
+    resume_response: bool,
+    finished: bool,
+}
+
+impl WasmHttpFilter {
+    /// Creates the stream context (`proxy_on_context_create`), starting or
+    /// restarting the worker's VM if needed.
+    pub fn new(vm: &Rc<WasmVm>) -> Self {
+        let (context, error) = match vm.create_stream() {
+            Ok(context) => (Some(context), None),
+            Err(error) => (None, Some(error)),
+        };
+        Self {
+            vm: vm.clone(),
+            context,
+            fail_open: vm.plugin().config().fail_open,
+            error,
+            failure_answered: false,
+            request: None,
+            response: None,
+            resume_request: false,
+            resume_response: false,
+            finished: false,
+        }
+    }
+
+    /// The failure that ended this stream's plugin processing, if any.
+    pub fn error(&self) -> Option<&WasmError> {
+        self.error.as_ref()
+    }
+
+    /// Whether the plugin called `proxy_continue_stream` for the request / response
+    /// since the last call; the chain resumes a stream paused by `StopIteration`.
+    pub fn take_resume(&mut self) -> (bool, bool) {
+        (
+            mem::take(&mut self.resume_request),
+            mem::take(&mut self.resume_response),
+        )
+    }
+
+    fn dispatch(
+        &mut self,
+        phase: Phase,
+        size: usize,
+        end_of_stream: bool,
+        data: &mut StreamData,
+    ) -> FilterStatus {
+        let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
+            return self.answer_failure();
+        };
+        data.request = data.request.take().or_else(|| self.request.take());
+        data.response = data.response.take().or_else(|| self.response.take());
+        let result = self.vm.with_running(generation, |vm| {
+            mem::swap(&mut vm.store.data_mut().stream, data);
+            let action = vm.http_phase(phase, context, size, end_of_stream);
+            mem::swap(&mut vm.store.data_mut().stream, data);
+            Ok((action?, vm.take_signals(context)))
+        });
+        match result {
+            Ok((action, signals)) => {
+                self.resume_request |= signals.resume_request;
+                self.resume_response |= signals.resume_response;
+                match (signals.local_reply, action) {
+                    (Some(reply), _) => FilterStatus::LocalReply(reply),
+                    (None, 0) => FilterStatus::Continue,
+                    // Pause and the StopIteration* variants of other SDKs.
+                    (None, _) => FilterStatus::StopIteration,
+                }
+            }
+            Err(error) => {
+                self.error = Some(error);
+                self.answer_failure()
+            }
+        }
+    }
+
+    /// The first phase after a failure (in it, or in starting the VM) answers 500,
+    /// or continues when the plugin is fail-open; the phases after it continue.
+    fn answer_failure(&mut self) -> FilterStatus {
+        if self.fail_open || mem::replace(&mut self.failure_answered, true) {
+            return FilterStatus::Continue;
+        }
+        FilterStatus::LocalReply(LocalReply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "wasm_fail_stream",
+        ))
+    }
+
+    /// Puts the heads the callback saw back where later phases find them.
+    fn keep_heads(&mut self, data: &mut StreamData) {
+        if let Some(request) = data.request.take() {
+            self.request = Some(request);
+        }
+        if let Some(response) = data.response.take() {
+            self.response = Some(response);
+        }
+    }
+}
+
+fn copy_request(head: &RequestHead) -> RequestHead {
+    let (mut copy, ()) = http::Request::new(()).into_parts();
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+fn copy_response(head: &ResponseHead) -> ResponseHead {
+    let (mut copy, ()) = http::Response::new(()).into_parts();
+    copy.status = head.status;
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+/// Stand-ins left in the caller's place while the real head is in the store; the
+/// store never drops a head during a callback, so they are always swapped back out.
+fn placeholder_request() -> RequestHead {
+    http::Request::new(()).into_parts().0
+}
+
+fn placeholder_response() -> ResponseHead {
+    http::Response::new(()).into_parts().0
+}
+
+impl HttpFilter for WasmHttpFilter {
+    fn on_request_headers(&mut self, head: &mut RequestHead, end_of_stream: bool) -> FilterStatus {
+        let count = HeaderView::Request(head).len();
+        let mut data = StreamData {
+            request: Some(mem::replace(head, placeholder_request())),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(Phase::RequestHeaders, count, end_of_stream, &mut data);
+        *head = data.request.take().unwrap_or_else(placeholder_request);
+        self.request = Some(copy_request(head));
+        status
+    }
+
+    fn on_request_body(&mut self, body: &mut BodyBuffer, end_of_stream: bool) -> FilterStatus {
+        let mut data = StreamData {
+            request_body: Some(mem::take(body)),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(
+            Phase::RequestBody,
+            body_len(&data.request_body),
+            end_of_stream,
+            &mut data,
+        );
+        *body = data.request_body.take().unwrap_or_default();
+        self.keep_heads(&mut data);
+        status
+    }
+
+    fn on_request_trailers(&mut self, trailers: &mut HeaderMap) -> FilterStatus {
+        let count = trailers.len();
+        let mut data = StreamData {
+            request_trailers: Some(mem::take(trailers)),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(Phase::RequestTrailers, count, false, &mut data);
+        *trailers = data.request_trailers.take().unwrap_or_default();
+        self.keep_heads(&mut data);
+        status
+    }
+
+    fn on_response_headers(
+        &mut self,
+        head: &mut ResponseHead,
+        end_of_stream: bool,
+    ) -> FilterStatus {
+        let count = HeaderView::Response(head).len();
+        let mut data = StreamData {
+            response: Some(mem::replace(head, placeholder_response())),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(Phase::ResponseHeaders, count, end_of_stream, &mut data);
+        *head = data.response.take().unwrap_or_else(placeholder_response);
+        self.response = Some(copy_response(head));
+        self.keep_heads(&mut data);
+        status
+    }
+
+    fn on_response_body(&mut self, body: &mut BodyBuffer, end_of_stream: bool) -> FilterStatus {
+        let mut data = StreamData {
+            response_body: Some(mem::take(body)),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(
+            Phase::ResponseBody,
+            body_len(&data.response_body),
+            end_of_stream,
+            &mut data,
+        );
+        *body = data.response_body.take().unwrap_or_default();
+        self.keep_heads(&mut data);
+        status
+    }
+
+    fn on_response_trailers(&mut self, trailers: &mut HeaderMap) -> FilterStatus {
+        let count = trailers.len();
+        let mut data = StreamData {
+            response_trailers: Some(mem::take(trailers)),
+            ..StreamData::default()
+        };
+        let status = self.dispatch(Phase::ResponseTrailers, count, false, &mut data);
+        *trailers = data.response_trailers.take().unwrap_or_default();
+        self.keep_heads(&mut data);
+        status
+    }
+
+    fn on_log(&mut self) {
+        self.finish(true);
+    }
+}
+
+impl WasmHttpFilter {
+    /// Ends the stream context once: `proxy_on_log` (when `log`), `proxy_on_done`,
+    /// `proxy_on_delete`.
+    fn finish(&mut self, log: bool) {
+        if mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let Some((generation, context)) = self.context else {
+            return;
+        };
+        let mut data = StreamData {
+            request: self.request.take(),
+            response: self.response.take(),
+            ..StreamData::default()
+        };
+        let result = self.vm.with_running(generation, |vm| {
+            mem::swap(&mut vm.store.data_mut().stream, &mut data);
+            let result = vm.finish_stream(context, log);
+            mem::swap(&mut vm.store.data_mut().stream, &mut data);
+            result
+        });
+        // A failure while logging cannot change the response any more; the VM
+        // already logged it and will be restarted.
+        if let Err(error) = result {
+            self.error.get_or_insert(error);
+        }
+    }
+}
+
+impl Drop for WasmHttpFilter {
+    /// A stream dropped without `on_log` (e.g. the connection reset) still frees
+    /// its context in the guest.
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+fn body_len(body: &Option<BodyBuffer>) -> usize {
+    body.as_ref().map_or(0, BodyBuffer::len)
+}

@@ -1,0 +1,320 @@
+//! Header maps as plugins see them: pseudo-headers first (views onto the head's typed
+//! fields, see the crate docs), then the regular headers in order, and the pairs
+//! wire format of the proxy-wasm spec:
+//!
+//! ```text
+//! u32 count, count × (u32 name_len, u32 value_len), then for each pair:
+//! name bytes, NUL, value bytes, NUL            (all integers little-endian)
+//! ```
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, StatusCode, Uri};
+
+use super::abi::Status;
+use super::state::StreamData;
+use crate::{RequestHead, ResponseHead};
+
+/// A header name and value as the guest sent them.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+
+/// One of the maps `proxy_*_header_map_*` address, borrowed from the stream data.
+pub(crate) enum HeaderView<'a> {
+    Request(&'a mut RequestHead),
+    Response(&'a mut ResponseHead),
+    Trailers(&'a mut HeaderMap),
+}
+
+/// The map for an ABI `map_type`, or the status to return.
+pub(crate) fn view(stream: &mut StreamData, map_type: i32) -> Result<HeaderView<'_>, Status> {
+    let view = match map_type {
+        0 => stream.request.as_mut().map(HeaderView::Request),
+        1 => stream.request_trailers.as_mut().map(HeaderView::Trailers),
+        2 => stream.response.as_mut().map(HeaderView::Response),
+        3 => stream.response_trailers.as_mut().map(HeaderView::Trailers),
+        // gRPC metadata and HTTP callout maps (4..=7) arrive with callouts.
+        4..=7 => return Err(Status::NotFound),
+        _ => return Err(Status::BadArgument),
+    };
+    view.ok_or(Status::NotFound)
+}
+
+impl HeaderView<'_> {
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            HeaderView::Request(head) => &head.headers,
+            HeaderView::Response(head) => &head.headers,
+            HeaderView::Trailers(map) => map,
+        }
+    }
+
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        match self {
+            HeaderView::Request(head) => &mut head.headers,
+            HeaderView::Response(head) => &mut head.headers,
+            HeaderView::Trailers(map) => map,
+        }
+    }
+
+    /// Pseudo-headers in the order Envoy presents them.
+    fn pseudo(&self) -> Vec<(&'static str, Vec<u8>)> {
+        match self {
+            HeaderView::Request(head) => {
+                let mut pseudo = vec![
+                    (":authority", authority(head).into_bytes()),
+                    (":path", path(&head.uri).as_bytes().to_vec()),
+                    (":method", head.method.as_str().as_bytes().to_vec()),
+                    (
+                        ":scheme",
+                        head.uri.scheme_str().unwrap_or("http").as_bytes().to_vec(),
+                    ),
+                ];
+                pseudo.retain(|(_, value)| !value.is_empty());
+                pseudo
+            }
+            HeaderView::Response(head) => {
+                vec![(":status", head.status.as_str().as_bytes().to_vec())]
+            }
+            HeaderView::Trailers(_) => Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pseudo().len() + self.headers().len()
+    }
+
+    /// All pairs, serialized.
+    pub fn serialize(&self) -> Vec<u8> {
+        let pseudo = self.pseudo();
+        let pairs: Vec<(&[u8], &[u8])> = pseudo
+            .iter()
+            .map(|(name, value)| (name.as_bytes(), value.as_slice()))
+            .chain(
+                self.headers()
+                    .iter()
+                    .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+            )
+            .collect();
+        serialize_pairs(&pairs)
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with(':') {
+            return self
+                .pseudo()
+                .into_iter()
+                .find(|(pseudo, _)| *pseudo == name)
+                .map(|(_, value)| value);
+        }
+        self.headers()
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec())
+    }
+
+    pub fn add(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+        if name.starts_with(':') {
+            return self.set_pseudo(name, value);
+        }
+        let (name, value) = parse(name, value)?;
+        self.headers_mut().append(name, value);
+        Ok(())
+    }
+
+    pub fn replace(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+        if name.starts_with(':') {
+            return self.set_pseudo(name, value);
+        }
+        let (name, value) = parse(name, value)?;
+        self.headers_mut().insert(name, value);
+        Ok(())
+    }
+
+    /// Removing a pseudo-header is a no-op: a request always has a method and path.
+    pub fn remove(&mut self, name: &str) -> Result<(), Status> {
+        if !name.starts_with(':') {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+            self.headers_mut().remove(name);
+        }
+        Ok(())
+    }
+
+    /// Replaces every regular header with `pairs`; pseudo-headers in `pairs` update
+    /// the head, absent ones keep their value.
+    pub fn set_all(&mut self, pairs: &[Pair]) -> Result<(), Status> {
+        let mut headers = HeaderMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let name = std::str::from_utf8(name).map_err(|_| Status::BadArgument)?;
+            if name.starts_with(':') {
+                self.set_pseudo(name, value)?;
+            } else {
+                let (name, value) = parse(name, value)?;
+                headers.append(name, value);
+            }
+        }
+        *self.headers_mut() = headers;
+        Ok(())
+    }
+
+    fn set_pseudo(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+        match (self, name) {
+            (HeaderView::Request(head), ":method") => {
+                head.method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?;
+            }
+            (HeaderView::Request(head), ":path") => {
+                let path = PathAndQuery::try_from(value).map_err(|_| Status::BadArgument)?;
+                let mut parts = head.uri.clone().into_parts();
+                parts.path_and_query = Some(path);
+                head.uri = Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+            }
+            (HeaderView::Request(head), ":authority") => {
+                let new = Authority::try_from(value).map_err(|_| Status::BadArgument)?;
+                if head.uri.authority().is_some() {
+                    let mut parts = head.uri.clone().into_parts();
+                    parts.authority = Some(new);
+                    head.uri = Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+                } else {
+                    // Origin-form request (HTTP/1.1): the authority is the Host header.
+                    let host =
+                        HeaderValue::from_str(new.as_str()).map_err(|_| Status::BadArgument)?;
+                    head.headers.insert(HOST, host);
+                }
+            }
+            (HeaderView::Request(head), ":scheme") => {
+                let scheme = Scheme::try_from(value).map_err(|_| Status::BadArgument)?;
+                let authority = authority(head);
+                let mut parts = head.uri.clone().into_parts();
+                if parts.authority.is_none() {
+                    // A scheme needs an authority in an http::Uri; take the Host's.
+                    parts.authority = Some(
+                        Authority::try_from(authority.as_str()).map_err(|_| Status::BadArgument)?,
+                    );
+                }
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                parts.scheme = Some(scheme);
+                head.uri = Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+            }
+            (HeaderView::Response(head), ":status") => {
+                head.status = StatusCode::from_bytes(value).map_err(|_| Status::BadArgument)?;
+            }
+            _ => return Err(Status::BadArgument),
+        }
+        Ok(())
+    }
+}
+
+/// `:authority`: the URI's authority (HTTP/2, absolute-form), else the Host header.
+pub(crate) fn authority(head: &RequestHead) -> String {
+    match head.uri.authority() {
+        Some(authority) => authority.as_str().to_string(),
+        None => head
+            .headers
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// `:path`: path and query, `/` when the URI has none (e.g. `*` aside).
+pub(crate) fn path(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", PathAndQuery::as_str)
+}
+
+fn parse(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+    let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+    Ok((name, value))
+}
+
+pub(crate) fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let body: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + body);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
+/// Parses the pairs format; any inconsistency is a `SerializationFailure`.
+pub(crate) fn deserialize_pairs(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = Status::SerializationFailure;
+    let word = |at: usize| -> Result<usize, Status> {
+        let raw = bytes.get(at..at + 4).ok_or(bad)?;
+        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+    };
+    let count = word(0)?;
+    let mut sizes_at = 4;
+    let mut data_at = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .ok_or(bad)?;
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 8));
+    for _ in 0..count {
+        let (name_len, value_len) = (word(sizes_at)?, word(sizes_at + 4)?);
+        sizes_at += 8;
+        let name = bytes.get(data_at..data_at + name_len).ok_or(bad)?.to_vec();
+        data_at += name_len + 1;
+        let value = bytes.get(data_at..data_at + value_len).ok_or(bad)?.to_vec();
+        data_at += value_len + 1;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a?b"), (b"x", b""), (b"k", b"v")];
+        let wire = serialize_pairs(&pairs);
+        let back = deserialize_pairs(&wire).unwrap();
+        let back: Vec<(&[u8], &[u8])> = back.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        assert_eq!(back, pairs);
+    }
+
+    #[test]
+    fn truncated_pairs_are_an_error_not_a_panic() {
+        let wire = serialize_pairs(&[(b"name", b"value")]);
+        for cut in 1..wire.len() - 1 {
+            assert!(deserialize_pairs(&wire[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(deserialize_pairs(&[255, 255, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn request_pseudo_headers_map_to_the_head() {
+        let (mut head, ()) = http::Request::get("/old?q=1")
+            .header("host", "example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut view = HeaderView::Request(&mut head);
+        assert_eq!(view.get(":path").unwrap(), b"/old?q=1");
+        assert_eq!(view.get(":authority").unwrap(), b"example.com");
+        assert_eq!(view.get(":method").unwrap(), b"GET");
+        view.replace(":path", b"/new").unwrap();
+        view.replace(":method", b"POST").unwrap();
+        view.replace(":authority", b"other.test").unwrap();
+        assert_eq!(view.len(), 5);
+        assert!(view.replace(":path", b"no spaces allowed").is_err());
+        assert_eq!(head.uri, "/new");
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.headers["host"], "other.test");
+    }
+}

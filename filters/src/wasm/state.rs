@@ -1,0 +1,109 @@
+//! What a VM's `Store` holds for the host functions.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use super::shared::Metric;
+use super::PluginConfig;
+use crate::{BodyBuffer, LocalReply, RequestHead, ResponseHead};
+
+/// Store data of one VM.
+pub(crate) struct HostState {
+    pub plugin: Arc<PluginConfig>,
+    pub limiter: MemoryLimiter,
+    /// The guest's exported memory and allocator, set right after instantiation.
+    pub memory: Option<Memory>,
+    pub allocate: Option<TypedFunc<i32, i32>>,
+    /// Metric ids handed to this VM index this table.
+    pub metrics: Vec<Arc<Metric>>,
+    pub tick_period: Duration,
+    /// The context host calls act on: the one whose callback is running, unless the
+    /// plugin switched with `proxy_set_effective_context`.
+    pub effective_context: u32,
+    /// The stream data of the callback in progress, moved in by the filter for the
+    /// duration of the call so host functions edit the proxy's values in place.
+    pub stream: StreamData,
+    /// What plugins asked of each live context, read by the filter after a callback.
+    pub signals: HashMap<u32, StreamSignals>,
+    pub root_context_id: u32,
+    /// Set by `proxy_done`: the root context finished what `proxy_on_done` delayed.
+    pub done: bool,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<PluginConfig>) -> Self {
+        let limiter = MemoryLimiter {
+            limit_bytes: plugin.limits.memory_bytes,
+            exceeded: false,
+        };
+        Self {
+            plugin,
+            limiter,
+            memory: None,
+            allocate: None,
+            metrics: Vec::new(),
+            tick_period: Duration::ZERO,
+            effective_context: 0,
+            stream: StreamData::default(),
+            signals: HashMap::new(),
+            root_context_id: 0,
+            done: false,
+        }
+    }
+}
+
+/// Stream values a callback may see. `None` means the proxy has not got that part
+/// of the stream (yet), which host functions report as `NotFound`.
+#[derive(Default)]
+pub(crate) struct StreamData {
+    pub request: Option<RequestHead>,
+    pub request_body: Option<BodyBuffer>,
+    pub request_trailers: Option<HeaderMap>,
+    pub response: Option<ResponseHead>,
+    pub response_body: Option<BodyBuffer>,
+    pub response_trailers: Option<HeaderMap>,
+}
+
+/// Requests a plugin made for one stream during any callback.
+#[derive(Default, Debug)]
+pub(crate) struct StreamSignals {
+    pub local_reply: Option<LocalReply>,
+    /// `proxy_continue_stream` was called for the request (0) or response (1).
+    pub resume_request: bool,
+    pub resume_response: bool,
+}
+
+/// Caps linear memory growth and remembers that it refused some, so a trap that
+/// follows (the guest's allocator aborts) is reported as the memory cap.
+pub(crate) struct MemoryLimiter {
+    pub limit_bytes: usize,
+    pub exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit_bytes {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; proxy-wasm modules never need many.
+        Ok(desired <= 100_000)
+    }
+}

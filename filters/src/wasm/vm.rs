@@ -1,0 +1,404 @@
+//! One plugin instance per worker: its root context and every stream context.
+//!
+//! A worker is single-threaded, so the VM sits in a `RefCell` behind an `Rc` shared
+//! by the worker's streams; a callback borrows it for its duration, and callbacks
+//! never nest (host functions do not call back into filters).
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
+
+use super::engine::deadline_ticks;
+use super::module::WasmPlugin;
+use super::state::{HostState, StreamSignals};
+use super::wasi::ProcExit;
+use super::WasmError;
+
+/// Per-worker handle of a plugin. Creates the VM on first use and again on the
+/// first stream after a failure; streams of a failed VM get `VmFailed`.
+pub struct WasmVm {
+    plugin: Arc<WasmPlugin>,
+    running: RefCell<Option<Running>>,
+    /// Bumped on every (re)start so a stream can tell its VM is gone.
+    generation: Cell<u64>,
+}
+
+/// The HTTP callbacks, in lifecycle order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+impl WasmVm {
+    pub fn new(plugin: Arc<WasmPlugin>) -> Rc<Self> {
+        Rc::new(Self {
+            plugin,
+            running: RefCell::new(None),
+            generation: Cell::new(0),
+        })
+    }
+
+    pub fn plugin(&self) -> &Arc<WasmPlugin> {
+        &self.plugin
+    }
+
+    /// Starts the VM now rather than on the first stream, so configuration errors
+    /// (`proxy_on_configure` returning false) surface at config time.
+    pub fn start(&self) -> Result<(), WasmError> {
+        self.ensure_running().map(|_| ())
+    }
+
+    /// The tick period the plugin asked for (zero: no ticks).
+    pub fn tick_period(&self) -> std::time::Duration {
+        let running = self.running.borrow();
+        running
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |r| r.store.data().tick_period)
+    }
+
+    /// Runs `proxy_on_tick` on the root context; the worker calls this every
+    /// `tick_period`.
+    pub fn on_tick(&self) -> Result<(), WasmError> {
+        self.ensure_running()?;
+        self.with_running(self.generation.get(), |vm| {
+            let root = vm.root_context_id;
+            match vm.exports.on_tick.clone() {
+                Some(on_tick) => vm.call("proxy_on_tick", root, on_tick, root as i32),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn ensure_running(&self) -> Result<u64, WasmError> {
+        let mut running = self.running.borrow_mut();
+        if running.as_ref().is_some_and(|vm| !vm.failed) {
+            return Ok(self.generation.get());
+        }
+        *running = None;
+        self.generation.set(self.generation.get() + 1);
+        self.plugin.stats.vm_starts.fetch_add(1, Ordering::Relaxed);
+        *running = Some(Running::start(&self.plugin)?);
+        Ok(self.generation.get())
+    }
+
+    /// A new stream context; returns the VM generation and the context id.
+    pub(crate) fn create_stream(&self) -> Result<(u64, u32), WasmError> {
+        let generation = self.ensure_running()?;
+        self.with_running(generation, |vm| {
+            let id = vm.next_context_id;
+            // At 100k streams/s a u32 wraps in about 12 hours; ids restart above
+            // the root's. A stream would have to outlive 4 billion others to clash.
+            vm.next_context_id = match id.wrapping_add(1) {
+                next if next > vm.root_context_id => next,
+                _ => vm.root_context_id + 1,
+            };
+            vm.store
+                .data_mut()
+                .signals
+                .insert(id, StreamSignals::default());
+            let (root, create) = (vm.root_context_id, vm.exports.on_context_create.clone());
+            vm.call(
+                "proxy_on_context_create",
+                id,
+                create,
+                (id as i32, root as i32),
+            )?;
+            Ok((generation, id))
+        })
+    }
+
+    /// Runs `f` on the VM if it is still the one of `generation` and has not failed.
+    pub(crate) fn with_running<R>(
+        &self,
+        generation: u64,
+        f: impl FnOnce(&mut Running) -> Result<R, WasmError>,
+    ) -> Result<R, WasmError> {
+        let mut running = self.running.borrow_mut();
+        match running.as_mut() {
+            Some(vm) if generation == self.generation.get() && !vm.failed => f(vm),
+            _ => Err(WasmError::VmFailed {
+                plugin: self.plugin.config.name.clone(),
+            }),
+        }
+    }
+}
+
+/// Exports the host calls, looked up once per instance.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
+}
+
+/// A live instance.
+pub(crate) struct Running {
+    pub(crate) store: Store<HostState>,
+    exports: Exports,
+    plugin: Arc<WasmPlugin>,
+    root_context_id: u32,
+    next_context_id: u32,
+    deadline_ticks: u64,
+    failed: bool,
+}
+
+impl Running {
+    fn start(plugin: &Arc<WasmPlugin>) -> Result<Self, WasmError> {
+        let config = &plugin.config;
+        let link_error = |e: wasmtime::Error| WasmError::Link {
+            plugin: config.name.clone(),
+            message: format!("{e:#}"),
+        };
+        let mut store = Store::new(plugin.engine.engine(), HostState::new(config.clone()));
+        store.limiter(|state| &mut state.limiter);
+        let deadline_ticks = deadline_ticks(config.limits.callback_deadline);
+        // Instantiation runs the guest's start function and data initialisers.
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = plugin.pre.instantiate(&mut store).map_err(link_error)?;
+
+        let missing = |what: &str| WasmError::Abi {
+            plugin: config.name.clone(),
+            detail: format!("missing export {what}"),
+        };
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
+        if store.data().memory.is_none() {
+            return Err(missing("memory"));
+        }
+        let allocate = ["proxy_on_memory_allocate", "malloc"]
+            .into_iter()
+            .find_map(|name| instance.get_typed_func::<i32, i32>(&mut store, name).ok());
+        store.data_mut().allocate =
+            Some(allocate.ok_or_else(|| missing("proxy_on_memory_allocate"))?);
+
+        macro_rules! optional {
+            ($name:literal) => {
+                match instance.get_export(&mut store, $name) {
+                    None => None,
+                    Some(_) => Some(instance.get_typed_func(&mut store, $name).map_err(|e| {
+                        WasmError::Abi {
+                            plugin: config.name.clone(),
+                            detail: format!("export {} has the wrong type: {e}", $name),
+                        }
+                    })?),
+                }
+            };
+        }
+        let on_context_create = optional!("proxy_on_context_create")
+            .ok_or_else(|| missing("proxy_on_context_create"))?;
+        let exports = Exports {
+            on_context_create: on_context_create.clone(),
+            on_request_headers: optional!("proxy_on_request_headers"),
+            on_request_body: optional!("proxy_on_request_body"),
+            on_request_trailers: optional!("proxy_on_request_trailers"),
+            on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_body: optional!("proxy_on_response_body"),
+            on_response_trailers: optional!("proxy_on_response_trailers"),
+            on_log: optional!("proxy_on_log"),
+            on_done: optional!("proxy_on_done"),
+            on_delete: optional!("proxy_on_delete"),
+            on_tick: optional!("proxy_on_tick"),
+        };
+        let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
+        let start: Option<TypedFunc<(), ()>> = optional!("_start");
+        let on_vm_start: Option<TypedFunc<(i32, i32), i32>> = optional!("proxy_on_vm_start");
+        let on_configure: Option<TypedFunc<(i32, i32), i32>> = optional!("proxy_on_configure");
+
+        let root = 1;
+        store.data_mut().root_context_id = root;
+        let mut vm = Running {
+            store,
+            exports,
+            plugin: plugin.clone(),
+            root_context_id: root,
+            next_context_id: root + 1,
+            deadline_ticks,
+            failed: false,
+        };
+        // Reactors (Rust SDK) export _initialize, WASI commands (TinyGo) _start.
+        if let Some(initialize) = initialize {
+            vm.call("_initialize", root, initialize, ())?;
+        } else if let Some(start) = start {
+            vm.call("_start", root, start, ())?;
+        }
+        vm.call(
+            "proxy_on_context_create",
+            root,
+            on_context_create,
+            (root as i32, 0),
+        )?;
+        let started = |callback: &'static str, ok: i32| match ok {
+            0 => Err(WasmError::Start {
+                plugin: config.name.clone(),
+                callback,
+            }),
+            _ => Ok(()),
+        };
+        if let Some(on_vm_start) = on_vm_start {
+            let size = config.vm_configuration.len() as i32;
+            started(
+                "proxy_on_vm_start",
+                vm.call("proxy_on_vm_start", root, on_vm_start, (root as i32, size))?,
+            )?;
+        }
+        if let Some(on_configure) = on_configure {
+            let size = config.configuration.len() as i32;
+            started(
+                "proxy_on_configure",
+                vm.call(
+                    "proxy_on_configure",
+                    root,
+                    on_configure,
+                    (root as i32, size),
+                )?,
+            )?;
+        }
+        Ok(vm)
+    }
+
+    /// Calls into the guest for `context` under the CPU deadline. Any failure marks
+    /// the VM failed: after a trap its memory may be inconsistent.
+    pub(crate) fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: &'static str,
+        context: u32,
+        func: TypedFunc<P, R>,
+        params: P,
+    ) -> Result<R, WasmError> {
+        self.store.data_mut().effective_context = context;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match func.call(&mut self.store, params) {
+            Ok(result) => Ok(result),
+            Err(error) => {
+                self.failed = true;
+                self.plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let error = self.classify(callback, error);
+                let backtrace = match &error {
+                    WasmError::Trap { backtrace, .. } => backtrace.as_str(),
+                    _ => "",
+                };
+                tracing::error!(
+                    target: "strait::wasm",
+                    plugin = %self.plugin.config.name,
+                    error = %error,
+                    backtrace,
+                    "plugin failed; its VM will be restarted for the next stream"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    fn classify(&self, callback: &'static str, error: wasmtime::Error) -> WasmError {
+        let config = &self.plugin.config;
+        let plugin = config.name.clone();
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return WasmError::Deadline {
+                plugin,
+                callback,
+                deadline: config.limits.callback_deadline,
+            };
+        }
+        if self.store.data().limiter.exceeded {
+            return WasmError::MemoryLimit {
+                plugin,
+                callback,
+                limit_bytes: config.limits.memory_bytes,
+            };
+        }
+        let message = match error.downcast_ref::<ProcExit>() {
+            Some(exit) => exit.to_string(),
+            None => error.root_cause().to_string(),
+        };
+        let backtrace = error
+            .downcast_ref::<WasmBacktrace>()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        WasmError::Trap {
+            plugin,
+            callback,
+            message,
+            backtrace,
+        }
+    }
+
+    /// Runs one HTTP phase; a module without that callback continues.
+    pub(crate) fn http_phase(
+        &mut self,
+        phase: Phase,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, WasmError> {
+        let (ctx, size, eos) = (context as i32, size as i32, i32::from(end_of_stream));
+        let e = self.exports.clone();
+        let result = match phase {
+            Phase::RequestHeaders => e
+                .on_request_headers
+                .map(|f| self.call("proxy_on_request_headers", context, f, (ctx, size, eos))),
+            Phase::RequestBody => e
+                .on_request_body
+                .map(|f| self.call("proxy_on_request_body", context, f, (ctx, size, eos))),
+            Phase::RequestTrailers => e
+                .on_request_trailers
+                .map(|f| self.call("proxy_on_request_trailers", context, f, (ctx, size))),
+            Phase::ResponseHeaders => e
+                .on_response_headers
+                .map(|f| self.call("proxy_on_response_headers", context, f, (ctx, size, eos))),
+            Phase::ResponseBody => e
+                .on_response_body
+                .map(|f| self.call("proxy_on_response_body", context, f, (ctx, size, eos))),
+            Phase::ResponseTrailers => e
+                .on_response_trailers
+                .map(|f| self.call("proxy_on_response_trailers", context, f, (ctx, size))),
+        };
+        result.unwrap_or(Ok(0))
+    }
+
+    /// `proxy_on_log`, then `proxy_on_done` and `proxy_on_delete`: the end of a
+    /// stream context. The context is forgotten even if the plugin fails here.
+    pub(crate) fn finish_stream(&mut self, context: u32, log: bool) -> Result<(), WasmError> {
+        let e = self.exports.clone();
+        let ctx = context as i32;
+        let result = (|| {
+            if let (true, Some(on_log)) = (log, e.on_log) {
+                self.call("proxy_on_log", context, on_log, ctx)?;
+            }
+            // on_done returning false asks the host to wait for proxy_done; a stream
+            // has nothing left to wait for, so it is deleted either way.
+            if let Some(on_done) = e.on_done {
+                self.call("proxy_on_done", context, on_done, ctx)?;
+            }
+            if let Some(on_delete) = e.on_delete {
+                self.call("proxy_on_delete", context, on_delete, ctx)?;
+            }
+            Ok(())
+        })();
+        self.store.data_mut().signals.remove(&context);
+        result
+    }
+
+    /// Takes what the plugin asked for this stream during the last callback.
+    pub(crate) fn take_signals(&mut self, context: u32) -> StreamSignals {
+        self.store
+            .data_mut()
+            .signals
+            .get_mut(&context)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}

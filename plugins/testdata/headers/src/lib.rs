@@ -1,0 +1,142 @@
+//! Test plugin: reads and rewrites request headers, adds a configured response
+//! header, answers 403 itself when `x-block` is present, counts requests in a metric
+//! and increments a shared-data counter with compare-and-swap.
+//!
+//! Plugin configuration: one line `header-name: header-value`, added to every response.
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(HeadersRoot { response_header: None, requests_metric: 0 })
+    });
+}}
+
+struct HeadersRoot {
+    response_header: Option<(String, String)>,
+    requests_metric: u32,
+}
+
+impl Context for HeadersRoot {}
+
+impl RootContext for HeadersRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        self.requests_metric =
+            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "headers_requests_total")
+                .expect("define metric");
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let Some(config) = self.get_plugin_configuration() else {
+            return true;
+        };
+        let config = String::from_utf8_lossy(&config);
+        match config.split_once(':') {
+            Some((name, value)) => {
+                self.response_header = Some((name.trim().to_string(), value.trim().to_string()));
+                true
+            }
+            None => {
+                log::error!("configuration must be `name: value`, got {config:?}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(HeadersStream {
+            context_id,
+            response_header: self.response_header.clone(),
+            requests_metric: self.requests_metric,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct HeadersStream {
+    context_id: u32,
+    response_header: Option<(String, String)>,
+    requests_metric: u32,
+}
+
+impl Context for HeadersStream {}
+
+impl HeadersStream {
+    /// Increments the shared counter named by `x-shared-key`, using the CAS from
+    /// `x-shared-cas` when given (so a test can pass a stale one) and reporting the
+    /// outcome in request headers.
+    fn bump_shared_counter(&self, key: &str) {
+        let (value, cas) = self.get_shared_data(key);
+        let current: u64 = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let cas = match self.get_http_request_header("x-shared-cas") {
+            Some(forced) => forced.parse().ok(),
+            None => cas,
+        };
+        let next = (current + 1).to_string();
+        let status = match self.set_shared_data(key, Some(next.as_bytes()), cas) {
+            Ok(()) => "ok",
+            Err(Status::CasMismatch) => "cas-mismatch",
+            Err(_) => "error",
+        };
+        self.set_http_request_header("x-shared-status", Some(status));
+        self.set_http_request_header("x-shared-value", Some(&next));
+        let (_, new_cas) = self.get_shared_data(key);
+        let new_cas = new_cas.unwrap_or(0).to_string();
+        self.set_http_request_header("x-shared-cas-seen", Some(&new_cas));
+    }
+}
+
+impl HttpContext for HeadersStream {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        proxy_wasm::hostcalls::increment_metric(self.requests_metric, 1).expect("metric");
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        log::info!(
+            "#{} {method} {path} with {num_headers} headers",
+            self.context_id
+        );
+
+        if self.get_http_request_header("x-block").is_some() {
+            self.send_http_response(
+                403,
+                vec![("x-blocked-by", "headers-plugin")],
+                Some(b"blocked\n"),
+            );
+            return Action::Pause;
+        }
+        if let Some(new_path) = self.get_http_request_header("x-rewrite-path") {
+            self.set_http_request_header(":path", Some(&new_path));
+        }
+        if let Some(key) = self.get_http_request_header("x-shared-key") {
+            self.bump_shared_counter(&key);
+        }
+        self.set_http_request_header("x-remove-me", None);
+        let seen = format!("{method} {path} {}", self.get_http_request_headers().len());
+        self.add_http_request_header("x-wasm-seen", &seen);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some((name, value)) = &self.response_header {
+            self.add_http_response_header(name, value);
+        }
+        if let Some(path) = self.get_property(vec!["request", "path"]) {
+            self.set_http_response_header("x-request-path", Some(&String::from_utf8_lossy(&path)));
+        }
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        self.set_http_response_header("x-upstream-status", Some(&status));
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        log::info!("#{} done", self.context_id);
+    }
+}
