@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::app::{Proxy, ShutdownKind};
+use crate::cluster::Host;
 
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
     loop {
@@ -185,6 +186,29 @@ fn server_info(proxy: &Proxy) -> serde_json::Value {
     })
 }
 
+/// Envoy's `HostUtility::healthFlagsToString`: `healthy`, or each flag set.
+fn health_flags(host: &Host) -> &'static str {
+    let state = *host.health.lock();
+    match (host.is_healthy(), state.pending) {
+        (true, _) => "healthy",
+        (false, false) => "/failed_active_hc",
+        (false, true) => "/failed_active_hc/pending_active_hc",
+    }
+}
+
+/// `admin.v3.HostHealthStatus`: EDS says nothing (HEALTHY); the flags come from the
+/// active health checker.
+fn health_status(host: &Host) -> serde_json::Value {
+    let mut status = json!({"eds_health_status": "HEALTHY"});
+    if !host.is_healthy() {
+        status["failed_active_health_check"] = json!(true);
+    }
+    if host.health.lock().pending {
+        status["pending_active_hc"] = json!(true);
+    }
+    status
+}
+
 fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
     let rt = proxy.shared.runtime.load();
     let mut out = String::new();
@@ -207,7 +231,7 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
                 host_statuses.push(json!({
                     "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
                     "stats": stats.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
-                    "health_status": {"eds_health_status": "HEALTHY"},
+                    "health_status": health_status(h),
                     "weight": h.weight,
                     "hostname": h.hostname,
                 }));
@@ -216,7 +240,7 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
                     let _ = writeln!(out, "{name}::{}::{n}::{v}", h.addr);
                 }
                 let _ = writeln!(out, "{name}::{}::hostname::{}", h.addr, h.hostname);
-                let _ = writeln!(out, "{name}::{}::health_flags::healthy", h.addr);
+                let _ = writeln!(out, "{name}::{}::health_flags::{}", h.addr, health_flags(h));
                 let _ = writeln!(out, "{name}::{}::weight::{}", h.addr, h.weight);
             }
         }

@@ -51,13 +51,16 @@ pub struct Proxy {
     pub shared: Arc<Shared>,
     pub options: Options,
     workers: Vec<WorkerHandle>,
-    /// Configured listener address → bound address.
-    bound: std::sync::Mutex<HashMap<SocketAddr, SocketAddr>>,
+    /// Listener name → (configured address, bound address). Keyed by name, not
+    /// address: several listeners may ask for port 0 on one IP.
+    bound: std::sync::Mutex<HashMap<String, (SocketAddr, SocketAddr)>>,
     reload_lock: Mutex<()>,
     pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
     reload_ok: crate::stats::Counter,
     reload_failed: crate::stats::Counter,
     draining: std::sync::atomic::AtomicBool,
+    /// Active health checkers of the published clusters (main thread).
+    health: std::sync::Mutex<crate::health::Checkers>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +80,10 @@ impl Proxy {
             .iter()
             .map(|l| {
                 let a = l.config.address;
-                (l.config.name.clone(), *bound.get(&a).unwrap_or(&a))
+                (
+                    l.config.name.clone(),
+                    bound.get(&l.config.name).map_or(a, |b| b.1),
+                )
             })
             .collect()
     }
@@ -110,47 +116,58 @@ impl Proxy {
             &self.shared.writers,
         )
         .await?;
-        let wanted: Vec<SocketAddr> = new.listeners.iter().map(|l| l.config.address).collect();
-        // Bind every new address before publishing, so a port in use refuses the config.
+        // Bind every new or moved listener before publishing, so a port in use refuses
+        // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
         {
             let bound = self.bound.lock().expect("bound map lock is never poisoned");
-            for (i, addr) in wanted.iter().enumerate() {
-                if !bound.contains_key(addr) {
-                    let b = listener::bind(*addr, self.workers.len()).with_context(|| {
+            for (i, l) in new.listeners.iter().enumerate() {
+                let (name, addr) = (&l.config.name, l.config.address);
+                if bound.get(name).is_none_or(|b| b.0 != addr) {
+                    let b = listener::bind(addr, self.workers.len()).with_context(|| {
                         format!("static_resources.listeners[{i}].address: cannot bind {addr}")
                     })?;
-                    fresh.push((*addr, b));
+                    fresh.push((name.clone(), addr, b));
                 }
             }
         }
-        self.shared.runtime.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.shared.runtime.store(new.clone());
+        self.sync_health_checkers(&new);
         let mut bound = self.bound.lock().expect("bound map lock is never poisoned");
-        for (addr, b) in fresh {
-            bound.insert(addr, b.actual);
-            self.hand_out(addr, b.per_worker);
+        for (name, addr, b) in fresh {
+            bound.insert(name.clone(), (addr, b.actual));
+            self.hand_out(&name, b.per_worker);
         }
-        let gone: Vec<SocketAddr> = bound
+        let gone: Vec<String> = bound
             .keys()
-            .filter(|a| !wanted.contains(a))
-            .copied()
+            .filter(|n| !new.listeners.iter().any(|l| &l.config.name == *n))
+            .cloned()
             .collect();
-        for addr in gone {
-            bound.remove(&addr);
+        for name in gone {
+            bound.remove(&name);
             for w in &self.workers {
-                let _ = w.commands.send(Command::Unlisten { config_addr: addr });
+                let _ = w.commands.send(Command::Unlisten { name: name.clone() });
             }
         }
         Ok(())
     }
 
-    fn hand_out(&self, config_addr: SocketAddr, sockets: Vec<std::net::TcpListener>) {
+    fn hand_out(&self, name: &str, sockets: Vec<std::net::TcpListener>) {
         for (w, socket) in self.workers.iter().zip(sockets) {
             let _ = w.commands.send(Command::Listen {
-                config_addr,
+                name: name.to_owned(),
                 socket,
             });
         }
+    }
+
+    /// Starts health checkers for new clusters, stops those of clusters gone.
+    fn sync_health_checkers(&self, runtime: &Runtime) {
+        self.health
+            .lock()
+            .expect("health checkers lock is never poisoned")
+            .sync(runtime);
     }
 
     pub fn draining(&self) -> bool {
@@ -184,7 +201,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
                     l.config.address
                 )
             })?;
-            bindings.push((l.config.address, b));
+            bindings.push((l.config.name.clone(), l.config.address, b));
         }
         let admin_addr = runtime.snapshot.admin.as_ref().map(|a| a.address);
         let admin_listener = match admin_addr {
@@ -219,18 +236,20 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             reload_ok: store.counter(&server, "config_reload_success"),
             reload_failed: store.counter(&server, "config_reload_failure"),
             draining: Default::default(),
+            health: Default::default(),
         });
+        proxy.sync_health_checkers(&shared.runtime.load());
         store
             .gauge(&server, "concurrency")
             .set(options.concurrency as i64);
-        for (addr, b) in bindings {
+        for (name, addr, b) in bindings {
             proxy
                 .bound
                 .lock()
                 .expect("not poisoned")
-                .insert(addr, b.actual);
-            tracing::info!(listener = %addr, bound = %b.actual, "listening");
-            proxy.hand_out(addr, b.per_worker);
+                .insert(name.clone(), (addr, b.actual));
+            tracing::info!(listener = %name, address = %addr, bound = %b.actual, "listening");
+            proxy.hand_out(&name, b.per_worker);
         }
         if let Some(l) = admin_listener {
             let bound = l.local_addr()?;

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::chain::{BodyVerdict, ChainId};
 use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::stream::StreamGuard;
@@ -37,7 +38,30 @@ pub enum RequestBody {
         inner: Incoming,
         received: Arc<ByteCount>,
     },
+    /// Streamed through the stream's HTTP filters (`chain`), chunk by chunk.
+    Filtered {
+        inner: Incoming,
+        received: Arc<ByteCount>,
+        chain: ChainId,
+        /// The chain saw the end of the body.
+        done: bool,
+        /// Trailers held while the chain flushed the body.
+        trailers: Option<Frame<Bytes>>,
+    },
 }
+
+/// The request body stream ended because a filter answered locally; the router sends
+/// the reply it parked in the chain.
+#[derive(Debug)]
+pub struct FilterReplied;
+
+impl std::fmt::Display for FilterReplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an HTTP filter answered the request")
+    }
+}
+
+impl std::error::Error for FilterReplied {}
 
 impl RequestBody {
     pub fn empty() -> RequestBody {
@@ -49,18 +73,26 @@ impl RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Streaming { inner, .. } => inner.is_end_stream(),
+            RequestBody::Filtered {
+                inner,
+                done,
+                trailers,
+                ..
+            } => *done && trailers.is_none() && inner.is_end_stream(),
         }
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streaming { inner, received } => {
@@ -70,8 +102,44 @@ impl Body for RequestBody {
                         received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
+            RequestBody::Filtered {
+                inner,
+                received,
+                chain,
+                done,
+                trailers,
+            } => loop {
+                if *done {
+                    return Poll::Ready(trailers.take().map(Ok));
+                }
+                let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            received.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            (data, inner.is_end_stream())
+                        }
+                        Err(frame) => {
+                            *trailers = Some(frame);
+                            (Bytes::new(), true)
+                        }
+                    },
+                    None => (Bytes::new(), true),
+                };
+                *done = end;
+                match chain.request_body(chunk, end) {
+                    BodyVerdict::Forward(data) if data.is_empty() => continue,
+                    BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    BodyVerdict::Hold => continue,
+                    BodyVerdict::LocalReply(reply) => {
+                        chain.set_pending_reply(reply);
+                        *trailers = None;
+                        return Poll::Ready(Some(Err(Box::new(FilterReplied))));
+                    }
+                }
+            },
         }
     }
 
@@ -83,6 +151,8 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Streaming { inner, .. } => inner.size_hint(),
+            // Filters may change the length.
+            RequestBody::Filtered { .. } => SizeHint::default(),
         }
     }
 }
@@ -172,6 +242,16 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     timers: Option<StreamTimers>,
     guard: Option<StreamGuard>,
+    filters: Option<ResponseFilters>,
+}
+
+/// The stream's HTTP filters on an upstream response body.
+struct ResponseFilters {
+    chain: ChainId,
+    /// The chain saw the end of the body.
+    done: bool,
+    /// Trailers held while the chain flushed the body.
+    trailers: Option<Frame<Bytes>>,
 }
 
 enum Kind {
@@ -191,7 +271,19 @@ impl ResponseBody {
             lease,
             timers,
             guard: Some(guard),
+            filters: None,
         }
+    }
+
+    /// Runs the upstream body through the stream's HTTP filters.
+    pub fn filtered(mut self, chain: ChainId) -> ResponseBody {
+        let done = self.is_end_stream();
+        self.filters = Some(ResponseFilters {
+            chain,
+            done,
+            trailers: None,
+        });
+        self
     }
 
     pub fn full(bytes: Bytes, guard: Option<StreamGuard>) -> ResponseBody {
@@ -201,6 +293,7 @@ impl ResponseBody {
             lease: None,
             timers: None,
             guard,
+            filters: None,
         }
     }
 
@@ -232,8 +325,8 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(Into::into))),
+            Kind::Upstream(inner) => match poll_filtered(inner, &mut this.filters, cx) {
+                Poll::Ready(r) => Poll::Ready(r),
                 Poll::Pending => {
                     if let Some(t) = &mut this.timers {
                         if t.sleep.as_mut().poll(cx).is_ready() {
@@ -268,6 +361,11 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(f) = &self.filters {
+            if !f.done || f.trailers.is_some() {
+                return false;
+            }
+        }
         match &self.kind {
             Kind::Full(d) => d.is_none(),
             Kind::Upstream(inner) => inner.is_end_stream(),
@@ -275,10 +373,63 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.filters.is_some() {
+            return SizeHint::default();
+        }
         match &self.kind {
             Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+/// Polls the upstream body, through the stream's filters when there are any: a held
+/// chunk is not returned, the end flushes what the filters held.
+fn poll_filtered(
+    inner: &mut Incoming,
+    filters: &mut Option<ResponseFilters>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let Some(f) = filters else {
+        return Pin::new(inner)
+            .poll_frame(cx)
+            .map(|r| r.map(|r| r.map_err(Into::into)));
+    };
+    loop {
+        if f.done {
+            if let Some(trailers) = f.trailers.take() {
+                return Poll::Ready(Some(Ok(trailers)));
+            }
+            return Pin::new(&mut *inner)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(Into::into)));
+        }
+        let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => (data, inner.is_end_stream()),
+                Err(frame) => {
+                    f.trailers = Some(frame);
+                    (Bytes::new(), true)
+                }
+            },
+            None => (Bytes::new(), true),
+        };
+        f.done = end;
+        match f.chain.response_body(chunk, end) {
+            BodyVerdict::Forward(data) if data.is_empty() => continue,
+            BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+            BodyVerdict::Hold => continue,
+            // The head is gone already: all that is left is to reset the stream,
+            // which the caller does for any error.
+            BodyVerdict::LocalReply(reply) => {
+                tracing::warn!(status = %reply.status, details = %reply.details,
+                    "an HTTP filter answered after the response head was sent; resetting");
+                f.done = true;
+                f.trailers = None;
+                return Poll::Ready(Some(Err(Box::new(FilterReplied))));
+            }
         }
     }
 }

@@ -2,13 +2,14 @@
 //! beside the config snapshot so a reload that keeps a cluster keeps its state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use strait_xds::model::{self, Discovery, DnsLookupFamily};
 
+use crate::health::{self, HealthCheckStats, HealthState};
 use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
 
 /// One upstream address and its live counters, shared by every worker.
@@ -24,11 +25,18 @@ pub struct Host {
     pub rq_error: AtomicU64,
     pub cx_active: AtomicU64,
     pub cx_connect_fail: AtomicU64,
+    /// What the load balancers read: the active health checker's verdict (always true
+    /// in a cluster without health checks).
+    healthy: AtomicBool,
+    /// The checker's bookkeeping; only the main thread touches it.
+    pub health: parking_lot::Mutex<HealthState>,
 }
 
 impl Host {
-    fn new(addr: SocketAddr, hostname: &str, weight: u32) -> Host {
+    fn new(addr: SocketAddr, hostname: &str, weight: u32, health: HealthState) -> Host {
         Host {
+            healthy: AtomicBool::new(health.healthy),
+            health: parking_lot::Mutex::new(health),
             addr,
             hostname: hostname.to_owned(),
             weight: weight.max(1),
@@ -39,6 +47,16 @@ impl Host {
             cx_connect_fail: AtomicU64::new(0),
         }
     }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a health checker's new state; returns whether health flipped.
+    pub fn set_health(&self, state: HealthState) -> bool {
+        *self.health.lock() = state;
+        self.healthy.swap(state.healthy, Ordering::Relaxed) != state.healthy
+    }
 }
 
 /// The set of hosts in effect; replaced whole when DNS answers change.
@@ -47,12 +65,26 @@ pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
     /// Every weight is the same, so round robin needs no weighting.
     pub uniform: bool,
+    /// How many `hosts` are healthy; recounted on the main thread whenever a host's
+    /// health flips, so a pick reads one atomic to know whether to filter at all.
+    pub healthy: AtomicUsize,
+    /// `healthy_panic_threshold` in percent: below it, picks ignore health.
+    pub panic_threshold: f64,
+    /// `cluster.<name>.lb_healthy_panic`.
+    pub lb_healthy_panic: Counter,
 }
 
 impl HostSet {
-    fn new(hosts: Vec<Arc<Host>>) -> HostSet {
+    fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64, lb_healthy_panic: Counter) -> HostSet {
         let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-        HostSet { hosts, uniform }
+        let healthy = hosts.iter().filter(|h| h.is_healthy()).count();
+        HostSet {
+            hosts,
+            uniform,
+            healthy: AtomicUsize::new(healthy),
+            panic_threshold,
+            lb_healthy_panic,
+        }
     }
 }
 
@@ -72,10 +104,15 @@ pub struct ClusterStats {
     pub upstream_cx_destroy_remote: Counter,
     pub upstream_rq_pending_total: Counter,
     pub upstream_cx_none_healthy: Counter,
+    pub lb_healthy_panic: Counter,
+    pub membership_healthy: Gauge,
+    pub membership_total: Gauge,
+    /// `cluster.<name>.health_check.*`, only for clusters with a health check (as Envoy).
+    pub health_check: Option<HealthCheckStats>,
 }
 
 impl ClusterStats {
-    fn register(store: &Store, name: &str) -> ClusterStats {
+    fn register(store: &Store, name: &str, health_checked: bool) -> ClusterStats {
         let scope = Scope::cluster(name);
         let c = |n: &str| store.counter(&scope, n);
         ClusterStats {
@@ -98,6 +135,10 @@ impl ClusterStats {
             upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            membership_healthy: store.gauge(&scope, "membership_healthy"),
+            membership_total: store.gauge(&scope, "membership_total"),
+            health_check: health_checked.then(|| HealthCheckStats::register(store, &scope)),
         }
     }
 
@@ -128,15 +169,34 @@ impl ClusterRuntime {
     pub async fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<ClusterRuntime> {
         let rt = Arc::new(ClusterRuntime {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            stats: ClusterStats::register(store, &config.name),
+            stats: ClusterStats::register(store, &config.name, config.health_check.is_some()),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config,
         });
         rt.refresh().await;
+        rt.recount();
+        // Envoy warms a health-checked cluster with one round of checks before using
+        // it, so its hosts are not all "unhealthy, never checked" when traffic arrives.
+        health::first_round(&rt).await;
         rt
     }
 
-    /// Re-resolves DNS endpoints; keeps hosts (and their counters) whose address stays.
+    /// Recounts healthy hosts after a health flip or a host-set change: the count the
+    /// load balancers read and the membership gauges.
+    pub fn recount(&self) {
+        let set = self.hosts.load();
+        let healthy = set.hosts.iter().filter(|h| h.is_healthy()).count();
+        set.healthy.store(healthy, Ordering::Relaxed);
+        self.stats.membership_healthy.set(healthy as i64);
+        self.stats.membership_total.set(set.hosts.len() as i64);
+        if let Some(hc) = &self.stats.health_check {
+            hc.healthy.set(healthy as i64);
+        }
+    }
+
+    /// Re-resolves DNS endpoints; keeps hosts (and their counters and health) whose
+    /// address stays. A new address in a health-checked cluster starts unhealthy until
+    /// its first check, as Envoy's "pending active health check".
     pub async fn refresh(&self) {
         let mut resolved = Vec::new();
         for ep in &self.config.endpoints {
@@ -174,11 +234,21 @@ impl ClusterRuntime {
                             Discovery::Static => "",
                             Discovery::StrictDns | Discovery::LogicalDns => &ep.host,
                         };
-                        Arc::new(Host::new(addr, hostname, ep.weight))
+                        // Same address, new weight: the health verdict carries over.
+                        let health = match current.hosts.iter().find(|h| h.addr == addr) {
+                            Some(old) => *old.health.lock(),
+                            None => HealthState::initial(self.config.health_check.is_some()),
+                        };
+                        Arc::new(Host::new(addr, hostname, ep.weight, health))
                     })
             })
             .collect();
-        self.hosts.store(Arc::new(HostSet::new(hosts)));
+        self.hosts.store(Arc::new(HostSet::new(
+            hosts,
+            self.config.healthy_panic_threshold,
+            self.stats.lb_healthy_panic.clone(),
+        )));
+        self.recount();
     }
 
     /// Whether hosts need periodic re-resolution, and how often.
@@ -230,13 +300,14 @@ async fn resolve(
 #[cfg(test)]
 impl Host {
     pub fn for_test(addr: SocketAddr, weight: u32) -> Host {
-        Host::new(addr, "test", weight)
+        Host::new(addr, "test", weight, HealthState::initial(false))
     }
 }
 
 #[cfg(test)]
 impl HostSet {
+    /// Counts healthy hosts at construction; Envoy's default panic threshold (50%).
     pub fn for_test(hosts: Vec<Arc<Host>>) -> HostSet {
-        HostSet::new(hosts)
+        HostSet::new(hosts, 50.0, Counter::default())
     }
 }

@@ -23,70 +23,111 @@ pub struct LbState {
 }
 
 impl LbState {
-    /// Picks a host, or `None` when the set is empty. `random` is a fresh random value.
+    /// Picks a healthy host, or `None` when there is none. `random` is a fresh random
+    /// value.
+    ///
+    /// Health filtering follows Envoy: when fewer than `panic_threshold` percent of the
+    /// hosts are healthy the set is in panic and every host is eligible
+    /// (`lb_healthy_panic` counts those picks); with a threshold of 0 and no healthy
+    /// host the pick fails. When every host is healthy (the common case, and always
+    /// without health checks) the pick costs one extra atomic load.
     pub fn pick(&mut self, policy: LbPolicy, set: &Arc<HostSet>, random: u64) -> Option<Arc<Host>> {
         let hosts = &set.hosts;
+        let every_host = match set.healthy.load(Ordering::Relaxed) {
+            healthy if healthy >= hosts.len() => true,
+            healthy if (healthy as f64) * 100.0 < set.panic_threshold * hosts.len() as f64 => {
+                set.lb_healthy_panic.inc();
+                true
+            }
+            0 => return None,
+            _ => false,
+        };
+        let eligible = |h: &Host| every_host || h.is_healthy();
         match hosts.len() {
             0 => return None,
-            1 => return Some(hosts[0].clone()),
+            1 => return eligible(&hosts[0]).then(|| hosts[0].clone()),
             _ => {}
         }
         let idx = match policy {
-            LbPolicy::RoundRobin if set.uniform => {
+            LbPolicy::RoundRobin if set.uniform => (0..hosts.len()).find_map(|_| {
                 self.cursor = (self.cursor + 1) % hosts.len();
-                self.cursor
-            }
-            LbPolicy::RoundRobin => self.smooth_weighted(set),
-            LbPolicy::Random => weighted_random(hosts, random),
+                eligible(&hosts[self.cursor]).then_some(self.cursor)
+            }),
+            LbPolicy::RoundRobin => self.smooth_weighted(set, eligible),
+            LbPolicy::Random => weighted_random(hosts, random, eligible),
             LbPolicy::LeastRequest => {
                 // Power of two choices, weighted: compare active/weight.
-                let a = weighted_random(hosts, random);
-                let mut b = weighted_random(hosts, random.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
+                let a = weighted_random(hosts, random, eligible)?;
+                let second = random.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+                let mut b = weighted_random(hosts, second, eligible)?;
                 if b == a {
-                    b = (a + 1) % hosts.len();
+                    b = (1..hosts.len())
+                        .map(|step| (a + step) % hosts.len())
+                        .find(|&i| eligible(&hosts[i]))
+                        .unwrap_or(a);
                 }
                 let load = |i: usize| {
                     (hosts[i].rq_active.load(Ordering::Relaxed) + 1) as f64 / hosts[i].weight as f64
                 };
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
+                Some(if load(b) < load(a) { b } else { a })
             }
-        };
+        }?;
         Some(hosts[idx].clone())
     }
 
-    fn smooth_weighted(&mut self, set: &Arc<HostSet>) -> usize {
+    fn smooth_weighted(
+        &mut self,
+        set: &Arc<HostSet>,
+        eligible: impl Fn(&Host) -> bool,
+    ) -> Option<usize> {
         let key = Arc::as_ptr(set) as usize;
         if self.built_for != key || self.current.len() != set.hosts.len() {
             self.current = vec![0; set.hosts.len()];
             self.built_for = key;
         }
-        let total: i64 = set.hosts.iter().map(|h| h.weight as i64).sum();
-        let mut best = 0;
+        let mut total = 0;
+        let mut best: Option<usize> = None;
         for (i, h) in set.hosts.iter().enumerate() {
+            if !eligible(h) {
+                continue;
+            }
+            total += h.weight as i64;
             self.current[i] += h.weight as i64;
-            if self.current[i] > self.current[best] {
-                best = i;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
             }
         }
+        let best = best?;
         self.current[best] -= total;
-        best
+        Some(best)
     }
 }
 
-fn weighted_random(hosts: &[Arc<Host>], random: u64) -> usize {
-    let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
-    let mut point = random % total.max(1);
+/// A weighted random index among the eligible hosts.
+fn weighted_random(
+    hosts: &[Arc<Host>],
+    random: u64,
+    eligible: impl Fn(&Host) -> bool,
+) -> Option<usize> {
+    let total: u64 = hosts
+        .iter()
+        .filter(|h| eligible(h))
+        .map(|h| h.weight as u64)
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = random % total;
     for (i, h) in hosts.iter().enumerate() {
+        if !eligible(h) {
+            continue;
+        }
         if point < h.weight as u64 {
-            return i;
+            return Some(i);
         }
         point -= h.weight as u64;
     }
-    hosts.len() - 1
+    None
 }
 
 #[cfg(test)]
@@ -143,6 +184,79 @@ mod tests {
         s.hosts[0].rq_active.store(50, Ordering::Relaxed);
         let c = counts(LbPolicy::LeastRequest, &s, 1000);
         assert_eq!(c[0], 0, "{c:?}");
+    }
+
+    /// A set of hosts on ports 1000.. with these health flags and panic threshold.
+    fn with_health(healthy: &[bool], panic_threshold: f64) -> Arc<HostSet> {
+        let hosts: Vec<Arc<Host>> = healthy
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| {
+                let h = Host::for_test(([127, 0, 0, 1], 1000 + i as u16).into(), 1);
+                let mut state = crate::health::HealthState::initial(false);
+                state.healthy = *ok;
+                h.set_health(state);
+                Arc::new(h)
+            })
+            .collect();
+        let mut set = HostSet::for_test(hosts);
+        set.panic_threshold = panic_threshold;
+        Arc::new(set)
+    }
+
+    #[test]
+    fn picks_skip_unhealthy_hosts_unless_in_panic() {
+        use LbPolicy::*;
+        // (policy, health, panic threshold, ports that may be picked; empty = None)
+        let cases: &[(LbPolicy, &[bool], f64, &[u16])] = &[
+            (RoundRobin, &[true, false, true], 50.0, &[1000, 1002]),
+            (Random, &[true, false, true], 50.0, &[1000, 1002]),
+            (LeastRequest, &[true, false, true], 50.0, &[1000, 1002]),
+            (LeastRequest, &[false, true, false, false], 20.0, &[1001]),
+            // 1 of 3 healthy is 33% < 50%: panic, every host.
+            (RoundRobin, &[false, true, false], 50.0, &[1000, 1001, 1002]),
+            (RoundRobin, &[false, true, false], 30.0, &[1001]),
+            (Random, &[false, false], 50.0, &[1000, 1001]),
+            (RoundRobin, &[false, false], 0.0, &[]),
+            (LeastRequest, &[false, false], 0.0, &[]),
+            (Random, &[false], 0.0, &[]),
+            (RoundRobin, &[false], 50.0, &[1000]),
+            (RoundRobin, &[true], 0.0, &[1000]),
+        ];
+        for (policy, health, threshold, want) in cases {
+            let s = with_health(health, *threshold);
+            let mut lb = LbState::default();
+            let mut seen = std::collections::BTreeSet::new();
+            let mut none = false;
+            for i in 0..200u64 {
+                match lb.pick(*policy, &s, i.wrapping_mul(0x2545_f491_4f6c_dd1d)) {
+                    Some(h) => {
+                        seen.insert(h.addr.port());
+                    }
+                    None => none = true,
+                }
+            }
+            let case = format!("{policy:?} {health:?} panic {threshold}");
+            assert_eq!(none, want.is_empty(), "{case}");
+            assert_eq!(seen.into_iter().collect::<Vec<_>>(), *want, "{case}");
+        }
+    }
+
+    #[test]
+    fn panic_picks_are_counted_and_weighted_round_robin_skips_unhealthy() {
+        let s = with_health(&[false, false], 50.0);
+        let mut lb = LbState::default();
+        lb.pick(LbPolicy::RoundRobin, &s, 0).unwrap();
+        assert_eq!(s.lb_healthy_panic.value(), 1);
+
+        let s = set(&[3, 1, 2]);
+        let mut state = crate::health::HealthState::initial(false);
+        state.healthy = false;
+        s.hosts[0].set_health(state);
+        s.healthy.store(2, Ordering::Relaxed);
+        let mut ports = counts(LbPolicy::RoundRobin, &s, 300);
+        ports.truncate(3);
+        assert_eq!(ports, vec![0, 100, 200]);
     }
 
     #[test]

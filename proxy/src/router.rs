@@ -16,9 +16,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use strait_filters::LocalReply;
 use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
 
 use crate::body::{ByteCount, RequestBody, ResponseBody, StreamTimers};
+use crate::chain::{ChainHandle, ChainId, Verdict};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
@@ -53,7 +55,7 @@ impl ConnCtx {
     /// The listener's config in the current runtime, or the one the connection was
     /// accepted with when the listener has since been removed.
     fn listener(&self, rt: &Runtime) -> Arc<ListenerRuntime> {
-        rt.listener(self.listener.config.address)
+        rt.listener(&self.listener.config.name)
             .cloned()
             .unwrap_or_else(|| self.listener.clone())
     }
@@ -150,6 +152,26 @@ async fn proxy<'a>(
         conn.shared.local_ip,
         "http",
     );
+    // The HTTP filters see the request after the connection manager's own edits and
+    // before routing, so a plugin may rewrite what routing looks at.
+    let mut authority = authority;
+    if let Some(chain) = ChainHandle::new(
+        &listener.http_filters,
+        listener.config.per_connection_buffer_limit_bytes,
+    ) {
+        let id = chain.id();
+        guard.chain = Some(chain);
+        let (mut parts, body) = req.into_parts();
+        let verdict = id.request_headers(&mut parts, body.is_end_stream());
+        req = Request::from_parts(parts, body);
+        if let Verdict::LocalReply(reply) = verdict {
+            let guard = slot.take().expect("guard present");
+            return Ok(filter_reply(reply, listener, guard, Some(id)));
+        }
+        if let Some(changed) = self::authority(&req) {
+            authority = changed;
+        }
+    }
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -329,14 +351,24 @@ async fn proxy<'a>(
     } else {
         Version::HTTP_11
     };
+    let chain = guard.chain.as_ref().map(ChainHandle::id);
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
         let received = Arc::new(ByteCount::default());
         guard.received = Some(received.clone());
-        RequestBody::Streaming {
-            inner: body,
-            received,
+        match chain {
+            Some(chain) => RequestBody::Filtered {
+                inner: body,
+                received,
+                chain,
+                done: false,
+                trailers: None,
+            },
+            None => RequestBody::Streaming {
+                inner: body,
+                received,
+            },
         }
     };
     let upstream_req = Request::from_parts(parts, body);
@@ -365,7 +397,17 @@ async fn proxy<'a>(
         },
         None => send.await,
     };
-    let (mut resp, lease) = sent.map_err(fail)?;
+    let (mut resp, lease) = match sent {
+        Ok(sent) => sent,
+        Err(error) => {
+            // A filter that answered from the request body ended the upstream leg.
+            if let Some(reply) = chain.and_then(ChainId::take_pending_reply) {
+                let guard = slot.take().expect("guard present");
+                return Ok(filter_reply(reply, listener, guard, chain));
+            }
+            return Err(fail(error));
+        }
+    };
     let status = resp.status().as_u16();
     guard.upstream_responded(status);
 
@@ -398,6 +440,14 @@ async fn proxy<'a>(
         HeaderValue::from(service_ms),
     );
     set_server(&mut parts.headers, &hcm.server_name);
+    if let Some(chain) = chain {
+        if let Verdict::LocalReply(reply) = chain.response_headers(&mut parts, body.is_end_stream())
+        {
+            let guard = slot.take().expect("guard present");
+            return Ok(filter_reply(reply, listener, guard, None));
+        }
+    }
+    let status = parts.status.as_u16();
     guard.status = status;
     if let Some(log) = &mut guard.log {
         log.response_headers = Some(parts.headers.clone());
@@ -406,10 +456,47 @@ async fn proxy<'a>(
         t.touch();
     }
     let guard = slot.take().expect("guard present");
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, lease, timers, guard),
-    ))
+    let body = ResponseBody::upstream(body, lease, timers, guard);
+    let body = match chain {
+        Some(chain) => body.filtered(chain),
+        None => body,
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A local reply an HTTP filter asked for (`send_http_response`, or a plugin
+/// failure answered 500), with the connection manager's `server` header. A reply
+/// decided in a request phase goes through the filters' response-headers phase, as
+/// Envoy sends local replies through the encoder filters; `chain` is `None` for a
+/// reply decided in the response phase itself.
+fn filter_reply(
+    reply: LocalReply,
+    listener: &ListenerRuntime,
+    guard: StreamGuard,
+    chain: Option<ChainId>,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(reply.body);
+    *resp.status_mut() = reply.status;
+    if !resp.body().is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    for (name, value) in reply.headers.iter() {
+        resp.headers_mut().append(name, value.clone());
+    }
+    if let Some(chain) = chain {
+        let (mut parts, body) = resp.into_parts();
+        // A second local reply from here would loop; the first one stands.
+        let _ = chain.response_headers(&mut parts, body.is_empty());
+        resp = Response::from_parts(parts, body);
+    }
+    let details = match reply.details.as_str() {
+        "wasm_fail_stream" => "wasm_fail_stream",
+        "request_payload_too_large" => "request_payload_too_large",
+        "response_payload_too_large" => "response_payload_too_large",
+        _ => "filter_local_reply",
+    };
+    finish_local(resp, listener, None, guard, details)
 }
 
 /// Rejects heads larger than `max_request_headers_kb`. hyper's parser already refuses

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use strait_xds::model::{self, Snapshot};
+use strait_xds::model::{self, HttpFilterConfig, Snapshot, WasmFilterConfig};
 
 use crate::access_log::{AccessLogger, Writers};
+use crate::chain::WasmFilterRuntime;
 use crate::cluster::ClusterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 
@@ -80,6 +81,8 @@ pub struct ListenerRuntime {
     pub http: HttpStats,
     pub listener: ListenerStats,
     pub access_logs: Vec<AccessLogger>,
+    /// The HCM's `http_filters` before the router, compiled.
+    pub http_filters: Vec<Arc<WasmFilterRuntime>>,
 }
 
 pub struct Runtime {
@@ -87,11 +90,15 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub listeners: Vec<Arc<ListenerRuntime>>,
     pub clusters: FastMap<String, Arc<ClusterRuntime>>,
+    /// Every compiled wasm plugin, so the next build can keep unchanged ones.
+    pub wasm_plugins: Vec<Arc<WasmFilterRuntime>>,
 }
 
 impl Runtime {
-    pub fn listener(&self, address: SocketAddr) -> Option<&Arc<ListenerRuntime>> {
-        self.listeners.iter().find(|l| l.config.address == address)
+    /// The listener called `name` (names are unique; addresses need not be, with
+    /// port 0).
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.iter().find(|l| l.config.name == name)
     }
 
     /// Builds the runtime for `snapshot`, keeping the state of clusters whose config
@@ -106,7 +113,19 @@ impl Runtime {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
         let snapshot = Arc::new(snapshot);
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
+        let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
         for (i, l) in snapshot.listeners.iter().enumerate() {
+            let mut http_filters = Vec::with_capacity(l.hcm.http_filters.len());
+            for filter in &l.hcm.http_filters {
+                let HttpFilterConfig::Wasm(config) = filter;
+                http_filters.push(wasm_plugin(config, previous, &wasm_plugins, store)?);
+                if !wasm_plugins
+                    .iter()
+                    .any(|p| Arc::ptr_eq(p, &http_filters[http_filters.len() - 1]))
+                {
+                    wasm_plugins.push(http_filters[http_filters.len() - 1].clone());
+                }
+            }
             let mut access_logs = Vec::new();
             for (j, log) in l.hcm.access_logs.iter().enumerate() {
                 let logger = AccessLogger::new(log, writers).map_err(|e| {
@@ -125,6 +144,7 @@ impl Runtime {
                     downstream_cx_active: store.gauge(&scope, "downstream_cx_active"),
                 },
                 access_logs,
+                http_filters,
             }));
         }
         let mut clusters =
@@ -146,8 +166,25 @@ impl Runtime {
             snapshot,
             listeners,
             clusters,
+            wasm_plugins,
         })
     }
+}
+
+/// The compiled plugin for `config`: the previous runtime's (or one built earlier
+/// in this build) when nothing but its field path changed, else a fresh compile.
+/// Equality compares the module bytes, which is far cheaper than compiling.
+fn wasm_plugin(
+    config: &Arc<WasmFilterConfig>,
+    previous: Option<&Runtime>,
+    built: &[Arc<WasmFilterRuntime>],
+    store: &Store,
+) -> anyhow::Result<Arc<WasmFilterRuntime>> {
+    let earlier = previous.map_or(&[][..], |p| &p.wasm_plugins[..]);
+    if let Some(kept) = built.iter().chain(earlier).find(|p| p.same_plugin(config)) {
+        return Ok(kept.clone());
+    }
+    WasmFilterRuntime::compile(config.clone(), store)
 }
 
 /// Envoy names listener stats after the address with `:` turned into `_`.

@@ -45,6 +45,8 @@ pub struct StreamGuard {
     pub upstream: Option<Upstream>,
     pub response_started: Option<Instant>,
     pub log: Option<Box<LogInfo>>,
+    /// The stream's HTTP filters; dropped after `record`, which runs their `on_log`.
+    pub chain: Option<crate::chain::ChainHandle>,
 }
 
 impl StreamGuard {
@@ -64,6 +66,7 @@ impl StreamGuard {
             upstream: None,
             response_started: None,
             log: None,
+            chain: None,
         }
     }
 

@@ -3,7 +3,6 @@
 //! through its command channel.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +14,14 @@ use crate::router::ConnCtx;
 use crate::runtime::Shared;
 
 pub enum Command {
-    /// Start accepting on a socket bound for `config_addr`.
+    /// Start accepting for the listener `name` on this socket (replacing any socket
+    /// the listener had, when its address changed).
     Listen {
-        config_addr: SocketAddr,
+        name: String,
         socket: std::net::TcpListener,
     },
-    /// Stop accepting on `config_addr`; its open connections drain.
-    Unlisten { config_addr: SocketAddr },
+    /// Stop accepting for the listener `name`; its open connections drain.
+    Unlisten { name: String },
     /// Stop accepting everywhere and ask every connection to close gracefully.
     Drain,
 }
@@ -51,32 +51,29 @@ pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<WorkerHandle>
 async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     tokio::spawn(heartbeat());
     let (drain_tx, drain_rx) = watch::channel(false);
-    let mut accepting: HashMap<SocketAddr, AbortHandle> = HashMap::new();
+    let mut accepting: HashMap<String, AbortHandle> = HashMap::new();
     while let Some(cmd) = commands.recv().await {
         match cmd {
-            Command::Listen {
-                config_addr,
-                socket,
-            } => {
+            Command::Listen { name, socket } => {
                 let listener = match tokio::net::TcpListener::from_std(socket) {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(%config_addr, error = %e, "cannot register listener");
+                        tracing::error!(listener = %name, error = %e, "cannot register listener");
                         continue;
                     }
                 };
                 let task = tokio::spawn(accept_loop(
                     listener,
-                    config_addr,
+                    name.clone(),
                     shared.clone(),
                     drain_rx.clone(),
                 ));
-                if let Some(old) = accepting.insert(config_addr, task.abort_handle()) {
+                if let Some(old) = accepting.insert(name, task.abort_handle()) {
                     old.abort();
                 }
             }
-            Command::Unlisten { config_addr } => {
-                if let Some(t) = accepting.remove(&config_addr) {
+            Command::Unlisten { name } => {
+                if let Some(t) = accepting.remove(&name) {
                     t.abort();
                 }
             }
@@ -107,7 +104,7 @@ async fn heartbeat() {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    config_addr: SocketAddr,
+    name: String,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 ) {
@@ -116,16 +113,16 @@ async fn accept_loop(
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off rather than spin.
-                tracing::warn!(%config_addr, error = %e, "accept failed");
+                tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let local = stream.local_addr().unwrap_or(config_addr);
         let rt = shared.runtime.load();
-        let Some(lrt) = rt.listener(config_addr).cloned() else {
+        let Some(lrt) = rt.listener(&name).cloned() else {
             continue;
         };
+        let local = stream.local_addr().unwrap_or(lrt.config.address);
         let ctx = Arc::new(ConnCtx {
             shared: shared.clone(),
             listener: lrt,

@@ -238,3 +238,45 @@ async fn quick_mode_proxies_everything_to_the_upstream() {
     );
     assert_eq!(get_h2(addr, "h", "/", &[]).await.status, 200);
 }
+
+fn direct_listener(name: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                direct_response: {{status: 200, body: {{inline_string: {name}}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// Regression: listeners were keyed by configured address, so two listeners both on
+/// 127.0.0.1:0 served the first one's routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_listeners_on_port_0_keep_their_own_config() {
+    let yaml = format!(
+        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\nstatic_resources:\n  listeners:{}{}",
+        direct_listener("one"),
+        direct_listener("two")
+    );
+    let s = Strait::start(&yaml).await;
+    let (one, two) = (s.addr("one").await, s.addr("two").await);
+    assert_ne!(one, two);
+    assert_eq!(get(one, "h", "/", &[]).await.text(), "one");
+    assert_eq!(get(two, "h", "/", &[]).await.text(), "two");
+}

@@ -180,23 +180,21 @@ async fn chunked_request_and_response() {
     assert_eq!(r.body.len(), 102400);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailers_h2_to_h2() {
+/// Sends a body with request trailers and asks the backend for response trailers;
+/// both must cross the proxy. HTTP/1.1 announces its trailers in `Trailer`.
+async fn trailers_cross(proto: Proto, upstream_h2: bool) {
     let b = Backend::echo("b").await;
-    let s = proxy_to(&b, true).await;
-    let mut c = Client::connect(s.main_addr().await, Proto::H2)
-        .await
-        .unwrap();
-    let req = c.request(
-        Method::POST,
-        "t.test",
-        "/",
-        &[
-            ("x-backend-trailers", "x-resp-trailer=done,x-count=2"),
-            ("te", "trailers"),
-        ],
-        with_trailers("body", &[("x-req-trailer", "sent")]),
-    );
+    let s = proxy_to(&b, upstream_h2).await;
+    let mut c = Client::connect(s.main_addr().await, proto).await.unwrap();
+    let mut headers = vec![
+        ("x-backend-trailers", "x-resp-trailer=done,x-count=2"),
+        ("te", "trailers"),
+    ];
+    if proto == Proto::H1 {
+        headers.push(("trailer", "x-req-trailer"));
+    }
+    let body = with_trailers("body", &[("x-req-trailer", "sent")]);
+    let req = c.request(Method::POST, "t.test", "/", &headers, body);
     let r = c.send(req).await.unwrap();
     assert_eq!(r.status, 200);
     let e = r.echo();
@@ -216,38 +214,13 @@ async fn trailers_h2_to_h2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_h2_to_h2() {
+    trailers_cross(Proto::H2, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_h1_chunked() {
-    let b = Backend::echo("b").await;
-    let s = proxy_to(&b, false).await;
-    let mut c = Client::connect(s.main_addr().await, Proto::H1)
-        .await
-        .unwrap();
-    let req = c.request(
-        Method::POST,
-        "t.test",
-        "/",
-        &[
-            ("x-backend-trailers", "x-resp-trailer=done"),
-            ("te", "trailers"),
-            ("trailer", "x-req-trailer"),
-        ],
-        with_trailers("body", &[("x-req-trailer", "sent")]),
-    );
-    let r = c.send(req).await.unwrap();
-    assert_eq!(r.status, 200);
-    let e = r.echo();
-    assert_eq!(e.body_len, 4);
-    assert_eq!(
-        e.trailers.get("x-req-trailer").map(String::as_str),
-        Some("sent"),
-        "request trailers reach the upstream"
-    );
-    assert_eq!(
-        r.trailer("x-resp-trailer"),
-        Some("done"),
-        "response trailers reach the client: {:?}",
-        r.trailers
-    );
+    trailers_cross(Proto::H1, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

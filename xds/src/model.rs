@@ -81,6 +81,38 @@ pub struct HttpConnectionManager {
     pub upgrade_types: Vec<String>,
     /// Value of the `server` response header; Envoy's default is "envoy", ours "strait".
     pub server_name: String,
+    /// `http_filters` before the router, in order; the router itself is implied.
+    pub http_filters: Vec<HttpFilterConfig>,
+}
+
+/// One configured HTTP filter (everything in `http_filters` except the router).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFilterConfig {
+    /// `envoy.filters.http.wasm`.
+    Wasm(Arc<WasmFilterConfig>),
+}
+
+/// `envoy.extensions.filters.http.wasm.v3.Wasm` as translated: the module bytes are
+/// read, the configurations decoded. Compiling is the proxy's job (this crate has no
+/// wasm engine); a compile error is reported against `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmFilterConfig {
+    /// Field path of the filter's `typed_config`, for errors found after translation.
+    pub path: String,
+    /// `config.name`.
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    /// `config.configuration`, as the plugin reads it in `proxy_on_configure`.
+    pub configuration: Vec<u8>,
+    /// `config.vm_config.configuration`, read in `proxy_on_vm_start`.
+    pub vm_configuration: Vec<u8>,
+    /// The module (`vm_config.code.local`).
+    pub code: Arc<[u8]>,
+    /// Where the module came from: the file name, or `inline`.
+    pub code_source: String,
+    /// `fail_open`, or `failure_policy: FAIL_OPEN`.
+    pub fail_open: bool,
 }
 
 // ---------------------------------------------------------------- access logs
@@ -390,6 +422,55 @@ pub struct Cluster {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub endpoints: Vec<Endpoint>,
+    /// Active health checking (`health_checks`); at most one so far.
+    pub health_check: Option<HealthCheck>,
+    /// `common_lb_config.healthy_panic_threshold`, a percentage (default 50): below
+    /// that share of healthy hosts the load balancer ignores health.
+    pub healthy_panic_threshold: f64,
+}
+
+/// `config.core.v3.HealthCheck`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// A random extra delay in `[0, interval_jitter)` added to each interval.
+    pub interval_jitter: Duration,
+    /// Accepted for Envoy compatibility; Strait checks at `interval` whether or not
+    /// the cluster has traffic.
+    pub no_traffic_interval: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    Http(HttpHealthCheck),
+    /// Empty `send` and `receive`: connect only.
+    Tcp {
+        send: Vec<u8>,
+        receive: Vec<Vec<u8>>,
+    },
+    /// `grpc.health.v1.Health/Check` over h2c.
+    Grpc {
+        service_name: String,
+        /// `:authority`; the cluster name when unset, as in Envoy.
+        authority: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// `Host` / `:authority`; the cluster name when unset, as in Envoy.
+    pub host: Option<String>,
+    /// Half-open ranges `[start, end)`; default `[200, 201)`.
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// Added to every check request (names lower-case; append semantics do not matter
+    /// on a request that carries no other headers but `host` and `user-agent`).
+    pub request_headers_to_add: Vec<(HeaderName, HeaderValue)>,
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod listener;
 mod route;
 #[cfg(test)]
 mod tests;
+mod wasm;
 
 use std::fmt::{Display, Write as _};
 use std::net::{IpAddr, SocketAddr};

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ pub struct Echo {
     /// Lower-case names; repeated headers joined with ",".
     pub headers: BTreeMap<String, String>,
     pub body_len: u64,
+    /// The request body as text (lossy UTF-8), for tests of body rewrites.
+    #[serde(default)]
+    pub body: String,
     /// "HTTP/1.1" or "HTTP/2.0".
     pub version: String,
     pub backend: String,
@@ -69,6 +72,8 @@ pub(super) struct Counters {
     connections: AtomicU64,
     /// Raw request heads (raw backend only).
     heads: Mutex<Vec<String>>,
+    /// What the health-check backends answer: `set_healthy(false)` flips them.
+    unhealthy: AtomicBool,
 }
 
 pub struct Backend {
@@ -108,6 +113,12 @@ impl Backend {
     /// Raw backend: every request head received, byte for byte.
     pub fn heads(&self) -> Vec<String> {
         self.counters.heads.lock().expect("heads lock").clone()
+    }
+
+    /// What the health-check backends (`with_health`, `grpc_health`, `tcp_health`)
+    /// answer from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.counters.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
     /// An address on 127.0.0.1 that refuses connections (bound, then released).
@@ -158,6 +169,104 @@ impl Backend {
                     .initial_connection_window_size(8 << 20);
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             }
+        })
+        .await
+    }
+
+    /// The echo backend, except that `GET /healthz` answers 200, or 503 after
+    /// `set_healthy(false)`; health checks are not counted in `requests()`.
+    pub async fn with_health(name: &str) -> Backend {
+        let name_arc: Arc<str> = Arc::from(name);
+        Backend::serve(name, move |stream, c| {
+            let name = name_arc.clone();
+            async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (name, c) = (name.clone(), c.clone());
+                    async move {
+                        if req.uri().path() != "/healthz" {
+                            return echo(name, c, req).await;
+                        }
+                        let status = match c.unhealthy.load(Ordering::SeqCst) {
+                            true => 503,
+                            false => 200,
+                        };
+                        let body = http_body_util::Empty::new().map_err(|e| match e {});
+                        Ok(Response::builder()
+                            .status(status)
+                            .body(body.boxed_unsync())
+                            .expect("valid health response"))
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+        })
+        .await
+    }
+
+    /// `grpc.health.v1.Health/Check` over h2c, hand-framed: `SERVING`, or
+    /// `NOT_SERVING` after `set_healthy(false)`. Counts checks in `requests()`.
+    pub async fn grpc_health(name: &str) -> Backend {
+        Backend::serve(name, |stream, c| async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let c = c.clone();
+                async move {
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    let ok = req.uri().path() == "/grpc.health.v1.Health/Check";
+                    let _ = req.into_body().collect().await;
+                    // HealthCheckResponse { status = 1 SERVING | 2 NOT_SERVING }.
+                    let status = if c.unhealthy.load(Ordering::SeqCst) {
+                        2
+                    } else {
+                        1
+                    };
+                    let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+                    let grpc_status = if ok { "0" } else { "12" };
+                    let trailers: HeaderMap = [(
+                        HeaderName::from_static("grpc-status"),
+                        HeaderValue::from_static(grpc_status),
+                    )]
+                    .into_iter()
+                    .collect();
+                    let frames = futures_util::stream::iter([
+                        Ok::<_, Infallible>(Frame::data(message)),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(StreamBody::new(frames).boxed_unsync())
+                            .expect("valid grpc response"),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        })
+        .await
+    }
+
+    /// Answers `ping` with `pong`, or with `nope` after `set_healthy(false)`, then
+    /// closes. Counts pings in `requests()`.
+    pub async fn tcp_health(name: &str) -> Backend {
+        Backend::serve(name, |mut stream, c| async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while !got.ends_with(b"ping") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            c.requests.fetch_add(1, Ordering::SeqCst);
+            let answer: &[u8] = if c.unhealthy.load(Ordering::SeqCst) {
+                b"nope"
+            } else {
+                b"pong"
+            };
+            let _ = stream.write_all(answer).await;
+            let _ = stream.shutdown().await;
         })
         .await
     }
@@ -324,11 +433,17 @@ async fn echo(
     };
     let mut body = req.into_body();
     let mut body_len = 0u64;
+    let mut body_text = Vec::new();
     let mut req_trailers = HeaderMap::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(std::io::Error::other)?;
         match frame.into_data() {
-            Ok(d) => body_len += d.len() as u64,
+            Ok(d) => {
+                body_len += d.len() as u64;
+                if body_text.len() < 64 * 1024 {
+                    body_text.extend_from_slice(&d);
+                }
+            }
             Err(f) => {
                 if let Ok(t) = f.into_trailers() {
                     req_trailers = t;
@@ -359,6 +474,7 @@ async fn echo(
                 "host": host,
                 "headers": header_map(&headers),
                 "body_len": body_len,
+                "body": String::from_utf8_lossy(&body_text),
                 "version": version,
                 "backend": &*name,
                 "trailers": header_map(&req_trailers),

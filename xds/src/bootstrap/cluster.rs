@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    duration, proto_enum, Address, CommonHttpProtocolOptions, Http1ProtocolOptions,
-    Http2ProtocolOptions, Unsupported,
+    duration, proto_enum, Address, CommonHttpProtocolOptions, HeaderValueOption,
+    Http1ProtocolOptions, Http2ProtocolOptions, Int64Range, ProtoEnum, Unsupported,
 };
 use crate::model::{Discovery, DnsLookupFamily, LbPolicy};
 
@@ -45,7 +45,8 @@ pub struct Cluster {
     pub alt_stat_name: Option<IgnoredAny>,
     pub circuit_breakers: Option<Unsupported>,
     pub outlier_detection: Option<Unsupported>,
-    pub health_checks: Option<Unsupported>,
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
     pub transport_socket: Option<Unsupported>,
     pub transport_socket_matches: Option<Unsupported>,
     pub eds_cluster_config: Option<Unsupported>,
@@ -56,7 +57,7 @@ pub struct Cluster {
     pub original_dst_lb_config: Option<Unsupported>,
     pub least_request_lb_config: Option<Unsupported>,
     pub round_robin_lb_config: Option<Unsupported>,
-    pub common_lb_config: Option<Unsupported>,
+    pub common_lb_config: Option<CommonLbConfig>,
     pub load_balancing_policy: Option<Unsupported>,
     pub upstream_bind_config: Option<Unsupported>,
     pub upstream_connection_options: Option<Unsupported>,
@@ -77,6 +78,131 @@ pub struct Cluster {
     pub preconnect_policy: Option<Unsupported>,
     pub connection_pool_per_downstream_connection: Option<Unsupported>,
     pub lrs_server: Option<Unsupported>,
+}
+
+/// `Cluster.CommonLbConfig`: only the panic threshold so far.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonLbConfig {
+    pub healthy_panic_threshold: Option<Percent>,
+    pub zone_aware_lb_config: Option<Unsupported>,
+    pub locality_weighted_lb_config: Option<Unsupported>,
+    pub update_merge_window: Option<Unsupported>,
+    pub ignore_new_hosts_until_first_hc: Option<Unsupported>,
+    pub close_connections_on_host_set_change: Option<Unsupported>,
+    pub consistent_hashing_lb_config: Option<Unsupported>,
+    pub override_host_status: Option<Unsupported>,
+}
+
+/// `type.v3.Percent`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
+}
+
+/// `config.core.v3.HealthCheck`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub interval_jitter: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub no_traffic_interval: Option<Duration>,
+    pub unhealthy_threshold: Option<u32>,
+    pub healthy_threshold: Option<u32>,
+    pub http_health_check: Option<HttpHealthCheck>,
+    pub tcp_health_check: Option<TcpHealthCheck>,
+    pub grpc_health_check: Option<GrpcHealthCheck>,
+    /// Accepted and ignored: Strait opens a connection per check (Envoy's
+    /// `reuse_connection: false`).
+    pub reuse_connection: Option<IgnoredAny>,
+    /// Accepted and ignored: failures are logged at debug level.
+    pub always_log_health_check_failures: Option<IgnoredAny>,
+    pub always_log_health_check_success: Option<IgnoredAny>,
+    pub custom_health_check: Option<Unsupported>,
+    pub initial_jitter: Option<Unsupported>,
+    pub interval_jitter_percent: Option<Unsupported>,
+    pub alt_port: Option<Unsupported>,
+    pub no_traffic_healthy_interval: Option<Unsupported>,
+    pub unhealthy_interval: Option<Unsupported>,
+    pub unhealthy_edge_interval: Option<Unsupported>,
+    pub healthy_edge_interval: Option<Unsupported>,
+    pub event_log_path: Option<Unsupported>,
+    pub event_logger: Option<Unsupported>,
+    pub event_service: Option<Unsupported>,
+    pub tls_options: Option<Unsupported>,
+    pub transport_socket_match_criteria: Option<Unsupported>,
+}
+
+/// `HealthCheck.HttpHealthCheck`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    #[serde(default)]
+    pub path: String,
+    pub host: Option<String>,
+    #[serde(default)]
+    pub expected_statuses: Vec<Int64Range>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub codec_client_type: Option<CodecClientType>,
+    pub send: Option<Unsupported>,
+    pub receive: Option<Unsupported>,
+    pub response_buffer_size: Option<Unsupported>,
+    pub request_headers_to_remove: Option<Unsupported>,
+    pub retriable_statuses: Option<Unsupported>,
+    pub service_name_matcher: Option<Unsupported>,
+    pub method: Option<Unsupported>,
+}
+
+/// `type.v3.CodecClientType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecClientType {
+    Http1,
+    Http2,
+}
+
+impl ProtoEnum for CodecClientType {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("HTTP1", 0, Some(Self::Http1)),
+        ("HTTP2", 1, Some(Self::Http2)),
+        ("HTTP3", 2, None),
+    ];
+}
+
+/// `HealthCheck.TcpHealthCheck`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {
+    pub send: Option<Payload>,
+    #[serde(default)]
+    pub receive: Vec<Payload>,
+    pub proxy_protocol_config: Option<Unsupported>,
+}
+
+/// `HealthCheck.Payload`: hex `text` or base64 `binary`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    pub text: Option<String>,
+    pub binary: Option<String>,
+}
+
+/// `HealthCheck.GrpcHealthCheck`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    #[serde(default)]
+    pub service_name: String,
+    pub authority: Option<String>,
+    pub initial_metadata: Option<Unsupported>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -207,3 +207,54 @@ pub struct SubstitutionFormatString {
     pub formatters: Option<Unsupported>,
     pub json_format_options: Option<Unsupported>,
 }
+
+/// `extensions.filters.http.wasm.v3.Wasm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wasm {
+    pub config: Option<WasmPluginConfig>,
+}
+
+/// `extensions.wasm.v3.PluginConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmPluginConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub root_id: String,
+    pub vm_config: Option<WasmVmConfig>,
+    /// A protobuf `Any`: `StringValue`, `BytesValue` or `Struct`.
+    pub configuration: Option<Value>,
+    #[serde(default)]
+    pub fail_open: bool,
+    pub failure_policy: Option<String>,
+    pub capability_restriction_config: Option<Unsupported>,
+    pub allow_on_headers_stop_iteration: Option<Unsupported>,
+}
+
+/// `extensions.wasm.v3.VmConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmVmConfig {
+    #[serde(default)]
+    pub vm_id: String,
+    #[serde(default)]
+    pub runtime: String,
+    pub code: Option<AsyncDataSource>,
+    /// A protobuf `Any`, as `PluginConfig.configuration`.
+    pub configuration: Option<Value>,
+    /// Accepted and ignored: wasmtime compiles every module itself.
+    pub allow_precompiled: Option<IgnoredAny>,
+    /// Accepted and ignored: there is no remote code cache.
+    pub nack_on_code_cache_miss: Option<IgnoredAny>,
+    pub environment_variables: Option<Unsupported>,
+}
+
+/// `config.core.v3.AsyncDataSource`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncDataSource {
+    pub local: Option<DataSource>,
+    pub remote: Option<Unsupported>,
+}

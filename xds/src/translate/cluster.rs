@@ -5,9 +5,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{socket_address, timeout_or, Clusters, ConfigError, Result, TypedConfig};
-use crate::bootstrap::{self, HttpProtocolOptions, ProtocolChoice};
-use crate::model::{Cluster, Discovery, DnsLookupFamily, Endpoint, LbPolicy, UpstreamProtocol};
+use super::{
+    decode_base64, headers, socket_address, timeout_or, Clusters, ConfigError, Result, TypedConfig,
+};
+use crate::bootstrap::{self, CodecClientType, HttpProtocolOptions, ProtocolChoice};
+use crate::model::{
+    Cluster, Discovery, DnsLookupFamily, Endpoint, HealthCheck, HealthCheckKind, HttpHealthCheck,
+    LbPolicy, UpstreamProtocol,
+};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -62,7 +67,161 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         )?,
         dns_lookup_family: config.dns_lookup_family.unwrap_or(DnsLookupFamily::Auto),
         endpoints: endpoints(path, discovery, config.load_assignment.as_ref())?,
+        health_check: health_check(path, &config.health_checks)?,
+        healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
     })
+}
+
+/// `common_lb_config.healthy_panic_threshold.value`, a percentage; Envoy's default 50.
+fn panic_threshold(path: &str, config: Option<&bootstrap::CommonLbConfig>) -> Result<f64> {
+    let Some(percent) = config.and_then(|c| c.healthy_panic_threshold.as_ref()) else {
+        return Ok(50.0);
+    };
+    if !(0.0..=100.0).contains(&percent.value) {
+        return Err(ConfigError::new(
+            format!("{path}.common_lb_config.healthy_panic_threshold.value"),
+            format!("{} is not a percentage between 0 and 100", percent.value),
+        ));
+    }
+    Ok(percent.value)
+}
+
+fn health_check(path: &str, configs: &[bootstrap::HealthCheck]) -> Result<Option<HealthCheck>> {
+    if configs.len() > 1 {
+        let message = "more than one health check per cluster is not supported yet";
+        return Err(ConfigError::new(
+            format!("{path}.health_checks[1]"),
+            message,
+        ));
+    }
+    let Some(config) = configs.first() else {
+        return Ok(None);
+    };
+    let path = format!("{path}.health_checks[0]");
+    let required =
+        |field: &str| ConfigError::new(format!("{path}.{field}"), format!("{field} is required"));
+    let positive_duration = |field: &str, value: Option<Duration>| match value {
+        None => Err(required(field)),
+        Some(value) if value.is_zero() => Err(ConfigError::new(
+            format!("{path}.{field}"),
+            "must be greater than 0",
+        )),
+        Some(value) => Ok(value),
+    };
+    let threshold = |field: &str, value: Option<u32>| match value {
+        None => Err(required(field)),
+        Some(0) => Err(ConfigError::new(
+            format!("{path}.{field}"),
+            "must be at least 1",
+        )),
+        Some(value) => Ok(value),
+    };
+    let kind = match (
+        &config.http_health_check,
+        &config.tcp_health_check,
+        &config.grpc_health_check,
+    ) {
+        (Some(http), None, None) => {
+            HealthCheckKind::Http(http_check(&format!("{path}.http_health_check"), http)?)
+        }
+        (None, Some(tcp), None) => {
+            let path = format!("{path}.tcp_health_check");
+            let send = match &tcp.send {
+                Some(payload) => payload_bytes(&format!("{path}.send"), payload)?,
+                None => Vec::new(),
+            };
+            let receive = tcp
+                .receive
+                .iter()
+                .enumerate()
+                .map(|(i, payload)| payload_bytes(&format!("{path}.receive[{i}]"), payload))
+                .collect::<Result<Vec<_>>>()?;
+            HealthCheckKind::Tcp { send, receive }
+        }
+        (None, None, Some(grpc)) => HealthCheckKind::Grpc {
+            service_name: grpc.service_name.clone(),
+            authority: grpc.authority.clone().filter(|a| !a.is_empty()),
+        },
+        _ => {
+            let message = "exactly one of http_health_check, tcp_health_check, \
+                           grpc_health_check is required";
+            return Err(ConfigError::new(path, message));
+        }
+    };
+    let interval = positive_duration("interval", config.interval)?;
+    Ok(Some(HealthCheck {
+        timeout: positive_duration("timeout", config.timeout)?,
+        interval,
+        interval_jitter: config.interval_jitter.unwrap_or_default(),
+        no_traffic_interval: config
+            .no_traffic_interval
+            .unwrap_or(Duration::from_secs(60)),
+        unhealthy_threshold: threshold("unhealthy_threshold", config.unhealthy_threshold)?,
+        healthy_threshold: threshold("healthy_threshold", config.healthy_threshold)?,
+        kind,
+    }))
+}
+
+fn http_check(path: &str, config: &bootstrap::HttpHealthCheck) -> Result<HttpHealthCheck> {
+    if !config.path.starts_with('/') {
+        return Err(ConfigError::new(
+            format!("{path}.path"),
+            "path is required and must start with '/'",
+        ));
+    }
+    let mut expected_statuses = Vec::new();
+    for (i, range) in config.expected_statuses.iter().enumerate() {
+        if !(100..600).contains(&range.start) || !(101..=600).contains(&range.end) {
+            return Err(ConfigError::new(
+                format!("{path}.expected_statuses[{i}]"),
+                "start must be in [100, 600) and end in (100, 600]",
+            ));
+        }
+        expected_statuses.push((range.start as u16, range.end as u16));
+    }
+    if expected_statuses.is_empty() {
+        expected_statuses.push((200, 201));
+    }
+    let added = headers::mutations(path, &config.request_headers_to_add, &[], &[], &[])?;
+    Ok(HttpHealthCheck {
+        path: config.path.clone(),
+        host: config.host.clone().filter(|h| !h.is_empty()),
+        expected_statuses,
+        request_headers_to_add: added
+            .request_headers_to_add
+            .into_iter()
+            .map(|option| (option.name, option.value))
+            .collect(),
+        http2: config.codec_client_type == Some(CodecClientType::Http2),
+    })
+}
+
+/// A `Payload`: hex `text` or base64 `binary`.
+fn payload_bytes(path: &str, payload: &bootstrap::Payload) -> Result<Vec<u8>> {
+    match (&payload.text, &payload.binary) {
+        (Some(text), None) => decode_hex(text).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.text"),
+                "expected an even number of hex digits",
+            )
+        }),
+        (None, Some(base64)) => decode_base64(base64)
+            .ok_or_else(|| ConfigError::new(format!("{path}.binary"), "invalid base64")),
+        _ => Err(ConfigError::new(
+            path,
+            "exactly one of text, binary is required",
+        )),
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn endpoints(
@@ -188,4 +347,104 @@ fn protocol(
         protocol,
         timeout_or(idle_timeout, Duration::from_secs(3600)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Translates one STATIC cluster with `extra` fields merged in.
+    fn cluster_with(extra: serde_json::Value) -> Result<Cluster> {
+        let mut config = json!({
+            "name": "c",
+            "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+            }}]}]},
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            config[k] = v.clone();
+        }
+        let config: bootstrap::Cluster = super::super::decode("c", &config)?;
+        cluster("c", &config)
+    }
+
+    fn check(fields: serde_json::Value) -> serde_json::Value {
+        let mut check = json!({"timeout": "1s", "interval": "2s", "unhealthy_threshold": 3, "healthy_threshold": 2});
+        for (k, v) in fields.as_object().expect("object") {
+            check[k] = v.clone();
+        }
+        json!({"health_checks": [check]})
+    }
+
+    #[test]
+    fn health_checks_translate_with_envoy_defaults() {
+        let c = cluster_with(check(json!({"http_health_check": {"path": "/hc",
+            "codec_client_type": "HTTP2",
+            "request_headers_to_add": [{"header": {"key": "X-A", "value": "1"}}]}})))
+        .unwrap();
+        assert_eq!(c.healthy_panic_threshold, 50.0);
+        let hc = c.health_check.unwrap();
+        assert_eq!(
+            (hc.timeout, hc.interval),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(hc.no_traffic_interval, Duration::from_secs(60));
+        let HealthCheckKind::Http(http) = hc.kind else {
+            panic!("{:?}", hc.kind)
+        };
+        assert_eq!(http.expected_statuses, vec![(200, 201)]);
+        assert!(http.http2);
+        assert_eq!(http.request_headers_to_add[0].0.as_str(), "x-a");
+
+        let c = cluster_with(check(json!({"tcp_health_check": {
+            "send": {"text": "0A0b"}, "receive": [{"binary": "aGk="}]}})))
+        .unwrap();
+        let want = HealthCheckKind::Tcp {
+            send: vec![0x0a, 0x0b],
+            receive: vec![b"hi".to_vec()],
+        };
+        assert_eq!(c.health_check.unwrap().kind, want);
+
+        let c =
+            cluster_with(json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}}));
+        assert_eq!(c.unwrap().healthy_panic_threshold, 0.0);
+    }
+
+    #[test]
+    fn bad_health_checks_name_their_field() {
+        let cases = [
+            (
+                check(json!({"interval": "0s", "tcp_health_check": {}})),
+                "c.health_checks[0].interval: must be greater than 0",
+            ),
+            (
+                check(json!({"healthy_threshold": null, "tcp_health_check": {}})),
+                "c.health_checks[0].healthy_threshold: healthy_threshold is required",
+            ),
+            (
+                check(
+                    json!({"http_health_check": {"path": "/", "expected_statuses": [{"start": 200, "end": 700}]}}),
+                ),
+                "c.health_checks[0].http_health_check.expected_statuses[0]: start must be",
+            ),
+            (
+                check(json!({"tcp_health_check": {}, "grpc_health_check": {}})),
+                "c.health_checks[0]: exactly one of",
+            ),
+            (
+                check(json!({"unhealthy_interval": "1s", "tcp_health_check": {}})),
+                "c.health_checks[0].unhealthy_interval: unhealthy_interval is not supported yet",
+            ),
+            (
+                json!({"common_lb_config": {"healthy_panic_threshold": {"value": 101}}}),
+                "c.common_lb_config.healthy_panic_threshold.value: 101 is not a percentage",
+            ),
+        ];
+        for (extra, want) in cases {
+            let error = cluster_with(extra).unwrap_err().to_string();
+            assert!(error.starts_with(want), "want {want:?}, got {error:?}");
+        }
+    }
 }

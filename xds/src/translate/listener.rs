@@ -7,15 +7,15 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    data_source, ip_address, route, timeout_or, Clusters, ConfigError, Result, TypedConfig,
+    data_source, ip_address, route, timeout_or, wasm, Clusters, ConfigError, Result, TypedConfig,
 };
 use crate::bootstrap::{
     self, FileAccessLog, Router, StreamAccessLog, SubstitutionFormatString, NOT_SUPPORTED,
 };
 use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
 use crate::model::{
-    AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, JsonValueTemplate,
-    Listener, LogFormat,
+    AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, HttpFilterConfig,
+    JsonValueTemplate, Listener, LogFormat,
 };
 
 pub(super) const HCM_TYPE: &str =
@@ -23,6 +23,7 @@ pub(super) const HCM_TYPE: &str =
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 pub(super) const ROUTER_NAME: &str = "envoy.filters.http.router";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
@@ -123,7 +124,7 @@ fn http_connection_manager(
 ) -> Result<HttpConnectionManager> {
     let config: bootstrap::HttpConnectionManager = typed.decode()?;
     let path = typed.fields_path.as_str();
-    http_filters(path, &config.http_filters)?;
+    let http_filters = http_filters(path, &config.http_filters)?;
     let route_config = config.route_config.as_ref().ok_or_else(|| {
         ConfigError::new(format!("{path}.route_config"), "route_config is required")
     })?;
@@ -169,39 +170,49 @@ fn http_connection_manager(
             .collect(),
         server_name: config.server_name.unwrap_or_else(|| "strait".to_owned()),
         stat_prefix: config.stat_prefix,
+        http_filters,
     })
 }
 
-/// Only the router is supported, and it must come last (as Envoy requires).
-fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<()> {
+/// The router must come last (as Envoy requires); before it, wasm filters.
+fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<HttpFilterConfig>> {
     let Some(last) = filters.len().checked_sub(1) else {
         let message = format!("http_filters must end with {ROUTER_NAME}");
         return Err(ConfigError::new(format!("{path}.http_filters"), message));
     };
+    let mut chain = Vec::new();
     for (i, filter) in filters.iter().enumerate() {
         let path = format!("{path}.http_filters[{i}]");
-        match &filter.typed_config {
+        let is_router = match &filter.typed_config {
             Some(value) => {
                 let typed = TypedConfig::parse(format!("{path}.typed_config"), value)?;
-                if typed.type_name != ROUTER_TYPE {
-                    return Err(typed.unsupported());
+                match typed.type_name.as_str() {
+                    ROUTER_TYPE => {
+                        typed.decode::<Router>()?;
+                        true
+                    }
+                    WASM_TYPE => {
+                        chain.push(HttpFilterConfig::Wasm(Arc::new(wasm::filter(&typed)?)));
+                        false
+                    }
+                    _ => return Err(typed.unsupported()),
                 }
-                typed.decode::<Router>()?;
             }
-            None if filter.name == ROUTER_NAME => {}
+            None if filter.name == ROUTER_NAME => true,
             None => {
                 let message = format!("{} {NOT_SUPPORTED}", filter.name);
                 return Err(ConfigError::new(format!("{path}.name"), message));
             }
-        }
-        if i != last {
-            return Err(ConfigError::new(
-                path,
-                format!("{ROUTER_NAME} must be the last filter"),
-            ));
+        };
+        if is_router != (i == last) {
+            let message = match is_router {
+                true => format!("{ROUTER_NAME} must be the last filter"),
+                false => format!("http_filters must end with {ROUTER_NAME}"),
+            };
+            return Err(ConfigError::new(path, message));
         }
     }
-    Ok(())
+    Ok(chain)
 }
 
 fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {

@@ -1,0 +1,306 @@
+//! The HTTP filter chain runner: the configured `http_filters` (today: proxy-wasm
+//! plugins) between the connection manager and the router.
+//!
+//! # Where the filters live
+//!
+//! A `WasmVm` is `Rc` (one instance per worker, never shared across threads), yet the
+//! request future must stay `Send` because hyper's executor spawns it with
+//! `tokio::spawn`. So the filters never enter the future: each worker keeps its VMs
+//! and every stream's filter objects in thread-locals, and the router holds only a
+//! [`ChainHandle`], a stream id. A phase is a synchronous call through
+//! `with_stream(id, |chain| …)`; nothing is borrowed across an `.await`. Workers are
+//! current-thread runtimes, so a stream's future, its bodies and its handle all run
+//! on the worker that created them; a handle dropped on another thread finds nothing
+//! and does nothing.
+//!
+//! A worker creates a plugin's VM on the first stream that needs it. Plugins are
+//! keyed by a process-unique id given when the runtime compiled them, so after a
+//! reload that swaps a plugin new streams get a VM of the new plugin while streams
+//! in flight finish on the old one (their filters hold the old `Rc<WasmVm>`); a VM
+//! whose plugin no runtime references any more is dropped when the next one is made.
+//!
+//! Cost: a listener without `http_filters` pays nothing (no handle, no lookups).
+//! With plugins, each phase is one hash lookup plus the guest call; body chunks are
+//! copied once into the filter's buffer.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use strait_filters::wasm::{PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm};
+use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
+use strait_xds::model::WasmFilterConfig;
+
+use crate::runtime::FastMap;
+use crate::stats::{Counter, Scope, Store};
+
+/// A compiled plugin as the runtime holds it, shared by all workers.
+pub struct WasmFilterRuntime {
+    pub config: Arc<WasmFilterConfig>,
+    pub plugin: Arc<WasmPlugin>,
+    /// Process-unique; keys the workers' VMs.
+    id: u64,
+    /// `wasm.<name>.vm_failed`: callbacks that trapped, ran out of time or memory.
+    vm_failed: Counter,
+    /// How much of `plugin.stats().failures` is in `vm_failed` already.
+    exported_failures: AtomicU64,
+}
+
+impl WasmFilterRuntime {
+    /// Compiles and links the module and starts one VM (run `proxy_on_vm_start` and
+    /// `proxy_on_configure`) so a bad plugin rejects the config. Errors name the
+    /// filter's field path and the module file.
+    pub fn compile(config: Arc<WasmFilterConfig>, store: &Store) -> anyhow::Result<Arc<Self>> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let mut plugin = PluginConfig::new(config.name.clone(), Bytes::from(config.code.to_vec()));
+        plugin.root_id.clone_from(&config.root_id);
+        plugin.vm_id.clone_from(&config.vm_id);
+        plugin.configuration = Bytes::from(config.configuration.clone());
+        plugin.vm_configuration = Bytes::from(config.vm_configuration.clone());
+        plugin.fail_open = config.fail_open;
+        let error = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("{}: module {}: {e}", config.path, config.code_source)
+        };
+        let plugin = WasmPlugin::new(WasmEngine::shared(), plugin).map_err(|e| error(&e))?;
+        WasmVm::new(plugin.clone()).start().map_err(|e| error(&e))?;
+        let scope = Scope::custom(&format!("wasm.{}", config.name));
+        Ok(Arc::new(WasmFilterRuntime {
+            vm_failed: store.counter(&scope, "vm_failed"),
+            config,
+            plugin,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            exported_failures: AtomicU64::new(0),
+        }))
+    }
+
+    /// Whether `other` would compile to the same plugin (the field path aside), so a
+    /// reload can keep this one.
+    pub fn same_plugin(&self, other: &WasmFilterConfig) -> bool {
+        let a = &*self.config;
+        a.name == other.name
+            && a.root_id == other.root_id
+            && a.vm_id == other.vm_id
+            && a.configuration == other.configuration
+            && a.vm_configuration == other.vm_configuration
+            && a.fail_open == other.fail_open
+            && a.code == other.code
+    }
+
+    /// Moves new VM failures of this plugin into the `vm_failed` counter; `fetch_max`
+    /// keeps two workers from adding the same failure twice.
+    fn export_failures(&self) {
+        let failures = self.plugin.stats().failures();
+        let before = self
+            .exported_failures
+            .fetch_max(failures, Ordering::Relaxed);
+        if failures > before {
+            self.vm_failed.add(failures - before);
+        }
+    }
+}
+
+/// What a headers phase decided.
+pub enum Verdict {
+    Continue,
+    LocalReply(LocalReply),
+}
+
+/// What a body phase decided for one chunk.
+pub enum BodyVerdict {
+    /// Send these bytes on (possibly empty, possibly more than the chunk).
+    Forward(Bytes),
+    /// A filter holds the data back until more arrives.
+    Hold,
+    LocalReply(LocalReply),
+}
+
+struct Slot {
+    filter: WasmHttpFilter,
+    runtime: Arc<WasmFilterRuntime>,
+    request_buffer: BodyBuffer,
+    response_buffer: BodyBuffer,
+}
+
+struct StreamChain {
+    slots: Vec<Slot>,
+    buffer_limit: usize,
+    /// A local reply decided while the request body streamed upstream; the router
+    /// sends it once the upstream exchange is abandoned.
+    pending_reply: Option<LocalReply>,
+}
+
+thread_local! {
+    static VMS: RefCell<FastMap<u64, Rc<WasmVm>>> = RefCell::new(FastMap::default());
+    static STREAMS: RefCell<FastMap<u64, StreamChain>> = RefCell::new(FastMap::default());
+    static NEXT_STREAM: Cell<u64> = const { Cell::new(1) };
+}
+
+/// This worker's VM of `runtime`'s plugin, created on first use.
+fn vm_for(runtime: &WasmFilterRuntime) -> Rc<WasmVm> {
+    VMS.with(|vms| {
+        let mut vms = vms.borrow_mut();
+        if let Some(vm) = vms.get(&runtime.id) {
+            return vm.clone();
+        }
+        // Plugins only this map still references were replaced by a reload.
+        vms.retain(|_, vm| Arc::strong_count(vm.plugin()) > 1);
+        let vm = WasmVm::new(runtime.plugin.clone());
+        vms.insert(runtime.id, vm.clone());
+        vm
+    })
+}
+
+/// One stream's filters, by id. Dropping it runs `on_log` and frees the contexts.
+pub struct ChainHandle {
+    id: u64,
+}
+
+/// A copyable reference to a stream's chain, for the bodies.
+#[derive(Clone, Copy)]
+pub struct ChainId(u64);
+
+impl ChainHandle {
+    /// The chain for a new stream; `None` when the listener has no filters.
+    pub fn new(filters: &[Arc<WasmFilterRuntime>], buffer_limit: u32) -> Option<ChainHandle> {
+        if filters.is_empty() {
+            return None;
+        }
+        let slots = filters
+            .iter()
+            .map(|runtime| Slot {
+                filter: WasmHttpFilter::new(&vm_for(runtime)),
+                runtime: runtime.clone(),
+                request_buffer: BodyBuffer::new(),
+                response_buffer: BodyBuffer::new(),
+            })
+            .collect();
+        let id = NEXT_STREAM.with(|next| next.replace(next.get() + 1));
+        let chain = StreamChain {
+            slots,
+            buffer_limit: buffer_limit as usize,
+            pending_reply: None,
+        };
+        STREAMS.with(|streams| streams.borrow_mut().insert(id, chain));
+        Some(ChainHandle { id })
+    }
+
+    pub fn id(&self) -> ChainId {
+        ChainId(self.id)
+    }
+}
+
+impl Drop for ChainHandle {
+    fn drop(&mut self) {
+        let chain = STREAMS.with(|streams| streams.borrow_mut().remove(&self.id));
+        for mut slot in chain.into_iter().flat_map(|c| c.slots) {
+            slot.filter.on_log();
+            if slot.filter.error().is_some() {
+                slot.runtime.export_failures();
+            }
+        }
+    }
+}
+
+fn with_stream<R>(id: ChainId, f: impl FnOnce(&mut StreamChain) -> R) -> Option<R> {
+    STREAMS.with(|streams| streams.borrow_mut().get_mut(&id.0).map(f))
+}
+
+/// Runs one headers phase through every filter in order; the first local reply ends
+/// it. A filter that stops iteration on headers cannot be resumed yet (no callouts),
+/// so the chain continues, as Envoy does once the filter continues.
+fn headers_phase(
+    id: ChainId,
+    mut phase: impl FnMut(&mut WasmHttpFilter) -> FilterStatus,
+) -> Verdict {
+    with_stream(id, |chain| {
+        for slot in &mut chain.slots {
+            let status = phase(&mut slot.filter);
+            if slot.filter.error().is_some() {
+                slot.runtime.export_failures();
+            }
+            if let FilterStatus::LocalReply(reply) = status {
+                return Verdict::LocalReply(reply);
+            }
+        }
+        Verdict::Continue
+    })
+    .unwrap_or(Verdict::Continue)
+}
+
+impl ChainId {
+    pub fn request_headers(self, head: &mut RequestHead, end_of_stream: bool) -> Verdict {
+        headers_phase(self, |f| f.on_request_headers(head, end_of_stream))
+    }
+
+    pub fn response_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
+        headers_phase(self, |f| f.on_response_headers(head, end_of_stream))
+    }
+
+    /// A request body chunk (empty with `end_of_stream` to flush at the end).
+    /// Beyond the buffer limit a held body is answered 413, as Envoy does.
+    pub fn request_body(self, chunk: Bytes, end_of_stream: bool) -> BodyVerdict {
+        self.body_phase(chunk, end_of_stream, true)
+    }
+
+    /// A response body chunk; beyond the buffer limit, 500.
+    pub fn response_body(self, chunk: Bytes, end_of_stream: bool) -> BodyVerdict {
+        self.body_phase(chunk, end_of_stream, false)
+    }
+
+    fn body_phase(self, chunk: Bytes, end_of_stream: bool, request: bool) -> BodyVerdict {
+        let unfiltered = chunk.clone();
+        with_stream(self, |chain| {
+            let mut data = chunk;
+            for slot in &mut chain.slots {
+                let buffer = match request {
+                    true => &mut slot.request_buffer,
+                    false => &mut slot.response_buffer,
+                };
+                buffer.extend(&data);
+                let status = match request {
+                    true => slot.filter.on_request_body(buffer, end_of_stream),
+                    false => slot.filter.on_response_body(buffer, end_of_stream),
+                };
+                if slot.filter.error().is_some() {
+                    slot.runtime.export_failures();
+                }
+                match status {
+                    FilterStatus::Continue => data = buffer.take(),
+                    // Nothing more will come to wait for: send what there is.
+                    FilterStatus::StopIteration if end_of_stream => data = buffer.take(),
+                    FilterStatus::StopIteration if buffer.len() > chain.buffer_limit => {
+                        let (status, details) = match request {
+                            true => (StatusCode::PAYLOAD_TOO_LARGE, "request_payload_too_large"),
+                            false => (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "response_payload_too_large",
+                            ),
+                        };
+                        let mut reply = LocalReply::new(status, details);
+                        reply.body = Bytes::from(match request {
+                            true => "Payload Too Large",
+                            false => "Internal Server Error",
+                        });
+                        return BodyVerdict::LocalReply(reply);
+                    }
+                    FilterStatus::StopIteration => return BodyVerdict::Hold,
+                    FilterStatus::LocalReply(reply) => return BodyVerdict::LocalReply(reply),
+                }
+            }
+            BodyVerdict::Forward(data)
+        })
+        .unwrap_or(BodyVerdict::Forward(unfiltered))
+    }
+
+    /// Parks a reply decided in the request body, for the router to send.
+    pub fn set_pending_reply(self, reply: LocalReply) {
+        with_stream(self, |chain| chain.pending_reply = Some(reply));
+    }
+
+    pub fn take_pending_reply(self) -> Option<LocalReply> {
+        with_stream(self, |chain| chain.pending_reply.take()).flatten()
+    }
+}

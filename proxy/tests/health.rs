@@ -1,0 +1,252 @@
+//! Active health checking: HTTP, TCP and gRPC checks take hosts out of and back into
+//! load balancing; the panic threshold; config errors.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// A STATIC cluster `c` over `endpoints` with one health check (`check`: the fields of
+/// a `health_checks` item, YAML from column 0) and extra cluster fields.
+fn checked_cluster(endpoints: &[SocketAddr], check: &str, extra: &str) -> String {
+    let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();
+    let mut yaml = cluster_yaml("c", &weighted, false);
+    yaml.push_str("  health_checks:\n");
+    for (i, line) in check.trim_matches('\n').lines().enumerate() {
+        let marker = if i == 0 { "- " } else { "  " };
+        yaml.push_str(&format!("  {marker}{line}\n"));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+const FAST: &str = "timeout: 1s\ninterval: 0.1s\ninterval_jitter: 0.01s\nunhealthy_threshold: 2\nhealthy_threshold: 2\n";
+
+async fn start(endpoints: &[SocketAddr], check: &str, extra: &str) -> Strait {
+    let yaml = Bootstrap::catch_all("c")
+        .cluster_raw(&checked_cluster(endpoints, check, extra))
+        .build();
+    Strait::start(&yaml).await
+}
+
+/// Waits until `/clusters` shows `flags` for `addr` in cluster `c`.
+async fn wait_flags(s: &Strait, addr: SocketAddr, flags: &str) {
+    let line = format!("c::{addr}::health_flags::{flags}");
+    eventually(Duration::from_secs(10), &line, || async {
+        let (_, body) = s.admin_get("/clusters").await;
+        body.lines().any(|l| l == line).then_some(())
+    })
+    .await;
+}
+
+/// The backends that answered `n` requests through the proxy.
+async fn backends_seen(addr: SocketAddr, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let r = get(addr, "h", "/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.header("x-backend-name").unwrap_or_default().to_owned());
+    }
+    seen
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_check_takes_a_host_out_and_brings_it_back() {
+    let a = Backend::with_health("a").await;
+    let b = Backend::with_health("b").await;
+    let check = format!("{FAST}http_health_check: {{path: /healthz}}");
+    let s = start(&[a.addr(), b.addr()], &check, "").await;
+    let addr = s.main_addr().await;
+    s.wait_stat("cluster.c.health_check.healthy", |v| v == 2)
+        .await;
+    assert_eq!(backends_seen(addr, 10).await, names(&["a", "b"]));
+
+    a.set_healthy(false);
+    wait_flags(&s, a.addr(), "/failed_active_hc").await;
+    wait_flags(&s, b.addr(), "healthy").await;
+    s.wait_stat("cluster.c.membership_healthy", |v| v == 1)
+        .await;
+    assert_eq!(s.stat("cluster.c.membership_total").await, Some(2));
+    assert_eq!(backends_seen(addr, 10).await, names(&["b"]));
+    let (_, json) = s.admin_get("/clusters?format=json").await;
+    let json: serde_json::Value = serde_json::from_str(&json).expect("clusters JSON");
+    let hosts = &json["cluster_statuses"][0]["host_statuses"];
+    let a_status = hosts
+        .as_array()
+        .expect("host_statuses")
+        .iter()
+        .find(|h| h["address"]["socket_address"]["port_value"] == a.addr().port())
+        .expect("host a listed");
+    assert_eq!(
+        a_status["health_status"]["failed_active_health_check"], true,
+        "{json}"
+    );
+    assert_eq!(a_status["health_status"]["eds_health_status"], "HEALTHY");
+
+    let successes_before = s.stat("cluster.c.health_check.success").await.unwrap();
+    a.set_healthy(true);
+    wait_flags(&s, a.addr(), "healthy").await;
+    // healthy_threshold is 2: a needed two successes (b's are counted too, so ≥).
+    let successes = s.stat("cluster.c.health_check.success").await.unwrap();
+    assert!(successes >= successes_before + 2, "{successes}");
+    assert_eq!(backends_seen(addr, 10).await, names(&["a", "b"]));
+    assert!(s.stat("cluster.c.health_check.failure").await.unwrap() >= 1);
+    assert_eq!(s.stat("cluster.c.lb_healthy_panic").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connect_check_marks_a_closed_port_unhealthy() {
+    let up = Backend::echo("up").await;
+    let closed = Backend::closed_port();
+    let check = format!("{FAST}tcp_health_check: {{}}");
+    let s = start(&[up.addr(), closed], &check, "").await;
+    wait_flags(&s, closed, "/failed_active_hc").await;
+    wait_flags(&s, up.addr(), "healthy").await;
+    s.wait_stat("cluster.c.health_check.network_failure", |v| v >= 1)
+        .await;
+    let addr = s.main_addr().await;
+    assert_eq!(backends_seen(addr, 6).await, names(&["up"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_payload_check_matches_the_reply() {
+    let t = Backend::tcp_health("t").await;
+    // "ping" → "pong", hex as Envoy's Payload.text.
+    let check = format!(
+        "{FAST}tcp_health_check:\n  send: {{text: \"70696e67\"}}\n  receive: [{{text: \"706f6e67\"}}]"
+    );
+    let s = start(&[t.addr()], &check, "").await;
+    wait_flags(&s, t.addr(), "healthy").await;
+    assert!(t.requests() >= 1);
+    t.set_healthy(false);
+    wait_flags(&s, t.addr(), "/failed_active_hc").await;
+    t.set_healthy(true);
+    wait_flags(&s, t.addr(), "healthy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_check_follows_serving_status() {
+    let g = Backend::grpc_health("g").await;
+    let check = format!("{FAST}grpc_health_check: {{service_name: svc}}");
+    let s = start(&[g.addr()], &check, "").await;
+    wait_flags(&s, g.addr(), "healthy").await;
+    g.set_healthy(false);
+    wait_flags(&s, g.addr(), "/failed_active_hc").await;
+    // NOT_SERVING is an active failure: no network failures counted.
+    assert_eq!(
+        s.stat("cluster.c.health_check.network_failure").await,
+        Some(0)
+    );
+    g.set_healthy(true);
+    wait_flags(&s, g.addr(), "healthy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_threshold_ignores_health_unless_zero() {
+    let a = Backend::with_health("a").await;
+    let b = Backend::with_health("b").await;
+    a.set_healthy(false);
+    b.set_healthy(false);
+    let check = format!("{FAST}http_health_check: {{path: /healthz}}");
+
+    // Default 50%: no healthy host is a panic, and every host takes traffic.
+    let s = start(&[a.addr(), b.addr()], &check, "").await;
+    wait_flags(&s, a.addr(), "/failed_active_hc").await;
+    wait_flags(&s, b.addr(), "/failed_active_hc").await;
+    let addr = s.main_addr().await;
+    assert_eq!(backends_seen(addr, 10).await, names(&["a", "b"]));
+    s.wait_stat("cluster.c.lb_healthy_panic", |v| v >= 10).await;
+    drop(s);
+
+    // 0%: never panic, so no healthy host means 503.
+    let extra = "  common_lb_config:\n    healthy_panic_threshold: {value: 0}\n";
+    let s = start(&[a.addr(), b.addr()], &check, extra).await;
+    wait_flags(&s, a.addr(), "/failed_active_hc").await;
+    let addr = s.main_addr().await;
+    let r = get(addr, "h", "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "no healthy upstream");
+    s.wait_stat("cluster.c.upstream_cx_none_healthy", |v| v == 1)
+        .await;
+    assert_eq!(s.stat("cluster.c.lb_healthy_panic").await, Some(0));
+    a.set_healthy(true);
+    wait_flags(&s, a.addr(), "healthy").await;
+    assert_eq!(backends_seen(addr, 4).await, names(&["a"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_health_checks_are_refused_with_their_path() {
+    let addr = Backend::closed_port();
+    let cases = [
+        (
+            "timeout: 1s\nunhealthy_threshold: 1\nhealthy_threshold: 1\ntcp_health_check: {}",
+            "static_resources.clusters[0].health_checks[0].interval: interval is required",
+        ),
+        (
+            "timeout: 1s\ninterval: 1s\nunhealthy_threshold: 1\nhealthy_threshold: 1\nhttp_health_check: {path: /h, bogus: 1}",
+            "static_resources.clusters[0].health_checks[0].http_health_check.bogus: unknown field",
+        ),
+        (
+            "timeout: 1s\ninterval: 1s\nunhealthy_threshold: 1\nhealthy_threshold: 1",
+            "static_resources.clusters[0].health_checks[0]: exactly one of http_health_check",
+        ),
+        (
+            "timeout: 1s\ninterval: 1s\nunhealthy_threshold: 1\nhealthy_threshold: 1\ntcp_health_check: {send: {text: zz}}",
+            "static_resources.clusters[0].health_checks[0].tcp_health_check.send.text:",
+        ),
+    ];
+    for (check, want) in cases {
+        let yaml = Bootstrap::catch_all("c")
+            .cluster_raw(&checked_cluster(&[addr], check, ""))
+            .build();
+        let (code, stderr) = Strait::start_expect_failure(&yaml).await;
+        assert_ne!(code, 0);
+        assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_an_unchanged_checker_and_stops_a_removed_one() {
+    let t = Backend::tcp_health("t").await;
+    let other = Backend::echo("other").await;
+    let check = format!(
+        "{FAST}tcp_health_check:\n  send: {{text: \"70696e67\"}}\n  receive: [{{text: \"706f6e67\"}}]"
+    );
+    let checked = checked_cluster(&[t.addr()], &check, "");
+    let s = start(&[t.addr()], &check, "").await;
+    wait_flags(&s, t.addr(), "healthy").await;
+
+    // An unrelated change keeps cluster c's runtime: its unhealthy verdict stands and
+    // its checker still brings the host back.
+    t.set_healthy(false);
+    wait_flags(&s, t.addr(), "/failed_active_hc").await;
+    let yaml = Bootstrap::catch_all("c")
+        .cluster_raw(&checked)
+        .cluster("other", other.addr())
+        .build();
+    s.rewrite_config(&yaml);
+    s.wait_stat("server.config_reload_success", |v| v == 1)
+        .await;
+    wait_flags(&s, t.addr(), "/failed_active_hc").await;
+    t.set_healthy(true);
+    wait_flags(&s, t.addr(), "healthy").await;
+
+    // Without health checks, c is a new cluster runtime: its host is healthy, and the
+    // old checker is gone (its pings stop; one already on the wire may still land).
+    let plain = Bootstrap::catch_all("c").cluster("c", t.addr()).build();
+    s.rewrite_config(&plain);
+    s.wait_stat("server.config_reload_success", |v| v == 2)
+        .await;
+    let pings = t.requests();
+    // An observation window, not synchronisation: five check intervals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.requests() <= pings + 1, "{} > {pings} + 1", t.requests());
+    wait_flags(&s, t.addr(), "healthy").await;
+}

@@ -1,0 +1,221 @@
+//! proxy-wasm plugins in the proxy, over real sockets: configured exactly as Envoy's
+//! `envoy.filters.http.wasm`, built from `plugins/testdata` by the public Rust SDK.
+mod common;
+#[path = "../../filters/tests/common/mod.rs"]
+mod plugins;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// The `envoy.filters.http.wasm` entry of `http_filters`, as a YAML list item.
+pub fn wasm_filter_yaml(name: &str, module: &Path, configuration: &str, fail_open: bool) -> String {
+    format!(
+        r#"- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: {name}
+      root_id: ""
+      fail_open: {fail_open}
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: "{configuration}"
+      vm_config:
+        vm_id: vm-{name}
+        runtime: envoy.wasm.runtime.v8
+        code:
+          local:
+            filename: {module}
+"#,
+        module = module.display()
+    )
+}
+
+fn module(name: &str) -> std::path::PathBuf {
+    plugins::plugin_dir().join(format!("strait_testdata_{name}.wasm"))
+}
+
+/// `bootstrap` with `filter` (a YAML list item) before the router.
+fn with_filter(bootstrap: &Bootstrap, filter: &str) -> String {
+    let yaml = bootstrap.build();
+    let marker = "          http_filters:\n";
+    assert!(yaml.contains(marker));
+    yaml.replacen(
+        marker,
+        &format!("{marker}{}", common::config::indent(filter, 10)),
+        1,
+    )
+}
+
+async fn start(backend: &Backend, plugin: &str, configuration: &str, fail_open: bool) -> Strait {
+    let filter = wasm_filter_yaml(plugin, &module(plugin), configuration, fail_open);
+    let bootstrap = Bootstrap::catch_all("backend").cluster("backend", backend.addr());
+    Strait::start(&with_filter(&bootstrap, &filter)).await
+}
+
+#[tokio::test]
+async fn headers_plugin_edits_request_and_response_headers() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: on", false).await;
+    let resp = get(strait.main_addr().await, "example.test", "/hello", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-strait-plugin"), Some("on"));
+    assert_eq!(resp.header("x-upstream-status"), Some("200"));
+    let echo = resp.echo();
+    assert!(
+        echo.header("x-wasm-seen")
+            .is_some_and(|v| v.starts_with("GET /hello ")),
+        "{echo:?}"
+    );
+}
+
+#[tokio::test]
+async fn plugin_rewrites_path_before_routing() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: on", false).await;
+    let resp = get(
+        strait.main_addr().await,
+        "example.test",
+        "/original",
+        &[("x-rewrite-path", "/rewritten?q=1")],
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.echo().path, "/rewritten?q=1");
+}
+
+#[tokio::test]
+async fn local_reply_never_reaches_the_backend() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: on", false).await;
+    let resp = get(
+        strait.main_addr().await,
+        "example.test",
+        "/",
+        &[("x-block", "1")],
+    )
+    .await;
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.header("x-blocked-by"), Some("headers-plugin"));
+    assert_eq!(resp.text(), "blocked\n");
+    assert_eq!(backend.requests(), 0);
+    strait
+        .wait_stat("http.ingress.downstream_rq_4xx", |v| v == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn body_plugin_rewrites_request_and_response_bodies() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "body", "", false).await;
+    let mut client = Client::connect(strait.main_addr().await, Proto::H1)
+        .await
+        .expect("connect");
+    let req = http::Request::post("/upload")
+        .header("host", "example.test")
+        .body(full("my secret and your secret"))
+        .unwrap();
+    let resp = client.send(req).await.expect("response");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let text = resp.text();
+    let (json, trailer) = text.split_at(text.find('}').map_or(0, |i| {
+        // The echo JSON ends at its last `}`.
+        text.rfind('}').unwrap_or(i) + 1
+    }));
+    assert_eq!(trailer, "-- checked by body plugin\n");
+    let echo: Echo = serde_json::from_str(json).expect("echo json");
+    assert_eq!(echo.body, "my ****** and your ******");
+}
+
+#[tokio::test]
+async fn trap_answers_500_and_the_vm_is_restarted() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "trap", "", false).await;
+    let addr = strait.main_addr().await;
+    for _ in 0..2 {
+        let resp = get(addr, "example.test", "/", &[]).await;
+        assert_eq!(resp.status, 500);
+    }
+    assert_eq!(backend.requests(), 0);
+    // Each request traps a fresh VM: the first trap did not poison the second.
+    strait.wait_stat("wasm.trap.vm_failed", |v| v == 2).await;
+    assert!(strait.stderr().contains("trap"), "{}", strait.stderr());
+}
+
+#[tokio::test]
+async fn trap_with_fail_open_lets_the_request_through() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "trap", "", true).await;
+    let resp = get(strait.main_addr().await, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(backend.requests(), 1);
+    strait.wait_stat("wasm.trap.vm_failed", |v| v == 1).await;
+}
+
+#[tokio::test]
+async fn bad_module_file_fails_startup_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("strait-wasm-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("not-wasm.wasm");
+    std::fs::write(&bad, b"this is not a wasm module").unwrap();
+    let filter = wasm_filter_yaml("broken", &bad, "", false);
+    let bootstrap = Bootstrap::catch_all("backend").cluster("backend", Backend::closed_port());
+    let yaml = with_filter(&bootstrap, &filter);
+    let (code, stderr) = Strait::start_expect_failure(&yaml).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("http_filters[0].typed_config"),
+        "no field path in: {stderr}"
+    );
+    assert!(stderr.contains("not-wasm.wasm"), "no file in: {stderr}");
+
+    let missing = wasm_filter_yaml("missing", &dir.join("absent.wasm"), "", false);
+    let yaml = with_filter(&bootstrap, &missing);
+    let (_, stderr) = Strait::start_expect_failure(&yaml).await;
+    assert!(
+        stderr.contains("vm_config.code.local.filename") && stderr.contains("absent.wasm"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn reload_with_a_bad_plugin_keeps_the_old_one() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: v1", false).await;
+    let addr = strait.main_addr().await;
+    let bootstrap = Bootstrap::catch_all("backend").cluster("backend", backend.addr());
+
+    // A module that does not compile: rejected, v1 keeps serving.
+    let bad = strait.dir().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    strait.rewrite_config(&with_filter(
+        &bootstrap,
+        &wasm_filter_yaml("headers", &bad, "x-strait-plugin: bad", false),
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "the reload to be rejected",
+        || async { strait.stderr().contains("config rejected").then_some(()) },
+    )
+    .await;
+    let resp = get(addr, "example.test", "/", &[]).await;
+    assert_eq!(resp.header("x-strait-plugin"), Some("v1"));
+
+    // A good new configuration: new streams get the new plugin.
+    strait.rewrite_config(&with_filter(
+        &bootstrap,
+        &wasm_filter_yaml("headers", &module("headers"), "x-strait-plugin: v2", false),
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "the new plugin to serve",
+        || async {
+            let resp = get(addr, "example.test", "/", &[]).await;
+            (resp.header("x-strait-plugin") == Some("v2")).then_some(())
+        },
+    )
+    .await;
+}
