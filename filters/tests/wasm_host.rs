@@ -30,10 +30,11 @@ fn headers_plugin_reads_and_rewrites_request_and_response_headers() {
     );
     assert_eq!(head.uri, "/rewritten");
     assert!(head.headers.get("x-remove-me").is_none());
-    // :authority, :path, :method, :scheme + host, x-rewrite-path (x-remove-me is gone)
+    // :authority, :path, :method, :scheme + x-rewrite-path (x-remove-me is gone);
+    // as in Envoy, `host` is :authority and not a header of its own.
     assert_eq!(
         header(&head.headers, "x-wasm-seen"),
-        Some("GET /hello?x=1 6")
+        Some("GET /hello?x=1 5")
     );
 
     let mut response_head = response(200);
@@ -49,11 +50,9 @@ fn headers_plugin_reads_and_rewrites_request_and_response_headers() {
         header(&response_head.headers, "x-upstream-status"),
         Some("200")
     );
-    // The request.path property still answers in the response phase.
-    assert_eq!(
-        header(&response_head.headers, "x-request-path"),
-        Some("/rewritten")
-    );
+    // As in Envoy, the request head is gone once its callback continued: the
+    // request.path property is NotFound in the response phase.
+    assert_eq!(header(&response_head.headers, "x-request-path"), None);
     filter.on_log();
     assert!(filter.error().is_none());
 }
@@ -72,6 +71,11 @@ fn headers_plugin_answers_locally_when_asked_to_block() {
         Some("headers-plugin")
     );
     assert_eq!(&reply.body[..], b"blocked\n");
+    // The request headers callback paused, so (as in Envoy) the response phase of
+    // the local reply still sees the request.
+    let mut local = response(403);
+    filter.on_response_headers(&mut local, true);
+    assert_eq!(header(&local.headers, "x-request-path"), Some("/"));
     filter.on_log();
 }
 
@@ -465,4 +469,22 @@ fn tick_period_is_stored_and_on_tick_runs_on_the_root_context() {
             ..
         })
     ));
+}
+
+#[test]
+fn tick_plugin_counts_ticks_in_a_metric_and_shared_data() {
+    use strait_filters::wasm::shared::{Metrics, SharedData};
+    let vm = worker_vm(config("tick"));
+    vm.start().unwrap();
+    assert_eq!(vm.tick_period(), Duration::from_millis(10));
+    let before = Metrics::global()
+        .get("tick_plugin_ticks")
+        .map_or(0, |m| m.value());
+    for _ in 0..3 {
+        vm.on_tick().unwrap();
+    }
+    let metric = Metrics::global().get("tick_plugin_ticks").unwrap();
+    assert_eq!(metric.value() - before, 3);
+    let (ticks, _) = SharedData::global().get("vm-tick", "ticks").unwrap();
+    assert!(String::from_utf8_lossy(&ticks).parse::<u64>().unwrap() >= 3);
 }

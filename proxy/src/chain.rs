@@ -19,6 +19,16 @@
 //! in flight finish on the old one (their filters hold the old `Rc<WasmVm>`); a VM
 //! whose plugin no runtime references any more is dropped when the next one is made.
 //!
+//! A VM whose plugin set a tick period (`proxy_set_tick_period_milliseconds`, in
+//! `proxy_on_vm_start` or `proxy_on_configure`) gets a tick task on its worker,
+//! spawned with it. The task holds only the plugin's id and a `Weak` to its runtime
+//! (both `Send`), finds the VM in the thread-local each period and calls
+//! `proxy_on_tick`; it ends when the VM is gone or its runtime was dropped.
+//!
+//! Plugin metrics (`proxy_define_metric`) live in `strait_filters`' process-wide
+//! atomics; the stats store reads them only when rendering, under Envoy's names:
+//! `wasmcustom.<name>` in `/stats`, `<name>` as is in Prometheus.
+//!
 //! Cost: a listener without `http_filters` pays nothing (no handle, no lookups).
 //! With plugins, each phase is one hash lookup plus the guest call; body chunks are
 //! copied once into the filter's buffer.
@@ -26,16 +36,17 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http::StatusCode;
+use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm};
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::WasmFilterConfig;
 
 use crate::runtime::FastMap;
-use crate::stats::{Counter, Scope, Store};
+use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
 
 /// A compiled plugin as the runtime holds it, shared by all workers.
 pub struct WasmFilterRuntime {
@@ -66,6 +77,7 @@ impl WasmFilterRuntime {
         };
         let plugin = WasmPlugin::new(WasmEngine::shared(), plugin).map_err(|e| error(&e))?;
         WasmVm::new(plugin.clone()).start().map_err(|e| error(&e))?;
+        store.add_source("wasm", || Arc::new(plugin_metrics) as StatSource);
         let scope = Scope::custom(&format!("wasm.{}", config.name));
         Ok(Arc::new(WasmFilterRuntime {
             vm_failed: store.counter(&scope, "vm_failed"),
@@ -100,6 +112,30 @@ impl WasmFilterRuntime {
             self.vm_failed.add(failures - before);
         }
     }
+}
+
+/// Every plugin-defined metric under Envoy's names. Envoy exports a name that does
+/// not start with a letter or `_` (once sanitized) nowhere in Prometheus; we leave it
+/// out of both.
+fn plugin_metrics() -> Vec<ExternalStat> {
+    Metrics::global()
+        .snapshot()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        .map(|(name, metric)| ExternalStat {
+            name: format!("wasmcustom.{name}"),
+            value: match metric.kind {
+                MetricKind::Counter => ExternalValue::Counter(metric.value()),
+                // Gauges are i64 in two's complement.
+                MetricKind::Gauge => ExternalValue::Gauge(metric.value() as i64),
+                MetricKind::Histogram => ExternalValue::Histogram {
+                    sum: metric.value(),
+                    count: metric.count(),
+                },
+            },
+            family: name,
+        })
+        .collect()
 }
 
 /// What a headers phase decided.
@@ -139,7 +175,7 @@ thread_local! {
 }
 
 /// This worker's VM of `runtime`'s plugin, created on first use.
-fn vm_for(runtime: &WasmFilterRuntime) -> Rc<WasmVm> {
+fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
     VMS.with(|vms| {
         let mut vms = vms.borrow_mut();
         if let Some(vm) = vms.get(&runtime.id) {
@@ -149,8 +185,38 @@ fn vm_for(runtime: &WasmFilterRuntime) -> Rc<WasmVm> {
         vms.retain(|_, vm| Arc::strong_count(vm.plugin()) > 1);
         let vm = WasmVm::new(runtime.plugin.clone());
         vms.insert(runtime.id, vm.clone());
+        // Started here rather than by the first stream, to learn the tick period; a
+        // failure is the stream's to report, when it retries the start.
+        if vm.start().is_ok() && !vm.tick_period().is_zero() {
+            if let Ok(worker) = tokio::runtime::Handle::try_current() {
+                worker.spawn(tick(runtime.id, Arc::downgrade(runtime)));
+            }
+        }
         vm
     })
+}
+
+/// Calls `proxy_on_tick` on this worker's VM of plugin `id` every tick period, until
+/// the VM is gone (its runtime dropped after a reload) or the period is set to zero.
+/// A tick that fails marks the VM failed like any callback; the next tick restarts it.
+async fn tick(id: u64, runtime: Weak<WasmFilterRuntime>) {
+    loop {
+        let vm = VMS.with(|vms| vms.borrow().get(&id).cloned());
+        let Some(period) = vm.map(|vm| vm.tick_period()).filter(|p| !p.is_zero()) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(runtime) = runtime.upgrade() else {
+            VMS.with(|vms| vms.borrow_mut().remove(&id));
+            return;
+        };
+        let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
+            return;
+        };
+        if vm.on_tick().is_err() {
+            runtime.export_failures();
+        }
+    }
 }
 
 /// One stream's filters, by id. Dropping it runs `on_log` and frees the contexts.

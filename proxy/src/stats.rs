@@ -243,10 +243,46 @@ struct Metric {
     labels: String,
 }
 
+/// A stat kept outside the registry (a wasm plugin's, in `strait_filters`), read
+/// only when an admin endpoint renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalStat {
+    /// Dotted name for `/stats`, e.g. `wasmcustom.requests_total`.
+    pub name: String,
+    /// Prometheus family, used as given (sanitized), e.g. `requests_total`.
+    pub family: String,
+    pub value: ExternalValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalValue {
+    Counter(u64),
+    Gauge(i64),
+    /// Sum and count only: Prometheus gets `_sum`, `_count` and the `+Inf` bucket;
+    /// `/stats` and its JSON leave these out, having no quantiles to print.
+    Histogram {
+        sum: u64,
+        count: u64,
+    },
+}
+
+/// Lists a family of external stats; called by the renderers, never per request.
+pub type StatSource = Arc<dyn Fn() -> Vec<ExternalStat> + Send + Sync>;
+
+#[derive(Default, Clone)]
+struct Sources(BTreeMap<&'static str, StatSource>);
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
 /// The process-wide registry of stats. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     registry: Arc<Mutex<BTreeMap<String, Metric>>>,
+    sources: Arc<Mutex<Sources>>,
 }
 
 impl Store {
@@ -304,6 +340,52 @@ impl Store {
         Some(fresh)
     }
 
+    /// Adds a source of external stats under `key`, unless one is there already.
+    pub fn add_source(&self, key: &'static str, source: impl FnOnce() -> StatSource) {
+        self.sources.lock().0.entry(key).or_insert_with(source);
+    }
+
+    /// The external stats as registry entries, sorted by name; `histograms: false`
+    /// leaves out the histograms (sum and count only) that `/stats` cannot print.
+    fn external(&self, histograms: bool) -> Vec<(String, Metric)> {
+        let sources: Vec<StatSource> = self.sources.lock().0.values().cloned().collect();
+        let mut all: Vec<(String, Metric)> = sources
+            .iter()
+            .flat_map(|source| source())
+            .filter(|stat| histograms || !matches!(stat.value, ExternalValue::Histogram { .. }))
+            .map(|stat| {
+                let handle = match stat.value {
+                    ExternalValue::Counter(v) => {
+                        let counter = Counter::default();
+                        counter.add(v);
+                        Handle::Counter(counter)
+                    }
+                    ExternalValue::Gauge(v) => {
+                        let gauge = Gauge::default();
+                        gauge.set(v);
+                        Handle::Gauge(gauge)
+                    }
+                    ExternalValue::Histogram { sum, count } => {
+                        let histogram = Histogram::default();
+                        let cells = &histogram.0;
+                        cells.buckets[BUCKETS.len()].store(count, Relaxed);
+                        cells.sum.store(sum, Relaxed);
+                        cells.count.store(count, Relaxed);
+                        Handle::Histogram(histogram)
+                    }
+                };
+                let metric = Metric {
+                    handle,
+                    family: sanitize(&stat.family),
+                    labels: String::new(),
+                };
+                (stat.name, metric)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Current value of a counter or gauge by dotted name; a histogram gives its sample
     /// count. For tests and the admin API.
     pub fn get(&self, name: &str) -> Option<i64> {
@@ -318,11 +400,17 @@ impl Store {
     /// Envoy's `/stats` text: `name: value` for counters and gauges sorted by name, then
     /// histograms as quantile summaries. `filter` keeps names containing it.
     pub fn render_text(&self, filter: Option<&str>) -> String {
+        let external = self.external(false);
         let registry = self.registry.lock();
         let wanted = |name: &&String| filter.is_none_or(|f| name.contains(f));
         let mut out = String::new();
         let mut histograms = Vec::new();
-        for (name, metric) in registry.iter().filter(|(name, _)| wanted(name)) {
+        let mut all: Vec<(&String, &Metric)> = registry
+            .iter()
+            .chain(external.iter().map(|(name, metric)| (name, metric)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, metric) in all.into_iter().filter(|(name, _)| wanted(name)) {
             match &metric.handle {
                 Handle::Counter(c) => _ = writeln!(out, "{name}: {}", c.value()),
                 Handle::Gauge(g) => _ = writeln!(out, "{name}: {}", g.value()),
@@ -346,9 +434,10 @@ impl Store {
 
     /// Prometheus text exposition format 0.0.4, one `# TYPE` per family.
     pub fn render_prometheus(&self) -> String {
+        let external = self.external(true);
         let registry = self.registry.lock();
         let mut families: BTreeMap<&str, Vec<&Metric>> = BTreeMap::new();
-        for metric in registry.values() {
+        for metric in registry.values().chain(external.iter().map(|(_, m)| m)) {
             families.entry(&metric.family).or_default().push(metric);
         }
         let mut out = String::new();
@@ -387,10 +476,16 @@ impl Store {
     /// a last element `{"histograms":{"supported_quantiles":..,"computed_quantiles":..}}`.
     pub fn render_json(&self) -> serde_json::Value {
         use serde_json::json;
+        let external = self.external(false);
         let registry = self.registry.lock();
         let mut stats = Vec::new();
         let mut computed = Vec::new();
-        for (name, metric) in registry.iter() {
+        let mut all: Vec<(&String, &Metric)> = registry
+            .iter()
+            .chain(external.iter().map(|(name, metric)| (name, metric)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, metric) in all {
             match &metric.handle {
                 Handle::Counter(c) => stats.push(json!({"name": name, "value": c.value()})),
                 Handle::Gauge(g) => stats.push(json!({"name": name, "value": g.value()})),
@@ -453,6 +548,35 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_stats_render_with_their_own_names() {
+        let store = Store::new();
+        store.counter(&Scope::server(), "live").inc();
+        let source: StatSource = Arc::new(|| {
+            vec![
+                ExternalStat {
+                    name: "wasmcustom.plugin_hits".into(),
+                    family: "plugin_hits".into(),
+                    value: ExternalValue::Counter(3),
+                },
+                ExternalStat {
+                    name: "wasmcustom.plugin_ms".into(),
+                    family: "plugin_ms".into(),
+                    value: ExternalValue::Histogram { sum: 10, count: 2 },
+                },
+            ]
+        });
+        store.add_source("test", || source);
+        let text = store.render_text(None);
+        assert_eq!(text, "server.live: 1\nwasmcustom.plugin_hits: 3\n");
+        let prometheus = store.render_prometheus();
+        assert!(prometheus.contains("# TYPE plugin_hits counter\nplugin_hits 3\n"));
+        assert!(prometheus.contains("plugin_ms_bucket{le=\"+Inf\"} 2\n"));
+        assert!(prometheus.contains("plugin_ms_sum 10\nplugin_ms_count 2\n"));
+        let json = store.render_json().to_string();
+        assert!(json.contains(r#"{"name":"wasmcustom.plugin_hits","value":3}"#));
+    }
 
     #[test]
     fn re_registration_returns_the_same_handle() {

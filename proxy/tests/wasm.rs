@@ -219,3 +219,36 @@ async fn reload_with_a_bad_plugin_keeps_the_old_one() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn plugin_metrics_are_exported_under_envoys_names() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: on", false).await;
+    let addr = strait.main_addr().await;
+    for _ in 0..2 {
+        assert_eq!(get(addr, "example.test", "/", &[]).await.status, 200);
+    }
+    // As Envoy: `wasmcustom.<name>` in /stats, the bare name in Prometheus.
+    strait
+        .wait_stat("wasmcustom.headers_requests_total", |v| v == 2)
+        .await;
+    let (status, prometheus) = strait.admin_get("/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert!(
+        prometheus.contains("# TYPE headers_requests_total counter\nheaders_requests_total 2\n"),
+        "{prometheus}"
+    );
+}
+
+#[tokio::test]
+async fn tick_plugin_ticks_on_its_worker() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "tick", "", false).await;
+    // A worker creates the VM, and its tick task, with the first stream.
+    let resp = get(strait.main_addr().await, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+    // The plugin asks for 10 ms ticks: many within the wait.
+    strait
+        .wait_stat("wasmcustom.tick_plugin_ticks", |v| v >= 5)
+        .await;
+}

@@ -2,11 +2,14 @@
 //!
 //! Each phase moves the proxy's own value (head, body buffer, trailers) into the
 //! VM's store for the duration of the callback, so host functions edit it in place
-//! without copying, and moves it back afterwards. Later phases still let the plugin
-//! read the request (and, in `on_log`, the response) head: the filter keeps a copy
-//! of each head as it left this filter, which costs one header-map clone per head
-//! per stream. Edits to those copies are not forwarded; Envoy likewise ignores
-//! request-header edits once the request has gone upstream.
+//! without copying, and moves it back afterwards. Which heads later phases see
+//! follows Envoy: a head stays visible only while its headers callback held it
+//! (returned anything but `Continue`, e.g. for a local reply); once it continued,
+//! later phases find no request (or response) head, so header reads and
+//! `request.*` properties are `NotFound`. `on_log` sees both heads, as Envoy's access
+//! log context does. For that the filter keeps a copy of each head as it left this
+//! filter, one header-map clone per head per stream. Edits to those copies are not
+//! forwarded.
 //!
 //! Failure: the first callback that traps, runs out of time or memory (or finds its
 //! VM failed by another stream) answers 500 `wasm_fail_stream`, or continues when
@@ -33,6 +36,9 @@ pub struct WasmHttpFilter {
     failure_answered: bool,
     request: Option<RequestHead>,
     response: Option<ResponseHead>,
+    /// The headers callback did not continue, so later phases still see the head.
+    request_visible: bool,
+    response_visible: bool,
     resume_request: bool,
     resume_response: bool,
     finished: bool,
@@ -54,6 +60,8 @@ impl WasmHttpFilter {
             failure_answered: false,
             request: None,
             response: None,
+            request_visible: false,
+            response_visible: false,
             resume_request: false,
             resume_response: false,
             finished: false,
@@ -84,8 +92,12 @@ impl WasmHttpFilter {
         let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
             return self.answer_failure();
         };
-        data.request = data.request.take().or_else(|| self.request.take());
-        data.response = data.response.take().or_else(|| self.response.take());
+        if data.request.is_none() && self.request_visible {
+            data.request = self.request.take();
+        }
+        if data.response.is_none() && self.response_visible {
+            data.response = self.response.take();
+        }
         let result = self.vm.with_running(generation, |vm| {
             mem::swap(&mut vm.store.data_mut().stream, data);
             let action = vm.http_phase(phase, context, size, end_of_stream);
@@ -170,6 +182,7 @@ impl HttpFilter for WasmHttpFilter {
         let status = self.dispatch(Phase::RequestHeaders, count, end_of_stream, &mut data);
         *head = data.request.take().unwrap_or_else(placeholder_request);
         self.request = Some(copy_request(head));
+        self.request_visible = status != FilterStatus::Continue;
         status
     }
 
@@ -214,6 +227,7 @@ impl HttpFilter for WasmHttpFilter {
         let status = self.dispatch(Phase::ResponseHeaders, count, end_of_stream, &mut data);
         *head = data.response.take().unwrap_or_else(placeholder_response);
         self.response = Some(copy_response(head));
+        self.response_visible = status != FilterStatus::Continue;
         self.keep_heads(&mut data);
         status
     }

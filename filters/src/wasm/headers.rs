@@ -1,6 +1,10 @@
 //! Header maps as plugins see them: pseudo-headers first (views onto the head's typed
 //! fields, see the crate docs), then the regular headers in order, and the pairs
-//! wire format of the proxy-wasm spec:
+//! wire format of the proxy-wasm spec.
+//!
+//! As in Envoy, a request has no `host` header: HTTP/1.1's `Host` *is* `:authority`,
+//! so reads, pairs and the header count leave it out, and writing either name (or
+//! removing `:authority`) updates the URI's authority or the `Host` header behind it.
 //!
 //! ```text
 //! u32 count, count × (u32 name_len, u32 value_len), then for each pair:
@@ -78,8 +82,21 @@ impl HeaderView<'_> {
         }
     }
 
+    /// The regular headers a plugin sees: all of them, but `host` on a request.
+    fn regular(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let hide_host = matches!(self, HeaderView::Request(_));
+        self.headers()
+            .iter()
+            .filter(move |(name, _)| !(hide_host && *name == HOST))
+    }
+
+    /// `host` on a request, which plugins read and write as `:authority`.
+    fn is_request_host(&self, name: &str) -> bool {
+        matches!(self, HeaderView::Request(_)) && name.eq_ignore_ascii_case("host")
+    }
+
     pub fn len(&self) -> usize {
-        self.pseudo().len() + self.headers().len()
+        self.pseudo().len() + self.regular().count()
     }
 
     /// All pairs, serialized.
@@ -89,8 +106,7 @@ impl HeaderView<'_> {
             .iter()
             .map(|(name, value)| (name.as_bytes(), value.as_slice()))
             .chain(
-                self.headers()
-                    .iter()
+                self.regular()
                     .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
             )
             .collect();
@@ -107,12 +123,18 @@ impl HeaderView<'_> {
                 .find(|(pseudo, _)| *pseudo == name)
                 .map(|(_, value)| value);
         }
+        if self.is_request_host(&name) {
+            return None;
+        }
         self.headers()
             .get(name.as_str())
             .map(|v| v.as_bytes().to_vec())
     }
 
     pub fn add(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+        if self.is_request_host(name) {
+            return self.set_pseudo(":authority", value);
+        }
         if name.starts_with(':') {
             return self.set_pseudo(name, value);
         }
@@ -122,6 +144,9 @@ impl HeaderView<'_> {
     }
 
     pub fn replace(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+        if self.is_request_host(name) {
+            return self.set_pseudo(":authority", value);
+        }
         if name.starts_with(':') {
             return self.set_pseudo(name, value);
         }
@@ -130,8 +155,16 @@ impl HeaderView<'_> {
         Ok(())
     }
 
-    /// Removing a pseudo-header is a no-op: a request always has a method and path.
+    /// Removing `:authority` (or `host`) takes the authority off the request;
+    /// removing another pseudo-header is a no-op: a request always has a method and
+    /// path, a response a status.
     pub fn remove(&mut self, name: &str) -> Result<(), Status> {
+        if let HeaderView::Request(head) = self {
+            if name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host") {
+                remove_authority(head);
+                return Ok(());
+            }
+        }
         if !name.starts_with(':') {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
             self.headers_mut().remove(name);
@@ -140,19 +173,30 @@ impl HeaderView<'_> {
     }
 
     /// Replaces every regular header with `pairs`; pseudo-headers in `pairs` update
-    /// the head, absent ones keep their value.
+    /// the head, absent ones keep their value (a request's `Host` included, being
+    /// `:authority`).
     pub fn set_all(&mut self, pairs: &[Pair]) -> Result<(), Status> {
         let mut headers = HeaderMap::with_capacity(pairs.len());
+        if let HeaderView::Request(head) = self {
+            if let Some(host) = head.headers.get(HOST) {
+                headers.insert(HOST, host.clone());
+            }
+        }
+        let mut pseudo = Vec::new();
         for (name, value) in pairs {
             let name = std::str::from_utf8(name).map_err(|_| Status::BadArgument)?;
-            if name.starts_with(':') {
-                self.set_pseudo(name, value)?;
+            if name.starts_with(':') || self.is_request_host(name) {
+                pseudo.push((name, value));
             } else {
                 let (name, value) = parse(name, value)?;
                 headers.append(name, value);
             }
         }
         *self.headers_mut() = headers;
+        // After the swap: in origin form `:authority` writes the `Host` header.
+        for (name, value) in pseudo {
+            self.replace(name, value)?;
+        }
         Ok(())
     }
 
@@ -216,6 +260,20 @@ pub(crate) fn authority(head: &RequestHead) -> String {
             .unwrap_or_default()
             .to_string(),
     }
+}
+
+/// Drops the authority: an absolute-form URI becomes origin-form (an `http::Uri`
+/// cannot keep a scheme without an authority) and the `Host` header goes.
+fn remove_authority(head: &mut RequestHead) {
+    if head.uri.authority().is_some() {
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        head.uri = Uri::from(path);
+    }
+    head.headers.remove(HOST);
 }
 
 /// `:path`: path and query, `/` when the URI has none (e.g. `*` aside).
@@ -311,10 +369,50 @@ mod tests {
         view.replace(":path", b"/new").unwrap();
         view.replace(":method", b"POST").unwrap();
         view.replace(":authority", b"other.test").unwrap();
-        assert_eq!(view.len(), 5);
+        // :authority, :path, :method, :scheme; `host` is :authority, not a header.
+        assert_eq!(view.len(), 4);
         assert!(view.replace(":path", b"no spaces allowed").is_err());
         assert_eq!(head.uri, "/new");
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.headers["host"], "other.test");
+    }
+
+    /// Regression (differential test against Envoy): over HTTP/1.1 plugins saw a
+    /// `host` header besides `:authority`, one more header than in Envoy.
+    #[test]
+    fn request_host_is_only_visible_as_authority() {
+        let (mut head, ()) = http::Request::get("/")
+            .header("host", "example.com")
+            .header("x-a", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut view = HeaderView::Request(&mut head);
+        assert_eq!(view.get("host"), None);
+        assert_eq!(view.get(":authority").unwrap(), b"example.com");
+        let pairs = deserialize_pairs(&view.serialize()).unwrap();
+        let names: Vec<&[u8]> = pairs.iter().map(|(name, _)| &name[..]).collect();
+        let expected: [&[u8]; 5] = [b":authority", b":path", b":method", b":scheme", b"x-a"];
+        assert_eq!(names, expected);
+        assert_eq!(view.len(), 5);
+
+        // Replacing all pairs keeps the authority when absent, sets it when present.
+        view.set_all(&[(b"x-b".to_vec(), b"2".to_vec())]).unwrap();
+        assert_eq!(view.get(":authority").unwrap(), b"example.com");
+        view.set_all(&[(b":authority".to_vec(), b"new.test".to_vec())])
+            .unwrap();
+        assert_eq!(view.get(":authority").unwrap(), b"new.test");
+        view.replace("host", b"via-host.test").unwrap();
+        assert_eq!(view.get(":authority").unwrap(), b"via-host.test");
+        view.remove(":authority").unwrap();
+        assert_eq!(view.get(":authority"), None);
+        assert!(head.headers.get("host").is_none());
+
+        let (mut h2, ()) = http::Request::get("https://example.com/p?q")
+            .body(())
+            .unwrap()
+            .into_parts();
+        HeaderView::Request(&mut h2).remove(":authority").unwrap();
+        assert_eq!(h2.uri, "/p?q");
     }
 }

@@ -16,7 +16,10 @@
 //! | `request.useragent`, `request.referer` | those headers |
 //! | `response.code` | status, integer |
 //!
-//! Anything else is `NotFound`, which SDKs report as "no value".
+//! Anything else is `NotFound`, which SDKs report as "no value". So are `request.*`
+//! once the request headers callback continued (Envoy drops its view of the request
+//! headers then; after an upstream response `request.path` is `NotFound` there too),
+//! except in `proxy_on_log`.
 use super::headers;
 use super::state::HostState;
 
