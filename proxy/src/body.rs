@@ -2,7 +2,10 @@
 //!
 //! `RequestBody` is what goes upstream; `ResponseBody` is what goes downstream: an
 //! upstream body (with the pooled connection to give back and the stream's timers), or
-//! a local reply. The stream guard inside finishes the stream's stats and access log
+//! a local reply. The one exception to "nothing buffered": on a route with a retry
+//! policy the request body is kept while it streams (`ReplayBody`, up to the
+//! listener's `per_connection_buffer_limit_bytes`, as Envoy) so a retry can send it
+//! again; other routes stream zero-copy. The stream guard inside finishes the stream's stats and access log
 //! exactly once: at end of stream, on error, or when hyper drops the body.
 
 use std::future::Future;
@@ -48,6 +51,154 @@ pub enum RequestBody {
         /// Trailers held while the chain flushed the body.
         trailers: Option<Frame<Bytes>>,
     },
+    /// One attempt's view of a body kept for retries.
+    Replay(ReplayBody),
+}
+
+/// A request body kept while it streams, so each retry replays it from the start.
+///
+/// The source (the streaming or filtered body) is read once, by whichever attempt is
+/// furthest along; every frame is kept until the total passes `limit`, when the copy
+/// is dropped, `retry_or_shadow_abandoned` counted and the request is no longer
+/// retriable (Envoy's rule). A new attempt supersedes the older ones: their bodies
+/// stop, so only one attempt at a time pulls from the source.
+pub struct ReplayBody {
+    shared: Arc<parking_lot::Mutex<Replay>>,
+    attempt: u32,
+    /// Frames of `kept` this attempt has sent.
+    sent: usize,
+    hint: SizeHint,
+}
+
+struct Replay {
+    source: Box<RequestBody>,
+    kept: Vec<ReplayFrame>,
+    kept_bytes: usize,
+    limit: usize,
+    overflowed: bool,
+    /// The source failed (the downstream went away mid-body): nothing to replay.
+    failed: bool,
+    /// The source ended.
+    ended: bool,
+    attempt: u32,
+    abandoned: crate::stats::Counter,
+}
+
+enum ReplayFrame {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+}
+
+impl ReplayFrame {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            ReplayFrame::Data(d) => Frame::data(d.clone()),
+            ReplayFrame::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+/// An older attempt's body after a retry began.
+#[derive(Debug)]
+struct Superseded;
+
+impl std::fmt::Display for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a retry superseded this attempt")
+    }
+}
+
+impl std::error::Error for Superseded {}
+
+/// The handle the router keeps to start each attempt's body.
+#[derive(Clone)]
+pub struct ReplayHandle(Arc<parking_lot::Mutex<Replay>>, SizeHint);
+
+impl ReplayHandle {
+    pub fn new(source: RequestBody, limit: usize, abandoned: crate::stats::Counter) -> Self {
+        let hint = source.size_hint();
+        ReplayHandle(
+            Arc::new(parking_lot::Mutex::new(Replay {
+                source: Box::new(source),
+                kept: Vec::new(),
+                kept_bytes: 0,
+                limit,
+                overflowed: false,
+                failed: false,
+                ended: false,
+                attempt: 0,
+                abandoned,
+            })),
+            hint,
+        )
+    }
+
+    /// Whether the body can still be sent again (it stayed within the limit).
+    pub fn replayable(&self) -> bool {
+        let replay = self.0.lock();
+        !replay.overflowed && !replay.failed
+    }
+
+    /// The body for the next attempt, from the first byte.
+    pub fn next_attempt(&self) -> RequestBody {
+        let mut replay = self.0.lock();
+        replay.attempt += 1;
+        RequestBody::Replay(ReplayBody {
+            shared: self.0.clone(),
+            attempt: replay.attempt,
+            sent: 0,
+            hint: self.1,
+        })
+    }
+}
+
+impl ReplayBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut replay = self.shared.lock();
+        if replay.attempt != self.attempt {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if !replay.overflowed {
+            if let Some(frame) = replay.kept.get(self.sent) {
+                self.sent += 1;
+                return Poll::Ready(Some(Ok(frame.frame())));
+            }
+        }
+        if replay.ended {
+            return Poll::Ready(None);
+        }
+        let frame = ready!(Pin::new(&mut *replay.source).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) if !replay.overflowed => {
+                let kept = match f.data_ref() {
+                    Some(d) => ReplayFrame::Data(d.clone()),
+                    None => match f.trailers_ref() {
+                        Some(t) => ReplayFrame::Trailers(t.clone()),
+                        None => return Poll::Ready(frame),
+                    },
+                };
+                replay.kept_bytes += f.data_ref().map_or(0, Bytes::len);
+                if replay.kept_bytes > replay.limit {
+                    replay.overflowed = true;
+                    replay.kept = Vec::new();
+                    replay.abandoned.inc();
+                } else {
+                    replay.kept.push(kept);
+                    self.sent += 1;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => replay.failed = true,
+            None => replay.ended = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let replay = self.shared.lock();
+        let source_done = replay.ended || replay.source.is_end_stream();
+        source_done && (replay.overflowed || self.sent >= replay.kept.len())
+    }
 }
 
 /// The request body stream ended because a filter answered locally; the router sends
@@ -79,6 +230,7 @@ impl RequestBody {
                 trailers,
                 ..
             } => *done && trailers.is_none() && inner.is_end_stream(),
+            RequestBody::Replay(body) => body.is_end_stream(),
         }
     }
 }
@@ -95,6 +247,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Replay(body) => body.poll_frame(cx),
             RequestBody::Streaming { inner, received } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
@@ -153,6 +306,7 @@ impl Body for RequestBody {
             RequestBody::Streaming { inner, .. } => inner.size_hint(),
             // Filters may change the length.
             RequestBody::Filtered { .. } => SizeHint::default(),
+            RequestBody::Replay(body) => body.hint,
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum ProxyError {
     UpstreamReset { reason: String },
     /// The route timeout elapsed before the response (`UT`).
     UpstreamTimeout,
+    /// The retry policy's `per_try_timeout` ended the last attempt (`UT`).
+    PerTryTimeout,
     /// The stream saw no activity for the idle timeout (`SI`).
     StreamIdleTimeout,
     /// The connection manager's `request_timeout` elapsed (408).
@@ -46,7 +48,8 @@ impl ProxyError {
             }
             ProxyError::ConnectFailure { .. }
             | ProxyError::UpstreamReset { .. }
-            | ProxyError::UpstreamTimeout => Side::Upstream,
+            | ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout => Side::Upstream,
             ProxyError::StreamIdleTimeout
             | ProxyError::RequestTimeout
             | ProxyError::UpgradeRejected
@@ -61,7 +64,7 @@ impl ProxyError {
             ProxyError::NoRoute => 404,
             ProxyError::NoCluster | ProxyError::NoHealthyUpstream => 503,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
-            ProxyError::UpstreamTimeout => 504,
+            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => 504,
             ProxyError::StreamIdleTimeout | ProxyError::RequestTimeout => 408,
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
@@ -77,7 +80,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "UH",
             ProxyError::ConnectFailure { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UR",
-            ProxyError::UpstreamTimeout => "UT",
+            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => "UT",
             ProxyError::StreamIdleTimeout => "SI",
             // Envoy sets no flag of its own for request_timeout; DT is its flag for a
             // stream that outlived its allowed duration, the closest meaning.
@@ -100,6 +103,7 @@ impl ProxyError {
                 "upstream_reset_before_response_started{connection_termination}"
             }
             ProxyError::UpstreamTimeout => "upstream_response_timeout",
+            ProxyError::PerTryTimeout => "upstream_per_try_timeout",
             ProxyError::StreamIdleTimeout => "stream_idle_timeout",
             ProxyError::RequestTimeout => "request_overall_timeout",
             ProxyError::UpgradeRejected => "upgrade_failed",
@@ -122,7 +126,9 @@ impl ProxyError {
             ProxyError::UpstreamReset { reason } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
             ),
-            ProxyError::UpstreamTimeout => "upstream request timeout".into(),
+            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => {
+                "upstream request timeout".into()
+            }
             ProxyError::StreamIdleTimeout => "stream timeout".into(),
             ProxyError::RequestTimeout => "request timeout".into(),
             ProxyError::BadRequest { reason } => format!("bad request: {reason}"),

@@ -23,6 +23,7 @@ pub mod lb;
 pub mod listener;
 pub mod pool;
 pub mod reload;
+pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod stats;

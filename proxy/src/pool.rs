@@ -352,12 +352,16 @@ fn clone_request(head: &Request<()>) -> Request<RequestBody> {
         .expect("parts copied from a valid request")
 }
 
+/// The reset reason of an HTTP/2 `REFUSED_STREAM`, Envoy's wording; `refused-stream`
+/// retries look for it.
+pub const REFUSED_STREAM: &str = "remote refused stream reset";
+
 pub fn reset_error(e: &hyper::Error) -> ProxyError {
     let reason = if let Some(h2) =
         std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>())
     {
         if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-            "remote refused stream reset".to_string()
+            REFUSED_STREAM.to_string()
         } else {
             format!("remote reset: {h2}")
         }

@@ -92,6 +92,20 @@ impl StreamGuard {
         });
     }
 
+    /// Starts another attempt (a retry) on `host`: the stream's active request moves
+    /// from the previous host to this one, and the attempt counts as an upstream
+    /// request of its own, as in Envoy.
+    pub fn next_attempt(&mut self, host: Arc<Host>) {
+        let Some(up) = &mut self.upstream else { return };
+        up.cluster.stats.upstream_rq_total.inc();
+        if let Some(previous) = up.host.take() {
+            previous.rq_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        host.rq_active.fetch_add(1, Ordering::Relaxed);
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        up.host = Some(host);
+    }
+
     /// Records the upstream response head.
     pub fn upstream_responded(&mut self, status: u16) {
         self.response_started = Some(Instant::now());

@@ -227,6 +227,8 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
+    /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
+    pub include_request_attempt_count: bool,
 }
 
 #[derive(Debug)]
@@ -366,6 +368,81 @@ pub struct RouteTarget {
     /// Per-stream idle timeout on this route; overrides the HCM's. `Some(Duration::ZERO)`
     /// (written `0s`) disables it for this route, as in Envoy.
     pub idle_timeout: Option<Duration>,
+    /// The route's `retry_policy`, else its virtual host's (a route's policy replaces
+    /// the virtual host's whole, as in Envoy).
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+}
+
+/// `config.route.v3.RetryPolicy` as translated.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub retry_on: RetryOn,
+    /// `num_retries`; Envoy's default is 1.
+    pub num_retries: u32,
+    /// Bounds each attempt; the route `timeout` still bounds them all.
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    /// Matched against the response headers (`retriable-headers`).
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retry_back_off.base_interval`, default 25 ms.
+    pub base_interval: Duration,
+    /// `retry_back_off.max_interval`, default 10 × `base_interval`.
+    pub max_interval: Duration,
+    /// `envoy.retry_host_predicates.previous_hosts`: retries avoid hosts tried before.
+    pub previous_hosts: bool,
+    /// `host_selection_retry_max_attempts`, default 1: how often the load balancer
+    /// picks again when the predicate rejects a host.
+    pub host_selection_retry_max_attempts: u32,
+}
+
+/// The `retry_on` conditions as a bit set, parsed once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(pub u16);
+
+impl RetryOn {
+    pub const FIVE_XX: RetryOn = RetryOn(1);
+    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 1);
+    pub const RESET: RetryOn = RetryOn(1 << 2);
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1 << 3);
+    pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 4);
+    pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 5);
+    pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 6);
+    pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 7);
+
+    /// Envoy's names for the conditions Strait implements.
+    pub const NAMES: [(&'static str, RetryOn); 8] = [
+        ("5xx", RetryOn::FIVE_XX),
+        ("gateway-error", RetryOn::GATEWAY_ERROR),
+        ("reset", RetryOn::RESET),
+        ("connect-failure", RetryOn::CONNECT_FAILURE),
+        ("retriable-4xx", RetryOn::RETRIABLE_4XX),
+        ("refused-stream", RetryOn::REFUSED_STREAM),
+        ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
+        ("retriable-headers", RetryOn::RETRIABLE_HEADERS),
+    ];
+
+    /// Parses a comma list as Envoy does (items trimmed). The first name Strait does
+    /// not know comes back beside the set; the `x-envoy-retry-on` header skips such
+    /// names as Envoy does, config refuses them.
+    pub fn parse(list: &str) -> (RetryOn, Option<&str>) {
+        let mut on = RetryOn::default();
+        let mut unknown = None;
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match RetryOn::NAMES.iter().find(|(name, _)| *name == item) {
+                Some((_, bit)) => on.0 |= bit.0,
+                None => unknown = unknown.or(Some(item)),
+            }
+        }
+        (on, unknown)
+    }
+
+    pub fn contains(self, other: RetryOn) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 #[derive(Debug)]

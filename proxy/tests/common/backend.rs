@@ -13,6 +13,8 @@
 //! | `x-backend-respond-header: k=v,…` | add these response headers                     |
 //! | `x-backend-reset: before-headers` | drop the request without a response           |
 //!
+//! `Backend::flaky` misbehaves that way on its first N requests only, then recovers.
+//!
 //! Every response carries `x-backend-name`.
 
 use std::collections::BTreeMap;
@@ -74,6 +76,19 @@ pub(super) struct Counters {
     heads: Mutex<Vec<String>>,
     /// What the health-check backends answer: `set_healthy(false)` flips them.
     unhealthy: AtomicBool,
+    /// When each echo request arrived, in order.
+    arrivals: Mutex<Vec<std::time::Instant>>,
+    /// Requests the flaky backend has seen, misbehaving or not.
+    flaky_seen: AtomicU64,
+}
+
+/// What the flaky backend does to its first requests, as the matching `x-backend-*`
+/// header would.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehave {
+    Status(u16),
+    DelayMs(u64),
+    Reset,
 }
 
 pub struct Backend {
@@ -108,6 +123,15 @@ impl Backend {
     /// TCP connections accepted.
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// When each echo request arrived, in order (for backoff bounds).
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.counters
+            .arrivals
+            .lock()
+            .expect("arrivals lock")
+            .clone()
     }
 
     /// Raw backend: every request head received, byte for byte.
@@ -167,6 +191,35 @@ impl Backend {
                     .http2()
                     .initial_stream_window_size(4 << 20)
                     .initial_connection_window_size(8 << 20);
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+        })
+        .await
+    }
+
+    /// The echo backend, misbehaving (`how`) on its first `first` requests and
+    /// answering normally after: an upstream that recovers, for retry tests.
+    pub async fn flaky(name: &str, first: u64, how: Misbehave) -> Backend {
+        let name_arc: Arc<str> = Arc::from(name);
+        Backend::serve(name, move |stream, c| {
+            let name = name_arc.clone();
+            async move {
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    let (name, c) = (name.clone(), c.clone());
+                    async move {
+                        if c.flaky_seen.fetch_add(1, Ordering::SeqCst) < first {
+                            let (header, value) = match how {
+                                Misbehave::Status(s) => ("x-backend-status", s.to_string()),
+                                Misbehave::DelayMs(ms) => ("x-backend-delay-ms", ms.to_string()),
+                                Misbehave::Reset => ("x-backend-reset", "before-headers".into()),
+                            };
+                            let value = HeaderValue::from_str(&value).expect("header value");
+                            req.headers_mut().insert(header, value);
+                        }
+                        echo(name, c, req).await
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             }
         })
@@ -403,6 +456,11 @@ async fn echo(
     req: Request<Incoming>,
 ) -> Result<Response<BackendBody>, std::io::Error> {
     counters.requests.fetch_add(1, Ordering::SeqCst);
+    counters
+        .arrivals
+        .lock()
+        .expect("arrivals lock")
+        .push(std::time::Instant::now());
     let headers = req.headers().clone();
     let get = |n: &str| {
         headers

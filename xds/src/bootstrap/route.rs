@@ -57,9 +57,9 @@ pub struct VirtualHost {
     pub rate_limits: Option<Unsupported>,
     pub cors: Option<Unsupported>,
     pub typed_per_filter_config: Option<Unsupported>,
-    pub include_request_attempt_count: Option<Unsupported>,
+    pub include_request_attempt_count: Option<bool>,
     pub include_attempt_count_in_response: Option<Unsupported>,
-    pub retry_policy: Option<Unsupported>,
+    pub retry_policy: Option<RetryPolicy>,
     pub hedge_policy: Option<Unsupported>,
     pub per_request_buffer_limit_bytes: Option<Unsupported>,
     pub request_mirror_policies: Option<Unsupported>,
@@ -179,7 +179,7 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub idle_timeout: Option<Duration>,
-    pub retry_policy: Option<Unsupported>,
+    pub retry_policy: Option<RetryPolicy>,
     pub retry_policy_typed_config: Option<Unsupported>,
     pub hash_policy: Option<Unsupported>,
     pub cors: Option<Unsupported>,
@@ -282,4 +282,44 @@ pub struct HeaderValue {
     #[serde(default)]
     pub value: String,
     pub raw_value: Option<Unsupported>,
+}
+
+/// `config.route.v3.RetryPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default)]
+    pub retry_on: String,
+    pub num_retries: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u32>,
+    #[serde(default)]
+    pub retriable_headers: Vec<HeaderMatcher>,
+    pub retry_back_off: Option<RetryBackOff>,
+    #[serde(default)]
+    pub retry_host_predicate: Vec<RetryHostPredicate>,
+    pub host_selection_retry_max_attempts: Option<i64>,
+    pub per_try_idle_timeout: Option<Unsupported>,
+    pub retry_priority: Option<Unsupported>,
+    pub retry_options_predicates: Option<Unsupported>,
+    pub rate_limited_retry_back_off: Option<Unsupported>,
+    pub retriable_request_headers: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    #[serde(default, deserialize_with = "duration")]
+    pub base_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryHostPredicate {
+    pub name: String,
+    pub typed_config: Option<IgnoredAny>,
 }

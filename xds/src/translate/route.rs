@@ -12,8 +12,8 @@ use super::{data_source, timeout_or, Clusters, ConfigError, Result};
 use crate::bootstrap::{self, RegexMatcher, RegexRewrite, NOT_SUPPORTED};
 use crate::model::{
     ClusterSpecifier, HeaderMatchKind, HeaderMatcher, PathMatch, QueryParameterMatcher, Redirect,
-    Route, RouteAction, RouteConfig, RouteMatch, RouteTarget, StringMatchKind, StringMatcher,
-    VirtualHost, VirtualHostIndex, WeightedCluster,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch, RouteTarget,
+    StringMatchKind, StringMatcher, VirtualHost, VirtualHostIndex, WeightedCluster,
 };
 
 /// What route translation needs from around it.
@@ -73,14 +73,27 @@ fn virtual_host(
             "at least one domain is required",
         ));
     }
+    let retry_policy = config
+        .retry_policy
+        .as_ref()
+        .map(|p| retry_policy(&format!("{path}.retry_policy"), p).map(Arc::new))
+        .transpose()?;
     Ok(VirtualHost {
         name: config.name.clone(),
         domains: config.domains.clone(),
+        include_request_attempt_count: config.include_request_attempt_count.unwrap_or(false),
         routes: config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| route(&format!("{path}.routes[{i}]"), r, context))
+            .map(|(i, r)| {
+                route(
+                    &format!("{path}.routes[{i}]"),
+                    r,
+                    context,
+                    retry_policy.as_ref(),
+                )
+            })
             .collect::<Result<_>>()?,
         headers: mutations(
             path,
@@ -130,15 +143,22 @@ fn index(path: &str, virtual_hosts: &[VirtualHost]) -> Result<VirtualHostIndex> 
     Ok(index)
 }
 
-fn route(path: &str, config: &bootstrap::Route, context: &Context) -> Result<Route> {
+fn route(
+    path: &str,
+    config: &bootstrap::Route,
+    context: &Context,
+    vhost_retry_policy: Option<&Arc<RetryPolicy>>,
+) -> Result<Route> {
     let matcher = route_match(&format!("{path}.match"), &config.r#match)?;
     let action = match (&config.route, &config.redirect, &config.direct_response) {
-        (Some(target), None, None) => RouteAction::Route(route_target(
-            &format!("{path}.route"),
-            target,
-            &matcher,
-            context,
-        )?),
+        (Some(target), None, None) => {
+            let path = format!("{path}.route");
+            let mut target = route_target(&path, target, &matcher, context)?;
+            if target.retry_policy.is_none() {
+                target.retry_policy = vhost_retry_policy.cloned();
+            }
+            RouteAction::Route(target)
+        }
         (None, Some(redirect), None) => RouteAction::Redirect(redirect_action(
             &format!("{path}.redirect"),
             redirect,
@@ -410,6 +430,105 @@ fn route_target(
         timeout,
         timeout_header: timeout.map(|t| http::HeaderValue::from(t.as_millis() as u64)),
         idle_timeout: config.idle_timeout,
+        retry_policy: config
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(&format!("{path}.retry_policy"), p).map(Arc::new))
+            .transpose()?,
+    })
+}
+
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+
+/// Envoy's `retry_on` names Strait does not implement (gRPC status conditions and the
+/// rest); they are refused rather than silently never retried.
+const RETRY_ON_NOT_SUPPORTED: [&str; 9] = [
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+    "envoy-ratelimited",
+    "reset-before-request",
+    "http3-post-connect-failure",
+    "retriable-request-headers",
+];
+
+fn retry_policy(path: &str, config: &bootstrap::RetryPolicy) -> Result<RetryPolicy> {
+    let (retry_on, unknown) = RetryOn::parse(&config.retry_on);
+    if let Some(name) = unknown {
+        let message = match RETRY_ON_NOT_SUPPORTED.contains(&name) {
+            true => format!("retry_on '{name}' {NOT_SUPPORTED}"),
+            false => format!("unknown retry_on condition '{name}'"),
+        };
+        return Err(ConfigError::new(format!("{path}.retry_on"), message));
+    }
+    let retriable_status_codes = config
+        .retriable_status_codes
+        .iter()
+        .enumerate()
+        .map(|(i, code)| match u16::try_from(*code) {
+            Ok(code) if (100..=599).contains(&code) => Ok(code),
+            _ => Err(ConfigError::new(
+                format!("{path}.retriable_status_codes[{i}]"),
+                format!("{code} is not an HTTP status code"),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let retriable_headers = config
+        .retriable_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(&format!("{path}.retriable_headers[{i}]"), h))
+        .collect::<Result<Vec<_>>>()?;
+    let back_off = config.retry_back_off.as_ref();
+    let base_interval = match back_off.map(|b| b.base_interval) {
+        None => Duration::from_millis(25),
+        Some(Some(base)) if base >= Duration::from_millis(1) => base,
+        Some(_) => {
+            let message = "base_interval is required and must be at least 1ms";
+            return Err(ConfigError::new(
+                format!("{path}.retry_back_off.base_interval"),
+                message,
+            ));
+        }
+    };
+    let max_interval = match back_off.and_then(|b| b.max_interval) {
+        None => base_interval * 10,
+        Some(max) if max >= base_interval => max,
+        Some(_) => {
+            let message = "max_interval must be greater than or equal to base_interval";
+            return Err(ConfigError::new(
+                format!("{path}.retry_back_off.max_interval"),
+                message,
+            ));
+        }
+    };
+    let mut previous_hosts = false;
+    for (i, predicate) in config.retry_host_predicate.iter().enumerate() {
+        if predicate.name != PREVIOUS_HOSTS {
+            let message = format!("retry host predicate '{}' {NOT_SUPPORTED}", predicate.name);
+            return Err(ConfigError::new(
+                format!("{path}.retry_host_predicate[{i}].name"),
+                message,
+            ));
+        }
+        previous_hosts = true;
+    }
+    let host_selection_retry_max_attempts = match config.host_selection_retry_max_attempts {
+        None => 1,
+        Some(n) => u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+    };
+    Ok(RetryPolicy {
+        retry_on,
+        num_retries: config.num_retries.unwrap_or(1),
+        per_try_timeout: config.per_try_timeout.filter(|t| !t.is_zero()),
+        retriable_status_codes,
+        retriable_headers,
+        base_interval,
+        max_interval,
+        previous_hosts,
+        host_selection_retry_max_attempts,
     })
 }
 

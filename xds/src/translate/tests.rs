@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::model::{
     AccessLogSink, AppendAction, ClusterSpecifier, CodecType, Discovery, FormatCommand,
-    FormatPiece, JsonValueTemplate, LbPolicy, LogFormat, RouteAction, UpstreamProtocol,
+    FormatPiece, JsonValueTemplate, LbPolicy, LogFormat, RetryOn, RouteAction, UpstreamProtocol,
 };
 
 const BASE: &str = r#"
@@ -103,7 +103,20 @@ fn errors_name_paths() {
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {}", format!("{cluster}.circuit_breakers: circuit_breakers is not supported yet")),
         ("route: {cluster: web}", "route: {cluster: nope}", format!("{routes}.route.cluster: unknown cluster 'nope'")),
-        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {}}", format!("{routes}.route.retry_policy: retry_policy is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_priority: {}}}", format!("{routes}.route.retry_policy.retry_priority: retry_priority is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {rate_limited_retry_back_off: {}}}", format!("{routes}.route.retry_policy.rate_limited_retry_back_off: rate_limited_retry_back_off is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, hedge_policy: {}}", format!("{routes}.route.hedge_policy: hedge_policy is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: \"5xx,bogus\"}}", format!("{routes}.route.retry_policy.retry_on: unknown retry_on condition 'bogus'")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: unavailable}}", format!("{routes}.route.retry_policy.retry_on: retry_on 'unavailable' is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retriable_status_codes: [700]}}", format!("{routes}.route.retry_policy.retriable_status_codes[0]: 700 is not an HTTP status code")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}}", format!("{routes}.route.retry_policy.retry_back_off.max_interval: max_interval must be greater than or equal to base_interval")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retry_back_off: {max_interval: 1s}}}", format!("{routes}.route.retry_policy.retry_back_off.base_interval: base_interval is required")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}}", format!("{routes}.route.retry_policy.retry_host_predicate[0].name: retry host predicate 'envoy.retry_host_predicates.omit_canary_hosts' is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retriable_headers: [{name: \":status\"}]}}", format!("{routes}.route.retry_policy.retriable_headers[0].name: matching pseudo-header ':status' is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, num_retries: -1}}", format!("{routes}.route.retry_policy.num_retries: invalid value")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, foo: 1}}", format!("{routes}.route.retry_policy.foo: unknown field `foo`")),
+        ("domains: [\"*\"]", "domains: [\"*\"]\n              retry_policy: {retry_on: nope}", format!("{HCM}.route_config.virtual_hosts[0].retry_policy.retry_on: unknown retry_on condition 'nope'")),
+        ("domains: [\"*\"]", "domains: [\"*\"]\n              include_attempt_count_in_response: true", format!("{HCM}.route_config.virtual_hosts[0].include_attempt_count_in_response: include_attempt_count_in_response is not supported yet")),
         ("match: {prefix: \"/\"}", "match: {safe_regex: {regex: \"(\", google_re2: {}}}", format!("{routes}.match.safe_regex.regex: invalid regex")),
         ("connect_timeout: 0.25s", "connect_timeout: 5", format!("{cluster}.connect_timeout: invalid duration 5")),
         ("connect_timeout: 0.25s", "connect_timeout: {seconds: 1, nanos: 1000000000}", format!("{cluster}.connect_timeout: nanos must be less")),
@@ -385,4 +398,40 @@ fn io_error_names_file() {
 fn empty_config_is_empty_snapshot() {
     let snapshot = snapshot_from_yaml("").unwrap();
     assert!(snapshot.listeners.is_empty() && snapshot.clusters.is_empty());
+}
+
+/// A route's `retry_policy` replaces its virtual host's whole; a route without one
+/// inherits the virtual host's. Defaults are Envoy's.
+#[test]
+fn retry_policy_defaults_and_inheritance() {
+    let text = edited(
+        "              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: web}",
+        "              retry_policy: {retry_on: \"5xx, reset\"}\n              include_request_attempt_count: true\n              routes:\n              - match: {prefix: \"/own\"}\n                route: {cluster: web, retry_policy: {retry_on: connect-failure, num_retries: 3, per_try_timeout: 0.5s, retry_back_off: {base_interval: 0.1s}, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], host_selection_retry_max_attempts: 4}}\n              - match: {prefix: \"/\"}\n                route: {cluster: web}",
+    );
+    let snapshot = snapshot_from_yaml(&text).unwrap();
+    let vhost = &snapshot.listeners[0].hcm.route_config.virtual_hosts[0];
+    assert!(vhost.include_request_attempt_count);
+    let policy = |i: usize| match &vhost.routes[i].action {
+        RouteAction::Route(t) => t.retry_policy.clone().expect("a retry policy"),
+        _ => panic!("route action"),
+    };
+    let own = policy(0);
+    assert_eq!(own.retry_on, RetryOn::CONNECT_FAILURE);
+    assert_eq!(own.num_retries, 3);
+    assert_eq!(own.per_try_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(own.base_interval, Duration::from_millis(100));
+    assert_eq!(own.max_interval, Duration::from_secs(1));
+    assert!(own.previous_hosts);
+    assert_eq!(own.host_selection_retry_max_attempts, 4);
+    let inherited = policy(1);
+    assert_eq!(
+        inherited.retry_on,
+        RetryOn(RetryOn::FIVE_XX.0 | RetryOn::RESET.0)
+    );
+    assert_eq!(inherited.num_retries, 1);
+    assert_eq!(inherited.per_try_timeout, None);
+    assert_eq!(inherited.base_interval, Duration::from_millis(25));
+    assert_eq!(inherited.max_interval, Duration::from_millis(250));
+    assert!(!inherited.previous_hosts);
+    assert_eq!(inherited.host_selection_retry_max_attempts, 1);
 }

@@ -1,0 +1,437 @@
+//! Route `retry_policy`: which outcomes are retried, how often, to which hosts, with
+//! which body, and what is counted — each with exact attempt counts seen by backends.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+
+use common::*;
+
+/// One virtual host for `*` sending `/` to `cluster` with `policy` (a YAML flow map).
+fn retry_route(cluster: &str, policy: &str) -> Bootstrap {
+    Bootstrap::new(&format!(
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {{prefix: /}}\n    route:\n      cluster: {cluster}\n      retry_policy: {policy}\n"
+    ))
+}
+
+/// An access log of `%RESPONSE_FLAGS%` lines, in a file of its own.
+fn flags_log() -> (PathBuf, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path =
+        std::env::temp_dir().join(format!("strait-retry-{}-{nanos}.log", std::process::id()));
+    let hcm = format!(
+        "access_log:\n- name: envoy.access_loggers.file\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n    path: {}\n    log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
+        path.display()
+    );
+    (path, hcm)
+}
+
+async fn log_line(path: &PathBuf) -> String {
+    eventually(Duration::from_secs(5), "an access log line", || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().next().map(str::to_owned)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_xx_is_retried_until_the_backend_recovers() {
+    let up = Backend::flaky("up", 2, Misbehave::Status(503)).await;
+    let config = retry_route("up", "{retry_on: 5xx, num_retries: 2}")
+        .cluster("up", up.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.requests(), 3);
+    s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 2)
+        .await;
+    s.wait_stat("cluster.up.upstream_rq_retry_success", |v| v == 1)
+        .await;
+    s.wait_stat("cluster.up.upstream_rq_total", |v| v == 3)
+        .await;
+    s.wait_stat("cluster.up.upstream_rq_5xx", |v| v == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_return_the_last_response_flagged_urx() {
+    let up = Backend::echo("up").await;
+    let (log, hcm) = flags_log();
+    let config = retry_route("up", "{retry_on: 5xx, num_retries: 2}")
+        .hcm(&hcm)
+        .cluster("up", up.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-status", "503")],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.echo().backend, "up", "the upstream's own 503 comes back");
+    assert_eq!(up.requests(), 3);
+    s.wait_stat("cluster.up.upstream_rq_retry_limit_exceeded", |v| v == 1)
+        .await;
+    assert_eq!(log_line(&log).await, "503 URX");
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_error_retries_502_to_504_but_not_500() {
+    let up = Backend::echo("up").await;
+    let config = retry_route("up", "{retry_on: gateway-error, num_retries: 2}")
+        .cluster("up", up.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    let r = get(addr, "h", "/", &[("x-backend-status", "500")]).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(up.requests(), 1, "500 is not a gateway error");
+    let r = get(addr, "h", "/", &[("x-backend-status", "504")]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(up.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_status_codes_4xx_and_headers() {
+    let teapot = Backend::flaky("teapot", 1, Misbehave::Status(418)).await;
+    let conflict = Backend::flaky("conflict", 1, Misbehave::Status(409)).await;
+    let headers = Backend::echo("headers").await;
+    let config = Bootstrap::new(
+        r#"
+- name: default
+  domains: ["*"]
+  routes:
+  - match: {prefix: /teapot}
+    route:
+      cluster: teapot
+      retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [418]}
+  - match: {prefix: /conflict}
+    route:
+      cluster: conflict
+      retry_policy: {retry_on: retriable-4xx}
+  - match: {prefix: /headers}
+    route:
+      cluster: headers
+      retry_policy:
+        retry_on: retriable-headers
+        retriable_headers: [{name: x-upstream-says, string_match: {exact: again}}]
+"#,
+    )
+    .cluster("teapot", teapot.addr())
+    .cluster("conflict", conflict.addr())
+    .cluster("headers", headers.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/teapot", &[]).await.status, 200);
+    assert_eq!(teapot.requests(), 2);
+    assert_eq!(get(addr, "h", "/conflict", &[]).await.status, 200);
+    assert_eq!(conflict.requests(), 2);
+    let again = [("x-backend-respond-header", "x-upstream-says=again")];
+    let r = get(addr, "h", "/headers", &again).await;
+    assert_eq!(r.header("x-upstream-says"), Some("again"));
+    assert_eq!(headers.requests(), 2, "retried once on the response header");
+    let r = get(
+        addr,
+        "h",
+        "/headers",
+        &[("x-backend-respond-header", "x-upstream-says=no")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(headers.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_host() {
+    let up = Backend::echo("up").await;
+    let dead = Backend::closed_port();
+    let config = retry_route("two", "{retry_on: connect-failure}")
+        .cluster_raw(&cluster_yaml("two", &[(dead, 1), (up.addr(), 1)], false))
+        .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    for _ in 0..4 {
+        let r = get(addr, "h", "/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.requests(), 4);
+    let retries = s.stat("cluster.two.upstream_rq_retry").await.unwrap_or(0);
+    assert!(
+        retries >= 1,
+        "round robin sent some first attempts to the dead host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_headers_is_retried() {
+    let up = Backend::flaky("up", 1, Misbehave::Reset).await;
+    let config = retry_route("up", "{retry_on: reset}")
+        .cluster("up", up.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_abandons_a_slow_attempt() {
+    let up = Backend::flaky("up", 1, Misbehave::DelayMs(5000)).await;
+    let config = retry_route("up", "{retry_on: 5xx, per_try_timeout: 0.2s}")
+        .cluster("up", up.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let started = Instant::now();
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.echo().header("x-envoy-expected-rq-timeout-ms"),
+        Some("200"),
+        "Envoy announces the per-try timeout"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "did not wait for the slow attempt"
+    );
+    assert_eq!(up.requests(), 2);
+    s.wait_stat("cluster.up.upstream_rq_per_try_timeout", |v| v == 1)
+        .await;
+    // Every attempt slow: the last per-try timeout is the answer.
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-delay-ms", "5000")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "upstream request timeout");
+    assert_eq!(up.requests(), 4);
+}
+
+/// Full jitter keeps each wait below its interval (50 ms, then 100 ms, capped): the
+/// bound asserted is loose on purpose, the exact draws are unit-tested in `retry.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_stays_within_max_interval() {
+    let up = Backend::echo("up").await;
+    let policy =
+        "{retry_on: 5xx, num_retries: 3, retry_back_off: {base_interval: 0.05s, max_interval: 0.1s}}";
+    let config = retry_route("up", policy).cluster("up", up.addr()).build();
+    let s = Strait::start(&config).await;
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-status", "503")],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let arrivals = up.arrivals();
+    assert_eq!(arrivals.len(), 4);
+    let total = arrivals[3] - arrivals[0];
+    assert!(
+        total < Duration::from_secs(2),
+        "3 backoffs of < 100 ms took {total:?}"
+    );
+}
+
+/// Envoy's connection manager strips `x-envoy-retry-on` and `x-envoy-max-retries` from
+/// external requests (all of them, without `internal_address_config`): they neither
+/// enable nor extend retries, and never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_headers_from_clients_are_stripped_not_honoured() {
+    let up = Backend::echo("up").await;
+    let config = Bootstrap::new(
+        r#"
+- name: default
+  domains: ["*"]
+  routes:
+  - match: {prefix: /policy}
+    route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 1}}
+  - match: {prefix: /}
+    route: {cluster: up}
+"#,
+    )
+    .cluster("up", up.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    let asks = [
+        ("x-backend-status", "503"),
+        ("x-envoy-retry-on", "5xx"),
+        ("x-envoy-max-retries", "3"),
+    ];
+    let r = get(addr, "h", "/", &asks).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        up.requests(),
+        1,
+        "no route policy: the header alone retries nothing"
+    );
+    let echo = r.echo();
+    assert_eq!(echo.header("x-envoy-retry-on"), None);
+    assert_eq!(echo.header("x-envoy-max-retries"), None);
+    let r = get(addr, "h", "/policy", &asks).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(up.requests(), 3, "num_retries 1 stands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_hosts_spreads_attempts_over_distinct_hosts() {
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let c = Backend::echo("c").await;
+    let endpoints = [(a.addr(), 1), (b.addr(), 1), (c.addr(), 1)];
+    let cluster = format!(
+        "{}  lb_policy: RANDOM\n",
+        cluster_yaml("abc", &endpoints, false)
+    );
+    let policy = "{retry_on: 5xx, num_retries: 2, \
+        retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}], \
+        host_selection_retry_max_attempts: 100}";
+    let config = retry_route("abc", policy).cluster_raw(&cluster).build();
+    let s = Strait::start(&config).await;
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-status", "503")],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let seen = [a.requests(), b.requests(), c.requests()];
+    assert_eq!(seen, [1, 1, 1], "each attempt on a host not tried before");
+}
+
+/// Downstream HTTP/1.1 to an HTTP/1.1 upstream, and h2 to an h2 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_body_is_replayed_intact() {
+    let one = Backend::flaky("one", 1, Misbehave::Status(503)).await;
+    let two = Backend::flaky("two", 1, Misbehave::Status(503)).await;
+    let config = Bootstrap::new(
+        r#"
+- name: default
+  domains: ["*"]
+  include_request_attempt_count: true
+  routes:
+  - match: {prefix: /one}
+    route: {cluster: one, retry_policy: {retry_on: 5xx}}
+  - match: {prefix: /two}
+    route: {cluster: two, retry_policy: {retry_on: 5xx}}
+"#,
+    )
+    .cluster("one", one.addr())
+    .h2_cluster("two", two.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let body = "a body worth sending twice ".repeat(100);
+    for (proto, path, backend) in [(Proto::H1, "/one", &one), (Proto::H2, "/two", &two)] {
+        let mut c = Client::connect(s.main_addr().await, proto)
+            .await
+            .expect("connect");
+        let req = c.request(Method::POST, "h", path, &[], full(body.clone()));
+        let r = c.send(req).await.expect("response");
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo.body, body, "{proto:?}");
+        assert_eq!(echo.header("x-envoy-attempt-count"), Some("2"), "{proto:?}");
+        assert_eq!(backend.requests(), 2, "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_buffer_limit_is_not_retried() {
+    let up = Backend::flaky("up", 1, Misbehave::Status(503)).await;
+    let config = retry_route("up", "{retry_on: 5xx}")
+        .cluster("up", up.addr())
+        .build()
+        .replacen(
+            "  - name: main\n",
+            "  - name: main\n    per_connection_buffer_limit_bytes: 1024\n",
+            1,
+        );
+    let s = Strait::start(&config).await;
+    let mut c = Client::connect(s.main_addr().await, Proto::H1)
+        .await
+        .expect("connect");
+    let req = c.request(Method::POST, "h", "/", &[], full(vec![b'x'; 4096]));
+    let r = c.send(req).await.expect("response");
+    assert_eq!(r.status, 503);
+    assert_eq!(up.requests(), 1);
+    s.wait_stat("cluster.up.retry_or_shadow_abandoned", |v| v == 1)
+        .await;
+    assert_eq!(s.stat("cluster.up.upstream_rq_retry").await, Some(0));
+}
+
+/// The pool's keep-alive race retry (a reused connection found dead) is not one of the
+/// policy's retries: with `num_retries: 0` the request still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_race_retry_is_not_a_policy_retry() {
+    let racer = Backend::keepalive_racer("racer").await;
+    let config = retry_route("up", "{retry_on: reset, num_retries: 0}")
+        .cluster("up", racer.addr())
+        .build();
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    // Let the pooled connection age past pool::RACE_IDLE (250 ms): the scenario.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get(addr, "h", "/again", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(racer.connections(), 2);
+    assert_eq!(
+        s.stat("cluster.up.upstream_rq_retry_limit_exceeded").await,
+        Some(0)
+    );
+}
+
+/// The route `timeout` bounds all attempts together: per-try timeouts of 600 ms under
+/// a 1 s route timeout leave time for two attempts (the second starts by ~625 ms),
+/// then the route times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_covers_every_attempt() {
+    let up = Backend::echo("up").await;
+    let (log, hcm) = flags_log();
+    let config = Bootstrap::new(
+        r#"
+- name: default
+  domains: ["*"]
+  routes:
+  - match: {prefix: /}
+    route:
+      cluster: up
+      timeout: 1s
+      retry_policy: {retry_on: 5xx, num_retries: 5, per_try_timeout: 0.6s}
+"#,
+    )
+    .hcm(&hcm)
+    .cluster("up", up.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let started = Instant::now();
+    let r = get(
+        s.main_addr().await,
+        "h",
+        "/",
+        &[("x-backend-delay-ms", "5000")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(up.requests(), 2);
+    s.wait_stat("cluster.up.upstream_rq_timeout", |v| v == 1)
+        .await;
+    s.wait_stat("cluster.up.upstream_rq_per_try_timeout", |v| v == 1)
+        .await;
+    assert_eq!(log_line(&log).await, "504 UT");
+    let _ = std::fs::remove_file(log);
+}
