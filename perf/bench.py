@@ -7,6 +7,7 @@ table on stdout and, with every round's raw figures, to perf/results/*.json.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -225,15 +226,39 @@ class Bench:
         return rounds
 
 
+def scenario_targets(scenario, shared, start):
+    """The targets a scenario runs, in order, and the ones started for it alone.
+
+    `shared` are Strait, Envoy, NGINX, HAProxy (plain bootstrap) and direct;
+    `start(name)` starts a Strait or Envoy on the scenario's own bootstrap. With
+    `plain`, the shared Strait and Envoy run too, as "strait-plain"/"envoy-plain",
+    right before direct: Strait, Envoy, Strait plain, Envoy plain, direct.
+    """
+    wanted = set(scenario.only or report.TARGETS)
+    own = {}
+    if scenario.bootstrap != "envoy.yaml":
+        own = {t.name: start(t.name) for t in shared
+               if t.name in report.PLAIN and t.name in wanted}
+    order = [own.get(t.name, t) for t in shared if t.name in wanted and t.name != "direct"]
+    if scenario.plain:
+        order += [dataclasses.replace(t, name=f"{t.name}-plain") for t in shared
+                  if t.name in report.PLAIN]
+    order += [t for t in shared if t.name == "direct" and t.name in wanted]
+    return order, list(own.values())
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     scenarios = [SCENARIOS[n] for n in args.scenario] if args.scenario else list(
         SCENARIOS.values())
+    load_before = os.getloadavg()
     nofile = raise_fd_limit()
     install.ensure_apt_tools()
     envoy = install.ensure_envoy()
     strait = install.build_strait(build=not args.no_build)
+    plugins = {s.plugin: install.build_plugin(s.plugin, build=not args.no_build)
+               for s in scenarios if s.plugin}
     oha = install.find_oha() if args.latency else None
     if args.latency and not oha:
         log("--latency: oha not found (cargo install oha); open-loop pass skipped")
@@ -264,11 +289,31 @@ def main(argv=None):
         log(pinning)
         bench = Bench(args, tmp, load_cpus, oha)
         raw, open_raw = {}, {}
+        binaries = {"strait": strait, "envoy": envoy}
         for scenario in scenarios:
-            raw[scenario.name] = bench.scenario(scenario, order)
-            if oha and scenario.oha is not None:
-                open_raw[scenario.name] = bench.open_loop(scenario, order,
-                                                          raw[scenario.name])
+            own_bootstrap = bootstrap if scenario.bootstrap == "envoy.yaml" else (
+                targets.render_bootstrap(tmp, backend.h1_port, scenario.bootstrap,
+                                         plugins.get(scenario.plugin)))
+
+            def start(name, scenario=scenario, own_bootstrap=own_bootstrap):
+                return targets.start_envoy_like(group, tmp, name, binaries[name],
+                                                own_bootstrap, proxy_cpus, args.workers,
+                                                tag=f"-{scenario.name}")
+
+            runs, own = scenario_targets(scenario, order, start)
+            try:
+                for target in own if scenario.expect else ():
+                    targets.check_header(target.h1_port, scenario.path, *scenario.expect)
+                raw[scenario.name] = bench.scenario(scenario, runs)
+                # idle-5k restarts the shared proxies: later scenarios use the new ones
+                fresh = {t.name: t for t in runs if t not in own}
+                order[:] = [fresh.get(t.name, t) for t in order]
+                if oha and scenario.oha is not None:
+                    open_raw[scenario.name] = bench.open_loop(scenario, runs,
+                                                              raw[scenario.name])
+            finally:
+                for target in own:
+                    group.stop_one(target.proc)
     finally:
         group.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,6 +327,7 @@ def main(argv=None):
         "command": "perf/run " + " ".join(sys.argv[1:] if argv is None else argv),
         "workers": args.workers, "rounds": args.rounds, "duration": bench.duration,
         "pinning": pinning, "docs": {s.name: s.doc for s in scenarios},
+        "goals": {s.name: s.goal for s in scenarios if s.goal},
         "versions": {
             "strait": install.version([strait, "--version"]),
             "envoy": install.version([envoy, "--version"]),
@@ -292,6 +338,9 @@ def main(argv=None):
             "oha": install.version([oha, "--version"]) if oha else None,
         },
         "elapsed_s": round(time.monotonic() - started),
+        # 1-minute load average before the build and after the last run: other work on
+        # the machine (builds) shows up here.
+        "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     table = report.markdown(meta, summary, kinds, open_summary)
     print(table)

@@ -60,6 +60,28 @@ def build_strait(build=True):
     return binary
 
 
+def build_plugin(name, build=True):
+    """Path of perf/plugins/NAME's .wasm, built for wasm32-wasip1 (its own workspace).
+
+    Into $CARGO_TARGET_DIR/perf-plugins when that is set (shared with the repository's
+    builds), else perf/plugins/NAME/target.
+    """
+    crate = os.path.join(PERF, "plugins", name)
+    shared = os.environ.get("CARGO_TARGET_DIR")
+    target_dir = os.path.join(shared, "perf-plugins") if shared else os.path.join(
+        crate, "target")
+    wasm = os.path.join(target_dir, "wasm32-wasip1", "release",
+                        f"perf_{name.replace('-', '_')}.wasm")
+    if build:
+        log(f"building plugin {name} (cargo build --release --target wasm32-wasip1)")
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1"],
+                       cwd=crate, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=target_dir))
+    if not os.path.exists(wasm):
+        raise SystemExit(f"perf: no plugin module at {wasm}")
+    return wasm
+
+
 def find_oha():
     found = shutil.which("oha")
     cargo_bin = os.path.expanduser("~/.cargo/bin/oha")

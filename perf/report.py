@@ -9,9 +9,13 @@ import statistics
 
 STRAIT = "strait"
 PEERS = ("envoy", "nginx", "haproxy")
-TARGETS = (STRAIT,) + PEERS + ("direct",)
+# Scenarios with `plain` also run Strait and Envoy on the plain bootstrap: "NAME-plain".
+PLAIN = ("strait", "envoy")
+TARGETS = (STRAIT, "envoy") + tuple(f"{t}-plain" for t in PLAIN) + (
+    "nginx", "haproxy", "direct")
 LABELS = {"strait": "Strait", "envoy": "Envoy", "nginx": "NGINX", "haproxy": "HAProxy",
-          "direct": "direct"}
+          "direct": "direct", "strait-plain": "Strait, plain route",
+          "envoy-plain": "Envoy, plain route"}
 MIB = 1024 * 1024
 
 
@@ -84,8 +88,8 @@ def summary_table(summary, kinds):
             if kinds.get(scenario) != kind:
                 continue
             rows.append([scenario, label] + [
-                _fmt(ratio(strait.get(key), by_target.get(peer, {}).get(key)))
-                for peer in PEERS])
+                _fmt(ratio(strait.get(key), by_target[peer].get(key)))
+                if peer in by_target else "n/a" for peer in PEERS])
     return _table(["scenario", "Strait ÷"] + [LABELS[p] for p in PEERS], rows)
 
 
@@ -95,6 +99,8 @@ def load_table(by_target):
     for target in TARGETS:
         row = by_target.get(target)
         if row is None:
+            if target in PEERS:  # the scenario does not apply to it (e.g. proxy-wasm)
+                rows.append([LABELS[target]] + ["n/a"] * 8)
             continue
         rows.append([LABELS[target], _fmt(row.get("rps")),
                      _fmt(ratio(row.get("rps"), direct_rps)),
@@ -104,6 +110,46 @@ def load_table(by_target):
                      _fmt(row.get("errors"))])
     return _table(["target", "req/s", "÷ direct", "p50 ms", "p99 ms", "CPU s/10k req",
                    "RSS idle MiB", "RSS load MiB", "errors"], rows)
+
+
+def plain_figures(by_target):
+    """Each proxy's req/s with ÷ without the scenario's feature, and the cross ratios.
+
+    loss = 1 − with ÷ without. "Strait loss ÷ Envoy loss" is None unless Envoy lost
+    something (a negative or zero loss is noise, and the quotient meaningless).
+    """
+    rps = {t: by_target.get(t, {}).get("rps") for t in by_target}
+    kept = {p: ratio(rps.get(p), rps.get(f"{p}-plain")) for p in PLAIN}
+    loss = {p: None if kept[p] is None else 1 - kept[p] for p in PLAIN}
+    envoy_loss = loss["envoy"]
+    # CPU per request does not depend on who saturates first: steadier than req/s on a
+    # shared machine.
+    cpu = {p: ratio(by_target.get(p, {}).get("cpu_s_per_10k"),
+                    by_target.get(f"{p}-plain", {}).get("cpu_s_per_10k")) for p in PLAIN}
+    return {
+        "kept": kept, "loss": loss, "cpu": cpu,
+        "loss_ratio": ratio(loss["strait"], envoy_loss)
+        if envoy_loss and envoy_loss > 0 else None,
+        "strait_with_vs_envoy_without": ratio(rps.get("strait"), rps.get("envoy-plain")),
+    }
+
+
+def _pct(value):
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def plain_table(by_target, goal=None):
+    figures = plain_figures(by_target)
+    rows = [[LABELS[p], _fmt(by_target.get(p, {}).get("rps")),
+             _fmt(by_target.get(f"{p}-plain", {}).get("rps")), _fmt(figures["kept"][p]),
+             _pct(figures["loss"][p]), _fmt(figures["cpu"][p])] for p in PLAIN]
+    out = _table(["proxy", "req/s with", "req/s plain", "with ÷ plain", "loss",
+                  "CPU/req with ÷ plain"], rows)
+    out += ["", f"Strait loss ÷ Envoy loss: **{_fmt(figures['loss_ratio'])}**; "
+            f"Strait with ÷ Envoy plain: "
+            f"**{_fmt(figures['strait_with_vs_envoy_without'])}**"
+            + (f" (goal: {goal})" if goal else "")]
+    return out
 
 
 def idle_table(by_target):
@@ -138,12 +184,17 @@ def markdown(meta, summary, kinds, open_loop=None):
     out = [f"### {meta['date']} — {meta['machine']}", "",
            f"`{meta['command']}`: {meta['workers']} worker(s) per proxy, "
            f"{meta['rounds']} interleaved rounds, {meta['duration']} s per run, "
-           f"median of rounds; {meta['pinning']}.", "",
+           f"median of rounds; {meta['pinning']}"
+           + (f"; load average {meta['load'][0]:.2f} before, {meta['load'][1]:.2f} after"
+              if meta.get("load") else "") + ".", "",
            "**Strait ÷ peer** (below 1 is better for ↓ rows, above 1 for ↑ rows):", ""]
     out += summary_table(summary, kinds)
     for scenario, by_target in summary.items():
         out += ["", f"**{scenario}** — {meta['docs'][scenario]}", ""]
         out += idle_table(by_target) if kinds[scenario] == "idle" else load_table(by_target)
+        if any(f"{p}-plain" in by_target for p in PLAIN):
+            out += ["", f"**{scenario}** vs the plain route, same rounds", ""]
+            out += plain_table(by_target, meta.get("goals", {}).get(scenario))
         if open_loop and scenario in open_loop:
             out += ["", f"**{scenario}**, open loop (oha -q, latency-corrected)", ""]
             out += open_loop_table(open_loop[scenario])

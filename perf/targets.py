@@ -64,26 +64,48 @@ def start_backend(group, tmp, cpus, workers, nofile):
     return Target("direct", port, h2_port, None)
 
 
-def render_bootstrap(tmp, backend_port):
-    """The one bootstrap file Strait and Envoy both run (listener and admin on port 0)."""
-    return render("envoy.yaml", os.path.join(tmp, "bootstrap.yaml"), port=0,
-                  backend_port=backend_port)
+def render_bootstrap(tmp, backend_port, template="envoy.yaml", wasm=None):
+    """The one bootstrap file Strait and Envoy both run (listener and admin on port 0).
+
+    `template` is a scenario's variant of envoy.yaml; `wasm` fills its {{wasm}}.
+    """
+    out = "bootstrap.yaml" if template == "envoy.yaml" else f"bootstrap-{template}"
+    return render(template, os.path.join(tmp, out), port=0, backend_port=backend_port,
+                  wasm=wasm or "")
 
 
-def start_envoy_like(group, tmp, name, binary, bootstrap, cpus, workers):
-    """Strait or Envoy: same flags, same file; the listener port is read from admin."""
-    admin_path = os.path.join(tmp, f"{name}-admin-address")
+def start_envoy_like(group, tmp, name, binary, bootstrap, cpus, workers, tag=""):
+    """Strait or Envoy: same flags, same file; the listener port is read from admin.
+
+    `tag` keeps the files of a scenario's own copy apart from the shared one's.
+    """
+    files = f"{name}{tag}"
+    admin_path = os.path.join(tmp, f"{files}-admin-address")
     if os.path.exists(admin_path):
         os.unlink(admin_path)  # left by the previous copy (restart)
     argv = [binary, "-c", bootstrap, "--concurrency", str(workers), "--log-level",
             "warn", "--admin-address-path", admin_path]
     if name == "envoy":
         argv.append("--disable-hot-restart")
-    proc = group.start(pinned(cpus, argv), os.path.join(tmp, f"{name}.out"))
-    admin = read_file_when_written(admin_path, proc=proc)
+    out_path = os.path.join(tmp, f"{files}.out")
+    proc = group.start(pinned(cpus, argv), out_path)
+    try:
+        admin = read_file_when_written(admin_path, proc=proc)
+    except RuntimeError as error:
+        with open(out_path, errors="replace") as file:
+            tail = file.read()[-2000:]
+        raise RuntimeError(f"{name} on {os.path.basename(bootstrap)}: {error}\n{tail}")
     port = _listener_port(admin)
     wait_ready(port, proc=proc)
     return Target(name, port, port, proc)
+
+
+def check_header(port, path, header, value):
+    """GET once; raise unless the response carries `header: value` (e.g. a plugin's)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        got = resp.headers.get(header)
+    if got != value:
+        raise RuntimeError(f"127.0.0.1:{port}{path}: {header} is {got!r}, want {value!r}")
 
 
 def _listener_port(admin):

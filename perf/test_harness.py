@@ -141,6 +141,40 @@ class Report(unittest.TestCase):
             if line.startswith("|"):
                 self.assertTrue(line.endswith("|"), line)
 
+    def _plain_summary(self):
+        def row(rps):
+            return {"rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_s_per_10k": 0.3,
+                    "rss_idle": report.MIB, "rss_load": report.MIB, "errors": 0}
+        return {"strait": row(18000), "envoy": row(8000), "strait-plain": row(20000),
+                "envoy-plain": row(10000), "direct": row(40000)}
+
+    def test_plain_figures(self):
+        got = report.plain_figures(self._plain_summary())
+        self.assertAlmostEqual(got["kept"]["strait"], 0.9)
+        self.assertAlmostEqual(got["loss"]["envoy"], 0.2)
+        self.assertAlmostEqual(got["loss_ratio"], 0.5)  # 10% ÷ 20%
+        self.assertAlmostEqual(got["strait_with_vs_envoy_without"], 1.8)
+        self.assertAlmostEqual(got["cpu"]["strait"], 1.0)
+        faster = self._plain_summary()
+        faster["envoy"]["rps"] = 11000  # Envoy "gained": no meaningful loss ratio
+        self.assertIsNone(report.plain_figures(faster)["loss_ratio"])
+
+    def test_markdown_plain_scenario(self):
+        meta = {"date": "d", "machine": "m", "command": "perf/run", "workers": 1,
+                "rounds": 3, "duration": 3, "pinning": "none",
+                "docs": {"h1-wasm": "wasm"}, "goals": {"h1-wasm": "Strait ≤ ½"},
+                "load": [1.5, 0.25]}
+        text = report.markdown(meta, {"h1-wasm": self._plain_summary()},
+                               {"h1-wasm": "load"})
+        self.assertIn("; load average 1.50 before, 0.25 after.", text)
+        self.assertIn("| h1-wasm | req/s ↑ | 2.25 | n/a | n/a |", text)
+        self.assertIn("| NGINX | n/a | n/a |", text)
+        self.assertIn("| Strait, plain route | 20,000 | 0.50 |", text)
+        self.assertIn("| Strait | 18,000 | 20,000 | 0.90 | 10.0% | 1.00 |", text)
+        self.assertIn("| Envoy | 8,000 | 10,000 | 0.80 | 20.0% | 1.00 |", text)
+        self.assertIn("Strait loss ÷ Envoy loss: **0.50**; Strait with ÷ Envoy plain: "
+                      "**1.80** (goal: Strait ≤ ½)", text)
+
     def test_errors_are_totalled(self):
         summary = self._summary()
         self.assertEqual(report.total_errors(summary), 0)
@@ -150,7 +184,8 @@ class Report(unittest.TestCase):
 
 class Configs(unittest.TestCase):
     VALUES = {"workers": 1, "tmp": "/tmp/x", "port": 1, "h2_port": 2, "backend_port": 3,
-              "nofile": 20000, "worker_connections": 19000, "maxconn": 9000}
+              "nofile": 20000, "worker_connections": 19000, "maxconn": 9000,
+              "wasm": "/tmp/x/p.wasm"}
 
     def test_every_template_renders_completely(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,16 +208,65 @@ class Configs(unittest.TestCase):
         self.assertIn("port_value: 8080", body)
 
 
+    def test_variants_differ_from_plain_only_by_their_feature(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            def text(template, **kw):
+                with open(targets.render_bootstrap(tmp, 8080, template, **kw)) as file:
+                    return [l for l in file.read().splitlines() if not l.startswith("#")]
+            plain = text("envoy.yaml")
+            wasm = text("envoy-wasm.yaml", wasm="/p/perf_header.wasm")
+            resilience = text("envoy-resilience.yaml")
+        added = [l.strip() for l in wasm if l not in plain]
+        self.assertIn("- name: envoy.filters.http.wasm", added)
+        self.assertIn("runtime: envoy.wasm.runtime.v8", added)
+        self.assertIn("filename: /p/perf_header.wasm", added)
+        self.assertTrue(all(l in wasm for l in plain))  # nothing else changed
+        # the wasm filter comes before the router
+        names = [l.strip() for l in wasm if l.strip().startswith("- name: envoy.filters.http")]
+        self.assertEqual(names, ["- name: envoy.filters.http.wasm",
+                                 "- name: envoy.filters.http.router"])
+        body = "\n".join(resilience)
+        self.assertIn("retry_policy: { retry_on: 5xx, num_retries: 2 }", body)
+        self.assertIn("interval: 1s", body)
+        self.assertIn("http_health_check: { path: / }", body)
+
+
 class Scenarios(unittest.TestCase):
     def test_table(self):
-        self.assertEqual(list(SCENARIOS), ["h1-keepalive", "h1-bodies", "h1-close", "h2",
-                                           "h2-64k", "idle-5k"])
+        self.assertEqual(list(SCENARIOS), ["h1-keepalive", "h1-wasm", "h1-resilience",
+                                           "h1-bodies", "h1-close", "h2", "h2-64k",
+                                           "idle-5k"])
         for scenario in SCENARIOS.values():
+            self.assertTrue(os.path.exists(os.path.join(targets.CONFIGS, scenario.bootstrap)))
+            if scenario.plugin:
+                crate = os.path.join(os.path.dirname(targets.CONFIGS), "plugins",
+                                     scenario.plugin)
+                self.assertTrue(os.path.exists(os.path.join(crate, "Cargo.toml")), crate)
+            for name in scenario.only or ():
+                self.assertIn(name, report.TARGETS)
             self.assertIn(scenario.tool, ("wrk", "h2load", "idle"))
             self.assertIn(scenario.path, ("/", "/64k"))
             for arg in scenario.args:
                 if arg.endswith(".lua"):
                     self.assertTrue(os.path.exists(arg), arg)
+
+    def test_scenario_targets(self):
+        shared = [targets.Target(n, i, i) for i, n in enumerate(
+            ("strait", "envoy", "nginx", "haproxy", "direct"))]
+        started = []
+
+        def start(name):
+            started.append(name)
+            return targets.Target(name, 100 + len(started), 100 + len(started))
+
+        order, own = bench.scenario_targets(SCENARIOS["h1-keepalive"], shared, start)
+        self.assertEqual((order, own, started), (shared, [], []))
+        order, own = bench.scenario_targets(SCENARIOS["h1-wasm"], shared, start)
+        self.assertEqual([t.name for t in order], ["strait", "envoy", "strait-plain",
+                                                   "envoy-plain", "direct"])
+        self.assertEqual([t.h1_port for t in order], [101, 102, 0, 1, 4])
+        self.assertEqual([t.h1_port for t in own], [101, 102])
+        self.assertEqual(started, ["strait", "envoy"])
 
     def test_load_commands(self):
         args = argparse.Namespace(duration=None, quick=True, rounds=3)
