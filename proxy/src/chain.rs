@@ -1,5 +1,11 @@
-//! The HTTP filter chain runner: the configured `http_filters` (today: proxy-wasm
-//! plugins) between the connection manager and the router.
+//! The HTTP filter chain runner: the configured `http_filters` (proxy-wasm plugins
+//! and fault filters) between the connection manager and the router.
+//!
+//! Filters run in config order. Wasm filters are synchronous calls (below); a fault
+//! filter (`crate::fault`) is awaited between them, since a delay is a sleep. So the
+//! request-headers phase runs the wasm slots in segments: those before the first
+//! fault filter, the fault, the next segment, and so on ([`request_headers`]).
+//! Fault filters have no response, body or log phase.
 //!
 //! # Where the filters live
 //!
@@ -29,7 +35,8 @@
 //! atomics; the stats store reads them only when rendering, under Envoy's names:
 //! `wasmcustom.<name>` in `/stats`, `<name>` as is in Prometheus.
 //!
-//! Cost: a listener without `http_filters` pays nothing (no handle, no lookups).
+//! Cost: a listener without `http_filters` pays nothing (no handle, no lookups); one
+//! with only fault filters makes no handle either.
 //! With plugins, each phase is one hash lookup plus the guest call; body chunks are
 //! copied once into the filter's buffer.
 
@@ -43,10 +50,12 @@ use http::StatusCode;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm};
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
-use strait_xds::model::WasmFilterConfig;
+use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
 
+use crate::fault::FaultFilterRuntime;
 use crate::runtime::FastMap;
 use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
+use crate::stream::StreamGuard;
 
 /// A compiled plugin as the runtime holds it, shared by all workers.
 pub struct WasmFilterRuntime {
@@ -274,15 +283,55 @@ fn with_stream<R>(id: ChainId, f: impl FnOnce(&mut StreamChain) -> R) -> Option<
     STREAMS.with(|streams| streams.borrow_mut().get_mut(&id.0).map(f))
 }
 
-/// Runs one headers phase through every filter in order; the first local reply ends
-/// it. A filter that stops iteration on headers cannot be resumed yet (no callouts),
-/// so the chain continues, as Envoy does once the filter continues.
+/// A fault filter's place in `http_filters`: after the first `after_wasm` wasm
+/// filters (and before the next).
+pub struct FaultStage {
+    pub after_wasm: usize,
+    pub filter: Arc<FaultFilterRuntime>,
+}
+
+/// The request-headers phase of every HTTP filter before the router, in config
+/// order: wasm filters through `chain` (if the listener has any), fault filters
+/// awaited in between. The first local reply ends it.
+pub async fn request_headers(
+    chain: Option<ChainId>,
+    faults: &[FaultStage],
+    hcm: &HttpConnectionManager,
+    head: &mut RequestHead,
+    end_of_stream: bool,
+    guard: &mut StreamGuard,
+) -> Verdict {
+    let mut ran = 0;
+    for stage in faults {
+        if let Some(id) = chain {
+            let slots = ran..stage.after_wasm;
+            if let Verdict::LocalReply(reply) = id.request_headers(head, end_of_stream, slots) {
+                return Verdict::LocalReply(reply);
+            }
+        }
+        ran = stage.after_wasm;
+        if let Some(reply) = stage.filter.request_headers(hcm, head, guard).await {
+            return Verdict::LocalReply(reply);
+        }
+    }
+    match chain {
+        Some(id) => id.request_headers(head, end_of_stream, ran..usize::MAX),
+        None => Verdict::Continue,
+    }
+}
+
+/// Runs one headers phase through the filters in `slots` (indexes of the wasm
+/// filters), in order; the first local reply ends it. A filter that stops iteration
+/// on headers cannot be resumed yet (no callouts), so the chain continues, as Envoy
+/// does once the filter continues.
 fn headers_phase(
     id: ChainId,
+    slots: std::ops::Range<usize>,
     mut phase: impl FnMut(&mut WasmHttpFilter) -> FilterStatus,
 ) -> Verdict {
     with_stream(id, |chain| {
-        for slot in &mut chain.slots {
+        let count = slots.end.saturating_sub(slots.start);
+        for slot in chain.slots.iter_mut().skip(slots.start).take(count) {
             let status = phase(&mut slot.filter);
             if slot.filter.error().is_some() {
                 slot.runtime.export_failures();
@@ -297,12 +346,21 @@ fn headers_phase(
 }
 
 impl ChainId {
-    pub fn request_headers(self, head: &mut RequestHead, end_of_stream: bool) -> Verdict {
-        headers_phase(self, |f| f.on_request_headers(head, end_of_stream))
+    /// The request-headers phase of the wasm filters in `slots`; see
+    /// [`request_headers`] for the whole chain.
+    fn request_headers(
+        self,
+        head: &mut RequestHead,
+        end_of_stream: bool,
+        slots: std::ops::Range<usize>,
+    ) -> Verdict {
+        headers_phase(self, slots, |f| f.on_request_headers(head, end_of_stream))
     }
 
     pub fn response_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
-        headers_phase(self, |f| f.on_response_headers(head, end_of_stream))
+        headers_phase(self, 0..usize::MAX, |f| {
+            f.on_response_headers(head, end_of_stream)
+        })
     }
 
     /// A request body chunk (empty with `end_of_stream` to flush at the end).

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use strait_xds::model::{self, Discovery, DnsLookupFamily};
+use strait_xds::model::{self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy};
 
 use crate::health::{self, HealthCheckStats, HealthState};
+use crate::lb::HashTable;
 use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
 
 /// One upstream address and its live counters, shared by every worker.
@@ -72,10 +73,20 @@ pub struct HostSet {
     pub panic_threshold: f64,
     /// `cluster.<name>.lb_healthy_panic`.
     pub lb_healthy_panic: Counter,
+    /// The RING_HASH ring or MAGLEV table over `hosts`, built with the set (never on
+    /// a health flip: picks walk past unhealthy hosts) and shared by every worker.
+    pub hash_table: Option<HashTable>,
 }
 
 impl HostSet {
-    fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64, lb_healthy_panic: Counter) -> HostSet {
+    fn new(
+        hosts: Vec<Arc<Host>>,
+        panic_threshold: f64,
+        lb_healthy_panic: Counter,
+        lb: (LbPolicy, &HashLbConfig),
+    ) -> HostSet {
+        let weights: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.addr, h.weight)).collect();
+        let hash_table = HashTable::build(lb.0, lb.1, &weights);
         let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
         let healthy = hosts.iter().filter(|h| h.is_healthy()).count();
         HostSet {
@@ -84,6 +95,7 @@ impl HostSet {
             healthy: AtomicUsize::new(healthy),
             panic_threshold,
             lb_healthy_panic,
+            hash_table,
         }
     }
 }
@@ -261,6 +273,7 @@ impl ClusterRuntime {
             hosts,
             self.config.healthy_panic_threshold,
             self.stats.lb_healthy_panic.clone(),
+            (self.config.lb_policy, &self.config.hash_lb),
         )));
         self.recount();
     }
@@ -322,6 +335,12 @@ impl Host {
 impl HostSet {
     /// Counts healthy hosts at construction; Envoy's default panic threshold (50%).
     pub fn for_test(hosts: Vec<Arc<Host>>) -> HostSet {
-        HostSet::new(hosts, 50.0, Counter::default())
+        HostSet::for_test_with(hosts, LbPolicy::RoundRobin)
+    }
+
+    /// As `for_test`, with `policy`'s hash table (if any) at Envoy's default sizes.
+    pub fn for_test_with(hosts: Vec<Arc<Host>>, policy: LbPolicy) -> HostSet {
+        let config = HashLbConfig::default();
+        HostSet::new(hosts, 50.0, Counter::default(), (policy, &config))
     }
 }

@@ -2,7 +2,14 @@
 //!
 //! State that changes per pick (round-robin cursors, smooth-weighted current weights)
 //! lives in the worker, so picks touch no shared memory but the hosts' active-request
-//! counters that LEAST_REQUEST reads.
+//! counters that LEAST_REQUEST reads. RING_HASH and MAGLEV keep no per-worker
+//! state: their table is built with the host set (`table`) and `random` is the
+//! request's hash (`hash`), or a random one when the route's policy gave none.
+
+pub mod hash;
+mod table;
+
+pub use table::HashTable;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +31,7 @@ pub struct LbState {
 
 impl LbState {
     /// Picks a healthy host, or `None` when there is none. `random` is a fresh random
-    /// value.
+    /// value, or for RING_HASH and MAGLEV the request's hash.
     ///
     /// Health filtering follows Envoy: when fewer than `panic_threshold` percent of the
     /// hosts are healthy the set is in panic and every host is eligible
@@ -55,6 +62,11 @@ impl LbState {
             }),
             LbPolicy::RoundRobin => self.smooth_weighted(set, eligible),
             LbPolicy::Random => weighted_random(hosts, random, eligible),
+            // The table is built for this very set, so its indices are in range.
+            LbPolicy::RingHash | LbPolicy::Maglev => match &set.hash_table {
+                Some(table) => table.pick(random, |i| eligible(&hosts[i])),
+                None => weighted_random(hosts, random, eligible),
+            },
             LbPolicy::LeastRequest => {
                 // Power of two choices, weighted: compare active/weight.
                 let a = weighted_random(hosts, random, eligible)?;
@@ -257,6 +269,30 @@ mod tests {
         let mut ports = counts(LbPolicy::RoundRobin, &s, 300);
         ports.truncate(3);
         assert_eq!(ports, vec![0, 100, 200]);
+    }
+
+    #[test]
+    fn hash_picks_stick_and_walk_past_unhealthy_hosts() {
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let hosts: Vec<Arc<Host>> = (0..3)
+                .map(|i| Arc::new(Host::for_test(([127, 0, 0, 1], 1000 + i).into(), 1)))
+                .collect();
+            let s = Arc::new(HostSet::for_test_with(hosts, policy));
+            let mut lb = LbState::default();
+            let hash = 0xdead_beef_u64;
+            let owner = lb.pick(policy, &s, hash).unwrap();
+            for _ in 0..10 {
+                assert!(Arc::ptr_eq(&lb.pick(policy, &s, hash).unwrap(), &owner));
+            }
+            let mut state = crate::health::HealthState::initial(false);
+            state.healthy = false;
+            owner.set_health(state);
+            s.healthy.store(2, Ordering::Relaxed);
+            let next = lb.pick(policy, &s, hash).unwrap();
+            assert!(!Arc::ptr_eq(&next, &owner), "{policy:?}");
+            // The table was not rebuilt: the same walk lands on the same next host.
+            assert!(Arc::ptr_eq(&lb.pick(policy, &s, hash).unwrap(), &next));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod chain;
 pub mod cluster;
 pub mod conn;
 pub mod error;
+pub mod fault;
 pub mod framing;
 pub mod headers;
 pub mod health;

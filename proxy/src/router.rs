@@ -157,40 +157,54 @@ async fn proxy<'a>(
     // The HTTP filters see the request after the connection manager's own edits and
     // before routing, so a plugin may rewrite what routing looks at.
     let mut authority = authority;
-    if let Some(chain) = ChainHandle::new(
+    // Taken before the filters: a fault delay is part of the logged duration.
+    let start_time = SystemTime::now();
+    let log_info = |req: &Request<Incoming>, authority: &str| {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        Box::new(LogInfo {
+            start_time,
+            method: req.method().clone(),
+            path: path.to_owned(),
+            authority: authority.to_owned(),
+            protocol: protocol_name(req.version()),
+            request_headers: req.headers().clone(),
+            response_headers: None,
+            route_name: String::new(),
+            downstream_remote: SocketAddr::new(effective_ip, 0),
+        })
+    };
+    guard.chain = ChainHandle::new(
         &listener.http_filters,
         listener.config.per_connection_buffer_limit_bytes,
-    ) {
-        let id = chain.id();
-        guard.chain = Some(chain);
+    );
+    let id = guard.chain.as_ref().map(ChainHandle::id);
+    if id.is_some() || !listener.faults.is_empty() {
         let (mut parts, body) = req.into_parts();
-        let verdict = id.request_headers(&mut parts, body.is_end_stream());
+        let eos = body.is_end_stream();
+        let verdict =
+            crate::chain::request_headers(id, &listener.faults, hcm, &mut parts, eos, guard).await;
         req = Request::from_parts(parts, body);
         if let Verdict::LocalReply(reply) = verdict {
+            if !listener.access_logs.is_empty() {
+                guard.log = Some(log_info(&req, &authority));
+            }
             let guard = slot.take().expect("guard present");
-            return Ok(filter_reply(reply, listener, guard, Some(id)));
+            return Ok(filter_reply(reply, listener, guard, id));
         }
         if let Some(changed) = self::authority(&req) {
             authority = changed;
         }
     }
+    // Envoy's router starts the route timeout when it gets the request, after the
+    // filters before it (a fault delay is not counted).
+    let routed_at = tokio::time::Instant::now();
     let path_and_query = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
     if !listener.access_logs.is_empty() {
-        guard.log = Some(Box::new(LogInfo {
-            start_time: SystemTime::now(),
-            method: req.method().clone(),
-            path: path_and_query.clone(),
-            authority: authority.clone(),
-            protocol: protocol_name(req.version()),
-            request_headers: req.headers().clone(),
-            response_headers: None,
-            route_name: String::new(),
-            downstream_remote: SocketAddr::new(effective_ip, 0),
-        }));
+        guard.log = Some(log_info(&req, &authority));
     }
 
     // Decide.
@@ -277,7 +291,25 @@ async fn proxy<'a>(
         }
     }
     let hosts = cluster.hosts.load_full();
-    let host = pick_host(&cluster, &hosts, random.rotate_left(17));
+    // RING_HASH and MAGLEV pick by the route's hash policy; a random hash without one.
+    let lb_hash = match cluster.config.lb_policy.is_consistent_hash() {
+        true => crate::lb::hash::RequestHash::compute(
+            &target.hash_policy,
+            &crate::lb::hash::HashInput {
+                headers: req.headers(),
+                path_and_query: &path_and_query,
+                source_ip: effective_ip,
+                peer: conn.peer,
+                local: conn.local,
+            },
+        ),
+        false => crate::lb::hash::RequestHash::default(),
+    };
+    let host = pick_host(
+        &cluster,
+        &hosts,
+        lb_hash.hash.unwrap_or(random.rotate_left(17)),
+    );
     let Some(host) = host else {
         cluster.stats.upstream_cx_none_healthy.inc();
         guard.upstream = Some(crate::stream::Upstream {
@@ -400,7 +432,7 @@ async fn proxy<'a>(
     let mut first_head = Some(parts);
 
     // Do IO.
-    let deadline = target.timeout.map(|t| guard.start() + t);
+    let deadline = target.timeout.map(|t| routed_at + t);
     // A route's explicit 0s disables the idle timeout; unset inherits the HCM's.
     let idle = match target.idle_timeout {
         Some(d) if d.is_zero() => None,
@@ -544,6 +576,9 @@ async fn proxy<'a>(
     parts.version = downstream_version;
     headers::remove_hop_by_hop(&mut parts.headers, status == 101);
     route.headers.apply_response(&mut parts.headers);
+    if let Some(cookie) = lb_hash.set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     if let Some(w) = weighted {
         w.apply_response(&mut parts.headers);
     }
@@ -727,6 +762,7 @@ fn filter_reply(
         "wasm_fail_stream" => "wasm_fail_stream",
         "request_payload_too_large" => "request_payload_too_large",
         "response_payload_too_large" => "response_payload_too_large",
+        crate::fault::ABORT_DETAILS => crate::fault::ABORT_DETAILS,
         _ => "filter_local_reply",
     };
     finish_local(resp, listener, None, guard, details)
@@ -873,7 +909,7 @@ fn local_response(status: StatusCode, body: Bytes, grpc: bool) -> Response<Bytes
 }
 
 /// Envoy's HTTP → gRPC status mapping (`Grpc::Utility::httpToGrpcStatus`).
-fn grpc_status(http: u16) -> u16 {
+pub(crate) fn grpc_status(http: u16) -> u16 {
     match http {
         400 => 13,
         401 => 16,

@@ -11,8 +11,9 @@ use arc_swap::ArcSwap;
 use strait_xds::model::{self, HttpFilterConfig, Snapshot, WasmFilterConfig};
 
 use crate::access_log::{AccessLogger, Writers};
-use crate::chain::WasmFilterRuntime;
+use crate::chain::{FaultStage, WasmFilterRuntime};
 use crate::cluster::ClusterRuntime;
+use crate::fault::FaultFilterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 
 /// A hash map for lookups on the request path: keys come from config or from us, so
@@ -81,8 +82,10 @@ pub struct ListenerRuntime {
     pub http: HttpStats,
     pub listener: ListenerStats,
     pub access_logs: Vec<AccessLogger>,
-    /// The HCM's `http_filters` before the router, compiled.
+    /// The HCM's wasm `http_filters` before the router, compiled.
     pub http_filters: Vec<Arc<WasmFilterRuntime>>,
+    /// The HCM's fault filters, each placed among `http_filters`.
+    pub faults: Vec<FaultStage>,
 }
 
 pub struct Runtime {
@@ -116,8 +119,22 @@ impl Runtime {
         let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
         for (i, l) in snapshot.listeners.iter().enumerate() {
             let mut http_filters = Vec::with_capacity(l.hcm.http_filters.len());
+            let mut faults = Vec::new();
             for filter in &l.hcm.http_filters {
-                let HttpFilterConfig::Wasm(config) = filter;
+                let config = match filter {
+                    HttpFilterConfig::Wasm(config) => config,
+                    HttpFilterConfig::Fault(config) => {
+                        faults.push(FaultStage {
+                            after_wasm: http_filters.len(),
+                            filter: FaultFilterRuntime::new(
+                                config.clone(),
+                                store,
+                                &l.hcm.stat_prefix,
+                            ),
+                        });
+                        continue;
+                    }
+                };
                 http_filters.push(wasm_plugin(config, previous, &wasm_plugins, store)?);
                 if !wasm_plugins
                     .iter()
@@ -145,6 +162,7 @@ impl Runtime {
                 },
                 access_logs,
                 http_filters,
+                faults,
             }));
         }
         let mut clusters =

@@ -195,9 +195,12 @@ async fn invalid_configs_at_startup_exit_non_zero_naming_the_field() {
             vec!["bogus_field", "clusters"],
         ),
         (
-            "MAGLEV",
-            good.replace("type: STATIC", "type: STATIC\n    lb_policy: MAGLEV"),
-            vec!["lb_policy", "MAGLEV"],
+            "CLUSTER_PROVIDED",
+            good.replace(
+                "type: STATIC",
+                "type: STATIC\n    lb_policy: CLUSTER_PROVIDED",
+            ),
+            vec!["lb_policy", "CLUSTER_PROVIDED"],
         ),
         (
             "route to an undefined cluster",

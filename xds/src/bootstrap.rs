@@ -271,9 +271,9 @@ impl ProtoEnum for LbPolicy {
     const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
         ("ROUND_ROBIN", 0, Some(Self::RoundRobin)),
         ("LEAST_REQUEST", 1, Some(Self::LeastRequest)),
-        ("RING_HASH", 2, None),
+        ("RING_HASH", 2, Some(Self::RingHash)),
         ("RANDOM", 3, Some(Self::Random)),
-        ("MAGLEV", 5, None),
+        ("MAGLEV", 5, Some(Self::Maglev)),
         ("CLUSTER_PROVIDED", 6, None),
         ("LOAD_BALANCING_POLICY_CONFIG", 7, None),
     ];

@@ -86,10 +86,81 @@ pub struct HttpConnectionManager {
 }
 
 /// One configured HTTP filter (everything in `http_filters` except the router).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum HttpFilterConfig {
     /// `envoy.filters.http.wasm`.
     Wasm(Arc<WasmFilterConfig>),
+    /// `envoy.filters.http.fault`.
+    Fault(Arc<FaultFilterConfig>),
+}
+
+/// `envoy.extensions.filters.http.fault.v3.HTTPFault` as translated.
+#[derive(Debug)]
+pub struct FaultFilterConfig {
+    /// Field path of the filter's fields, for errors found after translation.
+    pub path: String,
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// `upstream_cluster`: faults only for requests routed to this cluster.
+    pub upstream_cluster: Option<String>,
+    /// Faults only for requests matching all of these.
+    pub headers: Vec<HeaderMatcher>,
+    /// `None`: unlimited.
+    pub max_active_faults: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultDelay {
+    /// `None`: `header_delay`, the duration comes from `x-envoy-fault-delay-request`.
+    pub fixed: Option<Duration>,
+    pub percentage: FractionalPercent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultAbort {
+    pub kind: FaultAbortKind,
+    pub percentage: FractionalPercent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAbortKind {
+    /// `http_status`, in [200, 600).
+    Http(u16),
+    /// `grpc_status`.
+    Grpc(u32),
+    /// `header_abort`: `x-envoy-fault-abort-request` / `x-envoy-fault-abort-grpc-request`.
+    Header,
+}
+
+/// `type.v3.FractionalPercent`: `numerator` out of `denominator` (100, 10 000 or 1 000 000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FractionalPercent {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl FractionalPercent {
+    /// Envoy's `evaluateFractionalPercent`: `random % denominator < numerator`, so a
+    /// numerator above the denominator means always and zero means never.
+    pub fn enabled(self, random: u64) -> bool {
+        random % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
+    }
+
+    /// The percentage a `x-envoy-fault-*-percentage` header asks for: its numerator
+    /// capped at the configured one, over the configured denominator (Envoy's
+    /// `HeaderPercentageProvider`). A missing or unparsable header changes nothing.
+    pub fn capped_by_header(self, header: Option<&[u8]>) -> FractionalPercent {
+        let requested = header
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        match requested {
+            Some(numerator) => FractionalPercent {
+                numerator: numerator.min(self.numerator),
+                denominator: self.denominator,
+            },
+            None => self,
+        }
+    }
 }
 
 /// `envoy.extensions.filters.http.wasm.v3.Wasm` as translated: the module bytes are
@@ -371,6 +442,34 @@ pub struct RouteTarget {
     /// The route's `retry_policy`, else its virtual host's (a route's policy replaces
     /// the virtual host's whole, as in Envoy).
     pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `hash_policy`, in order; empty unless the route hashes requests for a
+    /// RING_HASH or MAGLEV cluster.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// `RouteAction.HashPolicy`: one input to a request's consistent hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashPolicy {
+    pub kind: HashPolicyKind,
+    /// Stop at this policy when a hash has been produced so far.
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashPolicyKind {
+    /// The header's value; several values are sorted and hashed together.
+    Header(HeaderName),
+    /// The cookie's value. Absent and with a `ttl`, a cookie is generated, set on
+    /// the response, and its value hashed.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    /// `connection_properties.source_ip`: the downstream address (after XFF).
+    SourceIp,
+    /// The first value of this query parameter, undecoded.
+    QueryParameter(String),
 }
 
 /// `config.route.v3.RetryPolicy` as translated.
@@ -473,6 +572,37 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    RingHash,
+    Maglev,
+}
+
+impl LbPolicy {
+    /// Whether picks follow the route's `hash_policy` (a random hash without one).
+    pub fn is_consistent_hash(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
+}
+
+/// Sizes of the consistent-hash tables; only the one for the cluster's `lb_policy`
+/// is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashLbConfig {
+    /// `ring_hash_lb_config.minimum_ring_size`, default 1024.
+    pub minimum_ring_size: u64,
+    /// `ring_hash_lb_config.maximum_ring_size`, default 8M.
+    pub maximum_ring_size: u64,
+    /// `maglev_lb_config.table_size`, a prime, default 65537.
+    pub maglev_table_size: u64,
+}
+
+impl Default for HashLbConfig {
+    fn default() -> Self {
+        HashLbConfig {
+            minimum_ring_size: 1024,
+            maximum_ring_size: 8 * 1024 * 1024,
+            maglev_table_size: 65537,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,6 +620,8 @@ pub struct Cluster {
     /// Default 5 s.
     pub connect_timeout: Duration,
     pub lb_policy: LbPolicy,
+    /// Table sizes for RING_HASH and MAGLEV.
+    pub hash_lb: HashLbConfig,
     pub protocol: UpstreamProtocol,
     /// Idle upstream connections are closed after this (`common_http_protocol_options.
     /// idle_timeout` in the cluster's HttpProtocolOptions); Envoy's default is 1 hour.

@@ -6,6 +6,7 @@
 //! `static_resources.clusters[2].lb_policy: MAGLEV is not supported yet`.
 
 mod cluster;
+mod fault;
 mod headers;
 mod listener;
 mod route;

@@ -52,8 +52,8 @@ pub struct Cluster {
     pub eds_cluster_config: Option<Unsupported>,
     pub cluster_type: Option<Unsupported>,
     pub lb_subset_config: Option<Unsupported>,
-    pub ring_hash_lb_config: Option<Unsupported>,
-    pub maglev_lb_config: Option<Unsupported>,
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    pub maglev_lb_config: Option<MaglevLbConfig>,
     pub original_dst_lb_config: Option<Unsupported>,
     pub least_request_lb_config: Option<Unsupported>,
     pub round_robin_lb_config: Option<Unsupported>,
@@ -92,6 +92,37 @@ pub struct CommonLbConfig {
     pub close_connections_on_host_set_change: Option<Unsupported>,
     pub consistent_hashing_lb_config: Option<Unsupported>,
     pub override_host_status: Option<Unsupported>,
+}
+
+/// `Cluster.RingHashLbConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashLbConfig {
+    pub minimum_ring_size: Option<u64>,
+    pub maximum_ring_size: Option<u64>,
+    /// Only XX_HASH, the default.
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub hash_function: Option<HashFunction>,
+}
+
+/// `RingHashLbConfig.HashFunction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashFunction {
+    XxHash,
+}
+
+impl ProtoEnum for HashFunction {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("XX_HASH", 0, Some(Self::XxHash)),
+        ("MURMUR_HASH_2", 1, None),
+    ];
+}
+
+/// `Cluster.MaglevLbConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevLbConfig {
+    pub table_size: Option<u64>,
 }
 
 /// `type.v3.Percent`.

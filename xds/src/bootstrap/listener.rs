@@ -258,3 +258,81 @@ pub struct AsyncDataSource {
     pub local: Option<DataSource>,
     pub remote: Option<Unsupported>,
 }
+
+/// `extensions.filters.http.fault.v3.HTTPFault`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    #[serde(default)]
+    pub upstream_cluster: String,
+    #[serde(default)]
+    pub headers: Vec<super::HeaderMatcher>,
+    pub max_active_faults: Option<u32>,
+    /// Runtime keys: Strait has no runtime layer, so the configured values apply, as in
+    /// Envoy with an empty runtime.
+    pub delay_percent_runtime: Option<IgnoredAny>,
+    pub abort_percent_runtime: Option<IgnoredAny>,
+    pub delay_duration_runtime: Option<IgnoredAny>,
+    pub abort_http_status_runtime: Option<IgnoredAny>,
+    pub abort_grpc_status_runtime: Option<IgnoredAny>,
+    pub max_active_faults_runtime: Option<IgnoredAny>,
+    pub response_rate_limit_percent_runtime: Option<IgnoredAny>,
+    /// Accepted and ignored: per-downstream-cluster stats are not kept at all.
+    pub disable_downstream_cluster_stats: Option<IgnoredAny>,
+    pub downstream_nodes: Option<Unsupported>,
+    pub response_rate_limit: Option<Unsupported>,
+    pub filter_metadata: Option<Unsupported>,
+}
+
+/// `extensions.filters.common.fault.v3.FaultDelay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(default, deserialize_with = "duration")]
+    pub fixed_delay: Option<Duration>,
+    pub header_delay: Option<HeaderControlled>,
+    pub percentage: Option<FractionalPercent>,
+    /// Deprecated; its only value, FIXED, changes nothing.
+    #[serde(rename = "type")]
+    pub kind: Option<IgnoredAny>,
+}
+
+/// `extensions.filters.http.fault.v3.FaultAbort`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    pub http_status: Option<u32>,
+    pub grpc_status: Option<u32>,
+    pub header_abort: Option<HeaderControlled>,
+    pub percentage: Option<FractionalPercent>,
+}
+
+/// `type.v3.FractionalPercent`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercent {
+    #[serde(default)]
+    pub numerator: u32,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub denominator: Option<Denominator>,
+}
+
+/// `FractionalPercent.DenominatorType`, as the number it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denominator(pub u32);
+
+impl super::ProtoEnum for Denominator {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("HUNDRED", 0, Some(Denominator(100))),
+        ("TEN_THOUSAND", 1, Some(Denominator(10_000))),
+        ("MILLION", 2, Some(Denominator(1_000_000))),
+    ];
+}
+
+/// `HeaderDelay` / `HeaderAbort`: empty messages whose presence hands the fault to the
+/// request's `x-envoy-fault-*` headers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderControlled {}

@@ -181,7 +181,8 @@ pub struct RouteAction {
     pub idle_timeout: Option<Duration>,
     pub retry_policy: Option<RetryPolicy>,
     pub retry_policy_typed_config: Option<Unsupported>,
-    pub hash_policy: Option<Unsupported>,
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicy>,
     pub cors: Option<Unsupported>,
     pub request_mirror_policies: Option<Unsupported>,
     pub rate_limits: Option<Unsupported>,
@@ -202,6 +203,50 @@ pub struct RouteAction {
     pub internal_redirect_policy: Option<Unsupported>,
     pub hedge_policy: Option<Unsupported>,
     pub early_data_policy: Option<Unsupported>,
+}
+
+/// `RouteAction.HashPolicy`: exactly one of the policy fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    pub header: Option<HeaderHashPolicy>,
+    pub cookie: Option<CookieHashPolicy>,
+    pub connection_properties: Option<ConnectionPropertiesHashPolicy>,
+    pub query_parameter: Option<QueryParameterHashPolicy>,
+    pub filter_state: Option<Unsupported>,
+    #[serde(default)]
+    pub terminal: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderHashPolicy {
+    pub header_name: String,
+    pub regex_rewrite: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieHashPolicy {
+    pub name: String,
+    #[serde(default, deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub path: String,
+    pub attributes: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPropertiesHashPolicy {
+    #[serde(default)]
+    pub source_ip: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterHashPolicy {
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]

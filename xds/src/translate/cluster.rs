@@ -10,8 +10,8 @@ use super::{
 };
 use crate::bootstrap::{self, CodecClientType, HttpProtocolOptions, ProtocolChoice};
 use crate::model::{
-    Cluster, Discovery, DnsLookupFamily, Endpoint, HealthCheck, HealthCheckKind, HttpHealthCheck,
-    LbPolicy, UpstreamProtocol,
+    Cluster, Discovery, DnsLookupFamily, Endpoint, HashLbConfig, HealthCheck, HealthCheckKind,
+    HttpHealthCheck, LbPolicy, UpstreamProtocol,
 };
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -58,6 +58,7 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
             Duration::from_secs(5),
         )?,
         lb_policy: config.lb_policy.unwrap_or(LbPolicy::RoundRobin),
+        hash_lb: hash_lb(path, config)?,
         protocol,
         idle_timeout,
         dns_refresh_rate: positive(
@@ -70,6 +71,65 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         health_check: health_check(path, &config.health_checks)?,
         healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
     })
+}
+
+/// Envoy's largest ring (`maximum_ring_size`'s validation bound) and Maglev table.
+const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+
+/// `ring_hash_lb_config` and `maglev_lb_config` with Envoy's defaults and checks.
+/// Like Envoy, a config for the other policy is accepted and unused.
+fn hash_lb(path: &str, config: &bootstrap::Cluster) -> Result<HashLbConfig> {
+    let mut out = HashLbConfig::default();
+    if let Some(ring) = &config.ring_hash_lb_config {
+        let path = format!("{path}.ring_hash_lb_config");
+        for (field, value) in [
+            ("minimum_ring_size", ring.minimum_ring_size),
+            ("maximum_ring_size", ring.maximum_ring_size),
+        ] {
+            if value.is_some_and(|v| v > MAX_RING_SIZE) {
+                let message = format!("must be at most {MAX_RING_SIZE}");
+                return Err(ConfigError::new(format!("{path}.{field}"), message));
+            }
+        }
+        out.minimum_ring_size = ring
+            .minimum_ring_size
+            .unwrap_or(out.minimum_ring_size)
+            .max(1);
+        out.maximum_ring_size = ring
+            .maximum_ring_size
+            .unwrap_or(out.maximum_ring_size)
+            .max(1);
+        if out.minimum_ring_size > out.maximum_ring_size {
+            let message = format!(
+                "minimum_ring_size ({}) > maximum_ring_size ({})",
+                out.minimum_ring_size, out.maximum_ring_size
+            );
+            return Err(ConfigError::new(path, message));
+        }
+    }
+    if let Some(size) = config.maglev_lb_config.as_ref().and_then(|m| m.table_size) {
+        let path = format!("{path}.maglev_lb_config.table_size");
+        if !is_prime(size) {
+            return Err(ConfigError::new(
+                path,
+                format!("{size} is not a prime number"),
+            ));
+        }
+        if size > MAX_MAGLEV_TABLE_SIZE {
+            let message = format!("must be at most {MAX_MAGLEV_TABLE_SIZE}");
+            return Err(ConfigError::new(path, message));
+        }
+        out.maglev_table_size = size;
+    }
+    Ok(out)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// `common_lb_config.healthy_panic_threshold.value`, a percentage; Envoy's default 50.
@@ -410,6 +470,64 @@ mod tests {
         let c =
             cluster_with(json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}}));
         assert_eq!(c.unwrap().healthy_panic_threshold, 0.0);
+    }
+
+    #[test]
+    fn hash_lb_configs_translate_with_envoy_defaults() {
+        let c = cluster_with(json!({"lb_policy": "RING_HASH"})).unwrap();
+        assert_eq!(
+            (c.lb_policy, c.hash_lb),
+            (LbPolicy::RingHash, HashLbConfig::default())
+        );
+        let c = cluster_with(json!({"lb_policy": "RING_HASH",
+            "ring_hash_lb_config": {"minimum_ring_size": 16, "maximum_ring_size": 64,
+                                    "hash_function": "XX_HASH"}}))
+        .unwrap();
+        assert_eq!(
+            (c.hash_lb.minimum_ring_size, c.hash_lb.maximum_ring_size),
+            (16, 64)
+        );
+        let c =
+            cluster_with(json!({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 251}}))
+                .unwrap();
+        assert_eq!(
+            (c.lb_policy, c.hash_lb.maglev_table_size),
+            (LbPolicy::Maglev, 251)
+        );
+    }
+
+    #[test]
+    fn bad_hash_lb_configs_name_their_field() {
+        let cases = [
+            (
+                json!({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65536}}),
+                "c.maglev_lb_config.table_size: 65536 is not a prime number",
+            ),
+            (
+                json!({"maglev_lb_config": {"table_size": 5000101}}),
+                "c.maglev_lb_config.table_size: must be at most 5000011",
+            ),
+            (
+                json!({"ring_hash_lb_config": {"minimum_ring_size": 100, "maximum_ring_size": 10}}),
+                "c.ring_hash_lb_config: minimum_ring_size (100) > maximum_ring_size (10)",
+            ),
+            (
+                json!({"ring_hash_lb_config": {"maximum_ring_size": 8388609}}),
+                "c.ring_hash_lb_config.maximum_ring_size: must be at most 8388608",
+            ),
+            (
+                json!({"ring_hash_lb_config": {"hash_function": "MURMUR_HASH_2"}}),
+                "c.ring_hash_lb_config.hash_function: MURMUR_HASH_2 is not supported yet",
+            ),
+            (
+                json!({"ring_hash_lb_config": {"ring_size": 1}}),
+                "c.ring_hash_lb_config.ring_size: unknown field `ring_size`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let error = cluster_with(extra).unwrap_err().to_string();
+            assert!(error.starts_with(want), "want {want:?}, got {error:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    data_source, ip_address, route, timeout_or, wasm, Clusters, ConfigError, Result, TypedConfig,
+    data_source, fault, ip_address, route, timeout_or, wasm, Clusters, ConfigError, Result,
+    TypedConfig,
 };
 use crate::bootstrap::{
     self, FileAccessLog, Router, StreamAccessLog, SubstitutionFormatString, NOT_SUPPORTED,
@@ -24,6 +25,7 @@ const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 pub(super) const ROUTER_NAME: &str = "envoy.filters.http.router";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
@@ -146,13 +148,19 @@ fn http_connection_manager(
         .common_http_protocol_options
         .as_ref()
         .and_then(|c| c.idle_timeout);
+    let route_config = Arc::new(route::route_config(
+        &format!("{path}.route_config"),
+        route_config,
+        clusters,
+    )?);
+    for filter in &http_filters {
+        if let HttpFilterConfig::Fault(config) = filter {
+            fault::check_upstream_cluster(config, &route_config)?;
+        }
+    }
     Ok(HttpConnectionManager {
         codec_type: config.codec_type.unwrap_or(CodecType::Auto),
-        route_config: Arc::new(route::route_config(
-            &format!("{path}.route_config"),
-            route_config,
-            clusters,
-        )?),
+        route_config,
         access_logs,
         request_headers_timeout: config.request_headers_timeout.filter(|t| !t.is_zero()),
         stream_idle_timeout: timeout_or(config.stream_idle_timeout, Duration::from_secs(300)),
@@ -174,7 +182,8 @@ fn http_connection_manager(
     })
 }
 
-/// The router must come last (as Envoy requires); before it, wasm filters.
+/// The router must come last (as Envoy requires); before it, wasm and fault filters
+/// in the order given.
 fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<HttpFilterConfig>> {
     let Some(last) = filters.len().checked_sub(1) else {
         let message = format!("http_filters must end with {ROUTER_NAME}");
@@ -193,6 +202,10 @@ fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<Htt
                     }
                     WASM_TYPE => {
                         chain.push(HttpFilterConfig::Wasm(Arc::new(wasm::filter(&typed)?)));
+                        false
+                    }
+                    FAULT_TYPE => {
+                        chain.push(HttpFilterConfig::Fault(Arc::new(fault::filter(&typed)?)));
                         false
                     }
                     _ => return Err(typed.unsupported()),

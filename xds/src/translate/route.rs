@@ -11,9 +11,10 @@ use super::headers::{header_name, header_value, mutations};
 use super::{data_source, timeout_or, Clusters, ConfigError, Result};
 use crate::bootstrap::{self, RegexMatcher, RegexRewrite, NOT_SUPPORTED};
 use crate::model::{
-    ClusterSpecifier, HeaderMatchKind, HeaderMatcher, PathMatch, QueryParameterMatcher, Redirect,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch, RouteTarget,
-    StringMatchKind, StringMatcher, VirtualHost, VirtualHostIndex, WeightedCluster,
+    ClusterSpecifier, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher, PathMatch,
+    QueryParameterMatcher, Redirect, RetryOn, RetryPolicy, Route, RouteAction, RouteConfig,
+    RouteMatch, RouteTarget, StringMatchKind, StringMatcher, VirtualHost, VirtualHostIndex,
+    WeightedCluster,
 };
 
 /// What route translation needs from around it.
@@ -271,7 +272,10 @@ fn one_of<T>(
     }
 }
 
-fn header_matcher(path: &str, config: &bootstrap::HeaderMatcher) -> Result<HeaderMatcher> {
+pub(super) fn header_matcher(
+    path: &str,
+    config: &bootstrap::HeaderMatcher,
+) -> Result<HeaderMatcher> {
     let name_path = format!("{path}.name");
     if config.name.starts_with(':') {
         let message = format!("matching pseudo-header '{}' {NOT_SUPPORTED}", config.name);
@@ -435,7 +439,70 @@ fn route_target(
             .as_ref()
             .map(|p| retry_policy(&format!("{path}.retry_policy"), p).map(Arc::new))
             .transpose()?,
+        hash_policy: hash_policies(path, &config.hash_policy)?,
     })
+}
+
+/// `hash_policy`: each entry names exactly one input. `connection_properties` with
+/// `source_ip: false` hashes nothing, so it is dropped, as Envoy does.
+fn hash_policies(path: &str, configs: &[bootstrap::HashPolicy]) -> Result<Vec<HashPolicy>> {
+    let mut out = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        let path = format!("{path}.hash_policy[{i}]");
+        let kind = match (
+            &config.header,
+            &config.cookie,
+            &config.connection_properties,
+            &config.query_parameter,
+        ) {
+            (Some(header), None, None, None) => {
+                let name_path = format!("{path}.header.header_name");
+                if header.header_name.starts_with(':') {
+                    let message = format!(
+                        "hashing pseudo-header '{}' {NOT_SUPPORTED}",
+                        header.header_name
+                    );
+                    return Err(ConfigError::new(name_path, message));
+                }
+                HashPolicyKind::Header(header_name(&name_path, &header.header_name)?)
+            }
+            (None, Some(cookie), None, None) => {
+                if cookie.name.is_empty() {
+                    let message = "name is required";
+                    return Err(ConfigError::new(format!("{path}.cookie.name"), message));
+                }
+                HashPolicyKind::Cookie {
+                    name: cookie.name.clone(),
+                    ttl: cookie.ttl,
+                    path: cookie.path.clone(),
+                }
+            }
+            (None, None, Some(properties), None) if properties.source_ip => {
+                HashPolicyKind::SourceIp
+            }
+            (None, None, Some(_), None) => continue,
+            (None, None, None, Some(query)) => {
+                if query.name.is_empty() {
+                    let message = "name is required";
+                    return Err(ConfigError::new(
+                        format!("{path}.query_parameter.name"),
+                        message,
+                    ));
+                }
+                HashPolicyKind::QueryParameter(query.name.clone())
+            }
+            _ => {
+                let message = "exactly one of header, cookie, connection_properties, \
+                               query_parameter is required";
+                return Err(ConfigError::new(path, message));
+            }
+        };
+        out.push(HashPolicy {
+            kind,
+            terminal: config.terminal,
+        });
+    }
+    Ok(out)
 }
 
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -695,4 +762,71 @@ fn redirect_action(
         status: config.response_code.unwrap_or(301),
         strip_query: config.strip_query.unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod hash_policy_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn translate(items: serde_json::Value) -> Result<Vec<HashPolicy>> {
+        let configs: Vec<bootstrap::HashPolicy> = super::super::decode("r.hash_policy", &items)?;
+        hash_policies("r", &configs)
+    }
+
+    #[test]
+    fn hash_policies_translate_in_order() {
+        let got = translate(json!([
+            {"header": {"header_name": "X-User"}, "terminal": true},
+            {"cookie": {"name": "s", "ttl": "60s", "path": "/"}},
+            {"connection_properties": {"source_ip": true}},
+            {"connection_properties": {"source_ip": false}},
+            {"query_parameter": {"name": "id"}},
+        ]))
+        .unwrap();
+        let want = [
+            HashPolicyKind::Header(http::HeaderName::from_static("x-user")),
+            HashPolicyKind::Cookie {
+                name: "s".into(),
+                ttl: Some(Duration::from_secs(60)),
+                path: "/".into(),
+            },
+            HashPolicyKind::SourceIp,
+            HashPolicyKind::QueryParameter("id".into()),
+        ];
+        assert_eq!(got.iter().map(|p| p.kind.clone()).collect::<Vec<_>>(), want);
+        assert!(got[0].terminal && !got[1].terminal);
+    }
+
+    #[test]
+    fn bad_hash_policies_name_their_field() {
+        let cases = [
+            (
+                json!([{"header": {"header_name": "x", "regex_rewrite": {}}}]),
+                "r.hash_policy[0].header.regex_rewrite: regex_rewrite is not supported yet",
+            ),
+            (
+                json!([{"filter_state": {"key": "k"}}]),
+                "r.hash_policy[0].filter_state: filter_state is not supported yet",
+            ),
+            (
+                json!([{"cookie": {"name": "s", "ttl": "1s", "colour": 1}}]),
+                "r.hash_policy[0].cookie.colour: unknown field `colour`",
+            ),
+            (
+                json!([{"header": {"header_name": "x"}, "cookie": {"name": "s"}}]),
+                "r.hash_policy[0]: exactly one of header, cookie",
+            ),
+            (json!([{"terminal": true}]), "r.hash_policy[0]: exactly one of"),
+            (
+                json!([{"header": {"header_name": ":path"}}]),
+                "r.hash_policy[0].header.header_name: hashing pseudo-header ':path' is not supported yet",
+            ),
+        ];
+        for (items, want) in cases {
+            let error = translate(items).unwrap_err().to_string();
+            assert!(error.starts_with(want), "want {want:?}, got {error:?}");
+        }
+    }
 }

@@ -98,7 +98,7 @@ fn errors_name_paths() {
     let router_twice = format!("{router}\n          - name: envoy.filters.http.router");
     let cases: Vec<(&str, &str, String)> = vec![
         ("    filter_chains:", "    foo: 1\n    filter_chains:", "static_resources.listeners[0].foo: unknown field `foo`".into()),
-        ("lb_policy: ROUND_ROBIN", "lb_policy: MAGLEV", format!("{cluster}.lb_policy: MAGLEV is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "lb_policy: CLUSTER_PROVIDED", format!("{cluster}.lb_policy: CLUSTER_PROVIDED is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST", format!("{cluster}.lb_policy: unknown value \"FASTEST\", expected one of ROUND_ROBIN")),
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {}", format!("{cluster}.circuit_breakers: circuit_breakers is not supported yet")),
