@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use strait_xds::model::{self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy};
 
+use crate::breaker::Breakers;
 use crate::health::{self, HealthCheckStats, HealthState};
 use crate::lb::HashTable;
 use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
@@ -114,15 +115,16 @@ pub struct ClusterStats {
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_per_try_timeout: Counter,
     pub retry_or_shadow_abandoned: Counter,
-    /// Retries under way (scheduled, their outcome not yet decided), against Envoy's
-    /// default `max_retries` circuit breaker of 3; shared by every worker.
-    pub retries_active: Arc<AtomicU64>,
     pub upstream_cx_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
     pub upstream_cx_destroy_remote: Counter,
     pub upstream_rq_pending_total: Counter,
+    /// Requests refused by the `max_requests` or `max_pending_requests` breaker.
+    pub upstream_rq_pending_overflow: Counter,
+    /// Connections the `max_connections` breaker refused.
+    pub upstream_cx_overflow: Counter,
     pub upstream_cx_none_healthy: Counter,
     pub lb_healthy_panic: Counter,
     pub membership_healthy: Gauge,
@@ -153,13 +155,14 @@ impl ClusterStats {
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
-            retries_active: Arc::default(),
             upstream_cx_total: c("upstream_cx_total"),
             upstream_cx_active: store.gauge(&scope, "upstream_cx_active"),
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             lb_healthy_panic: c("lb_healthy_panic"),
             membership_healthy: store.gauge(&scope, "membership_healthy"),
@@ -187,6 +190,8 @@ pub struct ClusterRuntime {
     pub config: Arc<model::Cluster>,
     pub hosts: ArcSwap<HostSet>,
     pub stats: ClusterStats,
+    /// The circuit breakers, shared by every worker.
+    pub breakers: Breakers,
 }
 
 impl ClusterRuntime {
@@ -196,6 +201,11 @@ impl ClusterRuntime {
         let rt = Arc::new(ClusterRuntime {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             stats: ClusterStats::register(store, &config.name, config.health_check.is_some()),
+            breakers: Breakers::register(
+                store,
+                &Scope::cluster(&config.name),
+                &config.circuit_breakers,
+            ),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config,
         });

@@ -38,14 +38,18 @@ pub enum ProxyError {
     BadRequest { reason: &'static str },
     /// Request headers larger than `max_request_headers_kb`.
     HeadersTooLarge,
+    /// A cluster circuit breaker refused the request (`UO`); answered with
+    /// `x-envoy-overloaded: true`.
+    Overflow,
 }
 
 impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::NoCluster | ProxyError::NoHealthyUpstream => {
-                Side::Internal
-            }
+            ProxyError::NoRoute
+            | ProxyError::NoCluster
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::Overflow => Side::Internal,
             ProxyError::ConnectFailure { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout
@@ -62,7 +66,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::NoRoute => 404,
-            ProxyError::NoCluster | ProxyError::NoHealthyUpstream => 503,
+            ProxyError::NoCluster | ProxyError::NoHealthyUpstream | ProxyError::Overflow => 503,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
             ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => 504,
             ProxyError::StreamIdleTimeout | ProxyError::RequestTimeout => 408,
@@ -78,6 +82,7 @@ impl ProxyError {
             ProxyError::NoRoute => "NR",
             ProxyError::NoCluster => "NC",
             ProxyError::NoHealthyUpstream => "UH",
+            ProxyError::Overflow => "UO",
             ProxyError::ConnectFailure { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UR",
             ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => "UT",
@@ -96,6 +101,7 @@ impl ProxyError {
             ProxyError::NoRoute => "route_not_found",
             ProxyError::NoCluster => "cluster_not_found",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::Overflow => "upstream_reset_before_response_started{overflow}",
             ProxyError::ConnectFailure { .. } => {
                 "upstream_reset_before_response_started{connection_failure}"
             }
@@ -112,6 +118,12 @@ impl ProxyError {
         }
     }
 
+    /// Whether the reply carries `x-envoy-overloaded: true`, as Envoy's does when a
+    /// circuit breaker refused the request.
+    pub fn overloaded(&self) -> bool {
+        matches!(self, ProxyError::Overflow)
+    }
+
     /// The local reply body, worded as Envoy's so clients and people recognise it.
     pub fn body(&self) -> String {
         match self {
@@ -119,6 +131,9 @@ impl ProxyError {
                 String::new()
             }
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
+            ProxyError::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
+            }
             // Envoy's wording; the transport reason goes to the log and access log.
             ProxyError::ConnectFailure { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".into()

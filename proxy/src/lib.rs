@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod breaker;
 pub mod chain;
 pub mod cluster;
 pub mod conn;

@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::breaker::Slot;
 use crate::cluster::{ClusterRuntime, Host};
 use crate::error::ProxyError;
 use crate::runtime::FastMap;
@@ -113,7 +114,11 @@ pub async fn send(
     loop {
         let (mut sender, was_reused) = match reused.take() {
             Some(s) => (s, true),
-            None => (connect_h1(cluster, host).await?, false),
+            None => {
+                // Waiting for a new connection is Envoy's "pending".
+                let _pending = pending(cluster)?;
+                (connect_h1(cluster, host).await?, false)
+            }
         };
         if was_reused && sender.ready().await.is_err() {
             // Closed while idle: the request was not written, use a new connection.
@@ -188,6 +193,7 @@ async fn h2_sender(
         Err(pooled) => return Ok(pooled),
         Ok(c) => c,
     };
+    let _pending = pending(cluster)?;
     let result = connecting.clone().await;
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
@@ -229,8 +235,32 @@ fn checkout_h1(
     })
 }
 
-async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<TcpStream, ProxyError> {
+/// A place under the `max_pending_requests` breaker for a request that waits for a new
+/// connection; the overflow is counted and answered as Envoy does.
+fn pending(cluster: &ClusterRuntime) -> Result<Slot, ProxyError> {
     let stats = &cluster.stats;
+    stats.upstream_rq_pending_total.inc();
+    cluster.breakers.pending.try_acquire().ok_or_else(|| {
+        stats.upstream_rq_pending_overflow.inc();
+        ProxyError::Overflow
+    })
+}
+
+/// Opens a TCP connection under the `max_connections` breaker; the slot lives as long
+/// as the connection.
+///
+/// Envoy queues a request that finds the cluster at `max_connections` as pending until
+/// one of its worker's connections frees up (and still opens one connection to a host
+/// that has none). Strait's pools have no queue to wait in, so such a request is
+/// refused at once as a pending overflow: `upstream_cx_overflow` and
+/// `upstream_rq_pending_overflow` both count it, and it is answered 503 `UO`.
+async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<(TcpStream, Slot), ProxyError> {
+    let stats = &cluster.stats;
+    let Some(slot) = cluster.breakers.connections.try_acquire() else {
+        stats.upstream_cx_overflow.inc();
+        stats.upstream_rq_pending_overflow.inc();
+        return Err(ProxyError::Overflow);
+    };
     let connect = TcpStream::connect(host.addr);
     let stream = match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
@@ -252,22 +282,25 @@ async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<TcpStream, Pro
     };
     let _ = stream.set_nodelay(true);
     stats.upstream_cx_total.inc();
-    Ok(stream)
+    Ok((stream, slot))
 }
 
 /// Counts a connection as active until its task ends.
+/// Holds the connection's place under `max_connections` until its task ends.
 struct ActiveConn {
     cluster_gauge: crate::stats::Gauge,
     host: Arc<Host>,
+    _slot: Slot,
 }
 
 impl ActiveConn {
-    fn new(cluster: &ClusterRuntime, host: &Arc<Host>) -> ActiveConn {
+    fn new(cluster: &ClusterRuntime, host: &Arc<Host>, slot: Slot) -> ActiveConn {
         cluster.stats.upstream_cx_active.inc();
         host.cx_active.fetch_add(1, Ordering::Relaxed);
         ActiveConn {
             cluster_gauge: cluster.stats.upstream_cx_active.clone(),
             host: host.clone(),
+            _slot: slot,
         }
     }
 }
@@ -283,13 +316,13 @@ async fn connect_h1(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-    let stream = connect(cluster, host).await?;
+    let (stream, slot) = connect(cluster, host).await?;
     let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| reset_error(&e))?;
-    let active = ActiveConn::new(cluster, host);
+    let active = ActiveConn::new(cluster, host, slot);
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -303,7 +336,7 @@ async fn connect_h2(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let stream = connect(cluster, host).await?;
+    let (stream, slot) = connect(cluster, host).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
@@ -312,7 +345,7 @@ async fn connect_h2(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| reset_error(&e))?;
-    let active = ActiveConn::new(cluster, host);
+    let active = ActiveConn::new(cluster, host, slot);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream h2 connection ended");

@@ -8,8 +8,6 @@
 //! the cap). A per-try timeout counts as a reset (`5xx`, `gateway-error` and `reset`
 //! retry it); a connect failure is retried by those three and by `connect-failure`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Response};
@@ -208,29 +206,6 @@ pub fn outcome(
     })
 }
 
-/// A place in the cluster's retry budget: Envoy's default `max_retries` circuit
-/// breaker allows 3 retries under way at once per cluster.
-pub struct RetrySlot(Arc<AtomicU64>);
-
-const MAX_RETRIES_UNDER_WAY: u64 = 3;
-
-impl RetrySlot {
-    pub fn take(active: &Arc<AtomicU64>) -> Option<RetrySlot> {
-        active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_RETRIES_UNDER_WAY).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| RetrySlot(active.clone()))
-    }
-}
-
-impl Drop for RetrySlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,21 +342,6 @@ mod tests {
         assert_eq!(
             RetryState::new(Some(&p), garbage).expect("state").remaining,
             1
-        );
-    }
-
-    #[test]
-    fn at_most_three_retries_under_way() {
-        let active = Arc::new(AtomicU64::new(0));
-        let slots: Vec<_> = (0..3).map(|_| RetrySlot::take(&active)).collect();
-        assert!(slots.iter().all(Option::is_some));
-        assert!(RetrySlot::take(&active).is_none(), "the fourth overflows");
-        drop(slots);
-        assert!(RetrySlot::take(&active).is_some());
-        assert_eq!(
-            active.load(Ordering::Relaxed),
-            0,
-            "dropped with its temporary"
         );
     }
 

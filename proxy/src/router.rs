@@ -20,12 +20,13 @@ use strait_filters::LocalReply;
 use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
 
 use crate::body::{ByteCount, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
+use crate::breaker::Slot;
 use crate::chain::{ChainHandle, ChainId, Verdict};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
 use crate::pool;
-use crate::retry::{self, Decision, RetryHeaders, RetrySlot, RetryState};
+use crate::retry::{self, Decision, RetryHeaders, RetryState};
 use crate::runtime::{FastMap, ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
 
@@ -37,6 +38,7 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 thread_local! {
@@ -447,8 +449,8 @@ async fn proxy<'a>(
     let mut host = host;
     let mut tried: Vec<Arc<crate::cluster::Host>> = Vec::new();
     let mut attempt: u32 = 1;
-    // Holds a place in the cluster's `max_retries` budget while a retry is under way.
-    let mut retry_slot: Option<RetrySlot> = None;
+    // Holds a place under the cluster's `max_retries` breaker while a retry is under way.
+    let mut retry_slot: Option<Slot> = None;
     let (mut resp, lease) = loop {
         let mut head = match first_head.take() {
             Some(parts) => parts,
@@ -470,13 +472,19 @@ async fn proxy<'a>(
                 .as_ref()
                 .map_or(RequestBody::Empty, ReplayHandle::next_attempt)
         });
-        let send = pool::send(
-            &cluster,
-            &host,
-            h2,
-            upgrade.is_some(),
-            Request::from_parts(head, body),
-        );
+        // Each attempt holds a place under `max_requests` until its response ends.
+        let request_slot = cluster.breakers.requests.try_acquire();
+        let overflow = request_slot.is_none();
+        if overflow {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+        }
+        let request = Request::from_parts(head, body);
+        let send = async {
+            match overflow {
+                true => Err(ProxyError::Overflow),
+                false => pool::send(&cluster, &host, h2, upgrade.is_some(), request).await,
+            }
+        };
         let per_try = async {
             match per_try_timeout {
                 Some(d) => tokio::time::sleep(d).await,
@@ -524,12 +532,17 @@ async fn proxy<'a>(
         let backoff = account(decision, &cluster, guard, &mut retry_slot);
         let Some(backoff) = backoff else {
             match sent {
-                Ok(sent) => break sent,
+                Ok(sent) => {
+                    guard.request_slot = request_slot;
+                    break sent;
+                }
                 Err(error) => return Err(fail(error)),
             }
         };
-        // The failed attempt's response (and its connection) is dropped unread.
+        // The failed attempt's response (and its connection) is dropped unread, and
+        // its place under `max_requests` given back.
         drop(sent);
+        drop(request_slot);
         let wait = tokio::time::sleep(backoff);
         match &mut timers {
             Some(t) => tokio::select! {
@@ -629,16 +642,17 @@ fn pick_host(
 }
 
 /// Counts a retry decision where Envoy does and returns the backoff when the request
-/// is to be retried, holding a place in the cluster's retry budget in `retry_slot`.
+/// is to be retried, holding a place under the cluster's `max_retries` breaker in
+/// `retry_slot`.
 fn account(
     decision: Decision,
     cluster: &crate::cluster::ClusterRuntime,
     guard: &mut StreamGuard,
-    retry_slot: &mut Option<RetrySlot>,
+    retry_slot: &mut Option<Slot>,
 ) -> Option<std::time::Duration> {
     let stats = &cluster.stats;
     match decision {
-        Decision::Retry { backoff } => match RetrySlot::take(&stats.retries_active) {
+        Decision::Retry { backoff } => match cluster.breakers.retries.try_acquire() {
             Some(slot) => {
                 *retry_slot = Some(slot);
                 stats.upstream_rq_retry.inc();
@@ -866,6 +880,10 @@ fn local_reply(
     if failure.close {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if err.overloaded() {
+        resp.headers_mut()
+            .insert(&X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
     }
     guard.set_flag(err.flag());
     finish_local(resp, listener, failure.mutations, guard, err.details())

@@ -47,6 +47,9 @@ pub struct StreamGuard {
     pub log: Option<Box<LogInfo>>,
     /// The stream's HTTP filters; dropped after `record`, which runs their `on_log`.
     pub chain: Option<crate::chain::ChainHandle>,
+    /// The answered attempt's place under the cluster's `max_requests` breaker, held
+    /// until the response ends.
+    pub request_slot: Option<crate::breaker::Slot>,
 }
 
 impl StreamGuard {
@@ -67,6 +70,7 @@ impl StreamGuard {
             response_started: None,
             log: None,
             chain: None,
+            request_slot: None,
         }
     }
 

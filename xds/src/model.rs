@@ -636,6 +636,36 @@ pub struct Cluster {
     /// `common_lb_config.healthy_panic_threshold`, a percentage (default 50): below
     /// that share of healthy hosts the load balancer ignores health.
     pub healthy_panic_threshold: f64,
+    /// `circuit_breakers`, the DEFAULT priority's thresholds (Envoy's defaults unless set).
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// `config.cluster.v3.CircuitBreakers.Thresholds` for priority DEFAULT: limits shared by
+/// every worker, counted per cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Connections open (or opening) to all hosts; default 1024.
+    pub max_connections: u32,
+    /// Requests waiting for a connection; default 1024.
+    pub max_pending_requests: u32,
+    /// Requests under way upstream (each attempt); default 1024.
+    pub max_requests: u32,
+    /// Retries under way; default 3.
+    pub max_retries: u32,
+    /// Publish `circuit_breakers.default.remaining_*` gauges.
+    pub track_remaining: bool,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
 }
 
 /// `config.core.v3.HealthCheck`.

@@ -43,7 +43,7 @@ pub struct Cluster {
     pub typed_extension_protocol_options: BTreeMap<String, Value>,
     pub metadata: Option<IgnoredAny>,
     pub alt_stat_name: Option<IgnoredAny>,
-    pub circuit_breakers: Option<Unsupported>,
+    pub circuit_breakers: Option<CircuitBreakers>,
     pub outlier_detection: Option<Unsupported>,
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
@@ -303,4 +303,40 @@ pub struct ProtocolChoice {
     pub http_protocol_options: Option<Http1ProtocolOptions>,
     pub http2_protocol_options: Option<Http2ProtocolOptions>,
     pub http3_protocol_options: Option<Unsupported>,
+}
+
+/// `config.cluster.v3.CircuitBreakers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default)]
+    pub thresholds: Vec<Thresholds>,
+    pub per_host_thresholds: Option<Unsupported>,
+}
+
+/// `CircuitBreakers.Thresholds`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub priority: Option<RoutingPriority>,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub track_remaining: bool,
+    pub retry_budget: Option<Unsupported>,
+    pub max_connection_pools: Option<Unsupported>,
+}
+
+/// `config.core.v3.RoutingPriority`: only DEFAULT so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingPriority {
+    Default,
+}
+
+impl ProtoEnum for RoutingPriority {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] =
+        &[("DEFAULT", 0, Some(Self::Default)), ("HIGH", 1, None)];
 }

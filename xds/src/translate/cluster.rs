@@ -10,8 +10,8 @@ use super::{
 };
 use crate::bootstrap::{self, CodecClientType, HttpProtocolOptions, ProtocolChoice};
 use crate::model::{
-    Cluster, Discovery, DnsLookupFamily, Endpoint, HashLbConfig, HealthCheck, HealthCheckKind,
-    HttpHealthCheck, LbPolicy, UpstreamProtocol,
+    CircuitBreakers, Cluster, Discovery, DnsLookupFamily, Endpoint, HashLbConfig, HealthCheck,
+    HealthCheckKind, HttpHealthCheck, LbPolicy, UpstreamProtocol,
 };
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -70,7 +70,25 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         endpoints: endpoints(path, discovery, config.load_assignment.as_ref())?,
         health_check: health_check(path, &config.health_checks)?,
         healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
+        circuit_breakers: circuit_breakers(config.circuit_breakers.as_ref()),
     })
+}
+
+/// `circuit_breakers.thresholds`: Envoy's defaults for each field left unset. As in
+/// Envoy, the first entry for a priority wins (every accepted entry is DEFAULT).
+fn circuit_breakers(config: Option<&bootstrap::CircuitBreakers>) -> CircuitBreakers {
+    let mut out = CircuitBreakers::default();
+    let Some(config) = config else {
+        return out;
+    };
+    if let Some(t) = config.thresholds.first() {
+        out.max_connections = t.max_connections.unwrap_or(out.max_connections);
+        out.max_pending_requests = t.max_pending_requests.unwrap_or(out.max_pending_requests);
+        out.max_requests = t.max_requests.unwrap_or(out.max_requests);
+        out.max_retries = t.max_retries.unwrap_or(out.max_retries);
+        out.track_remaining = t.track_remaining;
+    }
+    out
 }
 
 /// Envoy's largest ring (`maximum_ring_size`'s validation bound) and Maglev table.

@@ -101,7 +101,11 @@ fn errors_name_paths() {
         ("lb_policy: ROUND_ROBIN", "lb_policy: CLUSTER_PROVIDED", format!("{cluster}.lb_policy: CLUSTER_PROVIDED is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST", format!("{cluster}.lb_policy: unknown value \"FASTEST\", expected one of ROUND_ROBIN")),
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
-        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {}", format!("{cluster}.circuit_breakers: circuit_breakers is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{priority: HIGH}]}", format!("{cluster}.circuit_breakers.thresholds[0].priority: HIGH is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{retry_budget: {}}]}", format!("{cluster}.circuit_breakers.thresholds[0].retry_budget: retry_budget is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {per_host_thresholds: []}", format!("{cluster}.circuit_breakers.per_host_thresholds: per_host_thresholds is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_requests: -1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_requests: invalid value")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_conections: 1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_conections: unknown field `max_conections`")),
         ("route: {cluster: web}", "route: {cluster: nope}", format!("{routes}.route.cluster: unknown cluster 'nope'")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_priority: {}}}", format!("{routes}.route.retry_policy.retry_priority: retry_priority is not supported yet")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {rate_limited_retry_back_off: {}}}", format!("{routes}.route.retry_policy.rate_limited_retry_back_off: rate_limited_retry_back_off is not supported yet")),
@@ -186,6 +190,33 @@ fn duplicate_listeners() {
         error.to_string(),
         "static_resources.listeners[1].name: duplicate listener name 'main'"
     );
+}
+
+#[test]
+fn circuit_breakers_default_and_first_entry_wins() {
+    let snapshot = snapshot_from_yaml(BASE).unwrap();
+    let defaults = snapshot.clusters["web"].circuit_breakers;
+    assert_eq!(defaults, crate::model::CircuitBreakers::default());
+    assert_eq!(
+        (
+            defaults.max_connections,
+            defaults.max_pending_requests,
+            defaults.max_requests,
+            defaults.max_retries
+        ),
+        (1024, 1024, 1024, 3)
+    );
+    let text = edited(
+        "lb_policy: ROUND_ROBIN",
+        "lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{priority: DEFAULT, max_requests: 2, max_retries: 0, track_remaining: true}, {max_requests: 9}]}",
+    );
+    let set = snapshot_from_yaml(&text).unwrap().clusters["web"].circuit_breakers;
+    assert_eq!((set.max_requests, set.max_retries), (2, 0));
+    assert_eq!(
+        (set.max_connections, set.max_pending_requests),
+        (1024, 1024)
+    );
+    assert!(set.track_remaining);
 }
 
 #[test]

@@ -1,0 +1,146 @@
+//! Envoy's cluster circuit breakers (`circuit_breakers.thresholds`, priority DEFAULT):
+//! four counts shared by every worker, each against its limit.
+//!
+//! A place under a limit is a [`Slot`]: taken with [`Limit::try_acquire`] and given
+//! back when dropped, so every path counts up and down exactly once.
+//!
+//! | limit         | held while                                   | overflow counts            |
+//! |---------------|----------------------------------------------|----------------------------|
+//! | `connections` | an upstream connection is opening or open    | `upstream_cx_overflow`     |
+//! | `pending`     | a request waits for a new connection         | `upstream_rq_pending_overflow` |
+//! | `requests`    | an attempt is under way, until its response ends | `upstream_rq_pending_overflow` |
+//! | `retries`     | a retry is scheduled, until its outcome is in | `upstream_rq_retry_overflow` |
+//!
+//! Each limit publishes `circuit_breakers.default.<x>_open` (1 while at the limit) and,
+//! with `track_remaining`, `circuit_breakers.default.remaining_<x>`, as Envoy names them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use strait_xds::model::CircuitBreakers;
+
+use crate::stats::{Gauge, Scope, Store};
+
+/// One count and its limit.
+#[derive(Debug)]
+pub struct Limit {
+    active: AtomicU64,
+    max: u64,
+    open: Gauge,
+    remaining: Option<Gauge>,
+}
+
+impl Limit {
+    fn new(max: u32, open: Gauge, remaining: Option<Gauge>) -> Arc<Limit> {
+        let limit = Limit {
+            active: AtomicU64::new(0),
+            max: u64::from(max),
+            open,
+            remaining,
+        };
+        limit.publish(0);
+        Arc::new(limit)
+    }
+
+    /// A place under the limit, or `None` when the limit is reached (overflow).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max;
+        let before = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.publish(before + 1);
+        Some(Slot(self.clone()))
+    }
+
+    /// How many places are taken now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Sets the gauges for `active` places taken. Concurrent changes may publish out
+    /// of order for an instant; the next change corrects it.
+    fn publish(&self, active: u64) {
+        self.open.set(i64::from(active >= self.max));
+        if let Some(r) = &self.remaining {
+            r.set(self.max.saturating_sub(active) as i64);
+        }
+    }
+}
+
+/// A place held under a [`Limit`]; given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<Limit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.publish(before - 1);
+    }
+}
+
+/// A cluster's four breakers.
+#[derive(Debug)]
+pub struct Breakers {
+    pub connections: Arc<Limit>,
+    pub pending: Arc<Limit>,
+    pub requests: Arc<Limit>,
+    pub retries: Arc<Limit>,
+}
+
+impl Breakers {
+    pub fn register(store: &Store, scope: &Scope, config: &CircuitBreakers) -> Breakers {
+        let limit = |max: u32, open: &str, remaining: &str| {
+            let open = store.gauge(scope, &format!("circuit_breakers.default.{open}"));
+            let remaining = config
+                .track_remaining
+                .then(|| store.gauge(scope, &format!("circuit_breakers.default.{remaining}")));
+            Limit::new(max, open, remaining)
+        };
+        Breakers {
+            connections: limit(config.max_connections, "cx_open", "remaining_cx"),
+            pending: limit(
+                config.max_pending_requests,
+                "rq_pending_open",
+                "remaining_pending",
+            ),
+            requests: limit(config.max_requests, "rq_open", "remaining_rq"),
+            retries: limit(config.max_retries, "rq_retry_open", "remaining_retries"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_up_and_down_once() {
+        let open = Gauge::default();
+        let remaining = Gauge::default();
+        let limit = Limit::new(3, open.clone(), Some(remaining.clone()));
+        assert_eq!(remaining.value(), 3);
+        let slots: Vec<_> = (0..3).map(|_| limit.try_acquire()).collect();
+        assert!(slots.iter().all(Option::is_some));
+        assert_eq!(open.value(), 1, "at the limit");
+        assert_eq!(remaining.value(), 0);
+        assert!(limit.try_acquire().is_none(), "the fourth overflows");
+        assert_eq!(limit.active(), 3, "an overflow takes nothing");
+        drop(slots);
+        assert_eq!(limit.active(), 0);
+        assert_eq!(open.value(), 0);
+        assert_eq!(remaining.value(), 3);
+        assert!(limit.try_acquire().is_some());
+        assert_eq!(limit.active(), 0, "dropped with its temporary");
+    }
+
+    #[test]
+    fn zero_allows_nothing() {
+        let open = Gauge::default();
+        let limit = Limit::new(0, open.clone(), None);
+        assert_eq!(open.value(), 1, "a zero limit is always open");
+        assert!(limit.try_acquire().is_none());
+    }
+}
