@@ -189,10 +189,13 @@ fn server_info(proxy: &Proxy) -> serde_json::Value {
 /// Envoy's `HostUtility::healthFlagsToString`: `healthy`, or each flag set.
 fn health_flags(host: &Host) -> &'static str {
     let state = *host.health.lock();
-    match (host.is_healthy(), state.pending) {
-        (true, _) => "healthy",
-        (false, false) => "/failed_active_hc",
-        (false, true) => "/failed_active_hc/pending_active_hc",
+    match (host.is_healthy(), state.pending, host.outlier.is_ejected()) {
+        (true, _, false) => "healthy",
+        (true, _, true) => "/failed_outlier_check",
+        (false, false, false) => "/failed_active_hc",
+        (false, false, true) => "/failed_active_hc/failed_outlier_check",
+        (false, true, false) => "/failed_active_hc/pending_active_hc",
+        (false, true, true) => "/failed_active_hc/failed_outlier_check/pending_active_hc",
     }
 }
 
@@ -205,6 +208,9 @@ fn health_status(host: &Host) -> serde_json::Value {
     }
     if host.health.lock().pending {
         status["pending_active_hc"] = json!(true);
+    }
+    if host.outlier.is_ejected() {
+        status["failed_outlier_check"] = json!(true);
     }
     status
 }

@@ -261,6 +261,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             tokio::spawn(admin::serve(l, proxy.clone()));
         }
         tokio::spawn(dns_refresh(proxy.clone()));
+        tokio::spawn(crate::outlier::run(proxy.shared.clone()));
         crate::reload::watch(proxy.clone(), shutdown_tx)?;
 
         let kind = shutdown_rx.recv().await.unwrap_or(ShutdownKind::Immediate);

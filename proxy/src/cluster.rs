@@ -12,6 +12,7 @@ use strait_xds::model::{self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy
 use crate::breaker::Breakers;
 use crate::health::{self, HealthCheckStats, HealthState};
 use crate::lb::HashTable;
+use crate::outlier::{HostOutlier, OutlierStats};
 use crate::stats::{Counter, Gauge, Histogram, Scope, Store};
 
 /// One upstream address and its live counters, shared by every worker.
@@ -32,6 +33,8 @@ pub struct Host {
     healthy: AtomicBool,
     /// The checker's bookkeeping; only the main thread touches it.
     pub health: parking_lot::Mutex<HealthState>,
+    /// Outlier detection's counters and ejection, shared by every worker.
+    pub outlier: HostOutlier,
 }
 
 impl Host {
@@ -47,11 +50,19 @@ impl Host {
             rq_error: AtomicU64::new(0),
             cx_active: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            outlier: HostOutlier::default(),
         }
     }
 
+    /// The active health checker's verdict.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the load balancers may pick the host outside panic: healthy and not
+    /// ejected by outlier detection.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.outlier.is_ejected()
     }
 
     /// Records a health checker's new state; returns whether health flipped.
@@ -89,7 +100,7 @@ impl HostSet {
         let weights: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.addr, h.weight)).collect();
         let hash_table = HashTable::build(lb.0, lb.1, &weights);
         let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-        let healthy = hosts.iter().filter(|h| h.is_healthy()).count();
+        let healthy = hosts.iter().filter(|h| h.is_available()).count();
         HostSet {
             hosts,
             uniform,
@@ -131,10 +142,12 @@ pub struct ClusterStats {
     pub membership_total: Gauge,
     /// `cluster.<name>.health_check.*`, only for clusters with a health check (as Envoy).
     pub health_check: Option<HealthCheckStats>,
+    /// `cluster.<name>.outlier_detection.*`, only for clusters with outlier detection.
+    pub outlier: Option<OutlierStats>,
 }
 
 impl ClusterStats {
-    fn register(store: &Store, name: &str, health_checked: bool) -> ClusterStats {
+    fn register(store: &Store, name: &str, health_checked: bool, outlier: bool) -> ClusterStats {
         let scope = Scope::cluster(name);
         let c = |n: &str| store.counter(&scope, n);
         ClusterStats {
@@ -168,6 +181,7 @@ impl ClusterStats {
             membership_healthy: store.gauge(&scope, "membership_healthy"),
             membership_total: store.gauge(&scope, "membership_total"),
             health_check: health_checked.then(|| HealthCheckStats::register(store, &scope)),
+            outlier: outlier.then(|| OutlierStats::register(store, &scope)),
         }
     }
 
@@ -192,6 +206,8 @@ pub struct ClusterRuntime {
     pub stats: ClusterStats,
     /// The circuit breakers, shared by every worker.
     pub breakers: Breakers,
+    /// Serializes ejection decisions, so the max-ejection-percent cap holds.
+    pub outlier_lock: parking_lot::Mutex<()>,
 }
 
 impl ClusterRuntime {
@@ -200,7 +216,13 @@ impl ClusterRuntime {
     pub async fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<ClusterRuntime> {
         let rt = Arc::new(ClusterRuntime {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            stats: ClusterStats::register(store, &config.name, config.health_check.is_some()),
+            stats: ClusterStats::register(
+                store,
+                &config.name,
+                config.health_check.is_some(),
+                config.outlier_detection.is_some(),
+            ),
+            outlier_lock: parking_lot::Mutex::new(()),
             breakers: Breakers::register(
                 store,
                 &Scope::cluster(&config.name),
@@ -221,11 +243,12 @@ impl ClusterRuntime {
     /// load balancers read and the membership gauges.
     pub fn recount(&self) {
         let set = self.hosts.load();
-        let healthy = set.hosts.iter().filter(|h| h.is_healthy()).count();
-        set.healthy.store(healthy, Ordering::Relaxed);
-        self.stats.membership_healthy.set(healthy as i64);
+        let available = set.hosts.iter().filter(|h| h.is_available()).count();
+        set.healthy.store(available, Ordering::Relaxed);
+        self.stats.membership_healthy.set(available as i64);
         self.stats.membership_total.set(set.hosts.len() as i64);
         if let Some(hc) = &self.stats.health_check {
+            let healthy = set.hosts.iter().filter(|h| h.is_healthy()).count();
             hc.healthy.set(healthy as i64);
         }
     }

@@ -49,7 +49,7 @@ impl LbState {
             0 => return None,
             _ => false,
         };
-        let eligible = |h: &Host| every_host || h.is_healthy();
+        let eligible = |h: &Host| every_host || h.is_available();
         match hosts.len() {
             0 => return None,
             1 => return eligible(&hosts[0]).then(|| hosts[0].clone()),

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod health;
 pub mod lb;
 pub mod listener;
+pub mod outlier;
 pub mod pool;
 pub mod reload;
 pub mod retry;

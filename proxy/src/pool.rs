@@ -267,6 +267,7 @@ async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<(TcpStream, Sl
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
             host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            crate::outlier::report(cluster, host, 503);
             return Err(ProxyError::ConnectFailure {
                 reason: format!("delayed connect error: {}", io_reason(&e)),
             });
@@ -275,6 +276,7 @@ async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<(TcpStream, Sl
             stats.upstream_cx_connect_fail.inc();
             stats.upstream_cx_connect_timeout.inc();
             host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            crate::outlier::report(cluster, host, 503);
             return Err(ProxyError::ConnectFailure {
                 reason: "connection timeout".into(),
             });

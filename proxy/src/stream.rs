@@ -119,10 +119,11 @@ impl StreamGuard {
                 .upstream_rq_time
                 .record(self.start.elapsed().as_millis() as u64);
             stats.record_status(status);
-            if status >= 500 {
-                if let Some(h) = &up.host {
+            if let Some(h) = &up.host {
+                if status >= 500 {
                     h.rq_error.fetch_add(1, Ordering::Relaxed);
                 }
+                crate::outlier::report(&up.cluster, h, status);
             }
         }
     }

@@ -638,6 +638,31 @@ pub struct Cluster {
     pub healthy_panic_threshold: f64,
     /// `circuit_breakers`, the DEFAULT priority's thresholds (Envoy's defaults unless set).
     pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`: passive ejection of failing hosts, when configured.
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// `config.cluster.v3.OutlierDetection`, the consecutive-failure detectors, with
+/// Envoy's defaults filled in. Connect failures count as 503s (errors are not split
+/// by origin).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx before an ejection; default 5.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 before an ejection; default 5.
+    pub consecutive_gateway_failure: u32,
+    /// Percent chance a consecutive-5xx ejection is enforced; default 100.
+    pub enforcing_consecutive_5xx: u32,
+    /// Percent chance a gateway-failure ejection is enforced; default 0.
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// How often ejections are reconsidered; default 10 s.
+    pub interval: Duration,
+    /// Ejection time per time ejected; default 30 s.
+    pub base_ejection_time: Duration,
+    /// Longest ejection; default 300 s.
+    pub max_ejection_time: Duration,
+    /// Most hosts ejected at once, in percent; default 10.
+    pub max_ejection_percent: u32,
 }
 
 /// `config.cluster.v3.CircuitBreakers.Thresholds` for priority DEFAULT: limits shared by

@@ -44,7 +44,7 @@ pub struct Cluster {
     pub metadata: Option<IgnoredAny>,
     pub alt_stat_name: Option<IgnoredAny>,
     pub circuit_breakers: Option<CircuitBreakers>,
-    pub outlier_detection: Option<Unsupported>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
     pub transport_socket: Option<Unsupported>,
@@ -78,6 +78,41 @@ pub struct Cluster {
     pub preconnect_policy: Option<Unsupported>,
     pub connection_pool_per_downstream_connection: Option<Unsupported>,
     pub lrs_server: Option<Unsupported>,
+}
+
+/// `config.cluster.v3.OutlierDetection`: the consecutive-5xx and consecutive
+/// gateway-failure detectors, without split local-origin errors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_failure: Option<u32>,
+    pub enforcing_consecutive_5xx: Option<u32>,
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_ejection_time: Option<Duration>,
+    pub max_ejection_percent: Option<u32>,
+    pub split_external_local_origin_errors: Option<bool>,
+    pub enforcing_success_rate: Option<Unsupported>,
+    pub success_rate_minimum_hosts: Option<Unsupported>,
+    pub success_rate_request_volume: Option<Unsupported>,
+    pub success_rate_stdev_factor: Option<Unsupported>,
+    pub consecutive_local_origin_failure: Option<Unsupported>,
+    pub enforcing_consecutive_local_origin_failure: Option<Unsupported>,
+    pub enforcing_local_origin_success_rate: Option<Unsupported>,
+    pub failure_percentage_threshold: Option<Unsupported>,
+    pub enforcing_failure_percentage: Option<Unsupported>,
+    pub enforcing_failure_percentage_local_origin: Option<Unsupported>,
+    pub failure_percentage_minimum_hosts: Option<Unsupported>,
+    pub failure_percentage_request_volume: Option<Unsupported>,
+    pub max_ejection_time_jitter: Option<Unsupported>,
+    pub successful_active_health_check_uneject_host: Option<Unsupported>,
+    pub monitors: Option<Unsupported>,
+    pub always_eject_one_host: Option<Unsupported>,
 }
 
 /// `Cluster.CommonLbConfig`: only the panic threshold so far.

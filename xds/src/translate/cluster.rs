@@ -11,7 +11,7 @@ use super::{
 use crate::bootstrap::{self, CodecClientType, HttpProtocolOptions, ProtocolChoice};
 use crate::model::{
     CircuitBreakers, Cluster, Discovery, DnsLookupFamily, Endpoint, HashLbConfig, HealthCheck,
-    HealthCheckKind, HttpHealthCheck, LbPolicy, UpstreamProtocol,
+    HealthCheckKind, HttpHealthCheck, LbPolicy, OutlierDetection, UpstreamProtocol,
 };
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -71,7 +71,65 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         health_check: health_check(path, &config.health_checks)?,
         healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
         circuit_breakers: circuit_breakers(config.circuit_breakers.as_ref()),
+        outlier_detection: outlier_detection(path, config.outlier_detection.as_ref())?,
     })
+}
+
+/// `outlier_detection` with Envoy's defaults and checks.
+fn outlier_detection(
+    path: &str,
+    config: Option<&bootstrap::OutlierDetection>,
+) -> Result<Option<OutlierDetection>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let path = format!("{path}.outlier_detection");
+    if config.split_external_local_origin_errors == Some(true) {
+        return Err(ConfigError::new(
+            format!("{path}.split_external_local_origin_errors"),
+            "split_external_local_origin_errors: true is not supported yet",
+        ));
+    }
+    let percent = |field: &str, value: Option<u32>, default: u32| match value {
+        Some(v) if v > 100 => Err(ConfigError::new(
+            format!("{path}.{field}"),
+            format!("{v} is not a percentage between 0 and 100"),
+        )),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let positive = |field: &str, value: Option<Duration>, default: Duration| match value {
+        Some(v) if v.is_zero() => Err(ConfigError::new(
+            format!("{path}.{field}"),
+            "must be greater than 0",
+        )),
+        v => Ok(v.unwrap_or(default)),
+    };
+    Ok(Some(OutlierDetection {
+        consecutive_5xx: config.consecutive_5xx.unwrap_or(5),
+        consecutive_gateway_failure: config.consecutive_gateway_failure.unwrap_or(5),
+        enforcing_consecutive_5xx: percent(
+            "enforcing_consecutive_5xx",
+            config.enforcing_consecutive_5xx,
+            100,
+        )?,
+        enforcing_consecutive_gateway_failure: percent(
+            "enforcing_consecutive_gateway_failure",
+            config.enforcing_consecutive_gateway_failure,
+            0,
+        )?,
+        interval: positive("interval", config.interval, Duration::from_secs(10))?,
+        base_ejection_time: positive(
+            "base_ejection_time",
+            config.base_ejection_time,
+            Duration::from_secs(30),
+        )?,
+        max_ejection_time: positive(
+            "max_ejection_time",
+            config.max_ejection_time,
+            Duration::from_secs(300),
+        )?,
+        max_ejection_percent: percent("max_ejection_percent", config.max_ejection_percent, 10)?,
+    }))
 }
 
 /// `circuit_breakers.thresholds`: Envoy's defaults for each field left unset. As in
@@ -540,6 +598,47 @@ mod tests {
             (
                 json!({"ring_hash_lb_config": {"ring_size": 1}}),
                 "c.ring_hash_lb_config.ring_size: unknown field `ring_size`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let error = cluster_with(extra).unwrap_err().to_string();
+            assert!(error.starts_with(want), "want {want:?}, got {error:?}");
+        }
+    }
+
+    #[test]
+    fn outlier_detection_translates_with_envoy_defaults() {
+        let c = cluster_with(json!({"outlier_detection": {}})).unwrap();
+        let od = c.outlier_detection.unwrap();
+        assert_eq!(od.consecutive_5xx, 5);
+        assert_eq!(od.consecutive_gateway_failure, 5);
+        assert_eq!(od.enforcing_consecutive_5xx, 100);
+        assert_eq!(od.enforcing_consecutive_gateway_failure, 0);
+        assert_eq!(od.interval, Duration::from_secs(10));
+        assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(od.max_ejection_time, Duration::from_secs(300));
+        assert_eq!(od.max_ejection_percent, 10);
+        assert!(cluster_with(json!({})).unwrap().outlier_detection.is_none());
+    }
+
+    #[test]
+    fn bad_outlier_detection_names_its_field() {
+        let cases = [
+            (
+                json!({"outlier_detection": {"success_rate_minimum_hosts": 3}}),
+                "c.outlier_detection.success_rate_minimum_hosts: success_rate_minimum_hosts is not supported yet",
+            ),
+            (
+                json!({"outlier_detection": {"split_external_local_origin_errors": true}}),
+                "c.outlier_detection.split_external_local_origin_errors: split_external_local_origin_errors: true is not supported yet",
+            ),
+            (
+                json!({"outlier_detection": {"max_ejection_percent": 101}}),
+                "c.outlier_detection.max_ejection_percent: 101 is not a percentage",
+            ),
+            (
+                json!({"outlier_detection": {"interval": "0s"}}),
+                "c.outlier_detection.interval: must be greater than 0",
             ),
         ];
         for (extra, want) in cases {

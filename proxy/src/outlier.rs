@@ -1,0 +1,224 @@
+//! Outlier detection (Envoy's consecutive-5xx and consecutive gateway-failure
+//! detectors): workers count each host's upstream outcomes in the host's atomics and
+//! eject it when a threshold is reached; the main thread's interval task brings
+//! ejected hosts back once their ejection time has passed.
+//!
+//! Errors are not split by origin (`split_external_local_origin_errors: false`), so a
+//! connect failure counts as a 503, as in Envoy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use strait_xds::model::OutlierDetection;
+
+use crate::cluster::{ClusterRuntime, Host};
+use crate::stats::{Counter, Gauge, Scope, Store};
+
+/// A host's outlier bookkeeping, shared by every worker.
+#[derive(Debug, Default)]
+pub struct HostOutlier {
+    ejected: AtomicBool,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway_failure: AtomicU32,
+    /// How many times ejected (decays while the host behaves); scales ejection time.
+    num_ejections: AtomicU32,
+    /// Milliseconds since `epoch()` when the current ejection ends.
+    eject_until: AtomicU64,
+    /// Milliseconds since `epoch()` of the last un-ejection.
+    last_unejected: AtomicU64,
+}
+
+impl HostOutlier {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+}
+
+/// `cluster.<name>.outlier_detection.*`, for clusters with outlier detection.
+#[derive(Clone)]
+pub struct OutlierStats {
+    pub ejections_active: Gauge,
+    pub ejections_total: Counter,
+    pub ejections_overflow: Counter,
+    pub ejections_enforced_total: Counter,
+    pub ejections_consecutive_5xx: Counter,
+    pub ejections_detected_consecutive_5xx: Counter,
+    pub ejections_enforced_consecutive_5xx: Counter,
+    pub ejections_detected_consecutive_gateway_failure: Counter,
+    pub ejections_enforced_consecutive_gateway_failure: Counter,
+}
+
+impl OutlierStats {
+    pub fn register(store: &Store, cluster: &Scope) -> OutlierStats {
+        let c = |n: &str| store.counter(cluster, &format!("outlier_detection.{n}"));
+        OutlierStats {
+            ejections_active: store.gauge(cluster, "outlier_detection.ejections_active"),
+            ejections_total: c("ejections_total"),
+            ejections_overflow: c("ejections_overflow"),
+            ejections_enforced_total: c("ejections_enforced_total"),
+            ejections_consecutive_5xx: c("ejections_consecutive_5xx"),
+            ejections_detected_consecutive_5xx: c("ejections_detected_consecutive_5xx"),
+            ejections_enforced_consecutive_5xx: c("ejections_enforced_consecutive_5xx"),
+            ejections_detected_consecutive_gateway_failure: c(
+                "ejections_detected_consecutive_gateway_failure",
+            ),
+            ejections_enforced_consecutive_gateway_failure: c(
+                "ejections_enforced_consecutive_gateway_failure",
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Consecutive5xx,
+    GatewayFailure,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Records an upstream response status from `host` (a connect failure is 503).
+pub fn report(cluster: &ClusterRuntime, host: &Host, status: u16) {
+    let Some(config) = &cluster.config.outlier_detection else {
+        return;
+    };
+    let o = &host.outlier;
+    if !(500..600).contains(&status) {
+        o.consecutive_5xx.store(0, Ordering::Relaxed);
+        o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+        return;
+    }
+    if matches!(status, 502..=504) {
+        let n = o
+            .consecutive_gateway_failure
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if n == config.consecutive_gateway_failure {
+            on_threshold(cluster, config, host, Kind::GatewayFailure);
+        }
+    } else {
+        o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+    }
+    let n = o.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == config.consecutive_5xx {
+        on_threshold(cluster, config, host, Kind::Consecutive5xx);
+    }
+}
+
+/// Envoy's `DetectorImpl::ejectHost`: a host already ejected is left alone; the
+/// max-ejection-percent cap is checked against the hosts ejected before this one
+/// (and, as Envoy, a host is always ejected when none is); then the
+/// enforcement percentage decides whether the ejection happens.
+fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host, kind: Kind) {
+    let Some(stats) = &cluster.stats.outlier else {
+        return;
+    };
+    let _decide = cluster.outlier_lock.lock();
+    if host.outlier.is_ejected() {
+        return;
+    }
+    let set = cluster.hosts.load();
+    let total = set.hosts.len().max(1);
+    let active = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
+    let enforcing = match kind {
+        Kind::Consecutive5xx => {
+            stats.ejections_consecutive_5xx.inc();
+            stats.ejections_detected_consecutive_5xx.inc();
+            config.enforcing_consecutive_5xx
+        }
+        Kind::GatewayFailure => {
+            stats.ejections_detected_consecutive_gateway_failure.inc();
+            config.enforcing_consecutive_gateway_failure
+        }
+    };
+    if active > 0 && (active as f64) * 100.0 / total as f64 >= config.max_ejection_percent as f64 {
+        stats.ejections_overflow.inc();
+        return;
+    }
+    stats.ejections_total.inc();
+    if rand::random::<u32>() % 100 >= enforcing {
+        return;
+    }
+    stats.ejections_enforced_total.inc();
+    match kind {
+        Kind::Consecutive5xx => stats.ejections_enforced_consecutive_5xx.inc(),
+        Kind::GatewayFailure => stats.ejections_enforced_consecutive_gateway_failure.inc(),
+    }
+    let o = &host.outlier;
+    let times = o.num_ejections.fetch_add(1, Ordering::Relaxed) + 1;
+    let time = config
+        .base_ejection_time
+        .saturating_mul(times)
+        .min(config.max_ejection_time.max(config.base_ejection_time));
+    o.eject_until
+        .store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
+    o.ejected.store(true, Ordering::Relaxed);
+    stats.ejections_active.set(active as i64 + 1);
+    drop(set);
+    cluster.recount();
+}
+
+/// One interval's pass (main thread): un-ejects hosts whose ejection time has passed
+/// and lets the ejection count of well-behaved hosts decay, as Envoy.
+pub fn tick(cluster: &ClusterRuntime) {
+    let (Some(config), Some(stats)) = (&cluster.config.outlier_detection, &cluster.stats.outlier)
+    else {
+        return;
+    };
+    let now = now_ms();
+    let base = config.base_ejection_time.as_millis() as u64;
+    let set = cluster.hosts.load();
+    for host in &set.hosts {
+        let o = &host.outlier;
+        if o.is_ejected() {
+            if now >= o.eject_until.load(Ordering::Relaxed) {
+                o.consecutive_5xx.store(0, Ordering::Relaxed);
+                o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+                o.last_unejected.store(now, Ordering::Relaxed);
+                o.ejected.store(false, Ordering::Relaxed);
+            }
+        } else if o.num_ejections.load(Ordering::Relaxed) > 0
+            && now.saturating_sub(o.last_unejected.load(Ordering::Relaxed)) >= base
+        {
+            o.num_ejections.fetch_sub(1, Ordering::Relaxed);
+            o.last_unejected.store(now, Ordering::Relaxed);
+        }
+    }
+    let active = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
+    stats.ejections_active.set(active as i64);
+    drop(set);
+    cluster.recount();
+}
+
+/// The interval timers of every cluster with outlier detection (main thread).
+pub async fn run(shared: Arc<crate::runtime::Shared>) {
+    let mut due: HashMap<u64, tokio::time::Instant> = HashMap::new();
+    loop {
+        let rt = shared.runtime.load_full();
+        let now = tokio::time::Instant::now();
+        let mut next = now + Duration::from_millis(250);
+        for cluster in rt.clusters.values() {
+            let Some(config) = &cluster.config.outlier_detection else {
+                continue;
+            };
+            let at = due.entry(cluster.id).or_insert(now + config.interval);
+            if *at <= now {
+                tick(cluster);
+                *at = now + config.interval;
+            }
+            next = next.min(*at);
+        }
+        due.retain(|id, _| rt.clusters.values().any(|c| c.id == *id));
+        drop(rt);
+        tokio::time::sleep_until(next).await;
+    }
+}

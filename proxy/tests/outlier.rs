@@ -1,0 +1,196 @@
+//! Outlier detection: consecutive 5xx (and connect failures) eject a host, ejected
+//! hosts get no traffic, the max-ejection-percent cap, return after the ejection
+//! time, config errors.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// Cluster `c` over `endpoints` with `outlier_detection` set to `od` (a flow map).
+async fn start(endpoints: &[SocketAddr], od: &str) -> Strait {
+    let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();
+    let mut yaml = cluster_yaml("c", &weighted, false);
+    yaml.push_str(&format!("  outlier_detection: {od}\n"));
+    let yaml = Bootstrap::catch_all("c").cluster_raw(&yaml).build();
+    Strait::start(&yaml).await
+}
+
+/// Waits until `/clusters` shows `flags` for `addr` in cluster `c`.
+async fn wait_flags(s: &Strait, addr: SocketAddr, flags: &str) {
+    let line = format!("c::{addr}::health_flags::{flags}");
+    eventually(Duration::from_secs(10), &line, || async {
+        let (_, body) = s.admin_get("/clusters").await;
+        body.lines().any(|l| l == line).then_some(())
+    })
+    .await;
+}
+
+/// Sends requests until `stat` satisfies `ok`, with a deadline.
+async fn drive_until(s: &Strait, addr: SocketAddr, stat: &str, ok: impl Fn(i64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if s.stat(stat).await.is_some_and(&ok) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stat} never held");
+        let _ = get(addr, "h", "/", &[]).await;
+    }
+}
+
+const OD: &str =
+    "{consecutive_5xx: 3, interval: 0.2s, base_ejection_time: 0.5s, max_ejection_percent: 50}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_ejects_a_host_until_its_time_is_up() {
+    let good = Backend::echo("good").await;
+    let bad = Backend::flaky("bad", u64::MAX, Misbehave::Status(503)).await;
+    let s = start(&[good.addr(), bad.addr()], OD).await;
+    let addr = s.main_addr().await;
+    const ACTIVE: &str = "cluster.c.outlier_detection.ejections_active";
+    const ENFORCED: &str = "cluster.c.outlier_detection.ejections_enforced_total";
+    assert_eq!(s.stat(ACTIVE).await, Some(0));
+
+    // While the bad host stays ejected (the same ejection before and after), every
+    // request goes to the good one. An ejection may end mid-window on a slow machine;
+    // then drive another (longer) one and look again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw a whole window"
+        );
+        drive_until(&s, addr, ACTIVE, |v| v == 1).await;
+        let enforced = s.stat(ENFORCED).await.unwrap();
+        let bad_before = bad.requests();
+        let mut seen = BTreeSet::new();
+        let mut statuses = BTreeSet::new();
+        for _ in 0..10 {
+            let r = get(addr, "h", "/", &[]).await;
+            statuses.insert(r.status);
+            seen.insert(r.header("x-backend-name").unwrap_or_default().to_owned());
+        }
+        let held = s.stat(ACTIVE).await == Some(1) && s.stat(ENFORCED).await == Some(enforced);
+        if held {
+            assert_eq!(statuses, BTreeSet::from([200]));
+            assert_eq!(seen, BTreeSet::from(["good".to_owned()]));
+            assert_eq!(bad.requests(), bad_before);
+            break;
+        }
+    }
+    let (_, clusters) = s.admin_get("/clusters").await;
+    assert!(
+        clusters.contains(&format!(
+            "c::{}::health_flags::/failed_outlier_check",
+            bad.addr()
+        )) || s.stat(ACTIVE).await == Some(0),
+        "{clusters}"
+    );
+    for stat in [
+        "ejections_total",
+        "ejections_consecutive_5xx",
+        "ejections_enforced_consecutive_5xx",
+    ] {
+        let v = s.stat(&format!("cluster.c.outlier_detection.{stat}")).await;
+        assert!(v.is_some_and(|v| v >= 1), "{stat}: {v:?}");
+    }
+    // Gateway failures are detected but not enforced by default.
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_enforced_consecutive_gateway_failure")
+            .await,
+        Some(0)
+    );
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_overflow")
+            .await,
+        Some(0)
+    );
+
+    // No more traffic: the interval task brings the host back after its time.
+    s.wait_stat(ACTIVE, |v| v == 0).await;
+    wait_flags(&s, bad.addr(), "healthy").await;
+    wait_flags(&s, good.addr(), "healthy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ejection_percent_caps_ejections() {
+    let a = Backend::flaky("a", u64::MAX, Misbehave::Status(500)).await;
+    let b = Backend::flaky("b", u64::MAX, Misbehave::Status(500)).await;
+    let od =
+        "{consecutive_5xx: 2, interval: 0.2s, base_ejection_time: 30s, max_ejection_percent: 50}";
+    let s = start(&[a.addr(), b.addr()], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_overflow",
+        |v| v >= 1,
+    )
+    .await;
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_active").await,
+        Some(1)
+    );
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_enforced_total")
+            .await,
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_count_as_5xx() {
+    let good = Backend::echo("good").await;
+    let closed = Backend::closed_port();
+    let od = "{consecutive_5xx: 2, interval: 0.2s, base_ejection_time: 30s}";
+    let s = start(&[good.addr(), closed], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_active",
+        |v| v == 1,
+    )
+    .await;
+    wait_flags(&s, closed, "/failed_outlier_check").await;
+    for _ in 0..6 {
+        let r = get(addr, "h", "/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-backend-name"), Some("good"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_fields_are_refused_with_their_path() {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let prefix = "static_resources.clusters[0].outlier_detection";
+    let cases = [
+        (
+            "{success_rate_minimum_hosts: 5}",
+            format!("{prefix}.success_rate_minimum_hosts: success_rate_minimum_hosts is not supported yet"),
+        ),
+        (
+            "{split_external_local_origin_errors: true}",
+            format!("{prefix}.split_external_local_origin_errors: split_external_local_origin_errors: true is not supported yet"),
+        ),
+        (
+            "{failure_percentage_threshold: 85}",
+            format!("{prefix}.failure_percentage_threshold: failure_percentage_threshold is not supported yet"),
+        ),
+        (
+            "{max_ejection_percent: 101}",
+            format!("{prefix}.max_ejection_percent: 101 is not a percentage"),
+        ),
+    ];
+    for (od, want) in cases {
+        let mut yaml = cluster_yaml("c", &[(addr, 1)], false);
+        yaml.push_str(&format!("  outlier_detection: {od}\n"));
+        let yaml = Bootstrap::catch_all("c").cluster_raw(&yaml).build();
+        let (code, stderr) = Strait::start_expect_failure(&yaml).await;
+        assert_ne!(code, 0);
+        assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    }
+}
