@@ -4,7 +4,6 @@ mod common;
 #[path = "../../filters/tests/common/mod.rs"]
 mod plugins;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,28 +37,6 @@ async fn start_with(bootstrap: Bootstrap, backend: &Backend, fields: &str) -> St
     Strait::start(&with_filters(&bootstrap, &fault_yaml(fields))).await
 }
 
-/// An access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%` lines, in a file of its own.
-fn flags_log() -> (PathBuf, String) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path =
-        std::env::temp_dir().join(format!("strait-fault-{}-{nanos}.log", std::process::id()));
-    let hcm = format!(
-        "access_log:\n- name: envoy.access_loggers.file\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n    path: {}\n    log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
-        path.display()
-    );
-    (path, hcm)
-}
-
-async fn log_line(path: &PathBuf) -> String {
-    eventually(Duration::from_secs(5), "an access log line", || async {
-        let text = std::fs::read_to_string(path).ok()?;
-        text.lines().next().map(str::to_owned)
-    })
-    .await
-}
-
 const BOUND: Duration = Duration::from_secs(5);
 
 #[tokio::test]
@@ -76,7 +53,7 @@ async fn abort_at_100_percent_never_reaches_the_backend() {
     assert_eq!(resp.status, 503);
     assert_eq!(resp.text(), "fault filter abort");
     assert_eq!(backend.requests(), 0);
-    assert_eq!(log_line(&log).await, "503 FI");
+    assert_eq!(first_log_line(&log).await, "503 FI");
     strait
         .wait_stat("http.ingress.fault.aborts_injected", |v| v == 1)
         .await;
@@ -178,7 +155,7 @@ async fn fixed_delay_then_the_request_continues() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
     assert_eq!(backend.requests(), 1);
-    assert_eq!(log_line(&log).await, "200 DI");
+    assert_eq!(first_log_line(&log).await, "200 DI");
     strait
         .wait_stat("http.ingress.fault.delays_injected", |v| v == 1)
         .await;

@@ -305,3 +305,41 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     }
     Some(bytes)
 }
+
+/// Bootstrap YAML for translator tests of HTTP filters.
+#[cfg(test)]
+pub(crate) mod test_yaml {
+    /// One cluster `a` (127.0.0.1:1) and one listener `main` whose connection manager
+    /// has `routes` (route items, indented for `routes:`) and, before the router,
+    /// `filters` (`http_filters` items, indented for `http_filters:`).
+    pub fn with_http_filters(routes: &str, filters: &str) -> String {
+        format!(
+            r#"
+static_resources:
+  clusters:
+  - name: a
+    load_assignment:
+      cluster_name: a
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}
+          http_filters:
+{filters}
+          - name: envoy.filters.http.router
+"#
+        )
+    }
+}

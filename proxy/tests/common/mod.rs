@@ -50,3 +50,28 @@ pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = 
         Err(_) => panic!("{what}: did not finish within {timeout:?}"),
     }
 }
+
+/// An access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%` lines in a file of its own:
+/// the file's path and the HttpConnectionManager YAML that writes it (for
+/// `Bootstrap::hcm`). Read its first line with `first_log_line`.
+pub fn flags_log() -> (std::path::PathBuf, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path =
+        std::env::temp_dir().join(format!("strait-flags-{}-{nanos}.log", std::process::id()));
+    let hcm = format!(
+        "access_log:\n- name: envoy.access_loggers.file\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n    path: {}\n    log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
+        path.display()
+    );
+    (path, hcm)
+}
+
+/// The first line of an access log, once the proxy has written it.
+pub async fn first_log_line(path: &std::path::Path) -> String {
+    eventually(Duration::from_secs(5), "an access log line", || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().next().map(str::to_owned)
+    })
+    .await
+}

@@ -124,40 +124,17 @@ mod tests {
     /// A listener whose http_filters are a fault filter with `fields` (YAML at the
     /// indentation of the typed_config's fields), then the router.
     fn config(fields: &str) -> String {
-        format!(
-            r#"
-static_resources:
-  clusters:
-  - name: a
-    load_assignment:
-      cluster_name: a
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/w"}}
-                route: {{weighted_clusters: {{clusters: [{{name: a, weight: 1}}]}}}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: a}}
-          http_filters:
-          - name: envoy.filters.http.fault
+        let routes = r#"              - match: {prefix: "/w"}
+                route: {weighted_clusters: {clusters: [{name: a, weight: 1}]}}
+              - match: {prefix: "/"}
+                route: {cluster: a}"#;
+        let filter = format!(
+            r#"          - name: envoy.filters.http.fault
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-{fields}
-          - name: envoy.filters.http.router
-"#
-        )
+{fields}"#
+        );
+        crate::translate::test_yaml::with_http_filters(routes, &filter)
     }
 
     #[test]

@@ -128,31 +128,10 @@ mod tests {
     /// A listener whose only HTTP filter before the router is `filter` (YAML at the
     /// indentation of an `http_filters` item's fields).
     fn config(filter: &str) -> String {
-        format!(
-            r#"
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-{filter}
-          - name: envoy.filters.http.router
-"#
-        )
+        let routes = r#"              - match: {prefix: "/"}
+                direct_response: {status: 200}"#;
+        let filter = format!("          - name: envoy.filters.http.wasm\n{filter}");
+        crate::translate::test_yaml::with_http_filters(routes, &filter)
     }
 
     const TYPED_STRUCT: &str = r#"            typed_config:
