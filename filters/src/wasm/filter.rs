@@ -99,9 +99,9 @@ impl WasmHttpFilter {
             data.response = self.response.take();
         }
         let result = self.vm.with_running(generation, |vm| {
-            mem::swap(&mut vm.store.data_mut().stream, data);
+            vm.store.data_mut().stream.exchange(data);
             let action = vm.http_phase(phase, context, size, end_of_stream);
-            mem::swap(&mut vm.store.data_mut().stream, data);
+            vm.store.data_mut().stream.exchange(data);
             Ok((action?, vm.take_signals(context)))
         });
         match result {
@@ -281,9 +281,9 @@ impl WasmHttpFilter {
             ..StreamData::default()
         };
         let result = self.vm.with_running(generation, |vm| {
-            mem::swap(&mut vm.store.data_mut().stream, &mut data);
+            vm.store.data_mut().stream.exchange(&mut data);
             let result = vm.finish_stream(context, log);
-            mem::swap(&mut vm.store.data_mut().stream, &mut data);
+            vm.store.data_mut().stream.exchange(&mut data);
             result
         });
         // A failure while logging cannot change the response any more; the VM

@@ -95,8 +95,29 @@ impl HeaderView<'_> {
         matches!(self, HeaderView::Request(_)) && name.eq_ignore_ascii_case("host")
     }
 
+    /// The number of pairs a plugin sees, counted without building them: this is
+    /// the `num_headers` argument of every headers callback.
     pub fn len(&self) -> usize {
-        self.pseudo().len() + self.regular().count()
+        let pseudo = match self {
+            HeaderView::Request(head) => {
+                let has_authority = match head.uri.authority() {
+                    Some(authority) => !authority.as_str().is_empty(),
+                    None => head
+                        .headers
+                        .get(HOST)
+                        .is_some_and(|h| !h.is_empty() && h.to_str().is_ok()),
+                };
+                // :path, :method and :scheme are never empty.
+                3 + usize::from(has_authority)
+            }
+            HeaderView::Response(_) => 1,
+            HeaderView::Trailers(_) => 0,
+        };
+        let host = match self {
+            HeaderView::Request(head) => head.headers.get_all(HOST).iter().count(),
+            _ => 0,
+        };
+        pseudo + self.headers().len() - host
     }
 
     /// All pairs, serialized.
@@ -353,6 +374,31 @@ mod tests {
             assert!(deserialize_pairs(&wire[..cut]).is_err(), "cut at {cut}");
         }
         assert!(deserialize_pairs(&[255, 255, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn len_counts_the_pairs_plugins_see() {
+        let heads = [
+            http::Request::get("/a")
+                .header("host", "h")
+                .header("x", "1")
+                .header("x", "2"),
+            http::Request::get("http://auth/p").header("host", "other"),
+            http::Request::post("/no-host").header("y", ""),
+            http::Request::get("/bad-host").header("host", &b"\xff"[..]),
+        ];
+        for builder in heads {
+            let (mut head, ()) = builder.body(()).unwrap().into_parts();
+            let view = HeaderView::Request(&mut head);
+            let pairs = view.pseudo().len() + view.regular().count();
+            assert_eq!(view.len(), pairs, "{:?}", view.headers());
+        }
+        let (mut head, ()) = http::Response::builder()
+            .header("a", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(HeaderView::Response(&mut head).len(), 2);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub(crate) struct HostState {
     /// duration of the call so host functions edit the proxy's values in place.
     pub stream: StreamData,
     /// What plugins asked of each live context, read by the filter after a callback.
-    pub signals: HashMap<u32, StreamSignals>,
+    pub signals: HashMap<u32, StreamSignals, foldhash::fast::RandomState>,
     pub root_context_id: u32,
     /// Set by `proxy_done`: the root context finished what `proxy_on_done` delayed.
     pub done: bool,
@@ -48,7 +48,7 @@ impl HostState {
             tick_period: Duration::ZERO,
             effective_context: 0,
             stream: StreamData::default(),
-            signals: HashMap::new(),
+            signals: HashMap::default(),
             root_context_id: 0,
             done: false,
         }
@@ -65,6 +65,24 @@ pub(crate) struct StreamData {
     pub response: Option<ResponseHead>,
     pub response_body: Option<BodyBuffer>,
     pub response_trailers: Option<HeaderMap>,
+}
+
+impl StreamData {
+    /// Swaps the parts that either side holds. A filter hands the store one part per
+    /// callback, so this moves that part instead of the whole (~700-byte) struct.
+    pub(crate) fn exchange(&mut self, other: &mut StreamData) {
+        fn swap<T>(a: &mut Option<T>, b: &mut Option<T>) {
+            if a.is_some() || b.is_some() {
+                std::mem::swap(a, b);
+            }
+        }
+        swap(&mut self.request, &mut other.request);
+        swap(&mut self.request_body, &mut other.request_body);
+        swap(&mut self.request_trailers, &mut other.request_trailers);
+        swap(&mut self.response, &mut other.response);
+        swap(&mut self.response_body, &mut other.response_body);
+        swap(&mut self.response_trailers, &mut other.response_trailers);
+    }
 }
 
 /// Requests a plugin made for one stream during any callback.

@@ -69,7 +69,8 @@ impl WasmVm {
         self.ensure_running()?;
         self.with_running(self.generation.get(), |vm| {
             let root = vm.root_context_id;
-            match vm.exports.on_tick.clone() {
+            let exports = vm.exports.clone();
+            match &exports.on_tick {
                 Some(on_tick) => vm.call("proxy_on_tick", root, on_tick, root as i32),
                 None => Ok(()),
             }
@@ -103,11 +104,11 @@ impl WasmVm {
                 .data_mut()
                 .signals
                 .insert(id, StreamSignals::default());
-            let (root, create) = (vm.root_context_id, vm.exports.on_context_create.clone());
+            let (root, exports) = (vm.root_context_id, vm.exports.clone());
             vm.call(
                 "proxy_on_context_create",
                 id,
-                create,
+                &exports.on_context_create,
                 (id as i32, root as i32),
             )?;
             Ok((generation, id))
@@ -130,8 +131,9 @@ impl WasmVm {
     }
 }
 
-/// Exports the host calls, looked up once per instance.
-#[derive(Clone)]
+/// Exports the host calls, looked up once per instance. Shared by `Rc`: cloning a
+/// `TypedFunc` bumps wasmtime's type-registry reference counts, which cost about
+/// 3k instructions per proxied request when each call cloned the table.
 pub(crate) struct Exports {
     on_context_create: TypedFunc<(i32, i32), ()>,
     on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
@@ -149,7 +151,7 @@ pub(crate) struct Exports {
 /// A live instance.
 pub(crate) struct Running {
     pub(crate) store: Store<HostState>,
-    exports: Exports,
+    exports: Rc<Exports>,
     plugin: Arc<WasmPlugin>,
     root_context_id: u32,
     next_context_id: u32,
@@ -200,7 +202,7 @@ impl Running {
         }
         let on_context_create = optional!("proxy_on_context_create")
             .ok_or_else(|| missing("proxy_on_context_create"))?;
-        let exports = Exports {
+        let exports = Rc::new(Exports {
             on_context_create: on_context_create.clone(),
             on_request_headers: optional!("proxy_on_request_headers"),
             on_request_body: optional!("proxy_on_request_body"),
@@ -212,7 +214,7 @@ impl Running {
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
             on_tick: optional!("proxy_on_tick"),
-        };
+        });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
         let start: Option<TypedFunc<(), ()>> = optional!("_start");
         let on_vm_start: Option<TypedFunc<(i32, i32), i32>> = optional!("proxy_on_vm_start");
@@ -231,14 +233,14 @@ impl Running {
         };
         // Reactors (Rust SDK) export _initialize, WASI commands (TinyGo) _start.
         if let Some(initialize) = initialize {
-            vm.call("_initialize", root, initialize, ())?;
+            vm.call("_initialize", root, &initialize, ())?;
         } else if let Some(start) = start {
-            vm.call("_start", root, start, ())?;
+            vm.call("_start", root, &start, ())?;
         }
         vm.call(
             "proxy_on_context_create",
             root,
-            on_context_create,
+            &on_context_create,
             (root as i32, 0),
         )?;
         let started = |callback: &'static str, ok: i32| match ok {
@@ -252,7 +254,7 @@ impl Running {
             let size = config.vm_configuration.len() as i32;
             started(
                 "proxy_on_vm_start",
-                vm.call("proxy_on_vm_start", root, on_vm_start, (root as i32, size))?,
+                vm.call("proxy_on_vm_start", root, &on_vm_start, (root as i32, size))?,
             )?;
         }
         if let Some(on_configure) = on_configure {
@@ -262,7 +264,7 @@ impl Running {
                 vm.call(
                     "proxy_on_configure",
                     root,
-                    on_configure,
+                    &on_configure,
                     (root as i32, size),
                 )?,
             )?;
@@ -276,7 +278,7 @@ impl Running {
         &mut self,
         callback: &'static str,
         context: u32,
-        func: TypedFunc<P, R>,
+        func: &TypedFunc<P, R>,
         params: P,
     ) -> Result<R, WasmError> {
         self.store.data_mut().effective_context = context;
@@ -345,25 +347,31 @@ impl Running {
         end_of_stream: bool,
     ) -> Result<i32, WasmError> {
         let (ctx, size, eos) = (context as i32, size as i32, i32::from(end_of_stream));
-        let e = self.exports.clone();
+        let e = Rc::clone(&self.exports);
         let result = match phase {
             Phase::RequestHeaders => e
                 .on_request_headers
+                .as_ref()
                 .map(|f| self.call("proxy_on_request_headers", context, f, (ctx, size, eos))),
             Phase::RequestBody => e
                 .on_request_body
+                .as_ref()
                 .map(|f| self.call("proxy_on_request_body", context, f, (ctx, size, eos))),
             Phase::RequestTrailers => e
                 .on_request_trailers
+                .as_ref()
                 .map(|f| self.call("proxy_on_request_trailers", context, f, (ctx, size))),
             Phase::ResponseHeaders => e
                 .on_response_headers
+                .as_ref()
                 .map(|f| self.call("proxy_on_response_headers", context, f, (ctx, size, eos))),
             Phase::ResponseBody => e
                 .on_response_body
+                .as_ref()
                 .map(|f| self.call("proxy_on_response_body", context, f, (ctx, size, eos))),
             Phase::ResponseTrailers => e
                 .on_response_trailers
+                .as_ref()
                 .map(|f| self.call("proxy_on_response_trailers", context, f, (ctx, size))),
         };
         result.unwrap_or(Ok(0))
@@ -372,18 +380,18 @@ impl Running {
     /// `proxy_on_log`, then `proxy_on_done` and `proxy_on_delete`: the end of a
     /// stream context. The context is forgotten even if the plugin fails here.
     pub(crate) fn finish_stream(&mut self, context: u32, log: bool) -> Result<(), WasmError> {
-        let e = self.exports.clone();
+        let e = Rc::clone(&self.exports);
         let ctx = context as i32;
         let result = (|| {
-            if let (true, Some(on_log)) = (log, e.on_log) {
+            if let (true, Some(on_log)) = (log, &e.on_log) {
                 self.call("proxy_on_log", context, on_log, ctx)?;
             }
             // on_done returning false asks the host to wait for proxy_done; a stream
             // has nothing left to wait for, so it is deleted either way.
-            if let Some(on_done) = e.on_done {
+            if let Some(on_done) = &e.on_done {
                 self.call("proxy_on_done", context, on_done, ctx)?;
             }
-            if let Some(on_delete) = e.on_delete {
+            if let Some(on_delete) = &e.on_delete {
                 self.call("proxy_on_delete", context, on_delete, ctx)?;
             }
             Ok(())
