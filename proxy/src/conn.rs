@@ -87,8 +87,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
         let index = activity.started.fetch_add(1, Ordering::Relaxed);
         let smuggling = svc_verdict.refuses(index as usize);
         activity.active.fetch_add(1, Ordering::Relaxed);
+        // The request future is several KiB; hyper moves what the service returns into
+        // its dispatcher (and, for HTTP/2, into a task per stream): boxed here it is
+        // copied once, and hyper moves a pointer.
+        let fut = Box::pin(router::handle(req, ctx, smuggling));
         async move {
-            let r = router::handle(req, ctx, smuggling).await;
+            let r = fut.await;
             activity.active.fetch_sub(1, Ordering::Relaxed);
             r
         }

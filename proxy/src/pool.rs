@@ -92,8 +92,12 @@ pub async fn send(
         addr: host.addr,
         h2,
     };
+    // Cold paths are boxed (here, the connect below, the router's filter phase): an
+    // async fn's future is as big as its biggest await, and the request future is
+    // moved whole into hyper's dispatcher (and into a task per HTTP/2 stream), so
+    // every byte of it is copied on every request.
     if h2 {
-        return send_h2(cluster, host, key, req).await;
+        return Box::pin(send_h2(cluster, host, key, req)).await;
     }
     let idle_timeout = cluster.config.idle_timeout;
     let (mut reused, idle_for) = match upgrade {
@@ -117,7 +121,7 @@ pub async fn send(
             None => {
                 // Waiting for a new connection is Envoy's "pending".
                 let _pending = pending(cluster)?;
-                (connect_h1(cluster, host).await?, false)
+                (Box::pin(connect_h1(cluster, host)).await?, false)
             }
         };
         if was_reused && sender.ready().await.is_err() {

@@ -183,8 +183,16 @@ async fn proxy<'a>(
     if id.is_some() || !listener.faults.is_empty() {
         let (mut parts, body) = req.into_parts();
         let eos = body.is_end_stream();
-        let verdict =
-            crate::chain::request_headers(id, &listener.faults, hcm, &mut parts, eos, guard).await;
+        // Boxed: the fault filter's delay would otherwise sit in every request's future.
+        let verdict = Box::pin(crate::chain::request_headers(
+            id,
+            &listener.faults,
+            hcm,
+            &mut parts,
+            eos,
+            guard,
+        ))
+        .await;
         req = Request::from_parts(parts, body);
         if let Verdict::LocalReply(reply) = verdict {
             if !listener.access_logs.is_empty() {
