@@ -15,53 +15,84 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names beats ten hashed removals.
-    let any = headers.keys().any(|k| {
-        k == header::CONNECTION
-            || k == header::TE
-            || k == header::TRANSFER_ENCODING
-            || k == header::UPGRADE
-            || k == header::PROXY_AUTHENTICATE
-            || k == header::PROXY_AUTHORIZATION
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-    });
-    if !any {
+    // Most messages carry one or none (an upstream's `Connection: keep-alive`): one pass
+    // over the names finds which are present, and only those are removed (each removal
+    // hashes and probes).
+    const CONN: u8 = 1;
+    const TE: u8 = 1 << 1;
+    const TRANSFER_ENCODING: u8 = 1 << 2;
+    const UPGRADE: u8 = 1 << 3;
+    const PROXY_AUTHENTICATE: u8 = 1 << 4;
+    const PROXY_AUTHORIZATION: u8 = 1 << 5;
+    const KEEP: u8 = 1 << 6;
+    const PROXY_CONN: u8 = 1 << 7;
+    let mut present = 0u8;
+    for k in headers.keys() {
+        present |= if k == header::CONNECTION {
+            CONN
+        } else if k == header::TE {
+            TE
+        } else if k == header::TRANSFER_ENCODING {
+            TRANSFER_ENCODING
+        } else if k == header::UPGRADE {
+            UPGRADE
+        } else if k == header::PROXY_AUTHENTICATE {
+            PROXY_AUTHENTICATE
+        } else if k == header::PROXY_AUTHORIZATION {
+            PROXY_AUTHORIZATION
+        } else if k == KEEP_ALIVE {
+            KEEP
+        } else if k == PROXY_CONNECTION {
+            PROXY_CONN
+        } else {
+            0
+        };
+    }
+    if present == 0 {
         return;
     }
-    let names_others = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| !is_connection_option(t.trim()));
-    if names_others {
-        let named: Vec<HeaderName> = headers
+    if present & CONN != 0 {
+        let names_others = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter(|t| !is_connection_option(t.trim()))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
+            .any(|t| !is_connection_option(t.trim()));
+        if names_others {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter(|t| !is_connection_option(t.trim()))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
         }
     }
+    let remove = |headers: &mut HeaderMap, bit: u8, name: &HeaderName| {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
+    };
     if !keep_upgrade {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        remove(headers, CONN, &header::CONNECTION);
+        remove(headers, UPGRADE, &header::UPGRADE);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
+    remove(headers, KEEP, &KEEP_ALIVE);
+    remove(headers, PROXY_CONN, &PROXY_CONNECTION);
+    remove(headers, TRANSFER_ENCODING, &header::TRANSFER_ENCODING);
+    remove(headers, PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE);
+    remove(headers, PROXY_AUTHORIZATION, &header::PROXY_AUTHORIZATION);
     // `te: trailers` is the one TE value that survives a hop (gRPC needs it over h2).
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    if present & TE != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
 }
