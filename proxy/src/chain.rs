@@ -70,12 +70,17 @@ pub struct WasmFilterRuntime {
 }
 
 impl WasmFilterRuntime {
-    /// Compiles and links the module and starts one VM (run `proxy_on_vm_start` and
-    /// `proxy_on_configure`) so a bad plugin rejects the config. Errors name the
-    /// filter's field path and the module file.
-    pub fn compile(config: Arc<WasmFilterConfig>, store: &Store) -> anyhow::Result<Arc<Self>> {
+    /// Compiles and links the module `code` (the file's or the fetched one; the
+    /// engine's module cache may already hold it compiled) and starts one VM (run
+    /// `proxy_on_vm_start` and `proxy_on_configure`) so a bad plugin rejects the
+    /// config. Errors name the filter's field path and the module's source.
+    pub fn compile(
+        config: Arc<WasmFilterConfig>,
+        code: Bytes,
+        store: &Store,
+    ) -> anyhow::Result<Arc<Self>> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let mut plugin = PluginConfig::new(config.name.clone(), Bytes::from(config.code.to_vec()));
+        let mut plugin = PluginConfig::new(config.name.clone(), code);
         plugin.root_id.clone_from(&config.root_id);
         plugin.vm_id.clone_from(&config.vm_id);
         plugin.configuration = Bytes::from(config.configuration.clone());
@@ -85,8 +90,12 @@ impl WasmFilterRuntime {
             anyhow::anyhow!("{}: module {}: {e}", config.path, config.code_source)
         };
         let plugin = WasmPlugin::new(WasmEngine::shared(), plugin).map_err(|e| error(&e))?;
+        tracing::info!(plugin = %config.name, module = %config.code_source, sha256 = %plugin.module_sha256(), origin = ?plugin.module_origin(), "wasm module loaded");
         WasmVm::new(plugin.clone()).start().map_err(|e| error(&e))?;
         store.add_source("wasm", || Arc::new(plugin_metrics) as StatSource);
+        store.add_source("wasm_compile_cache", || {
+            Arc::new(compile_cache_metrics) as StatSource
+        });
         let scope = Scope::custom(&format!("wasm.{}", config.name));
         Ok(Arc::new(WasmFilterRuntime {
             vm_failed: store.counter(&scope, "vm_failed"),
@@ -108,6 +117,7 @@ impl WasmFilterRuntime {
             && a.vm_configuration == other.vm_configuration
             && a.fail_open == other.fail_open
             && a.code == other.code
+            && a.remote.as_ref().map(|r| &r.sha256) == other.remote.as_ref().map(|r| &r.sha256)
     }
 
     /// Moves new VM failures of this plugin into the `vm_failed` counter; `fetch_max`
@@ -143,6 +153,30 @@ fn plugin_metrics() -> Vec<ExternalStat> {
                 },
             },
             family: name,
+        })
+        .collect()
+}
+
+/// The shared engine's module cache counters: `wasm.compile_cache_hits` (compiled
+/// modules read from disk), `compile_cache_misses` (modules compiled),
+/// `compile_cache_rejected` (bad disk entries ignored and replaced),
+/// `compile_cache_write_failures`, and `modules_shared` (plugins that found their
+/// module already loaded in the process). Strait's own: Envoy has no compile cache.
+fn compile_cache_metrics() -> Vec<ExternalStat> {
+    let stats = WasmEngine::shared().modules().stats();
+    let counters = [
+        ("compile_cache_hits", &stats.disk_hits),
+        ("compile_cache_misses", &stats.misses),
+        ("compile_cache_rejected", &stats.rejected),
+        ("compile_cache_write_failures", &stats.write_failures),
+        ("modules_shared", &stats.memory_hits),
+    ];
+    counters
+        .into_iter()
+        .map(|(name, counter)| ExternalStat {
+            name: format!("wasm.{name}"),
+            family: format!("envoy_wasm_{name}"),
+            value: ExternalValue::Counter(counter.load(Ordering::Relaxed)),
         })
         .collect()
 }

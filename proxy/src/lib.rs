@@ -31,4 +31,5 @@ pub mod router;
 pub mod runtime;
 pub mod stats;
 pub mod stream;
+pub mod wasm_remote;
 pub mod worker;

@@ -104,9 +104,10 @@ impl Runtime {
         self.listeners.iter().find(|l| l.config.name == name)
     }
 
-    /// Builds the runtime for `snapshot`, keeping the state of clusters whose config
-    /// did not change (`previous`). Fails only on IO (an access-log file that cannot
-    /// be opened), before anything is published.
+    /// Builds the runtime for `snapshot`, keeping the state of clusters and wasm
+    /// plugins whose config did not change (`previous`). Fails, before anything is
+    /// published, on IO (an access-log file that cannot be opened, a `code.remote`
+    /// module that cannot be fetched) and on a plugin that does not load.
     pub async fn build(
         snapshot: Snapshot,
         previous: Option<&Runtime>,
@@ -115,6 +116,21 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
         let snapshot = Arc::new(snapshot);
+        // Clusters first: a plugin's `code.remote` is fetched through one.
+        let mut clusters =
+            FastMap::with_capacity_and_hasher(snapshot.clusters.len(), Default::default());
+        for name in &snapshot.cluster_order {
+            let config = snapshot.clusters[name].clone();
+            let kept = previous
+                .and_then(|p| p.clusters.get(name))
+                .filter(|old| *old.config == *config)
+                .cloned();
+            let rt = match kept {
+                Some(old) => old,
+                None => ClusterRuntime::new(config, store).await,
+            };
+            clusters.insert(name.clone(), rt);
+        }
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
         for (i, l) in snapshot.listeners.iter().enumerate() {
@@ -135,13 +151,22 @@ impl Runtime {
                         continue;
                     }
                 };
-                http_filters.push(wasm_plugin(config, previous, &wasm_plugins, store)?);
-                if !wasm_plugins
-                    .iter()
-                    .any(|p| Arc::ptr_eq(p, &http_filters[http_filters.len() - 1]))
-                {
-                    wasm_plugins.push(http_filters[http_filters.len() - 1].clone());
+                let plugin = wasm_plugin(config, previous, &wasm_plugins, &clusters, store).await;
+                let plugin = match plugin {
+                    Ok(plugin) => plugin,
+                    // Envoy starts with a fail-open plugin whose module could not be
+                    // fetched and leaves the filter out; a reload is refused instead,
+                    // so the running plugin keeps serving (`wasm_remote`).
+                    Err(e) if previous.is_none() && config.fail_open && config.remote.is_some() => {
+                        tracing::error!(error = %format!("{e:#}"), "wasm plugin not loaded; fail_open: its filter is left out");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if !wasm_plugins.iter().any(|p| Arc::ptr_eq(p, &plugin)) {
+                    wasm_plugins.push(plugin.clone());
                 }
+                http_filters.push(plugin);
             }
             let mut access_logs = Vec::new();
             for (j, log) in l.hcm.access_logs.iter().enumerate() {
@@ -165,20 +190,6 @@ impl Runtime {
                 faults,
             }));
         }
-        let mut clusters =
-            FastMap::with_capacity_and_hasher(snapshot.clusters.len(), Default::default());
-        for name in &snapshot.cluster_order {
-            let config = snapshot.clusters[name].clone();
-            let kept = previous
-                .and_then(|p| p.clusters.get(name))
-                .filter(|old| *old.config == *config)
-                .cloned();
-            let rt = match kept {
-                Some(old) => old,
-                None => ClusterRuntime::new(config, store).await,
-            };
-            clusters.insert(name.clone(), rt);
-        }
         Ok(Runtime {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             snapshot,
@@ -190,19 +201,25 @@ impl Runtime {
 }
 
 /// The compiled plugin for `config`: the previous runtime's (or one built earlier
-/// in this build) when nothing but its field path changed, else a fresh compile.
-/// Equality compares the module bytes, which is far cheaper than compiling.
-fn wasm_plugin(
+/// in this build) when nothing but its field path changed, else a fresh load.
+/// Equality compares the module bytes (or the remote module's sha256), which is far
+/// cheaper than compiling; a `code.remote` module is fetched only when needed.
+async fn wasm_plugin(
     config: &Arc<WasmFilterConfig>,
     previous: Option<&Runtime>,
     built: &[Arc<WasmFilterRuntime>],
+    clusters: &FastMap<String, Arc<ClusterRuntime>>,
     store: &Store,
 ) -> anyhow::Result<Arc<WasmFilterRuntime>> {
     let earlier = previous.map_or(&[][..], |p| &p.wasm_plugins[..]);
     if let Some(kept) = built.iter().chain(earlier).find(|p| p.same_plugin(config)) {
         return Ok(kept.clone());
     }
-    WasmFilterRuntime::compile(config.clone(), store)
+    let code = match &config.remote {
+        Some(remote) => crate::wasm_remote::load(remote, clusters, store).await?,
+        None => bytes::Bytes::from(config.code.to_vec()),
+    };
+    WasmFilterRuntime::compile(config.clone(), code, store)
 }
 
 /// Envoy names listener stats after the address with `:` turned into `_`.

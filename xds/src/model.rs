@@ -178,12 +178,41 @@ pub struct WasmFilterConfig {
     pub configuration: Vec<u8>,
     /// `config.vm_config.configuration`, read in `proxy_on_vm_start`.
     pub vm_configuration: Vec<u8>,
-    /// The module (`vm_config.code.local`).
+    /// The module (`vm_config.code.local`); empty when it is `remote`.
     pub code: Arc<[u8]>,
-    /// Where the module came from: the file name, or `inline`.
+    /// `vm_config.code.remote`: the proxy fetches the module before it accepts the
+    /// config (this crate does no IO beyond reading files).
+    pub remote: Option<RemoteCode>,
+    /// Where the module came from: the file name, `inline`, or the remote URI.
     pub code_source: String,
     /// `fail_open`, or `failure_policy: FAIL_OPEN`.
     pub fail_open: bool,
+}
+
+/// `config.core.v3.RemoteDataSource` as translated: a GET of `uri` through
+/// `cluster`, retried, whose body must hash to `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCode {
+    /// Field path of the `remote` message, for errors found while fetching.
+    pub path: String,
+    /// `http_uri.uri` as configured.
+    pub uri: String,
+    /// The URI's authority, sent as `Host` / `:authority`.
+    pub authority: String,
+    /// The URI's path and query, the request target.
+    pub path_and_query: String,
+    /// `http_uri.cluster`: the upstream the request goes to, whatever the URI's host.
+    pub cluster: String,
+    /// `http_uri.timeout` for each attempt; zero means none, as in Envoy.
+    pub timeout: Duration,
+    /// `sha256`, lowercase hex.
+    pub sha256: String,
+    /// `retry_policy.num_retries`, default 1 (Envoy's).
+    pub num_retries: u32,
+    /// `retry_policy.retry_back_off.base_interval`, default 1 s (Envoy's).
+    pub base_interval: Duration,
+    /// `retry_policy.retry_back_off.max_interval`, default 10 × `base_interval`.
+    pub max_interval: Duration,
 }
 
 // ---------------------------------------------------------------- access logs

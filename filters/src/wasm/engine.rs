@@ -1,33 +1,44 @@
 //! The process-wide wasmtime engine and the epoch ticker that enforces CPU deadlines.
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use super::cache::ModuleCache;
 
 /// How often the ticker thread advances the engine epoch. A callback's deadline is a
 /// number of these ticks, so deadlines are accurate to one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// One `wasmtime::Engine` (compiler settings, code memory, epoch counter) shared by
-/// every plugin and worker. Cloning is cheap (an `Arc` inside).
+/// every plugin and worker, with its module cache. Cloning is cheap (`Arc`s inside).
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: wasmtime::Engine,
+    modules: Arc<ModuleCache>,
 }
 
 impl WasmEngine {
-    /// The engine every plugin uses unless a test makes its own. Its ticker thread
-    /// lives as long as the process.
+    /// The engine every plugin uses unless a test makes its own, with the disk
+    /// cache the environment names (`cache` module docs). Its ticker thread lives as
+    /// long as the process.
     pub fn shared() -> &'static WasmEngine {
         static SHARED: OnceLock<WasmEngine> = OnceLock::new();
         SHARED.get_or_init(|| {
             // The configuration is fixed and valid for the host target; failing here
             // means wasmtime cannot run on this machine at all.
-            WasmEngine::new().expect("wasmtime engine with the default configuration")
+            WasmEngine::with_cache_dir(ModuleCache::dir_from_env())
+                .expect("wasmtime engine with the default configuration")
         })
     }
 
-    /// A new engine with its own ticker thread, which exits once the engine is
-    /// dropped.
+    /// A new engine without a disk cache, with its own ticker thread, which exits
+    /// once the engine is dropped.
     pub fn new() -> Result<Self, String> {
+        Self::with_cache_dir(None)
+    }
+
+    /// A new engine whose compiled modules are cached in `dir` (none: in memory only).
+    pub fn with_cache_dir(dir: Option<PathBuf>) -> Result<Self, String> {
         let mut config = wasmtime::Config::new();
         // Epoch checks cost a load and compare per loop back-edge and function entry;
         // fuel metering would cost several instructions per basic block.
@@ -44,11 +55,17 @@ impl WasmEngine {
                 }
             })
             .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
-        Ok(Self { engine })
+        let modules = Arc::new(ModuleCache::new(&engine, dir));
+        Ok(Self { engine, modules })
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
+    }
+
+    /// Compiled modules of this engine, in memory and on disk.
+    pub fn modules(&self) -> &ModuleCache {
+        &self.modules
     }
 }
 

@@ -18,6 +18,8 @@
 //!   about 10 ms and costs the guest one load and compare per loop back-edge.
 //! * [`module`]: compile and link once per plugin; a missing import is an error
 //!   naming it, at config time rather than on the first request.
+//! * [`cache`]: one compiled `Module` per distinct module bytes per engine, shared
+//!   by identical plugins, and an on-disk cache of compiled modules across restarts.
 //! * [`vm`]: instantiate per worker, run `proxy_on_vm_start` / `proxy_on_configure`,
 //!   create and destroy stream contexts, call callbacks under the deadline. A trap
 //!   marks the VM failed; the next stream gets a fresh instance.
@@ -30,6 +32,7 @@
 //! ABI: modules exporting `proxy_abi_version_0_2_1` or `proxy_abi_version_0_2_0`.
 //! 0.1.0 modules are rejected with an error saying so.
 mod abi;
+pub mod cache;
 pub mod engine;
 mod error;
 pub mod filter;
@@ -46,6 +49,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
 pub use engine::WasmEngine;
 pub use error::WasmError;
 pub use filter::WasmHttpFilter;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use wasmtime::{InstancePre, Linker, Module, Store};
 
+use super::cache::{CompiledModule, ModuleOrigin};
 use super::state::HostState;
 use super::{abi, engine::WasmEngine, wasi, PluginConfig, WasmError};
 
@@ -23,6 +24,9 @@ pub struct WasmPlugin {
     pub(crate) pre: InstancePre<HostState>,
     abi: AbiVersion,
     pub(crate) stats: PluginStats,
+    /// Keeps the shared module in the engine's cache while this plugin lives.
+    module: Arc<CompiledModule>,
+    origin: ModuleOrigin,
 }
 
 /// Counters of one plugin across workers, for the stats exporter.
@@ -45,17 +49,20 @@ impl PluginStats {
 }
 
 impl WasmPlugin {
-    /// Compiles and links `config.code`. Errors name what is wrong: bytes that are
-    /// not wasm, a module without a proxy-wasm ABI export, an import this host does
-    /// not provide.
+    /// Compiles (or finds in the engine's module cache) and links `config.code`.
+    /// Errors name what is wrong: bytes that are not wasm, a module without a
+    /// proxy-wasm ABI export, an import this host does not provide.
     pub fn new(engine: &WasmEngine, config: PluginConfig) -> Result<Arc<Self>, WasmError> {
         let plugin = config.name.clone();
-        let module =
-            Module::new(engine.engine(), &config.code).map_err(|e| WasmError::Compile {
+        let (compiled, origin) = engine
+            .modules()
+            .load(engine.engine(), &config.code)
+            .map_err(|e| WasmError::Compile {
                 plugin: plugin.clone(),
                 message: format!("{e:#}"),
             })?;
-        let abi = abi_version(&module).map_err(|detail| WasmError::Abi {
+        let module = &compiled.module;
+        let abi = abi_version(module).map_err(|detail| WasmError::Abi {
             plugin: plugin.clone(),
             detail,
         })?;
@@ -80,14 +87,31 @@ impl WasmPlugin {
                 });
             }
         }
-        let pre = linker.instantiate_pre(&module).map_err(link_error)?;
+        let pre = linker.instantiate_pre(module).map_err(link_error)?;
         Ok(Arc::new(Self {
             config,
             engine: engine.clone(),
             pre,
             abi,
             stats: PluginStats::default(),
+            module: compiled,
+            origin,
         }))
+    }
+
+    /// Where the compiled module came from when this plugin was loaded.
+    pub fn module_origin(&self) -> ModuleOrigin {
+        self.origin
+    }
+
+    /// The compiled module, shared with every plugin of the same module bytes.
+    pub fn module(&self) -> &Module {
+        &self.module.module
+    }
+
+    /// SHA-256 of the module bytes, lowercase hex.
+    pub fn module_sha256(&self) -> &str {
+        &self.module.sha256
     }
 
     pub fn config(&self) -> &PluginConfig {

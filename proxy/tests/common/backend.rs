@@ -378,6 +378,45 @@ impl Backend {
         .await
     }
 
+    /// A file server: answers every request with `body`, except the first
+    /// `failures`, which get a 503 (a server that recovers, for fetch retries).
+    /// `heads()` lists each request as `METHOD path host`.
+    pub async fn file(name: &str, body: Bytes, failures: u64) -> Backend {
+        Backend::serve(name, move |stream, c| {
+            let body = body.clone();
+            async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (body, c) = (body.clone(), c.clone());
+                    async move {
+                        let seen = c.flaky_seen.fetch_add(1, Ordering::SeqCst);
+                        c.requests.fetch_add(1, Ordering::SeqCst);
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                            .unwrap_or_default();
+                        let head = format!("{} {} {host}", req.method(), req.uri().path());
+                        c.heads.lock().expect("heads lock").push(head);
+                        let (status, body) = match seen < failures {
+                            true => (503, Bytes::from_static(b"not yet")),
+                            false => (200, body),
+                        };
+                        let body: BackendBody = http_body_util::Full::new(body).boxed_unsync();
+                        Response::builder()
+                            .status(status)
+                            .body(body)
+                            .map_err(std::io::Error::other)
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+        })
+        .await
+    }
+
     /// A gRPC server (`tests/proto/echo.proto`) over h2c.
     pub async fn grpc(name: &str) -> Backend {
         let listener = bind().await;

@@ -37,11 +37,15 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-fn spawn(dir: &Path, args: &[&str]) -> Child {
+/// Runs the proxy in `dir`. Its wasm compile cache is `dir/wasm-cache` unless `env`
+/// names another `STRAIT_WASM_CACHE_DIR`, so tests never share or keep one.
+fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let stderr = std::fs::File::create(dir.join("stderr.log")).expect("create stderr.log");
     let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
     Command::new(env!("CARGO_BIN_EXE_strait"))
         .args(args)
+        .env("STRAIT_WASM_CACHE_DIR", dir.join("wasm-cache"))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -64,6 +68,11 @@ impl Strait {
     }
 
     pub async fn start_with(yaml: &str, extra_args: &[&str]) -> Strait {
+        Strait::start_with_env(yaml, extra_args, &[]).await
+    }
+
+    /// `start_with`, with these environment variables for the proxy.
+    pub async fn start_with_env(yaml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Strait {
         let dir = fresh_dir();
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).expect("write config");
@@ -79,7 +88,7 @@ impl Strait {
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = spawn(&dir, &args);
+        let child = spawn(&dir, &args, env);
         let mut strait = Strait {
             child,
             dir,
@@ -123,6 +132,7 @@ impl Strait {
                 "--concurrency",
                 "2",
             ],
+            &[],
         );
         let mut strait = Strait {
             child,
@@ -149,6 +159,11 @@ impl Strait {
 
     /// Starts the proxy with a config it must refuse; returns (exit code, stderr).
     pub async fn start_expect_failure(yaml: &str) -> (i32, String) {
+        Strait::start_expect_failure_env(yaml, &[]).await
+    }
+
+    /// `start_expect_failure`, with these environment variables for the proxy.
+    pub async fn start_expect_failure_env(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
         let dir = fresh_dir();
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).expect("write config");
@@ -163,6 +178,7 @@ impl Strait {
                 "--admin-address-path",
                 &admin_file.display().to_string(),
             ],
+            env,
         );
         let mut strait = Strait {
             child,

@@ -246,7 +246,8 @@ pub struct WasmVmConfig {
     pub configuration: Option<Value>,
     /// Accepted and ignored: wasmtime compiles every module itself.
     pub allow_precompiled: Option<IgnoredAny>,
-    /// Accepted and ignored: there is no remote code cache.
+    /// Accepted and ignored: Strait fetches `code.remote` before it accepts a config,
+    /// so an accepted config never waits on a code cache miss.
     pub nack_on_code_cache_miss: Option<IgnoredAny>,
     pub environment_variables: Option<Unsupported>,
 }
@@ -256,7 +257,44 @@ pub struct WasmVmConfig {
 #[serde(deny_unknown_fields)]
 pub struct AsyncDataSource {
     pub local: Option<DataSource>,
-    pub remote: Option<Unsupported>,
+    pub remote: Option<RemoteDataSource>,
+}
+
+/// `config.core.v3.RemoteDataSource`: fetched through a configured cluster and
+/// checked against `sha256`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteDataSource {
+    pub http_uri: Option<HttpUri>,
+    #[serde(default)]
+    pub sha256: String,
+    pub retry_policy: Option<RemoteRetryPolicy>,
+}
+
+/// `config.core.v3.HttpUri`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUri {
+    #[serde(default)]
+    pub uri: String,
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// `config.core.v3.RetryPolicy`, as a `RemoteDataSource` uses it: Envoy reads only
+/// `num_retries` and `retry_back_off` there, so the other fields are refused rather
+/// than silently doing nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRetryPolicy {
+    pub retry_back_off: Option<super::RetryBackOff>,
+    pub num_retries: Option<u32>,
+    pub retry_on: Option<Unsupported>,
+    pub retry_priority: Option<Unsupported>,
+    pub retry_host_predicate: Option<Unsupported>,
+    pub host_selection_retry_max_attempts: Option<Unsupported>,
 }
 
 /// `extensions.filters.http.fault.v3.HTTPFault`.

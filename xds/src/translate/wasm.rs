@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use std::time::Duration;
+
 use super::{data_source, decode_base64, ConfigError, Result, TypedConfig};
-use crate::bootstrap::{Wasm, NOT_SUPPORTED};
-use crate::model::WasmFilterConfig;
+use crate::bootstrap::{AsyncDataSource, RemoteDataSource, Wasm, NOT_SUPPORTED};
+use crate::model::{RemoteCode, WasmFilterConfig};
 
 const STRING_VALUE: &str = "google.protobuf.StringValue";
 const BYTES_VALUE: &str = "google.protobuf.BytesValue";
@@ -47,16 +49,7 @@ pub(super) fn filter(typed: &TypedConfig) -> Result<WasmFilterConfig> {
             return Err(ConfigError::new(format!("{vm_path}.runtime"), message));
         }
     }
-    let code_path = format!("{vm_path}.code");
-    let local = vm
-        .code
-        .and_then(|code| code.local)
-        .ok_or_else(|| ConfigError::new(&code_path, "code.local is required"))?;
-    let code_source = local
-        .filename
-        .clone()
-        .unwrap_or_else(|| "inline".to_owned());
-    let code = data_source(&format!("{code_path}.local"), &local)?;
+    let (code, remote, code_source) = code(&format!("{vm_path}.code"), vm.code)?;
     let fail_open = match config.failure_policy.as_deref() {
         None | Some("UNSPECIFIED") => config.fail_open,
         Some("FAIL_OPEN") => true,
@@ -75,8 +68,126 @@ pub(super) fn filter(typed: &TypedConfig) -> Result<WasmFilterConfig> {
         configuration: any_bytes(&format!("{path}.configuration"), config.configuration)?,
         vm_configuration: any_bytes(&format!("{vm_path}.configuration"), vm.configuration)?,
         code: Arc::from(code),
+        remote,
         code_source,
         fail_open,
+    })
+}
+
+/// `vm_config.code` (at `path`): the module bytes of `local`, or where to fetch them
+/// (`remote`, bytes empty), and a name for the source in messages.
+fn code(
+    path: &str,
+    code: Option<AsyncDataSource>,
+) -> Result<(Vec<u8>, Option<RemoteCode>, String)> {
+    match code.map(|c| (c.local, c.remote)) {
+        Some((Some(local), None)) => {
+            let source = local
+                .filename
+                .clone()
+                .unwrap_or_else(|| "inline".to_owned());
+            Ok((data_source(&format!("{path}.local"), &local)?, None, source))
+        }
+        Some((None, Some(remote))) => {
+            let remote = remote_code(&format!("{path}.remote"), remote)?;
+            let source = remote.uri.clone();
+            Ok((Vec::new(), Some(remote), source))
+        }
+        _ => Err(ConfigError::new(
+            path,
+            "exactly one of code.local, code.remote is required",
+        )),
+    }
+}
+
+/// Envoy's defaults for a `RemoteDataSource` fetch (`remote_async_datasource.cc`).
+const REMOTE_RETRIES: u32 = 1;
+const REMOTE_BASE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn remote_code(path: &str, remote: RemoteDataSource) -> Result<RemoteCode> {
+    let uri_path = format!("{path}.http_uri");
+    let http_uri = remote
+        .http_uri
+        .ok_or_else(|| ConfigError::new(&uri_path, "http_uri is required"))?;
+    if http_uri.uri.is_empty() {
+        return Err(ConfigError::new(
+            format!("{uri_path}.uri"),
+            "uri is required",
+        ));
+    }
+    let parsed = http_uri
+        .uri
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")))
+        .and_then(|u| Some((u.authority()?.to_string(), u.path_and_query()?.to_string())));
+    let Some((authority, path_and_query)) = parsed else {
+        let message = format!(
+            "'{}' is not an absolute http:// or https:// URI",
+            http_uri.uri
+        );
+        return Err(ConfigError::new(format!("{uri_path}.uri"), message));
+    };
+    if http_uri.cluster.is_empty() {
+        return Err(ConfigError::new(
+            format!("{uri_path}.cluster"),
+            "cluster is required",
+        ));
+    }
+    let timeout = http_uri
+        .timeout
+        .ok_or_else(|| ConfigError::new(format!("{uri_path}.timeout"), "timeout is required"))?;
+    let sha256 = match remote.sha256.as_str() {
+        "" => {
+            return Err(ConfigError::new(
+                format!("{path}.sha256"),
+                "sha256 is required",
+            ))
+        }
+        hex if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            hex.to_ascii_lowercase()
+        }
+        other => {
+            let message = format!("'{other}' is not a SHA-256 digest (64 hex digits)");
+            return Err(ConfigError::new(format!("{path}.sha256"), message));
+        }
+    };
+    let retry = remote.retry_policy.as_ref();
+    let back_off = retry.and_then(|r| r.retry_back_off.as_ref());
+    let back_off_path = format!("{path}.retry_policy.retry_back_off");
+    let base_interval = match back_off.map(|b| b.base_interval) {
+        None => REMOTE_BASE_INTERVAL,
+        Some(Some(base)) if base >= Duration::from_millis(1) => base,
+        Some(_) => {
+            let message = "base_interval is required and must be at least 1ms";
+            return Err(ConfigError::new(
+                format!("{back_off_path}.base_interval"),
+                message,
+            ));
+        }
+    };
+    let max_interval = match back_off.and_then(|b| b.max_interval) {
+        None => base_interval * 10,
+        Some(max) if max >= base_interval => max,
+        Some(_) => {
+            let message = "max_interval must be greater than or equal to base_interval";
+            return Err(ConfigError::new(
+                format!("{back_off_path}.max_interval"),
+                message,
+            ));
+        }
+    };
+    Ok(RemoteCode {
+        path: path.to_owned(),
+        uri: http_uri.uri,
+        authority,
+        path_and_query,
+        cluster: http_uri.cluster,
+        timeout,
+        sha256,
+        num_retries: retry.and_then(|r| r.num_retries).unwrap_or(REMOTE_RETRIES),
+        base_interval,
+        max_interval,
     })
 }
 
@@ -120,6 +231,8 @@ fn any_bytes(path: &str, value: Option<Value>) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::model::HttpFilterConfig;
     use crate::translate::snapshot_from_yaml;
 
@@ -181,8 +294,8 @@ mod tests {
             ),
             (
                 "code: {local: {inline_string: \"not really wasm\"}}",
-                "code: {remote: {http_uri: {uri: x}}}",
-                format!("{config_path}.vm_config.code.remote: remote is not supported yet"),
+                "code: {}",
+                format!("{config_path}.vm_config.code: exactly one of code.local, code.remote"),
             ),
             (
                 "code: {local: {inline_string: \"not really wasm\"}}",
@@ -202,5 +315,115 @@ mod tests {
                 .to_string();
             assert!(error.starts_with(&want), "{to}: got {error}, want {want}");
         }
+    }
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// `TYPED_STRUCT` with `code` replaced by `remote` (a flow mapping).
+    fn remote_config(remote: &str) -> String {
+        let local = "code: {local: {inline_string: \"not really wasm\"}}";
+        config(&TYPED_STRUCT.replacen(local, &format!("code: {{remote: {remote}}}"), 1))
+    }
+
+    #[test]
+    fn remote_code_translates_with_envoy_defaults() {
+        let remote = format!(
+            "{{http_uri: {{uri: \"https://plugins.example/v1/demo.wasm?x=1\", cluster: plugins, timeout: 2s}}, sha256: {}}}",
+            SHA.to_uppercase()
+        );
+        let snapshot = snapshot_from_yaml(&remote_config(&remote)).unwrap();
+        let [HttpFilterConfig::Wasm(wasm)] = &snapshot.listeners[0].hcm.http_filters[..] else {
+            panic!("one wasm filter expected");
+        };
+        assert!(wasm.code.is_empty());
+        assert_eq!(wasm.code_source, "https://plugins.example/v1/demo.wasm?x=1");
+        let remote = wasm.remote.as_ref().expect("remote code");
+        assert_eq!(
+            remote.path,
+            format!("{HCM}.http_filters[0].typed_config.value.config.vm_config.code.remote")
+        );
+        assert_eq!(remote.authority, "plugins.example");
+        assert_eq!(remote.path_and_query, "/v1/demo.wasm?x=1");
+        assert_eq!(remote.cluster, "plugins");
+        assert_eq!(remote.timeout, Duration::from_secs(2));
+        assert_eq!(remote.sha256, SHA, "normalized to lowercase");
+        assert_eq!(remote.num_retries, 1);
+        assert_eq!(remote.base_interval, Duration::from_secs(1));
+        assert_eq!(remote.max_interval, Duration::from_secs(10));
+
+        let with_retries = format!(
+            "{{http_uri: {{uri: \"http://p/m.wasm\", cluster: plugins, timeout: 0s}}, sha256: {SHA}, retry_policy: {{num_retries: 4, retry_back_off: {{base_interval: 0.05s, max_interval: 0.2s}}}}}}"
+        );
+        let snapshot = snapshot_from_yaml(&remote_config(&with_retries)).unwrap();
+        let HttpFilterConfig::Wasm(wasm) = &snapshot.listeners[0].hcm.http_filters[0] else {
+            panic!("wasm filter expected");
+        };
+        let remote = wasm.remote.as_ref().unwrap();
+        assert_eq!(remote.timeout, Duration::ZERO);
+        assert_eq!(remote.num_retries, 4);
+        assert_eq!(remote.base_interval, Duration::from_millis(50));
+        assert_eq!(remote.max_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn remote_code_errors_name_paths() {
+        let remote =
+            format!("{HCM}.http_filters[0].typed_config.value.config.vm_config.code.remote");
+        let uri = "http_uri: {uri: \"http://p/m.wasm\", cluster: plugins, timeout: 1s}";
+        let cases = [
+            (format!("{{sha256: {SHA}}}"), format!("{remote}.http_uri: http_uri is required")),
+            (format!("{{{uri}}}"), format!("{remote}.sha256: sha256 is required")),
+            (
+                format!("{{{uri}, sha256: abc}}"),
+                format!("{remote}.sha256: 'abc' is not a SHA-256 digest"),
+            ),
+            (
+                format!("{{http_uri: {{cluster: plugins, timeout: 1s}}, sha256: {SHA}}}"),
+                format!("{remote}.http_uri.uri: uri is required"),
+            ),
+            (
+                format!("{{http_uri: {{uri: /m.wasm, cluster: plugins, timeout: 1s}}, sha256: {SHA}}}"),
+                format!("{remote}.http_uri.uri: '/m.wasm' is not an absolute http:// or https:// URI"),
+            ),
+            (
+                format!("{{http_uri: {{uri: \"http://p/m\", timeout: 1s}}, sha256: {SHA}}}"),
+                format!("{remote}.http_uri.cluster: cluster is required"),
+            ),
+            (
+                format!("{{http_uri: {{uri: \"http://p/m\", cluster: plugins}}, sha256: {SHA}}}"),
+                format!("{remote}.http_uri.timeout: timeout is required"),
+            ),
+            (
+                format!("{{{uri}, sha256: {SHA}, retry_policy: {{retry_back_off: {{max_interval: 1s}}}}}}"),
+                format!("{remote}.retry_policy.retry_back_off.base_interval: base_interval is required"),
+            ),
+            (
+                format!("{{{uri}, sha256: {SHA}, retry_policy: {{retry_back_off: {{base_interval: 2s, max_interval: 1s}}}}}}"),
+                format!("{remote}.retry_policy.retry_back_off.max_interval: max_interval must be"),
+            ),
+            (
+                format!("{{{uri}, sha256: {SHA}, retry_policy: {{retry_on: 5xx}}}}"),
+                format!("{remote}.retry_policy.retry_on: retry_on is not supported yet"),
+            ),
+        ];
+        for (value, want) in cases {
+            let error = snapshot_from_yaml(&remote_config(&value))
+                .expect_err(&value)
+                .to_string();
+            assert!(
+                error.starts_with(&want),
+                "{value}: got {error}, want {want}"
+            );
+        }
+        let both = TYPED_STRUCT.replacen(
+            "code: {local: {inline_string: \"not really wasm\"}}",
+            &format!("code: {{local: {{inline_string: x}}, remote: {{{uri}, sha256: {SHA}}}}}"),
+            1,
+        );
+        let error = snapshot_from_yaml(&config(&both)).unwrap_err().to_string();
+        assert!(
+            error.contains("vm_config.code: exactly one of code.local, code.remote"),
+            "{error}"
+        );
     }
 }
