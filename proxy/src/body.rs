@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -25,13 +25,22 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::stream::StreamGuard;
 
-/// Bytes received from downstream, shared between the request body and its guard.
+/// Bytes received from downstream, shared between the request body and its guard,
+/// and whether the body has ended (a timeout answers 504 then, 408 before).
 #[derive(Default, Debug)]
-pub struct ByteCount(AtomicU64);
+pub struct ByteCount(AtomicU64, AtomicBool);
 
 impl ByteCount {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn ended(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    fn end(&self) {
+        self.1.store(true, Ordering::Relaxed);
     }
 }
 
@@ -249,11 +258,14 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Replay(body) => body.poll_frame(cx),
             RequestBody::Streaming { inner, received } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
                     if let Some(d) = f.data_ref() {
                         received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
+                }
+                if frame.is_none() || inner.is_end_stream() {
+                    received.end();
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
@@ -282,6 +294,9 @@ impl Body for RequestBody {
                     None => (Bytes::new(), true),
                 };
                 *done = end;
+                if end {
+                    received.end();
+                }
                 match chain.request_body(chunk, end) {
                     BodyVerdict::Forward(data) if data.is_empty() => continue,
                     BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -320,37 +335,48 @@ pub enum Expiry {
     Request,
     /// `stream_idle_timeout` / the route's `idle_timeout` (`SI`).
     Idle,
+    /// The answering attempt's `per_try_idle_timeout` (504, `UT`).
+    PerTryIdle,
+    /// `max_stream_duration` (504 or 408, no flag).
+    MaxDuration,
 }
 
-impl Expiry {
-    pub fn error(self) -> ProxyError {
-        match self {
-            Expiry::Route => ProxyError::UpstreamTimeout,
-            Expiry::Request => ProxyError::RequestTimeout,
-            Expiry::Idle => ProxyError::StreamIdleTimeout,
-        }
-    }
-}
-
-/// A stream's timers (route timeout, request timeout, idle timeout) folded into one
-/// `Sleep`, which serves the wait for the response head and then the body.
+/// A stream's timers (route timeout, request timeout, max stream duration, idle
+/// timeouts) folded into one `Sleep`, which serves the wait for the response head and
+/// then the body.
 pub struct StreamTimers {
     route: Option<Instant>,
     request: Option<Instant>,
+    max_duration: Option<Instant>,
     idle: Option<Duration>,
+    /// The answering attempt's `per_try_idle_timeout`, once its head is in.
+    try_idle: Option<Duration>,
+    /// Last activity, for the idle timers.
+    touched: Instant,
+    /// The request body's progress; `None`: the request had no body.
+    request_body: Option<Arc<ByteCount>>,
     pub sleep: Pin<Box<Sleep>>,
 }
 
+/// The stream's deadlines, as the router computed them.
+#[derive(Default)]
+pub struct Deadlines {
+    pub route: Option<Instant>,
+    pub request: Option<Instant>,
+    pub max_duration: Option<Instant>,
+    pub idle: Option<Duration>,
+}
+
 impl StreamTimers {
-    pub fn new(
-        route: Option<Instant>,
-        request: Option<Instant>,
-        idle: Option<Duration>,
-    ) -> Option<StreamTimers> {
+    pub fn new(deadlines: Deadlines, request_body: Option<Arc<ByteCount>>) -> Option<StreamTimers> {
         let mut timers = StreamTimers {
-            route,
-            request,
-            idle,
+            route: deadlines.route,
+            request: deadlines.request,
+            max_duration: deadlines.max_duration,
+            idle: deadlines.idle,
+            try_idle: None,
+            touched: Instant::now(),
+            request_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
         let next = timers.next_wake()?;
@@ -358,20 +384,47 @@ impl StreamTimers {
         Some(timers)
     }
 
+    /// Adds the answering attempt's `per_try_idle_timeout` for the response body,
+    /// making the timers if the stream had none.
+    pub fn with_try_idle(
+        timers: Option<StreamTimers>,
+        try_idle: Duration,
+        request_body: Option<Arc<ByteCount>>,
+    ) -> Option<StreamTimers> {
+        let mut timers = timers.or_else(|| {
+            Some(StreamTimers {
+                route: None,
+                request: None,
+                max_duration: None,
+                idle: None,
+                try_idle: None,
+                touched: Instant::now(),
+                request_body,
+                sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            })
+        })?;
+        timers.try_idle = Some(try_idle);
+        timers.touch();
+        Some(timers)
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         [
             self.route,
             self.request,
-            self.idle.map(|d| Instant::now() + d),
+            self.max_duration,
+            self.idle.map(|d| self.touched + d),
+            self.try_idle.map(|d| self.touched + d),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Activity on the stream: pushes the idle deadline back.
+    /// Activity on the stream: pushes the idle deadlines back.
     pub fn touch(&mut self) {
-        if self.idle.is_some() {
+        if self.idle.is_some() || self.try_idle.is_some() {
+            self.touched = Instant::now();
             if let Some(next) = self.next_wake() {
                 self.sleep.as_mut().reset(next);
             }
@@ -385,8 +438,25 @@ impl StreamTimers {
             Expiry::Route
         } else if self.request.is_some_and(|d| now >= d) {
             Expiry::Request
+        } else if self.max_duration.is_some_and(|d| now >= d) {
+            Expiry::MaxDuration
+        } else if self.try_idle.is_some_and(|d| now >= self.touched + d) {
+            Expiry::PerTryIdle
         } else {
             Expiry::Idle
+        }
+    }
+
+    /// The error a fired timer answers with.
+    pub fn error(&self, expiry: Expiry) -> ProxyError {
+        match expiry {
+            Expiry::Route => ProxyError::UpstreamTimeout,
+            Expiry::Request => ProxyError::RequestTimeout,
+            Expiry::Idle => ProxyError::StreamIdleTimeout,
+            Expiry::PerTryIdle => ProxyError::PerTryIdleTimeout,
+            Expiry::MaxDuration => ProxyError::MaxStreamDuration {
+                request_complete: self.request_body.as_ref().is_none_or(|b| b.ended()),
+            },
         }
     }
 }
@@ -489,7 +559,7 @@ impl Body for ResponseBody {
                             if let Some(g) = &mut this.guard {
                                 g.timed_out(expiry);
                             }
-                            let err = expiry.error();
+                            let err = t.error(expiry);
                             this.finish(Some(err.flag()));
                             return Poll::Ready(Some(Err(Box::new(err))));
                         }
