@@ -26,7 +26,7 @@ use strait_filters::LocalReply;
 use strait_xds::model::RouteTarget;
 use tokio::time::Sleep;
 
-use crate::body::{ReplayHandle, RequestBody, StreamTimers};
+use crate::body::{Expiry, ReplayHandle, RequestBody, StreamTimers};
 use crate::breaker::Slot;
 use crate::chain::ChainId;
 use crate::cluster::{ClusterRuntime, Host, HostSet};
@@ -114,6 +114,9 @@ pub async fn run(
     if retry.is_none() && plan.per_try.is_none() && plan.per_try_idle.is_none() {
         return single(&plan, first, host, timers, guard).await;
     }
+    if !plan.hedge {
+        return sequential(&plan, first, host, retry, timers, guard).await;
+    }
     let cluster = plan.cluster;
     let mut first = Some(first);
     let mut attempts: Vec<Attempt<'_>> = Vec::with_capacity(1);
@@ -152,8 +155,8 @@ pub async fn run(
         .await;
         let (index, sent) = match event {
             Event::StreamTimer => {
-                let t = timers.as_ref().expect("a stream timer fired");
-                let expiry = t.expired();
+                let t = timers.as_mut().expect("a stream timer fired");
+                let Some(expiry) = t.fired() else { continue };
                 guard.timed_out(expiry);
                 return Answer::Failed(t.error(expiry));
             }
@@ -215,56 +218,226 @@ pub async fn run(
             Event::Sent(i, sent) => (i, sent),
         };
         let attempt = attempts.swap_remove(index);
-        // This attempt's outcome is in: an armed retry no longer counts as under way.
-        drop(retry_slot.take());
-        if let Ok((resp, _)) = &sent {
-            guard.upstream_responded(resp.status().as_u16());
-        }
-        // A filter that answered from the request body ended the upstream leg.
-        if sent.is_err() {
-            if let Some(reply) = plan.chain.and_then(ChainId::take_pending_reply) {
-                return Answer::FilterReplied(reply);
-            }
-        }
-        // Envoy gives up retrying once the body outgrew the buffer.
-        if plan.replay.as_ref().is_some_and(|r| !r.replayable()) {
-            retry = None;
-        }
-        let outcome = retry::outcome(&sent);
-        let (decision, retriable) = match (&mut retry, outcome) {
-            (Some(state), Some(outcome)) if attempt.retried => (
-                Decision::Done { after_retry: false },
-                state.is_retriable(outcome),
-            ),
-            (Some(state), Some(outcome)) => {
-                let decision = state.decide(outcome, rand::random());
-                let retriable = !matches!(decision, Decision::Done { .. });
-                (decision, retriable)
-            }
-            _ => (Decision::Done { after_retry: false }, false),
-        };
-        if let Some(wait) = account(decision, cluster, guard, &mut retry_slot) {
-            // The failed attempt's response (and its connection) is dropped unread,
-            // and its place under `max_requests` given back.
-            backoff = Some(Box::pin(tokio::time::sleep(wait)));
-            continue;
-        }
-        // A response that would have been retried, or a reset, does not answer while
-        // another attempt may still do better.
         let others = !attempts.is_empty() || backoff.is_some();
-        if others && (retriable || sent.is_err()) {
-            continue;
-        }
-        // The winner: every other attempt is reset.
-        drop(attempts);
-        return match sent {
-            Ok((resp, lease)) => {
-                guard.answered_by(&attempt.host);
-                Answer::Response(resp, lease, attempt.request_slot)
+        let settled = settle(
+            &plan,
+            &mut retry,
+            &mut retry_slot,
+            guard,
+            &sent,
+            attempt.retried,
+            others,
+        );
+        match settled {
+            Settled::Retry(wait) => backoff = Some(Box::pin(tokio::time::sleep(wait))),
+            Settled::Dropped => {}
+            Settled::FilterReplied(reply) => return Answer::FilterReplied(reply),
+            Settled::Answer => {
+                // The winner: every other attempt is reset.
+                drop(attempts);
+                return finish(sent, &attempt.host, attempt.request_slot, guard);
             }
-            Err(error) => Answer::Failed(error),
-        };
+        }
     }
+}
+
+/// What became of an attempt's outcome.
+enum Settled {
+    /// Retry after this backoff (the outcome is dropped).
+    Retry(Duration),
+    /// Dropped: another attempt under way may still answer.
+    Dropped,
+    /// This is the answer.
+    Answer,
+    /// An HTTP filter answered from the request body.
+    FilterReplied(LocalReply),
+}
+
+/// Envoy's handling of an attempt's outcome: counts it, decides whether to retry
+/// (`retried`: a hedged attempt, never retried itself), and whether it answers. A
+/// response that would have been retried, or a reset, does not answer while `others`
+/// (attempts under way or a retry armed) may still do better.
+fn settle(
+    plan: &Plan<'_>,
+    retry: &mut Option<RetryState<'_>>,
+    retry_slot: &mut Option<Slot>,
+    guard: &mut StreamGuard,
+    sent: &Sent,
+    retried: bool,
+    others: bool,
+) -> Settled {
+    // This attempt's outcome is in: an armed retry no longer counts as under way.
+    drop(retry_slot.take());
+    if let Ok((resp, _)) = sent {
+        guard.upstream_responded(resp.status().as_u16());
+    }
+    // A filter that answered from the request body ended the upstream leg.
+    if sent.is_err() {
+        if let Some(reply) = plan.chain.and_then(ChainId::take_pending_reply) {
+            return Settled::FilterReplied(reply);
+        }
+    }
+    // Envoy gives up retrying once the body outgrew the buffer.
+    if plan.replay.as_ref().is_some_and(|r| !r.replayable()) {
+        *retry = None;
+    }
+    let outcome = retry::outcome(sent);
+    let (decision, retriable) = match (retry.as_mut(), outcome) {
+        (Some(state), Some(outcome)) if retried => (
+            Decision::Done { after_retry: false },
+            state.is_retriable(outcome),
+        ),
+        (Some(state), Some(outcome)) => {
+            let decision = state.decide(outcome, rand::random());
+            let retriable = !matches!(decision, Decision::Done { .. });
+            (decision, retriable)
+        }
+        _ => (Decision::Done { after_retry: false }, false),
+    };
+    if let Some(wait) = account(decision, plan.cluster, guard, retry_slot) {
+        // The failed attempt's response (and its connection) is dropped unread, and
+        // its place under `max_requests` given back.
+        return Settled::Retry(wait);
+    }
+    if others && (retriable || sent.is_err()) {
+        return Settled::Dropped;
+    }
+    Settled::Answer
+}
+
+/// The answer from the winning attempt's outcome.
+fn finish(
+    sent: Result<(Response<Incoming>, Option<Lease>), ProxyError>,
+    host: &Arc<Host>,
+    request_slot: Option<Slot>,
+    guard: &mut StreamGuard,
+) -> Answer {
+    match sent {
+        Ok((resp, lease)) => {
+            guard.answered_by(host);
+            Answer::Response(resp, lease, request_slot)
+        }
+        Err(error) => Answer::Failed(error),
+    }
+}
+
+/// Attempts one at a time (no hedging): one timer serves the stream and the current
+/// attempt's per-try deadline, and nothing is allocated per attempt.
+async fn sequential(
+    plan: &Plan<'_>,
+    first: Request<RequestBody>,
+    host: Arc<Host>,
+    mut retry: Option<RetryState<'_>>,
+    timers: &mut Option<StreamTimers>,
+    guard: &mut StreamGuard,
+) -> Answer {
+    let cluster = plan.cluster;
+    let mut first = Some(first);
+    let mut host = host;
+    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut number: u32 = 1;
+    let mut retry_slot: Option<Slot> = None;
+    let per_try = per_try_timer(plan);
+    loop {
+        let request = request(plan, first.take(), &host, number);
+        // Each attempt holds a place under `max_requests` until its response ends.
+        let request_slot = cluster.breakers.requests.try_acquire();
+        if request_slot.is_none() {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+        }
+        // Boxed: the attempt future is large, and this keeps every enclosing future
+        // (and each move of one) small; one allocation per attempt is cheaper.
+        let send = Box::pin(async {
+            match request_slot {
+                None => Err(ProxyError::Overflow),
+                Some(_) => pool::send(cluster, &host, plan.h2, plan.upgrade, request).await,
+            }
+        });
+        // The first attempt's per-try deadline came with the stream's timers.
+        if let (Some((d, _)), true) = (&per_try, number > 1) {
+            StreamTimers::set_attempt(timers, tokio::time::Instant::now() + *d);
+        }
+        let sent = match until(send, timers).await {
+            Ok(sent) => sent,
+            Err(Expiry::Attempt) => {
+                // The attempt is reset: its future (and connection) dropped.
+                let error = per_try
+                    .as_ref()
+                    .map_or(ProxyError::PerTryTimeout, |(_, e)| e.clone());
+                match error {
+                    ProxyError::PerTryIdleTimeout => {
+                        cluster.stats.upstream_rq_per_try_idle_timeout.inc()
+                    }
+                    _ => cluster.stats.upstream_rq_per_try_timeout.inc(),
+                }
+                Err(error)
+            }
+            Err(expiry) => return expired(expiry, timers, guard),
+        };
+        StreamTimers::clear_attempt(timers);
+        match settle(
+            plan,
+            &mut retry,
+            &mut retry_slot,
+            guard,
+            &sent,
+            false,
+            false,
+        ) {
+            Settled::Answer => return finish(sent, &host, request_slot, guard),
+            Settled::FilterReplied(reply) => return Answer::FilterReplied(reply),
+            // Nothing else is under way: `settle` drops nothing.
+            Settled::Dropped => return Answer::Failed(ProxyError::NoHealthyUpstream),
+            Settled::Retry(wait) => {
+                // The failed attempt's response (and its connection) is dropped unread,
+                // and its place under `max_requests` given back.
+                drop(sent);
+                drop(request_slot);
+                if let Err(expiry) = until(tokio::time::sleep(wait), timers).await {
+                    return expired(expiry, timers, guard);
+                }
+            }
+        }
+        tried.push(host.clone());
+        let previous_hosts = retry
+            .as_ref()
+            .and_then(RetryState::policy)
+            .filter(|p| p.previous_hosts);
+        let Some(next) = retry_host(cluster, plan.hosts, previous_hosts, &tried) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return Answer::Failed(ProxyError::NoHealthyUpstream);
+        };
+        host = next;
+        guard.next_attempt(host.clone());
+        number += 1;
+    }
+}
+
+/// Awaits `fut` unless one of the stream's timers ends the wait first.
+async fn until<F: Future>(fut: F, timers: &mut Option<StreamTimers>) -> Result<F::Output, Expiry> {
+    let Some(t) = timers else {
+        return Ok(fut.await);
+    };
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = t.sleep.as_mut() => {
+                if let Some(expiry) = t.fired() {
+                    return Err(expiry);
+                }
+            }
+        }
+    }
+}
+
+/// The answer when a stream timer ended the wait.
+fn expired(expiry: Expiry, timers: &Option<StreamTimers>, guard: &mut StreamGuard) -> Answer {
+    guard.timed_out(expiry);
+    let error = timers
+        .as_ref()
+        .map_or(ProxyError::UpstreamTimeout, |t| t.error(expiry));
+    Answer::Failed(error)
 }
 
 /// The short path: one attempt, bounded by the stream's timers only.
@@ -288,16 +461,9 @@ async fn single(
         return Answer::Failed(ProxyError::Overflow);
     }
     let send = pool::send(cluster, &host, plan.h2, plan.upgrade, request);
-    let sent = match timers {
-        Some(t) => tokio::select! {
-            r = send => r,
-            _ = t.sleep.as_mut() => {
-                let expiry = t.expired();
-                guard.timed_out(expiry);
-                return Answer::Failed(t.error(expiry));
-            }
-        },
-        None => send.await,
+    let sent = match until(send, timers).await {
+        Ok(sent) => sent,
+        Err(expiry) => return expired(expiry, timers, guard),
     };
     match sent {
         Ok((resp, lease)) => {
@@ -311,15 +477,34 @@ async fn single(
     }
 }
 
-/// Starts attempt number `number` on `host`: `first` for the first, else a copy of
-/// the template with the replayed body.
-fn start<'a>(
-    plan: &Plan<'a>,
+/// The per-try timer of each attempt while its head is awaited: the shorter of
+/// `per_try_timeout` and `per_try_idle_timeout`, and the error it stands for.
+fn per_try_timer(plan: &Plan<'_>) -> Option<(Duration, ProxyError)> {
+    per_try_first(plan.per_try, plan.per_try_idle)
+}
+
+/// The shorter of the per-try timeouts, and the error it stands for.
+pub fn per_try_first(
+    per_try: Option<Duration>,
+    per_try_idle: Option<Duration>,
+) -> Option<(Duration, ProxyError)> {
+    match (per_try, per_try_idle) {
+        (Some(t), Some(idle)) if idle < t => Some((idle, ProxyError::PerTryIdleTimeout)),
+        (Some(t), _) => Some((t, ProxyError::PerTryTimeout)),
+        (None, Some(idle)) => Some((idle, ProxyError::PerTryIdleTimeout)),
+        (None, None) => None,
+    }
+}
+
+/// The request of attempt number `number` on `host`: `first` for the first, else a
+/// copy of the template with the replayed body.
+fn request(
+    plan: &Plan<'_>,
     first: Option<Request<RequestBody>>,
     host: &Arc<Host>,
     number: u32,
-) -> Attempt<'a> {
-    let request = match first {
+) -> Request<RequestBody> {
+    let mut request = match first {
         Some(request) => request,
         None => {
             let template = plan.template.as_ref().expect("a retry has a template");
@@ -353,12 +538,22 @@ fn start<'a>(
             Request::from_parts(head, body)
         }
     };
-    let mut request = request;
     if plan.attempt_count_header {
         request
             .headers_mut()
             .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(number));
     }
+    request
+}
+
+/// Starts attempt number `number` on `host`, boxed to run beside others (hedging).
+fn start<'a>(
+    plan: &Plan<'a>,
+    first: Option<Request<RequestBody>>,
+    host: &Arc<Host>,
+    number: u32,
+) -> Attempt<'a> {
+    let request = request(plan, first, host, number);
     // Each attempt holds a place under `max_requests` until its response ends.
     let cluster = plan.cluster;
     let request_slot = cluster.breakers.requests.try_acquire();
@@ -372,13 +567,7 @@ fn start<'a>(
             Box::pin(async move { pool::send(cluster, &host, h2, upgrade, request).await })
         }
     };
-    let timer = match (plan.per_try, plan.per_try_idle) {
-        (Some(t), Some(idle)) if idle < t => Some((idle, ProxyError::PerTryIdleTimeout)),
-        (Some(t), _) => Some((t, ProxyError::PerTryTimeout)),
-        (None, Some(idle)) => Some((idle, ProxyError::PerTryIdleTimeout)),
-        (None, None) => None,
-    }
-    .map(|(d, error)| (Box::pin(tokio::time::sleep(d)), error));
+    let timer = per_try_timer(plan).map(|(d, error)| (Box::pin(tokio::time::sleep(d)), error));
     Attempt {
         host: host.clone(),
         send,

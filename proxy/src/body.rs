@@ -339,6 +339,8 @@ pub enum Expiry {
     PerTryIdle,
     /// `max_stream_duration` (504 or 408, no flag).
     MaxDuration,
+    /// The current attempt's per-try timer (the router handles it).
+    Attempt,
 }
 
 /// A stream's timers (route timeout, request timeout, max stream duration, idle
@@ -351,6 +353,9 @@ pub struct StreamTimers {
     idle: Option<Duration>,
     /// The answering attempt's `per_try_idle_timeout`, once its head is in.
     try_idle: Option<Duration>,
+    /// The current attempt's per-try deadline while its head is awaited: one timer
+    /// serves the stream and its attempts.
+    attempt: Option<Instant>,
     /// Last activity, for the idle timers.
     touched: Instant,
     /// The request body's progress; `None`: the request had no body.
@@ -365,6 +370,8 @@ pub struct Deadlines {
     pub request: Option<Instant>,
     pub max_duration: Option<Instant>,
     pub idle: Option<Duration>,
+    /// The first attempt's per-try deadline.
+    pub attempt: Option<Instant>,
 }
 
 impl StreamTimers {
@@ -375,6 +382,7 @@ impl StreamTimers {
             max_duration: deadlines.max_duration,
             idle: deadlines.idle,
             try_idle: None,
+            attempt: deadlines.attempt,
             touched: Instant::now(),
             request_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
@@ -384,6 +392,21 @@ impl StreamTimers {
         Some(timers)
     }
 
+    /// Timers with no deadline yet, for a stream that had none.
+    fn empty(request_body: Option<Arc<ByteCount>>) -> StreamTimers {
+        StreamTimers {
+            route: None,
+            request: None,
+            max_duration: None,
+            idle: None,
+            try_idle: None,
+            attempt: None,
+            touched: Instant::now(),
+            request_body,
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+        }
+    }
+
     /// Adds the answering attempt's `per_try_idle_timeout` for the response body,
     /// making the timers if the stream had none.
     pub fn with_try_idle(
@@ -391,21 +414,41 @@ impl StreamTimers {
         try_idle: Duration,
         request_body: Option<Arc<ByteCount>>,
     ) -> Option<StreamTimers> {
-        let mut timers = timers.or_else(|| {
-            Some(StreamTimers {
-                route: None,
-                request: None,
-                max_duration: None,
-                idle: None,
-                try_idle: None,
-                touched: Instant::now(),
-                request_body,
-                sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
-            })
-        })?;
+        let mut timers = timers.unwrap_or_else(|| StreamTimers::empty(request_body));
         timers.try_idle = Some(try_idle);
         timers.touch();
         Some(timers)
+    }
+
+    /// Sets the current attempt's per-try deadline, making the timers if the stream
+    /// had none.
+    pub fn set_attempt(timers: &mut Option<StreamTimers>, deadline: Instant) {
+        let t = timers.get_or_insert_with(|| StreamTimers::empty(None));
+        t.attempt = Some(deadline);
+        if let Some(next) = t.next_wake() {
+            t.sleep.as_mut().reset(next);
+        }
+    }
+
+    /// Clears the attempt's deadline once its head is in. The timer is left as it is
+    /// (resetting it costs more than the rare early wake, which `fired` re-arms).
+    pub fn clear_attempt(timers: &mut Option<StreamTimers>) {
+        if let Some(t) = timers {
+            t.attempt = None;
+        }
+    }
+
+    /// Which timer fired, once `sleep` has; `None` when none is due (a deadline was
+    /// cleared after the timer was set), and the timer is re-armed for the next one.
+    pub fn fired(&mut self) -> Option<Expiry> {
+        let expiry = self.due(Instant::now());
+        if expiry.is_none() {
+            let next = self
+                .next_wake()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+            self.sleep.as_mut().reset(next);
+        }
+        expiry
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -413,6 +456,7 @@ impl StreamTimers {
             self.route,
             self.request,
             self.max_duration,
+            self.attempt,
             self.idle.map(|d| self.touched + d),
             self.try_idle.map(|d| self.touched + d),
         ]
@@ -431,19 +475,21 @@ impl StreamTimers {
         }
     }
 
-    /// Which timer fired, once `sleep` has.
-    pub fn expired(&self) -> Expiry {
-        let now = Instant::now();
+    fn due(&self, now: Instant) -> Option<Expiry> {
         if self.route.is_some_and(|d| now >= d) {
-            Expiry::Route
+            Some(Expiry::Route)
         } else if self.request.is_some_and(|d| now >= d) {
-            Expiry::Request
+            Some(Expiry::Request)
         } else if self.max_duration.is_some_and(|d| now >= d) {
-            Expiry::MaxDuration
+            Some(Expiry::MaxDuration)
+        } else if self.attempt.is_some_and(|d| now >= d) {
+            Some(Expiry::Attempt)
         } else if self.try_idle.is_some_and(|d| now >= self.touched + d) {
-            Expiry::PerTryIdle
+            Some(Expiry::PerTryIdle)
+        } else if self.idle.is_some_and(|d| now >= self.touched + d) {
+            Some(Expiry::Idle)
         } else {
-            Expiry::Idle
+            None
         }
     }
 
@@ -454,6 +500,7 @@ impl StreamTimers {
             Expiry::Request => ProxyError::RequestTimeout,
             Expiry::Idle => ProxyError::StreamIdleTimeout,
             Expiry::PerTryIdle => ProxyError::PerTryIdleTimeout,
+            Expiry::Attempt => ProxyError::PerTryTimeout,
             Expiry::MaxDuration => ProxyError::MaxStreamDuration {
                 request_complete: self.request_body.as_ref().is_none_or(|b| b.ended()),
             },
@@ -553,9 +600,10 @@ impl Body for ResponseBody {
                 Poll::Ready(r) => Poll::Ready(r),
                 Poll::Pending => {
                     if let Some(t) = &mut this.timers {
-                        if t.sleep.as_mut().poll(cx).is_ready() {
+                        while t.sleep.as_mut().poll(cx).is_ready() {
+                            // A deadline cleared since the timer was set: re-armed.
+                            let Some(expiry) = t.fired() else { continue };
                             // Headers are gone already: the stream is reset.
-                            let expiry = t.expired();
                             if let Some(g) = &mut this.guard {
                                 g.timed_out(expiry);
                             }

@@ -270,6 +270,7 @@ mod tests {
             retry_on: RetryOn::parse(retry_on).0,
             num_retries,
             per_try_timeout: None,
+            per_try_timeout_header: None,
             per_try_idle_timeout: None,
             retriable_status_codes: vec![418],
             retriable_headers: vec![HeaderMatcher {

@@ -361,20 +361,24 @@ async fn proxy<'a>(
         true => Timeouts::from_headers(target, &mut parts.headers),
     };
     // Envoy tells the upstream the time it has: the per-try timeout, else (or when
-    // hedging) the route's.
-    match (steering, timeouts.expected()) {
-        (false, Some(_)) if timeouts.per_try.is_none() && !timeouts.hedge => {
-            if let Some(t) = &target.timeout_header {
-                parts
-                    .headers
-                    .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, t.clone());
-            }
+    // hedging) the route's. Without steering headers both values were made at
+    // translation.
+    if !steering {
+        let made = match (timeouts.per_try, timeouts.hedge) {
+            (Some(_), false) => target
+                .retry_policy
+                .as_ref()
+                .and_then(|p| p.per_try_timeout_header.as_ref()),
+            _ => target.timeout_header.as_ref(),
+        };
+        if let Some(v) = made {
+            parts
+                .headers
+                .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
         }
-        (_, Some(t)) => {
-            let ms = HeaderValue::from(t.as_millis() as u64);
-            parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
-        }
-        (_, None) => {}
+    } else if let Some(t) = timeouts.expected() {
+        let ms = HeaderValue::from(t.as_millis() as u64);
+        parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
     }
     let max_duration = timeouts::stream_duration(
         hcm.max_stream_duration,
@@ -468,6 +472,13 @@ async fn proxy<'a>(
         request: hcm.request_timeout.map(|t| guard.start() + t),
         max_duration: max_duration.map(|t| guard.start() + t),
         idle,
+        // Without hedging, the first attempt's per-try deadline shares the stream's
+        // timer (hedged attempts have timers of their own).
+        attempt: match timeouts.hedge {
+            true => None,
+            false => attempts::per_try_first(timeouts.per_try, timeouts.per_try_idle)
+                .map(|(d, _)| routed_at + d),
+        },
     };
     let mut timers = StreamTimers::new(deadlines, guard.received.clone());
     let plan = Plan {

@@ -150,10 +150,14 @@ async fn hedged_attempt_wins_over_a_slow_first_attempt() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().header("x-envoy-attempt-count"), Some("2"));
-    assert_eq!(
-        r.echo().header("x-envoy-expected-rq-timeout-ms"),
-        Some("15000"),
-        "a hedged attempt may use the whole route timeout"
+    let expected: u64 = r
+        .echo()
+        .header("x-envoy-expected-rq-timeout-ms")
+        .and_then(|v| v.parse().ok())
+        .expect("x-envoy-expected-rq-timeout-ms");
+    assert!(
+        (10_000..=15_000).contains(&expected),
+        "a hedged attempt may use what is left of the route timeout, not the per-try 200 ms: {expected}"
     );
     assert_eq!(up.requests(), 2);
     s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 1)

@@ -546,6 +546,9 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// Bounds each attempt; the route `timeout` still bounds them all.
     pub per_try_timeout: Option<Duration>,
+    /// `per_try_timeout` in milliseconds as the `x-envoy-expected-rq-timeout-ms` value,
+    /// made once here rather than formatted per request.
+    pub per_try_timeout_header: Option<HeaderValue>,
     /// `per_try_idle_timeout`: an attempt with no response progress for this long is
     /// reset (and counts as a per-try timeout).
     pub per_try_idle_timeout: Option<Duration>,

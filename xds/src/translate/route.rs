@@ -641,6 +641,10 @@ fn retry_policy(path: &str, config: &bootstrap::RetryPolicy) -> Result<RetryPoli
         retry_on,
         num_retries: config.num_retries.unwrap_or(1),
         per_try_timeout: config.per_try_timeout.filter(|t| !t.is_zero()),
+        per_try_timeout_header: config
+            .per_try_timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| http::HeaderValue::from(t.as_millis() as u64)),
         per_try_idle_timeout: config.per_try_idle_timeout.filter(|t| !t.is_zero()),
         retriable_status_codes,
         retriable_headers,
