@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -25,13 +25,22 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::stream::StreamGuard;
 
-/// Bytes received from downstream, shared between the request body and its guard.
+/// Bytes received from downstream, shared between the request body and its guard,
+/// and whether the body has ended (a timeout answers 504 then, 408 before).
 #[derive(Default, Debug)]
-pub struct ByteCount(AtomicU64);
+pub struct ByteCount(AtomicU64, AtomicBool);
 
 impl ByteCount {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn ended(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    fn end(&self) {
+        self.1.store(true, Ordering::Relaxed);
     }
 }
 
@@ -249,11 +258,14 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Replay(body) => body.poll_frame(cx),
             RequestBody::Streaming { inner, received } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
                     if let Some(d) = f.data_ref() {
                         received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
+                }
+                if frame.is_none() || inner.is_end_stream() {
+                    received.end();
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
@@ -282,6 +294,9 @@ impl Body for RequestBody {
                     None => (Bytes::new(), true),
                 };
                 *done = end;
+                if end {
+                    received.end();
+                }
                 match chain.request_body(chunk, end) {
                     BodyVerdict::Forward(data) if data.is_empty() => continue,
                     BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -320,37 +335,56 @@ pub enum Expiry {
     Request,
     /// `stream_idle_timeout` / the route's `idle_timeout` (`SI`).
     Idle,
+    /// The answering attempt's `per_try_idle_timeout` (504, `UT`).
+    PerTryIdle,
+    /// `max_stream_duration` (504 or 408, no flag).
+    MaxDuration,
+    /// The current attempt's per-try timer (the router handles it).
+    Attempt,
 }
 
-impl Expiry {
-    pub fn error(self) -> ProxyError {
-        match self {
-            Expiry::Route => ProxyError::UpstreamTimeout,
-            Expiry::Request => ProxyError::RequestTimeout,
-            Expiry::Idle => ProxyError::StreamIdleTimeout,
-        }
-    }
-}
-
-/// A stream's timers (route timeout, request timeout, idle timeout) folded into one
-/// `Sleep`, which serves the wait for the response head and then the body.
+/// A stream's timers (route timeout, request timeout, max stream duration, idle
+/// timeouts) folded into one `Sleep`, which serves the wait for the response head and
+/// then the body.
 pub struct StreamTimers {
     route: Option<Instant>,
     request: Option<Instant>,
+    max_duration: Option<Instant>,
     idle: Option<Duration>,
+    /// The answering attempt's `per_try_idle_timeout`, once its head is in.
+    try_idle: Option<Duration>,
+    /// The current attempt's per-try deadline while its head is awaited: one timer
+    /// serves the stream and its attempts.
+    attempt: Option<Instant>,
+    /// Last activity, for the idle timers.
+    touched: Instant,
+    /// The request body's progress; `None`: the request had no body.
+    request_body: Option<Arc<ByteCount>>,
     pub sleep: Pin<Box<Sleep>>,
 }
 
+/// The stream's deadlines, as the router computed them.
+#[derive(Default)]
+pub struct Deadlines {
+    pub route: Option<Instant>,
+    pub request: Option<Instant>,
+    pub max_duration: Option<Instant>,
+    pub idle: Option<Duration>,
+    /// The first attempt's per-try deadline.
+    pub attempt: Option<Instant>,
+}
+
 impl StreamTimers {
-    pub fn new(
-        route: Option<Instant>,
-        request: Option<Instant>,
-        idle: Option<Duration>,
-    ) -> Option<StreamTimers> {
+    pub fn new(deadlines: Deadlines, request_body: Option<Arc<ByteCount>>) -> Option<StreamTimers> {
         let mut timers = StreamTimers {
-            route,
-            request,
-            idle,
+            route: deadlines.route,
+            request: deadlines.request,
+            max_duration: deadlines.max_duration,
+            idle: deadlines.idle,
+            try_idle: None,
+            attempt: deadlines.attempt,
+            touched: Instant::now(),
+            request_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
         let next = timers.next_wake()?;
@@ -358,35 +392,118 @@ impl StreamTimers {
         Some(timers)
     }
 
+    /// Timers with no deadline yet, for a stream that had none.
+    fn empty(request_body: Option<Arc<ByteCount>>) -> StreamTimers {
+        StreamTimers {
+            route: None,
+            request: None,
+            max_duration: None,
+            idle: None,
+            try_idle: None,
+            attempt: None,
+            touched: Instant::now(),
+            request_body,
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+        }
+    }
+
+    /// Adds the answering attempt's `per_try_idle_timeout` for the response body,
+    /// making the timers if the stream had none.
+    pub fn with_try_idle(
+        timers: Option<StreamTimers>,
+        try_idle: Duration,
+        request_body: Option<Arc<ByteCount>>,
+    ) -> Option<StreamTimers> {
+        let mut timers = timers.unwrap_or_else(|| StreamTimers::empty(request_body));
+        timers.try_idle = Some(try_idle);
+        timers.touch();
+        Some(timers)
+    }
+
+    /// Sets the current attempt's per-try deadline, making the timers if the stream
+    /// had none.
+    pub fn set_attempt(timers: &mut Option<StreamTimers>, deadline: Instant) {
+        let t = timers.get_or_insert_with(|| StreamTimers::empty(None));
+        t.attempt = Some(deadline);
+        if let Some(next) = t.next_wake() {
+            t.sleep.as_mut().reset(next);
+        }
+    }
+
+    /// Clears the attempt's deadline once its head is in. The timer is left as it is
+    /// (resetting it costs more than the rare early wake, which `fired` re-arms).
+    pub fn clear_attempt(timers: &mut Option<StreamTimers>) {
+        if let Some(t) = timers {
+            t.attempt = None;
+        }
+    }
+
+    /// Which timer fired, once `sleep` has; `None` when none is due (a deadline was
+    /// cleared after the timer was set), and the timer is re-armed for the next one.
+    pub fn fired(&mut self) -> Option<Expiry> {
+        let expiry = self.due(Instant::now());
+        if expiry.is_none() {
+            let next = self
+                .next_wake()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+            self.sleep.as_mut().reset(next);
+        }
+        expiry
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         [
             self.route,
             self.request,
-            self.idle.map(|d| Instant::now() + d),
+            self.max_duration,
+            self.attempt,
+            self.idle.map(|d| self.touched + d),
+            self.try_idle.map(|d| self.touched + d),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Activity on the stream: pushes the idle deadline back.
+    /// Activity on the stream: pushes the idle deadlines back.
     pub fn touch(&mut self) {
-        if self.idle.is_some() {
+        if self.idle.is_some() || self.try_idle.is_some() {
+            self.touched = Instant::now();
             if let Some(next) = self.next_wake() {
                 self.sleep.as_mut().reset(next);
             }
         }
     }
 
-    /// Which timer fired, once `sleep` has.
-    pub fn expired(&self) -> Expiry {
-        let now = Instant::now();
+    fn due(&self, now: Instant) -> Option<Expiry> {
         if self.route.is_some_and(|d| now >= d) {
-            Expiry::Route
+            Some(Expiry::Route)
         } else if self.request.is_some_and(|d| now >= d) {
-            Expiry::Request
+            Some(Expiry::Request)
+        } else if self.max_duration.is_some_and(|d| now >= d) {
+            Some(Expiry::MaxDuration)
+        } else if self.attempt.is_some_and(|d| now >= d) {
+            Some(Expiry::Attempt)
+        } else if self.try_idle.is_some_and(|d| now >= self.touched + d) {
+            Some(Expiry::PerTryIdle)
+        } else if self.idle.is_some_and(|d| now >= self.touched + d) {
+            Some(Expiry::Idle)
         } else {
-            Expiry::Idle
+            None
+        }
+    }
+
+    /// The error a fired timer answers with.
+    pub fn error(&self, expiry: Expiry) -> ProxyError {
+        match expiry {
+            Expiry::Route => ProxyError::UpstreamTimeout,
+            Expiry::Request => ProxyError::RequestTimeout,
+            Expiry::Idle => ProxyError::StreamIdleTimeout,
+            Expiry::PerTryIdle => ProxyError::PerTryIdleTimeout,
+            Expiry::Attempt => ProxyError::PerTryTimeout,
+            Expiry::MaxDuration => ProxyError::MaxStreamDuration {
+                request_complete: self.request_body.as_ref().is_none_or(|b| b.ended()),
+            },
         }
     }
 }
@@ -483,13 +600,14 @@ impl Body for ResponseBody {
                 Poll::Ready(r) => Poll::Ready(r),
                 Poll::Pending => {
                     if let Some(t) = &mut this.timers {
-                        if t.sleep.as_mut().poll(cx).is_ready() {
+                        while t.sleep.as_mut().poll(cx).is_ready() {
+                            // A deadline cleared since the timer was set: re-armed.
+                            let Some(expiry) = t.fired() else { continue };
                             // Headers are gone already: the stream is reset.
-                            let expiry = t.expired();
                             if let Some(g) = &mut this.guard {
                                 g.timed_out(expiry);
                             }
-                            let err = expiry.error();
+                            let err = t.error(expiry);
                             this.finish(Some(err.flag()));
                             return Poll::Ready(Some(Err(Box::new(err))));
                         }

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strait_xds::model::CircuitBreakers;
+use strait_xds::model::{CircuitBreakers, RetryBudget};
 
 use crate::stats::{Gauge, Scope, Store};
 
@@ -44,7 +44,12 @@ impl Limit {
 
     /// A place under the limit, or `None` when the limit is reached (overflow).
     pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.max;
+        self.try_acquire_within(self.max)
+    }
+
+    /// A place under `max` instead of the configured limit (a retry budget's limit
+    /// moves with the load).
+    pub fn try_acquire_within(self: &Arc<Self>, max: u64) -> Option<Slot> {
         let before = self
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -88,6 +93,29 @@ pub struct Breakers {
     pub pending: Arc<Limit>,
     pub requests: Arc<Limit>,
     pub retries: Arc<Limit>,
+    /// `retry_budget`: when set, it decides how many retries may be under way.
+    retry_budget: Option<RetryBudget>,
+}
+
+impl Breakers {
+    /// A place for a retry: under `max_retries`, or with a `retry_budget` under
+    /// Envoy's `max(min_retry_concurrency, budget_percent% of (active + pending
+    /// requests))`.
+    pub fn try_acquire_retry(&self) -> Option<Slot> {
+        let Some(budget) = &self.retry_budget else {
+            return self.retries.try_acquire();
+        };
+        let active = self.requests.active() + self.pending.active();
+        let max = retry_budget_max(budget, active);
+        self.retries.try_acquire_within(max)
+    }
+}
+
+/// The retries a budget allows with `active` requests active and pending (Envoy
+/// truncates the percentage to a whole number).
+pub fn retry_budget_max(budget: &RetryBudget, active: u64) -> u64 {
+    let share = (budget.budget_percent / 100.0 * active as f64) as u64;
+    share.max(u64::from(budget.min_retry_concurrency))
 }
 
 impl Breakers {
@@ -108,6 +136,7 @@ impl Breakers {
             ),
             requests: limit(config.max_requests, "rq_open", "remaining_rq"),
             retries: limit(config.max_retries, "rq_retry_open", "remaining_retries"),
+            retry_budget: config.retry_budget,
         }
     }
 }
@@ -134,6 +163,27 @@ mod tests {
         assert_eq!(remaining.value(), 3);
         assert!(limit.try_acquire().is_some());
         assert_eq!(limit.active(), 0, "dropped with its temporary");
+    }
+
+    #[test]
+    fn retry_budget_follows_the_load() {
+        let budget = RetryBudget {
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
+        };
+        assert_eq!(retry_budget_max(&budget, 0), 3, "never below the minimum");
+        assert_eq!(
+            retry_budget_max(&budget, 19),
+            3,
+            "20% of 19 is 3.8, truncated"
+        );
+        assert_eq!(retry_budget_max(&budget, 20), 4);
+        assert_eq!(retry_budget_max(&budget, 100), 20);
+        let none = RetryBudget {
+            budget_percent: 0.0,
+            min_retry_concurrency: 0,
+        };
+        assert_eq!(retry_budget_max(&none, 1000), 0);
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The retry policy's `per_try_timeout` ended the last attempt (`UT`).
     PerTryTimeout,
+    /// The retry policy's `per_try_idle_timeout` ended the last attempt (`UT`).
+    PerTryIdleTimeout,
+    /// `max_stream_duration` elapsed: 504 once the request was received whole, else
+    /// 408; no response flag (Envoy sets none).
+    MaxStreamDuration { request_complete: bool },
     /// The stream saw no activity for the idle timeout (`SI`).
     StreamIdleTimeout,
     /// The connection manager's `request_timeout` elapsed (408).
@@ -53,8 +58,10 @@ impl ProxyError {
             ProxyError::ConnectFailure { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout
-            | ProxyError::PerTryTimeout => Side::Upstream,
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout => Side::Upstream,
             ProxyError::StreamIdleTimeout
+            | ProxyError::MaxStreamDuration { .. }
             | ProxyError::RequestTimeout
             | ProxyError::UpgradeRejected
             | ProxyError::BadRequest { .. }
@@ -68,7 +75,13 @@ impl ProxyError {
             ProxyError::NoRoute => 404,
             ProxyError::NoCluster | ProxyError::NoHealthyUpstream | ProxyError::Overflow => 503,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
-            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => 504,
+            ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout => 504,
+            ProxyError::MaxStreamDuration { request_complete } => match request_complete {
+                true => 504,
+                false => 408,
+            },
             ProxyError::StreamIdleTimeout | ProxyError::RequestTimeout => 408,
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
@@ -85,7 +98,10 @@ impl ProxyError {
             ProxyError::Overflow => "UO",
             ProxyError::ConnectFailure { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UR",
-            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => "UT",
+            ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout => "UT",
+            ProxyError::MaxStreamDuration { .. } => "",
             ProxyError::StreamIdleTimeout => "SI",
             // Envoy sets no flag of its own for request_timeout; DT is its flag for a
             // stream that outlived its allowed duration, the closest meaning.
@@ -110,12 +126,21 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => "upstream_response_timeout",
             ProxyError::PerTryTimeout => "upstream_per_try_timeout",
+            ProxyError::PerTryIdleTimeout => "upstream_per_try_idle_timeout",
+            ProxyError::MaxStreamDuration { .. } => "max_duration_timeout",
             ProxyError::StreamIdleTimeout => "stream_idle_timeout",
             ProxyError::RequestTimeout => "request_overall_timeout",
             ProxyError::UpgradeRejected => "upgrade_failed",
             ProxyError::BadRequest { .. } => "http1.codec_error",
             ProxyError::HeadersTooLarge => "http1.headers_too_large",
         }
+    }
+
+    /// The `grpc-status` of a gRPC client's local reply when Envoy picks one itself
+    /// rather than mapping the HTTP status (`DEADLINE_EXCEEDED` for a stream that ran
+    /// out of time).
+    pub fn grpc_status(&self) -> Option<u16> {
+        matches!(self, ProxyError::MaxStreamDuration { .. }).then_some(4)
     }
 
     /// Whether the reply carries `x-envoy-overloaded: true`, as Envoy's does when a
@@ -141,9 +166,10 @@ impl ProxyError {
             ProxyError::UpstreamReset { reason } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
             ),
-            ProxyError::UpstreamTimeout | ProxyError::PerTryTimeout => {
-                "upstream request timeout".into()
-            }
+            ProxyError::UpstreamTimeout
+            | ProxyError::PerTryTimeout
+            | ProxyError::PerTryIdleTimeout => "upstream request timeout".into(),
+            ProxyError::MaxStreamDuration { .. } => "downstream duration timeout".into(),
             ProxyError::StreamIdleTimeout => "stream timeout".into(),
             ProxyError::RequestTimeout => "request timeout".into(),
             ProxyError::BadRequest { reason } => format!("bad request: {reason}"),

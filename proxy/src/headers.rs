@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use strait_xds::model::InternalAddresses;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -123,19 +124,67 @@ pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Settings of the connection manager that shape the forwarding headers.
-pub struct ForwardingPolicy {
+pub struct ForwardingPolicy<'a> {
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     pub generate_request_id: bool,
+    /// `internal_address_config`; `None`: no request is internal (Envoy 1.40).
+    pub internal_addresses: Option<&'a InternalAddresses>,
 }
 
-/// Applies `x-forwarded-for`, `x-forwarded-proto` and `x-request-id` as Envoy 1.40
-/// does and returns the downstream address the rest of the stream should believe.
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+
+/// The `x-envoy-*` request headers Envoy's connection manager removes from external
+/// requests (`mutateRequestHeaders`), so only internal callers steer retries and
+/// timeouts.
+const EXTERNAL_STRIPPED: [&str; 10] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+];
+
+/// Also removed from edge requests (external, with `use_remote_address`).
+const EDGE_STRIPPED: [&str; 3] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
+/// Removes the `x-envoy-*` headers an external request may not set.
+fn strip_external(headers: &mut HeaderMap, edge: bool) {
+    // Most requests carry none: one pass over the names beats a dozen hashed removals.
+    if !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return;
+    }
+    headers.remove(&X_ENVOY_INTERNAL);
+    for name in EXTERNAL_STRIPPED {
+        headers.remove(name);
+    }
+    if edge {
+        for name in EDGE_STRIPPED {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Applies `x-forwarded-for`, `x-forwarded-proto`, `x-request-id` and the
+/// internal/external split as Envoy 1.40 does and returns the downstream address the
+/// rest of the stream should believe.
 ///
-/// With `use_remote_address`, a loopback peer is recorded as this machine's own
-/// address (`local_ip`), as Envoy does, and every request counts as external: Envoy
-/// treats no address as internal unless `internal_address_config` says so, so
-/// `x-request-id` is regenerated and `x-envoy-external-address` set.
+/// A request is internal when, after XFF handling, `x-forwarded-for` holds a single
+/// address (with `use_remote_address`: the request came without one) and that address
+/// is in `internal_address_config`; without that config nothing is internal. Internal
+/// requests get `x-envoy-internal: true` and keep their `x-envoy-*` steering headers;
+/// external ones lose them. An edge request (external, `use_remote_address`) gets a
+/// new `x-request-id` and `x-envoy-external-address`. A loopback peer is recorded in
+/// XFF as this machine's own address (`local_ip`), as Envoy does.
 pub fn apply_forwarding(
     headers: &mut HeaderMap,
     policy: &ForwardingPolicy,
@@ -143,22 +192,33 @@ pub fn apply_forwarding(
     local_ip: IpAddr,
     scheme: &'static str,
 ) -> IpAddr {
-    let effective = if policy.use_remote_address {
+    let (effective, single_address) = if policy.use_remote_address {
+        let single = !headers.contains_key(&X_FORWARDED_FOR);
         append_xff(headers, if peer.is_loopback() { local_ip } else { peer });
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
-        }
-        peer
+        (Some(peer), single)
     } else {
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
-        xff_client(headers, policy.xff_num_trusted_hops).unwrap_or(peer)
+        xff_client(headers, policy.xff_num_trusted_hops)
+            .map_or((None, false), |(ip, single)| (Some(ip), single))
     };
-    if policy.generate_request_id
-        && (policy.use_remote_address || !headers.contains_key(&X_REQUEST_ID))
-    {
+    let internal = single_address
+        && effective.is_some_and(|ip| policy.internal_addresses.is_some_and(|c| c.contains(ip)));
+    let edge = !internal && policy.use_remote_address;
+    if internal {
+        headers.insert(&X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+    } else {
+        strip_external(headers, edge);
+    }
+    let effective = effective.unwrap_or(peer);
+    if edge {
+        if let Ok(v) = HeaderValue::from_str(&effective.to_string()) {
+            headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
+        }
+    }
+    if policy.generate_request_id && (edge || !headers.contains_key(&X_REQUEST_ID)) {
         headers.insert(&X_REQUEST_ID, new_request_id());
     }
     effective
@@ -189,11 +249,12 @@ fn append_xff(headers: &mut HeaderMap, peer: IpAddr) {
 }
 
 /// The client address from `x-forwarded-for`, skipping `trusted_hops` entries from the
-/// right (Envoy's `xff_num_trusted_hops`).
-fn xff_client(headers: &HeaderMap, trusted_hops: u32) -> Option<IpAddr> {
+/// right (Envoy's `xff_num_trusted_hops`), and whether XFF held that one address only.
+fn xff_client(headers: &HeaderMap, trusted_hops: u32) -> Option<(IpAddr, bool)> {
     let xff = headers.get(&X_FORWARDED_FOR)?.to_str().ok()?;
     let entry = xff.rsplit(',').nth(trusted_hops as usize)?;
-    entry.trim().parse().ok()
+    let ip = entry.trim().parse().ok()?;
+    Some((ip, trusted_hops == 0 && !xff.contains(',')))
 }
 
 /// A random (version 4) UUID, as Envoy's request ids are.
@@ -265,6 +326,7 @@ mod tests {
             use_remote_address: true,
             xff_num_trusted_hops: 0,
             generate_request_id: true,
+            internal_addresses: None,
         };
         let local: IpAddr = "192.0.2.2".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-request-id", "abc")]);
@@ -287,6 +349,7 @@ mod tests {
             use_remote_address: false,
             xff_num_trusted_hops: 1,
             generate_request_id: true,
+            internal_addresses: None,
         };
         let mut h = map(&[
             ("x-forwarded-for", "9.9.9.9, 10.0.0.2"),
@@ -305,5 +368,108 @@ mod tests {
             "http",
         );
         assert!(none.contains_key("x-request-id"));
+    }
+
+    /// Envoy 1.40: nothing is internal without `internal_address_config`; with it, a
+    /// request whose single XFF address is in range keeps its steering headers.
+    #[test]
+    fn internal_requests_keep_envoy_headers() {
+        let local: IpAddr = "192.0.2.2".parse().unwrap();
+        let defaults = InternalAddresses {
+            unix_sockets: false,
+            cidr_ranges: Vec::new(),
+        };
+        let steering = || {
+            map(&[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-upstream-rq-timeout-ms", "100"),
+                ("x-envoy-internal", "true"),
+                ("x-request-id", "abc"),
+            ])
+        };
+        let policy = |internal_addresses| ForwardingPolicy {
+            use_remote_address: true,
+            xff_num_trusted_hops: 0,
+            generate_request_id: true,
+            internal_addresses,
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = steering();
+        apply_forwarding(&mut h, &policy(None), lo, local, "http");
+        assert!(!h.contains_key("x-envoy-retry-on"), "external by default");
+        assert!(!h.contains_key("x-envoy-internal"));
+        assert!(h.contains_key("x-envoy-external-address"));
+
+        let mut h = steering();
+        apply_forwarding(&mut h, &policy(Some(&defaults)), lo, local, "http");
+        assert_eq!(h["x-envoy-retry-on"], "5xx");
+        assert_eq!(h["x-envoy-upstream-rq-timeout-ms"], "100");
+        assert_eq!(h["x-envoy-internal"], "true");
+        assert_eq!(h["x-request-id"], "abc", "an internal request keeps its id");
+        assert!(!h.contains_key("x-envoy-external-address"));
+
+        let mut h = steering();
+        h.insert("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        apply_forwarding(&mut h, &policy(Some(&defaults)), lo, local, "http");
+        assert!(
+            !h.contains_key("x-envoy-retry-on"),
+            "XFF had an address already"
+        );
+
+        let tens = InternalAddresses {
+            unix_sockets: false,
+            cidr_ranges: vec![("10.0.0.0".parse().unwrap(), 8)],
+        };
+        let mut h = steering();
+        apply_forwarding(&mut h, &policy(Some(&tens)), lo, local, "http");
+        assert!(
+            !h.contains_key("x-envoy-retry-on"),
+            "127.0.0.1 is not in 10/8"
+        );
+        let mut h = steering();
+        apply_forwarding(
+            &mut h,
+            &policy(Some(&tens)),
+            "10.2.3.4".parse().unwrap(),
+            local,
+            "http",
+        );
+        assert_eq!(h["x-envoy-retry-on"], "5xx");
+
+        let sidecar = ForwardingPolicy {
+            use_remote_address: false,
+            xff_num_trusted_hops: 0,
+            generate_request_id: true,
+            internal_addresses: Some(&defaults),
+        };
+        let mut h = steering();
+        h.insert("x-forwarded-for", "192.168.1.1".parse().unwrap());
+        apply_forwarding(&mut h, &sidecar, lo, local, "http");
+        assert_eq!(h["x-envoy-retry-on"], "5xx", "one internal XFF address");
+        let mut h = steering();
+        apply_forwarding(&mut h, &sidecar, lo, local, "http");
+        assert!(!h.contains_key("x-envoy-retry-on"), "no XFF: external");
+    }
+
+    #[test]
+    fn default_internal_ranges_are_envoys() {
+        let defaults = InternalAddresses {
+            unix_sockets: false,
+            cidr_ranges: Vec::new(),
+        };
+        for (ip, want) in [
+            ("10.0.0.1", true),
+            ("172.16.0.1", true),
+            ("172.32.0.1", false),
+            ("192.168.9.9", true),
+            ("127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("8.8.8.8", false),
+            ("fd00::1", true),
+            ("::1", true),
+            ("fe80::1", false),
+        ] {
+            assert_eq!(defaults.contains(ip.parse().unwrap()), want, "{ip}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod attempts;
 pub mod body;
 pub mod breaker;
 pub mod chain;
@@ -31,5 +32,6 @@ pub mod router;
 pub mod runtime;
 pub mod stats;
 pub mod stream;
+pub mod timeouts;
 pub mod wasm_remote;
 pub mod worker;

@@ -5,11 +5,17 @@
 //! most recently used socket is the one least likely to have been closed by the
 //! upstream); HTTP/2 keeps one multiplexed connection per host.
 //!
+//! A request that finds no idle HTTP/1.1 connection while the cluster is at
+//! `max_connections` waits in its worker's queue for the host (bounded by
+//! `max_pending_requests`, like any request waiting for a connection) until a
+//! connection is released or closes, or its timeout ends it — Envoy's pending request.
+//!
 //! Keep-alive races ("503 upstream connect error" after the upstream closed an idle
 //! connection just as we reused it) are answered by retrying once on a new connection
 //! when the request is idempotent, has no body, and no response byte came back.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::body::RequestBody;
 use crate::breaker::Slot;
@@ -48,6 +55,32 @@ struct Entry {
     idle_h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
     h2: Option<H2Sender>,
     h2_connecting: Option<Connecting>,
+    /// This worker's connections to the host, opening or open.
+    connections: usize,
+    /// Requests queued for a connection while the cluster is at `max_connections`,
+    /// oldest first.
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+/// What a queued request is woken with.
+enum Handoff {
+    /// A connection released by the response it served.
+    Connection(http1::SendRequest<RequestBody>),
+    /// A connection closed: there may be room for a new one.
+    Closed,
+}
+
+/// Wakes the oldest queued request of `entry` that is still waiting with `handoff`;
+/// gives the handoff back when nobody waits.
+fn wake(entry: &mut Entry, mut handoff: Handoff) -> Option<Handoff> {
+    while let Some(waiter) = entry.waiters.pop_front() {
+        match waiter.send(handoff) {
+            Ok(()) => return None,
+            // That request gave up (its timeout, or its client went away).
+            Err(back) => handoff = back,
+        }
+    }
+    Some(handoff)
 }
 
 thread_local! {
@@ -62,16 +95,18 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Gives the connection to the oldest request queued for one, else to the pool.
     pub fn release(self) {
         if self.sender.is_closed() {
             return;
         }
         POOLS.with(|p| {
-            p.borrow_mut()
-                .entry(self.key)
-                .or_default()
-                .idle_h1
-                .push((self.sender, Instant::now()))
+            let mut p = p.borrow_mut();
+            let entry = p.entry(self.key).or_default();
+            if let Some(Handoff::Connection(sender)) = wake(entry, Handoff::Connection(self.sender))
+            {
+                entry.idle_h1.push((sender, Instant::now()));
+            }
         });
     }
 }
@@ -119,9 +154,10 @@ pub async fn send(
         let (mut sender, was_reused) = match reused.take() {
             Some(s) => (s, true),
             None => {
-                // Waiting for a new connection is Envoy's "pending".
+                // Waiting for a new connection, or in the queue for one, is Envoy's
+                // "pending".
                 let _pending = pending(cluster)?;
-                (Box::pin(connect_h1(cluster, host)).await?, false)
+                Box::pin(connection_h1(cluster, host, key)).await?
             }
         };
         if was_reused && sender.ready().await.is_err() {
@@ -216,6 +252,65 @@ async fn h2_sender(
     result
 }
 
+/// A connection for a request that found none idle: a new one, or, while the cluster
+/// is at `max_connections`, the next one this worker's pool for the host frees up (a
+/// released connection, or room left by a closed one). As in Envoy, a worker with no
+/// connection to the host opens one whatever the limit, so a queue always drains.
+/// `true` with a connection that was handed over (it has served before).
+async fn connection_h1(
+    cluster: &ClusterRuntime,
+    host: &Arc<Host>,
+    key: PoolKey,
+) -> Result<(http1::SendRequest<RequestBody>, bool), ProxyError> {
+    loop {
+        let slot = match cluster.breakers.connections.try_acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                cluster.stats.upstream_cx_overflow.inc();
+                None
+            }
+        };
+        let queued = POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            let entry = p.entry(key).or_default();
+            if slot.is_some() || entry.connections == 0 {
+                entry.connections += 1;
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            entry.waiters.push_back(tx);
+            Some(rx)
+        });
+        let Some(rx) = queued else {
+            let counted = KeyConnection { key };
+            return Ok((connect_h1(cluster, host, slot, counted).await?, false));
+        };
+        match rx.await {
+            Ok(Handoff::Connection(sender)) => return Ok((sender, true)),
+            // A connection closed, or the pool went away: try again.
+            Ok(Handoff::Closed) | Err(_) => continue,
+        }
+    }
+}
+
+/// Counts a connection in its worker's pool entry until dropped; a closed connection
+/// wakes a queued request, which may open the next one.
+struct KeyConnection {
+    key: PoolKey,
+}
+
+impl Drop for KeyConnection {
+    fn drop(&mut self) {
+        POOLS.with(|p| {
+            let mut p = p.borrow_mut();
+            if let Some(entry) = p.get_mut(&self.key) {
+                entry.connections = entry.connections.saturating_sub(1);
+                wake(entry, Handoff::Closed);
+            }
+        });
+    }
+}
+
 /// How long a connection must have been idle before a request on it keeps a copy for
 /// the keep-alive race retry.
 const RACE_IDLE: Duration = Duration::from_millis(250);
@@ -250,21 +345,14 @@ fn pending(cluster: &ClusterRuntime) -> Result<Slot, ProxyError> {
     })
 }
 
-/// Opens a TCP connection under the `max_connections` breaker; the slot lives as long
-/// as the connection.
-///
-/// Envoy queues a request that finds the cluster at `max_connections` as pending until
-/// one of its worker's connections frees up (and still opens one connection to a host
-/// that has none). Strait's pools have no queue to wait in, so such a request is
-/// refused at once as a pending overflow: `upstream_cx_overflow` and
-/// `upstream_rq_pending_overflow` both count it, and it is answered 503 `UO`.
-async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<(TcpStream, Slot), ProxyError> {
+/// Opens a TCP connection; `slot` is its place under `max_connections` (`None` for
+/// the one connection a host may have beyond the limit), held as long as it lives.
+async fn connect(
+    cluster: &ClusterRuntime,
+    host: &Host,
+    slot: Option<Slot>,
+) -> Result<(TcpStream, Option<Slot>), ProxyError> {
     let stats = &cluster.stats;
-    let Some(slot) = cluster.breakers.connections.try_acquire() else {
-        stats.upstream_cx_overflow.inc();
-        stats.upstream_rq_pending_overflow.inc();
-        return Err(ProxyError::Overflow);
-    };
     let connect = TcpStream::connect(host.addr);
     let stream = match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
@@ -291,22 +379,29 @@ async fn connect(cluster: &ClusterRuntime, host: &Host) -> Result<(TcpStream, Sl
     Ok((stream, slot))
 }
 
-/// Counts a connection as active until its task ends.
-/// Holds the connection's place under `max_connections` until its task ends.
+/// Counts a connection as active and holds its place under `max_connections` (and,
+/// for HTTP/1.1, in its worker's pool entry) until its task ends.
 struct ActiveConn {
     cluster_gauge: crate::stats::Gauge,
     host: Arc<Host>,
-    _slot: Slot,
+    _slot: Option<Slot>,
+    _counted: Option<KeyConnection>,
 }
 
 impl ActiveConn {
-    fn new(cluster: &ClusterRuntime, host: &Arc<Host>, slot: Slot) -> ActiveConn {
+    fn new(
+        cluster: &ClusterRuntime,
+        host: &Arc<Host>,
+        slot: Option<Slot>,
+        counted: Option<KeyConnection>,
+    ) -> ActiveConn {
         cluster.stats.upstream_cx_active.inc();
         host.cx_active.fetch_add(1, Ordering::Relaxed);
         ActiveConn {
             cluster_gauge: cluster.stats.upstream_cx_active.clone(),
             host: host.clone(),
             _slot: slot,
+            _counted: counted,
         }
     }
 }
@@ -321,14 +416,16 @@ impl Drop for ActiveConn {
 async fn connect_h1(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
+    slot: Option<Slot>,
+    counted: KeyConnection,
 ) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-    let (stream, slot) = connect(cluster, host).await?;
+    let (stream, slot) = connect(cluster, host, slot).await?;
     let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| reset_error(&e))?;
-    let active = ActiveConn::new(cluster, host, slot);
+    let active = ActiveConn::new(cluster, host, slot, Some(counted));
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -338,11 +435,18 @@ async fn connect_h1(
     Ok(sender)
 }
 
+/// An HTTP/2 connection: the one multiplexed connection per host a worker keeps. As in
+/// Envoy, a host with no connection gets one even at `max_connections` (counted as
+/// `upstream_cx_overflow`), so no request waits for a connection that cannot come.
 async fn connect_h2(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let (stream, slot) = connect(cluster, host).await?;
+    let slot = cluster.breakers.connections.try_acquire();
+    if slot.is_none() {
+        cluster.stats.upstream_cx_overflow.inc();
+    }
+    let (stream, slot) = connect(cluster, host, slot).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
@@ -351,7 +455,7 @@ async fn connect_h2(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| reset_error(&e))?;
-    let active = ActiveConn::new(cluster, host, slot);
+    let active = ActiveConn::new(cluster, host, slot, None);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream h2 connection ended");

@@ -64,6 +64,21 @@ pub struct RetryHeaders<'a> {
     pub retry_on: Option<&'a str>,
     /// `x-envoy-max-retries`.
     pub max_retries: Option<&'a str>,
+    /// `x-envoy-retry-grpc-on`.
+    pub retry_grpc_on: Option<&'a str>,
+}
+
+impl<'a> RetryHeaders<'a> {
+    /// The retry headers of a request (present only on internal requests: the
+    /// connection manager strips them from external ones).
+    pub fn from(headers: &'a HeaderMap) -> RetryHeaders<'a> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        RetryHeaders {
+            retry_on: get("x-envoy-retry-on"),
+            max_retries: get("x-envoy-max-retries"),
+            retry_grpc_on: get("x-envoy-retry-grpc-on"),
+        }
+    }
 }
 
 impl<'a> RetryState<'a> {
@@ -73,7 +88,10 @@ impl<'a> RetryState<'a> {
     pub fn new(policy: Option<&'a RetryPolicy>, headers: RetryHeaders<'_>) -> Option<Self> {
         let mut retry_on = policy.map_or(RetryOn::default(), |p| p.retry_on);
         if let Some(list) = headers.retry_on {
-            retry_on.0 |= RetryOn::parse(list).0 .0;
+            retry_on.0 |= RetryOn::parse_http(list).0;
+        }
+        if let Some(list) = headers.retry_grpc_on {
+            retry_on.0 |= RetryOn::parse_grpc(list).0;
         }
         if retry_on.is_empty() {
             return None;
@@ -125,6 +143,7 @@ impl<'a> RetryState<'a> {
                         && self.policy.is_some_and(|p| {
                             p.retriable_headers.iter().any(|m| m.matches(headers))
                         }))
+                    || (on.0 >= RetryOn::GRPC_CANCELLED.0 && grpc_retriable(on, headers))
             }
         }
     }
@@ -136,6 +155,18 @@ impl<'a> RetryState<'a> {
                 after_retry: self.retries > 0,
             };
         }
+        if self.remaining == 0 {
+            return Decision::LimitExceeded;
+        }
+        self.remaining -= 1;
+        let backoff = self.backoff(random);
+        self.retries += 1;
+        Decision::Retry { backoff }
+    }
+
+    /// Decides after a hedged attempt's per-try timeout: Envoy hedges whenever retries
+    /// are left, whatever the conditions (no stream was reset).
+    pub fn decide_hedge(&mut self, random: u64) -> Decision {
         if self.remaining == 0 {
             return Decision::LimitExceeded;
         }
@@ -160,6 +191,21 @@ impl<'a> RetryState<'a> {
     }
 }
 
+/// Whether the response head's `grpc-status` (a trailers-only gRPC response) is one
+/// of the gRPC conditions in `on`.
+fn grpc_retriable(on: RetryOn, headers: &HeaderMap) -> bool {
+    let Some(status) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+    else {
+        return false;
+    };
+    RetryOn::GRPC_NAMES
+        .iter()
+        .any(|(_, bit, code)| *code == status && on.contains(*bit))
+}
+
 /// What Envoy's `RetryStateImpl::create` consumes from the request.
 const RETRY_HEADERS: [&str; 7] = [
     "x-envoy-retry-on",
@@ -182,9 +228,15 @@ pub fn strip_headers(headers: &mut http::HeaderMap) {
 /// anything is retried; Envoy ignores one not shorter than the route `timeout`.
 pub fn per_try_timeout(target: &RouteTarget) -> Option<Duration> {
     let per_try = target.retry_policy.as_ref()?.per_try_timeout?;
-    match target.timeout {
-        Some(global) if per_try >= global => None,
-        _ => Some(per_try),
+    effective_per_try(Some(per_try), target.timeout)
+}
+
+/// A per-try timeout not shorter than the global one is ignored, as in Envoy.
+pub fn effective_per_try(per_try: Option<Duration>, global: Option<Duration>) -> Option<Duration> {
+    match (per_try, global) {
+        (Some(p), Some(g)) if p >= g => None,
+        (Some(p), _) if p.is_zero() => None,
+        (p, _) => p,
     }
 }
 
@@ -201,7 +253,7 @@ pub fn outcome(
         Err(ProxyError::UpstreamReset { reason }) => Outcome::Reset {
             refused: reason == REFUSED_STREAM,
         },
-        Err(ProxyError::PerTryTimeout) => Outcome::PerTryTimeout,
+        Err(ProxyError::PerTryTimeout | ProxyError::PerTryIdleTimeout) => Outcome::PerTryTimeout,
         Err(_) => return None,
     })
 }
@@ -218,6 +270,8 @@ mod tests {
             retry_on: RetryOn::parse(retry_on).0,
             num_retries,
             per_try_timeout: None,
+            per_try_timeout_header: None,
+            per_try_idle_timeout: None,
             retriable_status_codes: vec![418],
             retriable_headers: vec![HeaderMatcher {
                 name: http::HeaderName::from_static("x-retry-me"),
@@ -318,6 +372,7 @@ mod tests {
         let header_only = RetryHeaders {
             retry_on: Some("5xx, bogus"),
             max_retries: None,
+            retry_grpc_on: None,
         };
         let state = RetryState::new(None, header_only).expect("header asks for retries");
         assert_eq!(state.remaining, 1, "one retry unless told");
@@ -325,6 +380,7 @@ mod tests {
         let merged = RetryHeaders {
             retry_on: Some("retriable-4xx"),
             max_retries: Some("4"),
+            retry_grpc_on: None,
         };
         let state = RetryState::new(Some(&p), merged).expect("state");
         assert_eq!(state.remaining, 4, "x-envoy-max-retries wins");
@@ -335,14 +391,40 @@ mod tests {
             headers: &empty
         }));
         let garbage = RetryHeaders {
-            retry_on: Some("nothing-known"),
+            retry_on: Some("nothing-known, unavailable"),
             max_retries: Some("x"),
+            retry_grpc_on: Some("5xx"),
         };
         assert!(RetryState::new(None, garbage).is_none());
         assert_eq!(
             RetryState::new(Some(&p), garbage).expect("state").remaining,
             1
         );
+    }
+
+    #[test]
+    fn grpc_conditions_read_grpc_status() {
+        let mut unavailable = HeaderMap::new();
+        unavailable.insert("grpc-status", HeaderValue::from_static("14"));
+        let outcome = Outcome::Response {
+            status: 200,
+            headers: &unavailable,
+        };
+        let from_header = RetryHeaders {
+            retry_grpc_on: Some("unavailable"),
+            ..RetryHeaders::default()
+        };
+        let state = RetryState::new(None, from_header).expect("grpc header asks");
+        assert!(state.is_retriable(outcome));
+        let p = policy("cancelled,internal", 1);
+        let state = RetryState::new(Some(&p), RetryHeaders::default()).expect("state");
+        assert!(
+            !state.is_retriable(outcome),
+            "14 is not cancelled or internal"
+        );
+        let p = policy("resource-exhausted, unavailable", 1);
+        let state = RetryState::new(Some(&p), RetryHeaders::default()).expect("state");
+        assert!(state.is_retriable(outcome));
     }
 
     /// Full jitter: each wait is below that retry's interval (base doubling up to max).

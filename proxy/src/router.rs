@@ -19,16 +19,16 @@ use hyper::body::Incoming;
 use strait_filters::LocalReply;
 use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
 
-use crate::body::{ByteCount, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
-use crate::breaker::Slot;
+use crate::attempts::{self, Answer, Plan, RequestHead};
+use crate::body::{ByteCount, Deadlines, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
 use crate::chain::{ChainHandle, ChainId, Verdict};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
-use crate::pool;
-use crate::retry::{self, Decision, RetryHeaders, RetryState};
+use crate::retry::{self, RetryHeaders, RetryState};
 use crate::runtime::{FastMap, ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
+use crate::timeouts::{self, Timeouts};
 
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -39,7 +39,6 @@ static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
-static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 thread_local! {
     /// Per-worker LB state, keyed by cluster id.
@@ -148,6 +147,7 @@ async fn proxy<'a>(
         use_remote_address: hcm.use_remote_address,
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,
         generate_request_id: hcm.generate_request_id,
+        internal_addresses: hcm.internal_addresses.as_ref(),
     };
     let effective_ip = headers::apply_forwarding(
         req.headers_mut(),
@@ -358,21 +358,41 @@ async fn proxy<'a>(
     }
     vhost.headers.apply_request(&mut parts.headers);
     rc.headers.apply_request(&mut parts.headers);
-    let per_try_timeout = retry::per_try_timeout(target);
-    match per_try_timeout {
-        // Envoy tells the upstream the time this attempt has, the per-try timeout.
-        Some(t) => {
-            let ms = HeaderValue::from(t.as_millis() as u64);
-            parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
+    // Envoy's router reads its steering headers (left only on internal requests: the
+    // connection manager strips them from external ones) and never forwards them.
+    let steering = parts
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-"));
+    let timeouts = match steering {
+        false => Timeouts::of(target),
+        true => Timeouts::from_headers(target, &mut parts.headers),
+    };
+    // Envoy tells the upstream the time it has: the per-try timeout, else (or when
+    // hedging) the route's. Without steering headers both values were made at
+    // translation.
+    if !steering {
+        let made = match (timeouts.per_try, timeouts.hedge) {
+            (Some(_), false) => target
+                .retry_policy
+                .as_ref()
+                .and_then(|p| p.per_try_timeout_header.as_ref()),
+            _ => target.timeout_header.as_ref(),
+        };
+        if let Some(v) = made {
+            parts
+                .headers
+                .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
         }
-        None => {
-            if let Some(t) = &target.timeout_header {
-                parts
-                    .headers
-                    .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, t.clone());
-            }
-        }
+    } else if let Some(t) = timeouts.expected() {
+        let ms = HeaderValue::from(t.as_millis() as u64);
+        parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
     }
+    let max_duration = timeouts::stream_duration(
+        hcm.max_stream_duration,
+        target.max_stream_duration.as_ref(),
+        &mut parts.headers,
+    );
     let path = new_path.as_deref().unwrap_or(&path_and_query);
     let uri = if h2 {
         parts.headers.remove(header::HOST);
@@ -419,30 +439,33 @@ async fn proxy<'a>(
             },
         }
     };
-    // Envoy's connection manager strips the retry headers from external requests
-    // before the router reads them, and Envoy 1.40 counts no request as internal
-    // without `internal_address_config`, which Strait does not have (see
-    // `headers::apply_forwarding`): so they are never honoured, and never forwarded.
-    retry::strip_headers(&mut parts.headers);
-    let mut retry = match upgrade {
+    let retry = match upgrade {
         Some(_) => None,
-        None => RetryState::new(target.retry_policy.as_deref(), RetryHeaders::default()),
+        None => {
+            let headers = match steering {
+                true => RetryHeaders::from(&parts.headers),
+                false => RetryHeaders::default(),
+            };
+            RetryState::new(target.retry_policy.as_deref(), headers)
+        }
     };
+    if steering {
+        retry::strip_headers(&mut parts.headers);
+    }
     // Only a request that may be retried pays for keeping its body.
-    let (mut first_body, replay) = match &retry {
+    let (first_body, replay) = match &retry {
         Some(_) if !body.is_empty() => {
             let limit = listener.config.per_connection_buffer_limit_bytes as usize;
             let abandoned = cluster.stats.retry_or_shadow_abandoned.clone();
             let handle = ReplayHandle::new(body, limit, abandoned);
-            (Some(handle.next_attempt()), Some(handle))
+            (handle.next_attempt(), Some(handle))
         }
-        _ => (Some(body), None),
+        _ => (body, None),
     };
     let template = retry.as_ref().map(|_| RequestHead::copy(&parts));
-    let mut first_head = Some(parts);
 
     // Do IO.
-    let deadline = target.timeout.map(|t| routed_at + t);
+    let deadline = timeouts.global.map(|t| routed_at + t);
     // A route's explicit 0s disables the idle timeout; unset inherits the HCM's.
     let idle = match target.idle_timeout {
         Some(d) if d.is_zero() => None,
@@ -452,131 +475,54 @@ async fn proxy<'a>(
     guard.begin_upstream(cluster.clone(), host.clone());
     // One timer serves the wait for the response head and then the response body; the
     // route timeout covers every attempt.
-    let request_deadline = hcm.request_timeout.map(|t| guard.start() + t);
-    let mut timers = StreamTimers::new(deadline, request_deadline, idle);
-    let mut host = host;
-    let mut tried: Vec<Arc<crate::cluster::Host>> = Vec::new();
-    let mut attempt: u32 = 1;
-    // Holds a place under the cluster's `max_retries` breaker while a retry is under way.
-    let mut retry_slot: Option<Slot> = None;
-    let (mut resp, lease) = loop {
-        let mut head = match first_head.take() {
-            Some(parts) => parts,
-            None => template.as_ref().expect("a retry has a template").parts(),
-        };
-        if vhost.include_request_attempt_count {
-            head.headers
-                .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
-        }
-        if attempt > 1 && target.auto_host_rewrite {
-            set_authority(
-                &mut head,
-                h2,
-                &self::upstream_authority(target, &authority, &host),
-            );
-        }
-        let body = first_body.take().unwrap_or_else(|| {
-            replay
-                .as_ref()
-                .map_or(RequestBody::Empty, ReplayHandle::next_attempt)
-        });
-        // Each attempt holds a place under `max_requests` until its response ends.
-        let request_slot = cluster.breakers.requests.try_acquire();
-        let overflow = request_slot.is_none();
-        if overflow {
-            cluster.stats.upstream_rq_pending_overflow.inc();
-        }
-        let request = Request::from_parts(head, body);
-        let send = async {
-            match overflow {
-                true => Err(ProxyError::Overflow),
-                false => pool::send(&cluster, &host, h2, upgrade.is_some(), request).await,
-            }
-        };
-        let per_try = async {
-            match per_try_timeout {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let sent = match &mut timers {
-            Some(t) => tokio::select! {
-                r = send => r,
-                _ = per_try => Err(ProxyError::PerTryTimeout),
-                _ = t.sleep.as_mut() => {
-                    let expiry = t.expired();
-                    guard.timed_out(expiry);
-                    return Err(fail(expiry.error()));
-                }
-            },
-            None => tokio::select! {
-                r = send => r,
-                _ = per_try => Err(ProxyError::PerTryTimeout),
-            },
-        };
-        // This attempt's outcome is in: its retry no longer counts as under way.
-        drop(retry_slot.take());
-        if let Err(ProxyError::PerTryTimeout) = &sent {
-            cluster.stats.upstream_rq_per_try_timeout.inc();
-        }
-        if let Ok((resp, _)) = &sent {
-            guard.upstream_responded(resp.status().as_u16());
-        }
-        // A filter that answered from the request body ended the upstream leg.
-        if sent.is_err() {
-            if let Some(reply) = chain.and_then(ChainId::take_pending_reply) {
-                let guard = slot.take().expect("guard present");
-                return Ok(filter_reply(reply, listener, guard, chain));
-            }
-        }
-        // Envoy gives up retrying once the body outgrew the buffer.
-        if replay.as_ref().is_some_and(|r| !r.replayable()) {
-            retry = None;
-        }
-        let decision = match (&mut retry, retry::outcome(&sent)) {
-            (Some(state), Some(outcome)) => state.decide(outcome, rand::random()),
-            _ => Decision::Done { after_retry: false },
-        };
-        let backoff = account(decision, &cluster, guard, &mut retry_slot);
-        let Some(backoff) = backoff else {
-            match sent {
-                Ok(sent) => {
-                    guard.request_slot = request_slot;
-                    break sent;
-                }
-                Err(error) => return Err(fail(error)),
-            }
-        };
-        // The failed attempt's response (and its connection) is dropped unread, and
-        // its place under `max_requests` given back.
-        drop(sent);
-        drop(request_slot);
-        let wait = tokio::time::sleep(backoff);
-        match &mut timers {
-            Some(t) => tokio::select! {
-                _ = wait => {}
-                _ = t.sleep.as_mut() => {
-                    let expiry = t.expired();
-                    guard.timed_out(expiry);
-                    return Err(fail(expiry.error()));
-                }
-            },
-            None => wait.await,
-        }
-        tried.push(host.clone());
-        let previous_hosts = retry
-            .as_ref()
-            .and_then(RetryState::policy)
-            .filter(|p| p.previous_hosts);
-        let next = retry_host(&cluster, &hosts, previous_hosts, &tried);
-        let Some(next) = next else {
-            cluster.stats.upstream_cx_none_healthy.inc();
-            return Err(fail(ProxyError::NoHealthyUpstream));
-        };
-        host = next;
-        guard.next_attempt(host.clone());
-        attempt += 1;
+    let deadlines = Deadlines {
+        route: deadline,
+        request: hcm.request_timeout.map(|t| guard.start() + t),
+        max_duration: max_duration.map(|t| guard.start() + t),
+        idle,
+        // Without hedging, the first attempt's per-try deadline shares the stream's
+        // timer (hedged attempts have timers of their own).
+        attempt: match timeouts.hedge {
+            true => None,
+            false => attempts::per_try_first(timeouts.per_try, timeouts.per_try_idle)
+                .map(|(d, _)| routed_at + d),
+        },
     };
+    let mut timers = StreamTimers::new(deadlines, guard.received.clone());
+    let plan = Plan {
+        cluster: &cluster,
+        hosts: &hosts,
+        h2,
+        upgrade: upgrade.is_some(),
+        template,
+        replay,
+        per_try: timeouts.per_try,
+        per_try_idle: timeouts.per_try_idle,
+        hedge: timeouts.hedge,
+        attempt_count_header: vhost.include_request_attempt_count,
+        expected_timeout: timeouts.expected(),
+        global_timeout: timeouts.global,
+        routed_at,
+        target,
+        authority: &authority,
+        chain,
+    };
+    let first = Request::from_parts(parts, first_body);
+    let answer = attempts::run(plan, first, host, retry, &mut timers, guard).await;
+    let (mut resp, lease) = match answer {
+        Answer::Response(resp, lease, request_slot) => {
+            guard.request_slot = request_slot;
+            (resp, lease)
+        }
+        Answer::Failed(error) => return Err(fail(error)),
+        Answer::FilterReplied(reply) => {
+            let guard = slot.take().expect("guard present");
+            return Ok(filter_reply(reply, listener, guard, chain));
+        }
+    };
+    if let Some(idle) = timeouts.per_try_idle {
+        timers = StreamTimers::with_try_idle(timers, idle, guard.received.clone());
+    }
     let status = resp.status().as_u16();
 
     if status == 101 {
@@ -636,7 +582,7 @@ async fn proxy<'a>(
 }
 
 /// The load balancer's pick from `hosts`, with this worker's LB state.
-fn pick_host(
+pub(crate) fn pick_host(
     cluster: &crate::cluster::ClusterRuntime,
     hosts: &Arc<crate::cluster::HostSet>,
     random: u64,
@@ -647,111 +593,6 @@ fn pick_host(
             .or_default()
             .pick(cluster.config.lb_policy, hosts, random)
     })
-}
-
-/// Counts a retry decision where Envoy does and returns the backoff when the request
-/// is to be retried, holding a place under the cluster's `max_retries` breaker in
-/// `retry_slot`.
-fn account(
-    decision: Decision,
-    cluster: &crate::cluster::ClusterRuntime,
-    guard: &mut StreamGuard,
-    retry_slot: &mut Option<Slot>,
-) -> Option<std::time::Duration> {
-    let stats = &cluster.stats;
-    match decision {
-        Decision::Retry { backoff } => match cluster.breakers.retries.try_acquire() {
-            Some(slot) => {
-                *retry_slot = Some(slot);
-                stats.upstream_rq_retry.inc();
-                Some(backoff)
-            }
-            None => {
-                stats.upstream_rq_retry_overflow.inc();
-                guard.set_flag("UO");
-                None
-            }
-        },
-        Decision::LimitExceeded => {
-            stats.upstream_rq_retry_limit_exceeded.inc();
-            guard.set_flag("URX");
-            None
-        }
-        Decision::Done { after_retry } => {
-            if after_retry {
-                stats.upstream_rq_retry_success.inc();
-            }
-            None
-        }
-    }
-}
-
-/// The host for a retry. With the `previous_hosts` predicate the load balancer picks
-/// again, up to `host_selection_retry_max_attempts` times, while it lands on a host
-/// already tried; then the last pick stands, as in Envoy.
-fn retry_host(
-    cluster: &crate::cluster::ClusterRuntime,
-    hosts: &Arc<crate::cluster::HostSet>,
-    previous_hosts: Option<&strait_xds::model::RetryPolicy>,
-    tried: &[Arc<crate::cluster::Host>],
-) -> Option<Arc<crate::cluster::Host>> {
-    let picks = previous_hosts.map_or(1, |p| p.host_selection_retry_max_attempts.saturating_add(1));
-    let mut host = None;
-    for _ in 0..picks {
-        host = pick_host(cluster, hosts, rand::random());
-        match &host {
-            Some(h) if previous_hosts.is_some() && tried.iter().any(|t| Arc::ptr_eq(t, h)) => {}
-            _ => break,
-        }
-    }
-    host
-}
-
-/// The upstream request head, kept so each retry starts from the same head.
-struct RequestHead {
-    method: http::Method,
-    uri: Uri,
-    version: Version,
-    headers: http::HeaderMap,
-}
-
-impl RequestHead {
-    fn copy(parts: &http::request::Parts) -> RequestHead {
-        RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        }
-    }
-
-    fn parts(&self) -> http::request::Parts {
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = self.method.clone();
-        parts.uri = self.uri.clone();
-        parts.version = self.version;
-        parts.headers = self.headers.clone();
-        parts
-    }
-}
-
-/// Points a retry at another host's name (`auto_host_rewrite`).
-fn set_authority(parts: &mut http::request::Parts, h2: bool, authority: &str) {
-    if !h2 {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            parts.headers.insert(header::HOST, v);
-        }
-        return;
-    }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-    {
-        parts.uri = uri;
-    }
 }
 
 /// A local reply an HTTP filter asked for (`send_http_response`, or a plugin
@@ -817,7 +658,7 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
 
 /// The authority sent upstream. `auto_host_rewrite` uses the endpoint's DNS name, as
 /// Envoy does; an endpoint configured by IP has no name and the host is kept.
-fn upstream_authority(
+pub(crate) fn upstream_authority(
     target: &RouteTarget,
     authority: &str,
     host: &crate::cluster::Host,
@@ -885,6 +726,10 @@ fn local_reply(
     let err = &failure.error;
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = local_response(status, Bytes::from(err.body()), grpc);
+    if let (true, Some(code)) = (grpc, err.grpc_status()) {
+        resp.headers_mut()
+            .insert(&GRPC_STATUS, HeaderValue::from(code));
+    }
     if failure.close {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

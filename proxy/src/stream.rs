@@ -27,6 +27,12 @@ pub struct LogInfo {
     pub downstream_remote: SocketAddr,
 }
 
+/// Envoy's order of response flags in `%RESPONSE_FLAGS%`.
+const FLAG_ORDER: [&str; 21] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "DT",
+];
+
 pub struct Upstream {
     pub cluster: Arc<ClusterRuntime>,
     pub host: Option<Arc<Host>>,
@@ -79,7 +85,7 @@ impl StreamGuard {
     }
 
     pub fn set_flag(&mut self, flag: &'static str) {
-        if !self.flags.contains(&flag) {
+        if !flag.is_empty() && !self.flags.contains(&flag) {
             self.flags.push(flag);
         }
     }
@@ -110,6 +116,20 @@ impl StreamGuard {
         up.host = Some(host);
     }
 
+    /// The attempt on `host` answered (hedged attempts may finish out of order): the
+    /// stream's active request and its log entry move to that host.
+    pub fn answered_by(&mut self, host: &Arc<Host>) {
+        let Some(up) = &mut self.upstream else { return };
+        if up.host.as_ref().is_some_and(|h| Arc::ptr_eq(h, host)) {
+            return;
+        }
+        if let Some(previous) = up.host.take() {
+            previous.rq_active.fetch_sub(1, Ordering::Relaxed);
+        }
+        host.rq_active.fetch_add(1, Ordering::Relaxed);
+        up.host = Some(host.clone());
+    }
+
     /// Records the upstream response head.
     pub fn upstream_responded(&mut self, status: u16) {
         self.response_started = Some(Instant::now());
@@ -132,6 +152,12 @@ impl StreamGuard {
     pub fn timed_out(&mut self, expiry: crate::body::Expiry) {
         match (expiry, &self.upstream) {
             (crate::body::Expiry::Route, Some(up)) => up.cluster.stats.upstream_rq_timeout.inc(),
+            (crate::body::Expiry::PerTryIdle, Some(up)) => {
+                up.cluster.stats.upstream_rq_per_try_idle_timeout.inc()
+            }
+            (crate::body::Expiry::MaxDuration, _) => {
+                self.listener.http.downstream_rq_max_duration_reached.inc()
+            }
             _ => self.listener.http.downstream_rq_timeout.inc(),
         }
     }
@@ -160,6 +186,9 @@ impl StreamGuard {
             return;
         }
         let Some(info) = self.log.take() else { return };
+        // Envoy prints flags in its own fixed order, whatever order they were set in.
+        self.flags
+            .sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f).unwrap_or(usize::MAX));
         let flags = self.flags.join(",");
         let now = Instant::now();
         let (cluster_name, upstream_host) = match &self.upstream {

@@ -113,17 +113,25 @@ async fn max_retries_zero_disables_retries() {
     assert_eq!(s.stat("cluster.up.upstream_rq_retry").await, Some(0));
 }
 
+/// At `max_connections` a request waits for a connection (as Envoy's pending request)
+/// instead of being refused; beyond `max_pending_requests` waiting, it is refused.
+/// One worker, so the one connection is the one every request waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_connections_overflow_is_refused_and_counted() {
+async fn max_connections_queues_until_a_connection_is_released() {
     let up = Backend::echo("up").await;
+    let (log, hcm) = flags_log();
     let config = Bootstrap::catch_all("up")
-        .cluster_raw(&breaker_cluster(up.addr(), "{max_connections: 1}"))
+        .hcm(&hcm)
+        .cluster_raw(&breaker_cluster(
+            up.addr(),
+            "{max_connections: 1, max_pending_requests: 1}",
+        ))
         .build();
-    let s = Strait::start(&config).await;
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
     let addr = s.main_addr().await;
     let slow =
         tokio::spawn(
-            async move { get(addr, "h", "/slow", &[("x-backend-delay-ms", "3000")]).await },
+            async move { get(addr, "h", "/slow", &[("x-backend-delay-ms", "1500")]).await },
         );
     eventually(
         Duration::from_secs(5),
@@ -134,16 +142,123 @@ async fn max_connections_overflow_is_refused_and_counted() {
         },
     )
     .await;
-    // The one connection is busy: a second request would need another.
-    let r = get(addr, "h", "/more", &[]).await;
+    // The one connection is busy: the next request waits for it.
+    let queued = tokio::spawn(async move { get(addr, "h", "/queued", &[]).await });
+    s.wait_stat("cluster.up.circuit_breakers.default.rq_pending_open", |v| {
+        v == 1
+    })
+    .await;
+    assert_eq!(up.requests(), 1, "the queued request has not gone out");
+    // A second waiter is one more than max_pending_requests.
+    let r = get(addr, "h", "/over", &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("x-envoy-overloaded"), Some("true"));
     assert_eq!(slow.await.expect("slow task").status, 200);
-    assert_eq!(up.requests(), 1);
-    s.wait_stat("cluster.up.upstream_cx_overflow", |v| v == 1)
-        .await;
+    let r = queued.await.expect("queued task");
+    assert_eq!(r.status, 200, "served on the released connection");
+    assert_eq!(r.echo().path, "/queued");
+    assert_eq!(up.requests(), 2);
+    assert_eq!(
+        up.connections(),
+        1,
+        "the queued request reused the one connection"
+    );
     s.wait_stat("cluster.up.upstream_rq_pending_overflow", |v| v == 1)
         .await;
+    assert_eq!(s.stat("cluster.up.upstream_cx_overflow").await, Some(1));
+    s.wait_stat("cluster.up.circuit_breakers.default.rq_pending_open", |v| {
+        v == 0
+    })
+    .await;
+    let _ = std::fs::remove_file(log);
+}
+
+/// A queued request whose route timeout ends first gets 504 and leaves the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_times_out() {
+    let up = Backend::echo("up").await;
+    let config = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /late}\n    route: {cluster: up, timeout: 0.3s}\n  - match: {prefix: /}\n    route: {cluster: up}\n",
+    )
+    .cluster_raw(&breaker_cluster(up.addr(), "{max_connections: 1}"))
+    .build();
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
+    let addr = s.main_addr().await;
+    let slow =
+        tokio::spawn(
+            async move { get(addr, "h", "/slow", &[("x-backend-delay-ms", "1500")]).await },
+        );
+    eventually(Duration::from_secs(5), "the slow request is out", || {
+        let n = up.requests();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let r = get(addr, "h", "/late", &[]).await;
+    assert_eq!(r.status, 504, "timed out in the queue: {}", r.text());
+    s.wait_stat("cluster.up.upstream_rq_timeout", |v| v == 1)
+        .await;
+    s.wait_stat("cluster.up.circuit_breakers.default.rq_pending_open", |v| {
+        v == 0
+    })
+    .await;
+    assert_eq!(slow.await.expect("slow task").status, 200);
+    let r = get(addr, "h", "/after", &[]).await;
+    assert_eq!(r.status, 200, "the connection serves again");
+    assert_eq!(up.requests(), 2, "the timed-out request never went out");
+}
+
+/// `retry_budget` replaces `max_retries`: with no share of the load, exactly
+/// `min_retry_concurrency` retries may be under way; the next ones overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_overflows_at_min_retry_concurrency() {
+    let up = Backend::echo("up").await;
+    let (log, hcm) = flags_log();
+    let config = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  include_request_attempt_count: true\n  routes:\n  - match: {prefix: /}\n    route:\n      cluster: up\n      retry_policy: {retry_on: 5xx, num_retries: 1, retry_back_off: {base_interval: 0.001s}}\n",
+    )
+    .hcm(&hcm)
+    .cluster_raw(&breaker_cluster(
+        up.addr(),
+        "{max_retries: 100, retry_budget: {budget_percent: {value: 0.0}, min_retry_concurrency: 2}}",
+    ))
+    .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    // Every first attempt fails at once; every retry holds on for a while.
+    let failing = [
+        ("x-backend-status", "503"),
+        ("x-backend-retry-delay-ms", "2000"),
+    ];
+    let held: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(async move { get(addr, "h", &format!("/held{i}"), &failing).await }))
+        .collect();
+    eventually(Duration::from_secs(5), "two retries under way", || {
+        let n = up.requests();
+        async move { (n == 4).then_some(()) }
+    })
+    .await;
+    s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 2)
+        .await;
+    // Three more at once: their retries find the budget spent.
+    let over: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(async move { get(addr, "h", &format!("/over{i}"), &failing).await }))
+        .collect();
+    for task in over {
+        let r = task.await.expect("over task");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.echo().header("x-envoy-attempt-count"), Some("1"));
+    }
+    s.wait_stat("cluster.up.upstream_rq_retry_overflow", |v| v == 3)
+        .await;
+    for task in held {
+        let r = task.await.expect("held task");
+        assert_eq!(r.echo().header("x-envoy-attempt-count"), Some("2"));
+    }
+    assert_eq!(up.requests(), 7);
+    assert_eq!(s.stat("cluster.up.upstream_rq_retry").await, Some(2));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.lines().filter(|l| *l == "503 UO").count(), 3, "{text}");
+    let _ = std::fs::remove_file(log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,8 +271,8 @@ async fn unsupported_thresholds_are_refused_with_paths() {
             format!("{cluster}.thresholds[0].priority: HIGH is not supported yet"),
         ),
         (
-            "{retry_budget: {}}",
-            format!("{cluster}.thresholds[0].retry_budget: retry_budget is not supported yet"),
+            "{retry_budget: {budget_percent: {value: 101}}}",
+            format!("{cluster}.thresholds[0].retry_budget.budget_percent.value: must be between 0 and 100"),
         ),
         (
             "{max_requests: -1}",

@@ -19,6 +19,7 @@ const EXAMPLES: &[&str] = &[
     "front-proxy.yaml",
     "grpc-h2.yaml",
     "quickstart.yaml",
+    "resilience.yaml",
     "weighted.yaml",
 ];
 
@@ -436,4 +437,74 @@ async fn grpc_h2() {
         ),
     ];
     harness::run_example("grpc-h2.yaml", &[], cases).await;
+}
+
+// ------------------------------------------------------------------ resilience.yaml
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resilience() {
+    let api = || backend(&["api"]);
+    let grpc = |path: &str, timeout: &str| {
+        Req::get(path)
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", timeout)
+    };
+    let cases = vec![
+        Case::new("plain request", Req::get("/"), api()),
+        Case::new(
+            "internal caller: x-envoy-upstream-rq-timeout-ms applies",
+            Req::get("/slow")
+                .header("x-envoy-upstream-rq-timeout-ms", "100")
+                .header(ECHO_DELAY_MS, "600"),
+            Want::Local(504),
+        ),
+        Case::new(
+            "internal caller keeps its request id",
+            Req::get("/").header("x-request-id", "caller-id-1"),
+            api(),
+        ),
+        Case::new(
+            "external caller (x-forwarded-for set): the header is ignored",
+            Req::get("/slow")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-envoy-upstream-rq-timeout-ms", "100")
+                .header(ECHO_DELAY_MS, "400"),
+            api(),
+        ),
+        Case::new(
+            "internal caller: x-envoy-retry-on and x-envoy-max-retries",
+            Req::get("/")
+                .header("x-envoy-retry-on", "5xx")
+                .header("x-envoy-max-retries", "1")
+                .header(ECHO_STATUS, "503"),
+            Want::Backend(503, &["api"]),
+        ),
+        Case::new(
+            "hedged: the first attempt still answers",
+            Req::get("/hedged/x").header(ECHO_DELAY_MS, "400"),
+            api(),
+        ),
+        Case::new(
+            "per-try idle timeout on every attempt: 504",
+            Req::get("/idle/x").header(ECHO_DELAY_MS, "700"),
+            Want::Local(504),
+        ),
+        Case::new(
+            "route max_stream_duration: 504",
+            Req::get("/bounded/x").header(ECHO_DELAY_MS, "700"),
+            Want::Local(504),
+        ),
+        Case::new(
+            "grpc-timeout capped and offset, rewritten upstream",
+            grpc("/grpc/x", "100m"),
+            api(),
+        ),
+        Case::new("grpc-timeout above the cap", grpc("/grpc/x", "5S"), api()),
+        Case::new(
+            "grpc-timeout elapsed: DEADLINE_EXCEEDED",
+            grpc("/grpc/x", "100m").header(ECHO_DELAY_MS, "700"),
+            Want::Local(200),
+        ),
+    ];
+    harness::run_example("resilience.yaml", &[], cases).await;
 }

@@ -412,3 +412,92 @@ async fn route_timeout_covers_every_attempt() {
     assert_eq!(first_log_line(&log).await, "504 UT");
     let _ = std::fs::remove_file(log);
 }
+
+/// Envoy honours `x-envoy-retry-on`, `x-envoy-retry-grpc-on`, `x-envoy-max-retries`,
+/// `x-envoy-upstream-rq-timeout-ms` and `x-envoy-upstream-rq-per-try-timeout-ms` only
+/// on internal requests: with `internal_address_config`, a loopback client without
+/// `x-forwarded-for` is one (Envoy's default ranges); without it, nobody is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steering_headers_are_honoured_only_from_internal_addresses() {
+    let up = Backend::flaky("up", 2, Misbehave::Status(503)).await;
+    let slow = Backend::echo("slow").await;
+    let vhosts = "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: slow}\n  - match: {prefix: /}\n    route: {cluster: up}\n";
+    let internal = Bootstrap::new(vhosts)
+        .hcm("use_remote_address: true\ninternal_address_config: {}\n")
+        .cluster("up", up.addr())
+        .cluster("slow", slow.addr())
+        .build();
+    let s = Strait::start(&internal).await;
+    let addr = s.main_addr().await;
+    let asks = [("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "2")];
+    let r = get(addr, "h", "/", &asks).await;
+    assert_eq!(r.status, 200, "retried twice: {}", r.text());
+    assert_eq!(up.requests(), 3);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-envoy-internal"), Some("true"));
+    assert_eq!(
+        echo.header("x-envoy-retry-on"),
+        None,
+        "consumed, not forwarded"
+    );
+    assert_eq!(echo.header("x-envoy-external-address"), None);
+    let timeout = [
+        ("x-envoy-upstream-rq-timeout-ms", "200"),
+        ("x-backend-delay-ms", "1500"),
+    ];
+    let r = get(addr, "h", "/slow", &timeout).await;
+    assert_eq!(r.status, 504, "the header's timeout applies");
+    let r = get(
+        addr,
+        "h",
+        "/slow",
+        &[("x-envoy-upstream-rq-timeout-ms", "250")],
+    )
+    .await;
+    assert_eq!(
+        r.echo().header("x-envoy-expected-rq-timeout-ms"),
+        Some("250")
+    );
+    let per_try = [
+        ("x-envoy-retry-on", "reset"),
+        ("x-envoy-upstream-rq-per-try-timeout-ms", "200"),
+        ("x-backend-delay-ms", "1500"),
+    ];
+    let r = get(addr, "h", "/slow", &per_try).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(slow.requests(), 4, "the per-try timeout was retried once");
+    let grpc = [
+        ("x-envoy-retry-grpc-on", "unavailable"),
+        ("x-backend-respond-header", "grpc-status=14"),
+    ];
+    let r = get(addr, "h", "/slow", &grpc).await;
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    assert_eq!(slow.requests(), 6, "grpc-status 14 retried once");
+    drop(s);
+
+    let up = Backend::flaky("up", 2, Misbehave::Status(503)).await;
+    let external = Bootstrap::new(vhosts)
+        .hcm("use_remote_address: true\n")
+        .cluster("up", up.addr())
+        .cluster("slow", slow.addr())
+        .build();
+    let s = Strait::start(&external).await;
+    let addr = s.main_addr().await;
+    let r = get(addr, "h", "/", &asks).await;
+    assert_eq!(r.status, 503, "not retried");
+    assert_eq!(up.requests(), 1);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-envoy-retry-on"), None, "stripped");
+    assert_eq!(echo.header("x-envoy-internal"), None);
+    let timeout = [
+        ("x-envoy-upstream-rq-timeout-ms", "100"),
+        ("x-backend-delay-ms", "400"),
+    ];
+    let r = get(addr, "h", "/slow", &timeout).await;
+    assert_eq!(r.status, 200, "the route's 15 s timeout applies");
+    assert_eq!(r.echo().header("x-envoy-upstream-rq-timeout-ms"), None);
+    assert_eq!(
+        r.echo().header("x-envoy-expected-rq-timeout-ms"),
+        Some("15000")
+    );
+}

@@ -9,7 +9,7 @@
 //! from tables without sockets.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,53 @@ pub struct HttpConnectionManager {
     pub server_name: String,
     /// `http_filters` before the router, in order; the router itself is implied.
     pub http_filters: Vec<HttpFilterConfig>,
+    /// `common_http_protocol_options.max_stream_duration`: a stream's lifetime limit
+    /// from its start; a route's `max_stream_duration` replaces it. `None`: unlimited.
+    pub max_stream_duration: Option<Duration>,
+    /// `internal_address_config`: which downstream addresses are internal. `None`
+    /// (Envoy 1.40's default): no request is internal.
+    pub internal_addresses: Option<InternalAddresses>,
+}
+
+/// `internal_address_config` as translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalAddresses {
+    /// `unix_sockets`: Strait listens on TCP only, so this never applies.
+    pub unix_sockets: bool,
+    /// `cidr_ranges`; empty means Envoy's built-in set: 10/8, 172.16/12, 192.168/16,
+    /// 127.0.0.1, fd00::/8 and ::1.
+    pub cidr_ranges: Vec<(IpAddr, u8)>,
+}
+
+impl InternalAddresses {
+    /// Whether `ip` counts as internal, as Envoy's `InternalAddressConfig` decides.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if self.cidr_ranges.is_empty() {
+            return match ip {
+                IpAddr::V4(v4) => {
+                    let o = v4.octets();
+                    o[0] == 10
+                        || (o[0] == 172 && (16..=31).contains(&o[1]))
+                        || (o[0] == 192 && o[1] == 168)
+                        || v4 == std::net::Ipv4Addr::LOCALHOST
+                }
+                IpAddr::V6(v6) => v6.octets()[0] == 0xfd || v6.is_loopback(),
+            };
+        }
+        self.cidr_ranges
+            .iter()
+            .any(|(prefix, len)| match (prefix, ip) {
+                (IpAddr::V4(p), IpAddr::V4(a)) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                    u32::from(*p) & mask == u32::from(a) & mask
+                }
+                (IpAddr::V6(p), IpAddr::V6(a)) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                    u128::from(*p) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            })
+    }
 }
 
 /// One configured HTTP filter (everything in `http_filters` except the router).
@@ -474,6 +521,25 @@ pub struct RouteTarget {
     /// `hash_policy`, in order; empty unless the route hashes requests for a
     /// RING_HASH or MAGLEV cluster.
     pub hash_policy: Vec<HashPolicy>,
+    /// `hedge_policy.hedge_on_per_try_timeout` (the route's, else its virtual
+    /// host's): a per-try timeout starts another attempt without cancelling the first.
+    pub hedge_on_per_try_timeout: bool,
+    /// The route's `max_stream_duration`; when set, the route `timeout` does not
+    /// apply (Envoy's "new timeouts").
+    pub max_stream_duration: Option<MaxStreamDuration>,
+}
+
+/// `RouteAction.MaxStreamDuration` as translated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaxStreamDuration {
+    /// `max_stream_duration`: replaces the connection manager's; `Some(ZERO)`
+    /// disables it on this route.
+    pub max_stream_duration: Option<Duration>,
+    /// `grpc_timeout_header_max`: a gRPC request's `grpc-timeout` is the limit, capped
+    /// by this (zero: uncapped).
+    pub grpc_timeout_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`: subtracted from `grpc-timeout`.
+    pub grpc_timeout_header_offset: Option<Duration>,
 }
 
 /// `RouteAction.HashPolicy`: one input to a request's consistent hash.
@@ -509,6 +575,12 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// Bounds each attempt; the route `timeout` still bounds them all.
     pub per_try_timeout: Option<Duration>,
+    /// `per_try_timeout` in milliseconds as the `x-envoy-expected-rq-timeout-ms` value,
+    /// made once here rather than formatted per request.
+    pub per_try_timeout_header: Option<HeaderValue>,
+    /// `per_try_idle_timeout`: an attempt with no response progress for this long is
+    /// reset (and counts as a per-try timeout).
+    pub per_try_idle_timeout: Option<Duration>,
     pub retriable_status_codes: Vec<u16>,
     /// Matched against the response headers (`retriable-headers`).
     pub retriable_headers: Vec<HeaderMatcher>,
@@ -536,8 +608,23 @@ impl RetryOn {
     pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 5);
     pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 6);
     pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 7);
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(1 << 8);
+    pub const GRPC_DEADLINE_EXCEEDED: RetryOn = RetryOn(1 << 9);
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 10);
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 11);
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 12);
 
-    /// Envoy's names for the conditions Strait implements.
+    /// Envoy's gRPC condition names (`x-envoy-retry-grpc-on`), with the `grpc-status`
+    /// each retries.
+    pub const GRPC_NAMES: [(&'static str, RetryOn, u16); 5] = [
+        ("cancelled", RetryOn::GRPC_CANCELLED, 1),
+        ("deadline-exceeded", RetryOn::GRPC_DEADLINE_EXCEEDED, 4),
+        ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED, 8),
+        ("internal", RetryOn::GRPC_INTERNAL, 13),
+        ("unavailable", RetryOn::GRPC_UNAVAILABLE, 14),
+    ];
+
+    /// Envoy's HTTP condition names Strait implements (`x-envoy-retry-on`).
     pub const NAMES: [(&'static str, RetryOn); 8] = [
         ("5xx", RetryOn::FIVE_XX),
         ("gateway-error", RetryOn::GATEWAY_ERROR),
@@ -553,11 +640,33 @@ impl RetryOn {
     /// not know comes back beside the set; the `x-envoy-retry-on` header skips such
     /// names as Envoy does, config refuses them.
     pub fn parse(list: &str) -> (RetryOn, Option<&str>) {
+        Self::parse_with(list, true, true)
+    }
+
+    /// `x-envoy-retry-on`: HTTP names only; others are skipped.
+    pub fn parse_http(list: &str) -> RetryOn {
+        Self::parse_with(list, true, false).0
+    }
+
+    /// `x-envoy-retry-grpc-on`: gRPC names only; others are skipped.
+    pub fn parse_grpc(list: &str) -> RetryOn {
+        Self::parse_with(list, false, true).0
+    }
+
+    fn parse_with(list: &str, http: bool, grpc: bool) -> (RetryOn, Option<&str>) {
         let mut on = RetryOn::default();
         let mut unknown = None;
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            match RetryOn::NAMES.iter().find(|(name, _)| *name == item) {
-                Some((_, bit)) => on.0 |= bit.0,
+            let http_bit = RetryOn::NAMES
+                .iter()
+                .find(|(name, _)| http && *name == item)
+                .map(|(_, bit)| *bit);
+            let grpc_bit = RetryOn::GRPC_NAMES
+                .iter()
+                .find(|(name, _, _)| grpc && *name == item)
+                .map(|(_, bit, _)| *bit);
+            match http_bit.or(grpc_bit) {
+                Some(bit) => on.0 |= bit.0,
                 None => unknown = unknown.or(Some(item)),
             }
         }
@@ -696,7 +805,7 @@ pub struct OutlierDetection {
 
 /// `config.cluster.v3.CircuitBreakers.Thresholds` for priority DEFAULT: limits shared by
 /// every worker, counted per cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitBreakers {
     /// Connections open (or opening) to all hosts; default 1024.
     pub max_connections: u32,
@@ -708,6 +817,18 @@ pub struct CircuitBreakers {
     pub max_retries: u32,
     /// Publish `circuit_breakers.default.remaining_*` gauges.
     pub track_remaining: bool,
+    /// `retry_budget`: when set, replaces `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `Thresholds.RetryBudget`: retries under way may be `budget_percent` of the
+/// requests active and pending, and never fewer than `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Default 20.0.
+    pub budget_percent: f64,
+    /// Default 3.
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for CircuitBreakers {
@@ -718,6 +839,7 @@ impl Default for CircuitBreakers {
             max_requests: 1024,
             max_retries: 3,
             track_remaining: false,
+            retry_budget: None,
         }
     }
 }

@@ -320,3 +320,17 @@ pub async fn send_raw_until_close(addr: SocketAddr, bytes: &[u8]) -> (String, bo
 pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> String {
     send_raw_until_close(addr, bytes).await.0
 }
+
+/// GET over HTTP/1.1 on a fresh connection: the status once the head is in, and the
+/// body read to its end, or the error that cut it short.
+pub async fn request_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, anyhow::Result<(u64, Option<HeaderMap>)>) {
+    let mut c = Client::connect(addr, Proto::H1).await.expect("connect");
+    let req = c.request(Method::GET, "h", path, headers, empty());
+    let resp = c.send_streaming(req).await.expect("a response head");
+    let status = resp.status().as_u16();
+    (status, count_body(resp.into_body()).await)
+}

@@ -361,8 +361,16 @@ pub struct Thresholds {
     pub max_retries: Option<u32>,
     #[serde(default)]
     pub track_remaining: bool,
-    pub retry_budget: Option<Unsupported>,
+    pub retry_budget: Option<RetryBudget>,
     pub max_connection_pools: Option<Unsupported>,
+}
+
+/// `Thresholds.RetryBudget`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudget {
+    pub budget_percent: Option<Percent>,
+    pub min_retry_concurrency: Option<u32>,
 }
 
 /// `config.core.v3.RoutingPriority`: only DEFAULT so far.

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    duration, proto_enum, Address, CommonHttpProtocolOptions, DataSource, Http1ProtocolOptions,
-    Http2ProtocolOptions, RouteConfiguration, Unsupported,
+    duration, proto_enum, Address, DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    RouteConfiguration, Unsupported,
 };
 use crate::model::CodecType;
 
@@ -88,7 +88,7 @@ pub struct HttpConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub request_timeout: Option<Duration>,
-    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    pub common_http_protocol_options: Option<DownstreamCommonHttpProtocolOptions>,
     pub max_request_headers_kb: Option<u32>,
     pub use_remote_address: Option<bool>,
     pub xff_num_trusted_hops: Option<u32>,
@@ -108,7 +108,7 @@ pub struct HttpConnectionManager {
     pub drain_timeout: Option<Unsupported>,
     pub delayed_close_timeout: Option<Unsupported>,
     pub access_log_options: Option<Unsupported>,
-    pub internal_address_config: Option<Unsupported>,
+    pub internal_address_config: Option<InternalAddressConfig>,
     pub skip_xff_append: Option<Unsupported>,
     pub via: Option<Unsupported>,
     pub add_user_agent: Option<Unsupported>,
@@ -129,6 +129,38 @@ pub struct HttpConnectionManager {
     pub original_ip_detection_extensions: Option<Unsupported>,
     pub early_header_mutation_extensions: Option<Unsupported>,
     pub represent_ipv4_remote_address_as_ipv4_mapped_ipv6: Option<Unsupported>,
+}
+
+/// The connection manager's `common_http_protocol_options`: like a cluster's, plus
+/// `max_stream_duration`, which bounds each downstream stream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownstreamCommonHttpProtocolOptions {
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub max_stream_duration: Option<Duration>,
+    pub max_connection_duration: Option<Unsupported>,
+    pub max_headers_count: Option<Unsupported>,
+    pub max_response_headers_kb: Option<Unsupported>,
+    pub headers_with_underscores_action: Option<Unsupported>,
+    pub max_requests_per_connection: Option<Unsupported>,
+}
+
+/// `HttpConnectionManager.InternalAddressConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalAddressConfig {
+    pub unix_sockets: bool,
+    pub cidr_ranges: Vec<CidrRange>,
+}
+
+/// `config.core.v3.CidrRange`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRange {
+    pub address_prefix: String,
+    pub prefix_len: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,7 +60,7 @@ pub struct VirtualHost {
     pub include_request_attempt_count: Option<bool>,
     pub include_attempt_count_in_response: Option<Unsupported>,
     pub retry_policy: Option<RetryPolicy>,
-    pub hedge_policy: Option<Unsupported>,
+    pub hedge_policy: Option<HedgePolicy>,
     pub per_request_buffer_limit_bytes: Option<Unsupported>,
     pub request_mirror_policies: Option<Unsupported>,
     pub matcher: Option<Unsupported>,
@@ -188,7 +188,7 @@ pub struct RouteAction {
     pub rate_limits: Option<Unsupported>,
     pub include_vh_rate_limits: Option<Unsupported>,
     pub priority: Option<Unsupported>,
-    pub max_stream_duration: Option<Unsupported>,
+    pub max_stream_duration: Option<MaxStreamDuration>,
     pub max_grpc_timeout: Option<Unsupported>,
     pub grpc_timeout_offset: Option<Unsupported>,
     pub upgrade_configs: Option<Unsupported>,
@@ -201,7 +201,7 @@ pub struct RouteAction {
     pub metadata_match: Option<Unsupported>,
     pub path_rewrite_policy: Option<Unsupported>,
     pub internal_redirect_policy: Option<Unsupported>,
-    pub hedge_policy: Option<Unsupported>,
+    pub hedge_policy: Option<HedgePolicy>,
     pub early_data_policy: Option<Unsupported>,
 }
 
@@ -346,7 +346,8 @@ pub struct RetryPolicy {
     #[serde(default)]
     pub retry_host_predicate: Vec<RetryHostPredicate>,
     pub host_selection_retry_max_attempts: Option<i64>,
-    pub per_try_idle_timeout: Option<Unsupported>,
+    #[serde(default, deserialize_with = "duration")]
+    pub per_try_idle_timeout: Option<Duration>,
     pub retry_priority: Option<Unsupported>,
     pub retry_options_predicates: Option<Unsupported>,
     pub rate_limited_retry_back_off: Option<Unsupported>,
@@ -367,4 +368,25 @@ pub struct RetryBackOff {
 pub struct RetryHostPredicate {
     pub name: String,
     pub typed_config: Option<IgnoredAny>,
+}
+
+/// `config.route.v3.HedgePolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgePolicy {
+    pub initial_requests: Option<u32>,
+    pub additional_request_chance: Option<super::FractionalPercent>,
+    pub hedge_on_per_try_timeout: Option<bool>,
+}
+
+/// `RouteAction.MaxStreamDuration`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxStreamDuration {
+    #[serde(default, deserialize_with = "duration")]
+    pub max_stream_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub grpc_timeout_header_max: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub grpc_timeout_header_offset: Option<Duration>,
 }

@@ -11,7 +11,7 @@ use super::{
 use crate::bootstrap::{self, CodecClientType, HttpProtocolOptions, ProtocolChoice};
 use crate::model::{
     CircuitBreakers, Cluster, Discovery, DnsLookupFamily, Endpoint, HashLbConfig, HealthCheck,
-    HealthCheckKind, HttpHealthCheck, LbPolicy, OutlierDetection, UpstreamProtocol,
+    HealthCheckKind, HttpHealthCheck, LbPolicy, OutlierDetection, RetryBudget, UpstreamProtocol,
 };
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -70,7 +70,10 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         endpoints: endpoints(path, discovery, config.load_assignment.as_ref())?,
         health_check: health_check(path, &config.health_checks)?,
         healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
-        circuit_breakers: circuit_breakers(config.circuit_breakers.as_ref()),
+        circuit_breakers: circuit_breakers(
+            &format!("{path}.circuit_breakers"),
+            config.circuit_breakers.as_ref(),
+        )?,
         outlier_detection: outlier_detection(path, config.outlier_detection.as_ref())?,
     })
 }
@@ -134,10 +137,13 @@ fn outlier_detection(
 
 /// `circuit_breakers.thresholds`: Envoy's defaults for each field left unset. As in
 /// Envoy, the first entry for a priority wins (every accepted entry is DEFAULT).
-fn circuit_breakers(config: Option<&bootstrap::CircuitBreakers>) -> CircuitBreakers {
+fn circuit_breakers(
+    path: &str,
+    config: Option<&bootstrap::CircuitBreakers>,
+) -> Result<CircuitBreakers> {
     let mut out = CircuitBreakers::default();
     let Some(config) = config else {
-        return out;
+        return Ok(out);
     };
     if let Some(t) = config.thresholds.first() {
         out.max_connections = t.max_connections.unwrap_or(out.max_connections);
@@ -145,8 +151,21 @@ fn circuit_breakers(config: Option<&bootstrap::CircuitBreakers>) -> CircuitBreak
         out.max_requests = t.max_requests.unwrap_or(out.max_requests);
         out.max_retries = t.max_retries.unwrap_or(out.max_retries);
         out.track_remaining = t.track_remaining;
+        if let Some(budget) = &t.retry_budget {
+            let budget_percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&budget_percent) {
+                return Err(ConfigError::new(
+                    format!("{path}.thresholds[0].retry_budget.budget_percent.value"),
+                    "must be between 0 and 100",
+                ));
+            }
+            out.retry_budget = Some(RetryBudget {
+                budget_percent,
+                min_retry_concurrency: budget.min_retry_concurrency.unwrap_or(3),
+            });
+        }
     }
-    out
+    Ok(out)
 }
 
 /// Envoy's largest ring (`maximum_ring_size`'s validation bound) and Maglev table.

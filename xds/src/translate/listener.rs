@@ -16,7 +16,7 @@ use crate::bootstrap::{
 use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
 use crate::model::{
     AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, HttpFilterConfig,
-    JsonValueTemplate, Listener, LogFormat,
+    InternalAddresses, JsonValueTemplate, Listener, LogFormat,
 };
 
 pub(super) const HCM_TYPE: &str =
@@ -179,6 +179,51 @@ fn http_connection_manager(
         server_name: config.server_name.unwrap_or_else(|| "strait".to_owned()),
         stat_prefix: config.stat_prefix,
         http_filters,
+        max_stream_duration: config
+            .common_http_protocol_options
+            .as_ref()
+            .and_then(|c| c.max_stream_duration)
+            .filter(|d| !d.is_zero()),
+        internal_addresses: config
+            .internal_address_config
+            .as_ref()
+            .map(|c| internal_addresses(&format!("{path}.internal_address_config"), c))
+            .transpose()?,
+    })
+}
+
+/// `internal_address_config`: each `cidr_ranges` entry an IP prefix with a length that
+/// fits it.
+fn internal_addresses(
+    path: &str,
+    config: &bootstrap::InternalAddressConfig,
+) -> Result<InternalAddresses> {
+    let cidr_ranges = config
+        .cidr_ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let path = format!("{path}.cidr_ranges[{i}]");
+            let prefix: std::net::IpAddr = range.address_prefix.parse().map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.address_prefix"),
+                    format!("'{}' is not an IP address", range.address_prefix),
+                )
+            })?;
+            let max = if prefix.is_ipv4() { 32 } else { 128 };
+            let len = range.prefix_len.unwrap_or(0);
+            if len > max {
+                return Err(ConfigError::new(
+                    format!("{path}.prefix_len"),
+                    format!("must be at most {max}"),
+                ));
+            }
+            Ok((prefix, len as u8))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(InternalAddresses {
+        unix_sockets: config.unix_sockets,
+        cidr_ranges,
     })
 }
 

@@ -11,10 +11,10 @@ use super::headers::{header_name, header_value, mutations};
 use super::{data_source, timeout_or, Clusters, ConfigError, Result};
 use crate::bootstrap::{self, RegexMatcher, RegexRewrite, NOT_SUPPORTED};
 use crate::model::{
-    ClusterSpecifier, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher, PathMatch,
-    QueryParameterMatcher, Redirect, RetryOn, RetryPolicy, Route, RouteAction, RouteConfig,
-    RouteMatch, RouteTarget, StringMatchKind, StringMatcher, VirtualHost, VirtualHostIndex,
-    WeightedCluster,
+    ClusterSpecifier, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher,
+    MaxStreamDuration, PathMatch, QueryParameterMatcher, Redirect, RetryOn, RetryPolicy, Route,
+    RouteAction, RouteConfig, RouteMatch, RouteTarget, StringMatchKind, StringMatcher, VirtualHost,
+    VirtualHostIndex, WeightedCluster,
 };
 
 /// What route translation needs from around it.
@@ -79,6 +79,15 @@ fn virtual_host(
         .as_ref()
         .map(|p| retry_policy(&format!("{path}.retry_policy"), p).map(Arc::new))
         .transpose()?;
+    let hedge = config
+        .hedge_policy
+        .as_ref()
+        .map(|h| hedge_policy(&format!("{path}.hedge_policy"), h))
+        .transpose()?;
+    let inherited = Inherited {
+        retry_policy: retry_policy.as_ref(),
+        hedge_on_per_try_timeout: hedge,
+    };
     Ok(VirtualHost {
         name: config.name.clone(),
         domains: config.domains.clone(),
@@ -87,14 +96,7 @@ fn virtual_host(
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                route(
-                    &format!("{path}.routes[{i}]"),
-                    r,
-                    context,
-                    retry_policy.as_ref(),
-                )
-            })
+            .map(|(i, r)| route(&format!("{path}.routes[{i}]"), r, context, &inherited))
             .collect::<Result<_>>()?,
         headers: mutations(
             path,
@@ -144,20 +146,59 @@ fn index(path: &str, virtual_hosts: &[VirtualHost]) -> Result<VirtualHostIndex> 
     Ok(index)
 }
 
+/// What a route takes from its virtual host unless it has its own.
+struct Inherited<'a> {
+    retry_policy: Option<&'a Arc<RetryPolicy>>,
+    hedge_on_per_try_timeout: Option<bool>,
+}
+
+/// `hedge_policy`: only `hedge_on_per_try_timeout`; `initial_requests` 1 and
+/// `additional_request_chance` 0 (the defaults) are accepted.
+fn hedge_policy(path: &str, config: &bootstrap::HedgePolicy) -> Result<bool> {
+    if config.initial_requests.is_some_and(|n| n != 1) {
+        let message = format!("initial_requests other than 1 {NOT_SUPPORTED}");
+        return Err(ConfigError::new(
+            format!("{path}.initial_requests"),
+            message,
+        ));
+    }
+    if config
+        .additional_request_chance
+        .as_ref()
+        .is_some_and(|c| c.numerator != 0)
+    {
+        let message = format!("additional_request_chance other than 0 {NOT_SUPPORTED}");
+        return Err(ConfigError::new(
+            format!("{path}.additional_request_chance"),
+            message,
+        ));
+    }
+    Ok(config.hedge_on_per_try_timeout.unwrap_or(false))
+}
+
 fn route(
     path: &str,
     config: &bootstrap::Route,
     context: &Context,
-    vhost_retry_policy: Option<&Arc<RetryPolicy>>,
+    inherited: &Inherited,
 ) -> Result<Route> {
     let matcher = route_match(&format!("{path}.match"), &config.r#match)?;
     let action = match (&config.route, &config.redirect, &config.direct_response) {
         (Some(target), None, None) => {
             let path = format!("{path}.route");
+            let hedge = target
+                .hedge_policy
+                .as_ref()
+                .map(|h| hedge_policy(&format!("{path}.hedge_policy"), h))
+                .transpose()?;
             let mut target = route_target(&path, target, &matcher, context)?;
             if target.retry_policy.is_none() {
-                target.retry_policy = vhost_retry_policy.cloned();
+                target.retry_policy = inherited.retry_policy.cloned();
             }
+            // A route's hedge policy replaces its virtual host's whole, as in Envoy.
+            target.hedge_on_per_try_timeout = hedge
+                .or(inherited.hedge_on_per_try_timeout)
+                .unwrap_or(false);
             RouteAction::Route(target)
         }
         (None, Some(redirect), None) => RouteAction::Redirect(redirect_action(
@@ -424,7 +465,20 @@ fn route_target(
         }
         header_value(&format!("{path}.host_rewrite_literal"), host)?;
     }
-    let timeout = timeout_or(config.timeout, Duration::from_secs(15));
+    let max_stream_duration = config
+        .max_stream_duration
+        .as_ref()
+        .map(|m| MaxStreamDuration {
+            max_stream_duration: m.max_stream_duration,
+            grpc_timeout_header_max: m.grpc_timeout_header_max,
+            grpc_timeout_header_offset: m.grpc_timeout_header_offset,
+        });
+    // Envoy: a route with `max_stream_duration` uses the "new timeouts", and its
+    // `timeout` (default 15 s included) does not apply.
+    let timeout = match max_stream_duration {
+        Some(_) => None,
+        None => timeout_or(config.timeout, Duration::from_secs(15)),
+    };
     Ok(RouteTarget {
         cluster,
         prefix_rewrite,
@@ -440,6 +494,8 @@ fn route_target(
             .map(|p| retry_policy(&format!("{path}.retry_policy"), p).map(Arc::new))
             .transpose()?,
         hash_policy: hash_policies(path, &config.hash_policy)?,
+        hedge_on_per_try_timeout: false,
+        max_stream_duration,
     })
 }
 
@@ -509,12 +565,7 @@ const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
 /// Envoy's `retry_on` names Strait does not implement (gRPC status conditions and the
 /// rest); they are refused rather than silently never retried.
-const RETRY_ON_NOT_SUPPORTED: [&str; 9] = [
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
+const RETRY_ON_NOT_SUPPORTED: [&str; 4] = [
     "envoy-ratelimited",
     "reset-before-request",
     "http3-post-connect-failure",
@@ -590,6 +641,11 @@ fn retry_policy(path: &str, config: &bootstrap::RetryPolicy) -> Result<RetryPoli
         retry_on,
         num_retries: config.num_retries.unwrap_or(1),
         per_try_timeout: config.per_try_timeout.filter(|t| !t.is_zero()),
+        per_try_timeout_header: config
+            .per_try_timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| http::HeaderValue::from(t.as_millis() as u64)),
+        per_try_idle_timeout: config.per_try_idle_timeout.filter(|t| !t.is_zero()),
         retriable_status_codes,
         retriable_headers,
         base_interval,

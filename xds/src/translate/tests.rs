@@ -102,16 +102,17 @@ fn errors_name_paths() {
         ("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST", format!("{cluster}.lb_policy: unknown value \"FASTEST\", expected one of ROUND_ROBIN")),
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{priority: HIGH}]}", format!("{cluster}.circuit_breakers.thresholds[0].priority: HIGH is not supported yet")),
-        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{retry_budget: {}}]}", format!("{cluster}.circuit_breakers.thresholds[0].retry_budget: retry_budget is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 120}}}]}", format!("{cluster}.circuit_breakers.thresholds[0].retry_budget.budget_percent.value: must be between 0 and 100")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {per_host_thresholds: []}", format!("{cluster}.circuit_breakers.per_host_thresholds: per_host_thresholds is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_requests: -1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_requests: invalid value")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_conections: 1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_conections: unknown field `max_conections`")),
         ("route: {cluster: web}", "route: {cluster: nope}", format!("{routes}.route.cluster: unknown cluster 'nope'")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_priority: {}}}", format!("{routes}.route.retry_policy.retry_priority: retry_priority is not supported yet")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {rate_limited_retry_back_off: {}}}", format!("{routes}.route.retry_policy.rate_limited_retry_back_off: rate_limited_retry_back_off is not supported yet")),
-        ("route: {cluster: web}", "route: {cluster: web, hedge_policy: {}}", format!("{routes}.route.hedge_policy: hedge_policy is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, hedge_policy: {initial_requests: 2}}", format!("{routes}.route.hedge_policy.initial_requests: initial_requests other than 1 is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, hedge_policy: {additional_request_chance: {numerator: 5}}}", format!("{routes}.route.hedge_policy.additional_request_chance: additional_request_chance other than 0 is not supported yet")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: \"5xx,bogus\"}}", format!("{routes}.route.retry_policy.retry_on: unknown retry_on condition 'bogus'")),
-        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: unavailable}}", format!("{routes}.route.retry_policy.retry_on: retry_on 'unavailable' is not supported yet")),
+        ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: envoy-ratelimited}}", format!("{routes}.route.retry_policy.retry_on: retry_on 'envoy-ratelimited' is not supported yet")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retriable_status_codes: [700]}}", format!("{routes}.route.retry_policy.retriable_status_codes[0]: 700 is not an HTTP status code")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}}", format!("{routes}.route.retry_policy.retry_back_off.max_interval: max_interval must be greater than or equal to base_interval")),
         ("route: {cluster: web}", "route: {cluster: web, retry_policy: {retry_on: 5xx, retry_back_off: {max_interval: 1s}}}", format!("{routes}.route.retry_policy.retry_back_off.base_interval: base_interval is required")),
@@ -465,4 +466,81 @@ fn retry_policy_defaults_and_inheritance() {
     assert_eq!(inherited.max_interval, Duration::from_millis(250));
     assert!(!inherited.previous_hosts);
     assert_eq!(inherited.host_selection_retry_max_attempts, 1);
+}
+
+/// Hedging, per-try idle timeouts, stream durations, internal addresses and retry
+/// budgets translate with Envoy's defaults; a route's hedge policy replaces its virtual
+/// host's, and a route with `max_stream_duration` has no route `timeout`.
+#[test]
+fn resilience_fields_translate() {
+    let text = edited(
+        "              routes:\n              - match: {prefix: \"/\"}\n                route: {cluster: web}",
+        "              hedge_policy: {hedge_on_per_try_timeout: true}\n              routes:\n              - match: {prefix: \"/own\"}\n                route: {cluster: web, hedge_policy: {}, max_stream_duration: {max_stream_duration: 2s, grpc_timeout_header_max: 0s}, retry_policy: {retry_on: \"unavailable,5xx\", per_try_idle_timeout: 0.3s}}\n              - match: {prefix: \"/\"}\n                route: {cluster: web}",
+    )
+    .replace(
+        "          stat_prefix: ingress\n",
+        "          stat_prefix: ingress\n          common_http_protocol_options: {max_stream_duration: 30s}\n          internal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}\n",
+    )
+    .replace(
+        "lb_policy: ROUND_ROBIN",
+        "lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{retry_budget: {min_retry_concurrency: 5}}]}",
+    );
+    let snapshot = snapshot_from_yaml(&text).unwrap();
+    let hcm = &snapshot.listeners[0].hcm;
+    assert_eq!(hcm.max_stream_duration, Some(Duration::from_secs(30)));
+    let internal = hcm.internal_addresses.as_ref().expect("internal addresses");
+    assert!(internal.contains("10.9.9.9".parse().unwrap()));
+    assert!(!internal.contains("127.0.0.1".parse().unwrap()));
+    let target = |i: usize| match &hcm.route_config.virtual_hosts[0].routes[i].action {
+        RouteAction::Route(t) => t,
+        _ => panic!("route action"),
+    };
+    let own = target(0);
+    assert!(
+        !own.hedge_on_per_try_timeout,
+        "the route's own policy replaces the vhost's"
+    );
+    assert_eq!(
+        own.timeout, None,
+        "max_stream_duration replaces the route timeout"
+    );
+    let msd = own.max_stream_duration.expect("max_stream_duration");
+    assert_eq!(msd.max_stream_duration, Some(Duration::from_secs(2)));
+    assert_eq!(msd.grpc_timeout_header_max, Some(Duration::ZERO));
+    let policy = own.retry_policy.as_ref().expect("retry policy");
+    assert_eq!(
+        policy.per_try_idle_timeout,
+        Some(Duration::from_millis(300))
+    );
+    assert!(policy.retry_on.contains(RetryOn::GRPC_UNAVAILABLE));
+    assert!(policy.retry_on.contains(RetryOn::FIVE_XX));
+    let inherited = target(1);
+    assert!(inherited.hedge_on_per_try_timeout);
+    assert_eq!(inherited.timeout, Some(Duration::from_secs(15)));
+    let budget = snapshot.clusters["web"]
+        .circuit_breakers
+        .retry_budget
+        .expect("retry budget");
+    assert_eq!(budget.budget_percent, 20.0);
+    assert_eq!(budget.min_retry_concurrency, 5);
+    for (old, new, want) in [
+        (
+            "stat_prefix: ingress\n",
+            "stat_prefix: ingress\n          internal_address_config: {cidr_ranges: [{address_prefix: nope, prefix_len: 8}]}\n",
+            "internal_address_config.cidr_ranges[0].address_prefix: 'nope' is not an IP address",
+        ),
+        (
+            "stat_prefix: ingress\n",
+            "stat_prefix: ingress\n          internal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 33}]}\n",
+            "internal_address_config.cidr_ranges[0].prefix_len: must be at most 32",
+        ),
+        (
+            "route: {cluster: web}",
+            "route: {cluster: web, max_stream_duration: {max_stream_duration: 1s, bogus: 1}}",
+            "route.max_stream_duration.bogus: unknown field `bogus`",
+        ),
+    ] {
+        let error = snapshot_from_yaml(&BASE.replacen(old, new, 1)).unwrap_err().to_string();
+        assert!(error.contains(want), "want {want:?} in {error:?}");
+    }
 }
