@@ -225,6 +225,21 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
         };
         let hosts = c.hosts.load();
         let mut host_statuses = Vec::new();
+        if !as_json {
+            // Envoy's header lines: each routing priority's circuit-breaker limits.
+            for (priority, t) in ["default", "high"].iter().zip(&c.config.circuit_breakers) {
+                let limits = [
+                    ("max_connections", t.max_connections),
+                    ("max_pending_requests", t.max_pending_requests),
+                    ("max_requests", t.max_requests),
+                    ("max_retries", t.max_retries),
+                ];
+                for (limit, value) in limits {
+                    let _ = writeln!(out, "{name}::{priority}_priority::{limit}::{value}");
+                }
+            }
+            let _ = writeln!(out, "{name}::added_via_api::false");
+        }
         for h in &hosts.hosts {
             let stats = [
                 ("cx_active", h.cx_active.load(Ordering::Relaxed)),
@@ -252,8 +267,6 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
         }
         if as_json {
             statuses.push(json!({"name": name, "host_statuses": host_statuses}));
-        } else if hosts.hosts.is_empty() {
-            let _ = writeln!(out, "{name}::default_priority::max_connections::1024");
         }
     }
     if as_json {

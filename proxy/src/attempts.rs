@@ -23,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use strait_filters::LocalReply;
-use strait_xds::model::RouteTarget;
+use strait_xds::model::{RouteTarget, RoutingPriority};
 use tokio::time::Sleep;
 
 use crate::body::{Expiry, ReplayHandle, RequestBody, StreamTimers};
@@ -191,7 +191,13 @@ pub async fn run(
                 if let Some(state) = &mut retry {
                     if plan.replay.as_ref().is_none_or(ReplayHandle::replayable) {
                         let decision = state.decide_hedge(rand::random());
-                        if let Some(wait) = account(decision, cluster, guard, &mut retry_slot) {
+                        if let Some(wait) = account(
+                            decision,
+                            cluster,
+                            plan.target.priority,
+                            guard,
+                            &mut retry_slot,
+                        ) {
                             backoff = Some(Box::pin(tokio::time::sleep(wait)));
                         }
                     }
@@ -294,7 +300,13 @@ fn settle(
         }
         _ => (Decision::Done { after_retry: false }, false),
     };
-    if let Some(wait) = account(decision, plan.cluster, guard, retry_slot) {
+    if let Some(wait) = account(
+        decision,
+        plan.cluster,
+        plan.target.priority,
+        guard,
+        retry_slot,
+    ) {
         // The failed attempt's response (and its connection) is dropped unread, and
         // its place under `max_requests` given back.
         return Settled::Retry(wait);
@@ -341,7 +353,10 @@ async fn sequential(
     loop {
         let request = request(plan, first.take(), &host, number);
         // Each attempt holds a place under `max_requests` until its response ends.
-        let request_slot = cluster.breakers.requests.try_acquire();
+        let request_slot = cluster
+            .breakers(plan.target.priority)
+            .requests
+            .try_acquire();
         if request_slot.is_none() {
             cluster.stats.upstream_rq_pending_overflow.inc();
         }
@@ -350,7 +365,17 @@ async fn sequential(
         let send = Box::pin(async {
             match request_slot {
                 None => Err(ProxyError::Overflow),
-                Some(_) => pool::send(cluster, &host, plan.h2, plan.upgrade, request).await,
+                Some(_) => {
+                    pool::send(
+                        cluster,
+                        &host,
+                        plan.h2,
+                        plan.upgrade,
+                        plan.target.priority,
+                        request,
+                    )
+                    .await
+                }
             }
         });
         // The first attempt's per-try deadline came with the stream's timers.
@@ -455,12 +480,22 @@ async fn single(
             .headers_mut()
             .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from_static("1"));
     }
-    let request_slot = cluster.breakers.requests.try_acquire();
+    let request_slot = cluster
+        .breakers(plan.target.priority)
+        .requests
+        .try_acquire();
     if request_slot.is_none() {
         cluster.stats.upstream_rq_pending_overflow.inc();
         return Answer::Failed(ProxyError::Overflow);
     }
-    let send = pool::send(cluster, &host, plan.h2, plan.upgrade, request);
+    let send = pool::send(
+        cluster,
+        &host,
+        plan.h2,
+        plan.upgrade,
+        plan.target.priority,
+        request,
+    );
     let sent = match until(send, timers).await {
         Ok(sent) => sent,
         Err(expiry) => return expired(expiry, timers, guard),
@@ -556,7 +591,10 @@ fn start<'a>(
     let request = request(plan, first, host, number);
     // Each attempt holds a place under `max_requests` until its response ends.
     let cluster = plan.cluster;
-    let request_slot = cluster.breakers.requests.try_acquire();
+    let request_slot = cluster
+        .breakers(plan.target.priority)
+        .requests
+        .try_acquire();
     let send: SendFuture<'a> = match request_slot {
         None => {
             cluster.stats.upstream_rq_pending_overflow.inc();
@@ -564,7 +602,10 @@ fn start<'a>(
         }
         Some(_) => {
             let (h2, upgrade, host) = (plan.h2, plan.upgrade, host.clone());
-            Box::pin(async move { pool::send(cluster, &host, h2, upgrade, request).await })
+            let priority = plan.target.priority;
+            Box::pin(
+                async move { pool::send(cluster, &host, h2, upgrade, priority, request).await },
+            )
         }
     };
     let timer = per_try_timer(plan).map(|(d, error)| (Box::pin(tokio::time::sleep(d)), error));
@@ -583,12 +624,13 @@ fn start<'a>(
 fn account(
     decision: Decision,
     cluster: &ClusterRuntime,
+    priority: RoutingPriority,
     guard: &mut StreamGuard,
     retry_slot: &mut Option<Slot>,
 ) -> Option<Duration> {
     let stats = &cluster.stats;
     match decision {
-        Decision::Retry { backoff } => match cluster.breakers.try_acquire_retry() {
+        Decision::Retry { backoff } => match cluster.breakers(priority).try_acquire_retry() {
             Some(slot) => {
                 *retry_slot = Some(slot);
                 stats.upstream_rq_retry.inc();

@@ -1,5 +1,6 @@
-//! Envoy's cluster circuit breakers (`circuit_breakers.thresholds`, priority DEFAULT):
-//! four counts shared by every worker, each against its limit.
+//! Envoy's cluster circuit breakers (`circuit_breakers.thresholds`): per routing
+//! priority (DEFAULT, HIGH; a route's `priority` picks one), four counts shared by
+//! every worker, each against its limit.
 //!
 //! A place under a limit is a [`Slot`]: taken with [`Limit::try_acquire`] and given
 //! back when dropped, so every path counts up and down exactly once.
@@ -11,13 +12,14 @@
 //! | `requests`    | an attempt is under way, until its response ends | `upstream_rq_pending_overflow` |
 //! | `retries`     | a retry is scheduled, until its outcome is in | `upstream_rq_retry_overflow` |
 //!
-//! Each limit publishes `circuit_breakers.default.<x>_open` (1 while at the limit) and,
-//! with `track_remaining`, `circuit_breakers.default.remaining_<x>`, as Envoy names them.
+//! Each limit publishes `circuit_breakers.<priority>.<x>_open` (1 while at the limit)
+//! and, with `track_remaining`, `circuit_breakers.<priority>.remaining_<x>`, as Envoy
+//! names them (`default`, `high`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strait_xds::model::{CircuitBreakers, RetryBudget};
+use strait_xds::model::{CircuitBreakers, RetryBudget, RoutingPriority};
 
 use crate::stats::{Gauge, Scope, Store};
 
@@ -119,12 +121,18 @@ pub fn retry_budget_max(budget: &RetryBudget, active: u64) -> u64 {
 }
 
 impl Breakers {
-    pub fn register(store: &Store, scope: &Scope, config: &CircuitBreakers) -> Breakers {
+    pub fn register(
+        store: &Store,
+        scope: &Scope,
+        priority: RoutingPriority,
+        config: &CircuitBreakers,
+    ) -> Breakers {
+        let p = priority.stat_name();
         let limit = |max: u32, open: &str, remaining: &str| {
-            let open = store.gauge(scope, &format!("circuit_breakers.default.{open}"));
+            let open = store.gauge(scope, &format!("circuit_breakers.{p}.{open}"));
             let remaining = config
                 .track_remaining
-                .then(|| store.gauge(scope, &format!("circuit_breakers.default.{remaining}")));
+                .then(|| store.gauge(scope, &format!("circuit_breakers.{p}.{remaining}")));
             Limit::new(max, open, remaining)
         };
         Breakers {

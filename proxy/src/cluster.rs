@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use strait_xds::model::{self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy};
+use strait_xds::model::{
+    self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy, RoutingPriority,
+};
 
 use crate::breaker::Breakers;
 use crate::health::{self, HealthCheckStats, HealthState};
@@ -206,13 +208,19 @@ pub struct ClusterRuntime {
     pub config: Arc<model::Cluster>,
     pub hosts: ArcSwap<HostSet>,
     pub stats: ClusterStats,
-    /// The circuit breakers, shared by every worker.
-    pub breakers: Breakers,
+    /// The circuit breakers by routing priority (`[DEFAULT, HIGH]`), shared by every
+    /// worker; see [`ClusterRuntime::breakers`].
+    breakers: [Breakers; 2],
     /// Serializes ejection decisions, so the max-ejection-percent cap holds.
     pub outlier_lock: parking_lot::Mutex<()>,
 }
 
 impl ClusterRuntime {
+    /// The circuit breakers of a routing priority.
+    pub fn breakers(&self, priority: RoutingPriority) -> &Breakers {
+        &self.breakers[priority.index()]
+    }
+
     /// Builds the runtime of a cluster and resolves its endpoints once, so a cluster
     /// is usable as soon as the config that names it is published.
     pub async fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<ClusterRuntime> {
@@ -225,11 +233,10 @@ impl ClusterRuntime {
                 config.outlier_detection.is_some(),
             ),
             outlier_lock: parking_lot::Mutex::new(()),
-            breakers: Breakers::register(
-                store,
-                &Scope::cluster(&config.name),
-                &config.circuit_breakers,
-            ),
+            breakers: [RoutingPriority::Default, RoutingPriority::High].map(|p| {
+                let thresholds = &config.circuit_breakers[p.index()];
+                Breakers::register(store, &Scope::cluster(&config.name), p, thresholds)
+            }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config,
         });

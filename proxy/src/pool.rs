@@ -28,6 +28,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_xds::model::RoutingPriority;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -42,6 +43,8 @@ struct PoolKey {
     cluster: u64,
     addr: SocketAddr,
     h2: bool,
+    /// As in Envoy, each routing priority has its own connections (and breakers).
+    priority: RoutingPriority,
 }
 
 type H2Sender = http2::SendRequest<RequestBody>;
@@ -120,12 +123,14 @@ pub async fn send(
     host: &Arc<Host>,
     h2: bool,
     upgrade: bool,
+    priority: RoutingPriority,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
     let key = PoolKey {
         cluster: cluster.id,
         addr: host.addr,
         h2,
+        priority,
     };
     // Cold paths are boxed (here, the connect below, the router's filter phase): an
     // async fn's future is as big as its biggest await, and the request future is
@@ -156,7 +161,7 @@ pub async fn send(
             None => {
                 // Waiting for a new connection, or in the queue for one, is Envoy's
                 // "pending".
-                let _pending = pending(cluster)?;
+                let _pending = pending(cluster, key.priority)?;
                 Box::pin(connection_h1(cluster, host, key)).await?
             }
         };
@@ -224,7 +229,7 @@ async fn h2_sender(
         let connecting = entry.h2_connecting.get_or_insert_with(|| {
             let (cluster, host) = (cluster.clone(), host.clone());
             let fut: Pin<Box<dyn Future<Output = _> + Send>> =
-                Box::pin(async move { connect_h2(&cluster, &host).await });
+                Box::pin(async move { connect_h2(&cluster, &host, key.priority).await });
             fut.shared()
         });
         Ok(connecting.clone())
@@ -233,7 +238,7 @@ async fn h2_sender(
         Err(pooled) => return Ok(pooled),
         Ok(c) => c,
     };
-    let _pending = pending(cluster)?;
+    let _pending = pending(cluster, key.priority)?;
     let result = connecting.clone().await;
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
@@ -263,7 +268,7 @@ async fn connection_h1(
     key: PoolKey,
 ) -> Result<(http1::SendRequest<RequestBody>, bool), ProxyError> {
     loop {
-        let slot = match cluster.breakers.connections.try_acquire() {
+        let slot = match cluster.breakers(key.priority).connections.try_acquire() {
             Some(slot) => Some(slot),
             None => {
                 cluster.stats.upstream_cx_overflow.inc();
@@ -336,13 +341,17 @@ fn checkout_h1(
 
 /// A place under the `max_pending_requests` breaker for a request that waits for a new
 /// connection; the overflow is counted and answered as Envoy does.
-fn pending(cluster: &ClusterRuntime) -> Result<Slot, ProxyError> {
+fn pending(cluster: &ClusterRuntime, priority: RoutingPriority) -> Result<Slot, ProxyError> {
     let stats = &cluster.stats;
     stats.upstream_rq_pending_total.inc();
-    cluster.breakers.pending.try_acquire().ok_or_else(|| {
-        stats.upstream_rq_pending_overflow.inc();
-        ProxyError::Overflow
-    })
+    cluster
+        .breakers(priority)
+        .pending
+        .try_acquire()
+        .ok_or_else(|| {
+            stats.upstream_rq_pending_overflow.inc();
+            ProxyError::Overflow
+        })
 }
 
 /// Opens a TCP connection; `slot` is its place under `max_connections` (`None` for
@@ -441,8 +450,9 @@ async fn connect_h1(
 async fn connect_h2(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
+    priority: RoutingPriority,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let slot = cluster.breakers.connections.try_acquire();
+    let slot = cluster.breakers(priority).connections.try_acquire();
     if slot.is_none() {
         cluster.stats.upstream_cx_overflow.inc();
     }

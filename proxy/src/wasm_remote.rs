@@ -230,7 +230,7 @@ async fn exchange(
     let request = request
         .body(RequestBody::empty())
         .map_err(|e| e.to_string())?;
-    let (response, _lease) = pool::send(cluster, host, h2, false, request)
+    let (response, _lease) = pool::send(cluster, host, h2, false, Default::default(), request)
         .await
         .map_err(|e| format!("{e} ({})", host.addr))?;
     cluster.stats.record_status(response.status().as_u16());

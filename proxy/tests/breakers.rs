@@ -267,8 +267,8 @@ async fn unsupported_thresholds_are_refused_with_paths() {
     let cluster = "static_resources.clusters[0].circuit_breakers";
     for (thresholds, want) in [
         (
-            "{priority: HIGH}",
-            format!("{cluster}.thresholds[0].priority: HIGH is not supported yet"),
+            "{priority: URGENT}",
+            format!("{cluster}.thresholds[0].priority: unknown value \"URGENT\", expected one of DEFAULT, HIGH"),
         ),
         (
             "{retry_budget: {budget_percent: {value: 101}}}",
@@ -285,5 +285,64 @@ async fn unsupported_thresholds_are_refused_with_paths() {
         let (code, stderr) = Strait::start_expect_failure(&config).await;
         assert_ne!(code, 0);
         assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    }
+}
+
+/// A route's `priority: HIGH` uses the cluster's HIGH thresholds (and its own
+/// connections), so HIGH traffic keeps flowing while DEFAULT is at its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priority_routes_use_their_own_thresholds() {
+    let up = Backend::echo("up").await;
+    let config = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /high}\n    route: {cluster: up, priority: HIGH}\n  - match: {prefix: /}\n    route: {cluster: up}\n",
+    )
+    .cluster_raw(&breaker_cluster(
+        up.addr(),
+        "{max_requests: 1}, {priority: HIGH, max_requests: 3, track_remaining: true}",
+    ))
+    .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    s.wait_stat("cluster.up.circuit_breakers.high.remaining_rq", |v| v == 3)
+        .await;
+    // One slow DEFAULT request fills DEFAULT's only place.
+    let slow =
+        tokio::spawn(
+            async move { get(addr, "h", "/slow", &[("x-backend-delay-ms", "3000")]).await },
+        );
+    s.wait_stat("cluster.up.circuit_breakers.default.rq_open", |v| v == 1)
+        .await;
+    let over = get(addr, "h", "/over", &[]).await;
+    assert_eq!(over.status, 503, "{}", over.text());
+    assert_eq!(over.header("x-envoy-overloaded"), Some("true"));
+    // Two concurrent HIGH requests still go through.
+    let high: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(async move {
+                get(
+                    addr,
+                    "h",
+                    &format!("/high{i}"),
+                    &[("x-backend-delay-ms", "300")],
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in high {
+        let r = task.await.expect("high request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(slow.await.expect("slow task").status, 200);
+    let (_, clusters) = s.admin_get("/clusters").await;
+    for line in [
+        "up::default_priority::max_requests::1",
+        "up::high_priority::max_requests::3",
+        "up::high_priority::max_retries::3",
+    ] {
+        assert!(
+            clusters.lines().any(|l| l == line),
+            "{line} in:\n{clusters}"
+        );
     }
 }

@@ -527,6 +527,9 @@ pub struct RouteTarget {
     /// The route's `max_stream_duration`; when set, the route `timeout` does not
     /// apply (Envoy's "new timeouts").
     pub max_stream_duration: Option<MaxStreamDuration>,
+    /// `priority`: the cluster's circuit breakers and connection pools of that
+    /// routing priority serve this route.
+    pub priority: RoutingPriority,
 }
 
 /// `RouteAction.MaxStreamDuration` as translated.
@@ -774,8 +777,9 @@ pub struct Cluster {
     /// `common_lb_config.healthy_panic_threshold`, a percentage (default 50): below
     /// that share of healthy hosts the load balancer ignores health.
     pub healthy_panic_threshold: f64,
-    /// `circuit_breakers`, the DEFAULT priority's thresholds (Envoy's defaults unless set).
-    pub circuit_breakers: CircuitBreakers,
+    /// `circuit_breakers` thresholds by routing priority, `[DEFAULT, HIGH]` (Envoy's
+    /// defaults unless set).
+    pub circuit_breakers: [CircuitBreakers; 2],
     /// `outlier_detection`: passive ejection of failing hosts, when configured.
     pub outlier_detection: Option<OutlierDetection>,
 }
@@ -803,8 +807,35 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
-/// `config.cluster.v3.CircuitBreakers.Thresholds` for priority DEFAULT: limits shared by
-/// every worker, counted per cluster.
+/// A route's `priority` (`config.core.v3.RoutingPriority`): which circuit-breaker
+/// thresholds and connection pools its requests use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RoutingPriority {
+    #[default]
+    Default,
+    High,
+}
+
+impl RoutingPriority {
+    /// Index into per-priority arrays (`Cluster::circuit_breakers`).
+    pub fn index(self) -> usize {
+        match self {
+            RoutingPriority::Default => 0,
+            RoutingPriority::High => 1,
+        }
+    }
+
+    /// Envoy's name in stats (`circuit_breakers.<name>.…`).
+    pub fn stat_name(self) -> &'static str {
+        match self {
+            RoutingPriority::Default => "default",
+            RoutingPriority::High => "high",
+        }
+    }
+}
+
+/// `config.cluster.v3.CircuitBreakers.Thresholds` of one routing priority: limits
+/// shared by every worker, counted per cluster.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitBreakers {
     /// Connections open (or opening) to all hosts; default 1024.

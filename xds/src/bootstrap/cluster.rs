@@ -373,13 +373,16 @@ pub struct RetryBudget {
     pub min_retry_concurrency: Option<u32>,
 }
 
-/// `config.core.v3.RoutingPriority`: only DEFAULT so far.
+/// `config.core.v3.RoutingPriority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoutingPriority {
     Default,
+    High,
 }
 
 impl ProtoEnum for RoutingPriority {
-    const VALUES: &'static [(&'static str, i64, Option<Self>)] =
-        &[("DEFAULT", 0, Some(Self::Default)), ("HIGH", 1, None)];
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("DEFAULT", 0, Some(Self::Default)),
+        ("HIGH", 1, Some(Self::High)),
+    ];
 }

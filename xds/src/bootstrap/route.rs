@@ -187,7 +187,8 @@ pub struct RouteAction {
     pub request_mirror_policies: Option<Unsupported>,
     pub rate_limits: Option<Unsupported>,
     pub include_vh_rate_limits: Option<Unsupported>,
-    pub priority: Option<Unsupported>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub priority: Option<super::cluster::RoutingPriority>,
     pub max_stream_duration: Option<MaxStreamDuration>,
     pub max_grpc_timeout: Option<Unsupported>,
     pub grpc_timeout_offset: Option<Unsupported>,

@@ -135,17 +135,27 @@ fn outlier_detection(
     }))
 }
 
-/// `circuit_breakers.thresholds`: Envoy's defaults for each field left unset. As in
-/// Envoy, the first entry for a priority wins (every accepted entry is DEFAULT).
+/// `circuit_breakers.thresholds`: per routing priority (DEFAULT when unset), Envoy's
+/// defaults for each field left unset. As in Envoy, the first entry for a priority
+/// wins.
 fn circuit_breakers(
     path: &str,
     config: Option<&bootstrap::CircuitBreakers>,
-) -> Result<CircuitBreakers> {
-    let mut out = CircuitBreakers::default();
+) -> Result<[CircuitBreakers; 2]> {
+    let mut out = [CircuitBreakers::default(), CircuitBreakers::default()];
     let Some(config) = config else {
         return Ok(out);
     };
-    if let Some(t) = config.thresholds.first() {
+    let mut seen = [false; 2];
+    for (i, t) in config.thresholds.iter().enumerate() {
+        let priority = match t.priority {
+            Some(bootstrap::RoutingPriority::High) => 1,
+            _ => 0,
+        };
+        if std::mem::replace(&mut seen[priority], true) {
+            continue;
+        }
+        let out = &mut out[priority];
         out.max_connections = t.max_connections.unwrap_or(out.max_connections);
         out.max_pending_requests = t.max_pending_requests.unwrap_or(out.max_pending_requests);
         out.max_requests = t.max_requests.unwrap_or(out.max_requests);
@@ -155,7 +165,7 @@ fn circuit_breakers(
             let budget_percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
             if !(0.0..=100.0).contains(&budget_percent) {
                 return Err(ConfigError::new(
-                    format!("{path}.thresholds[0].retry_budget.budget_percent.value"),
+                    format!("{path}.thresholds[{i}].retry_budget.budget_percent.value"),
                     "must be between 0 and 100",
                 ));
             }

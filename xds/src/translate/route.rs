@@ -496,6 +496,10 @@ fn route_target(
         hash_policy: hash_policies(path, &config.hash_policy)?,
         hedge_on_per_try_timeout: false,
         max_stream_duration,
+        priority: match config.priority {
+            Some(bootstrap::RoutingPriority::High) => crate::model::RoutingPriority::High,
+            _ => crate::model::RoutingPriority::Default,
+        },
     })
 }
 

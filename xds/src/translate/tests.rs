@@ -101,7 +101,6 @@ fn errors_name_paths() {
         ("lb_policy: ROUND_ROBIN", "lb_policy: CLUSTER_PROVIDED", format!("{cluster}.lb_policy: CLUSTER_PROVIDED is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST", format!("{cluster}.lb_policy: unknown value \"FASTEST\", expected one of ROUND_ROBIN")),
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
-        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{priority: HIGH}]}", format!("{cluster}.circuit_breakers.thresholds[0].priority: HIGH is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 120}}}]}", format!("{cluster}.circuit_breakers.thresholds[0].retry_budget.budget_percent.value: must be between 0 and 100")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {per_host_thresholds: []}", format!("{cluster}.circuit_breakers.per_host_thresholds: per_host_thresholds is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_requests: -1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_requests: invalid value")),
@@ -196,7 +195,7 @@ fn duplicate_listeners() {
 #[test]
 fn circuit_breakers_default_and_first_entry_wins() {
     let snapshot = snapshot_from_yaml(BASE).unwrap();
-    let defaults = snapshot.clusters["web"].circuit_breakers;
+    let [defaults, _] = snapshot.clusters["web"].circuit_breakers;
     assert_eq!(defaults, crate::model::CircuitBreakers::default());
     assert_eq!(
         (
@@ -211,13 +210,27 @@ fn circuit_breakers_default_and_first_entry_wins() {
         "lb_policy: ROUND_ROBIN",
         "lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{priority: DEFAULT, max_requests: 2, max_retries: 0, track_remaining: true}, {max_requests: 9}]}",
     );
-    let set = snapshot_from_yaml(&text).unwrap().clusters["web"].circuit_breakers;
+    let [set, high] = snapshot_from_yaml(&text).unwrap().clusters["web"].circuit_breakers;
+    assert_eq!(high, crate::model::CircuitBreakers::default(), "HIGH unset");
     assert_eq!((set.max_requests, set.max_retries), (2, 0));
     assert_eq!(
         (set.max_connections, set.max_pending_requests),
         (1024, 1024)
     );
     assert!(set.track_remaining);
+    // HIGH thresholds apart from DEFAULT's; a route picks them with `priority: HIGH`.
+    let text = edited(
+        "lb_policy: ROUND_ROBIN",
+        "lb_policy: ROUND_ROBIN\n    circuit_breakers: {thresholds: [{priority: HIGH, max_requests: 7}, {max_requests: 2}, {priority: HIGH, max_requests: 9}]}",
+    )
+    .replace("route: {cluster: web}", "route: {cluster: web, priority: HIGH}");
+    let snapshot = snapshot_from_yaml(&text).unwrap();
+    let [default, high] = snapshot.clusters["web"].circuit_breakers;
+    assert_eq!(
+        (default.max_requests, high.max_requests),
+        (2, 7),
+        "first entry per priority wins"
+    );
 }
 
 #[test]
@@ -517,8 +530,7 @@ fn resilience_fields_translate() {
     let inherited = target(1);
     assert!(inherited.hedge_on_per_try_timeout);
     assert_eq!(inherited.timeout, Some(Duration::from_secs(15)));
-    let budget = snapshot.clusters["web"]
-        .circuit_breakers
+    let budget = snapshot.clusters["web"].circuit_breakers[0]
         .retry_budget
         .expect("retry budget");
     assert_eq!(budget.budget_percent, 20.0);
