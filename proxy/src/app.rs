@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::access_log::Writers;
 use crate::runtime::{Runtime, Shared};
 use crate::stats::{Scope, Store};
+use crate::wasm_service::{self, WasmServiceRuntime};
 use crate::worker::{self, Command, WorkerHandle};
 use crate::{admin, listener};
 
@@ -61,6 +62,8 @@ pub struct Proxy {
     draining: std::sync::atomic::AtomicBool,
     /// Active health checkers of the published clusters (main thread).
     health: std::sync::Mutex<crate::health::Checkers>,
+    /// The running `envoy.bootstrap.wasm` services of the published config.
+    wasm_services: std::sync::Mutex<Vec<Arc<WasmServiceRuntime>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +119,15 @@ impl Proxy {
             &self.shared.writers,
         )
         .await?;
+        // Services the new config adds start now, so one that fails rejects it; the
+        // old config's other services stop once the new one is published.
+        let running = self.running_services();
+        let services = wasm_service::sync(
+            &running,
+            &new.snapshot.wasm_services,
+            self.options.concurrency,
+            &self.shared.store,
+        )?;
         // Bind every new or moved listener before publishing, so a port in use refuses
         // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
@@ -134,6 +146,12 @@ impl Proxy {
         let new = Arc::new(new);
         self.shared.runtime.store(new.clone());
         self.sync_health_checkers(&new);
+        // Dropping the services left out of `services` stops them.
+        *self
+            .wasm_services
+            .lock()
+            .expect("services lock is never poisoned") = services;
+        drop(running);
         let mut bound = self.bound.lock().expect("bound map lock is never poisoned");
         for (name, addr, b) in fresh {
             bound.insert(name.clone(), (addr, b.actual));
@@ -170,6 +188,13 @@ impl Proxy {
             .sync(runtime);
     }
 
+    fn running_services(&self) -> Vec<Arc<WasmServiceRuntime>> {
+        self.wasm_services
+            .lock()
+            .expect("services lock is never poisoned")
+            .clone()
+    }
+
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -193,6 +218,12 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
         let store = Store::default();
         let writers = Writers::default();
         let runtime = Runtime::build(snapshot, None, &store, &writers).await?;
+        let services = wasm_service::sync(
+            &[],
+            &runtime.snapshot.wasm_services,
+            options.concurrency,
+            &store,
+        )?;
         let mut bindings = Vec::new();
         for (i, l) in runtime.listeners.iter().enumerate() {
             let b = listener::bind(l.config.address, options.concurrency).with_context(|| {
@@ -237,6 +268,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             reload_failed: store.counter(&server, "config_reload_failure"),
             draining: Default::default(),
             health: Default::default(),
+            wasm_services: std::sync::Mutex::new(services),
         });
         proxy.sync_health_checkers(&shared.runtime.load());
         store

@@ -122,7 +122,7 @@ impl WasmFilterRuntime {
 
     /// Moves new VM failures of this plugin into the `vm_failed` counter; `fetch_max`
     /// keeps two workers from adding the same failure twice.
-    fn export_failures(&self) {
+    pub(crate) fn export_failures(&self) {
         let failures = self.plugin.stats().failures();
         let before = self
             .exported_failures
@@ -218,7 +218,7 @@ thread_local! {
 }
 
 /// This worker's VM of `runtime`'s plugin, created on first use.
-fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
+pub(crate) fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
     VMS.with(|vms| {
         let mut vms = vms.borrow_mut();
         if let Some(vm) = vms.get(&runtime.id) {

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::framing::{FramingGuard, Verdict};
+use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
 
 /// Keeps connection gauges right whichever way the connection ends.
@@ -97,6 +98,13 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
             r
         }
     });
+    let stream = Downstream::new(
+        stream,
+        &ctx.listener.network_filters,
+        ctx.listener.config.per_connection_buffer_limit_bytes,
+        ctx.peer,
+        ctx.local,
+    );
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(stream, verdict)), service);
     tokio::pin!(conn);

@@ -88,6 +88,8 @@ pub struct ListenerRuntime {
     pub http_filters: Vec<Arc<WasmFilterRuntime>>,
     /// The HCM's fault filters, each placed among `http_filters`.
     pub faults: Vec<FaultStage>,
+    /// `envoy.filters.network.wasm` filters before the HCM, compiled.
+    pub network_filters: Vec<Arc<WasmFilterRuntime>>,
 }
 
 pub struct Runtime {
@@ -170,6 +172,15 @@ impl Runtime {
                 }
                 http_filters.push(plugin);
             }
+            let mut network_filters = Vec::with_capacity(l.network_filters.len());
+            for config in &l.network_filters {
+                let runtime =
+                    wasm_plugin(config, previous, &wasm_plugins, &clusters, store).await?;
+                if !wasm_plugins.iter().any(|p| Arc::ptr_eq(p, &runtime)) {
+                    wasm_plugins.push(runtime.clone());
+                }
+                network_filters.push(runtime);
+            }
             let mut access_logs = Vec::new();
             for (j, log) in l.hcm.access_logs.iter().enumerate() {
                 let logger = AccessLogger::new(log, writers).map_err(|e| {
@@ -190,6 +201,7 @@ impl Runtime {
                 access_logs,
                 http_filters,
                 faults,
+                network_filters,
             }));
         }
         Ok(Runtime {

@@ -57,12 +57,23 @@ pub struct Bootstrap {
     pub header_prefix: Option<Unsupported>,
     pub use_tcp_for_dns_lookups: Option<Unsupported>,
     pub typed_dns_resolver_config: Option<Unsupported>,
-    pub bootstrap_extensions: Option<Unsupported>,
+    /// Only `envoy.bootstrap.wasm` (`extensions.wasm.v3.WasmService`); the translator
+    /// refuses any other extension with its path.
+    pub bootstrap_extensions: Vec<TypedExtensionConfig>,
     pub fatal_actions: Option<Unsupported>,
     pub default_regex_engine: Option<Unsupported>,
     pub default_socket_interface: Option<Unsupported>,
     pub inline_headers: Option<Unsupported>,
     pub application_log_config: Option<Unsupported>,
+}
+
+/// `config.core.v3.TypedExtensionConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedExtensionConfig {
+    #[serde(default)]
+    pub name: String,
+    pub typed_config: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -28,6 +28,17 @@ pub struct Snapshot {
     pub node: Node,
     /// The config as the user wrote it, as JSON, for `/config_dump`.
     pub source: serde_json::Value,
+    /// `bootstrap_extensions` of type `envoy.bootstrap.wasm`, in order.
+    pub wasm_services: Vec<Arc<WasmServiceConfig>>,
+}
+
+/// `envoy.extensions.wasm.v3.WasmService`: a plugin that runs beside the listeners,
+/// not on any stream (ticks, shared data, metrics).
+#[derive(Debug)]
+pub struct WasmServiceConfig {
+    pub plugin: Arc<WasmFilterConfig>,
+    /// One VM for the process, rather than one per worker.
+    pub singleton: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +57,8 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub per_connection_buffer_limit_bytes: u32,
+    /// `envoy.filters.network.wasm` filters before the connection manager, in order.
+    pub network_filters: Vec<Arc<WasmFilterConfig>>,
     pub hcm: HttpConnectionManager,
 }
 

@@ -13,6 +13,7 @@ mod route;
 #[cfg(test)]
 mod tests;
 mod wasm;
+mod wasm_service;
 
 use std::fmt::{Display, Write as _};
 use std::net::{IpAddr, SocketAddr};
@@ -139,6 +140,7 @@ fn snapshot_from_value(source: Value) -> Result<Snapshot> {
             cluster: node.cluster,
         })
         .unwrap_or_default();
+    let wasm_services = wasm_service::services(&bootstrap.bootstrap_extensions)?;
     Ok(Snapshot {
         listeners,
         clusters,
@@ -146,6 +148,7 @@ fn snapshot_from_value(source: Value) -> Result<Snapshot> {
         admin,
         node,
         source,
+        wasm_services,
     })
 }
 

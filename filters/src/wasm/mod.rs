@@ -25,6 +25,8 @@
 //!   marks the VM failed; the next stream gets a fresh instance.
 //! * [`filter`]: maps [`HttpFilter`](crate::HttpFilter) phases to proxy-wasm callbacks
 //!   and the plugin's `Action` to a [`FilterStatus`](crate::FilterStatus).
+//! * [`network`]: one connection context of a network filter
+//!   (`envoy.filters.network.wasm`): new connection, data both ways, close.
 //! * `abi`, `headers`, `properties`, `wasi`: the host functions; `memory`: copying
 //!   between host and guest memory through wasmtime's safe API (no `unsafe`).
 //! * [`shared`]: process-wide shared data (with CAS) and metrics.
@@ -39,6 +41,7 @@ pub mod filter;
 mod headers;
 mod memory;
 pub mod module;
+pub mod network;
 mod properties;
 pub mod shared;
 mod state;
@@ -54,6 +57,7 @@ pub use engine::WasmEngine;
 pub use error::WasmError;
 pub use filter::WasmHttpFilter;
 pub use module::WasmPlugin;
+pub use network::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
 pub use vm::WasmVm;
 
 /// One plugin as Envoy's `envoy.filters.http.wasm` configures it; the xDS

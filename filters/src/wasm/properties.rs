@@ -15,6 +15,13 @@
 //! | `request.id` | the `x-request-id` header |
 //! | `request.useragent`, `request.referer` | those headers |
 //! | `response.code` | status, integer |
+//! | `source.address`, `destination.address` | `ip:port` of the client / the local end |
+//! | `source.port`, `destination.port` | integer |
+//! | `connection.id`, `connection_id` | the proxy's connection number, integer |
+//! | `connection.mtls` | `false` (bool, one byte): no TLS yet |
+//!
+//! The `source.*`, `destination.*` and `connection.*` attributes are there for network
+//! filters (`envoy.filters.network.wasm`).
 //!
 //! Anything else is `NotFound`, which SDKs report as "no value". So are `request.*`
 //! once the request headers callback continued (Envoy drops its view of the request
@@ -51,10 +58,27 @@ pub(crate) fn get(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
                 _ => None,
             }
         }
+        [b"source" | b"destination" | b"connection" | b"connection_id", ..] => {
+            connection(state.stream.connection.as_deref()?, &segments)
+        }
         [b"response", b"code"] => {
             let head = state.stream.response.as_ref()?;
             Some(i64::from(head.status.as_u16()).to_le_bytes().to_vec())
         }
+        _ => None,
+    }
+}
+
+fn connection(info: &super::network::ConnectionInfo, segments: &[&[u8]]) -> Option<Vec<u8>> {
+    let integer = |n: i64| Some(n.to_le_bytes().to_vec());
+    match segments {
+        [b"source", b"address"] => Some(info.source.to_string().into_bytes()),
+        [b"source", b"port"] => integer(i64::from(info.source.port())),
+        [b"destination", b"address"] => Some(info.destination.to_string().into_bytes()),
+        [b"destination", b"port"] => integer(i64::from(info.destination.port())),
+        // Envoy returns the id as a uint64, which has the same bytes.
+        [b"connection", b"id"] | [b"connection_id"] => Some(info.id.to_le_bytes().to_vec()),
+        [b"connection", b"mtls"] => Some(vec![0]),
         _ => None,
     }
 }

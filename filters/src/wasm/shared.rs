@@ -89,7 +89,8 @@ impl Metric {
 
     pub(crate) fn increment(&self, offset: i64) -> Result<(), Status> {
         match self.kind {
-            MetricKind::Counter if offset < 0 => Err(Status::BadArgument),
+            // Envoy refuses a counter increment of zero too.
+            MetricKind::Counter if offset <= 0 => Err(Status::BadArgument),
             MetricKind::Counter | MetricKind::Gauge => {
                 // Two's complement makes a negative offset a wrapping subtraction.
                 self.value.fetch_add(offset as u64, Ordering::Relaxed);

@@ -65,6 +65,12 @@ pub(crate) struct StreamData {
     pub response: Option<ResponseHead>,
     pub response_body: Option<BodyBuffer>,
     pub response_trailers: Option<HeaderMap>,
+    /// A network filter's data: read from the client / written to it (buffer types
+    /// `DownstreamData` and `UpstreamData`).
+    pub downstream_data: Option<BodyBuffer>,
+    pub upstream_data: Option<BodyBuffer>,
+    /// The downstream connection, for `source.*`, `destination.*`, `connection.*`.
+    pub connection: Option<Arc<super::network::ConnectionInfo>>,
 }
 
 impl StreamData {
@@ -92,6 +98,8 @@ pub(crate) struct StreamSignals {
     /// `proxy_continue_stream` was called for the request (0) or response (1).
     pub resume_request: bool,
     pub resume_response: bool,
+    /// `proxy_close_stream` for the downstream or upstream side of a connection.
+    pub close_connection: bool,
 }
 
 /// Caps linear memory growth and remembers that it refused some, so a trap that

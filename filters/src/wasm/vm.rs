@@ -146,12 +146,14 @@ pub(crate) struct Exports {
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    /// The network-filter callbacks (`super::network`).
+    pub(crate) network: super::network::NetworkExports,
 }
 
 /// A live instance.
 pub(crate) struct Running {
     pub(crate) store: Store<HostState>,
-    exports: Rc<Exports>,
+    pub(crate) exports: Rc<Exports>,
     plugin: Arc<WasmPlugin>,
     root_context_id: u32,
     next_context_id: u32,
@@ -214,6 +216,7 @@ impl Running {
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
             on_tick: optional!("proxy_on_tick"),
+            network: super::network::NetworkExports::lookup(&instance, &mut store, &config.name)?,
         });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
         let start: Option<TypedFunc<(), ()>> = optional!("_start");

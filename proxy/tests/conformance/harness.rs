@@ -643,6 +643,8 @@ pub enum Want {
     Local(u16),
     /// Forwarded to one of these backends (echo `backend` names), answered with status.
     Backend(u16, &'static [&'static str]),
+    /// No HTTP answer: the proxy closes the connection (e.g. a network filter does).
+    Closed,
 }
 
 #[derive(Clone, Debug)]
@@ -843,6 +845,7 @@ pub async fn run_file(source: &Path, down: &[&str], cases: Vec<Case>) {
         let title = format!("{example} #{i} {}: {}", case.name, case.req.describe());
         let verdict = match (&e, &s) {
             (Ok(e), Ok(s)) => compare(case, e, s),
+            (Err(_), Err(_)) if matches!(case.want, Want::Closed) => Verdict::default(),
             _ => Verdict {
                 problems: vec![format!(
                     "transport: envoy {:?}, strait {:?}",

@@ -240,11 +240,22 @@ pub struct SubstitutionFormatString {
     pub json_format_options: Option<Unsupported>,
 }
 
-/// `extensions.filters.http.wasm.v3.Wasm`.
+/// `extensions.filters.http.wasm.v3.Wasm`, and `extensions.filters.network.wasm.v3.Wasm`
+/// (the same message).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wasm {
     pub config: Option<WasmPluginConfig>,
+}
+
+/// `extensions.wasm.v3.WasmService`: a plugin run beside the listeners (bootstrap
+/// extension `envoy.bootstrap.wasm`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmService {
+    pub config: Option<WasmPluginConfig>,
+    #[serde(default)]
+    pub singleton: bool,
 }
 
 /// `extensions.wasm.v3.PluginConfig`.

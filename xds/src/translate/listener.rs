@@ -16,7 +16,7 @@ use crate::bootstrap::{
 use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
 use crate::model::{
     AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, HttpFilterConfig,
-    InternalAddresses, JsonValueTemplate, Listener, LogFormat,
+    InternalAddresses, JsonValueTemplate, Listener, LogFormat, WasmFilterConfig,
 };
 
 pub(super) const HCM_TYPE: &str =
@@ -25,6 +25,7 @@ const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 pub(super) const ROUTER_NAME: &str = "envoy.filters.http.router";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const NETWORK_WASM_TYPE: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
@@ -82,18 +83,18 @@ fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Re
         }
     };
     let path = format!("{path}.filter_chains[0]");
-    let filter = match chain.filters.as_slice() {
-        [filter] => filter,
-        [] => {
-            let message = format!("one filter ({HCM_NAME}) is required");
-            return Err(ConfigError::new(format!("{path}.filters"), message));
-        }
-        _ => {
-            let message = format!("more than one network filter {NOT_SUPPORTED}");
-            return Err(ConfigError::new(format!("{path}.filters"), message));
-        }
+    // Network filters before the connection manager, which must come last (Strait has
+    // no other terminal network filter yet).
+    let Some((filter, network)) = chain.filters.split_last() else {
+        let message = format!("one filter ({HCM_NAME}) is required");
+        return Err(ConfigError::new(format!("{path}.filters"), message));
     };
-    let path = format!("{path}.filters[0]");
+    let network_filters = network
+        .iter()
+        .enumerate()
+        .map(|(i, filter)| network_filter(&format!("{path}.filters[{i}]"), filter))
+        .collect::<Result<Vec<_>>>()?;
+    let path = format!("{path}.filters[{}]", network.len());
     let typed = match &filter.typed_config {
         Some(value) => TypedConfig::parse(format!("{path}.typed_config"), value)?,
         None if filter.name == HCM_NAME => {
@@ -108,7 +109,13 @@ fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Re
         }
     };
     if typed.type_name != HCM_TYPE {
-        return Err(typed.unsupported());
+        return Err(match typed.type_name.as_str() {
+            NETWORK_WASM_TYPE => ConfigError::new(
+                format!("{path}.name"),
+                format!("the last network filter must be {HCM_NAME}"),
+            ),
+            _ => typed.unsupported(),
+        });
     }
     Ok(Listener {
         name: config.name.clone(),
@@ -116,8 +123,25 @@ fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Re
         per_connection_buffer_limit_bytes: config
             .per_connection_buffer_limit_bytes
             .unwrap_or(1 << 20),
+        network_filters,
         hcm: http_connection_manager(&typed, clusters)?,
     })
+}
+
+/// A network filter before the connection manager: only `envoy.filters.network.wasm`.
+fn network_filter(path: &str, filter: &bootstrap::Filter) -> Result<Arc<WasmFilterConfig>> {
+    let Some(value) = &filter.typed_config else {
+        let message = match filter.name.as_str() {
+            "envoy.filters.network.wasm" => "typed_config is required".to_owned(),
+            name => format!("{name} {NOT_SUPPORTED}"),
+        };
+        return Err(ConfigError::new(format!("{path}.typed_config"), message));
+    };
+    let typed = TypedConfig::parse(format!("{path}.typed_config"), value)?;
+    match typed.type_name.as_str() {
+        NETWORK_WASM_TYPE => Ok(Arc::new(wasm::filter(&typed)?)),
+        _ => Err(typed.unsupported()),
+    }
 }
 
 fn http_connection_manager(
@@ -403,4 +427,97 @@ fn json_format(path: &str, map: &Map<String, Value>) -> Result<Vec<(String, Json
             Ok((key.clone(), template))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod network_filter_tests {
+    use crate::translate::snapshot_from_yaml;
+
+    const CHAIN: &str = "static_resources.listeners[0].filter_chains[0]";
+
+    /// A listener with `filters` (network filter items) before the connection manager.
+    fn config(filters: &str) -> String {
+        let routes = "              - match: {prefix: \"/\"}\n                direct_response: {status: 200}";
+        let base = crate::translate::test_yaml::with_http_filters(routes, "");
+        let marker = "    - filters:\n";
+        assert!(base.contains(marker));
+        base.replacen(marker, &format!("{marker}{filters}"), 1)
+    }
+
+    const NETWORK_WASM: &str = r#"      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: counter
+            failure_policy: FAIL_OPEN
+            vm_config:
+              runtime: envoy.wasm.runtime.v8
+              code: {local: {inline_string: "not really wasm"}}
+"#;
+
+    #[test]
+    fn network_wasm_filters_run_before_the_connection_manager() {
+        let two = format!(
+            "{NETWORK_WASM}{}",
+            NETWORK_WASM.replace("counter", "second")
+        );
+        let snapshot = snapshot_from_yaml(&config(&two)).unwrap();
+        let filters = &snapshot.listeners[0].network_filters;
+        assert_eq!(filters.len(), 2);
+        assert_eq!(filters[0].name, "counter");
+        assert!(filters[0].fail_open);
+        assert_eq!(filters[1].name, "second");
+        assert_eq!(filters[1].path, format!("{CHAIN}.filters[1].typed_config"));
+        let plain = snapshot_from_yaml(&config("")).unwrap();
+        assert!(plain.listeners[0].network_filters.is_empty());
+    }
+
+    #[test]
+    fn network_filter_errors_name_paths() {
+        let cases = [
+            (
+                NETWORK_WASM.replace("failure_policy: FAIL_OPEN", "failure_policy: LATER"),
+                format!("{CHAIN}.filters[0].typed_config.config.failure_policy: unknown failure_policy"),
+            ),
+            (
+                NETWORK_WASM.replace(
+                    "envoy.extensions.filters.network.wasm.v3.Wasm",
+                    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                ),
+                format!("{CHAIN}.filters[0].typed_config: envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy is not supported yet"),
+            ),
+            (
+                "      - name: envoy.filters.network.rbac\n".to_owned(),
+                format!("{CHAIN}.filters[0].typed_config: envoy.filters.network.rbac is not supported yet"),
+            ),
+            (
+                NETWORK_WASM.replace("          config:\n", "          config:\n            bogus: 1\n"),
+                format!("{CHAIN}.filters[0].typed_config.config.bogus: unknown field"),
+            ),
+        ];
+        for (filters, want) in cases {
+            let error = snapshot_from_yaml(&config(&filters))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&want), "got {error}, want {want}");
+        }
+        // The connection manager must stay last.
+        let yaml = config("");
+        let only_wasm = {
+            let start = yaml.find("    - filters:\n").unwrap() + "    - filters:\n".len();
+            let end = yaml.find("          http_filters:").unwrap();
+            // Replace the whole HCM with a network wasm filter: no terminal filter.
+            let end = yaml[end..]
+                .find("          - name: envoy.filters.http.router")
+                .unwrap()
+                + end;
+            let end = end + "          - name: envoy.filters.http.router\n".len();
+            format!("{}{NETWORK_WASM}{}", &yaml[..start], &yaml[end..])
+        };
+        let error = snapshot_from_yaml(&only_wasm).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!("{CHAIN}.filters[0].name: the last network filter must be envoy.filters.network.http_connection_manager")
+        );
+    }
 }

@@ -110,10 +110,12 @@ fn buffer(state: &HostState, buffer_type: i32) -> Result<&[u8], Status> {
     match buffer_type {
         0 => body(&state.stream.request_body),
         1 => body(&state.stream.response_body),
+        2 => body(&state.stream.downstream_data),
+        3 => body(&state.stream.upstream_data),
         6 => Ok(&state.plugin.vm_configuration),
         7 => Ok(&state.plugin.configuration),
-        // L4 data, callout responses and foreign-call data arrive with those features.
-        2..=5 | 8 => Err(Status::NotFound),
+        // Callout responses and foreign-call data arrive with those features.
+        4 | 5 | 8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
@@ -153,7 +155,9 @@ pub(super) fn add_buffers(linker: &mut Linker<HostState>) -> wasmtime::Result<()
                 let body = match buffer_type {
                     0 => stream.request_body.as_mut(),
                     1 => stream.response_body.as_mut(),
-                    2..=8 => return Err(Status::NotFound.into()),
+                    2 => stream.downstream_data.as_mut(),
+                    3 => stream.upstream_data.as_mut(),
+                    4..=8 => return Err(Status::NotFound.into()),
                     _ => return Err(Status::BadArgument.into()),
                 };
                 let body = body.ok_or(Status::NotFound)?;

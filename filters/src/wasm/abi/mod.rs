@@ -6,7 +6,8 @@
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
 //! exactly this: HTTP and gRPC callouts, shared queues, `proxy_set_property`,
-//! `proxy_close_stream`, `proxy_get_status`, `proxy_call_foreign_function`.
+//! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
+//! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use wasmtime::{Caller, FuncType, Linker, Val, ValType};
@@ -65,7 +66,6 @@ const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_resolve_shared_queue", 5),
     ("proxy_dequeue_shared_queue", 3),
     ("proxy_enqueue_shared_queue", 3),
-    ("proxy_close_stream", 1),
     ("proxy_http_call", 10),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
@@ -235,6 +235,28 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             state.effective_context = context;
             Ok(Status::Ok as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut caller: C<'_>, stream_type: i32| {
+            let state = caller.data_mut();
+            let context = state.effective_context;
+            let Some(signals) = state.signals.get_mut(&context) else {
+                return Ok(Status::NotFound as i32);
+            };
+            match stream_type {
+                // Resetting one HTTP stream is not supported yet.
+                0 | 1 => Ok(Status::Unimplemented as i32),
+                // Downstream and upstream: a network filter has one connection to close
+                // (Envoy's write-filter callbacks close the same downstream connection).
+                2 | 3 => {
+                    signals.close_connection = true;
+                    Ok(Status::Ok as i32)
+                }
+                _ => Ok(Status::BadArgument as i32),
+            }
         },
     )?;
     linker.func_wrap("env", "proxy_done", |mut caller: C<'_>| {

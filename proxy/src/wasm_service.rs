@@ -1,0 +1,199 @@
+//! Bootstrap wasm services: Envoy's `bootstrap_extensions` entry `envoy.bootstrap.wasm`
+//! (`WasmService`), a plugin that runs beside the listeners on no stream at all: it
+//! starts (`proxy_on_vm_start`, `proxy_on_configure`), ticks
+//! (`proxy_set_tick_period_milliseconds` → `proxy_on_tick`), and talks to the filters
+//! through shared data (same `vm_id`) and metrics.
+//!
+//! `singleton: true` runs one VM for the process, `false` one per worker. Each VM has
+//! a thread of its own that sleeps until its next tick: a tick never waits behind
+//! requests and a slow tick never delays them. (Envoy runs the singleton on its main
+//! thread and the others on the worker threads; what a plugin can observe is the
+//! same: how many VMs run, when they tick, what they share.)
+//!
+//! Lifecycle: started at startup and on every reload that adds or changes one (a
+//! start that fails, e.g. `proxy_on_configure` returning false, rejects the config);
+//! a service whose config is unchanged keeps running across a reload; one removed
+//! or replaced is stopped once the new config is published. A trap in a tick is
+//! logged with the plugin name and counted in `wasm.<name>.vm_failed`; the next tick
+//! runs on a fresh VM.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use strait_filters::wasm::{PluginConfig, WasmEngine, WasmPlugin, WasmVm};
+use strait_xds::model::WasmServiceConfig;
+
+use crate::stats::{Counter, Scope, Store};
+
+/// One configured service and its running VMs.
+pub struct WasmServiceRuntime {
+    pub config: Arc<WasmServiceConfig>,
+    failures: Arc<Failures>,
+    threads: std::sync::Mutex<Vec<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// The services for `configs`: those of `running` whose config is unchanged, and new
+/// ones started for the rest. Dropping the services of `running` that are not in the
+/// result stops them; on error, the new ones are stopped.
+pub fn sync(
+    running: &[Arc<WasmServiceRuntime>],
+    configs: &[Arc<WasmServiceConfig>],
+    concurrency: usize,
+    store: &Store,
+) -> anyhow::Result<Vec<Arc<WasmServiceRuntime>>> {
+    let mut services = Vec::with_capacity(configs.len());
+    for config in configs {
+        let kept = running
+            .iter()
+            .filter(|old| !services.iter().any(|s| Arc::ptr_eq(s, *old)))
+            .find(|old| {
+                old.config.singleton == config.singleton && *old.config.plugin == *config.plugin
+            });
+        let service = match kept {
+            Some(old) => old.clone(),
+            None => WasmServiceRuntime::start(config.clone(), concurrency, store)?,
+        };
+        services.push(service);
+    }
+    Ok(services)
+}
+
+impl WasmServiceRuntime {
+    /// Compiles the plugin and starts its VMs, each on its own thread; returns once
+    /// every VM ran `proxy_on_vm_start` and `proxy_on_configure`.
+    pub fn start(
+        config: Arc<WasmServiceConfig>,
+        concurrency: usize,
+        store: &Store,
+    ) -> anyhow::Result<Arc<Self>> {
+        let wasm = &config.plugin;
+        let error = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("{}: module {}: {e}", wasm.path, wasm.code_source)
+        };
+        let mut plugin = PluginConfig::new(wasm.name.clone(), Bytes::from(wasm.code.to_vec()));
+        plugin.root_id.clone_from(&wasm.root_id);
+        plugin.vm_id.clone_from(&wasm.vm_id);
+        plugin.configuration = Bytes::from(wasm.configuration.clone());
+        plugin.vm_configuration = Bytes::from(wasm.vm_configuration.clone());
+        plugin.fail_open = wasm.fail_open;
+        let plugin = WasmPlugin::new(WasmEngine::shared(), plugin).map_err(|e| error(&e))?;
+        let scope = Scope::custom(&format!("wasm.{}", wasm.name));
+        let service = Arc::new(WasmServiceRuntime {
+            failures: Arc::new(Failures {
+                vm_failed: store.counter(&scope, "vm_failed"),
+                plugin,
+                exported: AtomicU64::new(0),
+            }),
+            threads: Default::default(),
+            config: config.clone(),
+        });
+        let count = if config.singleton {
+            1
+        } else {
+            concurrency.max(1)
+        };
+        for index in 0..count {
+            let (stop_tx, stop_rx) = mpsc::channel();
+            let (started_tx, started_rx) = mpsc::sync_channel(1);
+            let failures = service.failures.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wasm-service-{index}"))
+                .spawn(move || run(failures, started_tx, stop_rx))
+                .context("cannot start a wasm service thread")?;
+            service
+                .threads
+                .lock()
+                .expect("service threads lock is never poisoned")
+                .push((stop_tx, thread));
+            // Dropping `service` on error stops the threads already started.
+            match started_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(error(&e)),
+                Err(_) => return Err(error(&"the service thread ended while starting")),
+            }
+        }
+        tracing::info!(plugin = %wasm.name, vms = count, "wasm service started");
+        Ok(service)
+    }
+
+    /// Stops every VM and waits for their threads.
+    pub fn stop(&self) {
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .expect("service threads lock is never poisoned"),
+        );
+        for (stop, _) in &threads {
+            let _ = stop.send(());
+        }
+        for (_, thread) in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The plugin and its `vm_failed` counter, shared with the VM threads (which must
+/// not hold the service: dropping the last reference joins them).
+struct Failures {
+    plugin: Arc<WasmPlugin>,
+    vm_failed: Counter,
+    /// How much of `plugin.stats().failures` is in `vm_failed` already.
+    exported: AtomicU64,
+}
+
+impl Failures {
+    fn export(&self) {
+        let failures = self.plugin.stats().failures();
+        let before = self.exported.fetch_max(failures, Ordering::Relaxed);
+        if failures > before {
+            self.vm_failed.add(failures - before);
+        }
+    }
+}
+
+impl Drop for WasmServiceRuntime {
+    fn drop(&mut self) {
+        self.stop();
+        tracing::info!(plugin = %self.config.plugin.name, "wasm service stopped");
+    }
+}
+
+/// One VM's thread: start it, then tick it at the period it asks for until stopped.
+fn run(
+    failures: Arc<Failures>,
+    started: mpsc::SyncSender<Result<(), strait_filters::wasm::WasmError>>,
+    stop: mpsc::Receiver<()>,
+) {
+    let vm = WasmVm::new(failures.plugin.clone());
+    let result = vm.start();
+    let failed = result.is_err();
+    let _ = started.send(result);
+    if failed {
+        return;
+    }
+    loop {
+        let period = vm.tick_period();
+        let stopped = match period.is_zero() {
+            // No ticks (yet): a plugin can only ask for them from a callback, and
+            // nothing else calls this VM, so wait for the stop. The bound only
+            // re-checks the period.
+            true => stop.recv_timeout(Duration::from_secs(1)),
+            false => stop.recv_timeout(period),
+        };
+        match stopped {
+            Err(mpsc::RecvTimeoutError::Timeout) if !period.is_zero() => {
+                if vm.on_tick().is_err() {
+                    failures.export();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
