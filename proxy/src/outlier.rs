@@ -3,6 +3,10 @@
 //! eject it when a threshold is reached; the main thread's interval task brings
 //! ejected hosts back once their ejection time has passed.
 //!
+//! The success-rate and failure-percentage detectors run on the main thread each
+//! `interval` over the requests each host answered in that interval (two atomic
+//! increments per response on the workers), as Envoy's detector does.
+//!
 //! Errors are not split by origin (`split_external_local_origin_errors: false`), so a
 //! connect failure counts as a 503, as in Envoy.
 
@@ -28,6 +32,9 @@ pub struct HostOutlier {
     eject_until: AtomicU64,
     /// Milliseconds since `epoch()` of the last un-ejection.
     last_unejected: AtomicU64,
+    /// Responses and 5xx (connect failures included) in the current interval.
+    interval_total: AtomicU32,
+    interval_failed: AtomicU32,
 }
 
 impl HostOutlier {
@@ -48,6 +55,11 @@ pub struct OutlierStats {
     pub ejections_enforced_consecutive_5xx: Counter,
     pub ejections_detected_consecutive_gateway_failure: Counter,
     pub ejections_enforced_consecutive_gateway_failure: Counter,
+    pub ejections_success_rate: Counter,
+    pub ejections_detected_success_rate: Counter,
+    pub ejections_enforced_success_rate: Counter,
+    pub ejections_detected_failure_percentage: Counter,
+    pub ejections_enforced_failure_percentage: Counter,
 }
 
 impl OutlierStats {
@@ -67,6 +79,11 @@ impl OutlierStats {
             ejections_enforced_consecutive_gateway_failure: c(
                 "ejections_enforced_consecutive_gateway_failure",
             ),
+            ejections_success_rate: c("ejections_success_rate"),
+            ejections_detected_success_rate: c("ejections_detected_success_rate"),
+            ejections_enforced_success_rate: c("ejections_enforced_success_rate"),
+            ejections_detected_failure_percentage: c("ejections_detected_failure_percentage"),
+            ejections_enforced_failure_percentage: c("ejections_enforced_failure_percentage"),
         }
     }
 }
@@ -75,6 +92,8 @@ impl OutlierStats {
 enum Kind {
     Consecutive5xx,
     GatewayFailure,
+    SuccessRate,
+    FailurePercentage,
 }
 
 fn epoch() -> Instant {
@@ -92,11 +111,13 @@ pub fn report(cluster: &ClusterRuntime, host: &Host, status: u16) {
         return;
     };
     let o = &host.outlier;
+    o.interval_total.fetch_add(1, Ordering::Relaxed);
     if !(500..600).contains(&status) {
         o.consecutive_5xx.store(0, Ordering::Relaxed);
         o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
         return;
     }
+    o.interval_failed.fetch_add(1, Ordering::Relaxed);
     if matches!(status, 502..=504) {
         let n = o
             .consecutive_gateway_failure
@@ -139,6 +160,15 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
             stats.ejections_detected_consecutive_gateway_failure.inc();
             config.enforcing_consecutive_gateway_failure
         }
+        Kind::SuccessRate => {
+            stats.ejections_success_rate.inc();
+            stats.ejections_detected_success_rate.inc();
+            config.enforcing_success_rate
+        }
+        Kind::FailurePercentage => {
+            stats.ejections_detected_failure_percentage.inc();
+            config.enforcing_failure_percentage
+        }
     };
     if active > 0 && (active as f64) * 100.0 / total as f64 >= config.max_ejection_percent as f64 {
         stats.ejections_overflow.inc();
@@ -152,6 +182,8 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
     match kind {
         Kind::Consecutive5xx => stats.ejections_enforced_consecutive_5xx.inc(),
         Kind::GatewayFailure => stats.ejections_enforced_consecutive_gateway_failure.inc(),
+        Kind::SuccessRate => stats.ejections_enforced_success_rate.inc(),
+        Kind::FailurePercentage => stats.ejections_enforced_failure_percentage.inc(),
     }
     let o = &host.outlier;
     let times = o.num_ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -193,10 +225,66 @@ pub fn tick(cluster: &ClusterRuntime) {
             o.last_unejected.store(now, Ordering::Relaxed);
         }
     }
+    // This interval's requests per host, for the rate detectors (Envoy evaluates
+    // them after bringing hosts back); every host starts the next interval at zero.
+    let counts: Vec<(&Arc<Host>, u32, u32)> = set
+        .hosts
+        .iter()
+        .map(|h| {
+            let o = &h.outlier;
+            let total = o.interval_total.swap(0, Ordering::Relaxed);
+            let failed = o.interval_failed.swap(0, Ordering::Relaxed);
+            (h, total, failed.min(total))
+        })
+        .filter(|(h, _, _)| !h.outlier.is_ejected())
+        .collect();
     let active = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
     stats.ejections_active.set(active as i64);
+    for (host, kind) in rate_outliers(config, &counts) {
+        on_threshold(cluster, config, host, kind);
+    }
+    drop(counts);
     drop(set);
     cluster.recount();
+}
+
+/// Envoy's success-rate and failure-percentage detectors over one interval's
+/// `(host, requests, failures)`: which hosts each would eject, success rate first.
+fn rate_outliers<'a>(
+    config: &OutlierDetection,
+    counts: &[(&'a Arc<Host>, u32, u32)],
+) -> Vec<(&'a Arc<Host>, Kind)> {
+    let mut out = Vec::new();
+    let success = |total: u32, failed: u32| 100.0 * f64::from(total - failed) / f64::from(total);
+    let volume = |min: u32| {
+        counts
+            .iter()
+            .filter(move |(_, total, _)| *total >= min.max(1))
+    };
+    let eligible: Vec<_> = volume(config.success_rate_request_volume).collect();
+    if !eligible.is_empty() && eligible.len() >= config.success_rate_minimum_hosts as usize {
+        let rates: Vec<f64> = eligible.iter().map(|(_, t, f)| success(*t, *f)).collect();
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let variance = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        let threshold =
+            mean - f64::from(config.success_rate_stdev_factor) / 1000.0 * variance.sqrt();
+        for ((host, _, _), rate) in eligible.iter().zip(&rates) {
+            if *rate < threshold {
+                out.push((*host, Kind::SuccessRate));
+            }
+        }
+    }
+    let eligible: Vec<_> = volume(config.failure_percentage_request_volume).collect();
+    if !eligible.is_empty() && eligible.len() >= config.failure_percentage_minimum_hosts as usize {
+        for (host, total, failed) in eligible {
+            let failure = 100.0 - success(*total, *failed);
+            let flagged = out.iter().any(|(h, _)| Arc::ptr_eq(h, host));
+            if !flagged && failure >= f64::from(config.failure_percentage_threshold) {
+                out.push((*host, Kind::FailurePercentage));
+            }
+        }
+    }
+    out
 }
 
 /// The interval timers of every cluster with outlier detection (main thread).

@@ -169,16 +169,16 @@ async fn unsupported_fields_are_refused_with_their_path() {
     let prefix = "static_resources.clusters[0].outlier_detection";
     let cases = [
         (
-            "{success_rate_minimum_hosts: 5}",
-            format!("{prefix}.success_rate_minimum_hosts: success_rate_minimum_hosts is not supported yet"),
+            "{consecutive_local_origin_failure: 5}",
+            format!("{prefix}.consecutive_local_origin_failure: consecutive_local_origin_failure is not supported yet"),
         ),
         (
             "{split_external_local_origin_errors: true}",
             format!("{prefix}.split_external_local_origin_errors: split_external_local_origin_errors: true is not supported yet"),
         ),
         (
-            "{failure_percentage_threshold: 85}",
-            format!("{prefix}.failure_percentage_threshold: failure_percentage_threshold is not supported yet"),
+            "{failure_percentage_threshold: 185}",
+            format!("{prefix}.failure_percentage_threshold: 185 is not a percentage"),
         ),
         (
             "{max_ejection_percent: 101}",
@@ -193,4 +193,61 @@ async fn unsupported_fields_are_refused_with_their_path() {
         assert_ne!(code, 0);
         assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
     }
+}
+
+/// The success-rate detector: each interval, over hosts with enough requests, a host
+/// whose success rate is below mean − stdev_factor/1000 × stdev is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_ejects_the_host_far_below_the_others() {
+    let good1 = Backend::echo("good1").await;
+    let good2 = Backend::echo("good2").await;
+    let bad = Backend::flaky("bad", u64::MAX, Misbehave::Status(500)).await;
+    let od = "{consecutive_5xx: 100000, consecutive_gateway_failure: 100000, interval: 0.3s, \
+              base_ejection_time: 30s, max_ejection_percent: 50, success_rate_minimum_hosts: 3, \
+              success_rate_request_volume: 5, success_rate_stdev_factor: 1000}";
+    let s = start(&[good1.addr(), good2.addr(), bad.addr()], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_enforced_success_rate",
+        |v| v >= 1,
+    )
+    .await;
+    wait_flags(&s, bad.addr(), "/failed_outlier_check").await;
+    wait_flags(&s, good1.addr(), "healthy").await;
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx")
+            .await,
+        Some(0)
+    );
+}
+
+/// The failure-percentage detector (off by default: `enforcing_failure_percentage`
+/// 0): a host at or above the threshold is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_percentage_ejects_a_host_at_the_threshold() {
+    let good = Backend::echo("good").await;
+    let bad = Backend::flaky("bad", u64::MAX, Misbehave::Status(503)).await;
+    let od = "{consecutive_5xx: 100000, consecutive_gateway_failure: 100000, interval: 0.3s, \
+              base_ejection_time: 30s, max_ejection_percent: 50, \
+              success_rate_minimum_hosts: 100, failure_percentage_minimum_hosts: 2, \
+              failure_percentage_request_volume: 5, failure_percentage_threshold: 90, \
+              enforcing_failure_percentage: 100}";
+    let s = start(&[good.addr(), bad.addr()], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_enforced_failure_percentage",
+        |v| v >= 1,
+    )
+    .await;
+    wait_flags(&s, bad.addr(), "/failed_outlier_check").await;
+    wait_flags(&s, good.addr(), "healthy").await;
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_detected_success_rate")
+            .await,
+        Some(0)
+    );
 }

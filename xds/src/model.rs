@@ -818,6 +818,24 @@ pub struct OutlierDetection {
     pub max_ejection_time: Duration,
     /// Most hosts ejected at once, in percent; default 10.
     pub max_ejection_percent: u32,
+    /// Success-rate detector: hosts with at least `success_rate_request_volume`
+    /// (default 100) requests in an interval, when at least
+    /// `success_rate_minimum_hosts` (default 5) have, are ejected below
+    /// mean - stdev_factor/1000 * stdev (default 1900); enforced at
+    /// `enforcing_success_rate` percent (default 100).
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    pub success_rate_stdev_factor: u32,
+    pub enforcing_success_rate: u32,
+    /// Failure-percentage detector: hosts with at least
+    /// `failure_percentage_request_volume` (default 50) requests in an interval, when
+    /// at least `failure_percentage_minimum_hosts` (default 5) have, are ejected at
+    /// `failure_percentage_threshold` percent failures (default 85); enforced at
+    /// `enforcing_failure_percentage` percent (default 0).
+    pub failure_percentage_threshold: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+    pub enforcing_failure_percentage: u32,
 }
 
 /// A route's `priority` (`config.core.v3.RoutingPriority`): which circuit-breaker

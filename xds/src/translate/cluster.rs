@@ -132,6 +132,26 @@ fn outlier_detection(
             Duration::from_secs(300),
         )?,
         max_ejection_percent: percent("max_ejection_percent", config.max_ejection_percent, 10)?,
+        success_rate_minimum_hosts: config.success_rate_minimum_hosts.unwrap_or(5),
+        success_rate_request_volume: config.success_rate_request_volume.unwrap_or(100),
+        success_rate_stdev_factor: config.success_rate_stdev_factor.unwrap_or(1900),
+        enforcing_success_rate: percent(
+            "enforcing_success_rate",
+            config.enforcing_success_rate,
+            100,
+        )?,
+        failure_percentage_threshold: percent(
+            "failure_percentage_threshold",
+            config.failure_percentage_threshold,
+            85,
+        )?,
+        failure_percentage_minimum_hosts: config.failure_percentage_minimum_hosts.unwrap_or(5),
+        failure_percentage_request_volume: config.failure_percentage_request_volume.unwrap_or(50),
+        enforcing_failure_percentage: percent(
+            "enforcing_failure_percentage",
+            config.enforcing_failure_percentage,
+            0,
+        )?,
     }))
 }
 
@@ -647,6 +667,31 @@ mod tests {
         assert_eq!(od.base_ejection_time, Duration::from_secs(30));
         assert_eq!(od.max_ejection_time, Duration::from_secs(300));
         assert_eq!(od.max_ejection_percent, 10);
+        assert_eq!(
+            (
+                od.success_rate_minimum_hosts,
+                od.success_rate_request_volume
+            ),
+            (5, 100)
+        );
+        assert_eq!(
+            (od.success_rate_stdev_factor, od.enforcing_success_rate),
+            (1900, 100)
+        );
+        assert_eq!(
+            (
+                od.failure_percentage_threshold,
+                od.enforcing_failure_percentage
+            ),
+            (85, 0)
+        );
+        assert_eq!(
+            (
+                od.failure_percentage_minimum_hosts,
+                od.failure_percentage_request_volume
+            ),
+            (5, 50)
+        );
         assert!(cluster_with(json!({})).unwrap().outlier_detection.is_none());
     }
 
@@ -654,8 +699,8 @@ mod tests {
     fn bad_outlier_detection_names_its_field() {
         let cases = [
             (
-                json!({"outlier_detection": {"success_rate_minimum_hosts": 3}}),
-                "c.outlier_detection.success_rate_minimum_hosts: success_rate_minimum_hosts is not supported yet",
+                json!({"outlier_detection": {"enforcing_failure_percentage": 101}}),
+                "c.outlier_detection.enforcing_failure_percentage: 101 is not a percentage between 0 and 100",
             ),
             (
                 json!({"outlier_detection": {"split_external_local_origin_errors": true}}),
