@@ -7,8 +7,10 @@
 //! `interval` over the requests each host answered in that interval (two atomic
 //! increments per response on the workers), as Envoy's detector does.
 //!
-//! Errors are not split by origin (`split_external_local_origin_errors: false`), so a
-//! connect failure counts as a 503, as in Envoy.
+//! Unless `split_external_local_origin_errors` is set, a connect failure (or connect
+//! timeout) counts as a 503, as in Envoy; with it, such local-origin failures count
+//! only toward `consecutive_local_origin_failure`, and a connection that opens resets
+//! that count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -26,6 +28,7 @@ pub struct HostOutlier {
     ejected: AtomicBool,
     consecutive_5xx: AtomicU32,
     consecutive_gateway_failure: AtomicU32,
+    consecutive_local_origin_failure: AtomicU32,
     /// How many times ejected (decays while the host behaves); scales ejection time.
     num_ejections: AtomicU32,
     /// Milliseconds since `epoch()` when the current ejection ends.
@@ -60,6 +63,8 @@ pub struct OutlierStats {
     pub ejections_enforced_success_rate: Counter,
     pub ejections_detected_failure_percentage: Counter,
     pub ejections_enforced_failure_percentage: Counter,
+    pub ejections_detected_consecutive_local_origin_failure: Counter,
+    pub ejections_enforced_consecutive_local_origin_failure: Counter,
 }
 
 impl OutlierStats {
@@ -84,6 +89,12 @@ impl OutlierStats {
             ejections_enforced_success_rate: c("ejections_enforced_success_rate"),
             ejections_detected_failure_percentage: c("ejections_detected_failure_percentage"),
             ejections_enforced_failure_percentage: c("ejections_enforced_failure_percentage"),
+            ejections_detected_consecutive_local_origin_failure: c(
+                "ejections_detected_consecutive_local_origin_failure",
+            ),
+            ejections_enforced_consecutive_local_origin_failure: c(
+                "ejections_enforced_consecutive_local_origin_failure",
+            ),
         }
     }
 }
@@ -94,6 +105,7 @@ enum Kind {
     GatewayFailure,
     SuccessRate,
     FailurePercentage,
+    LocalOrigin,
 }
 
 fn epoch() -> Instant {
@@ -105,7 +117,33 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
-/// Records an upstream response status from `host` (a connect failure is 503).
+/// Records how a connection attempt to `host` went (a local-origin outcome).
+pub fn report_connect(cluster: &ClusterRuntime, host: &Host, ok: bool) {
+    let Some(config) = &cluster.config.outlier_detection else {
+        return;
+    };
+    if !config.split_external_local_origin_errors {
+        if !ok {
+            report(cluster, host, 503);
+        }
+        return;
+    }
+    let o = &host.outlier;
+    if ok {
+        o.consecutive_local_origin_failure
+            .store(0, Ordering::Relaxed);
+        return;
+    }
+    let n = o
+        .consecutive_local_origin_failure
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    if n == config.consecutive_local_origin_failure {
+        on_threshold(cluster, config, host, Kind::LocalOrigin);
+    }
+}
+
+/// Records an upstream response status from `host`.
 pub fn report(cluster: &ClusterRuntime, host: &Host, status: u16) {
     let Some(config) = &cluster.config.outlier_detection else {
         return;
@@ -169,6 +207,12 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
             stats.ejections_detected_failure_percentage.inc();
             config.enforcing_failure_percentage
         }
+        Kind::LocalOrigin => {
+            stats
+                .ejections_detected_consecutive_local_origin_failure
+                .inc();
+            config.enforcing_consecutive_local_origin_failure
+        }
     };
     if active > 0 && (active as f64) * 100.0 / total as f64 >= config.max_ejection_percent as f64 {
         stats.ejections_overflow.inc();
@@ -184,6 +228,9 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
         Kind::GatewayFailure => stats.ejections_enforced_consecutive_gateway_failure.inc(),
         Kind::SuccessRate => stats.ejections_enforced_success_rate.inc(),
         Kind::FailurePercentage => stats.ejections_enforced_failure_percentage.inc(),
+        Kind::LocalOrigin => stats
+            .ejections_enforced_consecutive_local_origin_failure
+            .inc(),
     }
     let o = &host.outlier;
     let times = o.num_ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -215,6 +262,8 @@ pub fn tick(cluster: &ClusterRuntime) {
             if now >= o.eject_until.load(Ordering::Relaxed) {
                 o.consecutive_5xx.store(0, Ordering::Relaxed);
                 o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+                o.consecutive_local_origin_failure
+                    .store(0, Ordering::Relaxed);
                 o.last_unejected.store(now, Ordering::Relaxed);
                 o.ejected.store(false, Ordering::Relaxed);
             }

@@ -364,11 +364,14 @@ async fn connect(
     let stats = &cluster.stats;
     let connect = TcpStream::connect(host.addr);
     let stream = match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            crate::outlier::report_connect(cluster, host, true);
+            s
+        }
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
             host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            crate::outlier::report(cluster, host, 503);
+            crate::outlier::report_connect(cluster, host, false);
             return Err(ProxyError::ConnectFailure {
                 reason: format!("delayed connect error: {}", io_reason(&e)),
             });
@@ -377,7 +380,7 @@ async fn connect(
             stats.upstream_cx_connect_fail.inc();
             stats.upstream_cx_connect_timeout.inc();
             host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            crate::outlier::report(cluster, host, 503);
+            crate::outlier::report_connect(cluster, host, false);
             return Err(ProxyError::ConnectFailure {
                 reason: "connection timeout".into(),
             });

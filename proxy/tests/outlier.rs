@@ -169,12 +169,12 @@ async fn unsupported_fields_are_refused_with_their_path() {
     let prefix = "static_resources.clusters[0].outlier_detection";
     let cases = [
         (
-            "{consecutive_local_origin_failure: 5}",
-            format!("{prefix}.consecutive_local_origin_failure: consecutive_local_origin_failure is not supported yet"),
+            "{enforcing_local_origin_success_rate: 5}",
+            format!("{prefix}.enforcing_local_origin_success_rate: enforcing_local_origin_success_rate is not supported yet"),
         ),
         (
-            "{split_external_local_origin_errors: true}",
-            format!("{prefix}.split_external_local_origin_errors: split_external_local_origin_errors: true is not supported yet"),
+            "{enforcing_failure_percentage_local_origin: 5}",
+            format!("{prefix}.enforcing_failure_percentage_local_origin: enforcing_failure_percentage_local_origin is not supported yet"),
         ),
         (
             "{failure_percentage_threshold: 185}",
@@ -250,4 +250,35 @@ async fn failure_percentage_ejects_a_host_at_the_threshold() {
             .await,
         Some(0)
     );
+}
+
+/// With `split_external_local_origin_errors`, connect failures count toward
+/// `consecutive_local_origin_failure` only, not as 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_origin_failures_eject_on_their_own_count_when_split() {
+    let good = Backend::echo("good").await;
+    let closed = Backend::closed_port();
+    let od = "{split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, \
+              consecutive_5xx: 100000, interval: 0.2s, base_ejection_time: 30s, \
+              max_ejection_percent: 50}";
+    let s = start(&[good.addr(), closed], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_enforced_consecutive_local_origin_failure",
+        |v| v >= 1,
+    )
+    .await;
+    wait_flags(&s, closed, "/failed_outlier_check").await;
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_detected_consecutive_5xx")
+            .await,
+        Some(0),
+        "local-origin failures are not 5xx when split"
+    );
+    // Only the good host is left: every request succeeds.
+    for _ in 0..5 {
+        assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    }
 }

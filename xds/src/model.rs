@@ -836,6 +836,12 @@ pub struct OutlierDetection {
     pub failure_percentage_minimum_hosts: u32,
     pub failure_percentage_request_volume: u32,
     pub enforcing_failure_percentage: u32,
+    /// `split_external_local_origin_errors`: connect failures and timeouts count
+    /// only toward `consecutive_local_origin_failure` (default 5, enforced at
+    /// `enforcing_consecutive_local_origin_failure` percent, default 100), not as 503s.
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
 }
 
 /// A route's `priority` (`config.core.v3.RoutingPriority`): which circuit-breaker

@@ -87,12 +87,6 @@ fn outlier_detection(
         return Ok(None);
     };
     let path = format!("{path}.outlier_detection");
-    if config.split_external_local_origin_errors == Some(true) {
-        return Err(ConfigError::new(
-            format!("{path}.split_external_local_origin_errors"),
-            "split_external_local_origin_errors: true is not supported yet",
-        ));
-    }
     let percent = |field: &str, value: Option<u32>, default: u32| match value {
         Some(v) if v > 100 => Err(ConfigError::new(
             format!("{path}.{field}"),
@@ -151,6 +145,15 @@ fn outlier_detection(
             "enforcing_failure_percentage",
             config.enforcing_failure_percentage,
             0,
+        )?,
+        split_external_local_origin_errors: config
+            .split_external_local_origin_errors
+            .unwrap_or(false),
+        consecutive_local_origin_failure: config.consecutive_local_origin_failure.unwrap_or(5),
+        enforcing_consecutive_local_origin_failure: percent(
+            "enforcing_consecutive_local_origin_failure",
+            config.enforcing_consecutive_local_origin_failure,
+            100,
         )?,
     }))
 }
@@ -703,8 +706,8 @@ mod tests {
                 "c.outlier_detection.enforcing_failure_percentage: 101 is not a percentage between 0 and 100",
             ),
             (
-                json!({"outlier_detection": {"split_external_local_origin_errors": true}}),
-                "c.outlier_detection.split_external_local_origin_errors: split_external_local_origin_errors: true is not supported yet",
+                json!({"outlier_detection": {"enforcing_local_origin_success_rate": 100}}),
+                "c.outlier_detection.enforcing_local_origin_success_rate: enforcing_local_origin_success_rate is not supported yet",
             ),
             (
                 json!({"outlier_detection": {"max_ejection_percent": 101}}),
