@@ -25,6 +25,8 @@ pub struct Host {
     /// `auto_host_rewrite` sends); empty for STATIC, as in Envoy.
     pub hostname: String,
     pub weight: u32,
+    /// The endpoint's priority level (0 is the highest).
+    pub priority: u32,
     pub rq_active: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -47,6 +49,7 @@ impl Host {
             addr,
             hostname: hostname.to_owned(),
             weight: weight.max(1),
+            priority: 0,
             rq_active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -90,6 +93,123 @@ pub struct HostSet {
     /// The RING_HASH ring or MAGLEV table over `hosts`, built with the set (never on
     /// a health flip: picks walk past unhealthy hosts) and shared by every worker.
     pub hash_table: Option<HashTable>,
+    /// The priority levels, when the endpoints have more than one.
+    pub priorities: Option<Box<Priorities>>,
+}
+
+/// A cluster's priority levels (Envoy's priority sets): one host set per level, in
+/// order, and the overprovisioning factor that turns a level's healthy share into
+/// its health.
+#[derive(Debug)]
+pub struct Priorities {
+    pub levels: Vec<Arc<HostSet>>,
+    /// Percent; Envoy's default 140.
+    pub overprovisioning_factor: u32,
+}
+
+impl Priorities {
+    fn build(
+        set: &HostSet,
+        overprovisioning_factor: u32,
+        level: impl Fn(Vec<Arc<Host>>) -> Arc<HostSet>,
+    ) -> Option<Box<Priorities>> {
+        let mut numbers: Vec<u32> = set.hosts.iter().map(|h| h.priority).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        if numbers.len() < 2 {
+            return None;
+        }
+        let levels = numbers
+            .iter()
+            .map(|p| {
+                level(
+                    set.hosts
+                        .iter()
+                        .filter(|h| h.priority == *p)
+                        .cloned()
+                        .collect(),
+                )
+            })
+            .collect();
+        Some(Box::new(Priorities {
+            levels,
+            overprovisioning_factor,
+        }))
+    }
+
+    /// Envoy's priority load, in percent per level, and whether the cluster is in
+    /// panic (normalized total health below `panic_threshold`: then the load follows
+    /// the host counts and every host is eligible).
+    pub fn loads(&self, panic_threshold: f64) -> (Vec<u32>, bool) {
+        let counts: Vec<(usize, usize)> = self
+            .levels
+            .iter()
+            .map(|l| {
+                (
+                    l.healthy.load(Ordering::Relaxed).min(l.hosts.len()),
+                    l.hosts.len(),
+                )
+            })
+            .collect();
+        priority_loads(&counts, self.overprovisioning_factor, panic_threshold)
+    }
+}
+
+/// [`Priorities::loads`] over `(healthy, total)` per level.
+pub fn priority_loads(
+    counts: &[(usize, usize)],
+    overprovisioning_factor: u32,
+    panic_threshold: f64,
+) -> (Vec<u32>, bool) {
+    let health: Vec<u32> = counts
+        .iter()
+        .map(|&(healthy, total)| match total {
+            0 => 0,
+            _ => {
+                (u64::from(overprovisioning_factor) * healthy as u64 / total as u64).min(100) as u32
+            }
+        })
+        .collect();
+    let total_health = health.iter().sum::<u32>().min(100);
+    if f64::from(total_health) < panic_threshold {
+        // Panic: every host of every level, load by host count.
+        let hosts: usize = counts.iter().map(|c| c.1).sum();
+        let mut loads: Vec<u32> = counts
+            .iter()
+            .map(|c| (c.1 * 100).checked_div(hosts).unwrap_or(0) as u32)
+            .collect();
+        let rest = 100 - loads.iter().sum::<u32>().min(100);
+        let first = loads.iter().position(|l| *l > 0).unwrap_or(0);
+        if let Some(first) = loads.get_mut(first) {
+            *first += rest;
+        }
+        return (loads, true);
+    }
+    if total_health == 0 {
+        // Nothing healthy and no panic (threshold 0): Envoy sends it all to P0, where
+        // the level's own pick then finds no host.
+        let mut loads = vec![0; counts.len()];
+        if let Some(first) = loads.first_mut() {
+            *first = 100;
+        }
+        return (loads, false);
+    }
+    let mut left = 100u32;
+    let mut loads: Vec<u32> = health
+        .iter()
+        .map(|h| {
+            let load = (h * 100 / total_health).min(left);
+            left -= load;
+            load
+        })
+        .collect();
+    // Rounding leftovers go to the first level with health, as Envoy does.
+    if left > 0 {
+        if let Some(i) = health.iter().position(|h| *h > 0) {
+            loads[i] += left;
+        }
+    }
+    (loads, false)
 }
 
 impl HostSet {
@@ -110,6 +230,7 @@ impl HostSet {
             panic_threshold,
             lb_healthy_panic,
             hash_table,
+            priorities: None,
         }
     }
 }
@@ -254,6 +375,10 @@ impl ClusterRuntime {
         let set = self.hosts.load();
         let available = set.hosts.iter().filter(|h| h.is_available()).count();
         set.healthy.store(available, Ordering::Relaxed);
+        for level in set.priorities.iter().flat_map(|p| &p.levels) {
+            let n = level.hosts.iter().filter(|h| h.is_available()).count();
+            level.healthy.store(n, Ordering::Relaxed);
+        }
         self.stats.membership_healthy.set(available as i64);
         self.stats.membership_total.set(set.hosts.len() as i64);
         if let Some(hc) = &self.stats.health_check {
@@ -295,7 +420,9 @@ impl ClusterRuntime {
                 current
                     .hosts
                     .iter()
-                    .find(|h| h.addr == addr && h.weight == ep.weight.max(1))
+                    .find(|h| {
+                        h.addr == addr && h.weight == ep.weight.max(1) && h.priority == ep.priority
+                    })
                     .cloned()
                     .unwrap_or_else(|| {
                         let hostname = match self.config.discovery {
@@ -307,16 +434,27 @@ impl ClusterRuntime {
                             Some(old) => *old.health.lock(),
                             None => HealthState::initial(self.config.health_check.is_some()),
                         };
-                        Arc::new(Host::new(addr, hostname, ep.weight, health))
+                        let mut host = Host::new(addr, hostname, ep.weight, health);
+                        host.priority = ep.priority;
+                        Arc::new(host)
                     })
             })
             .collect();
-        self.hosts.store(Arc::new(HostSet::new(
+        let mut set = HostSet::new(
             hosts,
             self.config.healthy_panic_threshold,
             self.stats.lb_healthy_panic.clone(),
             (self.config.lb_policy, &self.config.hash_lb),
-        )));
+        );
+        set.priorities = Priorities::build(&set, self.config.overprovisioning_factor, |hosts| {
+            Arc::new(HostSet::new(
+                hosts,
+                self.config.healthy_panic_threshold,
+                self.stats.lb_healthy_panic.clone(),
+                (self.config.lb_policy, &self.config.hash_lb),
+            ))
+        });
+        self.hosts.store(Arc::new(set));
         self.recount();
     }
 
@@ -384,5 +522,48 @@ impl HostSet {
     pub fn for_test_with(hosts: Vec<Arc<Host>>, policy: LbPolicy) -> HostSet {
         let config = HashLbConfig::default();
         HostSet::new(hosts, 50.0, Counter::default(), (policy, &config))
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::priority_loads;
+
+    /// Envoy's documented table (overprovisioning factor 1.4, panic threshold 50%):
+    /// `(P0 healthy %, P1 healthy %) -> (P0 load, P1 load)`.
+    #[test]
+    fn priority_loads_match_envoys_table() {
+        let cases = [
+            ((100, 100), (100, 0)),
+            ((72, 100), (100, 0)),
+            ((71, 100), (99, 1)),
+            ((50, 100), (70, 30)),
+            ((25, 100), (35, 65)),
+            ((0, 100), (0, 100)),
+        ];
+        for ((p0, p1), want) in cases {
+            let (loads, panic) = priority_loads(&[(p0, 100), (p1, 100)], 140, 50.0);
+            assert_eq!((loads[0], loads[1]), want, "P0 {p0}% P1 {p1}%");
+            assert!(!panic);
+        }
+    }
+
+    #[test]
+    fn degraded_levels_are_normalized_and_low_health_panics() {
+        // 20% and 20% healthy: health 28 + 28 = 56 (not panic), normalized to 50/50.
+        assert_eq!(
+            priority_loads(&[(1, 5), (1, 5)], 140, 50.0),
+            (vec![50, 50], false)
+        );
+        // 10% and 10%: 14 + 14 < 50, panic: load by host count.
+        assert_eq!(
+            priority_loads(&[(1, 10), (1, 30)], 140, 50.0),
+            (vec![25, 75], true)
+        );
+        // A threshold of 0 never panics; with no health at all P0 gets the load.
+        assert_eq!(
+            priority_loads(&[(0, 2), (0, 2)], 140, 0.0),
+            (vec![100, 0], false)
+        );
     }
 }

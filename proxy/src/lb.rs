@@ -27,6 +27,8 @@ pub struct LbState {
     current: Vec<i64>,
     /// Address of the host set `current` belongs to.
     built_for: usize,
+    /// One state per priority level, for clusters with several.
+    levels: Vec<LbState>,
 }
 
 impl LbState {
@@ -39,8 +41,43 @@ impl LbState {
     /// host the pick fails. When every host is healthy (the common case, and always
     /// without health checks) the pick costs one extra atomic load.
     pub fn pick(&mut self, policy: LbPolicy, set: &Arc<HostSet>, random: u64) -> Option<Arc<Host>> {
+        match &set.priorities {
+            None => self.pick_in(policy, set, random, false),
+            Some(priorities) => {
+                // Envoy's priority load decides the level, then the level's own
+                // balancer picks within it (in panic, among all its hosts).
+                let (loads, panic) = priorities.loads(set.panic_threshold);
+                if panic {
+                    set.lb_healthy_panic.inc();
+                }
+                let mut point = (random.rotate_left(17) % 100) as u32;
+                let level = loads
+                    .iter()
+                    .position(|l| {
+                        let hit = point < *l;
+                        point = point.saturating_sub(*l);
+                        hit
+                    })
+                    .unwrap_or(0);
+                if self.levels.len() != priorities.levels.len() {
+                    self.levels
+                        .resize_with(priorities.levels.len(), LbState::default);
+                }
+                self.levels[level].pick_in(policy, &priorities.levels[level], random, panic)
+            }
+        }
+    }
+
+    fn pick_in(
+        &mut self,
+        policy: LbPolicy,
+        set: &Arc<HostSet>,
+        random: u64,
+        panic: bool,
+    ) -> Option<Arc<Host>> {
         let hosts = &set.hosts;
         let every_host = match set.healthy.load(Ordering::Relaxed) {
+            _ if panic => true,
             healthy if healthy >= hosts.len() => true,
             healthy if (healthy as f64) * 100.0 < set.panic_threshold * hosts.len() as f64 => {
                 set.lb_healthy_panic.inc();

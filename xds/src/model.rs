@@ -785,6 +785,8 @@ pub struct Cluster {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub endpoints: Vec<Endpoint>,
+    /// `load_assignment.policy.overprovisioning_factor`, default 140 (percent).
+    pub overprovisioning_factor: u32,
     /// Active health checking (`health_checks`); at most one so far.
     pub health_check: Option<HealthCheck>,
     /// `common_lb_config.healthy_panic_threshold`, a percentage (default 50): below
@@ -973,6 +975,8 @@ pub struct Endpoint {
     pub port: u16,
     /// `load_balancing_weight`, default 1.
     pub weight: u32,
+    /// The `priority` of its `LocalityLbEndpoints` (0 is the highest).
+    pub priority: u32,
 }
 
 // ---------------------------------------------------------------- request view

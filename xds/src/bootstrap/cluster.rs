@@ -279,7 +279,17 @@ pub struct ClusterLoadAssignment {
     #[serde(default)]
     pub endpoints: Vec<LocalityLbEndpoints>,
     pub named_endpoints: Option<Unsupported>,
-    pub policy: Option<Unsupported>,
+    pub policy: Option<LoadAssignmentPolicy>,
+}
+
+/// `ClusterLoadAssignment.Policy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadAssignmentPolicy {
+    pub overprovisioning_factor: Option<u32>,
+    pub drop_overloads: Option<Unsupported>,
+    pub endpoint_stale_after: Option<Unsupported>,
+    pub weighted_priority_health: Option<Unsupported>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,7 +297,7 @@ pub struct ClusterLoadAssignment {
 pub struct LocalityLbEndpoints {
     #[serde(default)]
     pub lb_endpoints: Vec<LbEndpoint>,
-    /// Only priority 0 is supported.
+    /// 0 is the highest; traffic spills to the next as health drops.
     pub priority: Option<u32>,
     /// Accepted and ignored: localities only matter to zone-aware and locality-weighted
     /// balancing, which Strait does not do.

@@ -68,6 +68,20 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         )?,
         dns_lookup_family: config.dns_lookup_family.unwrap_or(DnsLookupFamily::Auto),
         endpoints: endpoints(path, discovery, config.load_assignment.as_ref())?,
+        overprovisioning_factor: match config
+            .load_assignment
+            .as_ref()
+            .and_then(|a| a.policy.as_ref())
+            .and_then(|p| p.overprovisioning_factor)
+        {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    format!("{path}.load_assignment.policy.overprovisioning_factor"),
+                    "must be greater than 0",
+                ))
+            }
+            factor => factor.unwrap_or(140),
+        },
         health_check: health_check(path, &config.health_checks)?,
         healthy_panic_threshold: panic_threshold(path, config.common_lb_config.as_ref())?,
         circuit_breakers: circuit_breakers(
@@ -420,12 +434,11 @@ fn endpoints(
     let mut endpoints = Vec::new();
     for (i, locality) in assignment.iter().flat_map(|a| &a.endpoints).enumerate() {
         let path = format!("{path}.load_assignment.endpoints[{i}]");
-        match locality.priority {
-            Some(priority) if priority != 0 => {
-                let message = format!("priority {priority} is not supported yet");
-                return Err(ConfigError::new(format!("{path}.priority"), message));
-            }
-            _ => {}
+        let priority = locality.priority.unwrap_or(0);
+        if priority > 127 {
+            // Envoy's own bound on priority levels.
+            let message = format!("priority {priority} is above the maximum of 127");
+            return Err(ConfigError::new(format!("{path}.priority"), message));
         }
         for (j, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("{path}.lb_endpoints[{j}]");
@@ -460,6 +473,7 @@ fn endpoints(
                 host: socket.address.clone(),
                 port: socket.port_value,
                 weight,
+                priority,
             });
         }
     }

@@ -135,7 +135,7 @@ fn errors_name_paths() {
         ("  clusters:\n  - name: web", "  clusters:\n  - name: web\n  - name: web", "static_resources.clusters[1].name: duplicate cluster name 'web'".into()),
         ("type: STRICT_DNS", "type: STATIC", format!("{endpoint}[0].endpoint.address.socket_address.address: 'web.local' is not an IP address")),
         ("type: STRICT_DNS", "type: LOGICAL_DNS", String::new()),
-        ("- lb_endpoints:", "- priority: 1\n        lb_endpoints:", format!("{cluster}.load_assignment.endpoints[0].priority: priority 1 is not supported yet")),
+        ("- lb_endpoints:", "- priority: 200\n        lb_endpoints:", format!("{cluster}.load_assignment.endpoints[0].priority: priority 200 is above the maximum of 127")),
         ("port_value: 8080", "port_value: 70000", format!("{endpoint}[0].endpoint.address.socket_address.port_value: invalid value")),
         ("address: 127.0.0.1", "address: localhost", "static_resources.listeners[0].address.socket_address.address: 'localhost' is not an IP address".into()),
         ("port_value: 10000}", "port_value: 10000, protocol: UDP}", "static_resources.listeners[0].address.socket_address.protocol: UDP is not supported yet".into()),
