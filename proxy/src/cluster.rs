@@ -27,6 +27,9 @@ pub struct Host {
     pub weight: u32,
     /// The endpoint's priority level (0 is the highest).
     pub priority: u32,
+    /// Its locality (index of its `LocalityLbEndpoints`) and that locality's weight.
+    pub locality: u32,
+    pub locality_weight: u32,
     pub rq_active: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -50,6 +53,8 @@ impl Host {
             hostname: hostname.to_owned(),
             weight: weight.max(1),
             priority: 0,
+            locality: 0,
+            locality_weight: 1,
             rq_active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -95,6 +100,67 @@ pub struct HostSet {
     pub hash_table: Option<HashTable>,
     /// The priority levels, when the endpoints have more than one.
     pub priorities: Option<Box<Priorities>>,
+    /// The localities of this set (or level), with `locality_weighted_lb_config`
+    /// when there are several.
+    pub localities: Option<Box<Localities>>,
+}
+
+/// Locality-weighted balancing (Envoy's `locality_weighted_lb_config`): a locality is
+/// chosen by its weight times its availability (overprovisioning factor × its
+/// available share, capped at 100%), then a host within it.
+#[derive(Debug)]
+pub struct Localities {
+    pub groups: Vec<(u32, Arc<HostSet>)>,
+    pub overprovisioning_factor: u32,
+}
+
+impl Localities {
+    fn build(
+        set: &HostSet,
+        overprovisioning_factor: u32,
+        group: impl Fn(Vec<Arc<Host>>) -> Arc<HostSet>,
+    ) -> Option<Box<Localities>> {
+        let mut ids: Vec<(u32, u32)> = set
+            .hosts
+            .iter()
+            .map(|h| (h.locality, h.locality_weight))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup_by_key(|id| id.0);
+        if ids.len() < 2 {
+            return None;
+        }
+        let groups = ids
+            .iter()
+            .map(|(id, weight)| {
+                let hosts = set
+                    .hosts
+                    .iter()
+                    .filter(|h| h.locality == *id)
+                    .cloned()
+                    .collect();
+                (*weight, group(hosts))
+            })
+            .collect();
+        Some(Box::new(Localities {
+            groups,
+            overprovisioning_factor,
+        }))
+    }
+
+    /// Each locality's effective weight now.
+    pub fn effective_weights(&self) -> Vec<u64> {
+        self.groups
+            .iter()
+            .map(|(weight, set)| {
+                let total = set.hosts.len().max(1) as u64;
+                let healthy = set.healthy.load(Ordering::Relaxed).min(set.hosts.len()) as u64;
+                let availability =
+                    (u64::from(self.overprovisioning_factor) * healthy / total).min(100);
+                u64::from(*weight) * availability
+            })
+            .collect()
+    }
 }
 
 /// A cluster's priority levels (Envoy's priority sets): one host set per level, in
@@ -231,6 +297,7 @@ impl HostSet {
             lb_healthy_panic,
             hash_table,
             priorities: None,
+            localities: None,
         }
     }
 }
@@ -375,9 +442,17 @@ impl ClusterRuntime {
         let set = self.hosts.load();
         let available = set.hosts.iter().filter(|h| h.is_available()).count();
         set.healthy.store(available, Ordering::Relaxed);
+        let count = |s: &HostSet| {
+            let n = s.hosts.iter().filter(|h| h.is_available()).count();
+            s.healthy.store(n, Ordering::Relaxed);
+            for (_, group) in s.localities.iter().flat_map(|l| &l.groups) {
+                let n = group.hosts.iter().filter(|h| h.is_available()).count();
+                group.healthy.store(n, Ordering::Relaxed);
+            }
+        };
+        count(&set);
         for level in set.priorities.iter().flat_map(|p| &p.levels) {
-            let n = level.hosts.iter().filter(|h| h.is_available()).count();
-            level.healthy.store(n, Ordering::Relaxed);
+            count(level);
         }
         self.stats.membership_healthy.set(available as i64);
         self.stats.membership_total.set(set.hosts.len() as i64);
@@ -421,7 +496,10 @@ impl ClusterRuntime {
                     .hosts
                     .iter()
                     .find(|h| {
-                        h.addr == addr && h.weight == ep.weight.max(1) && h.priority == ep.priority
+                        h.addr == addr
+                            && h.weight == ep.weight.max(1)
+                            && (h.priority, h.locality, h.locality_weight)
+                                == (ep.priority, ep.locality, ep.locality_weight)
                     })
                     .cloned()
                     .unwrap_or_else(|| {
@@ -436,6 +514,8 @@ impl ClusterRuntime {
                         };
                         let mut host = Host::new(addr, hostname, ep.weight, health);
                         host.priority = ep.priority;
+                        host.locality = ep.locality;
+                        host.locality_weight = ep.locality_weight;
                         Arc::new(host)
                     })
             })
@@ -446,14 +526,27 @@ impl ClusterRuntime {
             self.stats.lb_healthy_panic.clone(),
             (self.config.lb_policy, &self.config.hash_lb),
         );
-        set.priorities = Priorities::build(&set, self.config.overprovisioning_factor, |hosts| {
-            Arc::new(HostSet::new(
+        let factor = self.config.overprovisioning_factor;
+        let plain = |hosts| {
+            HostSet::new(
                 hosts,
                 self.config.healthy_panic_threshold,
                 self.stats.lb_healthy_panic.clone(),
                 (self.config.lb_policy, &self.config.hash_lb),
-            ))
+            )
+        };
+        let with_localities = |mut set: HostSet| {
+            if self.config.locality_weighted {
+                set.localities = Localities::build(&set, factor, |hosts| Arc::new(plain(hosts)));
+            }
+            set
+        };
+        set.priorities = Priorities::build(&set, factor, |hosts| {
+            Arc::new(with_localities(plain(hosts)))
         });
+        if set.priorities.is_none() {
+            set = with_localities(set);
+        }
         self.hosts.store(Arc::new(set));
         self.recount();
     }

@@ -29,6 +29,8 @@ pub struct LbState {
     built_for: usize,
     /// One state per priority level, for clusters with several.
     levels: Vec<LbState>,
+    /// One state per locality, with locality-weighted balancing.
+    localities: Vec<LbState>,
 }
 
 impl LbState {
@@ -75,6 +77,31 @@ impl LbState {
         random: u64,
         panic: bool,
     ) -> Option<Arc<Host>> {
+        if let Some(localities) = &set.localities {
+            let healthy = set.healthy.load(Ordering::Relaxed) as f64;
+            let set_panic = healthy * 100.0 < set.panic_threshold * set.hosts.len() as f64;
+            if !panic && !set_panic {
+                let weights = localities.effective_weights();
+                let total: u64 = weights.iter().sum();
+                if total > 0 {
+                    let mut point = random.rotate_left(29) % total;
+                    let i = weights
+                        .iter()
+                        .position(|w| {
+                            let hit = point < *w;
+                            point = point.saturating_sub(*w);
+                            hit
+                        })
+                        .unwrap_or(0);
+                    if self.localities.len() != localities.groups.len() {
+                        self.localities
+                            .resize_with(localities.groups.len(), LbState::default);
+                    }
+                    let group = &localities.groups[i].1;
+                    return self.localities[i].pick_in(policy, group, random, false);
+                }
+            }
+        }
         let hosts = &set.hosts;
         let every_host = match set.healthy.load(Ordering::Relaxed) {
             _ if panic => true,

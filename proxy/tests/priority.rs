@@ -57,3 +57,28 @@ async fn traffic_fails_over_to_priority_1_when_priority_0_is_down() {
     let names = backends_answering(addr, 30).await;
     assert!(names.iter().all(|n| n == "p1"), "{names:?}");
 }
+
+/// `locality_weighted_lb_config`: localities get traffic by weight × availability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_weights_split_the_traffic() {
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let ep = |addr: SocketAddr| {
+        format!(
+            "      - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n",
+            addr.ip(),
+            addr.port()
+        )
+    };
+    let cluster = format!(
+        "- name: c\n  type: STATIC\n  connect_timeout: 1s\n  common_lb_config: {{locality_weighted_lb_config: {{}}}}\n  load_assignment:\n    cluster_name: c\n    endpoints:\n    - locality: {{zone: a}}\n      load_balancing_weight: 3\n      lb_endpoints:\n{}    - locality: {{zone: b}}\n      load_balancing_weight: 1\n      lb_endpoints:\n{}",
+        ep(a.addr()),
+        ep(b.addr())
+    );
+    let s = Strait::start(&Bootstrap::catch_all("c").cluster_raw(&cluster).build()).await;
+    let addr = s.main_addr().await;
+    let names = backends_answering(addr, 400).await;
+    let to_a = names.iter().filter(|n| *n == "a").count();
+    // 3:1 → 300 of 400 expected; ±40 is over 4 standard deviations (σ ≈ 8.7).
+    assert!((260..=340).contains(&to_a), "{to_a} of 400 to locality a");
+}

@@ -785,6 +785,8 @@ pub struct Cluster {
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
     pub endpoints: Vec<Endpoint>,
+    /// `common_lb_config.locality_weighted_lb_config` is set.
+    pub locality_weighted: bool,
     /// `load_assignment.policy.overprovisioning_factor`, default 140 (percent).
     pub overprovisioning_factor: u32,
     /// Active health checking (`health_checks`); at most one so far.
@@ -977,6 +979,10 @@ pub struct Endpoint {
     pub weight: u32,
     /// The `priority` of its `LocalityLbEndpoints` (0 is the highest).
     pub priority: u32,
+    /// Index of its `LocalityLbEndpoints` entry (its locality) and that entry's
+    /// `load_balancing_weight` (default 1), for locality-weighted balancing.
+    pub locality: u32,
+    pub locality_weight: u32,
 }
 
 // ---------------------------------------------------------------- request view

@@ -121,7 +121,8 @@ pub struct OutlierDetection {
 pub struct CommonLbConfig {
     pub healthy_panic_threshold: Option<Percent>,
     pub zone_aware_lb_config: Option<Unsupported>,
-    pub locality_weighted_lb_config: Option<Unsupported>,
+    /// An empty message in Envoy; present turns on locality-weighted balancing.
+    pub locality_weighted_lb_config: Option<IgnoredAny>,
     pub update_merge_window: Option<Unsupported>,
     pub ignore_new_hosts_until_first_hc: Option<Unsupported>,
     pub close_connections_on_host_set_change: Option<Unsupported>,
@@ -299,10 +300,11 @@ pub struct LocalityLbEndpoints {
     pub lb_endpoints: Vec<LbEndpoint>,
     /// 0 is the highest; traffic spills to the next as health drops.
     pub priority: Option<u32>,
-    /// Accepted and ignored: localities only matter to zone-aware and locality-weighted
-    /// balancing, which Strait does not do.
+    /// Accepted; which locality a group is matters only through its index here
+    /// (locality-weighted balancing weighs each `LocalityLbEndpoints` entry).
     pub locality: Option<IgnoredAny>,
-    pub load_balancing_weight: Option<IgnoredAny>,
+    /// The locality's weight for `locality_weighted_lb_config`.
+    pub load_balancing_weight: Option<u32>,
     pub proximity: Option<IgnoredAny>,
     pub leds_cluster_locality_config: Option<Unsupported>,
 }

@@ -68,6 +68,10 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
         )?,
         dns_lookup_family: config.dns_lookup_family.unwrap_or(DnsLookupFamily::Auto),
         endpoints: endpoints(path, discovery, config.load_assignment.as_ref())?,
+        locality_weighted: config
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|c| c.locality_weighted_lb_config.is_some()),
         overprovisioning_factor: match config
             .load_assignment
             .as_ref()
@@ -435,6 +439,14 @@ fn endpoints(
     for (i, locality) in assignment.iter().flat_map(|a| &a.endpoints).enumerate() {
         let path = format!("{path}.load_assignment.endpoints[{i}]");
         let priority = locality.priority.unwrap_or(0);
+        let locality_weight = locality.load_balancing_weight.unwrap_or(1);
+        if locality_weight == 0 {
+            let message = "load_balancing_weight must be at least 1";
+            return Err(ConfigError::new(
+                format!("{path}.load_balancing_weight"),
+                message,
+            ));
+        }
         if priority > 127 {
             // Envoy's own bound on priority levels.
             let message = format!("priority {priority} is above the maximum of 127");
@@ -474,6 +486,8 @@ fn endpoints(
                 port: socket.port_value,
                 weight,
                 priority,
+                locality: i as u32,
+                locality_weight,
             });
         }
     }
