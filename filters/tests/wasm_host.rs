@@ -382,14 +382,15 @@ const SDK_HOSTCALLS: &[(&str, &str)] = &[
 ];
 
 #[test]
-fn every_sdk_hostcall_links_and_callouts_answer_unimplemented() {
+fn every_sdk_hostcall_links_and_grpc_calls_answer_unimplemented() {
     let imports: String = SDK_HOSTCALLS
         .iter()
         .map(|(name, params)| {
             format!("(import \"env\" \"{name}\" (func ${name} (param {params}) (result i32)))\n")
         })
         .collect();
-    // on_request_headers continues only if proxy_http_call answered 12.
+    // on_request_headers continues only if proxy_http_call answered BadArgument (2:
+    // no cluster, no headers) and proxy_grpc_call Unimplemented (12).
     let module = wat::parse_str(format!(
         r#"(module
             {imports}
@@ -400,8 +401,14 @@ fn every_sdk_hostcall_links_and_callouts_answer_unimplemented() {
             (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
                 (call $proxy_http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
                     (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+                i32.const 2
+                i32.ne
+                (call $proxy_grpc_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                    (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                    (i32.const 0) (i32.const 0) (i32.const 0))
                 i32.const 12
-                i32.ne))"#
+                i32.ne
+                i32.or))"#
     ))
     .unwrap();
     let plugin = WasmPlugin::new(

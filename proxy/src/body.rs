@@ -62,6 +62,11 @@ pub enum RequestBody {
     },
     /// One attempt's view of a body kept for retries.
     Replay(ReplayBody),
+    /// A body the proxy made itself (a plugin's HTTP callout): data, then trailers.
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 /// A request body kept while it streams, so each retry replays it from the start.
@@ -228,6 +233,14 @@ impl RequestBody {
         RequestBody::Empty
     }
 
+    /// `data` (if any), then `trailers` (if any).
+    pub fn full(data: Bytes, trailers: Option<http::HeaderMap>) -> RequestBody {
+        RequestBody::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
+    }
+
     /// Whether the body is known to have no bytes (so the request can be replayed).
     pub fn is_empty(&self) -> bool {
         match self {
@@ -240,6 +253,7 @@ impl RequestBody {
                 ..
             } => *done && trailers.is_none() && inner.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
+            RequestBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 }
@@ -257,6 +271,10 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Replay(body) => body.poll_frame(cx),
+            RequestBody::Full { data, trailers } => Poll::Ready(match data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             RequestBody::Streaming { inner, received } => {
                 let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
@@ -322,6 +340,11 @@ impl Body for RequestBody {
             // Filters may change the length.
             RequestBody::Filtered { .. } => SizeHint::default(),
             RequestBody::Replay(body) => body.hint,
+            RequestBody::Full {
+                data,
+                trailers: None,
+            } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestBody::Full { .. } => SizeHint::default(),
         }
     }
 }

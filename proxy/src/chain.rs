@@ -35,22 +35,40 @@
 //! atomics; the stats store reads them only when rendering, under Envoy's names:
 //! `wasmcustom.<name>` in `/stats`, `<name>` as is in Prometheus.
 //!
+//! # Callouts
+//!
+//! A plugin's `proxy_http_call` is recorded by its VM; after the callback the chain
+//! takes the calls and runs each as a task on the worker ([`crate::callout`]),
+//! holding only ids, so the task is `Send`. The answer comes back through
+//! `deliver`: if the stream's headers phase is paused waiting for it, it is queued
+//! and the waiting phase (`wait_resumed`, awaited by the router) runs
+//! `proxy_on_http_call_response` with the paused head lent to the plugin; otherwise
+//! the callback runs at once without it. A filter pauses a headers phase only
+//! while it has calls in flight; the stream's calls are aborted when it ends. Root
+//! contexts' calls (from `on_tick` or configure) go back to the root context.
+//!
 //! Cost: a listener without `http_filters` pays nothing (no handle, no lookups); one
 //! with only fault filters makes no handle either.
 //! With plugins, each phase is one hash lookup plus the guest call; body chunks are
 //! copied once into the filter's buffer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http::StatusCode;
+use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
-use strait_filters::wasm::{PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm};
+use strait_filters::wasm::{
+    HttpCallResponse, PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm,
+};
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use crate::fault::FaultFilterRuntime;
 use crate::runtime::FastMap;
@@ -209,6 +227,21 @@ struct StreamChain {
     /// A local reply decided while the request body streamed upstream; the router
     /// sends it once the upstream exchange is abandoned.
     pending_reply: Option<LocalReply>,
+    /// The stream's callouts in flight, aborted when it ends (Envoy cancels a
+    /// context's calls when the context is deleted).
+    calls: Vec<AbortHandle>,
+    /// The slot whose headers phase waits for its callouts, and the answers that
+    /// came back meanwhile, handled in order by the waiting phase.
+    paused: Option<usize>,
+    answers: VecDeque<Answer>,
+    waiter: Option<Arc<Notify>>,
+}
+
+/// A callout's answer for the filter in `slot`.
+struct Answer {
+    slot: usize,
+    token: u32,
+    response: Option<HttpCallResponse>,
 }
 
 thread_local! {
@@ -230,10 +263,13 @@ pub(crate) fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
         vms.insert(runtime.id, vm.clone());
         // Started here rather than by the first stream, to learn the tick period; a
         // failure is the stream's to report, when it retries the start.
-        if vm.start().is_ok() && !vm.tick_period().is_zero() {
-            if let Ok(worker) = tokio::runtime::Handle::try_current() {
-                worker.spawn(tick(runtime.id, Arc::downgrade(runtime)));
+        let started = vm.start().is_ok();
+        if started && tokio::runtime::Handle::try_current().is_ok() {
+            if !vm.tick_period().is_zero() {
+                tokio::spawn(tick(runtime.id, Arc::downgrade(runtime)));
             }
+            // Callouts from `proxy_on_vm_start` / `proxy_on_configure`.
+            send_root_calls(runtime.id, &vm);
         }
         vm
     })
@@ -259,6 +295,32 @@ async fn tick(id: u64, runtime: Weak<WasmFilterRuntime>) {
         if vm.on_tick().is_err() {
             runtime.export_failures();
         }
+        send_root_calls(id, &vm);
+    }
+}
+
+/// Starts the callouts a root context dispatched (from `proxy_on_tick`, or from a
+/// root callout answer); each answer goes back to the root context of this
+/// worker's VM of plugin `id`, if it is still the VM that made the call.
+fn send_root_calls(id: u64, vm: &WasmVm) {
+    let (generation, calls) = vm.take_root_calls();
+    if calls.is_empty() {
+        return;
+    }
+    let Some(shared) = crate::callout::worker_shared() else {
+        return;
+    };
+    for call in calls {
+        let shared = shared.clone();
+        let token = call.token;
+        tokio::spawn(async move {
+            let response = crate::callout::send(&shared, call).await;
+            let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
+                return;
+            };
+            let _ = vm.root_http_call_response(generation, token, response);
+            send_root_calls(id, &vm);
+        });
     }
 }
 
@@ -291,6 +353,10 @@ impl ChainHandle {
             slots,
             buffer_limit: buffer_limit as usize,
             pending_reply: None,
+            calls: Vec::new(),
+            paused: None,
+            answers: VecDeque::new(),
+            waiter: None,
         };
         STREAMS.with(|streams| streams.borrow_mut().insert(id, chain));
         Some(ChainHandle { id })
@@ -303,8 +369,13 @@ impl ChainHandle {
 
 impl Drop for ChainHandle {
     fn drop(&mut self) {
-        let chain = STREAMS.with(|streams| streams.borrow_mut().remove(&self.id));
-        for mut slot in chain.into_iter().flat_map(|c| c.slots) {
+        let Some(chain) = STREAMS.with(|streams| streams.borrow_mut().remove(&self.id)) else {
+            return;
+        };
+        for call in &chain.calls {
+            call.abort();
+        }
+        for mut slot in chain.slots {
             slot.filter.on_log();
             if slot.filter.error().is_some() {
                 slot.runtime.export_failures();
@@ -339,7 +410,9 @@ pub async fn request_headers(
     for stage in faults {
         if let Some(id) = chain {
             let slots = ran..stage.after_wasm;
-            if let Verdict::LocalReply(reply) = id.request_headers(head, end_of_stream, slots) {
+            if let Verdict::LocalReply(reply) =
+                wasm_request_headers(id, head, end_of_stream, slots, hcm).await
+            {
                 return Verdict::LocalReply(reply);
             }
         }
@@ -349,52 +422,263 @@ pub async fn request_headers(
         }
     }
     match chain {
-        Some(id) => id.request_headers(head, end_of_stream, ran..usize::MAX),
+        Some(id) => wasm_request_headers(id, head, end_of_stream, ran..usize::MAX, hcm).await,
         None => Verdict::Continue,
     }
 }
 
+/// The request-headers phase of the wasm filters in `slots`, waiting where a
+/// filter paused for its callouts.
+async fn wasm_request_headers(
+    id: ChainId,
+    head: &mut RequestHead,
+    end_of_stream: bool,
+    slots: std::ops::Range<usize>,
+    hcm: &HttpConnectionManager,
+) -> Verdict {
+    let mut start = slots.start;
+    loop {
+        let step = headers_phase(id, start..slots.end, |f| {
+            f.on_request_headers(head, end_of_stream)
+        });
+        match step {
+            Step::Done(verdict) => return verdict,
+            Step::Paused(at) => {
+                if let Err(reply) = wait_resumed(id, at, Head::Request(head), hcm).await {
+                    return Verdict::LocalReply(reply);
+                }
+                start = at + 1;
+            }
+        }
+    }
+}
+
+/// The response-headers phase of the wasm filters, waiting where a filter paused
+/// for its callouts.
+pub async fn response_headers(
+    id: ChainId,
+    head: &mut ResponseHead,
+    end_of_stream: bool,
+    hcm: &HttpConnectionManager,
+) -> Verdict {
+    let mut start = 0;
+    loop {
+        match headers_phase(id, start..usize::MAX, |f| {
+            f.on_response_headers(head, end_of_stream)
+        }) {
+            Step::Done(verdict) => return verdict,
+            Step::Paused(at) => {
+                if let Err(reply) = wait_resumed(id, at, Head::Response(head), hcm).await {
+                    return Verdict::LocalReply(reply);
+                }
+                start = at + 1;
+            }
+        }
+    }
+}
+
+/// How a run of headers phases ended.
+enum Step {
+    Done(Verdict),
+    /// The filter in this slot stopped iteration and waits for callouts.
+    Paused(usize),
+}
+
 /// Runs one headers phase through the filters in `slots` (indexes of the wasm
-/// filters), in order; the first local reply ends it. A filter that stops iteration
-/// on headers cannot be resumed yet (no callouts), so the chain continues, as Envoy
-/// does once the filter continues.
+/// filters), in order; the first local reply ends it. A filter that stops
+/// iteration while its callouts are in flight pauses the phase there; one that stops
+/// with nothing to wait for has nothing that could resume it (without callouts only
+/// a body phase could), so the chain continues, as Envoy does once it continues.
 fn headers_phase(
     id: ChainId,
     slots: std::ops::Range<usize>,
     mut phase: impl FnMut(&mut WasmHttpFilter) -> FilterStatus,
-) -> Verdict {
+) -> Step {
     with_stream(id, |chain| {
         let count = slots.end.saturating_sub(slots.start);
-        for slot in chain.slots.iter_mut().skip(slots.start).take(count) {
+        for (index, slot) in chain
+            .slots
+            .iter_mut()
+            .enumerate()
+            .skip(slots.start)
+            .take(count)
+        {
             let status = phase(&mut slot.filter);
             if slot.filter.error().is_some() {
                 slot.runtime.export_failures();
             }
-            if let FilterStatus::LocalReply(reply) = status {
-                return Verdict::LocalReply(reply);
+            send_calls(id, index, &mut slot.filter, &mut chain.calls);
+            match status {
+                FilterStatus::LocalReply(reply) => return Step::Done(Verdict::LocalReply(reply)),
+                FilterStatus::StopIteration if slot.filter.has_calls_in_flight() => {
+                    return Step::Paused(index)
+                }
+                _ => {}
             }
         }
-        Verdict::Continue
+        Step::Done(Verdict::Continue)
     })
-    .unwrap_or(Verdict::Continue)
+    .unwrap_or(Step::Done(Verdict::Continue))
+}
+
+/// The head of the paused phase.
+enum Head<'a> {
+    Request(&'a mut RequestHead),
+    Response(&'a mut ResponseHead),
+}
+
+impl Head<'_> {
+    fn lend(&mut self) -> Paused<'_> {
+        match self {
+            Head::Request(head) => Paused::Request(head),
+            Head::Response(head) => Paused::Response(head),
+        }
+    }
+}
+
+/// Waits until the filter in slot `at` resumes its paused headers phase from a
+/// callout response (`Ok`), or answers the stream (`Err`). Answers for other
+/// slots are delivered meanwhile without the head. A filter whose calls all came
+/// back without resuming keeps the stream waiting, as in Envoy, until the
+/// connection manager's `stream_idle_timeout` answers 408.
+async fn wait_resumed(
+    id: ChainId,
+    at: usize,
+    mut head: Head<'_>,
+    hcm: &HttpConnectionManager,
+) -> Result<(), LocalReply> {
+    let deadline = hcm
+        .stream_idle_timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| tokio::time::Instant::now() + t);
+    loop {
+        let outcome = with_stream(id, |chain| {
+            chain.paused = Some(at);
+            while let Some(answer) = chain.answers.pop_front() {
+                let slot = &mut chain.slots[answer.slot];
+                let paused = match answer.slot == at {
+                    true => head.lend(),
+                    false => Paused::None,
+                };
+                let status =
+                    slot.filter
+                        .on_http_call_response(answer.token, answer.response, paused);
+                if slot.filter.error().is_some() {
+                    slot.runtime.export_failures();
+                }
+                send_calls(id, answer.slot, &mut slot.filter, &mut chain.calls);
+                let outcome = match status {
+                    FilterStatus::Continue if answer.slot == at => Some(Ok(())),
+                    FilterStatus::LocalReply(reply) => Some(Err(reply)),
+                    _ => None,
+                };
+                if let Some(outcome) = outcome {
+                    chain.paused = None;
+                    // Later answers go to their filters as any answer to a stream
+                    // that is not waiting.
+                    for answer in std::mem::take(&mut chain.answers) {
+                        answer_unpaused(id, chain, answer);
+                    }
+                    return Ok(outcome);
+                }
+            }
+            Err(chain.waiter.get_or_insert_with(Default::default).clone())
+        });
+        let waiter = match outcome {
+            // The stream is gone (its handle dropped): nothing waits any more.
+            None => return Ok(()),
+            Some(Ok(outcome)) => return outcome,
+            Some(Err(waiter)) => waiter,
+        };
+        let notified = waiter.notified();
+        match deadline {
+            None => notified.await,
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    with_stream(id, |chain| chain.paused = None);
+                    let mut reply =
+                        LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream_idle_timeout");
+                    reply.body = Bytes::from("stream timeout");
+                    return Err(reply);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the callouts `filter` (in `slot`) dispatched. Each runs as a task on this
+/// worker and hands its answer back through [`deliver`].
+fn send_calls(id: ChainId, slot: usize, filter: &mut WasmHttpFilter, tasks: &mut Vec<AbortHandle>) {
+    let calls = filter.take_calls();
+    if calls.is_empty() {
+        return;
+    }
+    let Some(shared) = crate::callout::worker_shared() else {
+        tracing::warn!(target: "strait::wasm", "http callout outside a worker dropped");
+        return;
+    };
+    tasks.retain(|task| !task.is_finished());
+    for call in calls {
+        let shared = shared.clone();
+        let token = call.token;
+        let task = tokio::spawn(async move {
+            let response = crate::callout::send(&shared, call).await;
+            deliver(id, slot, token, response);
+        });
+        tasks.push(task.abort_handle());
+    }
+}
+
+/// A callout's answer: queued for the headers phase that waits for it, else given
+/// to the filter at once.
+fn deliver(id: ChainId, slot: usize, token: u32, response: Option<HttpCallResponse>) {
+    with_stream(id, |chain| {
+        let answer = Answer {
+            slot,
+            token,
+            response,
+        };
+        match chain.paused {
+            Some(_) => {
+                chain.answers.push_back(answer);
+                if let Some(waiter) = &chain.waiter {
+                    waiter.notify_one();
+                }
+            }
+            None => answer_unpaused(id, chain, answer),
+        }
+    });
+}
+
+/// An answer for a stream with no paused phase: the plugin sees it, but there is
+/// no phase to resume, and a local reply asked for now is not sent (the stream is
+/// past its headers, or its body is streaming).
+fn answer_unpaused(id: ChainId, chain: &mut StreamChain, answer: Answer) {
+    let Some(slot) = chain.slots.get_mut(answer.slot) else {
+        return;
+    };
+    let status = slot
+        .filter
+        .on_http_call_response(answer.token, answer.response, Paused::None);
+    if slot.filter.error().is_some() {
+        slot.runtime.export_failures();
+    }
+    if let FilterStatus::LocalReply(reply) = status {
+        tracing::debug!(target: "strait::wasm", plugin = %slot.runtime.config.name, status = %reply.status, "local reply from a callout answer after the headers phase is ignored");
+    }
+    send_calls(id, answer.slot, &mut slot.filter, &mut chain.calls);
 }
 
 impl ChainId {
-    /// The request-headers phase of the wasm filters in `slots`; see
-    /// [`request_headers`] for the whole chain.
-    fn request_headers(
-        self,
-        head: &mut RequestHead,
-        end_of_stream: bool,
-        slots: std::ops::Range<usize>,
-    ) -> Verdict {
-        headers_phase(self, slots, |f| f.on_request_headers(head, end_of_stream))
-    }
-
-    pub fn response_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
-        headers_phase(self, 0..usize::MAX, |f| {
+    /// The response-headers phase of a local reply: a filter that pauses here is
+    /// not waited for (the reply is the proxy's own; nothing upstream to hold).
+    pub fn reply_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
+        match headers_phase(self, 0..usize::MAX, |f| {
             f.on_response_headers(head, end_of_stream)
-        })
+        }) {
+            Step::Done(verdict) => verdict,
+            Step::Paused(_) => Verdict::Continue,
+        }
     }
 
     /// A request body chunk (empty with `end_of_stream` to flush at the end).
@@ -412,7 +696,7 @@ impl ChainId {
         let unfiltered = chunk.clone();
         with_stream(self, |chain| {
             let mut data = chunk;
-            for slot in &mut chain.slots {
+            for (index, slot) in chain.slots.iter_mut().enumerate() {
                 let buffer = match request {
                     true => &mut slot.request_buffer,
                     false => &mut slot.response_buffer,
@@ -425,6 +709,7 @@ impl ChainId {
                 if slot.filter.error().is_some() {
                     slot.runtime.export_failures();
                 }
+                send_calls(self, index, &mut slot.filter, &mut chain.calls);
                 match status {
                     FilterStatus::Continue => data = buffer.take(),
                     // Nothing more will come to wait for: send what there is.

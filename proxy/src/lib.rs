@@ -14,6 +14,7 @@ pub mod app;
 pub mod attempts;
 pub mod body;
 pub mod breaker;
+pub mod callout;
 pub mod chain;
 pub mod cluster;
 pub mod conn;

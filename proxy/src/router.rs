@@ -558,8 +558,10 @@ async fn proxy<'a>(
     );
     set_server(&mut parts.headers, &hcm.server_name);
     if let Some(chain) = chain {
-        if let Verdict::LocalReply(reply) = chain.response_headers(&mut parts, body.is_end_stream())
-        {
+        let eos = body.is_end_stream();
+        // Boxed: a filter may pause here for its callouts (a cold path).
+        let verdict = Box::pin(crate::chain::response_headers(chain, &mut parts, eos, hcm)).await;
+        if let Verdict::LocalReply(reply) = verdict {
             let guard = slot.take().expect("guard present");
             return Ok(filter_reply(reply, listener, guard, None));
         }
@@ -618,7 +620,7 @@ fn filter_reply(
     if let Some(chain) = chain {
         let (mut parts, body) = resp.into_parts();
         // A second local reply from here would loop; the first one stands.
-        let _ = chain.response_headers(&mut parts, body.is_empty());
+        let _ = chain.reply_headers(&mut parts, body.is_empty());
         resp = Response::from_parts(parts, body);
     }
     let details = match reply.details.as_str() {

@@ -50,6 +50,7 @@ pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<WorkerHandle>
 
 async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     tokio::spawn(heartbeat());
+    crate::callout::init_worker(shared.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut accepting: HashMap<String, AbortHandle> = HashMap::new();
     while let Some(cmd) = commands.recv().await {

@@ -90,6 +90,11 @@ async fn run(plugin: &str, configuration: &str, cases: Vec<Case>) {
 
 /// Runs `cases` against Strait and Envoy both on `yaml`, saved as `wasm-<tag>.yaml`.
 async fn run_yaml(tag: &str, yaml: &str, cases: Vec<Case>) {
+    run_yaml_down(tag, yaml, &[], cases).await;
+}
+
+/// As `run_yaml`, with the clusters in `down` pointed at closed ports.
+async fn run_yaml_down(tag: &str, yaml: &str, down: &[&str], cases: Vec<Case>) {
     let dir = std::env::temp_dir().join(format!(
         "strait-wasm-conformance-{tag}-{}",
         std::process::id()
@@ -97,7 +102,7 @@ async fn run_yaml(tag: &str, yaml: &str, cases: Vec<Case>) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join(format!("wasm-{tag}.yaml"));
     std::fs::write(&file, yaml).expect("write config");
-    harness::run_file(&file, &[], cases).await;
+    harness::run_file(&file, down, cases).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -282,4 +287,81 @@ async fn bootstrap_singleton_service_behaves_as_in_envoy() {
         .known_differences(&["x-service-ticked"]),
     ];
     run_yaml("service", &yaml, cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_callouts_behave_as_in_envoy() {
+    // The `callout` plugin pauses the request (or the response) for
+    // `dispatch_http_call`s to the clusters `auth` (an echo backend) and `down` (a
+    // closed port) and resumes or answers from `on_http_call_response`. What the
+    // plugin sees of each answer — status, content type, whether the echo shows
+    // the call's path, how many answers — travels to the backend (or the client)
+    // in headers, so the comparison covers it.
+    let mut yaml = config("callout", "");
+    for cluster in ["auth", "down"] {
+        yaml.push_str(&format!(
+            r#"  - name: {cluster}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {cluster}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: 1}}
+"#
+        ));
+    }
+    let backend = || Want::Backend(200, &["backend"]);
+    let call = |cluster: &str| Req::get("/resource").header("x-callout", cluster);
+    let cases = vec![
+        Case::new("no callout", Req::get("/plain"), backend()),
+        Case::new("callout allows, request resumed", call("auth"), backend()),
+        Case::new("h2: callout allows", call("auth").h2(), backend()),
+        Case::new(
+            "three concurrent callouts, resumed after the last",
+            call("auth").header("x-callout-count", "3"),
+            backend(),
+        ),
+        Case::new(
+            "callout answers 401: local reply 403",
+            call("auth").header("x-callout-status", "401"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "unknown cluster: dispatch fails with BadArgument",
+            call("nope"),
+            Want::Local(500),
+        ),
+        Case::new(
+            "no :authority: dispatch fails with BadArgument",
+            call("auth").header("x-callout-omit", ":authority"),
+            Want::Local(500),
+        ),
+        Case::new(
+            "no :path: dispatch fails with BadArgument",
+            call("auth").header("x-callout-omit", ":path"),
+            Want::Local(500),
+        ),
+        Case::new(
+            "cluster down: the proxy's 503 is the answer",
+            call("down"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "callout times out: the proxy's 504 is the answer",
+            call("auth")
+                .header("x-callout-delay-ms", "3000")
+                .header("x-callout-timeout-ms", "200"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "callout from the response headers phase",
+            Req::get("/r").header("x-callout-on-response", "auth"),
+            backend(),
+        ),
+        Case::new("later requests unaffected", Req::get("/after"), backend()),
+    ];
+    run_yaml_down("callout", &yaml, &["down"], cases).await;
 }

@@ -19,6 +19,7 @@ use std::rc::Rc;
 
 use http::{HeaderMap, StatusCode};
 
+use super::callout::{HttpCallRequest, HttpCallResponse};
 use super::headers::HeaderView;
 use super::state::StreamData;
 use super::vm::{Phase, WasmVm};
@@ -42,6 +43,19 @@ pub struct WasmHttpFilter {
     resume_request: bool,
     resume_response: bool,
     finished: bool,
+    /// A local reply asked for in a callout response callback.
+    pending_reply: Option<LocalReply>,
+    /// Callouts the plugin dispatched, not yet taken by the chain to send.
+    calls: Vec<HttpCallRequest>,
+}
+
+/// The head of a paused headers phase, lent to a callout response callback so the
+/// plugin can edit it before resuming (`proxy_on_http_call_response` in Envoy sees
+/// the headers of the stream it paused).
+pub enum Paused<'a> {
+    None,
+    Request(&'a mut RequestHead),
+    Response(&'a mut ResponseHead),
 }
 
 impl WasmHttpFilter {
@@ -65,6 +79,8 @@ impl WasmHttpFilter {
             resume_request: false,
             resume_response: false,
             finished: false,
+            pending_reply: None,
+            calls: Vec::new(),
         }
     }
 
@@ -98,10 +114,12 @@ impl WasmHttpFilter {
         if data.response.is_none() && self.response_visible {
             data.response = self.response.take();
         }
+        let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
             vm.store.data_mut().stream.exchange(data);
             let action = vm.http_phase(phase, context, size, end_of_stream);
             vm.store.data_mut().stream.exchange(data);
+            calls.append(&mut vm.take_dispatched());
             Ok((action?, vm.take_signals(context)))
         });
         match result {
@@ -119,6 +137,107 @@ impl WasmHttpFilter {
                 self.error = Some(error);
                 self.answer_failure()
             }
+        }
+    }
+
+    /// The callouts dispatched since the last take, for the chain to send.
+    pub fn take_calls(&mut self) -> Vec<HttpCallRequest> {
+        mem::take(&mut self.calls)
+    }
+
+    /// Whether this stream's context waits for callout answers.
+    pub fn has_calls_in_flight(&self) -> bool {
+        let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
+            return false;
+        };
+        self.vm
+            .with_running(generation, |vm| Ok(vm.has_calls(context)))
+            .unwrap_or(false)
+    }
+
+    /// Delivers the answer to the callout `token` (`proxy_on_http_call_response`),
+    /// lending the paused head. Returns what the plugin asked for the paused
+    /// phase: `Continue` when it resumed it (`proxy_continue_stream`), a local reply,
+    /// or `StopIteration` to keep waiting. A failure in the callback is answered as
+    /// in any phase (500, or continue when fail-open).
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        response: Option<HttpCallResponse>,
+        paused: Paused<'_>,
+    ) -> FilterStatus {
+        let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
+            return self.answer_failure();
+        };
+        let mut data = StreamData::default();
+        let resuming_request = match paused {
+            Paused::Request(head) => {
+                data.request = Some(mem::replace(head, placeholder_request()));
+                self.run_call_response(generation, context, token, response, &mut data);
+                *head = data.request.take().unwrap_or_else(placeholder_request);
+                self.request = Some(copy_request(head));
+                Some(true)
+            }
+            Paused::Response(head) => {
+                data.response = Some(mem::replace(head, placeholder_response()));
+                self.run_call_response(generation, context, token, response, &mut data);
+                *head = data.response.take().unwrap_or_else(placeholder_response);
+                self.response = Some(copy_response(head));
+                Some(false)
+            }
+            Paused::None => {
+                if self.request_visible {
+                    data.request = self.request.take();
+                }
+                if self.response_visible {
+                    data.response = self.response.take();
+                }
+                self.run_call_response(generation, context, token, response, &mut data);
+                self.keep_heads(&mut data);
+                None
+            }
+        };
+        if self.error.is_some() {
+            return self.answer_failure();
+        }
+        if let Some(reply) = self.pending_reply.take() {
+            return FilterStatus::LocalReply(reply);
+        }
+        let resumed = match resuming_request {
+            Some(true) => mem::take(&mut self.resume_request),
+            Some(false) => mem::take(&mut self.resume_response),
+            None => false,
+        };
+        match resumed {
+            true => FilterStatus::Continue,
+            false => FilterStatus::StopIteration,
+        }
+    }
+
+    fn run_call_response(
+        &mut self,
+        generation: u64,
+        context: u32,
+        token: u32,
+        response: Option<HttpCallResponse>,
+        data: &mut StreamData,
+    ) {
+        let calls = &mut self.calls;
+        let result = self.vm.with_running(generation, |vm| {
+            let outcome = vm.http_call_response(token, response, data);
+            calls.append(&mut vm.take_dispatched());
+            outcome?;
+            Ok(vm.take_signals(context))
+        });
+        match result {
+            Ok(signals) => {
+                self.resume_request |= signals.resume_request;
+                self.resume_response |= signals.resume_response;
+                if let Some(reply) = signals.local_reply {
+                    self.pending_reply = Some(reply);
+                }
+            }
+            Err(error) => self.error = Some(error),
         }
     }
 

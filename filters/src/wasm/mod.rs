@@ -35,6 +35,7 @@
 //! 0.1.0 modules are rejected with an error saying so.
 mod abi;
 pub mod cache;
+pub mod callout;
 pub mod engine;
 mod error;
 pub mod filter;
@@ -53,6 +54,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
+pub use callout::{set_cluster_check, HttpCallRequest, HttpCallResponse};
 pub use engine::WasmEngine;
 pub use error::WasmError;
 pub use filter::WasmHttpFilter;

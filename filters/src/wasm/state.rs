@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
+use super::callout::HttpCallRequest;
 use super::shared::Metric;
 use super::PluginConfig;
 use crate::{BodyBuffer, LocalReply, RequestHead, ResponseHead};
@@ -31,6 +32,11 @@ pub(crate) struct HostState {
     pub root_context_id: u32,
     /// Set by `proxy_done`: the root context finished what `proxy_on_done` delayed.
     pub done: bool,
+    /// HTTP callouts in flight: token to the context that made the call.
+    pub calls: HashMap<u32, u32, foldhash::fast::RandomState>,
+    /// Calls made since the embedder last took them (`take_dispatched`).
+    pub dispatched: Vec<HttpCallRequest>,
+    pub next_call_token: u32,
 }
 
 impl HostState {
@@ -51,6 +57,9 @@ impl HostState {
             signals: HashMap::default(),
             root_context_id: 0,
             done: false,
+            calls: HashMap::default(),
+            dispatched: Vec::new(),
+            next_call_token: 1,
         }
     }
 }
@@ -71,6 +80,11 @@ pub(crate) struct StreamData {
     pub upstream_data: Option<BodyBuffer>,
     /// The downstream connection, for `source.*`, `destination.*`, `connection.*`.
     pub connection: Option<Arc<super::network::ConnectionInfo>>,
+    /// During `proxy_on_http_call_response`: the answer's head, body and trailers
+    /// (map types 6 and 7, buffer type 4).
+    pub call_response: Option<ResponseHead>,
+    pub call_body: Option<BodyBuffer>,
+    pub call_trailers: Option<HeaderMap>,
 }
 
 impl StreamData {

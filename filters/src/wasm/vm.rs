@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
 
+use super::callout::{HttpCallRequest, HttpCallResponse};
 use super::engine::deadline_ticks;
 use super::module::WasmPlugin;
-use super::state::{HostState, StreamSignals};
+use super::state::{HostState, StreamData, StreamSignals};
 use super::wasi::ProcExit;
 use super::WasmError;
+use crate::BodyBuffer;
+use http::HeaderMap;
 
 /// Per-worker handle of a plugin. Creates the VM on first use and again on the
 /// first stream after a failure; streams of a failed VM get `VmFailed`.
@@ -77,6 +80,29 @@ impl WasmVm {
         })
     }
 
+    /// Calls the root context dispatched (in `proxy_on_tick`, `proxy_on_configure`,
+    /// …), with the VM generation to answer them to.
+    pub fn take_root_calls(&self) -> (u64, Vec<HttpCallRequest>) {
+        let calls = self
+            .with_running(self.generation.get(), |vm| Ok(vm.take_dispatched()))
+            .unwrap_or_default();
+        (self.generation.get(), calls)
+    }
+
+    /// Answers a call the root context made; new calls it dispatches in the
+    /// callback are in the next `take_root_calls`.
+    pub fn root_http_call_response(
+        &self,
+        generation: u64,
+        token: u32,
+        response: Option<HttpCallResponse>,
+    ) -> Result<(), WasmError> {
+        self.with_running(generation, |vm| {
+            vm.http_call_response(token, response, &mut StreamData::default())
+                .map(|_| ())
+        })
+    }
+
     fn ensure_running(&self) -> Result<u64, WasmError> {
         let mut running = self.running.borrow_mut();
         if running.as_ref().is_some_and(|vm| !vm.failed) {
@@ -131,6 +157,9 @@ impl WasmVm {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// Exports the host calls, looked up once per instance. Shared by `Rc`: cloning a
 /// `TypedFunc` bumps wasmtime's type-registry reference counts, which cost about
 /// 3k instructions per proxied request when each call cloned the table.
@@ -146,6 +175,7 @@ pub(crate) struct Exports {
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_http_call_response: Option<CallResponseFn>,
     /// The network-filter callbacks (`super::network`).
     pub(crate) network: super::network::NetworkExports,
 }
@@ -216,6 +246,7 @@ impl Running {
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
             on_tick: optional!("proxy_on_tick"),
+            on_http_call_response: optional!("proxy_on_http_call_response"),
             network: super::network::NetworkExports::lookup(&instance, &mut store, &config.name)?,
         });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
@@ -399,8 +430,77 @@ impl Running {
             }
             Ok(())
         })();
-        self.store.data_mut().signals.remove(&context);
+        let state = self.store.data_mut();
+        state.signals.remove(&context);
+        // Envoy cancels a context's callouts when it is deleted.
+        state.calls.retain(|_, owner| *owner != context);
         result
+    }
+
+    /// `proxy_on_http_call_response` for the call `token`, on the context that made
+    /// it, with `data` (the stream parts the caller lends, e.g. a paused request
+    /// head) in the store. Returns that context, or `None` when the call is unknown
+    /// (its context ended; Envoy cancels such calls).
+    pub(crate) fn http_call_response(
+        &mut self,
+        token: u32,
+        response: Option<HttpCallResponse>,
+        data: &mut StreamData,
+    ) -> Result<Option<u32>, WasmError> {
+        let Some(context) = self.store.data_mut().calls.remove(&token) else {
+            return Ok(None);
+        };
+        let e = Rc::clone(&self.exports);
+        let Some(callback) = &e.on_http_call_response else {
+            return Ok(Some(context));
+        };
+        let (headers, body, trailers) = match &response {
+            Some(r) => (
+                r.head.headers.len() + 1,
+                r.body.len(),
+                r.trailers.as_ref().map_or(0, HeaderMap::len),
+            ),
+            None => (0, 0, 0),
+        };
+        let state = self.store.data_mut();
+        state.stream.exchange(data);
+        if let Some(response) = response {
+            state.stream.call_response = Some(response.head);
+            state.stream.call_body = Some(BodyBuffer::from(&response.body[..]));
+            state.stream.call_trailers = Some(response.trailers.unwrap_or_default());
+        }
+        let result = self.call(
+            "proxy_on_http_call_response",
+            context,
+            callback,
+            (
+                context as i32,
+                token as i32,
+                headers as i32,
+                body as i32,
+                trailers as i32,
+            ),
+        );
+        let stream = &mut self.store.data_mut().stream;
+        stream.call_response = None;
+        stream.call_body = None;
+        stream.call_trailers = None;
+        stream.exchange(data);
+        result.map(|()| Some(context))
+    }
+
+    /// The calls dispatched since the last take, for the embedder to send.
+    pub(crate) fn take_dispatched(&mut self) -> Vec<HttpCallRequest> {
+        std::mem::take(&mut self.store.data_mut().dispatched)
+    }
+
+    /// Whether `context` has calls in flight.
+    pub(crate) fn has_calls(&self, context: u32) -> bool {
+        self.store
+            .data()
+            .calls
+            .values()
+            .any(|owner| *owner == context)
     }
 
     /// Takes what the plugin asked for this stream during the last callback.

@@ -114,8 +114,9 @@ fn buffer(state: &HostState, buffer_type: i32) -> Result<&[u8], Status> {
         3 => body(&state.stream.upstream_data),
         6 => Ok(&state.plugin.vm_configuration),
         7 => Ok(&state.plugin.configuration),
-        // Callout responses and foreign-call data arrive with those features.
-        4 | 5 | 8 => Err(Status::NotFound),
+        4 => body(&state.stream.call_body),
+        // gRPC messages and foreign-call data arrive with those features.
+        5 | 8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }

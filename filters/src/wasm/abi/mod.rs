@@ -5,7 +5,7 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: HTTP and gRPC callouts, shared queues, `proxy_set_property`,
+//! exactly this: gRPC callouts, shared queues, `proxy_set_property`,
 //! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 mod maps;
 mod shared;
 
+use super::callout;
 use super::headers::deserialize_pairs;
 use super::memory::{copy_out, read, write_u32, write_u64};
 use super::properties;
@@ -66,7 +67,6 @@ const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_resolve_shared_queue", 5),
     ("proxy_dequeue_shared_queue", 3),
     ("proxy_enqueue_shared_queue", 3),
-    ("proxy_http_call", 10),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
@@ -82,6 +82,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     maps::add_buffers(linker)?;
     add_stream_control(linker)?;
     shared::add_shared_data_and_metrics(linker)?;
+    add_http_call(linker)?;
     for (name, params) in UNIMPLEMENTED {
         let ty = FuncType::new(linker.engine(), vec![ValType::I32; *params], [ValType::I32]);
         linker.func_new("env", name, ty, |_, _, results| {
@@ -153,6 +154,44 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 let path = read(&caller, ptr, len)?;
                 let value = properties::get(caller.data(), &path).ok_or(Status::NotFound)?;
                 copy_out(&mut caller, &value, out_ptr, out_len)
+            })())
+        },
+    )?;
+    Ok(())
+}
+
+fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut caller: C<'_>,
+         cluster_ptr: i32,
+         cluster_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         trailers_ptr: i32,
+         trailers_len: i32,
+         timeout_ms: i32,
+         token_out: i32| {
+            finish((|| {
+                let cluster = read(&caller, cluster_ptr, cluster_len)?;
+                let headers = deserialize_pairs(&read(&caller, headers_ptr, headers_len)?)?;
+                let body = read(&caller, body_ptr, body_len)?;
+                let trailers = match trailers_len {
+                    0 => Vec::new(),
+                    _ => deserialize_pairs(&read(&caller, trailers_ptr, trailers_len)?)?,
+                };
+                let mut call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
+                let state = caller.data_mut();
+                let token = state.next_call_token;
+                state.next_call_token = token.wrapping_add(1).max(1);
+                call.token = token;
+                let context = state.effective_context;
+                state.calls.insert(token, context);
+                state.dispatched.push(call);
+                write_u32(&mut caller, token_out, token)
             })())
         },
     )?;

@@ -1,0 +1,172 @@
+//! Test plugin: HTTP callouts (`dispatch_http_call`), driven by request headers.
+//!
+//! - `x-callout: <cluster>` in the request: the request headers phase calls
+//!   `<cluster>` (`GET /check` with `:authority: auth.local`), pausing the request
+//!   until the answer. `x-callout-count: N` makes N calls and resumes after the
+//!   last answer; `x-callout-status` / `x-callout-delay-ms` ask the echo backend to
+//!   answer that status / that late (`x-echo-status`, `x-echo-delay-ms`);
+//!   `x-callout-timeout-ms` is the call's timeout (default 5000); `x-callout-omit:
+//!   <pseudo-header>` leaves that pseudo-header out.
+//! - The answer: a 2xx resumes the request with `x-callout-status`,
+//!   `x-callout-saw-path` (whether the backend's echo shows `/check`),
+//!   `x-callout-content-type` and `x-callout-answers` added; any other status answers
+//!   403 `denied by callout` with the status in `x-callout-status` (and whether the
+//!   answer had a body in `x-callout-has-body`); no
+//!   response at all (zero headers) answers 503 `callout failed`.
+//! - `dispatch_http_call` failing answers 500 with the status in `x-callout-error`.
+//! - `x-callout-on-response: <cluster>`: the same call from the response headers
+//!   phase; its status lands in the response header `x-response-callout-status`.
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CalloutRoot) });
+}}
+
+struct CalloutRoot;
+
+impl Context for CalloutRoot {}
+
+impl RootContext for CalloutRoot {
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(CalloutStream::default()))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+#[derive(Default)]
+struct CalloutStream {
+    pending: Vec<u32>,
+    answers: u32,
+    on_response: bool,
+    /// From the request headers (later phases do not see them).
+    status: Option<String>,
+    delay: Option<String>,
+    omit: String,
+    timeout_ms: u64,
+    response_cluster: Option<String>,
+}
+
+impl CalloutStream {
+    /// Dispatches one call as the request headers described; the error status on
+    /// failure.
+    fn call(&self, cluster: &str) -> Result<u32, proxy_wasm::types::Status> {
+        let (status, delay, omit) = (&self.status, &self.delay, self.omit.as_str());
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", "/check"),
+            (":authority", "auth.local"),
+            ("x-from-plugin", "callout"),
+        ];
+        headers.retain(|(name, _)| *name != omit);
+        if let Some(status) = status.as_deref() {
+            headers.push(("x-echo-status", status));
+        }
+        if let Some(delay) = delay.as_deref() {
+            headers.push(("x-echo-delay-ms", delay));
+        }
+        let timeout = Duration::from_millis(self.timeout_ms);
+        self.dispatch_http_call(cluster, headers, None, vec![], timeout)
+    }
+}
+
+impl Context for CalloutStream {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        self.pending.retain(|t| *t != token);
+        self.answers += 1;
+        if num_headers == 0 {
+            self.send_http_response(503, vec![("x-callout", "failed")], Some(b"callout failed"));
+            return;
+        }
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        if self.on_response {
+            self.set_http_response_header("x-response-callout-status", Some(&status));
+            self.resume_http_response();
+            return;
+        }
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        if !status.starts_with('2') {
+            let has_body = (!body.is_empty()).to_string();
+            self.send_http_response(
+                403,
+                vec![
+                    ("x-callout-status", status.as_str()),
+                    ("x-callout-has-body", has_body.as_str()),
+                ],
+                Some(b"denied by callout"),
+            );
+            return;
+        }
+        if !self.pending.is_empty() {
+            return;
+        }
+        let saw_path = String::from_utf8_lossy(&body).contains("\"path\":\"/check\"");
+        let content_type = self
+            .get_http_call_response_header("content-type")
+            .unwrap_or_default();
+        self.set_http_request_header("x-callout-status", Some(&status));
+        self.set_http_request_header("x-callout-saw-path", Some(&saw_path.to_string()));
+        self.set_http_request_header("x-callout-content-type", Some(&content_type));
+        self.set_http_request_header("x-callout-answers", Some(&self.answers.to_string()));
+        self.resume_http_request();
+    }
+}
+
+impl HttpContext for CalloutStream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.status = self.get_http_request_header("x-callout-status");
+        self.delay = self.get_http_request_header("x-callout-delay-ms");
+        self.omit = self.get_http_request_header("x-callout-omit").unwrap_or_default();
+        self.timeout_ms = self
+            .get_http_request_header("x-callout-timeout-ms")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(5000);
+        self.response_cluster = self.get_http_request_header("x-callout-on-response");
+        let Some(cluster) = self.get_http_request_header("x-callout") else {
+            return Action::Continue;
+        };
+        let count: u32 = self
+            .get_http_request_header("x-callout-count")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        for _ in 0..count {
+            match self.call(&cluster) {
+                Ok(token) => self.pending.push(token),
+                Err(status) => {
+                    let status = format!("{status:?}");
+                    self.send_http_response(
+                        500,
+                        vec![("x-callout-error", status.as_str())],
+                        Some(b"dispatch failed"),
+                    );
+                    return Action::Pause;
+                }
+            }
+        }
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(cluster) = self.response_cluster.clone() else {
+            return Action::Continue;
+        };
+        self.on_response = true;
+        match self.call(&cluster) {
+            Ok(token) => {
+                self.pending.push(token);
+                Action::Pause
+            }
+            Err(_) => Action::Continue,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! HTTP callouts of proxy-wasm plugins (`dispatch_http_call`) over real sockets:
+//! what Envoy's differential test (`wasm_conformance.rs`) cannot compare — timers,
+//! cancellation and stats. The `callout` plugin is described in its source.
+mod common;
+#[path = "../../filters/tests/common/mod.rs"]
+mod plugins;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpListener;
+
+fn config(backend: &Backend, auth: std::net::SocketAddr, hcm: &str) -> String {
+    let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
+    let filter = format!(
+        r#"- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: callout
+      vm_config:
+        runtime: envoy.wasm.runtime.v8
+        code:
+          local:
+            filename: {module}
+"#,
+        module = module.display()
+    );
+    let yaml = Bootstrap::catch_all("backend")
+        .hcm(hcm)
+        .cluster("backend", backend.addr())
+        .cluster("auth", auth)
+        .build();
+    let marker = "          http_filters:\n";
+    assert!(yaml.contains(marker));
+    yaml.replacen(
+        marker,
+        &format!("{marker}{}", common::config::indent(&filter, 10)),
+        1,
+    )
+}
+
+/// A server that accepts connections and never answers, holding them open; it
+/// reports how many it saw closed by the peer.
+async fn silent_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closed_rx)
+}
+
+#[tokio::test]
+async fn callout_answers_reach_the_plugin_and_count_in_the_cluster_stats() {
+    let backend = Backend::echo("backend").await;
+    let auth = Backend::raw_recorder("auth").await;
+    let strait = Strait::start(&config(&backend, auth.addr(), "")).await;
+    let addr = strait.main_addr().await;
+    let resp = get(
+        addr,
+        "example.test",
+        "/",
+        &[("x-callout", "auth"), ("x-callout-count", "2")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo = resp.echo();
+    assert_eq!(echo.header("x-callout-status"), Some("200"), "{echo:?}");
+    assert_eq!(echo.header("x-callout-answers"), Some("2"), "{echo:?}");
+    assert_eq!(auth.requests(), 2);
+    // The calls went out as the plugin built them, in HTTP/1.1 origin form.
+    let heads = auth.heads();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.starts_with("GET /check HTTP/1.1\r\n")
+                && h.to_ascii_lowercase().contains("host: auth.local\r\n")
+                && h.contains("x-from-plugin: callout")),
+        "{heads:?}"
+    );
+    strait
+        .wait_stat("cluster.auth.upstream_rq_2xx", |n| n == 2)
+        .await;
+}
+
+#[tokio::test]
+async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
+    // The callout never gets an answer (no timeout on the call): the request waits
+    // paused until the connection manager's stream idle timeout answers 408, as in
+    // Envoy; the next request on the proxy is unaffected.
+    let backend = Backend::echo("backend").await;
+    let (auth, _closed) = silent_server().await;
+    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
+    let addr = strait.main_addr().await;
+    let resp = within(
+        Duration::from_secs(10),
+        "the paused request is answered",
+        get(
+            addr,
+            "example.test",
+            "/",
+            &[("x-callout", "auth"), ("x-callout-timeout-ms", "0")],
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    assert_eq!(resp.text(), "stream timeout");
+    let resp = get(addr, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_callouts() {
+    // Envoy cancels a context's calls when the context goes; so does Strait: the
+    // callout's upstream connection is closed once the client gives up.
+    let backend = Backend::echo("backend").await;
+    let (auth, mut closed) = silent_server().await;
+    let strait = Strait::start(&config(&backend, auth, "")).await;
+    let addr = strait.main_addr().await;
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        get(
+            addr,
+            "example.test",
+            "/",
+            &[("x-callout", "auth"), ("x-callout-timeout-ms", "0")],
+        ),
+    )
+    .await;
+    assert!(gone.is_err(), "the request must still be waiting");
+    within(
+        Duration::from_secs(10),
+        "the callout connection is closed",
+        closed.recv(),
+    )
+    .await;
+    let resp = get(addr, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(strait.stat("wasm.callout.vm_failed").await.unwrap_or(0), 0);
+}
