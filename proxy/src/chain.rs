@@ -67,7 +67,7 @@ use strait_filters::wasm::{
 };
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::fault::FaultFilterRuntime;
@@ -260,6 +260,12 @@ pub(crate) fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
         // Plugins only this map still references were replaced by a reload.
         vms.retain(|_, vm| Arc::strong_count(vm.plugin()) > 1);
         let vm = WasmVm::new(runtime.plugin.clone());
+        if let Some(events) = queue_events() {
+            let (id, runtime) = (runtime.id, Arc::downgrade(runtime));
+            vm.set_queue_notifier(Arc::new(move |queue| {
+                let _ = events.send((id, runtime.clone(), queue));
+            }));
+        }
         vms.insert(runtime.id, vm.clone());
         // Started here rather than by the first stream, to learn the tick period; a
         // failure is the stream's to report, when it retries the start.
@@ -273,6 +279,44 @@ pub(crate) fn vm_for(runtime: &Arc<WasmFilterRuntime>) -> Rc<WasmVm> {
         }
         vm
     })
+}
+
+/// A queue ready for plugin `id`'s VM on this worker.
+type QueueEvent = (u64, Weak<WasmFilterRuntime>, u32);
+
+/// This worker's sender of queue events (made, with the task that receives them,
+/// on first use); `None` outside a runtime.
+fn queue_events() -> Option<mpsc::UnboundedSender<QueueEvent>> {
+    thread_local! {
+        static EVENTS: RefCell<Option<mpsc::UnboundedSender<QueueEvent>>> = const { RefCell::new(None) };
+    }
+    tokio::runtime::Handle::try_current().ok()?;
+    EVENTS.with(|events| {
+        let mut events = events.borrow_mut();
+        if let Some(sender) = events.as_ref().filter(|s| !s.is_closed()) {
+            return Some(sender.clone());
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(queues_ready(receiver));
+        *events = Some(sender.clone());
+        Some(sender)
+    })
+}
+
+/// Runs `proxy_on_queue_ready` on this worker's VMs as enqueues (from any thread)
+/// report ready queues they registered.
+async fn queues_ready(mut events: mpsc::UnboundedReceiver<QueueEvent>) {
+    while let Some((id, runtime, queue)) = events.recv().await {
+        let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
+            continue;
+        };
+        if vm.on_queue_ready(queue).is_err() {
+            if let Some(runtime) = runtime.upgrade() {
+                runtime.export_failures();
+            }
+        }
+        send_root_calls(id, &vm);
+    }
 }
 
 /// Calls `proxy_on_tick` on this worker's VM of plugin `id` every tick period, until

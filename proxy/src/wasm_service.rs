@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use crate::stats::{Counter, Scope, Store};
 pub struct WasmServiceRuntime {
     pub config: Arc<WasmServiceConfig>,
     failures: Arc<Failures>,
-    threads: std::sync::Mutex<Vec<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    threads: std::sync::Mutex<Vec<(mpsc::Sender<Event>, JoinHandle<()>)>>,
 }
 
 /// The services for `configs`: those of `running` whose config is unchanged, and new
@@ -98,18 +98,19 @@ impl WasmServiceRuntime {
             concurrency.max(1)
         };
         for index in 0..count {
-            let (stop_tx, stop_rx) = mpsc::channel();
+            let (events_tx, events_rx) = mpsc::channel();
             let (started_tx, started_rx) = mpsc::sync_channel(1);
             let failures = service.failures.clone();
+            let notify = events_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wasm-service-{index}"))
-                .spawn(move || run(failures, started_tx, stop_rx))
+                .spawn(move || run(failures, started_tx, events_rx, notify))
                 .context("cannot start a wasm service thread")?;
             service
                 .threads
                 .lock()
                 .expect("service threads lock is never poisoned")
-                .push((stop_tx, thread));
+                .push((events_tx, thread));
             // Dropping `service` on error stops the threads already started.
             match started_rx.recv() {
                 Ok(Ok(())) => {}
@@ -130,7 +131,7 @@ impl WasmServiceRuntime {
                 .expect("service threads lock is never poisoned"),
         );
         for (stop, _) in &threads {
-            let _ = stop.send(());
+            let _ = stop.send(Event::Stop);
         }
         for (_, thread) in threads {
             let _ = thread.join();
@@ -164,39 +165,59 @@ impl Drop for WasmServiceRuntime {
     }
 }
 
-/// One VM's thread: start it, then tick it at the period it asks for until stopped.
+/// What a service thread waits for.
+enum Event {
+    Stop,
+    /// A queue this VM registered has data (`proxy_on_queue_ready`).
+    QueueReady(u32),
+}
+
+/// One VM's thread: start it, then tick it at the period it asks for and tell it
+/// of ready queues, until stopped.
 fn run(
     failures: Arc<Failures>,
     started: mpsc::SyncSender<Result<(), strait_filters::wasm::WasmError>>,
-    stop: mpsc::Receiver<()>,
+    events: mpsc::Receiver<Event>,
+    notify: mpsc::Sender<Event>,
 ) {
     // Services run on their own thread, outside the workers' pools: their HTTP
     // callouts are refused (`BadArgument`) rather than left unanswered.
     strait_filters::wasm::set_cluster_check(|_| false);
     let vm = WasmVm::new(failures.plugin.clone());
+    // Enqueues on any thread (a worker's filter) wake this one.
+    vm.set_queue_notifier(Arc::new(move |id| {
+        let _ = notify.send(Event::QueueReady(id));
+    }));
     let result = vm.start();
     let failed = result.is_err();
     let _ = started.send(result);
     if failed {
         return;
     }
+    let mut next_tick: Option<Instant> = None;
     loop {
         let period = vm.tick_period();
-        let stopped = match period.is_zero() {
-            // No ticks (yet): a plugin can only ask for them from a callback, and
-            // nothing else calls this VM, so wait for the stop. The bound only
-            // re-checks the period.
-            true => stop.recv_timeout(Duration::from_secs(1)),
-            false => stop.recv_timeout(period),
+        let now = Instant::now();
+        // No ticks (yet): a plugin can only ask for them from a callback, so the
+        // bound only re-checks the period.
+        let due = match period.is_zero() {
+            true => now + Duration::from_secs(1),
+            false => *next_tick.get_or_insert(now + period),
         };
-        match stopped {
+        match events.recv_timeout(due.saturating_duration_since(now)) {
+            Ok(Event::QueueReady(id)) => {
+                if vm.on_queue_ready(id).is_err() {
+                    failures.export();
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if !period.is_zero() => {
+                next_tick = Some(Instant::now() + period);
                 if vm.on_tick().is_err() {
                     failures.export();
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => next_tick = None,
+            Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

@@ -365,3 +365,31 @@ async fn http_callouts_behave_as_in_envoy() {
     ];
     run_yaml_down("callout", &yaml, &["down"], cases).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_queues_behave_as_in_envoy() {
+    // A singleton service registers the queue `events`; the HTTP filter (same
+    // module, same vm_id) resolves it by VM id and name and enqueues each path,
+    // telling the backend whether it could (`x-queue`). How many items the
+    // consumer has dequeued when a response passes depends on thread timing in
+    // both proxies, so those response headers are notes (tests/wasm_network.rs
+    // waits for them).
+    let service = format!(
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        plugin_config("queue", "vm-queue", "consumer", 6)
+    );
+    let producer = format!(
+        "          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n{}",
+        plugin_config("queue", "vm-queue", "producer", 16)
+    );
+    let yaml = custom_config("queue", &service, "", &producer);
+    const TIMING: &[&str] = &["x-events-received", "x-events-last", "x-local-received"];
+    let backend = || Want::Backend(200, &["backend"]);
+    let cases = vec![
+        Case::new("queue resolved, path enqueued", Req::get("/one"), backend())
+            .known_differences(TIMING),
+        Case::new("h2: enqueued", Req::get("/two").h2(), backend()).known_differences(TIMING),
+        Case::new("again", Req::get("/three"), backend()).known_differences(TIMING),
+    ];
+    run_yaml("queue", &yaml, cases).await;
+}

@@ -344,3 +344,62 @@ async fn a_service_that_cannot_load_rejects_the_config() {
         "{stderr}"
     );
 }
+
+/// The `queue` plugin twice, in the VM id `vm-queue`: a singleton service consuming
+/// the queue `events`, and an HTTP filter producing into it (and into its own
+/// per-worker queue `local`).
+fn with_queues(backend: &Backend) -> String {
+    let service = format!(
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        common::config::indent(&plugin_config("queue", "vm-queue", "consumer", false), 6)
+    );
+    let producer = format!(
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n{}",
+        common::config::indent(&plugin_config("queue", "vm-queue", "producer", false), 6)
+    );
+    let yaml = Bootstrap::catch_all("backend")
+        .cluster("backend", backend.addr())
+        .build();
+    let marker = "          http_filters:\n";
+    let yaml = yaml.replacen(
+        marker,
+        &format!("{marker}{}", common::config::indent(&producer, 10)),
+        1,
+    );
+    format!("{service}{yaml}")
+}
+
+#[tokio::test]
+async fn shared_queues_carry_items_to_the_registering_vm() {
+    // Filters on the workers resolve the service's queue and enqueue each request's
+    // path; the service thread gets `on_queue_ready` and dequeues them. The filters'
+    // own queue wakes the worker VM that registered it last.
+    let backend = Backend::echo("backend").await;
+    let strait = Strait::start(&with_queues(&backend)).await;
+    let addr = strait.main_addr().await;
+    for path in ["/one", "/two", "/three"] {
+        let resp = get(addr, "example.test", path, &[]).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.echo().header("x-queue"), Some("enqueued"));
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the queues are drained",
+        || async {
+            let resp = get(addr, "example.test", "/probe", &[]).await;
+            let count =
+                |name: &str| -> u64 { resp.header(name).and_then(|v| v.parse().ok()).unwrap_or(0) };
+            // The probe itself is enqueued before its response reads the counts.
+            (count("x-events-received") >= 3 && count("x-local-received") >= 3).then_some(())
+        },
+    )
+    .await;
+    // The consumer kept the last item it dequeued: one of the paths sent.
+    let resp = get(addr, "example.test", "/", &[]).await;
+    let last = resp.header("x-events-last").unwrap_or_default();
+    assert!(
+        ["/one", "/two", "/three", "/probe", "/"].contains(&last),
+        "{last}"
+    );
+    assert_eq!(strait.stat("wasm.queue.vm_failed").await.unwrap_or(0), 0);
+}

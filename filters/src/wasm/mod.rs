@@ -29,7 +29,8 @@
 //!   (`envoy.filters.network.wasm`): new connection, data both ways, close.
 //! * `abi`, `headers`, `properties`, `wasi`: the host functions; `memory`: copying
 //!   between host and guest memory through wasmtime's safe API (no `unsafe`).
-//! * [`shared`]: process-wide shared data (with CAS) and metrics.
+//! * [`shared`]: process-wide shared data (with CAS), shared queues and metrics.
+//! * [`callout`]: HTTP callouts, recorded by the VM and sent by the embedder.
 //!
 //! ABI: modules exporting `proxy_abi_version_0_2_1` or `proxy_abi_version_0_2_0`.
 //! 0.1.0 modules are rejected with an error saying so.

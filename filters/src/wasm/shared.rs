@@ -1,4 +1,5 @@
-//! State plugins share across VMs and workers: shared data and metrics.
+//! State plugins share across VMs and workers: shared data, shared queues and
+//! metrics.
 //!
 //! Both are process-wide, like Envoy's. Shared data sits behind one `RwLock` because
 //! the ABI's compare-and-swap needs a consistent read-modify-write; plugins use it
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::abi::Status;
 
@@ -162,5 +163,85 @@ impl Metrics {
         } else {
             Err(Status::BadArgument)
         }
+    }
+}
+
+/// Tells a VM's thread that a queue it registered has data: called with the queue
+/// id by whichever thread enqueued, so it only posts an event; the embedder then
+/// calls [`WasmVm::on_queue_ready`](super::WasmVm::on_queue_ready) on the VM's own
+/// thread.
+pub type QueueNotifier = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// Process-wide shared queues (`proxy_register_shared_queue` and friends), as
+/// proxy-wasm-cpp-host's: a queue is named by `(vm_id, name)`; registering again
+/// (another worker's VM, a restarted VM) moves the notifications to the latest
+/// registrant; every enqueue notifies it once (`proxy_on_queue_ready` on its root
+/// context). Items are kept until dequeued by anyone.
+#[derive(Default)]
+pub struct SharedQueues {
+    inner: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    ids: HashMap<(String, String), u32>,
+    queues: HashMap<u32, Queue>,
+}
+
+struct Queue {
+    items: std::collections::VecDeque<Bytes>,
+    notify: Option<QueueNotifier>,
+}
+
+impl SharedQueues {
+    pub(crate) fn global() -> &'static SharedQueues {
+        static GLOBAL: OnceLock<SharedQueues> = OnceLock::new();
+        GLOBAL.get_or_init(SharedQueues::default)
+    }
+
+    /// The queue's id, created on first registration; `notify` replaces the
+    /// previous registrant's.
+    pub(crate) fn register(&self, vm_id: &str, name: &str, notify: Option<QueueNotifier>) -> u32 {
+        let mut queues = self.inner.lock();
+        let next = queues.queues.len() as u32 + 1;
+        let id = *queues
+            .ids
+            .entry((vm_id.to_owned(), name.to_owned()))
+            .or_insert(next);
+        let queue = queues.queues.entry(id).or_insert_with(|| Queue {
+            items: Default::default(),
+            notify: None,
+        });
+        queue.notify = notify;
+        id
+    }
+
+    pub(crate) fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
+        let queues = self.inner.lock();
+        queues
+            .ids
+            .get(&(vm_id.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// Appends `value` and notifies the registrant (outside the lock).
+    pub(crate) fn enqueue(&self, id: u32, value: Bytes) -> Result<(), Status> {
+        let notify = {
+            let mut queues = self.inner.lock();
+            let queue = queues.queues.get_mut(&id).ok_or(Status::NotFound)?;
+            queue.items.push_back(value);
+            queue.notify.clone()
+        };
+        if let Some(notify) = notify {
+            notify(id);
+        }
+        Ok(())
+    }
+
+    /// The oldest item; `Empty` when there is none.
+    pub(crate) fn dequeue(&self, id: u32) -> Result<Bytes, Status> {
+        let mut queues = self.inner.lock();
+        let queue = queues.queues.get_mut(&id).ok_or(Status::NotFound)?;
+        queue.items.pop_front().ok_or(Status::Empty)
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct HostState {
     /// Calls made since the embedder last took them (`take_dispatched`).
     pub dispatched: Vec<HttpCallRequest>,
     pub next_call_token: u32,
+    /// How `proxy_on_queue_ready` reaches this VM's thread, for the queues it
+    /// registers (set by the embedder, `WasmVm::set_queue_notifier`).
+    pub queue_notifier: Option<super::shared::QueueNotifier>,
 }
 
 impl HostState {
@@ -60,6 +63,7 @@ impl HostState {
             calls: HashMap::default(),
             dispatched: Vec::new(),
             next_call_token: 1,
+            queue_notifier: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
 use super::callout::{HttpCallRequest, HttpCallResponse};
 use super::engine::deadline_ticks;
 use super::module::WasmPlugin;
+use super::shared::QueueNotifier;
 use super::state::{HostState, StreamData, StreamSignals};
 use super::wasi::ProcExit;
 use super::WasmError;
@@ -26,6 +27,7 @@ pub struct WasmVm {
     running: RefCell<Option<Running>>,
     /// Bumped on every (re)start so a stream can tell its VM is gone.
     generation: Cell<u64>,
+    queue_notifier: RefCell<Option<QueueNotifier>>,
 }
 
 /// The HTTP callbacks, in lifecycle order.
@@ -45,6 +47,33 @@ impl WasmVm {
             plugin,
             running: RefCell::new(None),
             generation: Cell::new(0),
+            queue_notifier: RefCell::new(None),
+        })
+    }
+
+    /// How an enqueue on any thread reaches this VM's thread for the queues it
+    /// registers; set before the VM starts. Without one, queues this VM registers
+    /// are never reported ready (a dequeue still finds the items).
+    pub fn set_queue_notifier(&self, notifier: QueueNotifier) {
+        *self.queue_notifier.borrow_mut() = Some(notifier);
+    }
+
+    /// `proxy_on_queue_ready` on the root context, for queue `id`, which this VM
+    /// registered.
+    pub fn on_queue_ready(&self, id: u32) -> Result<(), WasmError> {
+        self.ensure_running()?;
+        self.with_running(self.generation.get(), |vm| {
+            let root = vm.root_context_id;
+            let exports = vm.exports.clone();
+            match &exports.on_queue_ready {
+                Some(ready) => vm.call(
+                    "proxy_on_queue_ready",
+                    root,
+                    ready,
+                    (root as i32, id as i32),
+                ),
+                None => Ok(()),
+            }
         })
     }
 
@@ -111,7 +140,8 @@ impl WasmVm {
         *running = None;
         self.generation.set(self.generation.get() + 1);
         self.plugin.stats.vm_starts.fetch_add(1, Ordering::Relaxed);
-        *running = Some(Running::start(&self.plugin)?);
+        let notifier = self.queue_notifier.borrow().clone();
+        *running = Some(Running::start(&self.plugin, notifier)?);
         Ok(self.generation.get())
     }
 
@@ -176,6 +206,7 @@ pub(crate) struct Exports {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<CallResponseFn>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     /// The network-filter callbacks (`super::network`).
     pub(crate) network: super::network::NetworkExports,
 }
@@ -192,7 +223,7 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn start(plugin: &Arc<WasmPlugin>) -> Result<Self, WasmError> {
+    fn start(plugin: &Arc<WasmPlugin>, notifier: Option<QueueNotifier>) -> Result<Self, WasmError> {
         let config = &plugin.config;
         let link_error = |e: wasmtime::Error| WasmError::Link {
             plugin: config.name.clone(),
@@ -200,6 +231,7 @@ impl Running {
         };
         let mut store = Store::new(plugin.engine.engine(), HostState::new(config.clone()));
         store.limiter(|state| &mut state.limiter);
+        store.data_mut().queue_notifier = notifier;
         let deadline_ticks = deadline_ticks(config.limits.callback_deadline);
         // Instantiation runs the guest's start function and data initialisers.
         store.set_epoch_deadline(deadline_ticks);
@@ -247,6 +279,7 @@ impl Running {
             on_delete: optional!("proxy_on_delete"),
             on_tick: optional!("proxy_on_tick"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
+            on_queue_ready: optional!("proxy_on_queue_ready"),
             network: super::network::NetworkExports::lookup(&instance, &mut store, &config.name)?,
         });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");

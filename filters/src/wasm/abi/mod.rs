@@ -5,7 +5,7 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: gRPC callouts, shared queues, `proxy_set_property`,
+//! exactly this: gRPC callouts, `proxy_set_property`,
 //! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
@@ -31,6 +31,7 @@ pub(crate) enum Status {
     BadArgument = 2,
     SerializationFailure = 3,
     InvalidMemoryAccess = 6,
+    Empty = 7,
     CasMismatch = 8,
     InternalFailure = 10,
     Unimplemented = 12,
@@ -63,10 +64,6 @@ pub(crate) type C<'a> = Caller<'a, HostState>;
 
 const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_set_property", 4),
-    ("proxy_register_shared_queue", 3),
-    ("proxy_resolve_shared_queue", 5),
-    ("proxy_dequeue_shared_queue", 3),
-    ("proxy_enqueue_shared_queue", 3),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
@@ -82,6 +79,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     maps::add_buffers(linker)?;
     add_stream_control(linker)?;
     shared::add_shared_data_and_metrics(linker)?;
+    shared::add_shared_queues(linker)?;
     add_http_call(linker)?;
     for (name, params) in UNIMPLEMENTED {
         let ty = FuncType::new(linker.engine(), vec![ValType::I32; *params], [ValType::I32]);
