@@ -95,3 +95,58 @@ fn a_connection_through_the_network_callbacks() {
     assert_eq!(vm.plugin().stats().vm_starts(), 2);
     assert_eq!(vm.plugin().stats().failures(), 1);
 }
+
+#[test]
+fn connection_contexts_cannot_make_http_callouts() {
+    // Network filters have no way to receive an answer yet, so a call from a
+    // connection context is `Unimplemented` (12) rather than a token never
+    // answered. The module closes the connection only if it got exactly 12 for a
+    // well-formed call.
+    let pairs = {
+        let mut wire = Vec::new();
+        let pairs: [(&str, &str); 3] = [(":method", "GET"), (":path", "/"), (":authority", "a")];
+        wire.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (n, v) in pairs {
+            wire.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            wire.extend_from_slice(n.as_bytes());
+            wire.push(0);
+            wire.extend_from_slice(v.as_bytes());
+            wire.push(0);
+        }
+        wire
+    };
+    let data: String = pairs.iter().map(|b| format!("\\{b:02x}")).collect();
+    let module = wat::parse_str(format!(
+        r#"(module
+            (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 100) "c")
+            (data (i32.const 200) "{data}")
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+            (func (export "proxy_on_context_create") (param i32 i32))
+            (func (export "proxy_on_new_connection") (param i32) (result i32)
+                (if (i32.eq
+                        (call $call (i32.const 100) (i32.const 1) (i32.const 200) (i32.const {len})
+                            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                            (i32.const 0) (i32.const 300))
+                        (i32.const 12))
+                    (then (drop (call $close (i32.const 2)))))
+                i32.const 0))"#,
+        len = pairs.len()
+    ))
+    .unwrap();
+    let vm = worker_vm(strait_filters::wasm::PluginConfig::new(
+        "net-callout",
+        module,
+    ));
+    let filter = WasmNetworkFilter::new(&vm, connection(9));
+    assert!(
+        filter.close_requested(),
+        "proxy_http_call must answer Unimplemented"
+    );
+}

@@ -181,8 +181,8 @@ fn run(
     notify: mpsc::Sender<Event>,
 ) {
     // Services run on their own thread, outside the workers' pools: their HTTP
-    // callouts are refused (`BadArgument`) rather than left unanswered.
-    strait_filters::wasm::set_cluster_check(|_| false);
+    // callouts are refused (`Unimplemented`) rather than left unanswered.
+    strait_filters::wasm::set_callouts_unsupported();
     let vm = WasmVm::new(failures.plugin.clone());
     // Enqueues on any thread (a worker's filter) wake this one.
     vm.set_queue_notifier(Arc::new(move |id| {

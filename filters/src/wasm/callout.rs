@@ -49,6 +49,13 @@ type ClusterCheck = Box<dyn Fn(&str) -> bool>;
 
 thread_local! {
     static CLUSTER_CHECK: RefCell<Option<ClusterCheck>> = const { RefCell::new(None) };
+    static UNSUPPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// VMs on this thread cannot make callouts (a thread without upstream pools):
+/// `proxy_http_call` answers `Unimplemented`.
+pub fn set_callouts_unsupported() {
+    UNSUPPORTED.with(|u| u.set(true));
 }
 
 /// Sets how VMs on this thread learn whether a cluster exists. Without one every
@@ -69,6 +76,9 @@ pub(crate) fn request(
     trailers: Vec<Pair>,
     timeout_ms: i32,
 ) -> Result<HttpCallRequest, Status> {
+    if UNSUPPORTED.with(std::cell::Cell::get) {
+        return Err(Status::Unimplemented);
+    }
     if timeout_ms < 0 {
         return Err(Status::BadArgument);
     }

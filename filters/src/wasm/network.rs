@@ -162,6 +162,10 @@ impl WasmNetworkFilter {
         match vm.create_stream() {
             Ok(context) => {
                 filter.context = Some(context);
+                let _ = vm.with_running(context.0, |vm| {
+                    vm.store.data_mut().network_contexts.insert(context.1);
+                    Ok(())
+                });
                 let on_new_connection = |vm: &mut super::vm::Running, context: u32| {
                     let e = std::rc::Rc::clone(&vm.exports);
                     match &e.network.on_new_connection {
@@ -322,6 +326,7 @@ impl WasmNetworkFilter {
         // Forget the context even if the plugin failed on the way.
         let _ = self.vm.with_running(generation, |vm| {
             vm.store.data_mut().signals.remove(&context);
+            vm.store.data_mut().network_contexts.remove(&context);
             Ok(())
         });
     }

@@ -40,6 +40,9 @@ pub(crate) struct HostState {
     /// How `proxy_on_queue_ready` reaches this VM's thread, for the queues it
     /// registers (set by the embedder, `WasmVm::set_queue_notifier`).
     pub queue_notifier: Option<super::shared::QueueNotifier>,
+    /// Connection contexts of network filters, whose HTTP callouts are not
+    /// supported (`proxy_http_call` answers `Unimplemented` for them).
+    pub network_contexts: std::collections::HashSet<u32, foldhash::fast::RandomState>,
 }
 
 impl HostState {
@@ -64,6 +67,7 @@ impl HostState {
             dispatched: Vec::new(),
             next_call_token: 1,
             queue_notifier: None,
+            network_contexts: Default::default(),
         }
     }
 }

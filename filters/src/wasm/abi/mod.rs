@@ -5,7 +5,8 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: gRPC callouts, `proxy_set_property`,
+//! exactly this: gRPC callouts, HTTP callouts from network-filter connections and
+//! bootstrap services, `proxy_set_property`,
 //! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
@@ -181,6 +182,10 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     0 => Vec::new(),
                     _ => deserialize_pairs(&read(&caller, trailers_ptr, trailers_len)?)?,
                 };
+                let state = caller.data();
+                if state.network_contexts.contains(&state.effective_context) {
+                    return Err(Status::Unimplemented.into());
+                }
                 let mut call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
                 let state = caller.data_mut();
                 let token = state.next_call_token;
