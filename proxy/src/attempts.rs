@@ -107,16 +107,32 @@ pub async fn run(
     plan: Plan<'_>,
     first: Request<RequestBody>,
     host: Arc<Host>,
-    mut retry: Option<RetryState<'_>>,
+    retry: Option<RetryState<'_>>,
     timers: &mut Option<StreamTimers>,
     guard: &mut StreamGuard,
 ) -> Answer {
     if retry.is_none() && plan.per_try.is_none() && plan.per_try_idle.is_none() {
         return single(&plan, first, host, timers, guard).await;
     }
+    // Boxed: the request future is as large as its largest await, and it is copied
+    // whole into its box on every request; retries and hedging hold kilobytes of
+    // state the plain path should not pay to move.
     if !plan.hedge {
-        return sequential(&plan, first, host, retry, timers, guard).await;
+        return Box::pin(sequential(&plan, first, host, retry, timers, guard)).await;
     }
+    Box::pin(hedged(plan, first, host, retry, timers, guard)).await
+}
+
+/// Attempts that may overlap: a per-try timeout starts another attempt while the
+/// late one keeps running (`hedge_on_per_try_timeout`); the first usable answer wins.
+async fn hedged(
+    plan: Plan<'_>,
+    first: Request<RequestBody>,
+    host: Arc<Host>,
+    mut retry: Option<RetryState<'_>>,
+    timers: &mut Option<StreamTimers>,
+    guard: &mut StreamGuard,
+) -> Answer {
     let cluster = plan.cluster;
     let mut first = Some(first);
     let mut attempts: Vec<Attempt<'_>> = Vec::with_capacity(1);
@@ -418,7 +434,9 @@ async fn sequential(
                 // and its place under `max_requests` given back.
                 drop(sent);
                 drop(request_slot);
-                if let Err(expiry) = until(tokio::time::sleep(wait), timers).await {
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                if let Err(expiry) = until(sleep.as_mut(), timers).await {
                     return expired(expiry, timers, guard);
                 }
             }
@@ -439,21 +457,28 @@ async fn sequential(
 }
 
 /// Awaits `fut` unless one of the stream's timers ends the wait first.
-async fn until<F: Future>(fut: F, timers: &mut Option<StreamTimers>) -> Result<F::Output, Expiry> {
-    let Some(t) = timers else {
-        return Ok(fut.await);
-    };
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            r = &mut fut => return Ok(r),
-            _ = t.sleep.as_mut() => {
+fn until<'a, F: Future + Unpin + 'a>(
+    mut fut: F,
+    timers: &'a mut Option<StreamTimers>,
+) -> impl Future<Output = Result<F::Output, Expiry>> + 'a {
+    // A plain poll function over a pinned borrow, not an `async fn`: an async fn
+    // would hold `fut` twice (argument and pinned local), and its caller's state
+    // holds that again — kilobytes copied with every request future.
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = Pin::new(&mut fut).poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if let Some(t) = timers.as_mut() {
+            // `fired` re-arms the sleep for a deadline that moved; poll it again so
+            // the new one registers the waker.
+            while t.sleep.as_mut().poll(cx).is_ready() {
                 if let Some(expiry) = t.fired() {
-                    return Err(expiry);
+                    return Poll::Ready(Err(expiry));
                 }
             }
         }
-    }
+        Poll::Pending
+    })
 }
 
 /// The answer when a stream timer ended the wait.
@@ -496,7 +521,8 @@ async fn single(
         plan.target.priority,
         request,
     );
-    let sent = match until(send, timers).await {
+    tokio::pin!(send);
+    let sent = match until(send.as_mut(), timers).await {
         Ok(sent) => sent,
         Err(expiry) => return expired(expiry, timers, guard),
     };
