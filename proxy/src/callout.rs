@@ -10,13 +10,21 @@
 //! after the response head (the body broke off, or exceeded [`MAX_BODY`]) gives the
 //! plugin no response at all (zero headers), as Envoy's `onFailure` does.
 //! The callout counts in the cluster's `upstream_rq_<class>xx` stats.
+//!
+//! A gRPC unary call (`proxy_grpc_call`) is the same exchange with gRPC's framing;
+//! its status is the response's `grpc-status`, or, for an HTTP status other than
+//! 200 (the proxy's own replies included), Envoy's HTTP-to-gRPC mapping (503 and 504
+//! are `UNAVAILABLE`); the message is `grpc-message` followed by the response code
+//! details in braces, as Envoy 1.40 reports it (`not allowed{via_upstream}`). It uses
+//! the cluster's protocol, so the cluster needs
+//! `http2_protocol_options`, as in Envoy.
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
-use strait_filters::wasm::{HttpCallRequest, HttpCallResponse};
+use strait_filters::wasm::{CallAnswer, GrpcCallResult, HttpCallRequest, HttpCallResponse};
 use strait_xds::model::UpstreamProtocol;
 
 use crate::body::RequestBody;
@@ -28,29 +36,114 @@ use crate::runtime::Shared;
 /// call rather than growing without bound.
 pub const MAX_BODY: usize = 16 << 20;
 
-/// Sends `call` and returns what the plugin sees in `proxy_on_http_call_response`.
-pub async fn send(shared: &Shared, call: HttpCallRequest) -> Option<HttpCallResponse> {
+/// Sends `call` and returns what the plugin sees: for an HTTP call the response
+/// (`proxy_on_http_call_response`), for a gRPC call its status and message.
+pub async fn send(shared: &Shared, call: HttpCallRequest) -> CallAnswer {
     let timeout = call.timeout;
+    let grpc = call.grpc;
     let exchange = exchange(shared, call);
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, exchange)
             .await
-            .unwrap_or(Err(Failure::Proxy(ProxyError::UpstreamTimeout))),
+            .unwrap_or(Err(Failure::Timeout)),
         None => exchange.await,
     };
-    match result {
+    if grpc {
+        return CallAnswer::Grpc(grpc_result(result));
+    }
+    CallAnswer::Http(match result {
         Ok(response) => Some(response),
         Err(Failure::Proxy(error)) => Some(local_response(&error)),
+        Err(Failure::Timeout) => Some(local_response(&ProxyError::UpstreamTimeout)),
         Err(Failure::Broken(why)) => {
             tracing::debug!(target: "strait::wasm", error = %why, "http callout failed after the response head");
             None
         }
+    })
+}
+
+/// gRPC's status codes used here.
+const GRPC_UNKNOWN: u32 = 2;
+const GRPC_INTERNAL: u32 = 13;
+const GRPC_UNAVAILABLE: u32 = 14;
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`: the status of a call whose HTTP
+/// status is not 200 (including the proxy's own replies: 503, 504, …).
+fn http_to_grpc(status: u16) -> u32 {
+    match status {
+        400 => GRPC_INTERNAL,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => GRPC_UNAVAILABLE,
+        _ => GRPC_UNKNOWN,
+    }
+}
+
+/// A unary call's outcome from the HTTP exchange: `grpc-status` (from the
+/// trailers, or the headers of a trailers-only answer) and `grpc-message`, and on OK
+/// the first message without its 5-byte prefix.
+fn grpc_result(result: Result<HttpCallResponse, Failure>) -> GrpcCallResult {
+    let fail = |status: u32, message: String| GrpcCallResult {
+        status,
+        message,
+        response: Bytes::new(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        // Envoy 1.40 appends the stream's response code details to the message.
+        Err(Failure::Proxy(error)) => {
+            let message = format!("{}{{{}}}", error.body(), error.details());
+            return fail(http_to_grpc(error.status()), message);
+        }
+        Err(Failure::Timeout) => {
+            let message = format!("{}{{response_timeout}}", ProxyError::UpstreamTimeout.body());
+            return fail(http_to_grpc(504), message);
+        }
+        Err(Failure::Broken(why)) => return fail(GRPC_INTERNAL, why),
+    };
+    if response.head.status != StatusCode::OK {
+        let status = http_to_grpc(response.head.status.as_u16());
+        return fail(status, "{via_upstream}".into());
+    }
+    let field = |name: &str| {
+        response
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .or_else(|| response.head.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+    };
+    let message = format!(
+        "{}{{via_upstream}}",
+        field("grpc-message").unwrap_or_default()
+    );
+    let Some(status) = field("grpc-status").and_then(|s| s.parse::<u32>().ok()) else {
+        return fail(GRPC_UNKNOWN, "no grpc-status in the response".into());
+    };
+    if status != 0 {
+        return fail(status, message);
+    }
+    let body = &response.body;
+    match body
+        .get(1..5)
+        .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]))
+    {
+        Some(len) if body[0] == 0 && body.len() >= 5 + len as usize => GrpcCallResult {
+            status: 0,
+            message,
+            response: body.slice(5..5 + len as usize),
+        },
+        _ => fail(GRPC_INTERNAL, "malformed or compressed gRPC message".into()),
     }
 }
 
 enum Failure {
     /// Before the response head: the proxy answers in the upstream's place.
     Proxy(ProxyError),
+    /// The call's own timeout: 504 as the router's timeout, but the async client's
+    /// details (`response_timeout`).
+    Timeout,
     /// After it: the plugin gets no response.
     Broken(String),
 }

@@ -63,7 +63,7 @@ use http::StatusCode;
 use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{
-    HttpCallResponse, PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm,
+    CallAnswer, PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm,
 };
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
@@ -241,7 +241,7 @@ struct StreamChain {
 struct Answer {
     slot: usize,
     token: u32,
-    response: Option<HttpCallResponse>,
+    response: CallAnswer,
 }
 
 thread_local! {
@@ -362,7 +362,7 @@ fn send_root_calls(id: u64, vm: &WasmVm) {
             let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
                 return;
             };
-            let _ = vm.root_http_call_response(generation, token, response);
+            let _ = vm.root_call_answer(generation, token, response);
             send_root_calls(id, &vm);
         });
     }
@@ -604,9 +604,9 @@ async fn wait_resumed(
                     true => head.lend(),
                     false => Paused::None,
                 };
-                let status =
-                    slot.filter
-                        .on_http_call_response(answer.token, answer.response, paused);
+                let status = slot
+                    .filter
+                    .on_call_answer(answer.token, answer.response, paused);
                 if slot.filter.error().is_some() {
                     slot.runtime.export_failures();
                 }
@@ -675,7 +675,7 @@ fn send_calls(id: ChainId, slot: usize, filter: &mut WasmHttpFilter, tasks: &mut
 
 /// A callout's answer: queued for the headers phase that waits for it, else given
 /// to the filter at once.
-fn deliver(id: ChainId, slot: usize, token: u32, response: Option<HttpCallResponse>) {
+fn deliver(id: ChainId, slot: usize, token: u32, response: CallAnswer) {
     with_stream(id, |chain| {
         let answer = Answer {
             slot,
@@ -703,7 +703,7 @@ fn answer_unpaused(id: ChainId, chain: &mut StreamChain, answer: Answer) {
     };
     let status = slot
         .filter
-        .on_http_call_response(answer.token, answer.response, Paused::None);
+        .on_call_answer(answer.token, answer.response, Paused::None);
     if slot.filter.error().is_some() {
         slot.runtime.export_failures();
     }

@@ -393,3 +393,76 @@ async fn shared_queues_behave_as_in_envoy() {
     ];
     run_yaml("queue", &yaml, cases).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callouts_behave_as_in_envoy() {
+    // The `callout` plugin's gRPC unary calls (`dispatch_grpc_call`) to the h2
+    // cluster `grpc`, whose echo backend answers gRPC (the message back, the status
+    // the call's metadata asks for), and to `grpcdown` (a closed port). What the
+    // plugin gets — status code, `get_grpc_status` message, the reply — travels to
+    // the backend or the client in headers.
+    let mut yaml = config("callout", "");
+    for cluster in ["grpc", "grpcdown"] {
+        yaml.push_str(&format!(
+            r#"  - name: {cluster}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: {cluster}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: 1}}
+"#
+        ));
+    }
+    let backend = || Want::Backend(200, &["backend"]);
+    let call = |cluster: &str| Req::get("/rpc").header("x-grpc-call", cluster);
+    let cases = vec![
+        Case::new("OK: the reply reaches the backend", call("grpc"), backend()),
+        Case::new(
+            "OK with a message of our own",
+            call("grpc").header("x-grpc-message", "hello grpc"),
+            backend(),
+        ),
+        Case::new("h2 downstream: OK", call("grpc").h2(), backend()),
+        Case::new(
+            "PERMISSION_DENIED with a message",
+            call("grpc")
+                .header("x-grpc-echo-status", "7")
+                .header("x-grpc-echo-message", "not allowed"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "unknown cluster: ParseFailure",
+            call("nope"),
+            Want::Local(500),
+        ),
+        Case::new(
+            "cluster down: UNAVAILABLE",
+            call("grpcdown"),
+            Want::Local(403),
+        )
+        .known_differences(&["x-grpc-message"]),
+        Case::new(
+            "call times out",
+            call("grpc")
+                .header("x-callout-delay-ms", "3000")
+                .header("x-callout-timeout-ms", "200"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "cancelled at once: the request goes on",
+            call("grpc").header("x-grpc-cancel", "yes"),
+            backend(),
+        ),
+        Case::new("later requests unaffected", Req::get("/after"), backend()),
+    ];
+    run_yaml_down("grpc-callout", &yaml, &["grpcdown"], cases).await;
+}

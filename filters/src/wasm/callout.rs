@@ -33,6 +33,28 @@ pub struct HttpCallRequest {
     pub trailers: Option<HeaderMap>,
     /// `None`: no timeout.
     pub timeout: Option<Duration>,
+    /// A gRPC unary call (`proxy_grpc_call`): the head is `POST /<service>/<method>`
+    /// with gRPC's headers and the body one length-prefixed message; the answer is a
+    /// [`CallAnswer::Grpc`].
+    pub grpc: bool,
+}
+
+/// What a call's answer is, for the VM to hand to the plugin.
+#[derive(Debug)]
+pub enum CallAnswer {
+    /// `proxy_on_http_call_response`; `None`: no response at all.
+    Http(Option<HttpCallResponse>),
+    /// `proxy_on_grpc_receive` (status 0) or `proxy_on_grpc_close`.
+    Grpc(GrpcCallResult),
+}
+
+/// The end of a gRPC unary call: the status (0 = OK) and message, and on OK the
+/// response message (without its length prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCallResult {
+    pub status: u32,
+    pub message: String,
+    pub response: Bytes,
 }
 
 /// The answer to a call: the upstream's response (or the proxy's own, e.g. 503 when
@@ -141,6 +163,73 @@ pub(crate) fn request(
         body: Bytes::from(body),
         trailers,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
+        grpc: false,
+    })
+}
+
+/// A gRPC unary call as Envoy's `Context::grpcCall` makes it from a cluster name
+/// (an unknown one is `ParseFailure`, Envoy's status for a `grpc_service` that is
+/// neither a `GrpcService` message nor a cluster): `POST /<service>/<method>` to
+/// `:authority` = the cluster name, `content-type: application/grpc`, `te:
+/// trailers`, `grpc-timeout` from the timeout, the initial metadata as headers, and
+/// the message framed (flag 0, big-endian length).
+pub(crate) fn grpc_request(
+    cluster: &[u8],
+    service: &[u8],
+    method: &[u8],
+    metadata: Vec<Pair>,
+    message: &[u8],
+    timeout_ms: u32,
+) -> Result<HttpCallRequest, Status> {
+    if UNSUPPORTED.with(std::cell::Cell::get) {
+        return Err(Status::Unimplemented);
+    }
+    let cluster = std::str::from_utf8(cluster).map_err(|_| Status::ParseFailure)?;
+    if !cluster_exists(cluster) {
+        return Err(Status::ParseFailure);
+    }
+    let service = std::str::from_utf8(service).map_err(|_| Status::BadArgument)?;
+    let method = std::str::from_utf8(method).map_err(|_| Status::BadArgument)?;
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(cluster)
+        .path_and_query(format!("/{service}/{method}"))
+        .build()
+        .map_err(|_| Status::BadArgument)?;
+    let mut map = HeaderMap::with_capacity(metadata.len() + 4);
+    for (name, value) in metadata {
+        let (name, value) = header(&name, &value)?;
+        map.append(name, value);
+    }
+    map.insert(
+        HOST,
+        HeaderValue::from_str(cluster).map_err(|_| Status::BadArgument)?,
+    );
+    map.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    map.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    if timeout_ms > 0 {
+        let timeout = HeaderValue::try_from(format!("{timeout_ms}m"));
+        map.insert("grpc-timeout", timeout.map_err(|_| Status::BadArgument)?);
+    }
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = Method::POST;
+    head.uri = uri;
+    head.headers = map;
+    Ok(HttpCallRequest {
+        token: 0,
+        cluster: cluster.to_owned(),
+        head,
+        body: Bytes::from(body),
+        trailers: None,
+        timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
+        grpc: true,
     })
 }
 

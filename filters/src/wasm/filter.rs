@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use http::{HeaderMap, StatusCode};
 
-use super::callout::{HttpCallRequest, HttpCallResponse};
+use super::callout::{CallAnswer, HttpCallRequest};
 use super::headers::HeaderView;
 use super::state::StreamData;
 use super::vm::{Phase, WasmVm};
@@ -155,15 +155,16 @@ impl WasmHttpFilter {
             .unwrap_or(false)
     }
 
-    /// Delivers the answer to the callout `token` (`proxy_on_http_call_response`),
+    /// Delivers the answer to the callout `token` (`proxy_on_http_call_response`, or
+    /// `proxy_on_grpc_receive` / `proxy_on_grpc_close`),
     /// lending the paused head. Returns what the plugin asked for the paused
     /// phase: `Continue` when it resumed it (`proxy_continue_stream`), a local reply,
     /// or `StopIteration` to keep waiting. A failure in the callback is answered as
     /// in any phase (500, or continue when fail-open).
-    pub fn on_http_call_response(
+    pub fn on_call_answer(
         &mut self,
         token: u32,
-        response: Option<HttpCallResponse>,
+        response: CallAnswer,
         paused: Paused<'_>,
     ) -> FilterStatus {
         let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
@@ -219,12 +220,12 @@ impl WasmHttpFilter {
         generation: u64,
         context: u32,
         token: u32,
-        response: Option<HttpCallResponse>,
+        response: CallAnswer,
         data: &mut StreamData,
     ) {
         let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
-            let outcome = vm.http_call_response(token, response, data);
+            let outcome = vm.call_answer(token, response, data);
             calls.append(&mut vm.take_dispatched());
             outcome?;
             Ok(vm.take_signals(context))

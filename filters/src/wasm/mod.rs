@@ -55,7 +55,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
-pub use callout::{set_callouts_unsupported, set_cluster_check, HttpCallRequest, HttpCallResponse};
+pub use callout::{
+    set_callouts_unsupported, set_cluster_check, CallAnswer, GrpcCallResult, HttpCallRequest,
+    HttpCallResponse,
+};
 pub use engine::WasmEngine;
 pub use error::WasmError;
 pub use filter::WasmHttpFilter;

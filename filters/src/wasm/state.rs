@@ -43,6 +43,8 @@ pub(crate) struct HostState {
     /// Connection contexts of network filters, whose HTTP callouts are not
     /// supported (`proxy_http_call` answers `Unimplemented` for them).
     pub network_contexts: std::collections::HashSet<u32, foldhash::fast::RandomState>,
+    /// The status of the last gRPC call that ended (`proxy_get_status`).
+    pub grpc_status: (u32, String),
 }
 
 impl HostState {
@@ -68,6 +70,7 @@ impl HostState {
             next_call_token: 1,
             queue_notifier: None,
             network_contexts: Default::default(),
+            grpc_status: (0, String::new()),
         }
     }
 }
@@ -93,6 +96,8 @@ pub(crate) struct StreamData {
     pub call_response: Option<ResponseHead>,
     pub call_body: Option<BodyBuffer>,
     pub call_trailers: Option<HeaderMap>,
+    /// During `proxy_on_grpc_receive`: the response message (buffer type 5).
+    pub grpc_message: Option<BodyBuffer>,
 }
 
 impl StreamData {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
 
-use super::callout::{HttpCallRequest, HttpCallResponse};
+use super::callout::{CallAnswer, HttpCallRequest};
 use super::engine::deadline_ticks;
 use super::module::WasmPlugin;
 use super::shared::QueueNotifier;
@@ -120,14 +120,14 @@ impl WasmVm {
 
     /// Answers a call the root context made; new calls it dispatches in the
     /// callback are in the next `take_root_calls`.
-    pub fn root_http_call_response(
+    pub fn root_call_answer(
         &self,
         generation: u64,
         token: u32,
-        response: Option<HttpCallResponse>,
+        answer: CallAnswer,
     ) -> Result<(), WasmError> {
         self.with_running(generation, |vm| {
-            vm.http_call_response(token, response, &mut StreamData::default())
+            vm.call_answer(token, answer, &mut StreamData::default())
                 .map(|_| ())
         })
     }
@@ -207,6 +207,8 @@ pub(crate) struct Exports {
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<CallResponseFn>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     /// The network-filter callbacks (`super::network`).
     pub(crate) network: super::network::NetworkExports,
 }
@@ -280,6 +282,8 @@ impl Running {
             on_tick: optional!("proxy_on_tick"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
             on_queue_ready: optional!("proxy_on_queue_ready"),
+            on_grpc_receive: optional!("proxy_on_grpc_receive"),
+            on_grpc_close: optional!("proxy_on_grpc_close"),
             network: super::network::NetworkExports::lookup(&instance, &mut store, &config.name)?,
         });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
@@ -470,54 +474,77 @@ impl Running {
         result
     }
 
-    /// `proxy_on_http_call_response` for the call `token`, on the context that made
-    /// it, with `data` (the stream parts the caller lends, e.g. a paused request
-    /// head) in the store. Returns that context, or `None` when the call is unknown
-    /// (its context ended; Envoy cancels such calls).
-    pub(crate) fn http_call_response(
+    /// The answer to the call `token`, on the context that made it, with `data`
+    /// (the stream parts the caller lends, e.g. a paused request head) in the store:
+    /// `proxy_on_http_call_response`, or for a gRPC call `proxy_on_grpc_receive`
+    /// (OK) / `proxy_on_grpc_close` (any other status). Returns that context, or
+    /// `None` when the call is unknown (its context ended or it was cancelled; Envoy
+    /// cancels such calls).
+    pub(crate) fn call_answer(
         &mut self,
         token: u32,
-        response: Option<HttpCallResponse>,
+        answer: CallAnswer,
         data: &mut StreamData,
     ) -> Result<Option<u32>, WasmError> {
         let Some(context) = self.store.data_mut().calls.remove(&token) else {
             return Ok(None);
         };
         let e = Rc::clone(&self.exports);
-        let Some(callback) = &e.on_http_call_response else {
-            return Ok(Some(context));
-        };
-        let (headers, body, trailers) = match &response {
-            Some(r) => (
-                r.head.headers.len() + 1,
-                r.body.len(),
-                r.trailers.as_ref().map_or(0, HeaderMap::len),
-            ),
-            None => (0, 0, 0),
-        };
+        let (ctx, tok) = (context as i32, token as i32);
         let state = self.store.data_mut();
         state.stream.exchange(data);
-        if let Some(response) = response {
-            state.stream.call_response = Some(response.head);
-            state.stream.call_body = Some(BodyBuffer::from(&response.body[..]));
-            state.stream.call_trailers = Some(response.trailers.unwrap_or_default());
-        }
-        let result = self.call(
-            "proxy_on_http_call_response",
-            context,
-            callback,
-            (
-                context as i32,
-                token as i32,
-                headers as i32,
-                body as i32,
-                trailers as i32,
-            ),
-        );
+        let result = match answer {
+            CallAnswer::Http(response) => match &e.on_http_call_response {
+                None => Ok(()),
+                Some(callback) => {
+                    let (headers, body, trailers) = match &response {
+                        Some(r) => (
+                            r.head.headers.len() + 1,
+                            r.body.len(),
+                            r.trailers.as_ref().map_or(0, HeaderMap::len),
+                        ),
+                        None => (0, 0, 0),
+                    };
+                    if let Some(response) = response {
+                        let stream = &mut self.store.data_mut().stream;
+                        stream.call_response = Some(response.head);
+                        stream.call_body = Some(BodyBuffer::from(&response.body[..]));
+                        stream.call_trailers = Some(response.trailers.unwrap_or_default());
+                    }
+                    let (h, b, t) = (headers as i32, body as i32, trailers as i32);
+                    self.call(
+                        "proxy_on_http_call_response",
+                        context,
+                        callback,
+                        (ctx, tok, h, b, t),
+                    )
+                }
+            },
+            CallAnswer::Grpc(result) => {
+                let state = self.store.data_mut();
+                state.grpc_status = (result.status, result.message);
+                match (result.status, &e.on_grpc_receive, &e.on_grpc_close) {
+                    (0, Some(receive), _) => {
+                        let size = result.response.len() as i32;
+                        state.stream.grpc_message = Some(BodyBuffer::from(&result.response[..]));
+                        self.call("proxy_on_grpc_receive", context, receive, (ctx, tok, size))
+                    }
+                    (0, None, _) => Ok(()),
+                    (status, _, Some(close)) => self.call(
+                        "proxy_on_grpc_close",
+                        context,
+                        close,
+                        (ctx, tok, status as i32),
+                    ),
+                    (_, _, None) => Ok(()),
+                }
+            }
+        };
         let stream = &mut self.store.data_mut().stream;
         stream.call_response = None;
         stream.call_body = None;
         stream.call_trailers = None;
+        stream.grpc_message = None;
         stream.exchange(data);
         result.map(|()| Some(context))
     }

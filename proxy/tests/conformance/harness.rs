@@ -159,13 +159,20 @@ fn is_uuid(text: &str) -> bool {
 /// `:authority`), the other request `headers` (names lower-case; a generated UUID
 /// `x-request-id` shown as `<uuid>`; `x-envoy-*` apart in `envoy_headers`, since they are
 /// Envoy-internal and only reported) and the request `body`.
-async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let grpc = parts
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return Ok(grpc_echo(&parts.headers, body).await);
+    }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut envoy_headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (key, value) in &parts.headers {
@@ -201,7 +208,10 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
     if let Some(ms) = header(ECHO_DELAY_MS).and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let mut response = Response::new(Full::new(Bytes::from(seen.to_string())));
+    let mut response = Response::new(EchoBody {
+        data: Some(Bytes::from(seen.to_string())),
+        trailers: None,
+    });
     if let Some(status) = header(ECHO_STATUS).and_then(|v| v.parse::<u16>().ok()) {
         *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     }
@@ -217,6 +227,71 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
         }
     }
     Ok(response)
+}
+
+/// A gRPC answer to a gRPC request: the request's message echoed back, with
+/// `grpc-status` / `grpc-message` from the request metadata `x-grpc-echo-status` /
+/// `x-grpc-echo-message` (default OK), after `x-echo-delay-ms`.
+async fn grpc_echo(headers: &hyper::HeaderMap, body: Bytes) -> Response<EchoBody> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = header(ECHO_DELAY_MS).and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut trailers = hyper::HeaderMap::new();
+    let status = header("x-grpc-echo-status").unwrap_or("0");
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from_str(status).expect("status"),
+    );
+    if let Some(message) = header("x-grpc-echo-message") {
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_str(message).expect("message"),
+        );
+    }
+    let mut response = Response::new(EchoBody {
+        data: Some(body),
+        trailers: Some(trailers),
+    });
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The echo backend's body: data, then trailers (for gRPC).
+pub struct EchoBody {
+    data: Option<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for EchoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, &self.trailers) {
+            (data, None) => {
+                hyper::body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 /// A local port nothing listens on (bound, then released).

@@ -115,8 +115,9 @@ fn buffer(state: &HostState, buffer_type: i32) -> Result<&[u8], Status> {
         6 => Ok(&state.plugin.vm_configuration),
         7 => Ok(&state.plugin.configuration),
         4 => body(&state.stream.call_body),
-        // gRPC messages and foreign-call data arrive with those features.
-        5 | 8 => Err(Status::NotFound),
+        5 => body(&state.stream.grpc_message),
+        // Foreign-function call data.
+        8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }

@@ -5,7 +5,7 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: gRPC callouts, HTTP callouts from network-filter connections and
+//! exactly this: gRPC streams (`proxy_grpc_stream`, `_send`, `_close`), HTTP callouts from network-filter connections and
 //! bootstrap services, `proxy_set_property`,
 //! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
@@ -31,6 +31,7 @@ pub(crate) enum Status {
     NotFound = 1,
     BadArgument = 2,
     SerializationFailure = 3,
+    ParseFailure = 4,
     InvalidMemoryAccess = 6,
     Empty = 7,
     CasMismatch = 8,
@@ -65,12 +66,9 @@ pub(crate) type C<'a> = Caller<'a, HostState>;
 
 const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_set_property", 4),
-    ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
-    ("proxy_grpc_cancel", 1),
     ("proxy_grpc_close", 1),
-    ("proxy_get_status", 3),
     ("proxy_call_foreign_function", 6),
 ];
 
@@ -188,17 +186,93 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }
                 let mut call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
                 let state = caller.data_mut();
-                let token = state.next_call_token;
-                state.next_call_token = token.wrapping_add(1).max(1);
+                let token = dispatch_token(state);
                 call.token = token;
-                let context = state.effective_context;
-                state.calls.insert(token, context);
                 state.dispatched.push(call);
                 write_u32(&mut caller, token_out, token)
             })())
         },
     )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut caller: C<'_>,
+         service_ptr: i32,
+         service_len: i32,
+         service_name_ptr: i32,
+         service_name_len: i32,
+         method_ptr: i32,
+         method_len: i32,
+         metadata_ptr: i32,
+         metadata_len: i32,
+         message_ptr: i32,
+         message_len: i32,
+         timeout_ms: i32,
+         token_out: i32| {
+            finish((|| {
+                let state = caller.data();
+                if state.network_contexts.contains(&state.effective_context) {
+                    return Err(Status::Unimplemented.into());
+                }
+                let cluster = read(&caller, service_ptr, service_len)?;
+                let service = read(&caller, service_name_ptr, service_name_len)?;
+                let method = read(&caller, method_ptr, method_len)?;
+                let metadata = match metadata_len {
+                    0 => Vec::new(),
+                    _ => deserialize_pairs(&read(&caller, metadata_ptr, metadata_len)?)?,
+                };
+                let message = read(&caller, message_ptr, message_len)?;
+                let mut call = callout::grpc_request(
+                    &cluster,
+                    &service,
+                    &method,
+                    metadata,
+                    &message,
+                    timeout_ms as u32,
+                )?;
+                let token = dispatch_token(caller.data_mut());
+                call.token = token;
+                caller.data_mut().dispatched.push(call);
+                write_u32(&mut caller, token_out, token)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_cancel",
+        |mut caller: C<'_>, token: i32| {
+            // The answer, when it comes, finds no call and is dropped; no callback.
+            match caller.data_mut().calls.remove(&(token as u32)) {
+                Some(_) => Ok(Status::Ok as i32),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut caller: C<'_>, code_out: i32, message_ptr_out: i32, message_len_out: i32| {
+            finish((|| {
+                let (code, message) = caller.data().grpc_status.clone();
+                write_u32(&mut caller, code_out, code)?;
+                copy_out(
+                    &mut caller,
+                    message.as_bytes(),
+                    message_ptr_out,
+                    message_len_out,
+                )
+            })())
+        },
+    )?;
     Ok(())
+}
+
+/// A new call token, recorded as the effective context's.
+fn dispatch_token(state: &mut HostState) -> u32 {
+    let token = state.next_call_token;
+    state.next_call_token = token.wrapping_add(1).max(1);
+    state.calls.insert(token, state.effective_context);
+    token
 }
 
 fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

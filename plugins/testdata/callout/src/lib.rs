@@ -16,6 +16,14 @@
 //! - `dispatch_http_call` failing answers 500 with the status in `x-callout-error`.
 //! - `x-callout-on-response: <cluster>`: the same call from the response headers
 //!   phase; its status lands in the response header `x-response-callout-status`.
+//! - `x-grpc-call: <cluster>`: a gRPC unary call `strait.test.Echo/Say` with the
+//!   message `x-grpc-message` (default `ping`) and the metadata
+//!   `x-grpc-echo-status` / `x-grpc-echo-message` from the request headers of those
+//!   names; OK resumes the request with `x-grpc-code: 0` and the reply in
+//!   `x-grpc-reply`; another status answers 403 `grpc call failed` with
+//!   `x-grpc-code` and `x-grpc-message` from `get_grpc_status`. `x-grpc-cancel: yes`
+//!   cancels the call at once and continues, reporting the cancel's result in
+//!   `x-grpc-cancel`.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -51,6 +59,7 @@ struct CalloutStream {
     omit: String,
     timeout_ms: u64,
     response_cluster: Option<String>,
+    grpc_call: Option<u32>,
 }
 
 impl CalloutStream {
@@ -76,7 +85,78 @@ impl CalloutStream {
     }
 }
 
+impl CalloutStream {
+    fn grpc_call(&mut self, cluster: &str) -> Action {
+        let message = self
+            .get_http_request_header("x-grpc-message")
+            .unwrap_or_else(|| "ping".to_owned());
+        let status = self.get_http_request_header("x-grpc-echo-status");
+        let text = self.get_http_request_header("x-grpc-echo-message");
+        let mut metadata: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(status) = status.as_deref() {
+            metadata.push(("x-grpc-echo-status", status.as_bytes()));
+        }
+        if let Some(text) = text.as_deref() {
+            metadata.push(("x-grpc-echo-message", text.as_bytes()));
+        }
+        let delay = self.delay.clone();
+        if let Some(delay) = delay.as_deref() {
+            metadata.push(("x-echo-delay-ms", delay.as_bytes()));
+        }
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let token = match self.dispatch_grpc_call(
+            cluster,
+            "strait.test.Echo",
+            "Say",
+            metadata,
+            Some(message.as_bytes()),
+            timeout,
+        ) {
+            Ok(token) => token,
+            Err(status) => {
+                let status = format!("{status:?}");
+                self.send_http_response(
+                    500,
+                    vec![("x-callout-error", status.as_str())],
+                    Some(b"dispatch failed"),
+                );
+                return Action::Pause;
+            }
+        };
+        if self.get_http_request_header("x-grpc-cancel").is_some() {
+            let outcome = format!("{:?}", self.cancel_grpc_call(token));
+            self.set_http_request_header("x-grpc-cancel", Some(&outcome));
+            return Action::Continue;
+        }
+        self.grpc_call = Some(token);
+        Action::Pause
+    }
+}
+
 impl Context for CalloutStream {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if self.grpc_call != Some(token) {
+            return;
+        }
+        if status_code == 0 {
+            let reply = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            self.set_http_request_header("x-grpc-code", Some("0"));
+            self.set_http_request_header("x-grpc-reply", Some(&String::from_utf8_lossy(&reply)));
+            self.resume_http_request();
+            return;
+        }
+        let (code, message) = self.get_grpc_status();
+        let code = code.to_string();
+        let message = message.unwrap_or_default();
+        self.send_http_response(
+            403,
+            vec![("x-grpc-code", code.as_str()), ("x-grpc-message", message.as_str())],
+            Some(b"grpc call failed"),
+        );
+    }
+
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         self.pending.retain(|t| *t != token);
         self.answers += 1;
@@ -132,6 +212,9 @@ impl HttpContext for CalloutStream {
             .and_then(|t| t.parse().ok())
             .unwrap_or(5000);
         self.response_cluster = self.get_http_request_header("x-callout-on-response");
+        if let Some(cluster) = self.get_http_request_header("x-grpc-call") {
+            return self.grpc_call(&cluster);
+        }
         let Some(cluster) = self.get_http_request_header("x-callout") else {
             return Action::Continue;
         };
