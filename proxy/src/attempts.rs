@@ -114,11 +114,12 @@ pub async fn run(
     if retry.is_none() && plan.per_try.is_none() && plan.per_try_idle.is_none() {
         return single(&plan, first, host, timers, guard).await;
     }
-    // Boxed: the request future is as large as its largest await, and it is copied
-    // whole into its box on every request; retries and hedging hold kilobytes of
-    // state the plain path should not pay to move.
+    // The retry loop stays inline: its state (the attempt's send future is boxed)
+    // is no larger than the single path's, so it costs the plain route nothing and
+    // saves a retrying one an allocation. Hedging's is boxed: the request future is
+    // as large as its largest await and is copied whole into its box per request.
     if !plan.hedge {
-        return Box::pin(sequential(&plan, first, host, retry, timers, guard)).await;
+        return sequential(&plan, first, host, retry, timers, guard).await;
     }
     Box::pin(hedged(plan, first, host, retry, timers, guard)).await
 }
