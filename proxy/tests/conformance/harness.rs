@@ -166,10 +166,9 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBod
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let grpc = parts
-        .headers
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // Only the wasm tests' own service answers in gRPC; other gRPC requests get the
+    // JSON echo, so the comparison sees what the backend received.
+    let grpc = parts.uri.path().starts_with(GRPC_ECHO_SERVICE);
     if grpc {
         return Ok(grpc_echo(&parts.headers, body).await);
     }
@@ -228,6 +227,9 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBod
     }
     Ok(response)
 }
+
+/// Requests to this gRPC service get a gRPC answer ([`grpc_echo`]).
+pub const GRPC_ECHO_SERVICE: &str = "/strait.test.Echo/";
 
 /// A gRPC answer to a gRPC request: the request's message echoed back, with
 /// `grpc-status` / `grpc-message` from the request metadata `x-grpc-echo-status` /
