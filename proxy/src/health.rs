@@ -209,20 +209,27 @@ async fn check_host(cluster: Arc<ClusterRuntime>, host: Arc<Host>) {
     };
     let mut delay = match host.health.lock().pending {
         true => Duration::ZERO,
-        false => next_interval(check),
+        false => next_interval(check, &cluster),
     };
     loop {
         tokio::time::sleep(delay).await;
         let outcome = run(check, &cluster.config.name, host.addr).await;
         record(&cluster, check, &host, outcome);
-        delay = next_interval(check);
+        delay = next_interval(check, &cluster);
     }
 }
 
-/// `interval` plus a random share of `interval_jitter`. `no_traffic_interval` is not
-/// used: Strait checks at `interval` whether or not the cluster has traffic.
-fn next_interval(check: &HealthCheck) -> Duration {
-    check.interval + check.interval_jitter.mul_f64(rand::random::<f64>())
+/// Envoy's interval: `interval` once the cluster has opened an upstream connection
+/// for traffic (`upstream_cx_total` used), `no_traffic_interval` (default 60 s)
+/// until then, so clusters nobody sends to are not checked at full rate; plus a
+/// random share of `interval_jitter`. A check already sleeping when the first
+/// traffic arrives keeps its sleep, as in Envoy.
+fn next_interval(check: &HealthCheck, cluster: &ClusterRuntime) -> Duration {
+    let base = match cluster.stats.upstream_cx_total.value() {
+        0 => check.no_traffic_interval,
+        _ => check.interval,
+    };
+    base + check.interval_jitter.mul_f64(rand::random::<f64>())
 }
 
 fn record(cluster: &ClusterRuntime, check: &HealthCheck, host: &Host, outcome: Outcome) {

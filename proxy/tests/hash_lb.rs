@@ -102,7 +102,7 @@ async fn cookie_hash_generates_a_cookie_then_sticks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_host_is_skipped_and_its_keys_come_back() {
     let backends = three().await;
-    let check = "  health_checks:\n  - timeout: 1s\n    interval: 0.1s\n    unhealthy_threshold: 1\n    healthy_threshold: 1\n    http_health_check: {path: /healthz}\n";
+    let check = "  health_checks:\n  - timeout: 1s\n    interval: 0.1s\n    no_traffic_interval: 0.1s\n    unhealthy_threshold: 1\n    healthy_threshold: 1\n    http_health_check: {path: /healthz}\n";
     let yaml = config(
         "RING_HASH",
         "- header: {header_name: x-user}",

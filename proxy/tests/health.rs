@@ -23,7 +23,7 @@ fn checked_cluster(endpoints: &[SocketAddr], check: &str, extra: &str) -> String
     yaml
 }
 
-const FAST: &str = "timeout: 1s\ninterval: 0.1s\ninterval_jitter: 0.01s\nunhealthy_threshold: 2\nhealthy_threshold: 2\n";
+const FAST: &str = "timeout: 1s\ninterval: 0.1s\nno_traffic_interval: 0.1s\ninterval_jitter: 0.01s\nunhealthy_threshold: 2\nhealthy_threshold: 2\n";
 
 async fn start(endpoints: &[SocketAddr], check: &str, extra: &str) -> Strait {
     let yaml = Bootstrap::catch_all("c")
@@ -249,4 +249,32 @@ async fn reload_keeps_an_unchanged_checker_and_stops_a_removed_one() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(t.requests() <= pings + 1, "{} > {pings} + 1", t.requests());
     wait_flags(&s, t.addr(), "healthy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_run_at_no_traffic_interval_until_the_cluster_has_traffic() {
+    // Envoy's default: a cluster that never opened a connection for traffic is
+    // checked every `no_traffic_interval` (60 s), not every `interval`. Here the
+    // first (immediate) check is the only one for a second; after one request
+    // opens a connection, checks come every 50 ms.
+    let a = Backend::with_health("a").await;
+    let check = "timeout: 1s\ninterval: 0.05s\nunhealthy_threshold: 1\nhealthy_threshold: 1\nhttp_health_check: {path: /healthz}";
+    let s = start(&[a.addr()], check, "").await;
+    s.wait_stat("cluster.c.health_check.attempt", |v| v >= 1)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.stat("cluster.c.health_check.attempt").await, Some(1));
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The host's checker is in its 60 s sleep, which it keeps (as in Envoy). A
+    // host added now is checked at once and then every `interval`.
+    let b = Backend::with_health("b").await;
+    s.rewrite_config(
+        &Bootstrap::catch_all("c")
+            .cluster_raw(&checked_cluster(&[a.addr(), b.addr()], check, ""))
+            .build(),
+    );
+    s.admin_post("/reload").await;
+    s.wait_stat("cluster.c.health_check.attempt", |v| v >= 10)
+        .await;
 }

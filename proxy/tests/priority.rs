@@ -11,7 +11,7 @@ use common::*;
 /// Cluster `c`: `p0` at priority 0, `p1` at priority 1, a fast TCP health check.
 fn config(p0: SocketAddr, p1: SocketAddr) -> String {
     let cluster = format!(
-        "- name: c\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: c\n    policy: {{overprovisioning_factor: 140}}\n    endpoints:\n    - lb_endpoints:\n      - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n    - priority: 1\n      lb_endpoints:\n      - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n  health_checks:\n  - timeout: 1s\n    interval: 0.1s\n    interval_jitter: 0.01s\n    unhealthy_threshold: 1\n    healthy_threshold: 1\n    tcp_health_check: {{}}\n",
+        "- name: c\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: c\n    policy: {{overprovisioning_factor: 140}}\n    endpoints:\n    - lb_endpoints:\n      - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n    - priority: 1\n      lb_endpoints:\n      - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n  health_checks:\n  - timeout: 1s\n    interval: 0.1s\n    no_traffic_interval: 0.1s\n    interval_jitter: 0.01s\n    unhealthy_threshold: 1\n    healthy_threshold: 1\n    tcp_health_check: {{}}\n",
         p0.ip(),
         p0.port(),
         p1.ip(),
