@@ -126,8 +126,10 @@ impl Proxy {
             &running,
             &new.snapshot.wasm_services,
             self.options.concurrency,
+            &new.clusters,
             &self.shared.store,
-        )?;
+        )
+        .await?;
         // Bind every new or moved listener before publishing, so a port in use refuses
         // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
@@ -222,8 +224,10 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             &[],
             &runtime.snapshot.wasm_services,
             options.concurrency,
+            &runtime.clusters,
             &store,
-        )?;
+        )
+        .await?;
         let mut bindings = Vec::new();
         for (i, l) in runtime.listeners.iter().enumerate() {
             let b = listener::bind(l.config.address, options.concurrency).with_context(|| {

@@ -28,6 +28,8 @@ use bytes::Bytes;
 use strait_filters::wasm::{PluginConfig, WasmEngine, WasmPlugin, WasmVm};
 use strait_xds::model::WasmServiceConfig;
 
+use crate::cluster::ClusterRuntime;
+use crate::runtime::FastMap;
 use crate::stats::{Counter, Scope, Store};
 
 /// One configured service and its running VMs.
@@ -40,10 +42,11 @@ pub struct WasmServiceRuntime {
 /// The services for `configs`: those of `running` whose config is unchanged, and new
 /// ones started for the rest. Dropping the services of `running` that are not in the
 /// result stops them; on error, the new ones are stopped.
-pub fn sync(
+pub async fn sync(
     running: &[Arc<WasmServiceRuntime>],
     configs: &[Arc<WasmServiceConfig>],
     concurrency: usize,
+    clusters: &FastMap<String, Arc<ClusterRuntime>>,
     store: &Store,
 ) -> anyhow::Result<Vec<Arc<WasmServiceRuntime>>> {
     let mut services = Vec::with_capacity(configs.len());
@@ -56,7 +59,15 @@ pub fn sync(
             });
         let service = match kept {
             Some(old) => old.clone(),
-            None => WasmServiceRuntime::start(config.clone(), concurrency, store)?,
+            None => {
+                // A `code.remote` module is fetched through its cluster (of the config
+                // being built) first, as for HTTP filters (`wasm_remote`).
+                let code = match &config.plugin.remote {
+                    Some(remote) => crate::wasm_remote::load(remote, clusters, store).await?,
+                    None => Bytes::from(config.plugin.code.to_vec()),
+                };
+                WasmServiceRuntime::start(config.clone(), code, concurrency, store)?
+            }
         };
         services.push(service);
     }
@@ -68,6 +79,7 @@ impl WasmServiceRuntime {
     /// every VM ran `proxy_on_vm_start` and `proxy_on_configure`.
     pub fn start(
         config: Arc<WasmServiceConfig>,
+        code: Bytes,
         concurrency: usize,
         store: &Store,
     ) -> anyhow::Result<Arc<Self>> {
@@ -75,7 +87,7 @@ impl WasmServiceRuntime {
         let error = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!("{}: module {}: {e}", wasm.path, wasm.code_source)
         };
-        let mut plugin = PluginConfig::new(wasm.name.clone(), Bytes::from(wasm.code.to_vec()));
+        let mut plugin = PluginConfig::new(wasm.name.clone(), code);
         plugin.root_id.clone_from(&wasm.root_id);
         plugin.vm_id.clone_from(&wasm.vm_id);
         plugin.configuration = Bytes::from(wasm.configuration.clone());

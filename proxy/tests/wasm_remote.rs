@@ -272,3 +272,66 @@ async fn a_restart_loads_the_compiled_module_from_the_cache_dir() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_bootstrap_service_loads_its_module_from_code_remote() {
+    // The `service` plugin as a singleton `envoy.bootstrap.wasm`, fetched through
+    // the `plugins` cluster and checked against its sha256 before it starts; the
+    // `shared_reader` filter shows what it published.
+    let service = plugins::plugin_code("service");
+    let files = Backend::file("plugins", service.clone(), 0).await;
+    let backend = Backend::echo("backend").await;
+    let sha = sha256_hex(&service);
+    let bootstrap = format!(
+        r#"bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: remote-service
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: "fetched"
+      vm_config:
+        vm_id: shared
+        runtime: envoy.wasm.runtime.v8
+        code:
+          remote:
+            http_uri: {{uri: "http://plugins.example/modules/service.wasm", cluster: plugins, timeout: 10s}}
+            sha256: {sha}
+"#
+    );
+    let reader = format!(
+        r#"- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: reader
+      vm_config:
+        vm_id: shared
+        runtime: envoy.wasm.runtime.v8
+        code:
+          local:
+            filename: {}
+"#,
+        plugins::plugin_dir()
+            .join("strait_testdata_shared_reader.wasm")
+            .display()
+    );
+    let yaml = format!("{bootstrap}{}", config(&backend, &files, &reader));
+    let strait = Strait::start(&yaml).await;
+    let resp = get(strait.main_addr().await, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-service-message"), Some("fetched"));
+    assert_eq!(files.requests(), 1);
+
+    // A wrong digest refuses the config, naming the service's field.
+    let wrong = yaml.replace(&sha, &"0".repeat(64));
+    let (code, stderr) = Strait::start_expect_failure(&wrong).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("bootstrap_extensions[0].typed_config.config.vm_config.code.remote.sha256: module sha256 is"),
+        "{stderr}"
+    );
+}

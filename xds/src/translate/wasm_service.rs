@@ -41,13 +41,6 @@ fn service(path: &str, extension: &TypedExtensionConfig) -> Result<Arc<WasmServi
         map.remove("singleton");
     }
     let plugin = wasm::filter(&TypedConfig { fields, ..typed })?;
-    if plugin.remote.is_some() {
-        // Services start before clusters are up; fetching their module is not wired yet.
-        return Err(ConfigError::new(
-            format!("{path}.typed_config.config.vm_config.code.remote"),
-            format!("code.remote for bootstrap wasm services {NOT_SUPPORTED}"),
-        ));
-    }
     Ok(Arc::new(WasmServiceConfig {
         plugin: Arc::new(plugin),
         singleton: service.singleton,
@@ -110,11 +103,6 @@ mod tests {
                 "envoy.extensions.wasm.v3.WasmService",
                 "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
                 "bootstrap_extensions[0].typed_config: envoy.extensions.bootstrap.internal_listener.v3.InternalListener is not supported yet",
-            ),
-            (
-                "code: {local: {inline_string: \"not really wasm\"}}",
-                "code: {remote: {http_uri: {uri: \"http://p/m.wasm\", cluster: c, timeout: 1s}, sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"}}",
-                "bootstrap_extensions[0].typed_config.config.vm_config.code.remote: code.remote for bootstrap wasm services is not supported yet",
             ),
         ];
         for (from, to, want) in cases {
