@@ -67,6 +67,8 @@ pub enum RequestBody {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
     },
+    /// A body fed over time (a plugin's gRPC stream); ends when the sender drops.
+    Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
 }
 
 /// A request body kept while it streams, so each retry replays it from the start.
@@ -254,6 +256,7 @@ impl RequestBody {
             } => *done && trailers.is_none() && inner.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
             RequestBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestBody::Channel(_) => false,
         }
     }
 }
@@ -275,6 +278,9 @@ impl Body for RequestBody {
                 Some(data) => Some(Ok(Frame::data(data))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
+            RequestBody::Channel(rx) => rx
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(Frame::data(d)))),
             RequestBody::Streaming { inner, received } => {
                 let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
@@ -344,7 +350,7 @@ impl Body for RequestBody {
                 data,
                 trailers: None,
             } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            RequestBody::Full { .. } => SizeHint::default(),
+            RequestBody::Full { .. } | RequestBody::Channel(_) => SizeHint::default(),
         }
     }
 }

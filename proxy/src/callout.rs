@@ -24,7 +24,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
-use strait_filters::wasm::{CallAnswer, GrpcCallResult, HttpCallRequest, HttpCallResponse};
+use strait_filters::wasm::{
+    CallAnswer, CallKind, GrpcCallResult, GrpcStreamEvent, HttpCallRequest, HttpCallResponse,
+};
 use strait_xds::model::UpstreamProtocol;
 
 use crate::body::RequestBody;
@@ -40,7 +42,7 @@ pub const MAX_BODY: usize = 16 << 20;
 /// (`proxy_on_http_call_response`), for a gRPC call its status and message.
 pub async fn send(shared: &Shared, call: HttpCallRequest) -> CallAnswer {
     let timeout = call.timeout;
-    let grpc = call.grpc;
+    let grpc = call.kind == CallKind::GrpcUnary;
     let exchange = exchange(shared, call);
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, exchange)
@@ -148,7 +150,111 @@ enum Failure {
     Broken(String),
 }
 
+/// A gRPC stream (`proxy_grpc_stream`): the request body is the framed messages
+/// the plugin sends (`messages`; the stream half-closes when that channel closes).
+/// Each event is handed to `event` as it happens: the response headers, every
+/// message, the trailers, then the close with `grpc-status` (or, when the exchange
+/// fails or answers other than HTTP 200, the mapped status), as Envoy's async
+/// stream reports them.
+pub async fn grpc_stream(
+    shared: &Shared,
+    call: HttpCallRequest,
+    messages: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    mut event: impl FnMut(GrpcStreamEvent),
+) {
+    let close = |status: u32, message: String| GrpcStreamEvent::Close { status, message };
+    let response = match start(shared, call, RequestBody::Channel(messages)).await {
+        Ok(response) => response,
+        Err(Failure::Proxy(error)) => {
+            // Envoy answers with a trailers-only local reply, which its async
+            // stream reports as trailing metadata, then the close.
+            let status = http_to_grpc(error.status());
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            trailers.insert("grpc-status", HeaderValue::from(status));
+            if let Ok(body) = HeaderValue::try_from(error.body()) {
+                trailers.insert("grpc-message", body);
+            }
+            event(GrpcStreamEvent::TrailingMetadata(trailers));
+            let message = format!("{}{{{}}}", error.body(), error.details());
+            return event(close(status, message));
+        }
+        Err(Failure::Timeout | Failure::Broken(_)) => {
+            return event(close(GRPC_INTERNAL, String::new()));
+        }
+    };
+    let (response, _lease) = response;
+    let (head, mut body) = response.into_parts();
+    if head.status != StatusCode::OK {
+        let status = http_to_grpc(head.status.as_u16());
+        return event(close(status, "{via_upstream}".into()));
+    }
+    event(GrpcStreamEvent::InitialMetadata(head.headers.clone()));
+    let mut pending = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return event(close(GRPC_INTERNAL, e.to_string())),
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                pending.extend_from_slice(&data);
+                while let Some(message) = next_message(&mut pending) {
+                    event(GrpcStreamEvent::Message(message));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    // A trailers-only answer carries the status in its headers.
+    let source = trailers.as_ref().unwrap_or(&head.headers);
+    let field = |name: &str| source.get(name).and_then(|v| v.to_str().ok());
+    let status = field("grpc-status").and_then(|s| s.parse::<u32>().ok());
+    let message = format!(
+        "{}{{via_upstream}}",
+        field("grpc-message").unwrap_or_default()
+    );
+    if let Some(trailers) = trailers.clone() {
+        event(GrpcStreamEvent::TrailingMetadata(trailers));
+    }
+    event(close(status.unwrap_or(GRPC_UNKNOWN), message));
+}
+
+/// Splits the next whole message off `pending` (flag byte, big-endian length).
+fn next_message(pending: &mut bytes::BytesMut) -> Option<Bytes> {
+    let len = pending.get(1..5)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if pending.len() < 5 + len {
+        return None;
+    }
+    let mut frame = pending.split_to(5 + len);
+    Some(frame.split_off(5).freeze())
+}
+
 async fn exchange(shared: &Shared, call: HttpCallRequest) -> Result<HttpCallResponse, Failure> {
+    let body = RequestBody::full(call.body.clone(), call.trailers.clone());
+    let (response, lease) = start(shared, call, body).await?;
+    let (head, body) = response.into_parts();
+    let collected = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Failure::Broken(e.to_string()))?;
+    drop(lease);
+    let trailers = collected.trailers().cloned();
+    Ok(HttpCallResponse {
+        head,
+        body: collected.to_bytes(),
+        trailers,
+    })
+}
+
+/// Sends the call's head with `body` to a host of its cluster; the response head.
+async fn start(
+    shared: &Shared,
+    call: HttpCallRequest,
+    body: RequestBody,
+) -> Result<(http::Response<hyper::body::Incoming>, Option<pool::Lease>), Failure> {
     let runtime = shared.runtime.load_full();
     // The VM checked the name when the call was made; a reload may have removed
     // the cluster since.
@@ -171,23 +277,12 @@ async fn exchange(shared: &Shared, call: HttpCallRequest) -> Result<HttpCallResp
             Version::HTTP_11
         }
     };
-    let request = Request::from_parts(head, RequestBody::full(call.body, call.trailers));
+    let request = Request::from_parts(head, body);
     let (response, lease) = pool::send(cluster, &host, h2, false, Default::default(), request)
         .await
         .map_err(Failure::Proxy)?;
     cluster.stats.record_status(response.status().as_u16());
-    let (head, body) = response.into_parts();
-    let collected = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| Failure::Broken(e.to_string()))?;
-    drop(lease);
-    let trailers = collected.trailers().cloned();
-    Ok(HttpCallResponse {
-        head,
-        body: collected.to_bytes(),
-        trailers,
-    })
+    Ok((response, lease))
 }
 
 /// The response the proxy gives in the upstream's place, as its router would.

@@ -63,7 +63,8 @@ use http::StatusCode;
 use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{
-    CallAnswer, PluginConfig, WasmEngine, WasmHttpFilter, WasmPlugin, WasmVm,
+    grpc_frame, CallAnswer, CallKind, Dispatch, PluginConfig, StreamOp, WasmEngine, WasmHttpFilter,
+    WasmPlugin, WasmVm,
 };
 use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
@@ -348,24 +349,137 @@ async fn tick(id: u64, runtime: Weak<WasmFilterRuntime>) {
 /// worker's VM of plugin `id`, if it is still the VM that made the call.
 fn send_root_calls(id: u64, vm: &WasmVm) {
     let (generation, calls) = vm.take_root_calls();
-    if calls.is_empty() {
-        return;
+    if !calls.is_empty() {
+        start(Owner::Root { id, generation }, calls, None);
     }
+}
+
+/// Who made a call, so its answers find their way back.
+#[derive(Clone, Copy)]
+enum Owner {
+    /// A stream context: the filter in `slot` of stream `id`.
+    Stream { id: ChainId, slot: usize },
+    /// The root context of this worker's VM of plugin `id`, if still `generation`.
+    Root { id: u64, generation: u64 },
+}
+
+impl Owner {
+    /// Keys this owner's open gRPC streams (stream ids and plugin ids are both
+    /// counters from 1; plugins count down from the top).
+    fn key(self) -> u64 {
+        match self {
+            Owner::Stream { id, .. } => id.0,
+            Owner::Root { id, .. } => u64::MAX - id,
+        }
+    }
+
+    /// Hands `answer` for `token` to the context that made the call.
+    fn deliver(self, token: u32, answer: CallAnswer) {
+        match self {
+            Owner::Stream { id, slot } => deliver(id, slot, token, answer),
+            Owner::Root { id, generation } => {
+                let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
+                    return;
+                };
+                let _ = vm.root_call_answer(generation, token, answer);
+                send_root_calls(id, &vm);
+            }
+        }
+    }
+}
+
+/// An open gRPC stream of this worker: where its messages go (dropped by a
+/// half-close) and its task (aborted by a cancel).
+struct OpenStream {
+    messages: Option<mpsc::UnboundedSender<Bytes>>,
+    task: AbortHandle,
+}
+
+thread_local! {
+    static GRPC_STREAMS: RefCell<FastMap<(u64, u32), OpenStream>> = RefCell::new(FastMap::default());
+}
+
+/// Starts what a callback dispatched, in order: each call as a task on this worker
+/// (its answers go back through `owner`), each stream operation to its stream.
+/// `tasks` collects the tasks of a stream context, aborted when the stream ends.
+fn start(owner: Owner, dispatches: Vec<Dispatch>, mut tasks: Option<&mut Vec<AbortHandle>>) {
     let Some(shared) = crate::callout::worker_shared() else {
+        tracing::warn!(target: "strait::wasm", "callout outside a worker dropped");
         return;
     };
-    for call in calls {
-        let shared = shared.clone();
-        let token = call.token;
-        tokio::spawn(async move {
-            let response = crate::callout::send(&shared, call).await;
-            let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
-                return;
-            };
-            let _ = vm.root_call_answer(generation, token, response);
-            send_root_calls(id, &vm);
-        });
+    if let Some(tasks) = tasks.as_deref_mut() {
+        tasks.retain(|task| !task.is_finished());
     }
+    for dispatch in dispatches {
+        match dispatch {
+            Dispatch::Call(call) if call.kind == CallKind::GrpcStream => {
+                let shared = shared.clone();
+                let token = call.token;
+                let (messages, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(async move {
+                    crate::callout::grpc_stream(&shared, *call, rx, |event| {
+                        owner.deliver(token, CallAnswer::GrpcStream(event))
+                    })
+                    .await;
+                    GRPC_STREAMS.with(|s| s.borrow_mut().remove(&(owner.key(), token)));
+                });
+                let stream = OpenStream {
+                    messages: Some(messages),
+                    task: task.abort_handle(),
+                };
+                GRPC_STREAMS.with(|s| s.borrow_mut().insert((owner.key(), token), stream));
+                if let Some(tasks) = tasks.as_deref_mut() {
+                    tasks.push(task.abort_handle());
+                }
+            }
+            Dispatch::Call(call) => {
+                let shared = shared.clone();
+                let token = call.token;
+                let task = tokio::spawn(async move {
+                    let answer = crate::callout::send(&shared, *call).await;
+                    owner.deliver(token, answer);
+                });
+                if let Some(tasks) = tasks.as_deref_mut() {
+                    tasks.push(task.abort_handle());
+                }
+            }
+            Dispatch::Stream(token, op) => GRPC_STREAMS.with(|streams| {
+                let mut streams = streams.borrow_mut();
+                let Some(stream) = streams.get_mut(&(owner.key(), token)) else {
+                    return;
+                };
+                match op {
+                    StreamOp::Send {
+                        message,
+                        end_stream,
+                    } => {
+                        if let Some(messages) = &stream.messages {
+                            let _ = messages.send(grpc_frame(&message));
+                        }
+                        if end_stream {
+                            stream.messages = None;
+                        }
+                    }
+                    StreamOp::Close => stream.messages = None,
+                    StreamOp::Cancel => {
+                        stream.task.abort();
+                        streams.remove(&(owner.key(), token));
+                    }
+                }
+            }),
+        }
+    }
+}
+
+/// Forgets the gRPC streams of a stream that ended (their tasks are aborted with
+/// the stream's other calls).
+fn forget_streams(id: ChainId) {
+    GRPC_STREAMS.with(|streams| {
+        let mut streams = streams.borrow_mut();
+        if !streams.is_empty() {
+            streams.retain(|(owner, _), _| *owner != id.0);
+        }
+    });
 }
 
 /// One stream's filters, by id. Dropping it runs `on_log` and frees the contexts.
@@ -418,6 +532,9 @@ impl Drop for ChainHandle {
         };
         for call in &chain.calls {
             call.abort();
+        }
+        if !chain.calls.is_empty() {
+            forget_streams(ChainId(self.id));
         }
         for mut slot in chain.slots {
             slot.filter.on_log();
@@ -654,22 +771,8 @@ async fn wait_resumed(
 /// worker and hands its answer back through [`deliver`].
 fn send_calls(id: ChainId, slot: usize, filter: &mut WasmHttpFilter, tasks: &mut Vec<AbortHandle>) {
     let calls = filter.take_calls();
-    if calls.is_empty() {
-        return;
-    }
-    let Some(shared) = crate::callout::worker_shared() else {
-        tracing::warn!(target: "strait::wasm", "http callout outside a worker dropped");
-        return;
-    };
-    tasks.retain(|task| !task.is_finished());
-    for call in calls {
-        let shared = shared.clone();
-        let token = call.token;
-        let task = tokio::spawn(async move {
-            let response = crate::callout::send(&shared, call).await;
-            deliver(id, slot, token, response);
-        });
-        tasks.push(task.abort_handle());
+    if !calls.is_empty() {
+        start(Owner::Stream { id, slot }, calls, Some(tasks));
     }
 }
 

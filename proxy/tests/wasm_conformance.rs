@@ -462,6 +462,35 @@ async fn grpc_callouts_behave_as_in_envoy() {
             call("grpc").header("x-grpc-cancel", "yes"),
             backend(),
         ),
+        Case::new(
+            "stream: two messages echoed, half-closed, OK",
+            Req::get("/s").header("x-grpc-stream", "grpc"),
+            backend(),
+        ),
+        Case::new(
+            "stream: end_stream on the last message",
+            Req::get("/s")
+                .header("x-grpc-stream", "grpc")
+                .header("x-grpc-stream-end", "send"),
+            backend(),
+        ),
+        Case::new(
+            "stream: the server's status in trailers",
+            Req::get("/s")
+                .header("x-grpc-stream", "grpc")
+                .header("x-grpc-echo-status", "5"),
+            backend(),
+        ),
+        Case::new(
+            "stream: cluster down",
+            Req::get("/s").header("x-grpc-stream", "grpcdown"),
+            backend(),
+        ),
+        Case::new(
+            "stream: unknown cluster",
+            Req::get("/s").header("x-grpc-stream", "nope"),
+            Want::Local(500),
+        ),
         Case::new("later requests unaffected", Req::get("/after"), backend()),
     ];
     run_yaml_down("grpc-callout", &yaml, &["grpcdown"], cases).await;

@@ -33,10 +33,49 @@ pub struct HttpCallRequest {
     pub trailers: Option<HeaderMap>,
     /// `None`: no timeout.
     pub timeout: Option<Duration>,
-    /// A gRPC unary call (`proxy_grpc_call`): the head is `POST /<service>/<method>`
-    /// with gRPC's headers and the body one length-prefixed message; the answer is a
-    /// [`CallAnswer::Grpc`].
-    pub grpc: bool,
+    pub kind: CallKind,
+}
+
+/// What a dispatched call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `proxy_http_call`; answered with [`CallAnswer::Http`].
+    Http,
+    /// `proxy_grpc_call`: the head is `POST /<service>/<method>` with gRPC's headers
+    /// and the body one length-prefixed message; answered with [`CallAnswer::Grpc`].
+    GrpcUnary,
+    /// `proxy_grpc_stream`: the same head, an empty body to start with; messages
+    /// follow as [`StreamOp`]s, events come back as [`CallAnswer::GrpcStream`].
+    GrpcStream,
+}
+
+/// What a callback asked of the embedder: a new call, or an operation on an open
+/// gRPC stream (by token), in the order the plugin made them.
+#[derive(Debug)]
+pub enum Dispatch {
+    Call(Box<HttpCallRequest>),
+    Stream(u32, StreamOp),
+}
+
+/// `proxy_grpc_send` / `proxy_grpc_close` / `proxy_grpc_cancel` on a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOp {
+    /// One message (framed by the embedder); `end_stream` half-closes after it.
+    Send { message: Bytes, end_stream: bool },
+    /// Half-close: no more messages from the plugin.
+    Close,
+    /// Reset the stream; no more callbacks for it.
+    Cancel,
+}
+
+/// One event of a gRPC stream, in order: the response headers, each message, the
+/// trailers, then the close with the status (also the close of a failed stream).
+#[derive(Debug)]
+pub enum GrpcStreamEvent {
+    InitialMetadata(HeaderMap),
+    Message(Bytes),
+    TrailingMetadata(HeaderMap),
+    Close { status: u32, message: String },
 }
 
 /// What a call's answer is, for the VM to hand to the plugin.
@@ -46,6 +85,23 @@ pub enum CallAnswer {
     Http(Option<HttpCallResponse>),
     /// `proxy_on_grpc_receive` (status 0) or `proxy_on_grpc_close`.
     Grpc(GrpcCallResult),
+    /// `proxy_on_grpc_receive_initial_metadata`, `_receive`,
+    /// `_receive_trailing_metadata`, `proxy_on_grpc_close`.
+    GrpcStream(GrpcStreamEvent),
+}
+
+impl CallAnswer {
+    /// Whether this answer ends the call (its token is forgotten).
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            CallAnswer::GrpcStream(
+                GrpcStreamEvent::InitialMetadata(_)
+                    | GrpcStreamEvent::Message(_)
+                    | GrpcStreamEvent::TrailingMetadata(_)
+            )
+        )
+    }
 }
 
 /// The end of a gRPC unary call: the status (0 = OK) and message, and on OK the
@@ -163,7 +219,7 @@ pub(crate) fn request(
         body: Bytes::from(body),
         trailers,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
-        grpc: false,
+        kind: CallKind::Http,
     })
 }
 
@@ -180,6 +236,7 @@ pub(crate) fn grpc_request(
     metadata: Vec<Pair>,
     message: &[u8],
     timeout_ms: u32,
+    stream: bool,
 ) -> Result<HttpCallRequest, Status> {
     if UNSUPPORTED.with(std::cell::Cell::get) {
         return Err(Status::Unimplemented);
@@ -214,10 +271,10 @@ pub(crate) fn grpc_request(
         let timeout = HeaderValue::try_from(format!("{timeout_ms}m"));
         map.insert("grpc-timeout", timeout.map_err(|_| Status::BadArgument)?);
     }
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0);
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
+    let body = match stream {
+        true => Bytes::new(),
+        false => grpc_frame(message),
+    };
     let (mut head, ()) = http::Request::new(()).into_parts();
     head.method = Method::POST;
     head.uri = uri;
@@ -226,11 +283,23 @@ pub(crate) fn grpc_request(
         token: 0,
         cluster: cluster.to_owned(),
         head,
-        body: Bytes::from(body),
+        body,
         trailers: None,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
-        grpc: true,
+        kind: match stream {
+            true => CallKind::GrpcStream,
+            false => CallKind::GrpcUnary,
+        },
     })
+}
+
+/// One gRPC message on the wire: flag 0 (uncompressed), big-endian length, bytes.
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    Bytes::from(frame)
 }
 
 fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {

@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use http::{HeaderMap, StatusCode};
 
-use super::callout::{CallAnswer, HttpCallRequest};
+use super::callout::{CallAnswer, Dispatch};
 use super::headers::HeaderView;
 use super::state::StreamData;
 use super::vm::{Phase, WasmVm};
@@ -46,7 +46,7 @@ pub struct WasmHttpFilter {
     /// A local reply asked for in a callout response callback.
     pending_reply: Option<LocalReply>,
     /// Callouts the plugin dispatched, not yet taken by the chain to send.
-    calls: Vec<HttpCallRequest>,
+    calls: Vec<Dispatch>,
 }
 
 /// The head of a paused headers phase, lent to a callout response callback so the
@@ -141,7 +141,7 @@ impl WasmHttpFilter {
     }
 
     /// The callouts dispatched since the last take, for the chain to send.
-    pub fn take_calls(&mut self) -> Vec<HttpCallRequest> {
+    pub fn take_calls(&mut self) -> Vec<Dispatch> {
         mem::take(&mut self.calls)
     }
 

@@ -35,8 +35,14 @@ pub(crate) fn view(stream: &mut StreamData, map_type: i32) -> Result<HeaderView<
         1 => stream.request_trailers.as_mut().map(HeaderView::Trailers),
         2 => stream.response.as_mut().map(HeaderView::Response),
         3 => stream.response_trailers.as_mut().map(HeaderView::Trailers),
-        // gRPC metadata (4, 5) arrives with gRPC calls.
-        4 | 5 => return Err(Status::NotFound),
+        4 => stream
+            .grpc_initial_metadata
+            .as_mut()
+            .map(HeaderView::Trailers),
+        5 => stream
+            .grpc_trailing_metadata
+            .as_mut()
+            .map(HeaderView::Trailers),
         6 => stream.call_response.as_mut().map(HeaderView::Response),
         7 => stream.call_trailers.as_mut().map(HeaderView::Trailers),
         _ => return Err(Status::BadArgument),

@@ -56,8 +56,8 @@ use bytes::Bytes;
 
 pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
 pub use callout::{
-    set_callouts_unsupported, set_cluster_check, CallAnswer, GrpcCallResult, HttpCallRequest,
-    HttpCallResponse,
+    grpc_frame, set_callouts_unsupported, set_cluster_check, CallAnswer, CallKind, Dispatch,
+    GrpcCallResult, GrpcStreamEvent, HttpCallRequest, HttpCallResponse, StreamOp,
 };
 pub use engine::WasmEngine;
 pub use error::WasmError;

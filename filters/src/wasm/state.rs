@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
-use super::callout::HttpCallRequest;
+use super::callout::Dispatch;
 use super::shared::Metric;
 use super::PluginConfig;
 use crate::{BodyBuffer, LocalReply, RequestHead, ResponseHead};
@@ -35,7 +35,7 @@ pub(crate) struct HostState {
     /// HTTP callouts in flight: token to the context that made the call.
     pub calls: HashMap<u32, u32, foldhash::fast::RandomState>,
     /// Calls made since the embedder last took them (`take_dispatched`).
-    pub dispatched: Vec<HttpCallRequest>,
+    pub dispatched: Vec<Dispatch>,
     pub next_call_token: u32,
     /// How `proxy_on_queue_ready` reaches this VM's thread, for the queues it
     /// registers (set by the embedder, `WasmVm::set_queue_notifier`).
@@ -98,6 +98,9 @@ pub(crate) struct StreamData {
     pub call_trailers: Option<HeaderMap>,
     /// During `proxy_on_grpc_receive`: the response message (buffer type 5).
     pub grpc_message: Option<BodyBuffer>,
+    /// During a gRPC stream's metadata callbacks: map types 4 and 5.
+    pub grpc_initial_metadata: Option<HeaderMap>,
+    pub grpc_trailing_metadata: Option<HeaderMap>,
 }
 
 impl StreamData {

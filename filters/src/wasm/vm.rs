@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
 
-use super::callout::{CallAnswer, HttpCallRequest};
+use super::callout::{CallAnswer, Dispatch, GrpcStreamEvent};
 use super::engine::deadline_ticks;
 use super::module::WasmPlugin;
 use super::shared::QueueNotifier;
@@ -111,7 +111,7 @@ impl WasmVm {
 
     /// Calls the root context dispatched (in `proxy_on_tick`, `proxy_on_configure`,
     /// …), with the VM generation to answer them to.
-    pub fn take_root_calls(&self) -> (u64, Vec<HttpCallRequest>) {
+    pub fn take_root_calls(&self) -> (u64, Vec<Dispatch>) {
         let calls = self
             .with_running(self.generation.get(), |vm| Ok(vm.take_dispatched()))
             .unwrap_or_default();
@@ -209,6 +209,8 @@ pub(crate) struct Exports {
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_receive_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     /// The network-filter callbacks (`super::network`).
     pub(crate) network: super::network::NetworkExports,
 }
@@ -284,6 +286,8 @@ impl Running {
             on_queue_ready: optional!("proxy_on_queue_ready"),
             on_grpc_receive: optional!("proxy_on_grpc_receive"),
             on_grpc_close: optional!("proxy_on_grpc_close"),
+            on_grpc_receive_initial_metadata: optional!("proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_receive_trailing_metadata: optional!("proxy_on_grpc_receive_trailing_metadata"),
             network: super::network::NetworkExports::lookup(&instance, &mut store, &config.name)?,
         });
         let initialize: Option<TypedFunc<(), ()>> = optional!("_initialize");
@@ -486,7 +490,12 @@ impl Running {
         answer: CallAnswer,
         data: &mut StreamData,
     ) -> Result<Option<u32>, WasmError> {
-        let Some(context) = self.store.data_mut().calls.remove(&token) else {
+        let calls = &mut self.store.data_mut().calls;
+        let context = match answer.is_final() {
+            true => calls.remove(&token),
+            false => calls.get(&token).copied(),
+        };
+        let Some(context) = context else {
             return Ok(None);
         };
         let e = Rc::clone(&self.exports);
@@ -539,18 +548,73 @@ impl Running {
                     (_, _, None) => Ok(()),
                 }
             }
+            CallAnswer::GrpcStream(event) => {
+                let state = self.store.data_mut();
+                match event {
+                    GrpcStreamEvent::InitialMetadata(headers) => {
+                        let count = headers.len() as i32;
+                        state.stream.grpc_initial_metadata = Some(headers);
+                        match &e.on_grpc_receive_initial_metadata {
+                            Some(f) => self.call(
+                                "proxy_on_grpc_receive_initial_metadata",
+                                context,
+                                f,
+                                (ctx, tok, count),
+                            ),
+                            None => Ok(()),
+                        }
+                    }
+                    GrpcStreamEvent::Message(message) => {
+                        let size = message.len() as i32;
+                        state.stream.grpc_message = Some(BodyBuffer::from(&message[..]));
+                        match &e.on_grpc_receive {
+                            Some(f) => {
+                                self.call("proxy_on_grpc_receive", context, f, (ctx, tok, size))
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    GrpcStreamEvent::TrailingMetadata(trailers) => {
+                        let count = trailers.len() as i32;
+                        state.stream.grpc_trailing_metadata = Some(trailers);
+                        match &e.on_grpc_receive_trailing_metadata {
+                            Some(f) => self.call(
+                                "proxy_on_grpc_receive_trailing_metadata",
+                                context,
+                                f,
+                                (ctx, tok, count),
+                            ),
+                            None => Ok(()),
+                        }
+                    }
+                    GrpcStreamEvent::Close { status, message } => {
+                        state.grpc_status = (status, message);
+                        match &e.on_grpc_close {
+                            Some(f) => self.call(
+                                "proxy_on_grpc_close",
+                                context,
+                                f,
+                                (ctx, tok, status as i32),
+                            ),
+                            None => Ok(()),
+                        }
+                    }
+                }
+            }
         };
         let stream = &mut self.store.data_mut().stream;
         stream.call_response = None;
         stream.call_body = None;
         stream.call_trailers = None;
         stream.grpc_message = None;
+        stream.grpc_initial_metadata = None;
+        stream.grpc_trailing_metadata = None;
         stream.exchange(data);
         result.map(|()| Some(context))
     }
 
     /// The calls dispatched since the last take, for the embedder to send.
-    pub(crate) fn take_dispatched(&mut self) -> Vec<HttpCallRequest> {
+    pub(crate) fn take_dispatched(&mut self) -> Vec<Dispatch> {
         std::mem::take(&mut self.store.data_mut().dispatched)
     }
 

@@ -161,6 +161,9 @@ fn is_uuid(text: &str) -> bool {
 /// Envoy-internal and only reported) and the request `body`.
 async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.uri.path() == GRPC_ECHO_STREAM {
+        return Ok(grpc_stream_echo(&parts.headers, body));
+    }
     let body = body
         .collect()
         .await
@@ -209,6 +212,7 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBod
     }
     let mut response = Response::new(EchoBody {
         data: Some(Bytes::from(seen.to_string())),
+        stream: None,
         trailers: None,
     });
     if let Some(status) = header(ECHO_STATUS).and_then(|v| v.parse::<u16>().ok()) {
@@ -230,6 +234,32 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBod
 
 /// Requests to this gRPC service get a gRPC answer ([`grpc_echo`]).
 pub const GRPC_ECHO_SERVICE: &str = "/strait.test.Echo/";
+/// Its streaming method: each message is echoed back as it arrives.
+pub const GRPC_ECHO_STREAM: &str = "/strait.test.Echo/Chat";
+
+/// A gRPC stream answer: headers at once, every request message echoed as it
+/// arrives, then `grpc-status` (from `x-grpc-echo-status`, default OK) when the
+/// client half-closes.
+fn grpc_stream_echo(headers: &hyper::HeaderMap, body: Incoming) -> Response<EchoBody> {
+    let status = headers
+        .get("x-grpc-echo-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0");
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from_str(status).expect("status"),
+    );
+    let mut response = Response::new(EchoBody {
+        data: None,
+        stream: Some(body),
+        trailers: Some(trailers),
+    });
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
 
 /// A gRPC answer to a gRPC request: the request's message echoed back, with
 /// `grpc-status` / `grpc-message` from the request metadata `x-grpc-echo-status` /
@@ -253,6 +283,7 @@ async fn grpc_echo(headers: &hyper::HeaderMap, body: Bytes) -> Response<EchoBody
     }
     let mut response = Response::new(EchoBody {
         data: Some(body),
+        stream: None,
         trailers: Some(trailers),
     });
     response
@@ -264,6 +295,8 @@ async fn grpc_echo(headers: &hyper::HeaderMap, body: Bytes) -> Response<EchoBody
 /// The echo backend's body: data, then trailers (for gRPC).
 pub struct EchoBody {
     data: Option<Bytes>,
+    /// Streamed back frame by frame (a gRPC stream echo), before the trailers.
+    stream: Option<Incoming>,
     trailers: Option<hyper::HeaderMap>,
 }
 
@@ -273,21 +306,33 @@ impl hyper::body::Body for EchoBody {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        let frame = match self.data.take() {
-            Some(data) => Some(hyper::body::Frame::data(data)),
-            None => self.trailers.take().map(hyper::body::Frame::trailers),
-        };
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+        }
+        while let Some(stream) = self.stream.as_mut() {
+            match std::pin::Pin::new(stream).poll_frame(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                    }
+                }
+                std::task::Poll::Ready(_) => self.stream = None,
+            }
+        }
+        let frame = self.trailers.take().map(hyper::body::Frame::trailers);
         std::task::Poll::Ready(frame.map(Ok))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        self.data.is_none() && self.stream.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match (&self.data, &self.trailers) {
+            _ if self.stream.is_some() => hyper::body::SizeHint::default(),
             (data, None) => {
                 hyper::body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -5,7 +5,7 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: gRPC streams (`proxy_grpc_stream`, `_send`, `_close`), HTTP callouts from network-filter connections and
+//! exactly this: HTTP and gRPC callouts from network-filter connections and
 //! bootstrap services, `proxy_set_property`,
 //! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
@@ -16,7 +16,7 @@ use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 mod maps;
 mod shared;
 
-use super::callout;
+use super::callout::{self, Dispatch, StreamOp};
 use super::headers::deserialize_pairs;
 use super::memory::{copy_out, read, write_u32, write_u64};
 use super::properties;
@@ -66,9 +66,6 @@ pub(crate) type C<'a> = Caller<'a, HostState>;
 
 const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_set_property", 4),
-    ("proxy_grpc_stream", 9),
-    ("proxy_grpc_send", 4),
-    ("proxy_grpc_close", 1),
     ("proxy_call_foreign_function", 6),
 ];
 
@@ -188,7 +185,7 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let state = caller.data_mut();
                 let token = dispatch_token(state);
                 call.token = token;
-                state.dispatched.push(call);
+                state.dispatched.push(Dispatch::Call(Box::new(call)));
                 write_u32(&mut caller, token_out, token)
             })())
         },
@@ -229,21 +226,107 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     metadata,
                     &message,
                     timeout_ms as u32,
+                    false,
                 )?;
                 let token = dispatch_token(caller.data_mut());
                 call.token = token;
-                caller.data_mut().dispatched.push(call);
+                caller
+                    .data_mut()
+                    .dispatched
+                    .push(Dispatch::Call(Box::new(call)));
                 write_u32(&mut caller, token_out, token)
             })())
         },
     )?;
     linker.func_wrap(
         "env",
+        "proxy_grpc_stream",
+        |mut caller: C<'_>,
+         service_ptr: i32,
+         service_len: i32,
+         service_name_ptr: i32,
+         service_name_len: i32,
+         method_ptr: i32,
+         method_len: i32,
+         metadata_ptr: i32,
+         metadata_len: i32,
+         token_out: i32| {
+            finish((|| {
+                let state = caller.data();
+                if state.network_contexts.contains(&state.effective_context) {
+                    return Err(Status::Unimplemented.into());
+                }
+                let cluster = read(&caller, service_ptr, service_len)?;
+                let service = read(&caller, service_name_ptr, service_name_len)?;
+                let method = read(&caller, method_ptr, method_len)?;
+                let metadata = match metadata_len {
+                    0 => Vec::new(),
+                    _ => deserialize_pairs(&read(&caller, metadata_ptr, metadata_len)?)?,
+                };
+                let mut call =
+                    callout::grpc_request(&cluster, &service, &method, metadata, &[], 0, true)?;
+                let token = dispatch_token(caller.data_mut());
+                call.token = token;
+                caller
+                    .data_mut()
+                    .dispatched
+                    .push(Dispatch::Call(Box::new(call)));
+                write_u32(&mut caller, token_out, token)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |mut caller: C<'_>, token: i32, message_ptr: i32, message_len: i32, end_stream: i32| {
+            finish((|| {
+                let token = token as u32;
+                if !caller.data().calls.contains_key(&token) {
+                    return Err(Status::NotFound.into());
+                }
+                let message = Bytes::from(read(&caller, message_ptr, message_len)?);
+                let op = StreamOp::Send {
+                    message,
+                    end_stream: end_stream != 0,
+                };
+                caller
+                    .data_mut()
+                    .dispatched
+                    .push(Dispatch::Stream(token, op));
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_close",
+        |mut caller: C<'_>, token: i32| {
+            let state = caller.data_mut();
+            let token = token as u32;
+            if !state.calls.contains_key(&token) {
+                return Ok(Status::NotFound as i32);
+            }
+            state
+                .dispatched
+                .push(Dispatch::Stream(token, StreamOp::Close));
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
         "proxy_grpc_cancel",
         |mut caller: C<'_>, token: i32| {
-            // The answer, when it comes, finds no call and is dropped; no callback.
-            match caller.data_mut().calls.remove(&(token as u32)) {
-                Some(_) => Ok(Status::Ok as i32),
+            // A call's answer, when it comes, finds no call and is dropped; a stream
+            // is reset. No callback either way.
+            let state = caller.data_mut();
+            let token = token as u32;
+            match state.calls.remove(&token) {
+                Some(_) => {
+                    state
+                        .dispatched
+                        .push(Dispatch::Stream(token, StreamOp::Cancel));
+                    Ok(Status::Ok as i32)
+                }
                 None => Ok(Status::NotFound as i32),
             }
         },

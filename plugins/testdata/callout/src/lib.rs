@@ -24,6 +24,13 @@
 //!   `x-grpc-code` and `x-grpc-message` from `get_grpc_status`. `x-grpc-cancel: yes`
 //!   cancels the call at once and continues, reporting the cancel's result in
 //!   `x-grpc-cancel`.
+//! - `x-grpc-stream: <cluster>`: a gRPC stream `strait.test.Echo/Chat` (metadata
+//!   `x-grpc-echo-status` as above) sending `one` and `two`, then half-closing
+//!   (`close_grpc_stream`, or `end_stream` on the last message with
+//!   `x-grpc-stream-end: send`). The request resumes at the close with
+//!   `x-grpc-stream-messages` (the messages received, comma-separated),
+//!   `x-grpc-stream-content-type` (initial metadata), `x-grpc-stream-trailer`
+//!   (`grpc-status` from the trailing metadata) and `x-grpc-stream-close` (status).
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -60,6 +67,10 @@ struct CalloutStream {
     timeout_ms: u64,
     response_cluster: Option<String>,
     grpc_call: Option<u32>,
+    grpc_stream: Option<u32>,
+    stream_messages: Vec<String>,
+    stream_content_type: String,
+    stream_trailer: String,
 }
 
 impl CalloutStream {
@@ -86,6 +97,34 @@ impl CalloutStream {
 }
 
 impl CalloutStream {
+    fn grpc_stream(&mut self, cluster: &str) -> Action {
+        let status = self.get_http_request_header("x-grpc-echo-status");
+        let mut metadata: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(status) = status.as_deref() {
+            metadata.push(("x-grpc-echo-status", status.as_bytes()));
+        }
+        let token = match self.open_grpc_stream(cluster, "strait.test.Echo", "Chat", metadata) {
+            Ok(token) => token,
+            Err(status) => {
+                let status = format!("{status:?}");
+                self.send_http_response(
+                    500,
+                    vec![("x-callout-error", status.as_str())],
+                    Some(b"dispatch failed"),
+                );
+                return Action::Pause;
+            }
+        };
+        let end_on_send = self.get_http_request_header("x-grpc-stream-end").as_deref() == Some("send");
+        self.send_grpc_stream_message(token, Some(b"one"), false);
+        self.send_grpc_stream_message(token, Some(b"two"), end_on_send);
+        if !end_on_send {
+            self.close_grpc_stream(token);
+        }
+        self.grpc_stream = Some(token);
+        Action::Pause
+    }
+
     fn grpc_call(&mut self, cluster: &str) -> Action {
         let message = self
             .get_http_request_header("x-grpc-message")
@@ -134,6 +173,35 @@ impl CalloutStream {
 }
 
 impl Context for CalloutStream {
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _count: u32) {
+        let value = self.get_grpc_stream_initial_metadata_value("content-type");
+        self.stream_content_type = String::from_utf8_lossy(&value.unwrap_or_default()).into_owned();
+    }
+
+    fn on_grpc_stream_message(&mut self, _token: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.stream_messages.push(String::from_utf8_lossy(&message).into_owned());
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _count: u32) {
+        let value = self.get_grpc_stream_trailing_metadata_value("grpc-status");
+        self.stream_trailer = String::from_utf8_lossy(&value.unwrap_or_default()).into_owned();
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        if self.grpc_stream != Some(token) {
+            return;
+        }
+        let messages = self.stream_messages.join(",");
+        self.set_http_request_header("x-grpc-stream-messages", Some(&messages));
+        let content_type = self.stream_content_type.clone();
+        self.set_http_request_header("x-grpc-stream-content-type", Some(&content_type));
+        let trailer = self.stream_trailer.clone();
+        self.set_http_request_header("x-grpc-stream-trailer", Some(&trailer));
+        self.set_http_request_header("x-grpc-stream-close", Some(&status.to_string()));
+        self.resume_http_request();
+    }
+
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
         if self.grpc_call != Some(token) {
             return;
@@ -214,6 +282,9 @@ impl HttpContext for CalloutStream {
         self.response_cluster = self.get_http_request_header("x-callout-on-response");
         if let Some(cluster) = self.get_http_request_header("x-grpc-call") {
             return self.grpc_call(&cluster);
+        }
+        if let Some(cluster) = self.get_http_request_header("x-grpc-stream") {
+            return self.grpc_stream(&cluster);
         }
         let Some(cluster) = self.get_http_request_header("x-callout") else {
             return Action::Continue;
