@@ -361,6 +361,16 @@ async fn http_callouts_behave_as_in_envoy() {
             Req::get("/r").header("x-callout-on-response", "auth"),
             backend(),
         ),
+        Case::new(
+            "set_property then get_property, in both phases",
+            Req::get("/p").header("x-set-property", "my_key=my value"),
+            backend(),
+        ),
+        Case::new(
+            "a property is the stream's own",
+            Req::get("/p2").header("x-set-property", "other_key="),
+            backend(),
+        ),
         Case::new("later requests unaffected", Req::get("/after"), backend()),
     ];
     run_yaml_down("callout", &yaml, &["down"], cases).await;

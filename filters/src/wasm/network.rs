@@ -325,8 +325,10 @@ impl WasmNetworkFilter {
         }
         // Forget the context even if the plugin failed on the way.
         let _ = self.vm.with_running(generation, |vm| {
-            vm.store.data_mut().signals.remove(&context);
-            vm.store.data_mut().network_contexts.remove(&context);
+            let state = vm.store.data_mut();
+            state.signals.remove(&context);
+            state.network_contexts.remove(&context);
+            state.properties.retain(|(owner, _), _| *owner != context);
             Ok(())
         });
     }

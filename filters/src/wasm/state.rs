@@ -45,6 +45,9 @@ pub(crate) struct HostState {
     pub network_contexts: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// The status of the last gRPC call that ended (`proxy_get_status`).
     pub grpc_status: (u32, String),
+    /// `proxy_set_property` values of each stream context (Envoy's filter state
+    /// `wasm.<path>`), by context and serialized path; dropped with the context.
+    pub properties: HashMap<(u32, Vec<u8>), Vec<u8>, foldhash::fast::RandomState>,
 }
 
 impl HostState {
@@ -71,6 +74,7 @@ impl HostState {
             queue_notifier: None,
             network_contexts: Default::default(),
             grpc_status: (0, String::new()),
+            properties: HashMap::default(),
         }
     }
 }

@@ -475,6 +475,9 @@ impl Running {
         state.signals.remove(&context);
         // Envoy cancels a context's callouts when it is deleted.
         state.calls.retain(|_, owner| *owner != context);
+        if !state.properties.is_empty() {
+            state.properties.retain(|(owner, _), _| *owner != context);
+        }
         result
     }
 

@@ -6,8 +6,7 @@
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
 //! exactly this: HTTP and gRPC callouts from network-filter connections and
-//! bootstrap services, `proxy_set_property`,
-//! `proxy_get_status`, `proxy_call_foreign_function`; `proxy_close_stream` for the
+//! bootstrap services, `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -64,10 +63,7 @@ pub(crate) fn finish(result: HostResult) -> wasmtime::Result<i32> {
 
 pub(crate) type C<'a> = Caller<'a, HostState>;
 
-const UNIMPLEMENTED: &[(&str, usize)] = &[
-    ("proxy_set_property", 4),
-    ("proxy_call_foreign_function", 6),
-];
+const UNIMPLEMENTED: &[(&str, usize)] = &[("proxy_call_foreign_function", 6)];
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     add_logging_and_time(linker)?;
@@ -146,8 +142,35 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
         |mut caller: C<'_>, ptr: i32, len: i32, out_ptr: i32, out_len: i32| {
             finish((|| {
                 let path = read(&caller, ptr, len)?;
-                let value = properties::get(caller.data(), &path).ok_or(Status::NotFound)?;
+                let state = caller.data();
+                let set = state
+                    .properties
+                    .get(&(state.effective_context, path.clone()));
+                let value = match set {
+                    Some(value) => value.clone(),
+                    None => properties::get(state, &path).ok_or(Status::NotFound)?,
+                };
                 copy_out(&mut caller, &value, out_ptr, out_len)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut caller: C<'_>, path_ptr: i32, path_len: i32, value_ptr: i32, value_len: i32| {
+            finish((|| {
+                // As Envoy: a value in the stream's filter state, read back by
+                // `proxy_get_property` with the same path. A root context has no
+                // stream to hold it.
+                let path = read(&caller, path_ptr, path_len)?;
+                let value = read(&caller, value_ptr, value_len)?;
+                let state = caller.data_mut();
+                let context = state.effective_context;
+                if !state.signals.contains_key(&context) {
+                    return Err(Status::NotFound.into());
+                }
+                state.properties.insert((context, path), value);
+                Ok(())
             })())
         },
     )?;

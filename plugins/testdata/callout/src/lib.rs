@@ -31,6 +31,10 @@
 //!   `x-grpc-stream-messages` (the messages received, comma-separated),
 //!   `x-grpc-stream-content-type` (initial metadata), `x-grpc-stream-trailer`
 //!   (`grpc-status` from the trailing metadata) and `x-grpc-stream-close` (status).
+//! - `x-set-property: <name>=<value>`: `set_property([name], value)` in the request
+//!   headers phase; the request then carries `x-got-property` (what
+//!   `get_property([name])` returns, or `none`), and the response the same read in
+//!   the response phase.
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -68,6 +72,7 @@ struct CalloutStream {
     response_cluster: Option<String>,
     grpc_call: Option<u32>,
     grpc_stream: Option<u32>,
+    property: Option<String>,
     stream_messages: Vec<String>,
     stream_content_type: String,
     stream_trailer: String,
@@ -272,6 +277,14 @@ impl Context for CalloutStream {
 
 impl HttpContext for CalloutStream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some(spec) = self.get_http_request_header("x-set-property") {
+            let (name, value) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
+            self.property = Some(name.to_owned());
+            self.set_property(vec![name], Some(value.as_bytes()));
+            let got = self.get_property(vec![name]);
+            let got = got.map_or("none".to_owned(), |v| String::from_utf8_lossy(&v).into_owned());
+            self.set_http_request_header("x-got-property", Some(&got));
+        }
         self.status = self.get_http_request_header("x-callout-status");
         self.delay = self.get_http_request_header("x-callout-delay-ms");
         self.omit = self.get_http_request_header("x-callout-omit").unwrap_or_default();
@@ -311,6 +324,11 @@ impl HttpContext for CalloutStream {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some(name) = self.property.clone() {
+            let got = self.get_property(vec![name.as_str()]);
+            let got = got.map_or("none".to_owned(), |v| String::from_utf8_lossy(&v).into_owned());
+            self.set_http_response_header("x-got-property", Some(&got));
+        }
         let Some(cluster) = self.response_cluster.clone() else {
             return Action::Continue;
         };
