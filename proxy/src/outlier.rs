@@ -9,8 +9,10 @@
 //!
 //! Unless `split_external_local_origin_errors` is set, a connect failure (or connect
 //! timeout) counts as a 503, as in Envoy; with it, such local-origin failures count
-//! only toward `consecutive_local_origin_failure`, and a connection that opens resets
-//! that count.
+//! only toward `consecutive_local_origin_failure` (a connection that opens resets
+//! that count), and the rate detectors run a second time over local-origin outcomes
+//! (a response is a success, a connect failure a failure), enforced by
+//! `enforcing_local_origin_success_rate` / `enforcing_failure_percentage_local_origin`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,6 +40,10 @@ pub struct HostOutlier {
     /// Responses and 5xx (connect failures included) in the current interval.
     interval_total: AtomicU32,
     interval_failed: AtomicU32,
+    /// With the split: local-origin outcomes in the current interval (responses
+    /// and connect failures) and the connect failures among them.
+    interval_local_total: AtomicU32,
+    interval_local_failed: AtomicU32,
 }
 
 impl HostOutlier {
@@ -65,6 +71,10 @@ pub struct OutlierStats {
     pub ejections_enforced_failure_percentage: Counter,
     pub ejections_detected_consecutive_local_origin_failure: Counter,
     pub ejections_enforced_consecutive_local_origin_failure: Counter,
+    pub ejections_detected_local_origin_success_rate: Counter,
+    pub ejections_enforced_local_origin_success_rate: Counter,
+    pub ejections_detected_local_origin_failure_percentage: Counter,
+    pub ejections_enforced_local_origin_failure_percentage: Counter,
 }
 
 impl OutlierStats {
@@ -95,6 +105,18 @@ impl OutlierStats {
             ejections_enforced_consecutive_local_origin_failure: c(
                 "ejections_enforced_consecutive_local_origin_failure",
             ),
+            ejections_detected_local_origin_success_rate: c(
+                "ejections_detected_local_origin_success_rate",
+            ),
+            ejections_enforced_local_origin_success_rate: c(
+                "ejections_enforced_local_origin_success_rate",
+            ),
+            ejections_detected_local_origin_failure_percentage: c(
+                "ejections_detected_local_origin_failure_percentage",
+            ),
+            ejections_enforced_local_origin_failure_percentage: c(
+                "ejections_enforced_local_origin_failure_percentage",
+            ),
         }
     }
 }
@@ -106,6 +128,8 @@ enum Kind {
     SuccessRate,
     FailurePercentage,
     LocalOrigin,
+    LocalOriginSuccessRate,
+    LocalOriginFailurePercentage,
 }
 
 fn epoch() -> Instant {
@@ -134,6 +158,8 @@ pub fn report_connect(cluster: &ClusterRuntime, host: &Host, ok: bool) {
             .store(0, Ordering::Relaxed);
         return;
     }
+    o.interval_local_total.fetch_add(1, Ordering::Relaxed);
+    o.interval_local_failed.fetch_add(1, Ordering::Relaxed);
     let n = o
         .consecutive_local_origin_failure
         .fetch_add(1, Ordering::Relaxed)
@@ -150,6 +176,10 @@ pub fn report(cluster: &ClusterRuntime, host: &Host, status: u16) {
     };
     let o = &host.outlier;
     o.interval_total.fetch_add(1, Ordering::Relaxed);
+    if config.split_external_local_origin_errors {
+        // A response is a local-origin success: the connection did its part.
+        o.interval_local_total.fetch_add(1, Ordering::Relaxed);
+    }
     if !(500..600).contains(&status) {
         o.consecutive_5xx.store(0, Ordering::Relaxed);
         o.consecutive_gateway_failure.store(0, Ordering::Relaxed);
@@ -213,6 +243,16 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
                 .inc();
             config.enforcing_consecutive_local_origin_failure
         }
+        Kind::LocalOriginSuccessRate => {
+            stats.ejections_detected_local_origin_success_rate.inc();
+            config.enforcing_local_origin_success_rate
+        }
+        Kind::LocalOriginFailurePercentage => {
+            stats
+                .ejections_detected_local_origin_failure_percentage
+                .inc();
+            config.enforcing_failure_percentage_local_origin
+        }
     };
     if active > 0 && (active as f64) * 100.0 / total as f64 >= config.max_ejection_percent as f64 {
         stats.ejections_overflow.inc();
@@ -230,6 +270,10 @@ fn on_threshold(cluster: &ClusterRuntime, config: &OutlierDetection, host: &Host
         Kind::FailurePercentage => stats.ejections_enforced_failure_percentage.inc(),
         Kind::LocalOrigin => stats
             .ejections_enforced_consecutive_local_origin_failure
+            .inc(),
+        Kind::LocalOriginSuccessRate => stats.ejections_enforced_local_origin_success_rate.inc(),
+        Kind::LocalOriginFailurePercentage => stats
+            .ejections_enforced_local_origin_failure_percentage
             .inc(),
     }
     let o = &host.outlier;
@@ -276,23 +320,37 @@ pub fn tick(cluster: &ClusterRuntime) {
     }
     // This interval's requests per host, for the rate detectors (Envoy evaluates
     // them after bringing hosts back); every host starts the next interval at zero.
-    let counts: Vec<(&Arc<Host>, u32, u32)> = set
-        .hosts
-        .iter()
-        .map(|h| {
-            let o = &h.outlier;
-            let total = o.interval_total.swap(0, Ordering::Relaxed);
-            let failed = o.interval_failed.swap(0, Ordering::Relaxed);
-            (h, total, failed.min(total))
-        })
-        .filter(|(h, _, _)| !h.outlier.is_ejected())
-        .collect();
+    let take = |total: &AtomicU32, failed: &AtomicU32| {
+        let total = total.swap(0, Ordering::Relaxed);
+        (total, failed.swap(0, Ordering::Relaxed).min(total))
+    };
+    let mut counts = Vec::with_capacity(set.hosts.len());
+    let mut local = Vec::new();
+    for h in &set.hosts {
+        let o = &h.outlier;
+        let (total, failed) = take(&o.interval_total, &o.interval_failed);
+        let (local_total, local_failed) = take(&o.interval_local_total, &o.interval_local_failed);
+        if !o.is_ejected() {
+            counts.push((h, total, failed));
+            local.push((h, local_total, local_failed));
+        }
+    }
     let active = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
     stats.ejections_active.set(active as i64);
     for (host, kind) in rate_outliers(config, &counts) {
         on_threshold(cluster, config, host, kind);
     }
-    drop(counts);
+    // Envoy's split mode runs both detectors again over local-origin outcomes.
+    if config.split_external_local_origin_errors {
+        for (host, kind) in rate_outliers(config, &local) {
+            let kind = match kind {
+                Kind::SuccessRate => Kind::LocalOriginSuccessRate,
+                _ => Kind::LocalOriginFailurePercentage,
+            };
+            on_threshold(cluster, config, host, kind);
+        }
+    }
+    drop((counts, local));
     drop(set);
     cluster.recount();
 }

@@ -169,12 +169,14 @@ async fn unsupported_fields_are_refused_with_their_path() {
     let prefix = "static_resources.clusters[0].outlier_detection";
     let cases = [
         (
-            "{enforcing_local_origin_success_rate: 5}",
-            format!("{prefix}.enforcing_local_origin_success_rate: enforcing_local_origin_success_rate is not supported yet"),
+            "{enforcing_local_origin_success_rate: 105}",
+            format!("{prefix}.enforcing_local_origin_success_rate: 105 is not a percentage"),
         ),
         (
-            "{enforcing_failure_percentage_local_origin: 5}",
-            format!("{prefix}.enforcing_failure_percentage_local_origin: enforcing_failure_percentage_local_origin is not supported yet"),
+            "{max_ejection_time_jitter: 1s}",
+            format!(
+                "{prefix}.max_ejection_time_jitter: max_ejection_time_jitter is not supported yet"
+            ),
         ),
         (
             "{failure_percentage_threshold: 185}",
@@ -281,4 +283,36 @@ async fn local_origin_failures_eject_on_their_own_count_when_split() {
     for _ in 0..5 {
         assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
     }
+}
+
+/// With the split, the failure-percentage detector also runs over local-origin
+/// outcomes: a host whose connections fail is ejected by it (and counted as such),
+/// while the external-origin detectors see none of those failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_origin_failure_percentage_ejects_when_split() {
+    let good = Backend::echo("good").await;
+    let closed = Backend::closed_port();
+    let od =
+        "{split_external_local_origin_errors: true, consecutive_local_origin_failure: 100000, \
+              consecutive_5xx: 100000, interval: 0.3s, base_ejection_time: 30s, \
+              max_ejection_percent: 50, success_rate_minimum_hosts: 100, \
+              failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 3, \
+              failure_percentage_threshold: 90, enforcing_failure_percentage: 100, \
+              enforcing_failure_percentage_local_origin: 100}";
+    let s = start(&[good.addr(), closed], od).await;
+    let addr = s.main_addr().await;
+    drive_until(
+        &s,
+        addr,
+        "cluster.c.outlier_detection.ejections_enforced_local_origin_failure_percentage",
+        |v| v >= 1,
+    )
+    .await;
+    wait_flags(&s, closed, "/failed_outlier_check").await;
+    assert_eq!(
+        s.stat("cluster.c.outlier_detection.ejections_detected_failure_percentage")
+            .await,
+        Some(0),
+        "connect failures are not external-origin failures when split"
+    );
 }

@@ -846,6 +846,13 @@ pub struct OutlierDetection {
     pub split_external_local_origin_errors: bool,
     pub consecutive_local_origin_failure: u32,
     pub enforcing_consecutive_local_origin_failure: u32,
+    /// With the split, the success-rate and failure-percentage detectors also run
+    /// over local-origin outcomes (a request that got a response, or one whose
+    /// connection failed), with the same volumes and thresholds, enforced at
+    /// `enforcing_local_origin_success_rate` (default 100) and
+    /// `enforcing_failure_percentage_local_origin` (default 0) percent.
+    pub enforcing_local_origin_success_rate: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
 }
 
 /// A route's `priority` (`config.core.v3.RoutingPriority`): which circuit-breaker

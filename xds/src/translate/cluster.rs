@@ -173,6 +173,16 @@ fn outlier_detection(
             config.enforcing_consecutive_local_origin_failure,
             100,
         )?,
+        enforcing_local_origin_success_rate: percent(
+            "enforcing_local_origin_success_rate",
+            config.enforcing_local_origin_success_rate,
+            100,
+        )?,
+        enforcing_failure_percentage_local_origin: percent(
+            "enforcing_failure_percentage_local_origin",
+            config.enforcing_failure_percentage_local_origin,
+            0,
+        )?,
     }))
 }
 
@@ -734,8 +744,8 @@ mod tests {
                 "c.outlier_detection.enforcing_failure_percentage: 101 is not a percentage between 0 and 100",
             ),
             (
-                json!({"outlier_detection": {"enforcing_local_origin_success_rate": 100}}),
-                "c.outlier_detection.enforcing_local_origin_success_rate: enforcing_local_origin_success_rate is not supported yet",
+                json!({"outlier_detection": {"enforcing_local_origin_success_rate": 101}}),
+                "c.outlier_detection.enforcing_local_origin_success_rate: 101 is not a percentage",
             ),
             (
                 json!({"outlier_detection": {"max_ejection_percent": 101}}),
