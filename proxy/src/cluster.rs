@@ -34,6 +34,9 @@ pub struct Host {
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
     pub cx_active: AtomicU64,
+    /// HTTP/1 connections being opened (not yet in `cx_active`), for the per-host
+    /// connection limit.
+    pub cx_connecting: AtomicU64,
     pub cx_connect_fail: AtomicU64,
     /// What the load balancers read: the active health checker's verdict (always true
     /// in a cluster without health checks).
@@ -59,6 +62,7 @@ impl Host {
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
             cx_active: AtomicU64::new(0),
+            cx_connecting: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
             outlier: HostOutlier::default(),
         }

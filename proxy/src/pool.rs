@@ -258,7 +258,8 @@ async fn h2_sender(
 }
 
 /// A connection for a request that found none idle: a new one, or, while the cluster
-/// is at `max_connections`, the next one this worker's pool for the host frees up (a
+/// is at `max_connections` (or the host at `per_host_thresholds.max_connections`),
+/// the next one this worker's pool for the host frees up (a
 /// released connection, or room left by a closed one). As in Envoy, a worker with no
 /// connection to the host opens one whatever the limit, so a queue always drains.
 /// `true` with a connection that was handed over (it has served before).
@@ -267,14 +268,25 @@ async fn connection_h1(
     host: &Arc<Host>,
     key: PoolKey,
 ) -> Result<(http1::SendRequest<RequestBody>, bool), ProxyError> {
+    let per_host = cluster.config.circuit_breakers[match key.priority {
+        RoutingPriority::High => 1,
+        RoutingPriority::Default => 0,
+    }]
+    .max_connections_per_host;
     loop {
-        let slot = match cluster.breakers(key.priority).connections.try_acquire() {
-            Some(slot) => Some(slot),
-            None => {
-                cluster.stats.upstream_cx_overflow.inc();
-                None
-            }
+        // `per_host_thresholds.max_connections`: as Envoy's `canCreateConnection`,
+        // the host's open connections (all workers) against the limit.
+        let host_full = per_host.is_some_and(|max| {
+            let open = host.cx_active.load(Ordering::Relaxed);
+            open + host.cx_connecting.load(Ordering::Relaxed) >= u64::from(max)
+        });
+        let slot = match host_full {
+            true => None,
+            false => cluster.breakers(key.priority).connections.try_acquire(),
         };
+        if slot.is_none() {
+            cluster.stats.upstream_cx_overflow.inc();
+        }
         let queued = POOLS.with(|p| {
             let mut p = p.borrow_mut();
             let entry = p.entry(key).or_default();
@@ -288,6 +300,7 @@ async fn connection_h1(
         });
         let Some(rx) = queued else {
             let counted = KeyConnection { key };
+            let _connecting = per_host.map(|_| HostConnecting::new(host));
             return Ok((connect_h1(cluster, host, slot, counted).await?, false));
         };
         match rx.await {
@@ -295,6 +308,23 @@ async fn connection_h1(
             // A connection closed, or the pool went away: try again.
             Ok(Handoff::Closed) | Err(_) => continue,
         }
+    }
+}
+
+/// Counts a connection being opened to a host with a per-host limit, until it is
+/// open (then `cx_active` counts it) or failed.
+struct HostConnecting(Arc<Host>);
+
+impl HostConnecting {
+    fn new(host: &Arc<Host>) -> HostConnecting {
+        host.cx_connecting.fetch_add(1, Ordering::Relaxed);
+        HostConnecting(host.clone())
+    }
+}
+
+impl Drop for HostConnecting {
+    fn drop(&mut self) {
+        self.0.cx_connecting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

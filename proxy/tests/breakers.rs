@@ -346,3 +346,44 @@ async fn high_priority_routes_use_their_own_thresholds() {
         );
     }
 }
+
+/// `per_host_thresholds` (`max_connections`, the one per-host field Envoy honours):
+/// each host gets at most that many connections, whatever the cluster's limit; a
+/// request for a host at its limit waits for that host's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_max_connections_limits_each_host() {
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let cluster = format!(
+        "{}  circuit_breakers:\n    per_host_thresholds: [{{max_connections: 1, max_requests: 7}}]\n",
+        cluster_yaml("up", &[(a.addr(), 1), (b.addr(), 1)], false)
+    );
+    let config = Bootstrap::catch_all("up").cluster_raw(&cluster).build();
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
+    let addr = s.main_addr().await;
+    let slow = |path: &'static str| {
+        tokio::spawn(async move { get(addr, "h", path, &[("x-backend-delay-ms", "800")]).await })
+    };
+    // Round robin: one slow request on each host, each on its own connection.
+    let first = slow("/1");
+    let second = slow("/2");
+    eventually(Duration::from_secs(5), "both hosts busy", || {
+        let n = a.requests() + b.requests();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    // Both hosts are at their limit: the next request waits rather than connecting.
+    let third = slow("/3");
+    s.wait_stat("cluster.up.upstream_cx_overflow", |v| v >= 1)
+        .await;
+    for task in [first, second, third] {
+        let r = task.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(a.requests() + b.requests(), 3);
+    assert_eq!(
+        a.connections() + b.connections(),
+        2,
+        "one connection per host, the third request reused one"
+    );
+}

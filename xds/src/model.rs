@@ -898,6 +898,9 @@ pub struct CircuitBreakers {
     pub track_remaining: bool,
     /// `retry_budget`: when set, replaces `max_retries`.
     pub retry_budget: Option<RetryBudget>,
+    /// `per_host_thresholds[].max_connections`: connections to any one host (the
+    /// only per-host threshold Envoy honours); `None`: no per-host limit.
+    pub max_connections_per_host: Option<u32>,
 }
 
 /// `Thresholds.RetryBudget`: retries under way may be `budget_percent` of the
@@ -919,6 +922,7 @@ impl Default for CircuitBreakers {
             max_retries: 3,
             track_remaining: false,
             retry_budget: None,
+            max_connections_per_host: None,
         }
     }
 }

@@ -358,7 +358,8 @@ pub struct ProtocolChoice {
 pub struct CircuitBreakers {
     #[serde(default)]
     pub thresholds: Vec<Thresholds>,
-    pub per_host_thresholds: Option<Unsupported>,
+    #[serde(default)]
+    pub per_host_thresholds: Vec<Thresholds>,
 }
 
 /// `CircuitBreakers.Thresholds`.

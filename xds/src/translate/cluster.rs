@@ -226,6 +226,18 @@ fn circuit_breakers(
             });
         }
     }
+    // Per host, Envoy honours only `max_connections` (the other fields are accepted
+    // and ignored there too); the first entry for a priority wins.
+    let mut seen = [false; 2];
+    for t in &config.per_host_thresholds {
+        let priority = match t.priority {
+            Some(bootstrap::RoutingPriority::High) => 1,
+            _ => 0,
+        };
+        if !std::mem::replace(&mut seen[priority], true) {
+            out[priority].max_connections_per_host = t.max_connections;
+        }
+    }
     Ok(out)
 }
 

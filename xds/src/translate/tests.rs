@@ -102,7 +102,7 @@ fn errors_name_paths() {
         ("lb_policy: ROUND_ROBIN", "lb_policy: FASTEST", format!("{cluster}.lb_policy: unknown value \"FASTEST\", expected one of ROUND_ROBIN")),
         ("type: STRICT_DNS", "type: EDS", format!("{cluster}.type: EDS is not supported yet")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: 120}}}]}", format!("{cluster}.circuit_breakers.thresholds[0].retry_budget.budget_percent.value: must be between 0 and 100")),
-        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {per_host_thresholds: []}", format!("{cluster}.circuit_breakers.per_host_thresholds: per_host_thresholds is not supported yet")),
+        ("lb_policy: ROUND_ROBIN", "circuit_breakers: {per_host_thresholds: [{max_conections: 1}]}", format!("{cluster}.circuit_breakers.per_host_thresholds[0].max_conections: unknown field `max_conections`")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_requests: -1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_requests: invalid value")),
         ("lb_policy: ROUND_ROBIN", "circuit_breakers: {thresholds: [{max_conections: 1}]}", format!("{cluster}.circuit_breakers.thresholds[0].max_conections: unknown field `max_conections`")),
         ("route: {cluster: web}", "route: {cluster: nope}", format!("{routes}.route.cluster: unknown cluster 'nope'")),
