@@ -614,32 +614,62 @@ async fn wasm_request_headers(
     }
 }
 
-/// The response-headers phase of the wasm filters, waiting where a filter paused
-/// for its callouts.
-pub async fn response_headers(
+/// The request-headers phase of a listener with wasm filters only, run at once:
+/// no future, no allocation. A filter that paused for its callouts is finished by
+/// [`resume_request_headers`], a cold path the router boxes.
+pub fn request_headers_now(id: ChainId, head: &mut RequestHead, end_of_stream: bool) -> Step {
+    headers_phase(id, 0..usize::MAX, |f| {
+        f.on_request_headers(head, end_of_stream)
+    })
+}
+
+/// Waits for the filter paused at `at`, then runs the filters after it (waiting
+/// again where another pauses).
+pub async fn resume_request_headers(
     id: ChainId,
+    at: usize,
+    head: &mut RequestHead,
+    end_of_stream: bool,
+    hcm: &HttpConnectionManager,
+) -> Verdict {
+    if let Err(reply) = wait_resumed(id, at, Head::Request(head), hcm).await {
+        return Verdict::LocalReply(reply);
+    }
+    wasm_request_headers(id, head, end_of_stream, at + 1..usize::MAX, hcm).await
+}
+
+/// The response-headers phase, run at once; see [`resume_response_headers`].
+pub fn response_headers_now(id: ChainId, head: &mut ResponseHead, end_of_stream: bool) -> Step {
+    headers_phase(id, 0..usize::MAX, |f| {
+        f.on_response_headers(head, end_of_stream)
+    })
+}
+
+/// Waits for the filter paused at `at` in the response-headers phase, then runs
+/// the filters after it.
+pub async fn resume_response_headers(
+    id: ChainId,
+    at: usize,
     head: &mut ResponseHead,
     end_of_stream: bool,
     hcm: &HttpConnectionManager,
 ) -> Verdict {
-    let mut start = 0;
+    let mut at = at;
     loop {
-        match headers_phase(id, start..usize::MAX, |f| {
+        if let Err(reply) = wait_resumed(id, at, Head::Response(head), hcm).await {
+            return Verdict::LocalReply(reply);
+        }
+        match headers_phase(id, at + 1..usize::MAX, |f| {
             f.on_response_headers(head, end_of_stream)
         }) {
             Step::Done(verdict) => return verdict,
-            Step::Paused(at) => {
-                if let Err(reply) = wait_resumed(id, at, Head::Response(head), hcm).await {
-                    return Verdict::LocalReply(reply);
-                }
-                start = at + 1;
-            }
+            Step::Paused(next) => at = next,
         }
     }
 }
 
 /// How a run of headers phases ended.
-enum Step {
+pub enum Step {
     Done(Verdict),
     /// The filter in this slot stopped iteration and waits for callouts.
     Paused(usize),

@@ -21,7 +21,7 @@ use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol}
 
 use crate::attempts::{self, Answer, Plan, RequestHead};
 use crate::body::{ByteCount, Deadlines, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
-use crate::chain::{ChainHandle, ChainId, Verdict};
+use crate::chain::{ChainHandle, ChainId, Step, Verdict};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
@@ -183,16 +183,31 @@ async fn proxy<'a>(
     if id.is_some() || !listener.faults.is_empty() {
         let (mut parts, body) = req.into_parts();
         let eos = body.is_end_stream();
-        // Boxed: the fault filter's delay would otherwise sit in every request's future.
-        let verdict = Box::pin(crate::chain::request_headers(
-            id,
-            &listener.faults,
-            hcm,
-            &mut parts,
-            eos,
-            guard,
-        ))
-        .await;
+        // Wasm filters alone run at once; a fault filter's delay, or a plugin that
+        // paused for its callouts, is awaited in a box, so neither sits in every
+        // request's future.
+        let verdict = match (id, listener.faults.is_empty()) {
+            (Some(id), true) => match crate::chain::request_headers_now(id, &mut parts, eos) {
+                Step::Done(verdict) => verdict,
+                Step::Paused(at) => {
+                    Box::pin(crate::chain::resume_request_headers(
+                        id, at, &mut parts, eos, hcm,
+                    ))
+                    .await
+                }
+            },
+            _ => {
+                Box::pin(crate::chain::request_headers(
+                    id,
+                    &listener.faults,
+                    hcm,
+                    &mut parts,
+                    eos,
+                    guard,
+                ))
+                .await
+            }
+        };
         req = Request::from_parts(parts, body);
         if let Verdict::LocalReply(reply) = verdict {
             if !listener.access_logs.is_empty() {
@@ -559,8 +574,16 @@ async fn proxy<'a>(
     set_server(&mut parts.headers, &hcm.server_name);
     if let Some(chain) = chain {
         let eos = body.is_end_stream();
-        // Boxed: a filter may pause here for its callouts (a cold path).
-        let verdict = Box::pin(crate::chain::response_headers(chain, &mut parts, eos, hcm)).await;
+        let verdict = match crate::chain::response_headers_now(chain, &mut parts, eos) {
+            Step::Done(verdict) => verdict,
+            // A filter paused for its callouts: a cold path, boxed.
+            Step::Paused(at) => {
+                Box::pin(crate::chain::resume_response_headers(
+                    chain, at, &mut parts, eos, hcm,
+                ))
+                .await
+            }
+        };
         if let Verdict::LocalReply(reply) = verdict {
             let guard = slot.take().expect("guard present");
             return Ok(filter_reply(reply, listener, guard, None));
