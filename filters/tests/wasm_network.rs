@@ -97,11 +97,10 @@ fn a_connection_through_the_network_callbacks() {
 }
 
 #[test]
-fn connection_contexts_cannot_make_http_callouts() {
-    // Network filters have no way to receive an answer yet, so a call from a
-    // connection context is `Unimplemented` (12) rather than a token never
-    // answered. The module closes the connection only if it got exactly 12 for a
-    // well-formed call.
+fn connection_contexts_make_http_callouts() {
+    // A connection context dispatches a call like a stream context: the module
+    // closes the connection only if a well-formed call was accepted (status 0), and
+    // the call waits for the embedder to take it.
     let pairs = {
         let mut wire = Vec::new();
         let pairs: [(&str, &str); 3] = [(":method", "GET"), (":path", "/"), (":authority", "a")];
@@ -134,7 +133,7 @@ fn connection_contexts_cannot_make_http_callouts() {
                         (call $call (i32.const 100) (i32.const 1) (i32.const 200) (i32.const {len})
                             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
                             (i32.const 0) (i32.const 300))
-                        (i32.const 12))
+                        (i32.const 0))
                     (then (drop (call $close (i32.const 2)))))
                 i32.const 0))"#,
         len = pairs.len()

@@ -361,6 +361,9 @@ enum Owner {
     Stream { id: ChainId, slot: usize },
     /// The root context of this worker's VM of plugin `id`, if still `generation`.
     Root { id: u64, generation: u64 },
+    /// A network filter's connection context: the filter in `slot` of connection
+    /// `id` (`crate::netfilter`).
+    Connection { id: u64, slot: usize },
 }
 
 impl Owner {
@@ -370,6 +373,8 @@ impl Owner {
         match self {
             Owner::Stream { id, .. } => id.0,
             Owner::Root { id, .. } => u64::MAX - id,
+            // Connection ids count from 1 too; the top bit keeps them apart.
+            Owner::Connection { id, .. } => id | 1 << 62,
         }
     }
 
@@ -377,6 +382,7 @@ impl Owner {
     fn deliver(self, token: u32, answer: CallAnswer) {
         match self {
             Owner::Stream { id, slot } => deliver(id, slot, token, answer),
+            Owner::Connection { id, slot } => crate::netfilter::deliver(id, slot, token, answer),
             Owner::Root { id, generation } => {
                 let Some(vm) = VMS.with(|vms| vms.borrow().get(&id).cloned()) else {
                     return;
@@ -469,6 +475,33 @@ fn start(owner: Owner, dispatches: Vec<Dispatch>, mut tasks: Option<&mut Vec<Abo
             }),
         }
     }
+}
+
+/// Starts the callouts of a network filter's connection context; `tasks` collects
+/// them, aborted when the connection closes.
+pub(crate) fn start_connection_calls(
+    id: u64,
+    slot: usize,
+    calls: Vec<Dispatch>,
+    tasks: &mut Vec<AbortHandle>,
+) {
+    start(Owner::Connection { id, slot }, calls, Some(tasks));
+}
+
+/// Forgets (and stops) the gRPC streams of a connection that closed.
+pub(crate) fn forget_connection_calls(id: u64) {
+    let key = Owner::Connection { id, slot: 0 }.key();
+    GRPC_STREAMS.with(|streams| {
+        let mut streams = streams.borrow_mut();
+        if !streams.is_empty() {
+            streams.retain(|(owner, _), stream| {
+                if *owner == key {
+                    stream.task.abort();
+                }
+                *owner != key
+            });
+        }
+    });
 }
 
 /// Forgets the gRPC streams of a stream that ended (their tasks are aborted with

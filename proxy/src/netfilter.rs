@@ -99,8 +99,68 @@ struct Slot {
     held_write: BodyBuffer,
 }
 
+/// A connection's filters, and what their callouts asked while no read was under
+/// way: the slots whose paused read / write side a plugin continued, and the task
+/// to wake so the connection picks that up.
+struct Conn {
+    slots: Vec<Slot>,
+    resumed: Vec<(usize, bool)>,
+    /// A plugin asked to close from a callout answer.
+    closed: bool,
+    waker: Option<Waker>,
+    /// The connection's callouts in flight, aborted when it closes.
+    calls: Vec<tokio::task::AbortHandle>,
+}
+
 thread_local! {
-    static CONNECTIONS: RefCell<FastMap<u64, Vec<Slot>>> = RefCell::new(FastMap::default());
+    static CONNECTIONS: RefCell<FastMap<u64, Conn>> = RefCell::new(FastMap::default());
+}
+
+/// Starts the callouts the filter in `slot` of connection `id` dispatched.
+fn send_calls(
+    id: u64,
+    slot: usize,
+    filter: &mut WasmNetworkFilter,
+    tasks: &mut Vec<tokio::task::AbortHandle>,
+) {
+    let calls = filter.take_calls();
+    if !calls.is_empty() {
+        crate::chain::start_connection_calls(id, slot, calls, tasks);
+    }
+}
+
+/// A callout's answer for the filter in `slot` of connection `id` (gone: dropped,
+/// as Envoy cancels a deleted context's calls). A continue the plugin asks for in
+/// it is queued for the connection's next read, which the answer wakes.
+pub(crate) fn deliver(id: u64, slot: usize, token: u32, answer: strait_filters::wasm::CallAnswer) {
+    CONNECTIONS.with(|connections| {
+        let mut connections = connections.borrow_mut();
+        let Some(conn) = connections.get_mut(&id) else {
+            return;
+        };
+        let Some(entry) = conn.slots.get_mut(slot) else {
+            return;
+        };
+        entry.filter.on_call_answer(token, answer);
+        if entry.filter.error().is_some() {
+            entry.runtime.export_failures();
+        }
+        send_calls(id, slot, &mut entry.filter, &mut conn.calls);
+        let (read, write) = entry.filter.take_resume();
+        let close = entry.filter.close_requested();
+        if read {
+            conn.resumed.push((slot, true));
+        }
+        if write {
+            conn.resumed.push((slot, false));
+        }
+        conn.closed |= close;
+        if read || write || close {
+            if let Some(waker) = conn.waker.take() {
+                waker.wake();
+            }
+        }
+    });
 }
 
 impl Downstream {
@@ -132,9 +192,21 @@ impl Downstream {
                 held_write: BodyBuffer::new(),
             })
             .collect();
+        let mut slots = slots;
         let closing = slots.iter().any(|slot| slot.filter.close_requested());
         report_failures(&slots);
-        CONNECTIONS.with(|c| c.borrow_mut().insert(id, slots));
+        let mut calls = Vec::new();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            send_calls(id, index, &mut slot.filter, &mut calls);
+        }
+        let conn = Conn {
+            slots,
+            resumed: Vec::new(),
+            closed: false,
+            waker: None,
+            calls,
+        };
+        CONNECTIONS.with(|c| c.borrow_mut().insert(id, conn));
         Downstream {
             io,
             filters: Some(Box::new(Filtered {
@@ -165,23 +237,31 @@ fn report_failures(slots: &[Slot]) {
 /// Runs `chunk` through the filters of connection `id` in the read direction (config
 /// order) or the write direction (reverse).
 fn run(id: u64, chunk: &[u8], end_of_stream: bool, read: bool) -> Outcome {
+    run_from(id, 0, Bytes::copy_from_slice(chunk), end_of_stream, read)
+}
+
+/// Runs `data` through the filters of connection `id` from the `start`-th in the
+/// direction's order; a filter that pauses keeps it.
+fn run_from(id: u64, start: usize, data: Bytes, end_of_stream: bool, read: bool) -> Outcome {
     CONNECTIONS.with(|connections| {
         let mut connections = connections.borrow_mut();
-        let Some(slots) = connections.get_mut(&id) else {
+        let Some(conn) = connections.get_mut(&id) else {
             return Outcome {
-                data: Bytes::copy_from_slice(chunk),
+                data,
                 close: false,
                 held: 0,
             };
         };
-        let mut data = Bytes::copy_from_slice(chunk);
+        let slots = &mut conn.slots;
+        let mut data = data;
         let mut passed = true;
         let count = slots.len();
-        for i in 0..count {
-            let slot = match read {
-                true => &mut slots[i],
-                false => &mut slots[count - 1 - i],
+        for i in start..count {
+            let index = match read {
+                true => i,
+                false => count - 1 - i,
             };
+            let slot = &mut slots[index];
             let (held, status) = match read {
                 true => {
                     slot.held_read.extend(&data);
@@ -198,12 +278,17 @@ fn run(id: u64, chunk: &[u8], end_of_stream: bool, read: bool) -> Outcome {
                     (&mut slot.held_write, status)
                 }
             };
-            match status {
-                NetworkStatus::Continue => data = held.take(),
-                NetworkStatus::StopIteration => {
-                    passed = false;
-                    break;
+            let status = match status {
+                NetworkStatus::Continue => {
+                    data = held.take();
+                    None
                 }
+                NetworkStatus::StopIteration => Some(()),
+            };
+            send_calls(id, index, &mut slot.filter, &mut conn.calls);
+            if status.is_some() {
+                passed = false;
+                break;
             }
         }
         report_failures(slots);
@@ -220,6 +305,52 @@ fn run(id: u64, chunk: &[u8], end_of_stream: bool, read: bool) -> Outcome {
             held,
         }
     })
+}
+
+/// The data a plugin let go by continuing its paused side from a callout answer
+/// (Envoy's `continueReading`): its held bytes go on to the filters after it.
+/// `None` when nothing was continued in that direction.
+fn resumed(id: u64, read: bool) -> Option<Outcome> {
+    let (slot, held) = CONNECTIONS.with(|connections| {
+        let mut connections = connections.borrow_mut();
+        let conn = connections.get_mut(&id)?;
+        let at = conn.resumed.iter().position(|(_, r)| *r == read)?;
+        let (slot, _) = conn.resumed.remove(at);
+        let entry = conn.slots.get_mut(slot)?;
+        let held = match read {
+            true => entry.held_read.take(),
+            false => entry.held_write.take(),
+        };
+        Some((slot, held))
+    })?;
+    let count = CONNECTIONS.with(|c| c.borrow().get(&id).map_or(0, |c| c.slots.len()));
+    // The position after the continued filter, in this direction's order.
+    let next = match read {
+        true => slot + 1,
+        false => count - slot,
+    };
+    Some(run_from(id, next, held, false, read))
+}
+
+/// Whether a callout answer asked to close the connection (asked once).
+fn take_closed(id: u64) -> bool {
+    CONNECTIONS.with(|connections| {
+        connections
+            .borrow_mut()
+            .get_mut(&id)
+            .is_some_and(|c| std::mem::take(&mut c.closed))
+    })
+}
+
+/// Remembers the connection's task, so a callout answer can wake it.
+fn park(id: u64, cx: &Context<'_>) {
+    CONNECTIONS.with(|connections| {
+        if let Some(conn) = connections.borrow_mut().get_mut(&id) {
+            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                conn.waker = Some(cx.waker().clone());
+            }
+        }
+    });
 }
 
 impl Filtered {
@@ -266,6 +397,30 @@ impl AsyncRead for Downstream {
                 buf.put_slice(&state.readable.split_to(n));
                 return Poll::Ready(Ok(()));
             }
+            // A callout answer continued a paused side: its bytes move on now (the
+            // write side's go out from here, as nothing else polls the socket).
+            if let Some(outcome) = resumed(state.id, true) {
+                state.readable = outcome.data;
+                state.held_read = outcome.held;
+                if outcome.close {
+                    state.close();
+                }
+                continue;
+            }
+            if let Some(outcome) = resumed(state.id, false) {
+                state.held_write = outcome.held;
+                state.writable.extend_from_slice(&outcome.data);
+                if outcome.close {
+                    state.close();
+                }
+                if let Poll::Ready(Err(e)) = state.drain(&mut this.io, cx) {
+                    return Poll::Ready(Err(e));
+                }
+                continue;
+            }
+            if !state.closing && take_closed(state.id) {
+                state.close();
+            }
             if state.closing {
                 return Poll::Ready(Err(closed_by_plugin()));
             }
@@ -274,8 +429,9 @@ impl AsyncRead for Downstream {
             }
             if state.held_read > state.buffer_limit {
                 // Stalled until the connection closes (or times out), as Envoy's read
-                // buffer above its high watermark: nothing else frees held bytes.
+                // buffer above its high watermark, or a callout answer continues it.
                 state.read_waker = Some(cx.waker().clone());
+                park(state.id, cx);
                 return Poll::Pending;
             }
             let mut chunk = [0u8; READ_CHUNK];
@@ -283,6 +439,10 @@ impl AsyncRead for Downstream {
             match Pin::new(&mut this.io).poll_read(cx, &mut chunk) {
                 Poll::Pending => {
                     state.read_waker = Some(cx.waker().clone());
+                    if state.held_read > 0 || state.held_write > 0 {
+                        // Something is paused: a callout answer may continue it.
+                        park(state.id, cx);
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => {
@@ -398,8 +558,12 @@ impl Drop for Downstream {
             true => PeerType::Remote,
             false => PeerType::Local,
         };
-        let slots = CONNECTIONS.with(|c| c.borrow_mut().remove(&state.id));
-        for mut slot in slots.into_iter().flatten() {
+        let conn = CONNECTIONS.with(|c| c.borrow_mut().remove(&state.id));
+        crate::chain::forget_connection_calls(state.id);
+        for call in conn.iter().flat_map(|c| &c.calls) {
+            call.abort();
+        }
+        for mut slot in conn.into_iter().flat_map(|c| c.slots) {
             slot.filter.on_downstream_close(peer);
             if slot.filter.error().is_some() {
                 slot.runtime.export_failures();

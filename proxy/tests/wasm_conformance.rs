@@ -505,3 +505,49 @@ async fn grpc_callouts_behave_as_in_envoy() {
     ];
     run_yaml_down("grpc-callout", &yaml, &["grpcdown"], cases).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_filter_callouts_behave_as_in_envoy() {
+    // The `netauth` network filter holds each connection's first bytes while an
+    // HTTP callout to the cluster `auth` decides: 200 continues the connection
+    // (`resume_downstream`), a 403 (asked for by `x-net-deny` in the bytes) closes it.
+    let network = format!(
+        "      - name: envoy.filters.network.wasm\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm\n          config:\n{}",
+        plugin_config("netauth", "netauth", "", 12)
+    );
+    let mut yaml = custom_config("netauth", "", &network, "");
+    yaml.push_str(
+        r#"  - name: auth
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: auth
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: 1}
+"#,
+    );
+    let backend = || Want::Backend(200, &["backend"]);
+    let cases = vec![
+        Case::new("allowed after the callout", Req::get("/hello"), backend()),
+        Case::new(
+            "a request body passes once allowed",
+            Req::post("/upload", "some body bytes"),
+            backend(),
+        ),
+        Case::new("h2: allowed", Req::get("/h2").h2(), backend()),
+        Case::new(
+            "denied: the connection is closed",
+            Req::get("/").header("x-net-deny", "1"),
+            Want::Closed,
+        ),
+        Case::new(
+            "later connections unaffected",
+            Req::get("/again"),
+            backend(),
+        ),
+    ];
+    run_yaml("netauth", &yaml, cases).await;
+}

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use wasmtime::{Instance, Store, TypedFunc};
 
+use super::callout::{CallAnswer, Dispatch};
 use super::state::{HostState, StreamData};
 use super::vm::WasmVm;
 use super::WasmError;
@@ -134,6 +135,11 @@ pub struct WasmNetworkFilter {
     close: bool,
     upstream_closed: bool,
     finished: bool,
+    /// Callouts dispatched and not yet taken by the embedder.
+    calls: Vec<Dispatch>,
+    /// `proxy_continue_stream` for the downstream (read) / upstream (write) side.
+    resume_read: bool,
+    resume_write: bool,
 }
 
 /// Which direction a data callback is for.
@@ -158,14 +164,13 @@ impl WasmNetworkFilter {
             close: false,
             upstream_closed: false,
             finished: false,
+            calls: Vec::new(),
+            resume_read: false,
+            resume_write: false,
         };
         match vm.create_stream() {
             Ok(context) => {
                 filter.context = Some(context);
-                let _ = vm.with_running(context.0, |vm| {
-                    vm.store.data_mut().network_contexts.insert(context.1);
-                    Ok(())
-                });
                 let on_new_connection = |vm: &mut super::vm::Running, context: u32| {
                     let e = std::rc::Rc::clone(&vm.exports);
                     match &e.network.on_new_connection {
@@ -216,6 +221,32 @@ impl WasmNetworkFilter {
     /// The failure that ended this connection's plugin processing, if any.
     pub fn error(&self) -> Option<&WasmError> {
         self.error.as_ref()
+    }
+
+    /// The callouts dispatched since the last take, for the embedder to send.
+    pub fn take_calls(&mut self) -> Vec<Dispatch> {
+        mem::take(&mut self.calls)
+    }
+
+    /// Whether the plugin asked to continue the read (downstream) / write (upstream)
+    /// side it paused (`proxy_continue_stream`), since the last take.
+    pub fn take_resume(&mut self) -> (bool, bool) {
+        (
+            mem::take(&mut self.resume_read),
+            mem::take(&mut self.resume_write),
+        )
+    }
+
+    /// Delivers the answer to the callout `token` (`proxy_on_http_call_response` or
+    /// the gRPC callbacks) to this connection's context.
+    pub fn on_call_answer(&mut self, token: u32, answer: CallAnswer) {
+        if self.error.is_some() {
+            return;
+        }
+        self.run(|vm, _context| {
+            vm.call_answer(token, answer, &mut StreamData::default())
+                .map(|_| ())
+        });
     }
 
     fn on_data(
@@ -327,7 +358,7 @@ impl WasmNetworkFilter {
         let _ = self.vm.with_running(generation, |vm| {
             let state = vm.store.data_mut();
             state.signals.remove(&context);
-            state.network_contexts.remove(&context);
+            state.calls.retain(|_, owner| *owner != context);
             state.properties.retain(|(owner, _), _| *owner != context);
             Ok(())
         });
@@ -351,15 +382,21 @@ impl WasmNetworkFilter {
         let Some((generation, context)) = self.context else {
             return;
         };
+        let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
             mem::swap(&mut vm.store.data_mut().stream, stream);
             let result = f(vm, context);
             mem::swap(&mut vm.store.data_mut().stream, stream);
+            calls.append(&mut vm.take_dispatched());
             let signals = vm.take_signals(context);
-            result.map(|()| signals.close_connection)
+            result.map(|()| signals)
         });
         match result {
-            Ok(close) => self.close |= close,
+            Ok(signals) => {
+                self.close |= signals.close_connection;
+                self.resume_read |= signals.resume_downstream;
+                self.resume_write |= signals.resume_upstream;
+            }
             Err(error) => self.fail(error),
         }
     }

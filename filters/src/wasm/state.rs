@@ -40,9 +40,6 @@ pub(crate) struct HostState {
     /// How `proxy_on_queue_ready` reaches this VM's thread, for the queues it
     /// registers (set by the embedder, `WasmVm::set_queue_notifier`).
     pub queue_notifier: Option<super::shared::QueueNotifier>,
-    /// Connection contexts of network filters, whose HTTP callouts are not
-    /// supported (`proxy_http_call` answers `Unimplemented` for them).
-    pub network_contexts: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// The status of the last gRPC call that ended (`proxy_get_status`).
     pub grpc_status: (u32, String),
     /// `proxy_set_property` values of each stream context (Envoy's filter state
@@ -72,7 +69,6 @@ impl HostState {
             dispatched: Vec::new(),
             next_call_token: 1,
             queue_notifier: None,
-            network_contexts: Default::default(),
             grpc_status: (0, String::new()),
             properties: HashMap::default(),
         }
@@ -134,6 +130,9 @@ pub(crate) struct StreamSignals {
     pub resume_response: bool,
     /// `proxy_close_stream` for the downstream or upstream side of a connection.
     pub close_connection: bool,
+    /// `proxy_continue_stream` for the downstream (2) or upstream (3) side.
+    pub resume_downstream: bool,
+    pub resume_upstream: bool,
 }
 
 /// Caps linear memory growth and remembers that it refused some, so a trap that

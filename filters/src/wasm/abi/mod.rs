@@ -5,8 +5,8 @@
 //! guest itself (including its allocator, which the host calls to return data).
 //!
 //! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: HTTP and gRPC callouts from network-filter connections and
-//! bootstrap services, `proxy_call_foreign_function`; `proxy_close_stream` for the
+//! exactly this: HTTP and gRPC callouts from bootstrap services,
+//! `proxy_call_foreign_function`; `proxy_close_stream` for the
 //! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -200,10 +200,6 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     0 => Vec::new(),
                     _ => deserialize_pairs(&read(&caller, trailers_ptr, trailers_len)?)?,
                 };
-                let state = caller.data();
-                if state.network_contexts.contains(&state.effective_context) {
-                    return Err(Status::Unimplemented.into());
-                }
                 let mut call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
                 let state = caller.data_mut();
                 let token = dispatch_token(state);
@@ -230,10 +226,6 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          token_out: i32| {
             finish((|| {
-                let state = caller.data();
-                if state.network_contexts.contains(&state.effective_context) {
-                    return Err(Status::Unimplemented.into());
-                }
                 let cluster = read(&caller, service_ptr, service_len)?;
                 let service = read(&caller, service_name_ptr, service_name_len)?;
                 let method = read(&caller, method_ptr, method_len)?;
@@ -275,10 +267,6 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          metadata_len: i32,
          token_out: i32| {
             finish((|| {
-                let state = caller.data();
-                if state.network_contexts.contains(&state.effective_context) {
-                    return Err(Status::Unimplemented.into());
-                }
                 let cluster = read(&caller, service_ptr, service_len)?;
                 let service = read(&caller, service_name_ptr, service_name_len)?;
                 let method = read(&caller, method_ptr, method_len)?;
@@ -441,6 +429,9 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             match stream_type {
                 0 => signals.resume_request = true,
                 1 => signals.resume_response = true,
+                // A network filter's paused read or write side.
+                2 => signals.resume_downstream = true,
+                3 => signals.resume_upstream = true,
                 _ => return Ok(Status::BadArgument as i32),
             }
             Ok(Status::Ok as i32)
