@@ -106,6 +106,25 @@ async fn run_yaml_down(tag: &str, yaml: &str, down: &[&str], cases: Vec<Case>) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One more STATIC cluster for the end of a config's `clusters` (the harness points
+/// it at an echo backend of its name, or a closed port when listed as down); `http2`
+/// adds `http2_protocol_options`, as gRPC needs.
+fn extra_cluster(name: &str, http2: bool) -> String {
+    let h2 = match http2 {
+        true => concat!(
+            "    typed_extension_protocol_options:\n",
+            "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n",
+            "        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n",
+            "        explicit_http_config:\n",
+            "          http2_protocol_options: {}\n",
+        ),
+        false => "",
+    };
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{h2}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: 1}}\n"
+    )
+}
+
 /// A `PluginConfig` for `plugin` at the indentation of `config:`'s fields under a
 /// filter's `typed_config` (14 spaces).
 fn plugin_config(plugin: &str, vm_id: &str, configuration: &str, indent: usize) -> String {
@@ -299,19 +318,7 @@ async fn http_callouts_behave_as_in_envoy() {
     // in headers, so the comparison covers it.
     let mut yaml = config("callout", "");
     for cluster in ["auth", "down"] {
-        yaml.push_str(&format!(
-            r#"  - name: {cluster}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {cluster}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{address: 127.0.0.1, port_value: 1}}
-"#
-        ));
+        yaml.push_str(&extra_cluster(cluster, false));
     }
     let backend = || Want::Backend(200, &["backend"]);
     let call = |cluster: &str| Req::get("/resource").header("x-callout", cluster);
@@ -413,24 +420,7 @@ async fn grpc_callouts_behave_as_in_envoy() {
     // the backend or the client in headers.
     let mut yaml = config("callout", "");
     for cluster in ["grpc", "grpcdown"] {
-        yaml.push_str(&format!(
-            r#"  - name: {cluster}
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: {cluster}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{address: 127.0.0.1, port_value: 1}}
-"#
-        ));
+        yaml.push_str(&extra_cluster(cluster, true));
     }
     let backend = || Want::Backend(200, &["backend"]);
     let call = |cluster: &str| Req::get("/rpc").header("x-grpc-call", cluster);
@@ -516,19 +506,7 @@ async fn network_filter_callouts_behave_as_in_envoy() {
         plugin_config("netauth", "netauth", "", 12)
     );
     let mut yaml = custom_config("netauth", "", &network, "");
-    yaml.push_str(
-        r#"  - name: auth
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: auth
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {address: 127.0.0.1, port_value: 1}
-"#,
-    );
+    yaml.push_str(&extra_cluster("auth", false));
     let backend = || Want::Backend(200, &["backend"]);
     let cases = vec![
         Case::new("allowed after the callout", Req::get("/hello"), backend()),

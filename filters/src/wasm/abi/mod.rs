@@ -194,18 +194,11 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          token_out: i32| {
             finish((|| {
                 let cluster = read(&caller, cluster_ptr, cluster_len)?;
-                let headers = deserialize_pairs(&read(&caller, headers_ptr, headers_len)?)?;
+                let headers = pairs(&caller, headers_ptr, headers_len)?;
                 let body = read(&caller, body_ptr, body_len)?;
-                let trailers = match trailers_len {
-                    0 => Vec::new(),
-                    _ => deserialize_pairs(&read(&caller, trailers_ptr, trailers_len)?)?,
-                };
-                let mut call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
-                let state = caller.data_mut();
-                let token = dispatch_token(state);
-                call.token = token;
-                state.dispatched.push(Dispatch::Call(Box::new(call)));
-                write_u32(&mut caller, token_out, token)
+                let trailers = pairs(&caller, trailers_ptr, trailers_len)?;
+                let call = callout::request(&cluster, headers, body, trailers, timeout_ms)?;
+                dispatch(&mut caller, call, token_out)
             })())
         },
     )?;
@@ -226,30 +219,15 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          token_out: i32| {
             finish((|| {
-                let cluster = read(&caller, service_ptr, service_len)?;
-                let service = read(&caller, service_name_ptr, service_name_len)?;
-                let method = read(&caller, method_ptr, method_len)?;
-                let metadata = match metadata_len {
-                    0 => Vec::new(),
-                    _ => deserialize_pairs(&read(&caller, metadata_ptr, metadata_len)?)?,
+                let target = GrpcTarget {
+                    cluster: read(&caller, service_ptr, service_len)?,
+                    service: read(&caller, service_name_ptr, service_name_len)?,
+                    method: read(&caller, method_ptr, method_len)?,
+                    metadata: pairs(&caller, metadata_ptr, metadata_len)?,
                 };
                 let message = read(&caller, message_ptr, message_len)?;
-                let mut call = callout::grpc_request(
-                    &cluster,
-                    &service,
-                    &method,
-                    metadata,
-                    &message,
-                    timeout_ms as u32,
-                    false,
-                )?;
-                let token = dispatch_token(caller.data_mut());
-                call.token = token;
-                caller
-                    .data_mut()
-                    .dispatched
-                    .push(Dispatch::Call(Box::new(call)));
-                write_u32(&mut caller, token_out, token)
+                let call = target.request(&message, timeout_ms as u32, false)?;
+                dispatch(&mut caller, call, token_out)
             })())
         },
     )?;
@@ -267,22 +245,14 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          metadata_len: i32,
          token_out: i32| {
             finish((|| {
-                let cluster = read(&caller, service_ptr, service_len)?;
-                let service = read(&caller, service_name_ptr, service_name_len)?;
-                let method = read(&caller, method_ptr, method_len)?;
-                let metadata = match metadata_len {
-                    0 => Vec::new(),
-                    _ => deserialize_pairs(&read(&caller, metadata_ptr, metadata_len)?)?,
+                let target = GrpcTarget {
+                    cluster: read(&caller, service_ptr, service_len)?,
+                    service: read(&caller, service_name_ptr, service_name_len)?,
+                    method: read(&caller, method_ptr, method_len)?,
+                    metadata: pairs(&caller, metadata_ptr, metadata_len)?,
                 };
-                let mut call =
-                    callout::grpc_request(&cluster, &service, &method, metadata, &[], 0, true)?;
-                let token = dispatch_token(caller.data_mut());
-                call.token = token;
-                caller
-                    .data_mut()
-                    .dispatched
-                    .push(Dispatch::Call(Box::new(call)));
-                write_u32(&mut caller, token_out, token)
+                let call = target.request(&[], 0, true)?;
+                dispatch(&mut caller, call, token_out)
             })())
         },
     )?;
@@ -361,12 +331,51 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// A new call token, recorded as the effective context's.
-fn dispatch_token(state: &mut HostState) -> u32 {
+/// Records `call` for the embedder under a new token (the effective context's)
+/// and writes the token for the guest.
+fn dispatch(caller: &mut C<'_>, mut call: callout::HttpCallRequest, token_out: i32) -> HostResult {
+    let state = caller.data_mut();
     let token = state.next_call_token;
     state.next_call_token = token.wrapping_add(1).max(1);
     state.calls.insert(token, state.effective_context);
-    token
+    call.token = token;
+    state.dispatched.push(Dispatch::Call(Box::new(call)));
+    write_u32(caller, token_out, token)
+}
+
+/// A pairs-encoded map from guest memory; none at all when `len` is 0.
+fn pairs(caller: &C<'_>, ptr: i32, len: i32) -> HostResult<Vec<super::headers::Pair>> {
+    match len {
+        0 => Ok(Vec::new()),
+        _ => Ok(deserialize_pairs(&read(caller, ptr, len)?)?),
+    }
+}
+
+/// The arguments `proxy_grpc_call` and `proxy_grpc_stream` share.
+struct GrpcTarget {
+    cluster: Vec<u8>,
+    service: Vec<u8>,
+    method: Vec<u8>,
+    metadata: Vec<super::headers::Pair>,
+}
+
+impl GrpcTarget {
+    fn request(
+        self,
+        message: &[u8],
+        timeout_ms: u32,
+        stream: bool,
+    ) -> Result<callout::HttpCallRequest, Status> {
+        callout::grpc_request(
+            &self.cluster,
+            &self.service,
+            &self.method,
+            self.metadata,
+            message,
+            timeout_ms,
+            stream,
+        )
+    }
 }
 
 fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
