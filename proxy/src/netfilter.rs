@@ -366,6 +366,15 @@ impl Filtered {
         Poll::Ready(Ok(()))
     }
 
+    /// Takes what the write-direction filters let through (and hold, and asked).
+    fn queue_write(&mut self, outcome: Outcome) {
+        self.held_write = outcome.held;
+        self.writable.extend_from_slice(&outcome.data);
+        if outcome.close {
+            self.close();
+        }
+    }
+
     fn close(&mut self) {
         self.closing = true;
         if let Some(waker) = self.read_waker.take() {
@@ -408,11 +417,7 @@ impl AsyncRead for Downstream {
                 continue;
             }
             if let Some(outcome) = resumed(state.id, false) {
-                state.held_write = outcome.held;
-                state.writable.extend_from_slice(&outcome.data);
-                if outcome.close {
-                    state.close();
-                }
+                state.queue_write(outcome);
                 if let Poll::Ready(Err(e)) = state.drain(&mut this.io, cx) {
                     return Poll::Ready(Err(e));
                 }
@@ -485,12 +490,7 @@ impl AsyncWrite for Downstream {
             // the connection.
             return Poll::Pending;
         }
-        let outcome = run(state.id, buf, false, false);
-        state.held_write = outcome.held;
-        state.writable.extend_from_slice(&outcome.data);
-        if outcome.close {
-            state.close();
-        }
+        state.queue_write(run(state.id, buf, false, false));
         // Accepted whatever the socket takes now; the rest goes out on flush.
         if let Poll::Ready(Err(e)) = state.drain(&mut this.io, cx) {
             return Poll::Ready(Err(e));
