@@ -11,6 +11,16 @@ use common::*;
 use tokio::net::TcpListener;
 
 fn config(backend: &Backend, auth: std::net::SocketAddr, hcm: &str) -> String {
+    config_with(backend, auth, hcm, "")
+}
+
+/// As `config`, with the plugin configuration `configuration`.
+fn config_with(
+    backend: &Backend,
+    auth: std::net::SocketAddr,
+    hcm: &str,
+    configuration: &str,
+) -> String {
     let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
     let filter = format!(
         r#"- name: envoy.filters.http.wasm
@@ -18,6 +28,9 @@ fn config(backend: &Backend, auth: std::net::SocketAddr, hcm: &str) -> String {
     "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
     config:
       name: callout
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: "{configuration}"
       vm_config:
         runtime: envoy.wasm.runtime.v8
         code:
@@ -153,5 +166,27 @@ async fn a_client_that_goes_away_cancels_its_callouts() {
     .await;
     let resp = get(addr, "example.test", "/", &[]).await;
     assert_eq!(resp.status, 200);
+    assert_eq!(strait.stat("wasm.callout.vm_failed").await.unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn a_root_context_calls_out_from_its_tick() {
+    // With `tick-call`, each worker's root context calls `auth` from its first
+    // tick; the answer goes back to the root context, which stores the status in
+    // shared data for the streams to read.
+    let backend = Backend::echo("backend").await;
+    let auth = Backend::echo("auth").await;
+    let strait = Strait::start(&config_with(&backend, auth.addr(), "", "tick-call")).await;
+    let addr = strait.main_addr().await;
+    eventually(
+        Duration::from_secs(10),
+        "the root call answered",
+        || async {
+            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
+            (resp.header("x-root-call-status") == Some("200")).then_some(())
+        },
+    )
+    .await;
+    assert!(auth.requests() >= 1);
     assert_eq!(strait.stat("wasm.callout.vm_failed").await.unwrap_or(0), 0);
 }

@@ -42,14 +42,43 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CalloutRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CalloutRoot { called: false }) });
 }}
 
-struct CalloutRoot;
+/// With the plugin configuration `tick-call`, the root context calls the cluster
+/// `auth` once from its first tick and stores the answer's status in the shared-data
+/// key `root_call_status` (a request with `x-read-root` gets it back in the response
+/// header `x-root-call-status`).
+struct CalloutRoot {
+    called: bool,
+}
 
-impl Context for CalloutRoot {}
+impl Context for CalloutRoot {
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, _: usize, _: usize) {
+        let status = match headers {
+            0 => "none".to_owned(),
+            _ => self.get_http_call_response_header(":status").unwrap_or_default(),
+        };
+        let _ = self.set_shared_data("root_call_status", Some(status.as_bytes()), None);
+    }
+}
 
 impl RootContext for CalloutRoot {
+    fn on_configure(&mut self, _: usize) -> bool {
+        if self.get_plugin_configuration().as_deref() == Some(b"tick-call") {
+            self.set_tick_period(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if std::mem::replace(&mut self.called, true) {
+            return;
+        }
+        let headers = vec![(":method", "GET"), (":path", "/root"), (":authority", "auth")];
+        let _ = self.dispatch_http_call("auth", headers, None, vec![], Duration::from_secs(5));
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CalloutStream::default()))
     }
@@ -73,6 +102,7 @@ struct CalloutStream {
     grpc_call: Option<u32>,
     grpc_stream: Option<u32>,
     property: Option<String>,
+    read_root: bool,
     stream_messages: Vec<String>,
     stream_content_type: String,
     stream_trailer: String,
@@ -277,6 +307,7 @@ impl Context for CalloutStream {
 
 impl HttpContext for CalloutStream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.read_root = self.get_http_request_header("x-read-root").is_some();
         if let Some(spec) = self.get_http_request_header("x-set-property") {
             let (name, value) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
             self.property = Some(name.to_owned());
@@ -324,6 +355,11 @@ impl HttpContext for CalloutStream {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.read_root {
+            let status = self.get_shared_data("root_call_status").0.unwrap_or_default();
+            let status = String::from_utf8_lossy(&status).into_owned();
+            self.set_http_response_header("x-root-call-status", Some(&status));
+        }
         if let Some(name) = self.property.clone() {
             let got = self.get_property(vec![name.as_str()]);
             let got = got.map_or("none".to_owned(), |v| String::from_utf8_lossy(&v).into_owned());
