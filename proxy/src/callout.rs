@@ -232,8 +232,8 @@ fn next_message(pending: &mut bytes::BytesMut) -> Option<Bytes> {
     Some(frame.split_off(5).freeze())
 }
 
-async fn exchange(shared: &Shared, call: HttpCallRequest) -> Result<HttpCallResponse, Failure> {
-    let body = RequestBody::full(call.body.clone(), call.trailers.clone());
+async fn exchange(shared: &Shared, mut call: HttpCallRequest) -> Result<HttpCallResponse, Failure> {
+    let body = RequestBody::full(std::mem::take(&mut call.body), call.trailers.take());
     let (response, lease) = start(shared, call, body).await?;
     let (head, body) = response.into_parts();
     let collected = Limited::new(body, MAX_BODY)
