@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -377,29 +378,32 @@ async fn sequential(
         if request_slot.is_none() {
             cluster.stats.upstream_rq_pending_overflow.inc();
         }
+        // Set when the attempt's connection is ready: its per-try timer starts then.
+        let ready = AtomicBool::new(false);
         // Boxed: the attempt future is large, and this keeps every enclosing future
         // (and each move of one) small; one allocation per attempt is cheaper.
         let send = Box::pin(async {
             match request_slot {
                 None => Err(ProxyError::Overflow),
                 Some(_) => {
-                    pool::send(
+                    pool::send_signalled(
                         cluster,
                         &host,
                         plan.h2,
                         plan.upgrade,
                         plan.target.priority,
                         request,
+                        Some(&ready),
                     )
                     .await
                 }
             }
         });
-        // The first attempt's per-try deadline came with the stream's timers.
+        // The first attempt's per-try timeout came with the stream's timers.
         if let (Some((d, _)), true) = (&per_try, number > 1) {
-            StreamTimers::set_attempt(timers, tokio::time::Instant::now() + *d);
+            StreamTimers::set_attempt(timers, *d);
         }
-        let sent = match until(send, timers).await {
+        let sent = match until(send, timers, Some(&ready)).await {
             Ok(sent) => sent,
             Err(Expiry::Attempt) => {
                 // The attempt is reset: its future (and connection) dropped.
@@ -437,7 +441,7 @@ async fn sequential(
                 drop(request_slot);
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
-                if let Err(expiry) = until(sleep.as_mut(), timers).await {
+                if let Err(expiry) = until(sleep.as_mut(), timers, None).await {
                     return expired(expiry, timers, guard);
                 }
             }
@@ -461,6 +465,7 @@ async fn sequential(
 fn until<'a, F: Future + Unpin + 'a>(
     mut fut: F,
     timers: &'a mut Option<StreamTimers>,
+    ready: Option<&'a AtomicBool>,
 ) -> impl Future<Output = Result<F::Output, Expiry>> + 'a {
     // A plain poll function over a pinned borrow, not an `async fn`: an async fn
     // would hold `fut` twice (argument and pinned local), and its caller's state
@@ -470,6 +475,10 @@ fn until<'a, F: Future + Unpin + 'a>(
             return Poll::Ready(Ok(output));
         }
         if let Some(t) = timers.as_mut() {
+            // The attempt's connection is ready: its per-try timer starts now.
+            if t.attempt_pending() && ready.is_some_and(|r| r.load(Ordering::Relaxed)) {
+                t.arm_attempt();
+            }
             // `fired` re-arms the sleep for a deadline that moved; poll it again so
             // the new one registers the waker.
             while t.sleep.as_mut().poll(cx).is_ready() {
@@ -523,7 +532,7 @@ async fn single(
         request,
     );
     tokio::pin!(send);
-    let sent = match until(send.as_mut(), timers).await {
+    let sent = match until(send.as_mut(), timers, None).await {
         Ok(sent) => sent,
         Err(expiry) => return expired(expiry, timers, guard),
     };

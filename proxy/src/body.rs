@@ -385,6 +385,10 @@ pub struct StreamTimers {
     /// The current attempt's per-try deadline while its head is awaited: one timer
     /// serves the stream and its attempts.
     attempt: Option<Instant>,
+    /// The current attempt's per-try timeout before it is armed: as Envoy's, it
+    /// starts when a connection is ready for the attempt (`arm_attempt`), so time
+    /// spent connecting or queued for a connection does not count.
+    attempt_pending: Option<Duration>,
     /// Last activity, for the idle timers.
     touched: Instant,
     /// The request body's progress; `None`: the request had no body.
@@ -399,8 +403,8 @@ pub struct Deadlines {
     pub request: Option<Instant>,
     pub max_duration: Option<Instant>,
     pub idle: Option<Duration>,
-    /// The first attempt's per-try deadline.
-    pub attempt: Option<Instant>,
+    /// The first attempt's per-try timeout, armed when its connection is ready.
+    pub attempt: Option<Duration>,
 }
 
 impl StreamTimers {
@@ -411,12 +415,17 @@ impl StreamTimers {
             max_duration: deadlines.max_duration,
             idle: deadlines.idle,
             try_idle: None,
-            attempt: deadlines.attempt,
+            attempt: None,
+            attempt_pending: deadlines.attempt,
             touched: Instant::now(),
             request_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
-        let next = timers.next_wake()?;
+        let next = match (timers.next_wake(), timers.attempt_pending) {
+            (Some(next), _) => next,
+            (None, Some(_)) => far_future(),
+            (None, None) => return None,
+        };
         timers.sleep.as_mut().reset(next);
         Some(timers)
     }
@@ -430,6 +439,7 @@ impl StreamTimers {
             idle: None,
             try_idle: None,
             attempt: None,
+            attempt_pending: None,
             touched: Instant::now(),
             request_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
@@ -451,12 +461,27 @@ impl StreamTimers {
 
     /// Sets the current attempt's per-try deadline, making the timers if the stream
     /// had none.
-    pub fn set_attempt(timers: &mut Option<StreamTimers>, deadline: Instant) {
+    /// Gives the next attempt a per-try timeout of `timeout`, armed when its
+    /// connection is ready ([`StreamTimers::arm_attempt`]).
+    pub fn set_attempt(timers: &mut Option<StreamTimers>, timeout: Duration) {
         let t = timers.get_or_insert_with(|| StreamTimers::empty(None));
-        t.attempt = Some(deadline);
-        if let Some(next) = t.next_wake() {
-            t.sleep.as_mut().reset(next);
+        t.attempt = None;
+        t.attempt_pending = Some(timeout);
+    }
+
+    /// Starts the pending per-try timer: the attempt's connection is ready.
+    pub fn arm_attempt(&mut self) {
+        if let Some(timeout) = self.attempt_pending.take() {
+            self.attempt = Some(Instant::now() + timeout);
+            if let Some(next) = self.next_wake() {
+                self.sleep.as_mut().reset(next);
+            }
         }
+    }
+
+    /// Whether a per-try timer waits for its attempt's connection.
+    pub fn attempt_pending(&self) -> bool {
+        self.attempt_pending.is_some()
     }
 
     /// Clears the attempt's deadline once its head is in. The timer is left as it is
@@ -464,6 +489,7 @@ impl StreamTimers {
     pub fn clear_attempt(timers: &mut Option<StreamTimers>) {
         if let Some(t) = timers {
             t.attempt = None;
+            t.attempt_pending = None;
         }
     }
 
@@ -472,9 +498,7 @@ impl StreamTimers {
     pub fn fired(&mut self) -> Option<Expiry> {
         let expiry = self.due(Instant::now());
         if expiry.is_none() {
-            let next = self
-                .next_wake()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+            let next = self.next_wake().unwrap_or_else(far_future);
             self.sleep.as_mut().reset(next);
         }
         expiry
@@ -744,4 +768,9 @@ impl Drop for ResponseBody {
             self.finish(flag);
         }
     }
+}
+
+/// A wake-up time no stream reaches (a timer with nothing due yet).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,21 @@ pub async fn send(
     priority: RoutingPriority,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    send_signalled(cluster, host, h2, upgrade, priority, req, None).await
+}
+
+/// [`send`], setting `ready` once a connection is ready for the request and it is
+/// about to be written (Envoy's `onPoolReady`, where the per-try timer starts): not
+/// while connecting or queued for a connection.
+pub async fn send_signalled(
+    cluster: &Arc<ClusterRuntime>,
+    host: &Arc<Host>,
+    h2: bool,
+    upgrade: bool,
+    priority: RoutingPriority,
+    req: Request<RequestBody>,
+    ready: Option<&AtomicBool>,
+) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
     let key = PoolKey {
         cluster: cluster.id,
         addr: host.addr,
@@ -137,7 +152,7 @@ pub async fn send(
     // moved whole into hyper's dispatcher (and into a task per HTTP/2 stream), so
     // every byte of it is copied on every request.
     if h2 {
-        return Box::pin(send_h2(cluster, host, key, req)).await;
+        return Box::pin(send_h2(cluster, host, key, req, ready)).await;
     }
     let idle_timeout = cluster.config.idle_timeout;
     let (mut reused, idle_for) = match upgrade {
@@ -170,6 +185,9 @@ pub async fn send(
             continue;
         }
         let this = req.take().expect("request present until sent");
+        if let Some(ready) = ready {
+            ready.store(true, Ordering::Relaxed);
+        }
         match sender.try_send_request(this).await {
             Ok(resp) => {
                 let lease = (!upgrade).then_some(Lease { key, sender });
@@ -199,6 +217,7 @@ async fn send_h2(
     host: &Arc<Host>,
     key: PoolKey,
     req: Request<RequestBody>,
+    ready: Option<&AtomicBool>,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
     let mut sender = h2_sender(cluster, host, key).await?;
     if sender.ready().await.is_err() {
@@ -206,6 +225,9 @@ async fn send_h2(
         POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = None);
         sender = h2_sender(cluster, host, key).await?;
         sender.ready().await.map_err(|e| reset_error(&e))?;
+    }
+    if let Some(ready) = ready {
+        ready.store(true, Ordering::Relaxed);
     }
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, None)),

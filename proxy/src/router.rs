@@ -499,8 +499,9 @@ async fn proxy<'a>(
         // timer (hedged attempts have timers of their own).
         attempt: match timeouts.hedge {
             true => None,
-            false => attempts::per_try_first(timeouts.per_try, timeouts.per_try_idle)
-                .map(|(d, _)| routed_at + d),
+            false => {
+                attempts::per_try_first(timeouts.per_try, timeouts.per_try_idle).map(|(d, _)| d)
+            }
         },
     };
     let mut timers = StreamTimers::new(deadlines, guard.received.clone());

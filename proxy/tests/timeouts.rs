@@ -318,3 +318,53 @@ async fn max_stream_duration_before_the_request_ended_is_408() {
     let head = raw.read_until("\r\n\r\n", Duration::from_secs(5)).await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
+
+/// As Envoy's, the per-try timer starts when the attempt's connection is ready (its
+/// `onPoolReady`), not while the request waits for a connection: a request queued
+/// at `max_connections` behind a slow one is answered, not timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_does_not_count_the_wait_for_a_connection() {
+    let up = Backend::echo("up").await;
+    let cluster = format!(
+        "{}  circuit_breakers:\n    thresholds: [{{max_connections: 1}}]\n",
+        cluster_yaml("up", &[(up.addr(), 1)], false)
+    );
+    let config = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: up}\n  - match: {prefix: /}\n    route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 0, per_try_timeout: 0.3s}}\n",
+    )
+    .cluster_raw(&cluster)
+    .build();
+    // One worker: the one connection is the one the second request waits for.
+    let s = Strait::start_with(&config, &["--concurrency", "1"]).await;
+    let addr = s.main_addr().await;
+    let slow =
+        tokio::spawn(
+            async move { get(addr, "h", "/slow", &[("x-backend-delay-ms", "900")]).await },
+        );
+    eventually(
+        Duration::from_secs(5),
+        "the slow request is upstream",
+        || {
+            let n = up.requests();
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    let r = within(
+        Duration::from_secs(5),
+        "the queued request",
+        get(addr, "h", "/fast", &[]),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        200,
+        "queued ~0.9 s, then answered at once: {}",
+        r.text()
+    );
+    assert_eq!(slow.await.expect("slow task").status, 200);
+    assert_eq!(
+        s.stat("cluster.up.upstream_rq_per_try_timeout").await,
+        Some(0)
+    );
+}
