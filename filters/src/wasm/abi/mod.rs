@@ -219,12 +219,19 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          token_out: i32| {
             finish((|| {
-                let target = GrpcTarget {
-                    cluster: read(&caller, service_ptr, service_len)?,
-                    service: read(&caller, service_name_ptr, service_name_len)?,
-                    method: read(&caller, method_ptr, method_len)?,
-                    metadata: pairs(&caller, metadata_ptr, metadata_len)?,
-                };
+                let target = GrpcTarget::read(
+                    &caller,
+                    [
+                        service_ptr,
+                        service_len,
+                        service_name_ptr,
+                        service_name_len,
+                        method_ptr,
+                        method_len,
+                        metadata_ptr,
+                        metadata_len,
+                    ],
+                )?;
                 let message = read(&caller, message_ptr, message_len)?;
                 let call = target.request(&message, timeout_ms as u32, false)?;
                 dispatch(&mut caller, call, token_out)
@@ -245,12 +252,19 @@ fn add_http_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          metadata_len: i32,
          token_out: i32| {
             finish((|| {
-                let target = GrpcTarget {
-                    cluster: read(&caller, service_ptr, service_len)?,
-                    service: read(&caller, service_name_ptr, service_name_len)?,
-                    method: read(&caller, method_ptr, method_len)?,
-                    metadata: pairs(&caller, metadata_ptr, metadata_len)?,
-                };
+                let target = GrpcTarget::read(
+                    &caller,
+                    [
+                        service_ptr,
+                        service_len,
+                        service_name_ptr,
+                        service_name_len,
+                        method_ptr,
+                        method_len,
+                        metadata_ptr,
+                        metadata_len,
+                    ],
+                )?;
                 let call = target.request(&[], 0, true)?;
                 dispatch(&mut caller, call, token_out)
             })())
@@ -360,6 +374,17 @@ struct GrpcTarget {
 }
 
 impl GrpcTarget {
+    /// From the (pointer, length) pairs of the cluster, service, method and initial
+    /// metadata arguments, in the ABI's order.
+    fn read(caller: &C<'_>, args: [i32; 8]) -> HostResult<GrpcTarget> {
+        Ok(GrpcTarget {
+            cluster: read(caller, args[0], args[1])?,
+            service: read(caller, args[2], args[3])?,
+            method: read(caller, args[4], args[5])?,
+            metadata: pairs(caller, args[6], args[7])?,
+        })
+    }
+
     fn request(
         self,
         message: &[u8],
