@@ -157,6 +157,33 @@ struct Inherited<'a> {
 /// which documents them as not implemented (checked with Envoy 1.40:
 /// `initial_requests: 3` with a 100% `additional_request_chance` still sends one
 /// request upstream per client request).
+/// A `retry_back_off` (route retries, `code.remote` fetches) with Envoy's checks:
+/// `base_interval` (default `default_base`) at least 1 ms, `max_interval` (default
+/// 10 × base) not below it. Returns (base, max); errors name the field under `path`.
+pub(super) fn retry_back_off(
+    path: &str,
+    back_off: Option<&bootstrap::RetryBackOff>,
+    default_base: Duration,
+) -> Result<(Duration, Duration)> {
+    let base = match back_off.map(|b| b.base_interval) {
+        None => default_base,
+        Some(Some(base)) if base >= Duration::from_millis(1) => base,
+        Some(_) => {
+            let message = "base_interval is required and must be at least 1ms";
+            return Err(ConfigError::new(format!("{path}.base_interval"), message));
+        }
+    };
+    let max = match back_off.and_then(|b| b.max_interval) {
+        None => base * 10,
+        Some(max) if max >= base => max,
+        Some(_) => {
+            let message = "max_interval must be greater than or equal to base_interval";
+            return Err(ConfigError::new(format!("{path}.max_interval"), message));
+        }
+    };
+    Ok((base, max))
+}
+
 fn hedge_policy(_path: &str, config: &bootstrap::HedgePolicy) -> Result<bool> {
     Ok(config.hedge_on_per_try_timeout.unwrap_or(false))
 }
@@ -588,29 +615,11 @@ fn retry_policy(path: &str, config: &bootstrap::RetryPolicy) -> Result<RetryPoli
         .enumerate()
         .map(|(i, h)| header_matcher(&format!("{path}.retriable_headers[{i}]"), h))
         .collect::<Result<Vec<_>>>()?;
-    let back_off = config.retry_back_off.as_ref();
-    let base_interval = match back_off.map(|b| b.base_interval) {
-        None => Duration::from_millis(25),
-        Some(Some(base)) if base >= Duration::from_millis(1) => base,
-        Some(_) => {
-            let message = "base_interval is required and must be at least 1ms";
-            return Err(ConfigError::new(
-                format!("{path}.retry_back_off.base_interval"),
-                message,
-            ));
-        }
-    };
-    let max_interval = match back_off.and_then(|b| b.max_interval) {
-        None => base_interval * 10,
-        Some(max) if max >= base_interval => max,
-        Some(_) => {
-            let message = "max_interval must be greater than or equal to base_interval";
-            return Err(ConfigError::new(
-                format!("{path}.retry_back_off.max_interval"),
-                message,
-            ));
-        }
-    };
+    let (base_interval, max_interval) = retry_back_off(
+        &format!("{path}.retry_back_off"),
+        config.retry_back_off.as_ref(),
+        Duration::from_millis(25),
+    )?;
     let mut previous_hosts = false;
     for (i, predicate) in config.retry_host_predicate.iter().enumerate() {
         if predicate.name != PREVIOUS_HOSTS {

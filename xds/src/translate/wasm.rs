@@ -153,30 +153,11 @@ fn remote_code(path: &str, remote: RemoteDataSource) -> Result<RemoteCode> {
         }
     };
     let retry = remote.retry_policy.as_ref();
-    let back_off = retry.and_then(|r| r.retry_back_off.as_ref());
-    let back_off_path = format!("{path}.retry_policy.retry_back_off");
-    let base_interval = match back_off.map(|b| b.base_interval) {
-        None => REMOTE_BASE_INTERVAL,
-        Some(Some(base)) if base >= Duration::from_millis(1) => base,
-        Some(_) => {
-            let message = "base_interval is required and must be at least 1ms";
-            return Err(ConfigError::new(
-                format!("{back_off_path}.base_interval"),
-                message,
-            ));
-        }
-    };
-    let max_interval = match back_off.and_then(|b| b.max_interval) {
-        None => base_interval * 10,
-        Some(max) if max >= base_interval => max,
-        Some(_) => {
-            let message = "max_interval must be greater than or equal to base_interval";
-            return Err(ConfigError::new(
-                format!("{back_off_path}.max_interval"),
-                message,
-            ));
-        }
-    };
+    let (base_interval, max_interval) = super::route::retry_back_off(
+        &format!("{path}.retry_policy.retry_back_off"),
+        retry.and_then(|r| r.retry_back_off.as_ref()),
+        REMOTE_BASE_INTERVAL,
+    )?;
     Ok(RemoteCode {
         path: path.to_owned(),
         uri: http_uri.uri,
