@@ -132,7 +132,7 @@ pub struct ForwardingPolicy<'a> {
     pub internal_addresses: Option<&'a InternalAddresses>,
 }
 
-static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+pub(crate) static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
 /// The `x-envoy-*` request headers Envoy's connection manager removes from external
 /// requests (`mutateRequestHeaders`), so only internal callers steer retries and
