@@ -132,6 +132,17 @@ impl CalloutStream {
 }
 
 impl CalloutStream {
+    /// A dispatch the host refused: 500 with the status in `x-callout-error`.
+    fn dispatch_failed(&self, status: proxy_wasm::types::Status) -> Action {
+        let status = format!("{status:?}");
+        self.send_http_response(
+            500,
+            vec![("x-callout-error", status.as_str())],
+            Some(b"dispatch failed"),
+        );
+        Action::Pause
+    }
+
     fn grpc_stream(&mut self, cluster: &str) -> Action {
         let status = self.get_http_request_header("x-grpc-echo-status");
         let mut metadata: Vec<(&str, &[u8])> = Vec::new();
@@ -140,15 +151,7 @@ impl CalloutStream {
         }
         let token = match self.open_grpc_stream(cluster, "strait.test.Echo", "Chat", metadata) {
             Ok(token) => token,
-            Err(status) => {
-                let status = format!("{status:?}");
-                self.send_http_response(
-                    500,
-                    vec![("x-callout-error", status.as_str())],
-                    Some(b"dispatch failed"),
-                );
-                return Action::Pause;
-            }
+            Err(status) => return self.dispatch_failed(status),
         };
         let end_on_send = self.get_http_request_header("x-grpc-stream-end").as_deref() == Some("send");
         self.send_grpc_stream_message(token, Some(b"one"), false);
@@ -187,15 +190,7 @@ impl CalloutStream {
             timeout,
         ) {
             Ok(token) => token,
-            Err(status) => {
-                let status = format!("{status:?}");
-                self.send_http_response(
-                    500,
-                    vec![("x-callout-error", status.as_str())],
-                    Some(b"dispatch failed"),
-                );
-                return Action::Pause;
-            }
+            Err(status) => return self.dispatch_failed(status),
         };
         if self.get_http_request_header("x-grpc-cancel").is_some() {
             let outcome = format!("{:?}", self.cancel_grpc_call(token));
@@ -340,15 +335,7 @@ impl HttpContext for CalloutStream {
         for _ in 0..count {
             match self.call(&cluster) {
                 Ok(token) => self.pending.push(token),
-                Err(status) => {
-                    let status = format!("{status:?}");
-                    self.send_http_response(
-                        500,
-                        vec![("x-callout-error", status.as_str())],
-                        Some(b"dispatch failed"),
-                    );
-                    return Action::Pause;
-                }
+                Err(status) => return self.dispatch_failed(status),
             }
         }
         Action::Pause
