@@ -43,6 +43,7 @@ pub const MAX_BODY: usize = 16 << 20;
 pub async fn send(shared: &Shared, call: HttpCallRequest) -> CallAnswer {
     let timeout = call.timeout;
     let grpc = call.kind == CallKind::GrpcUnary;
+    let cluster = call.cluster.clone();
     let exchange = exchange(shared, call);
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, exchange)
@@ -58,7 +59,7 @@ pub async fn send(shared: &Shared, call: HttpCallRequest) -> CallAnswer {
         Err(Failure::Proxy(error)) => Some(local_response(&error)),
         Err(Failure::Timeout) => Some(local_response(&ProxyError::UpstreamTimeout)),
         Err(Failure::Broken(why)) => {
-            tracing::debug!(target: "strait::wasm", error = %why, "http callout failed after the response head");
+            tracing::debug!(target: "strait::wasm", %cluster, error = %why, "http callout failed after the response head");
             None
         }
     })
