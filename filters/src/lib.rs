@@ -30,6 +30,7 @@
 // the disk cache (`wasm::cache`), which wasmtime marks unsafe.
 #![deny(unsafe_code)]
 
+pub mod stream_info;
 pub mod wasm;
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +42,25 @@ pub type RequestHead = http::request::Parts;
 
 /// The response status line and headers.
 pub type ResponseHead = http::response::Parts;
+
+/// A copy of a request head without its extensions (which are not `Clone`).
+pub fn copy_request_head(head: &RequestHead) -> RequestHead {
+    let (mut copy, ()) = http::Request::new(()).into_parts();
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+/// A copy of a response head without its extensions.
+pub fn copy_response_head(head: &ResponseHead) -> ResponseHead {
+    let (mut copy, ()) = http::Response::new(()).into_parts();
+    copy.status = head.status;
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
 
 /// What a filter tells the chain after a phase.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,58 @@ pub fn render(format: &LogFormat, rec: &LogRecord, out: &mut Vec<u8>) {
     }
 }
 
+/// Renders a text format over a request still in flight (`set_filter_state`): the
+/// request's commands have their values; response, upstream and size commands
+/// print `-` (or 0), as Envoy's formatter does before there is a response.
+pub fn render_request(
+    pieces: &[FormatPiece],
+    head: &strait_filters::RequestHead,
+    guard: &crate::stream::StreamGuard,
+    out: &mut Vec<u8>,
+) {
+    let elapsed = guard.start().elapsed();
+    let authority = match head.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    };
+    let rec = LogRecord {
+        start_time: SystemTime::now() - elapsed,
+        request_headers: &head.headers,
+        method: head.method.as_str(),
+        path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        authority,
+        scheme: head.uri.scheme_str().unwrap_or("http"),
+        protocol: match head.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        },
+        response_headers: None,
+        response_trailers: None,
+        status: 0,
+        response_flags: "",
+        response_code_details: "",
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: elapsed,
+        request_duration: None,
+        response_duration: None,
+        upstream_host: None,
+        upstream_cluster: None,
+        upstream_local: None,
+        upstream_failure: None,
+        downstream_remote: guard.peer,
+        downstream_direct_remote: guard.peer,
+        downstream_local: guard.local,
+        route_name: "",
+    };
+    render_pieces(pieces, &rec, out);
+}
+
 fn render_pieces(pieces: &[FormatPiece], rec: &LogRecord, out: &mut Vec<u8>) {
     for piece in pieces {
         match piece {

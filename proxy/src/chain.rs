@@ -60,19 +60,23 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http::StatusCode;
+use strait_filters::stream_info::{FilterStateObject, StreamInfo};
 use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{
     grpc_frame, CallAnswer, CallKind, Dispatch, PluginConfig, StreamOp, WasmEngine, WasmHttpFilter,
     WasmPlugin, WasmVm,
 };
-use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
-use strait_xds::model::{HttpConnectionManager, WasmFilterConfig};
+use strait_filters::{
+    copy_request_head, copy_response_head, BodyBuffer, FilterStatus, HttpFilter, LocalReply,
+    RequestHead, ResponseHead,
+};
+use strait_xds::model::{HttpConnectionManager, SetFilterStateConfig, WasmFilterConfig};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::fault::FaultFilterRuntime;
-use crate::runtime::FastMap;
+use crate::runtime::{FastMap, ListenerRuntime};
 use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
 use crate::stream::StreamGuard;
 
@@ -236,6 +240,9 @@ struct StreamChain {
     paused: Option<usize>,
     answers: VecDeque<Answer>,
     waiter: Option<Arc<Notify>>,
+    /// The stream's facts, which its plugins read (properties) and its filters
+    /// write (filter state), shared with every wasm filter of the stream.
+    info: Rc<RefCell<StreamInfo>>,
 }
 
 /// A callout's answer for the filter in `slot`.
@@ -525,15 +532,23 @@ pub struct ChainHandle {
 pub struct ChainId(u64);
 
 impl ChainHandle {
-    /// The chain for a new stream; `None` when the listener has no filters.
-    pub fn new(filters: &[Arc<WasmFilterRuntime>], buffer_limit: u32) -> Option<ChainHandle> {
-        if filters.is_empty() {
+    /// The chain for a new stream; `None` when the listener has no filters that
+    /// need one (wasm filters, or `set_filter_state`). `info` makes the stream's
+    /// facts, only when there is a chain.
+    pub fn new(
+        listener: &ListenerRuntime,
+        info: impl FnOnce() -> StreamInfo,
+    ) -> Option<ChainHandle> {
+        let filters = &listener.http_filters;
+        if filters.is_empty() && !listener.sets_filter_state {
             return None;
         }
+        let buffer_limit = listener.config.per_connection_buffer_limit_bytes;
+        let info = Rc::new(RefCell::new(info()));
         let slots = filters
             .iter()
             .map(|runtime| Slot {
-                filter: WasmHttpFilter::new(&vm_for(runtime)),
+                filter: WasmHttpFilter::with_info(&vm_for(runtime), info.clone()),
                 runtime: runtime.clone(),
                 request_buffer: BodyBuffer::new(),
                 response_buffer: BodyBuffer::new(),
@@ -548,6 +563,7 @@ impl ChainHandle {
             paused: None,
             answers: VecDeque::new(),
             waiter: None,
+            info,
         };
         STREAMS.with(|streams| streams.borrow_mut().insert(id, chain));
         Some(ChainHandle { id })
@@ -555,6 +571,57 @@ impl ChainHandle {
 
     pub fn id(&self) -> ChainId {
         ChainId(self.id)
+    }
+}
+
+impl ChainId {
+    /// Reads or updates the stream's facts (route, upstream, response, filter state).
+    pub fn with_info<R>(self, f: impl FnOnce(&mut StreamInfo) -> R) -> Option<R> {
+        with_stream(self, |chain| f(&mut chain.info.borrow_mut()))
+    }
+
+    /// Keeps a copy of the request head as the router sends it (or as it stood when
+    /// the stream was answered locally) for the plugins' `on_log`; only a chain with
+    /// wasm filters keeps one.
+    pub fn keep_request_head(self, head: &RequestHead) {
+        with_stream(self, |chain| {
+            if !chain.slots.is_empty() {
+                chain.info.borrow_mut().request_head = Some(copy_request_head(head));
+            }
+        });
+    }
+
+    /// As [`Self::keep_request_head`], from a whole request.
+    pub fn keep_request<B>(self, req: &http::Request<B>) {
+        with_stream(self, |chain| {
+            if !chain.slots.is_empty() {
+                let (mut head, ()) = http::Request::new(()).into_parts();
+                head.method = req.method().clone();
+                head.uri = req.uri().clone();
+                head.version = req.version();
+                head.headers = req.headers().clone();
+                chain.info.borrow_mut().request_head = Some(head);
+            }
+        });
+    }
+
+    /// Keeps a copy of the response head as it goes to the client, for `on_log`.
+    pub fn keep_response_head(self, head: &ResponseHead) {
+        with_stream(self, |chain| {
+            if !chain.slots.is_empty() {
+                chain.info.borrow_mut().response_head = Some(copy_response_head(head));
+            }
+        });
+    }
+
+    /// The hash of filter-state object `key` for route `hash_policy.filter_state`:
+    /// only `envoy.hashable_string` objects hash (their value's xxHash64), as in Envoy.
+    pub fn filter_state_hash(self, key: &str) -> Option<u64> {
+        self.with_info(|info| {
+            let object = info.filter_state.get(key).filter(|o| o.hashable)?;
+            Some(xxhash_rust::xxh64::xxh64(&object.value, 0))
+        })
+        .flatten()
     }
 }
 
@@ -569,6 +636,12 @@ impl Drop for ChainHandle {
         if !chain.calls.is_empty() {
             forget_streams(ChainId(self.id));
         }
+        // `request.duration`: Envoy completes the request's timing when the stream
+        // ends, so plugins see it in `on_log`.
+        {
+            let mut info = chain.info.borrow_mut();
+            info.request_duration = info.start_time.elapsed().ok();
+        }
         for mut slot in chain.slots {
             slot.filter.on_log();
             if slot.filter.error().is_some() {
@@ -582,26 +655,33 @@ fn with_stream<R>(id: ChainId, f: impl FnOnce(&mut StreamChain) -> R) -> Option<
     STREAMS.with(|streams| streams.borrow_mut().get_mut(&id.0).map(f))
 }
 
-/// A fault filter's place in `http_filters`: after the first `after_wasm` wasm
+/// A native filter's place in `http_filters`: after the first `after_wasm` wasm
 /// filters (and before the next).
-pub struct FaultStage {
+pub struct NativeStage {
     pub after_wasm: usize,
-    pub filter: Arc<FaultFilterRuntime>,
+    pub filter: NativeFilter,
+}
+
+pub enum NativeFilter {
+    /// `envoy.filters.http.fault`: may delay (a sleep) or abort.
+    Fault(Arc<FaultFilterRuntime>),
+    /// `envoy.filters.http.set_filter_state`: sets the stream's filter state.
+    SetFilterState(Arc<SetFilterStateConfig>),
 }
 
 /// The request-headers phase of every HTTP filter before the router, in config
-/// order: wasm filters through `chain` (if the listener has any), fault filters
-/// awaited in between. The first local reply ends it.
+/// order: wasm filters through `chain` (if the listener has any), native filters
+/// in between. The first local reply ends it.
 pub async fn request_headers(
     chain: Option<ChainId>,
-    faults: &[FaultStage],
+    stages: &[NativeStage],
     hcm: &HttpConnectionManager,
     head: &mut RequestHead,
     end_of_stream: bool,
     guard: &mut StreamGuard,
 ) -> Verdict {
     let mut ran = 0;
-    for stage in faults {
+    for stage in stages {
         if let Some(id) = chain {
             let slots = ran..stage.after_wasm;
             if let Verdict::LocalReply(reply) =
@@ -611,13 +691,50 @@ pub async fn request_headers(
             }
         }
         ran = stage.after_wasm;
-        if let Some(reply) = stage.filter.request_headers(hcm, head, guard).await {
-            return Verdict::LocalReply(reply);
+        match &stage.filter {
+            NativeFilter::Fault(fault) => {
+                if let Some(reply) = fault.request_headers(hcm, head, guard).await {
+                    return Verdict::LocalReply(reply);
+                }
+            }
+            NativeFilter::SetFilterState(config) => {
+                if let Some(id) = chain {
+                    set_filter_state(id, config, head, guard);
+                }
+            }
         }
     }
     match chain {
         Some(id) => wasm_request_headers(id, head, end_of_stream, ran..usize::MAX, hcm).await,
         None => Verdict::Continue,
+    }
+}
+
+/// `set_filter_state`: each value's format rendered over the request as it is now
+/// (what the filters before it left), stored as a string object. Envoy keeps the
+/// first value of a read-only key and logs the refused write; so does this.
+fn set_filter_state(
+    id: ChainId,
+    config: &SetFilterStateConfig,
+    head: &RequestHead,
+    guard: &StreamGuard,
+) {
+    let mut text = Vec::new();
+    for value in &config.values {
+        text.clear();
+        crate::access_log::render_request(&value.format, head, guard, &mut text);
+        if text.is_empty() && value.skip_if_empty {
+            continue;
+        }
+        let object = FilterStateObject {
+            value: Bytes::copy_from_slice(&text),
+            hashable: value.hashable,
+            read_only: value.read_only,
+        };
+        let set = id.with_info(|info| info.filter_state.set(&value.key, object));
+        if let Some(Err(_)) = set {
+            tracing::debug!(key = %value.key, "set_filter_state: the key is read-only; kept its value");
+        }
     }
 }
 
@@ -673,6 +790,7 @@ pub async fn resume_request_headers(
 
 /// The response-headers phase, run at once; see [`resume_response_headers`].
 pub fn response_headers_now(id: ChainId, head: &mut ResponseHead, end_of_stream: bool) -> Step {
+    id.with_info(|info| info.response_code = Some(head.status.as_u16()));
     headers_phase(id, 0..usize::MAX, |f| {
         f.on_response_headers(head, end_of_stream)
     })
@@ -883,6 +1001,7 @@ impl ChainId {
     /// The response-headers phase of a local reply: a filter that pauses here is
     /// not waited for (the reply is the proxy's own; nothing upstream to hold).
     pub fn reply_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
+        self.with_info(|info| info.response_code = Some(head.status.as_u16()));
         match headers_phase(self, 0..usize::MAX, |f| {
             f.on_response_headers(head, end_of_stream)
         }) {
@@ -905,6 +1024,13 @@ impl ChainId {
     fn body_phase(self, chunk: Bytes, end_of_stream: bool, request: bool) -> BodyVerdict {
         let unfiltered = chunk.clone();
         with_stream(self, |chain| {
+            {
+                let mut info = chain.info.borrow_mut();
+                match request {
+                    true => info.request_body_bytes += chunk.len() as u64,
+                    false => info.response_body_bytes += chunk.len() as u64,
+                }
+            }
             let mut data = chunk;
             for (index, slot) in chain.slots.iter_mut().enumerate() {
                 let buffer = match request {

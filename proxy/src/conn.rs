@@ -102,6 +102,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
         stream,
         &ctx.listener.network_filters,
         ctx.listener.config.per_connection_buffer_limit_bytes,
+        ctx.id,
         ctx.peer,
         ctx.local,
     );

@@ -15,6 +15,31 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
+/// What Envoy's connection manager removes from a request before its filters run:
+/// `connection`, `keep-alive`, `proxy-connection` and `transfer-encoding`, and
+/// `upgrade` unless the request upgrades. The rest of the hop-by-hop set goes at the
+/// router ([`remove_hop_by_hop`]).
+pub fn remove_connection_headers(headers: &mut HeaderMap) {
+    let upgrade = upgrade_type(headers).is_some();
+    let present = |headers: &HeaderMap| {
+        headers.contains_key(header::CONNECTION)
+            || headers.contains_key(&KEEP_ALIVE)
+            || headers.contains_key(&PROXY_CONNECTION)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || (!upgrade && headers.contains_key(header::UPGRADE))
+    };
+    if !present(headers) {
+        return;
+    }
+    if !upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry one or none (an upstream's `Connection: keep-alive`): one pass
     // over the names finds which are present, and only those are removed (each removal

@@ -37,7 +37,6 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -170,14 +169,13 @@ impl Downstream {
         io: TcpStream,
         filters: &[Arc<WasmFilterRuntime>],
         buffer_limit: u32,
+        id: u64,
         source: std::net::SocketAddr,
         destination: std::net::SocketAddr,
     ) -> Downstream {
         if filters.is_empty() {
             return Downstream { io, filters: None };
         }
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ConnectionInfo {
             id,
             source,

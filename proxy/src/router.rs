@@ -16,6 +16,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use strait_filters::stream_info::{RouteNames, StreamInfo, UpstreamInfo};
 use strait_filters::LocalReply;
 use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
 
@@ -45,8 +46,50 @@ thread_local! {
     static LB: RefCell<FastMap<u64, LbState>> = RefCell::new(FastMap::default());
 }
 
+/// A listener's routes, for plugins that read `xds.route_name` / `xds.cluster_name`
+/// before the router has run: the route the request would take now.
+pub struct Routes(pub Arc<strait_xds::model::RouteConfig>);
+
+impl strait_filters::stream_info::RouteResolver for Routes {
+    fn resolve(&self, head: &strait_filters::RequestHead) -> Option<RouteNames> {
+        let authority = match head.uri.authority() {
+            Some(a) => a.as_str(),
+            None => head.headers.get(header::HOST)?.to_str().ok()?,
+        };
+        let path_and_query = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let view = RequestView {
+            host: authority,
+            path_and_query,
+            headers: &head.headers,
+        };
+        let vhost = self.0.find_virtual_host(authority)?;
+        let route = vhost.find_route(&view)?;
+        Some(route_names(vhost, route, &head.headers, 0))
+    }
+}
+
+/// The names plugins read for a route; a weighted pick uses `random` as the router does.
+fn route_names(
+    vhost: &strait_xds::model::VirtualHost,
+    route: &strait_xds::model::Route,
+    headers: &http::HeaderMap,
+    random: u64,
+) -> RouteNames {
+    let cluster = match &route.action {
+        RouteAction::Route(target) => target.cluster.pick(headers, random).unwrap_or_default(),
+        _ => "",
+    };
+    RouteNames {
+        route: route.name.clone(),
+        virtual_host: vhost.name.clone(),
+        cluster: cluster.to_owned(),
+    }
+}
+
 /// What a connection knows about itself.
 pub struct ConnCtx {
+    /// Process-unique (`connection.id` for plugins).
+    pub id: u64,
     pub shared: Arc<Shared>,
     /// The listener this connection was accepted on, as configured.
     pub listener: Arc<ListenerRuntime>,
@@ -175,18 +218,29 @@ async fn proxy<'a>(
             downstream_remote: SocketAddr::new(effective_ip, 0),
         })
     };
-    guard.chain = ChainHandle::new(
-        &listener.http_filters,
-        listener.config.per_connection_buffer_limit_bytes,
-    );
+    guard.chain = ChainHandle::new(listener, || {
+        let mut info = StreamInfo::new(start_time);
+        info.version = Some(req.version());
+        info.connection = Some(strait_filters::wasm::ConnectionInfo {
+            id: conn.id,
+            source: conn.peer,
+            destination: conn.local,
+        });
+        info.listener = Some(listener.info.clone());
+        info.resolver = Some(listener.routes.clone());
+        info
+    });
     let id = guard.chain.as_ref().map(ChainHandle::id);
-    if id.is_some() || !listener.faults.is_empty() {
+    if id.is_some() || !listener.stages.is_empty() {
+        // Envoy's connection manager drops the connection's own headers before the
+        // filters, so plugins never see `connection` or `keep-alive`.
+        headers::remove_connection_headers(req.headers_mut());
         let (mut parts, body) = req.into_parts();
         let eos = body.is_end_stream();
         // Wasm filters alone run at once; a fault filter's delay, or a plugin that
         // paused for its callouts, is awaited in a box, so neither sits in every
         // request's future.
-        let verdict = match (id, listener.faults.is_empty()) {
+        let verdict = match (id, listener.stages.is_empty()) {
             (Some(id), true) => match crate::chain::request_headers_now(id, &mut parts, eos) {
                 Step::Done(verdict) => verdict,
                 Step::Paused(at) => {
@@ -199,7 +253,7 @@ async fn proxy<'a>(
             _ => {
                 Box::pin(crate::chain::request_headers(
                     id,
-                    &listener.faults,
+                    &listener.stages,
                     hcm,
                     &mut parts,
                     eos,
@@ -208,6 +262,9 @@ async fn proxy<'a>(
                 .await
             }
         };
+        if let (Verdict::LocalReply(_), Some(id)) = (&verdict, id) {
+            id.keep_request_head(&parts);
+        }
         req = Request::from_parts(parts, body);
         if let Verdict::LocalReply(reply) = verdict {
             if !listener.access_logs.is_empty() {
@@ -232,7 +289,17 @@ async fn proxy<'a>(
         guard.log = Some(log_info(&req, &authority));
     }
 
-    // Decide.
+    // Decide. A stream answered before it goes upstream leaves its request head,
+    // as it stands, for its plugins' `on_log`.
+    let chain = guard.chain.as_ref().map(ChainHandle::id);
+    macro_rules! answered {
+        ($answer:expr) => {{
+            if let Some(chain) = chain {
+                chain.keep_request(&req);
+            }
+            $answer
+        }};
+    }
     let rc = &hcm.route_config;
     let view = RequestView {
         host: &authority,
@@ -241,11 +308,11 @@ async fn proxy<'a>(
     };
     let Some(vhost) = rc.find_virtual_host(&authority) else {
         listener.http.no_route.inc();
-        return Err(ProxyError::NoRoute.into());
+        return answered!(Err(ProxyError::NoRoute.into()));
     };
     let Some(route) = vhost.find_route(&view) else {
         listener.http.no_route.inc();
-        return Err(ProxyError::NoRoute.into());
+        return answered!(Err(ProxyError::NoRoute.into()));
     };
     let mutations = route_mutations(rc, vhost, route);
     let fail = |error: ProxyError| Failure {
@@ -268,13 +335,13 @@ async fn proxy<'a>(
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             let guard = slot.take().expect("guard present");
-            return Ok(finish_local(
+            return answered!(Ok(finish_local(
                 resp,
                 listener,
                 Some(mutations),
                 guard,
                 "redirect",
-            ));
+            )));
         }
         RouteAction::DirectResponse { status, body } => {
             listener.http.rq_direct_response.inc();
@@ -284,23 +351,23 @@ async fn proxy<'a>(
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             let resp = local_response(status, body, is_grpc(req.headers()));
             let guard = slot.take().expect("guard present");
-            return Ok(finish_local(
+            return answered!(Ok(finish_local(
                 resp,
                 listener,
                 Some(mutations),
                 guard,
                 "direct_response",
-            ));
+            )));
         }
     };
     let random: u64 = rand::random();
     let Some(cluster_name) = target.cluster.pick(req.headers(), random) else {
         listener.http.no_cluster.inc();
-        return Err(fail(ProxyError::NoCluster));
+        return answered!(Err(fail(ProxyError::NoCluster)));
     };
     let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
         listener.http.no_cluster.inc();
-        return Err(fail(ProxyError::NoCluster));
+        return answered!(Err(fail(ProxyError::NoCluster)));
     };
     let weighted = match &target.cluster {
         strait_xds::model::ClusterSpecifier::Weighted { clusters, .. } => clusters
@@ -312,8 +379,17 @@ async fn proxy<'a>(
     let upgrade = headers::upgrade_type(req.headers());
     if let Some(kind) = &upgrade {
         if !hcm.upgrade_types.iter().any(|t| t == kind) {
-            return Err(fail(ProxyError::UpgradeRejected));
+            return answered!(Err(fail(ProxyError::UpgradeRejected)));
         }
+    }
+    if let Some(chain) = chain {
+        chain.with_info(|info| {
+            info.route = Some(RouteNames {
+                route: route.name.clone(),
+                virtual_host: vhost.name.clone(),
+                cluster: cluster_name.to_owned(),
+            })
+        });
     }
     let hosts = cluster.hosts.load_full();
     // RING_HASH and MAGLEV pick by the route's hash policy; a random hash without one.
@@ -326,6 +402,7 @@ async fn proxy<'a>(
                 source_ip: effective_ip,
                 peer: conn.peer,
                 local: conn.local,
+                filter_state: chain,
             },
         ),
         false => crate::lb::hash::RequestHash::default(),
@@ -341,7 +418,7 @@ async fn proxy<'a>(
             cluster,
             host: None,
         });
-        return Err(fail(ProxyError::NoHealthyUpstream));
+        return answered!(Err(fail(ProxyError::NoHealthyUpstream)));
     };
 
     // Build the upstream request.
@@ -435,7 +512,6 @@ async fn proxy<'a>(
     } else {
         Version::HTTP_11
     };
-    let chain = guard.chain.as_ref().map(ChainHandle::id);
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
@@ -524,6 +600,9 @@ async fn proxy<'a>(
         authority: &authority,
         chain,
     };
+    if let Some(chain) = chain {
+        chain.keep_request_head(&parts);
+    }
     let first = Request::from_parts(parts, first_body);
     let answer = attempts::run(plan, first, host, retry, &mut timers, guard).await;
     let (mut resp, lease) = match answer {
@@ -573,8 +652,19 @@ async fn proxy<'a>(
         &X_ENVOY_UPSTREAM_SERVICE_TIME,
         HeaderValue::from(service_ms),
     );
-    set_server(&mut parts.headers, &hcm.server_name);
     if let Some(chain) = chain {
+        let upstream = guard.upstream.as_ref().and_then(|u| u.host.as_ref());
+        let upstream = upstream.map(|host| UpstreamInfo {
+            address: host.addr,
+            local_address: None,
+        });
+        let (attempts, flags) = (guard.attempts, guard.flag_bits());
+        chain.with_info(|info| {
+            info.upstream = upstream;
+            info.attempts = attempts;
+            info.response_flags = flags;
+            info.response_details = Some("via_upstream".to_owned());
+        });
         let eos = body.is_end_stream();
         let verdict = match crate::chain::response_headers_now(chain, &mut parts, eos) {
             Step::Done(verdict) => verdict,
@@ -590,6 +680,12 @@ async fn proxy<'a>(
             let guard = slot.take().expect("guard present");
             return Ok(filter_reply(reply, listener, guard, None));
         }
+    }
+    // After the filters, as Envoy's connection manager does: plugins see the
+    // upstream's `server`, and the configured name overwrites whatever they set.
+    set_server(&mut parts.headers, &hcm.server_name);
+    if let Some(chain) = chain {
+        chain.keep_response_head(&parts);
     }
     let status = parts.status.as_u16();
     guard.status = status;
@@ -643,6 +739,8 @@ fn filter_reply(
         resp.headers_mut().append(name, value.clone());
     }
     if let Some(chain) = chain {
+        let details = reply.details.clone();
+        chain.with_info(|info| info.response_details = Some(details));
         let (mut parts, body) = resp.into_parts();
         // A second local reply from here would loop; the first one stands.
         let _ = chain.reply_headers(&mut parts, body.is_empty());
@@ -736,6 +834,16 @@ fn finish_local(
     set_server(resp.headers_mut(), &listener.config.hcm.server_name);
     guard.status = resp.status().as_u16();
     guard.details = details;
+    let (parts, body) = resp.into_parts();
+    if let Some(chain) = guard.chain.as_ref().map(ChainHandle::id) {
+        chain.keep_response_head(&parts);
+        chain.with_info(|info| {
+            info.response_code = Some(parts.status.as_u16());
+            info.response_details
+                .get_or_insert_with(|| details.to_owned());
+        });
+    }
+    let resp = Response::from_parts(parts, body);
     if let Some(log) = &mut guard.log {
         log.response_headers = Some(resp.headers().clone());
     }

@@ -11,10 +11,11 @@ use arc_swap::ArcSwap;
 use strait_xds::model::{self, HttpFilterConfig, Snapshot, WasmFilterConfig};
 
 use crate::access_log::{AccessLogger, Writers};
-use crate::chain::{FaultStage, WasmFilterRuntime};
+use crate::chain::{NativeFilter, NativeStage, WasmFilterRuntime};
 use crate::cluster::ClusterRuntime;
 use crate::fault::FaultFilterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
+use strait_filters::stream_info::{ListenerInfo, RouteResolver};
 
 /// A hash map for lookups on the request path: keys come from config or from us, so
 /// a fast unkeyed-quality hash is enough.
@@ -86,8 +87,14 @@ pub struct ListenerRuntime {
     pub access_logs: Vec<AccessLogger>,
     /// The HCM's wasm `http_filters` before the router, compiled.
     pub http_filters: Vec<Arc<WasmFilterRuntime>>,
-    /// The HCM's fault filters, each placed among `http_filters`.
-    pub faults: Vec<FaultStage>,
+    /// The HCM's native filters (fault, set_filter_state), each placed among
+    /// `http_filters`.
+    pub stages: Vec<NativeStage>,
+    /// A `set_filter_state` filter is among them: streams need filter state.
+    pub sets_filter_state: bool,
+    /// What plugins read about this listener and its routes (`xds.*`).
+    pub info: Arc<ListenerInfo>,
+    pub routes: Arc<dyn RouteResolver>,
     /// `envoy.filters.network.wasm` filters before the HCM, compiled.
     pub network_filters: Vec<Arc<WasmFilterRuntime>>,
 }
@@ -119,6 +126,8 @@ impl Runtime {
         writers: &Writers,
     ) -> anyhow::Result<Runtime> {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
+        // Before the plugins start: `proxy_on_configure` may read `xds.node`.
+        strait_filters::wasm::set_node(node_info(&snapshot.node));
         let snapshot = Arc::new(snapshot);
         // Clusters first: a plugin's `code.remote` is fetched through one.
         let mut clusters =
@@ -139,18 +148,25 @@ impl Runtime {
         let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
         for (i, l) in snapshot.listeners.iter().enumerate() {
             let mut http_filters = Vec::with_capacity(l.hcm.http_filters.len());
-            let mut faults = Vec::new();
+            let mut stages = Vec::new();
             for filter in &l.hcm.http_filters {
                 let config = match filter {
                     HttpFilterConfig::Wasm(config) => config,
                     HttpFilterConfig::Fault(config) => {
-                        faults.push(FaultStage {
+                        stages.push(NativeStage {
                             after_wasm: http_filters.len(),
-                            filter: FaultFilterRuntime::new(
+                            filter: NativeFilter::Fault(FaultFilterRuntime::new(
                                 config.clone(),
                                 store,
                                 &l.hcm.stat_prefix,
-                            ),
+                            )),
+                        });
+                        continue;
+                    }
+                    HttpFilterConfig::SetFilterState(config) => {
+                        stages.push(NativeStage {
+                            after_wasm: http_filters.len(),
+                            filter: NativeFilter::SetFilterState(config.clone()),
                         });
                         continue;
                     }
@@ -200,7 +216,15 @@ impl Runtime {
                 },
                 access_logs,
                 http_filters,
-                faults,
+                sets_filter_state: stages
+                    .iter()
+                    .any(|s| matches!(s.filter, NativeFilter::SetFilterState(_))),
+                stages,
+                info: Arc::new(ListenerInfo {
+                    direction: l.traffic_direction,
+                    filter_chain_name: l.filter_chain_name.clone(),
+                }),
+                routes: Arc::new(crate::router::Routes(l.hcm.route_config.clone())),
                 network_filters,
             }));
         }
@@ -251,4 +275,30 @@ pub struct Shared {
     pub started: std::time::SystemTime,
     /// This machine's address, for `x-forwarded-for` when the peer is loopback.
     pub local_ip: std::net::IpAddr,
+}
+
+/// The bootstrap node as plugins read it (`xds.node`).
+fn node_info(node: &model::Node) -> strait_filters::wasm::NodeInfo {
+    use strait_filters::wasm::MetaValue;
+    fn value(v: &serde_json::Value) -> MetaValue {
+        match v {
+            serde_json::Value::Null => MetaValue::Null,
+            serde_json::Value::Bool(b) => MetaValue::Bool(*b),
+            serde_json::Value::Number(n) => MetaValue::Number(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => MetaValue::String(s.clone()),
+            serde_json::Value::Array(items) => MetaValue::List(items.iter().map(value).collect()),
+            serde_json::Value::Object(map) => {
+                MetaValue::Struct(map.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+            }
+        }
+    }
+    strait_filters::wasm::NodeInfo {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        metadata: node
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    }
 }

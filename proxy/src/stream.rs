@@ -33,6 +33,17 @@ const FLAG_ORDER: [&str; 21] = [
     "URX", "SI", "IH", "DPE", "UMSDR", "DT",
 ];
 
+/// Envoy's bit for a response flag (its `CoreResponseFlag` numbering).
+fn flag_bit(flag: &str) -> u64 {
+    const BITS: [&str; 24] = [
+        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
+        "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE",
+    ];
+    BITS.iter()
+        .position(|bit| *bit == flag)
+        .map_or(0, |index| 1 << index)
+}
+
 pub struct Upstream {
     pub cluster: Arc<ClusterRuntime>,
     pub host: Option<Arc<Host>>,
@@ -56,6 +67,8 @@ pub struct StreamGuard {
     /// The answered attempt's place under the cluster's `max_requests` breaker, held
     /// until the response ends.
     pub request_slot: Option<crate::breaker::Slot>,
+    /// Upstream attempts begun (`upstream.request_attempt_count`).
+    pub attempts: u32,
 }
 
 impl StreamGuard {
@@ -77,11 +90,19 @@ impl StreamGuard {
             log: None,
             chain: None,
             request_slot: None,
+            attempts: 0,
         }
     }
 
     pub fn start(&self) -> Instant {
         self.start
+    }
+
+    /// The flags set so far as Envoy's response-flag bits (`response.flags`).
+    pub fn flag_bits(&self) -> u64 {
+        self.flags
+            .iter()
+            .fold(0, |bits, flag| bits | flag_bit(flag))
     }
 
     pub fn set_flag(&mut self, flag: &'static str) {
@@ -100,6 +121,7 @@ impl StreamGuard {
             cluster,
             host: Some(host),
         });
+        self.attempts = 1;
     }
 
     /// Starts another attempt (a retry) on `host`: the stream's active request moves
@@ -107,6 +129,7 @@ impl StreamGuard {
     /// request of its own, as in Envoy.
     pub fn next_attempt(&mut self, host: Arc<Host>) {
         let Some(up) = &mut self.upstream else { return };
+        self.attempts += 1;
         up.cluster.stats.upstream_rq_total.inc();
         if let Some(previous) = up.host.take() {
             previous.rq_active.fetch_sub(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! through its command channel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,7 +125,9 @@ async fn accept_loop(
             continue;
         };
         let local = stream.local_addr().unwrap_or(lrt.config.address);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let ctx = Arc::new(ConnCtx {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shared: shared.clone(),
             listener: lrt,
             peer,

@@ -160,17 +160,71 @@ async fn bad_hash_configs_are_refused_with_their_path() {
         (
             config(
                 "RING_HASH",
-                "- filter_state: {key: k}",
+                "- filter_state: {key: \"\"}",
                 &[backend.addr()],
                 "",
             ),
-            format!("{route}.hash_policy[0].filter_state: filter_state is not supported yet"),
+            format!("{route}.hash_policy[0].filter_state.key: key is required"),
+        ),
+        (
+            with_filter_state(
+                config("RING_HASH", "- filter_state: {key: k}", &[backend.addr()], ""),
+                "envoy.tcp_proxy.cluster",
+            ),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.on_request_headers[0].factory_key: 'envoy.tcp_proxy.cluster' does not have an object factory".to_owned(),
         ),
     ];
     for (yaml, want) in cases {
         let (_, stderr) = Strait::start_expect_failure(&yaml).await;
         assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
     }
+}
+
+/// `config` with a `set_filter_state` filter before the router that sets `tenant`
+/// from the `x-tenant` header with object factory `factory`.
+fn with_filter_state(yaml: String, factory: &str) -> String {
+    let filter = format!(
+        r#"          - name: envoy.filters.http.set_filter_state
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config
+              on_request_headers:
+              - object_key: tenant
+                factory_key: {factory}
+                format_string: {{text_format_source: {{inline_string: "%REQ(x-tenant)%"}}}}
+"#
+    );
+    let marker = "          http_filters:\n";
+    yaml.replacen(marker, &format!("{marker}{filter}"), 1)
+}
+
+/// `hash_policy.filter_state` hashes a hashable filter-state object, as Envoy: a
+/// `set_filter_state` filter with `envoy.hashable_string` makes each tenant stick to
+/// one backend. An `envoy.string` object is not hashable, so the pick is random
+/// (checked against Envoy 1.40, which behaves the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_state_hash_sticks_tenants_to_backends() {
+    let backends = three().await;
+    let policy = "- filter_state: {key: tenant}";
+    let yaml = config("RING_HASH", policy, &addrs(&backends), "");
+    let s = Strait::start(&with_filter_state(yaml.clone(), "envoy.hashable_string")).await;
+    let addr = s.main_addr().await;
+    let mut all = BTreeSet::new();
+    for tenant in 0..20 {
+        let tenant = format!("tenant-{tenant}");
+        let names = seen(addr, 5, &[("x-tenant", &tenant)]).await;
+        assert_eq!(names.len(), 1, "{tenant} went to {names:?}");
+        all.extend(names);
+    }
+    assert_eq!(all.len(), 3, "20 tenants over 3 backends: {all:?}");
+    drop(s);
+
+    let s = Strait::start(&with_filter_state(yaml, "envoy.string")).await;
+    let addr = s.main_addr().await;
+    let names = seen(addr, 60, &[("x-tenant", "one-tenant")]).await;
+    assert!(
+        names.len() > 1,
+        "an envoy.string object must not hash: {names:?}"
+    );
 }
 
 /// Requests on a route with a hash policy still spread over a round-robin cluster:

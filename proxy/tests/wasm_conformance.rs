@@ -529,3 +529,107 @@ async fn network_filter_callouts_behave_as_in_envoy() {
     ];
     run_yaml("netauth", &yaml, cases).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_behave_as_in_envoy() {
+    // The `props` plugin reads the properties named in `x-props` in the request
+    // headers callback (into request headers, so the echo shows them), in the
+    // response headers callback (into response headers) and in `on_log` (into
+    // shared data, which the next request's `x-props-log` brings back). A
+    // `set_filter_state` filter before it sets two objects from a request header.
+    // Left out, as they differ by run: values (not lengths) of times, ids and ports;
+    // `request.size` before the body (Envoy may have read it with the head);
+    // `response.total_size` and `response.headers` whole (the service-time header's
+    // length varies); `upstream.local_address` (Strait does not track it).
+    let set_state = r#"          - name: envoy.filters.http.set_filter_state
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config
+              on_request_headers:
+              - object_key: tenant
+                factory_key: envoy.hashable_string
+                format_string: {text_format_source: {inline_string: "%REQ(x-tenant)%"}}
+              - object_key: tenant.label
+                factory_key: envoy.string
+                read_only: true
+                skip_if_empty: true
+                format_string: {text_format_source: {inline_string: "t-%REQ(x-tenant)%"}}
+"#;
+    let yaml = config("props", "")
+        .replacen(
+            "          - name: envoy.filters.http.wasm",
+            &format!("{set_state}          - name: envoy.filters.http.wasm"),
+            1,
+        )
+        .replacen(
+            "admin:\n",
+            "node:\n  id: node-1\n  cluster: mesh\n  metadata: {team: edge, weight: 3, tags: [a, b]}\nadmin:\n",
+            1,
+        )
+        .replacen(
+            "    filter_chains:\n    - filters:\n",
+            "    traffic_direction: OUTBOUND\n    filter_chains:\n    - name: chain-a\n      filters:\n",
+            1,
+        )
+        .replacen("            - name: all\n", "            - name: vhost-all\n", 1)
+        .replacen(
+            "              - match: {prefix: /}\n",
+            "              - name: to-backend\n                match: {prefix: /}\n",
+            1,
+        );
+    let backend = || Want::Backend(200, &["backend"]);
+    let props = |paths: &str| Req::get("/a/b?x=1&y=2").header("x-props", paths);
+    let request_phase = "request/path,request/url_path,request/query,request/host,request/scheme,\
+        request/method,request/protocol,~request/id,~request/time,request/size,\
+        request/total_size,request/duration,request/headers/x-tenant,~request/headers,\
+        request/referer,request/useragent";
+    let response_phase = "response/code,response/code_details,response/flags,\
+        response/grpc_status,response/size,response/headers/content-type,response/trailers,\
+        upstream/request_attempt_count,~upstream/address,upstream/port";
+    let connection = "~source/address,~source/port,~destination/port,~connection/id,\
+        ~connection_id,connection/mtls,connection/tls_version,connection/requested_server_name";
+    let xds = "xds/node/id,xds/node/cluster,xds/node/metadata/team,xds/node/metadata/weight,\
+        xds/node/metadata/tags,xds/route_name,xds/virtual_host_name,xds/cluster_name,\
+        xds/listener_direction,xds/filter_chain_name,xds/cluster_metadata,\
+        xds/upstream_host_metadata,plugin_name,plugin_root_id,plugin_vm_id,metadata";
+    let state = "filter_state/tenant,filter_state/tenant.label,filter_state,\
+        filter_state/missing";
+    let logged = "request/method,~request/headers,~request/duration,request/size,\
+        request/total_size,response/code,response/size,response/code_details,\
+        upstream/request_attempt_count,xds/route_name,filter_state/tenant";
+    let cases = vec![
+        Case::new("request attributes", props(request_phase), backend()),
+        Case::new("response attributes", props(response_phase), backend()),
+        Case::new("connection attributes", props(connection), backend()),
+        Case::new("xds and plugin attributes", props(xds), backend()),
+        Case::new(
+            "filter state from set_filter_state",
+            props(state).header("x-tenant", "acme"),
+            backend(),
+        ),
+        Case::new(
+            "h2: request attributes",
+            props(request_phase).h2(),
+            backend(),
+        ),
+        Case::new(
+            "an upstream 503: response attributes",
+            Req::get("/local")
+                .header("x-props", response_phase)
+                .header("x-echo-status", "503"),
+            Want::Backend(503, &["backend"]),
+        ),
+        Case::new(
+            "attributes in on_log, after a request body",
+            Req::post("/post?q=1", "twelve bytes")
+                .header("x-props-at-log", logged)
+                .header("x-tenant", "acme"),
+            backend(),
+        ),
+        Case::new(
+            "on_log's values, read back",
+            Req::get("/log").header("x-props-log", "1"),
+            backend(),
+        ),
+    ];
+    run_yaml("props", &yaml, cases).await;
+}

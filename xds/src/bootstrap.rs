@@ -91,8 +91,10 @@ pub struct Node {
     pub id: String,
     #[serde(default)]
     pub cluster: String,
+    /// Read by plugins (`xds.node.metadata`).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, Value>,
     /// Informational only.
-    pub metadata: Option<IgnoredAny>,
     pub locality: Option<IgnoredAny>,
     pub user_agent_name: Option<IgnoredAny>,
 }

@@ -45,6 +45,8 @@ pub struct WasmServiceConfig {
 pub struct Node {
     pub id: String,
     pub cluster: String,
+    /// `metadata`, a `google.protobuf.Struct` (JSON object).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,10 @@ pub struct Listener {
     /// `envoy.filters.network.wasm` filters before the connection manager, in order.
     pub network_filters: Vec<Arc<WasmFilterConfig>>,
     pub hcm: HttpConnectionManager,
+    /// `traffic_direction` as its number (0 unspecified, 1 inbound, 2 outbound).
+    pub traffic_direction: i64,
+    /// The filter chain's `name`.
+    pub filter_chain_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +158,28 @@ pub enum HttpFilterConfig {
     Wasm(Arc<WasmFilterConfig>),
     /// `envoy.filters.http.fault`.
     Fault(Arc<FaultFilterConfig>),
+    /// `envoy.filters.http.set_filter_state`.
+    SetFilterState(Arc<SetFilterStateConfig>),
+}
+
+/// `envoy.extensions.filters.http.set_filter_state.v3.Config` as translated: the
+/// objects to set when the request headers arrive.
+#[derive(Debug, PartialEq)]
+pub struct SetFilterStateConfig {
+    pub values: Vec<FilterStateValue>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct FilterStateValue {
+    /// `object_key`.
+    pub key: String,
+    /// Made by `envoy.hashable_string` (route `hash_policy.filter_state` reads it);
+    /// `envoy.string` objects are not hashable.
+    pub hashable: bool,
+    pub read_only: bool,
+    pub skip_if_empty: bool,
+    /// The value, a text format over the request (`%REQ(x-user)%`, …).
+    pub format: Vec<FormatPiece>,
 }
 
 /// `envoy.extensions.filters.http.fault.v3.HTTPFault` as translated.
@@ -581,6 +609,8 @@ pub enum HashPolicyKind {
     SourceIp,
     /// The first value of this query parameter, undecoded.
     QueryParameter(String),
+    /// The stream's filter-state object of this key, when it is hashable.
+    FilterState(String),
 }
 
 /// `config.route.v3.RetryPolicy` as translated.

@@ -138,6 +138,7 @@ fn snapshot_from_value(source: Value) -> Result<Snapshot> {
         .map(|node| Node {
             id: node.id,
             cluster: node.cluster,
+            metadata: node.metadata,
         })
         .unwrap_or_default();
     let wasm_services = wasm_service::services(&bootstrap.bootstrap_extensions)?;

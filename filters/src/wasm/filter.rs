@@ -6,14 +6,16 @@
 //! follows Envoy: a head stays visible only while its headers callback held it
 //! (returned anything but `Continue`, e.g. for a local reply); once it continued,
 //! later phases find no request (or response) head, so header reads and
-//! `request.*` properties are `NotFound`. `on_log` sees both heads, as Envoy's access
-//! log context does. For that the filter keeps a copy of each head as it left this
-//! filter, one header-map clone per head per stream. Edits to those copies are not
-//! forwarded.
+//! `request.*` properties are `NotFound`. `on_log` sees both heads as they finally
+//! went out (the router's headers included), as Envoy's access-log context does:
+//! the proxy keeps one copy of each in the stream's `StreamInfo`, for all the
+//! stream's plugins. A filter keeps its own copy of a head only while it holds it
+//! (or when it runs without a `StreamInfo`). Edits in `on_log` are not forwarded.
 //!
 //! Failure: the first callback that traps, runs out of time or memory (or finds its
 //! VM failed by another stream) answers 500 `wasm_fail_stream`, or continues when
 //! the plugin is `fail_open`; later phases of that stream continue untouched.
+use std::cell::RefCell;
 use std::mem;
 use std::rc::Rc;
 
@@ -24,7 +26,11 @@ use super::headers::HeaderView;
 use super::state::StreamData;
 use super::vm::{Phase, WasmVm};
 use super::WasmError;
-use crate::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
+use crate::stream_info::StreamInfo;
+use crate::{
+    copy_request_head, copy_response_head, BodyBuffer, FilterStatus, HttpFilter, LocalReply,
+    RequestHead, ResponseHead,
+};
 
 /// The proxy-wasm plugin as an HTTP filter, one per stream.
 pub struct WasmHttpFilter {
@@ -47,6 +53,8 @@ pub struct WasmHttpFilter {
     pending_reply: Option<LocalReply>,
     /// Callouts the plugin dispatched, not yet taken by the chain to send.
     calls: Vec<Dispatch>,
+    /// The stream's facts, lent to every callback (properties, filter state).
+    info: Option<Rc<RefCell<StreamInfo>>>,
 }
 
 /// The head of a paused headers phase, lent to a callout response callback so the
@@ -81,7 +89,16 @@ impl WasmHttpFilter {
             finished: false,
             pending_reply: None,
             calls: Vec::new(),
+            info: None,
         }
+    }
+
+    /// Creates the stream context with the stream's facts, which its callbacks read
+    /// as properties (`request.time`, `xds.route_name`, `filter_state`, …).
+    pub fn with_info(vm: &Rc<WasmVm>, info: Rc<RefCell<StreamInfo>>) -> Self {
+        let mut filter = Self::new(vm);
+        filter.info = Some(info);
+        filter
     }
 
     /// The failure that ended this stream's plugin processing, if any.
@@ -114,6 +131,7 @@ impl WasmHttpFilter {
         if data.response.is_none() && self.response_visible {
             data.response = self.response.take();
         }
+        data.info = self.info.clone();
         let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
             vm.store.data_mut().stream.exchange(data);
@@ -176,14 +194,14 @@ impl WasmHttpFilter {
                 data.request = Some(mem::replace(head, placeholder_request()));
                 self.run_call_response(generation, context, token, response, &mut data);
                 *head = data.request.take().unwrap_or_else(placeholder_request);
-                self.request = Some(copy_request(head));
+                self.request = Some(copy_request_head(head));
                 Some(true)
             }
             Paused::Response(head) => {
                 data.response = Some(mem::replace(head, placeholder_response()));
                 self.run_call_response(generation, context, token, response, &mut data);
                 *head = data.response.take().unwrap_or_else(placeholder_response);
-                self.response = Some(copy_response(head));
+                self.response = Some(copy_response_head(head));
                 Some(false)
             }
             Paused::None => {
@@ -223,6 +241,7 @@ impl WasmHttpFilter {
         response: CallAnswer,
         data: &mut StreamData,
     ) {
+        data.info = self.info.clone();
         let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
             let outcome = vm.call_answer(token, response, data);
@@ -265,23 +284,6 @@ impl WasmHttpFilter {
     }
 }
 
-fn copy_request(head: &RequestHead) -> RequestHead {
-    let (mut copy, ()) = http::Request::new(()).into_parts();
-    copy.method = head.method.clone();
-    copy.uri = head.uri.clone();
-    copy.version = head.version;
-    copy.headers = head.headers.clone();
-    copy
-}
-
-fn copy_response(head: &ResponseHead) -> ResponseHead {
-    let (mut copy, ()) = http::Response::new(()).into_parts();
-    copy.status = head.status;
-    copy.version = head.version;
-    copy.headers = head.headers.clone();
-    copy
-}
-
 /// Stand-ins left in the caller's place while the real head is in the store; the
 /// store never drops a head during a callback, so they are always swapped back out.
 fn placeholder_request() -> RequestHead {
@@ -301,8 +303,12 @@ impl HttpFilter for WasmHttpFilter {
         };
         let status = self.dispatch(Phase::RequestHeaders, count, end_of_stream, &mut data);
         *head = data.request.take().unwrap_or_else(placeholder_request);
-        self.request = Some(copy_request(head));
         self.request_visible = status != FilterStatus::Continue;
+        // Later phases see the head only while this filter holds it; `on_log` gets
+        // the stream's final head from its info, so a copy is made only for those.
+        if self.request_visible || self.info.is_none() {
+            self.request = Some(copy_request_head(head));
+        }
         status
     }
 
@@ -346,8 +352,10 @@ impl HttpFilter for WasmHttpFilter {
         };
         let status = self.dispatch(Phase::ResponseHeaders, count, end_of_stream, &mut data);
         *head = data.response.take().unwrap_or_else(placeholder_response);
-        self.response = Some(copy_response(head));
         self.response_visible = status != FilterStatus::Continue;
+        if self.response_visible || self.info.is_none() {
+            self.response = Some(copy_response_head(head));
+        }
         self.keep_heads(&mut data);
         status
     }
@@ -395,9 +403,18 @@ impl WasmHttpFilter {
         let Some((generation, context)) = self.context else {
             return;
         };
+        // The stream's final heads (as sent), lent by its info; without one, the
+        // copies this filter kept.
+        let (mut request, mut response) = (self.request.take(), self.response.take());
+        if let Some(info) = &self.info {
+            let mut info = info.borrow_mut();
+            request = info.request_head.take().or(request);
+            response = info.response_head.take().or(response);
+        }
         let mut data = StreamData {
-            request: self.request.take(),
-            response: self.response.take(),
+            request,
+            response,
+            info: self.info.clone(),
             ..StreamData::default()
         };
         let result = self.vm.with_running(generation, |vm| {
@@ -406,6 +423,11 @@ impl WasmHttpFilter {
             vm.store.data_mut().stream.exchange(&mut data);
             result
         });
+        if let Some(info) = &self.info {
+            let mut info = info.borrow_mut();
+            info.request_head = data.request.take();
+            info.response_head = data.response.take();
+        }
         // A failure while logging cannot change the response any more; the VM
         // already logged it and will be restarted.
         if let Err(error) = result {

@@ -142,6 +142,17 @@ impl HeaderView<'_> {
         serialize_pairs(&pairs)
     }
 
+    /// Envoy's `byteSize()` of the map: the lengths of every name and value, the
+    /// pseudo-headers included (`request.total_size`, `response.total_size`).
+    pub fn byte_size(&self) -> u64 {
+        let pseudo: usize = self.pseudo().iter().map(|(n, v)| n.len() + v.len()).sum();
+        let regular: usize = self
+            .regular()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        (pseudo + regular) as u64
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<Vec<u8>> {
         let name = name.to_ascii_lowercase();

@@ -64,6 +64,7 @@ pub use error::WasmError;
 pub use filter::WasmHttpFilter;
 pub use module::WasmPlugin;
 pub use network::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
+pub use properties::{set_node, MetaValue, NodeInfo};
 pub use vm::WasmVm;
 
 /// One plugin as Envoy's `envoy.filters.http.wasm` configures it; the xDS

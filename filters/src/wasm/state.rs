@@ -1,5 +1,7 @@
 //! What a VM's `Store` holds for the host functions.
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use super::callout::Dispatch;
 use super::shared::Metric;
 use super::PluginConfig;
+use crate::stream_info::StreamInfo;
 use crate::{BodyBuffer, LocalReply, RequestHead, ResponseHead};
 
 /// Store data of one VM.
@@ -101,6 +104,9 @@ pub(crate) struct StreamData {
     /// During a gRPC stream's metadata callbacks: map types 4 and 5.
     pub grpc_initial_metadata: Option<HeaderMap>,
     pub grpc_trailing_metadata: Option<HeaderMap>,
+    /// The HTTP stream's facts (times, route, upstream, filter state), shared by the
+    /// stream's filters; `None` for root contexts and connections.
+    pub info: Option<Rc<RefCell<StreamInfo>>>,
 }
 
 impl StreamData {
@@ -118,6 +124,7 @@ impl StreamData {
         swap(&mut self.response, &mut other.response);
         swap(&mut self.response_body, &mut other.response_body);
         swap(&mut self.response_trailers, &mut other.response_trailers);
+        swap(&mut self.info, &mut other.info);
     }
 }
 

@@ -21,6 +21,8 @@ pub struct HashInput<'a> {
     /// The connection's own addresses, which seed a generated cookie.
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The stream's filter state (`filter_state` policies), when it has one.
+    pub filter_state: Option<crate::chain::ChainId>,
 }
 
 /// The hash, and the `set-cookie` to add to the response when a cookie policy
@@ -102,6 +104,7 @@ fn evaluate(
             let len = 48 - cursor.len();
             Some(xxh64(&buf[..len], 0))
         }
+        HashPolicyKind::FilterState(key) => input.filter_state?.filter_state_hash(key),
         HashPolicyKind::QueryParameter(name) => {
             let (_, query) = input.path_and_query.split_once('?')?;
             let query = query.split('#').next().unwrap_or_default();
@@ -144,6 +147,7 @@ mod tests {
             source_ip: [192, 0, 2, 7].into(),
             peer: ([127, 0, 0, 1], 40000).into(),
             local: ([127, 0, 0, 1], 10000).into(),
+            filter_state: None,
         }
     }
 

@@ -20,8 +20,9 @@ pub struct Listener {
     #[serde(default)]
     pub filter_chains: Vec<FilterChain>,
     pub per_connection_buffer_limit_bytes: Option<u32>,
-    /// Accepted and ignored: Envoy uses it only for stats and tracing.
-    pub traffic_direction: Option<IgnoredAny>,
+    /// Read by plugins as `xds.listener_direction`.
+    #[serde(default, deserialize_with = "super::proto_enum")]
+    pub traffic_direction: Option<TrafficDirection>,
     pub metadata: Option<IgnoredAny>,
     pub stat_prefix: Option<Unsupported>,
     pub additional_addresses: Option<Unsupported>,
@@ -53,8 +54,9 @@ pub struct Listener {
 pub struct FilterChain {
     #[serde(default)]
     pub filters: Vec<Filter>,
-    /// Informational only.
-    pub name: Option<IgnoredAny>,
+    /// Read by plugins as `xds.filter_chain_name`.
+    #[serde(default)]
+    pub name: String,
     pub metadata: Option<IgnoredAny>,
     pub filter_chain_match: Option<Unsupported>,
     pub transport_socket: Option<Unsupported>,
@@ -338,6 +340,56 @@ pub struct RemoteRetryPolicy {
     pub retry_priority: Option<Unsupported>,
     pub retry_host_predicate: Option<Unsupported>,
     pub host_selection_retry_max_attempts: Option<Unsupported>,
+}
+
+/// `config.core.v3.TrafficDirection`, as its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficDirection(pub i64);
+
+impl super::ProtoEnum for TrafficDirection {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("UNSPECIFIED", 0, Some(Self(0))),
+        ("INBOUND", 1, Some(Self(1))),
+        ("OUTBOUND", 2, Some(Self(2))),
+    ];
+}
+
+/// `extensions.filters.http.set_filter_state.v3.Config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetFilterState {
+    #[serde(default)]
+    pub on_request_headers: Vec<FilterStateValue>,
+}
+
+/// `extensions.filters.common.set_filter_state.v3.FilterStateValue`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterStateValue {
+    #[serde(default)]
+    pub object_key: String,
+    #[serde(default)]
+    pub factory_key: String,
+    pub format_string: Option<SubstitutionFormatString>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "super::proto_enum")]
+    pub shared_with_upstream: Option<SharedWithUpstream>,
+    #[serde(default)]
+    pub skip_if_empty: bool,
+}
+
+/// `FilterStateValue.SharedWithUpstream`: only `NONE`, since Strait does not pool
+/// upstream connections by filter state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedWithUpstream;
+
+impl super::ProtoEnum for SharedWithUpstream {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("NONE", 0, Some(Self)),
+        ("ONCE", 1, None),
+        ("TRANSITIVE", 2, None),
+    ];
 }
 
 /// `extensions.filters.http.fault.v3.HTTPFault`.

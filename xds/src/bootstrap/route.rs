@@ -214,9 +214,16 @@ pub struct HashPolicy {
     pub cookie: Option<CookieHashPolicy>,
     pub connection_properties: Option<ConnectionPropertiesHashPolicy>,
     pub query_parameter: Option<QueryParameterHashPolicy>,
-    pub filter_state: Option<Unsupported>,
+    pub filter_state: Option<FilterStateHashPolicy>,
     #[serde(default)]
     pub terminal: bool,
+}
+
+/// `RouteAction.HashPolicy.FilterState`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterStateHashPolicy {
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

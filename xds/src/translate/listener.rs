@@ -15,8 +15,9 @@ use crate::bootstrap::{
 };
 use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
 use crate::model::{
-    AccessLog, AccessLogSink, CodecType, FormatPiece, HttpConnectionManager, HttpFilterConfig,
-    InternalAddresses, JsonValueTemplate, Listener, LogFormat, WasmFilterConfig,
+    AccessLog, AccessLogSink, CodecType, FilterStateValue, FormatPiece, HttpConnectionManager,
+    HttpFilterConfig, InternalAddresses, JsonValueTemplate, Listener, LogFormat,
+    SetFilterStateConfig, WasmFilterConfig,
 };
 
 pub(super) const HCM_TYPE: &str =
@@ -27,6 +28,7 @@ const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const NETWORK_WASM_TYPE: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+const SET_FILTER_STATE_TYPE: &str = "envoy.extensions.filters.http.set_filter_state.v3.Config";
 const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
@@ -125,6 +127,8 @@ fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Re
             .unwrap_or(1 << 20),
         network_filters,
         hcm: http_connection_manager(&typed, clusters)?,
+        traffic_direction: config.traffic_direction.map_or(0, |d| d.0),
+        filter_chain_name: chain.name.clone(),
     })
 }
 
@@ -277,6 +281,11 @@ fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<Htt
                         chain.push(HttpFilterConfig::Fault(Arc::new(fault::filter(&typed)?)));
                         false
                     }
+                    SET_FILTER_STATE_TYPE => {
+                        let config = set_filter_state(&typed)?;
+                        chain.push(HttpFilterConfig::SetFilterState(Arc::new(config)));
+                        false
+                    }
                     _ => return Err(typed.unsupported()),
                 }
             }
@@ -375,6 +384,62 @@ fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {
 fn default_format() -> LogFormat {
     // The default is a constant that `format::tests::default_format_parses` covers.
     LogFormat::Text(parse_format(DEFAULT_ACCESS_LOG_FORMAT).expect("default format parses"))
+}
+
+/// `envoy.filters.http.set_filter_state`: each value's object factory must be one
+/// Strait has (`envoy.string`, `envoy.hashable_string`), named by `factory_key`
+/// or, without one, by `object_key` itself (Envoy's lookup).
+fn set_filter_state(typed: &TypedConfig) -> Result<SetFilterStateConfig> {
+    let config: bootstrap::SetFilterState = typed.decode()?;
+    let path = typed.fields_path.as_str();
+    let mut values = Vec::with_capacity(config.on_request_headers.len());
+    for (i, value) in config.on_request_headers.iter().enumerate() {
+        let path = format!("{path}.on_request_headers[{i}]");
+        if value.object_key.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.object_key"),
+                "object_key is required",
+            ));
+        }
+        let (factory, factory_path) = match value.factory_key.as_str() {
+            "" => (value.object_key.as_str(), format!("{path}.object_key")),
+            factory => (factory, format!("{path}.factory_key")),
+        };
+        let hashable = match factory {
+            "envoy.string" => false,
+            "envoy.hashable_string" => true,
+            other => {
+                let message = format!(
+                    "'{other}' does not have an object factory (Strait has envoy.string and envoy.hashable_string)"
+                );
+                return Err(ConfigError::new(factory_path, message));
+            }
+        };
+        let Some(format_string) = &value.format_string else {
+            return Err(ConfigError::new(
+                format!("{path}.format_string"),
+                "format_string is required",
+            ));
+        };
+        let format = match log_format(&format!("{path}.format_string"), format_string)? {
+            LogFormat::Text(pieces) => pieces,
+            LogFormat::Json(_) => {
+                let message = format!("json_format {NOT_SUPPORTED} here; use text_format_source");
+                return Err(ConfigError::new(
+                    format!("{path}.format_string.json_format"),
+                    message,
+                ));
+            }
+        };
+        values.push(FilterStateValue {
+            key: value.object_key.clone(),
+            hashable,
+            read_only: value.read_only,
+            skip_if_empty: value.skip_if_empty,
+            format,
+        });
+    }
+    Ok(SetFilterStateConfig { values })
 }
 
 fn log_format(path: &str, config: &SubstitutionFormatString) -> Result<LogFormat> {

@@ -526,8 +526,9 @@ fn hash_policies(path: &str, configs: &[bootstrap::HashPolicy]) -> Result<Vec<Ha
             &config.cookie,
             &config.connection_properties,
             &config.query_parameter,
+            &config.filter_state,
         ) {
-            (Some(header), None, None, None) => {
+            (Some(header), None, None, None, None) => {
                 let name_path = format!("{path}.header.header_name");
                 if header.header_name.starts_with(':') {
                     let message = format!(
@@ -538,7 +539,7 @@ fn hash_policies(path: &str, configs: &[bootstrap::HashPolicy]) -> Result<Vec<Ha
                 }
                 HashPolicyKind::Header(header_name(&name_path, &header.header_name)?)
             }
-            (None, Some(cookie), None, None) => {
+            (None, Some(cookie), None, None, None) => {
                 if cookie.name.is_empty() {
                     let message = "name is required";
                     return Err(ConfigError::new(format!("{path}.cookie.name"), message));
@@ -549,11 +550,11 @@ fn hash_policies(path: &str, configs: &[bootstrap::HashPolicy]) -> Result<Vec<Ha
                     path: cookie.path.clone(),
                 }
             }
-            (None, None, Some(properties), None) if properties.source_ip => {
+            (None, None, Some(properties), None, None) if properties.source_ip => {
                 HashPolicyKind::SourceIp
             }
-            (None, None, Some(_), None) => continue,
-            (None, None, None, Some(query)) => {
+            (None, None, Some(_), None, None) => continue,
+            (None, None, None, Some(query), None) => {
                 if query.name.is_empty() {
                     let message = "name is required";
                     return Err(ConfigError::new(
@@ -563,9 +564,19 @@ fn hash_policies(path: &str, configs: &[bootstrap::HashPolicy]) -> Result<Vec<Ha
                 }
                 HashPolicyKind::QueryParameter(query.name.clone())
             }
+            (None, None, None, None, Some(state)) => {
+                if state.key.is_empty() {
+                    let message = "key is required";
+                    return Err(ConfigError::new(
+                        format!("{path}.filter_state.key"),
+                        message,
+                    ));
+                }
+                HashPolicyKind::FilterState(state.key.clone())
+            }
             _ => {
                 let message = "exactly one of header, cookie, connection_properties, \
-                               query_parameter is required";
+                               query_parameter, filter_state is required";
                 return Err(ConfigError::new(path, message));
             }
         };
@@ -861,8 +872,8 @@ mod hash_policy_tests {
                 "r.hash_policy[0].header.regex_rewrite: regex_rewrite is not supported yet",
             ),
             (
-                json!([{"filter_state": {"key": "k"}}]),
-                "r.hash_policy[0].filter_state: filter_state is not supported yet",
+                json!([{"filter_state": {"key": ""}}]),
+                "r.hash_policy[0].filter_state.key: key is required",
             ),
             (
                 json!([{"cookie": {"name": "s", "ttl": "1s", "colour": 1}}]),

@@ -142,13 +142,14 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
         |mut caller: C<'_>, ptr: i32, len: i32, out_ptr: i32, out_len: i32| {
             finish((|| {
                 let path = read(&caller, ptr, len)?;
-                let state = caller.data();
+                let state = caller.data_mut();
                 let set = state
                     .properties
-                    .get(&(state.effective_context, path.clone()));
+                    .get(&(state.effective_context, path.clone()))
+                    .cloned();
                 let value = match set {
-                    Some(value) => value.clone(),
-                    None => properties::get(state, &path).ok_or(Status::NotFound)?,
+                    Some(value) => value,
+                    None => properties::get(state, &path)?,
                 };
                 copy_out(&mut caller, &value, out_ptr, out_len)
             })())
@@ -168,6 +169,25 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 let context = state.effective_context;
                 if !state.signals.contains_key(&context) {
                     return Err(Status::NotFound.into());
+                }
+                // An HTTP stream's filter state is shared by its filters, so another
+                // plugin (and `filter_state.wasm.<path>`) reads it too.
+                if let Some(info) = &state.stream.info {
+                    let key = format!(
+                        "{}{}",
+                        properties::WASM_STATE_PREFIX,
+                        String::from_utf8_lossy(&path)
+                    );
+                    let object = crate::stream_info::FilterStateObject {
+                        value: value.into(),
+                        hashable: false,
+                        read_only: false,
+                    };
+                    return info
+                        .borrow_mut()
+                        .filter_state
+                        .set(&key, object)
+                        .map_err(|_| Status::BadArgument.into());
                 }
                 state.properties.insert((context, path), value);
                 Ok(())

@@ -1,0 +1,193 @@
+//! What the proxy knows about one HTTP stream besides its heads and bodies: when it
+//! started, where it was routed, which upstream answered, how the response came about,
+//! and the stream's filter state. Envoy's `StreamInfo`; plugins read it through
+//! properties (`request.time`, `xds.route_name`, `upstream.address`,
+//! `filter_state.<key>`, …), the router hashes on its filter state.
+//!
+//! The chain owns one per stream (when the listener has filters that read or write
+//! it) and lends it to each filter callback.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::RequestHead;
+
+/// The route a request took, by name, as Envoy's properties report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteNames {
+    pub route: String,
+    pub virtual_host: String,
+    /// The cluster the route sends to (for weighted clusters, the one picked).
+    pub cluster: String,
+}
+
+/// Routing as the stream would be routed now: lets a plugin read `xds.route_name`
+/// and `xds.cluster_name` in its request callbacks, before the router has run (Envoy
+/// routes before the filters and again after a filter edits the headers).
+pub trait RouteResolver: Send + Sync {
+    fn resolve(&self, head: &RequestHead) -> Option<RouteNames>;
+}
+
+/// The upstream exchange that produced the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    pub address: std::net::SocketAddr,
+    /// The proxy's end of the upstream connection, when known.
+    pub local_address: Option<std::net::SocketAddr>,
+}
+
+/// Listener facts a plugin reads as `xds.listener_direction` and
+/// `xds.filter_chain_name`; one per listener, shared by its streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// `traffic_direction`: 0 unspecified, 1 inbound, 2 outbound.
+    pub direction: i64,
+    /// The filter chain's `name`; empty when it has none.
+    pub filter_chain_name: String,
+}
+
+/// One stream's facts. See the module documentation.
+pub struct StreamInfo {
+    pub start_time: SystemTime,
+    /// The request's HTTP version (`request.protocol`).
+    pub version: Option<http::Version>,
+    /// The downstream connection (`source.*`, `destination.*`, `connection.*`).
+    pub connection: Option<crate::wasm::ConnectionInfo>,
+    pub listener: Option<Arc<ListenerInfo>>,
+    pub resolver: Option<Arc<dyn RouteResolver>>,
+    /// Set once the router has chosen the route.
+    pub route: Option<RouteNames>,
+    pub upstream: Option<UpstreamInfo>,
+    /// Upstream attempts made so far (`upstream.request_attempt_count`).
+    pub attempts: u32,
+    /// `response.code`, once the response headers are decided.
+    pub response_code: Option<u16>,
+    /// `response.code_details`, once the response is decided.
+    pub response_details: Option<String>,
+    /// `response.flags`: Envoy's response-flag bits (`UF` is 0x20, …).
+    pub response_flags: u64,
+    /// Body bytes received from the client and sent to it so far.
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// Time from the start to the request's last byte, once it arrived.
+    pub request_duration: Option<Duration>,
+    pub filter_state: FilterState,
+    /// The request head as the router sent it and the response head as it went to
+    /// the client (or the local reply's), kept for `on_log`, which sees the final
+    /// heads as Envoy's access-log context does. One copy each per stream,
+    /// whatever the number of plugins.
+    pub request_head: Option<RequestHead>,
+    pub response_head: Option<crate::ResponseHead>,
+}
+
+impl StreamInfo {
+    pub fn new(start_time: SystemTime) -> Self {
+        Self {
+            start_time,
+            version: None,
+            connection: None,
+            listener: None,
+            resolver: None,
+            route: None,
+            upstream: None,
+            attempts: 0,
+            response_code: None,
+            response_details: None,
+            response_flags: 0,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            request_duration: None,
+            filter_state: FilterState::default(),
+            request_head: None,
+            response_head: None,
+        }
+    }
+
+    /// The route the stream took, or (before routing) would take with `head`.
+    pub fn route_names(&self, head: Option<&RequestHead>) -> Option<RouteNames> {
+        if let Some(route) = &self.route {
+            return Some(route.clone());
+        }
+        self.resolver.as_ref()?.resolve(head?)
+    }
+}
+
+impl Default for StreamInfo {
+    fn default() -> Self {
+        Self::new(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// One filter-state object: a string value, as `envoy.string` and
+/// `envoy.hashable_string` objects (and a plugin's `set_property`) hold them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterStateObject {
+    pub value: Bytes,
+    /// Route `hash_policy.filter_state` hashes only objects that are hashable
+    /// (`envoy.hashable_string`), as in Envoy.
+    pub hashable: bool,
+    pub read_only: bool,
+}
+
+/// A stream's filter state: objects by key, in the order they were set.
+#[derive(Debug, Clone, Default)]
+pub struct FilterState {
+    objects: Vec<(Box<str>, FilterStateObject)>,
+}
+
+/// A write refused because the object there is read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOnly;
+
+impl FilterState {
+    pub fn get(&self, key: &str) -> Option<&FilterStateObject> {
+        self.objects
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, object)| object)
+    }
+
+    /// Sets `key`, replacing a mutable object; a read-only one stays (Envoy refuses
+    /// the write).
+    pub fn set(&mut self, key: &str, object: FilterStateObject) -> Result<(), ReadOnly> {
+        match self.objects.iter_mut().find(|(k, _)| &**k == key) {
+            Some((_, old)) if old.read_only => Err(ReadOnly),
+            Some((_, old)) => {
+                *old = object;
+                Ok(())
+            }
+            None => {
+                self.objects.push((key.into(), object));
+                Ok(())
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: &'static str, read_only: bool) -> FilterStateObject {
+        FilterStateObject {
+            value: Bytes::from_static(value.as_bytes()),
+            hashable: false,
+            read_only,
+        }
+    }
+
+    #[test]
+    fn read_only_objects_keep_their_value() {
+        let mut state = FilterState::default();
+        state.set("a", object("1", false)).unwrap();
+        state.set("a", object("2", true)).unwrap();
+        assert_eq!(state.set("a", object("3", false)), Err(ReadOnly));
+        assert_eq!(state.get("a").unwrap().value, "2");
+        assert!(state.get("b").is_none());
+    }
+}
