@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::app::{Proxy, ShutdownKind};
 use crate::cluster::Host;
+use strait_xds::model::EdsHealth;
 
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
     loop {
@@ -186,23 +187,37 @@ fn server_info(proxy: &Proxy) -> serde_json::Value {
     })
 }
 
-/// Envoy's `HostUtility::healthFlagsToString`: `healthy`, or each flag set.
-fn health_flags(host: &Host) -> &'static str {
-    let state = *host.health.lock();
-    match (host.is_healthy(), state.pending, host.outlier.is_ejected()) {
-        (true, _, false) => "healthy",
-        (true, _, true) => "/failed_outlier_check",
-        (false, false, false) => "/failed_active_hc",
-        (false, false, true) => "/failed_active_hc/failed_outlier_check",
-        (false, true, false) => "/failed_active_hc/pending_active_hc",
-        (false, true, true) => "/failed_active_hc/failed_outlier_check/pending_active_hc",
+/// Envoy's `HostUtility::healthFlagsToString`: `healthy`, or each flag set, in
+/// Envoy's order.
+fn health_flags(host: &Host) -> String {
+    let pending = host.health.lock().pending;
+    let flags = [
+        (!host.is_healthy(), "/failed_active_hc"),
+        (host.outlier.is_ejected(), "/failed_outlier_check"),
+        (host.eds == EdsHealth::Unhealthy, "/failed_eds_health"),
+        (!host.is_healthy() && pending, "/pending_active_hc"),
+        (host.eds == EdsHealth::Draining, "/eds_status_draining"),
+    ];
+    let text: String = flags
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, flag)| *flag)
+        .collect();
+    match text.is_empty() {
+        true => "healthy".to_owned(),
+        false => text,
     }
 }
 
-/// `admin.v3.HostHealthStatus`: EDS says nothing (HEALTHY); the flags come from the
-/// active health checker.
+/// `admin.v3.HostHealthStatus`: the configured (EDS) health, and the flags of the
+/// active health checker and outlier detection.
 fn health_status(host: &Host) -> serde_json::Value {
-    let mut status = json!({"eds_health_status": "HEALTHY"});
+    let eds = match host.eds {
+        EdsHealth::Healthy => "HEALTHY",
+        EdsHealth::Unhealthy => "UNHEALTHY",
+        EdsHealth::Draining => "DRAINING",
+    };
+    let mut status = json!({"eds_health_status": eds});
     if !host.is_healthy() {
         status["failed_active_health_check"] = json!(true);
     }
@@ -240,7 +255,7 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
             }
             let _ = writeln!(out, "{name}::added_via_api::false");
         }
-        for h in &hosts.hosts {
+        for h in hosts.hosts.iter().chain(&hosts.excluded) {
             let stats = [
                 ("cx_active", h.cx_active.load(Ordering::Relaxed)),
                 ("cx_connect_fail", h.cx_connect_fail.load(Ordering::Relaxed)),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use strait_xds::model::{
-    self, Discovery, DnsLookupFamily, HashLbConfig, LbPolicy, RoutingPriority,
+    self, Discovery, DnsLookupFamily, EdsHealth, HashLbConfig, LbPolicy, RoutingPriority,
 };
 
 use crate::breaker::Breakers;
@@ -30,6 +30,8 @@ pub struct Host {
     /// Its locality (index of its `LocalityLbEndpoints`) and that locality's weight.
     pub locality: u32,
     pub locality_weight: u32,
+    /// The endpoint's configured `health_status`.
+    pub eds: EdsHealth,
     pub rq_active: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -58,6 +60,7 @@ impl Host {
             priority: 0,
             locality: 0,
             locality_weight: 1,
+            eds: EdsHealth::Healthy,
             rq_active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -73,10 +76,11 @@ impl Host {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether the load balancers may pick the host outside panic: healthy and not
-    /// ejected by outlier detection.
+    /// Whether the load balancers may pick the host outside panic: healthy (by the
+    /// active checker and by its configured `health_status`) and not ejected by
+    /// outlier detection.
     pub fn is_available(&self) -> bool {
-        self.is_healthy() && !self.outlier.is_ejected()
+        self.is_healthy() && self.eds == EdsHealth::Healthy && !self.outlier.is_ejected()
     }
 
     /// Records a health checker's new state; returns whether health flipped.
@@ -90,6 +94,9 @@ impl Host {
 #[derive(Debug, Default)]
 pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
+    /// Hosts excluded from load balancing (`health_status: DRAINING`): never picked,
+    /// not counted for panic, still listed by `/clusters`, as in Envoy.
+    pub excluded: Vec<Arc<Host>>,
     /// Every weight is the same, so round robin needs no weighting.
     pub uniform: bool,
     /// How many `hosts` are healthy; recounted on the main thread whenever a host's
@@ -295,6 +302,7 @@ impl HostSet {
         let healthy = hosts.iter().filter(|h| h.is_available()).count();
         HostSet {
             hosts,
+            excluded: Vec::new(),
             uniform,
             healthy: AtomicUsize::new(healthy),
             panic_threshold,
@@ -459,7 +467,9 @@ impl ClusterRuntime {
             count(level);
         }
         self.stats.membership_healthy.set(available as i64);
-        self.stats.membership_total.set(set.hosts.len() as i64);
+        self.stats
+            .membership_total
+            .set((set.hosts.len() + set.excluded.len()) as i64);
         if let Some(hc) = &self.stats.health_check {
             let healthy = set.hosts.iter().filter(|h| h.is_healthy()).count();
             hc.healthy.set(healthy as i64);
@@ -480,30 +490,27 @@ impl ClusterRuntime {
             resolved.truncate(1);
         }
         let current = self.hosts.load();
-        let same = current.hosts.len() == resolved.len()
-            && current
-                .hosts
+        let known = || current.hosts.iter().chain(&current.excluded);
+        let same = known().count() == resolved.len()
+            && resolved
                 .iter()
-                .zip(&resolved)
-                .all(|(h, (a, _))| h.addr == *a);
-        if same && !current.hosts.is_empty() {
+                .all(|(a, ep)| known().any(|h| h.addr == *a && h.eds == ep.health));
+        if same && known().next().is_some() {
             return;
         }
-        if resolved.is_empty() && !current.hosts.is_empty() {
+        if resolved.is_empty() && known().next().is_some() {
             // A failed lookup keeps the last good answer, as Envoy does.
             return;
         }
-        let hosts = resolved
+        let hosts: Vec<Arc<Host>> = resolved
             .into_iter()
             .map(|(addr, ep)| {
-                current
-                    .hosts
-                    .iter()
+                known()
                     .find(|h| {
                         h.addr == addr
                             && h.weight == ep.weight.max(1)
-                            && (h.priority, h.locality, h.locality_weight)
-                                == (ep.priority, ep.locality, ep.locality_weight)
+                            && (h.priority, h.locality, h.locality_weight, h.eds)
+                                == (ep.priority, ep.locality, ep.locality_weight, ep.health)
                     })
                     .cloned()
                     .unwrap_or_else(|| {
@@ -512,7 +519,7 @@ impl ClusterRuntime {
                             Discovery::StrictDns | Discovery::LogicalDns => &ep.host,
                         };
                         // Same address, new weight: the health verdict carries over.
-                        let health = match current.hosts.iter().find(|h| h.addr == addr) {
+                        let health = match known().find(|h| h.addr == addr) {
                             Some(old) => *old.health.lock(),
                             None => HealthState::initial(self.config.health_check.is_some()),
                         };
@@ -520,10 +527,14 @@ impl ClusterRuntime {
                         host.priority = ep.priority;
                         host.locality = ep.locality;
                         host.locality_weight = ep.locality_weight;
+                        host.eds = ep.health;
                         Arc::new(host)
                     })
             })
             .collect();
+        let (excluded, hosts): (Vec<_>, Vec<_>) = hosts
+            .into_iter()
+            .partition(|h: &Arc<Host>| h.eds == EdsHealth::Draining);
         let mut set = HostSet::new(
             hosts,
             self.config.healthy_panic_threshold,
@@ -551,6 +562,7 @@ impl ClusterRuntime {
         if set.priorities.is_none() {
             set = with_localities(set);
         }
+        set.excluded = excluded;
         self.hosts.store(Arc::new(set));
         self.recount();
     }

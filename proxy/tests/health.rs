@@ -278,3 +278,90 @@ async fn checks_run_at_no_traffic_interval_until_the_cluster_has_traffic() {
     s.wait_stat("cluster.c.health_check.attempt", |v| v >= 10)
         .await;
 }
+
+/// A STATIC cluster `c` whose endpoints carry these `health_status` values.
+fn eds_cluster(endpoints: &[(SocketAddr, &str)], extra: &str) -> String {
+    let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|(a, _)| (*a, 1)).collect();
+    let mut yaml = cluster_yaml("c", &weighted, false);
+    for (addr, status) in endpoints {
+        let endpoint = format!(
+            "port_value: {}}}\n        load_balancing_weight: 1\n",
+            addr.port()
+        );
+        yaml = yaml.replacen(
+            &endpoint,
+            &format!("{endpoint}        health_status: {status}\n"),
+            1,
+        );
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+/// An endpoint's configured `health_status`, as Envoy 1.40 treats it (checked
+/// against the real binary): `UNHEALTHY` and `TIMEOUT` hosts are not picked outside
+/// panic (`/failed_eds_health`); `DRAINING` hosts are never picked, not even in
+/// panic, and do not count towards it (`/eds_status_draining`); `UNKNOWN` is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_endpoint_health_is_honoured() {
+    let backends = [
+        Backend::echo("a").await,
+        Backend::echo("b").await,
+        Backend::echo("c").await,
+        Backend::echo("d").await,
+        Backend::echo("e").await,
+    ];
+    let endpoints = [
+        (backends[0].addr(), "HEALTHY"),
+        (backends[1].addr(), "UNKNOWN"),
+        (backends[2].addr(), "UNHEALTHY"),
+        (backends[3].addr(), "TIMEOUT"),
+        (backends[4].addr(), "DRAINING"),
+    ];
+    // Two of the four hosts that count are healthy: 50%, not below the default
+    // panic threshold.
+    let yaml = Bootstrap::catch_all("c")
+        .cluster_raw(&eds_cluster(&endpoints, ""))
+        .build();
+    let s = Strait::start(&yaml).await;
+    let addr = s.main_addr().await;
+    assert_eq!(backends_seen(addr, 40).await, names(&["a", "b"]));
+    let (_, clusters) = s.admin_get("/clusters").await;
+    for (i, flags) in [
+        "healthy",
+        "healthy",
+        "/failed_eds_health",
+        "/failed_eds_health",
+        "/eds_status_draining",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let line = format!("c::{}::health_flags::{flags}", backends[i].addr());
+        assert!(clusters.contains(&line), "want {line} in:\n{clusters}");
+    }
+    let (_, json) = s.admin_get("/clusters?format=json").await;
+    assert!(json.contains("\"DRAINING\""), "{json}");
+    assert_eq!(s.stat("cluster.c.membership_total").await, Some(5));
+    assert_eq!(s.stat("cluster.c.membership_healthy").await, Some(2));
+    drop(s);
+
+    // Above 50%: panic, and every host but the draining one takes traffic.
+    let panic = "  common_lb_config: {healthy_panic_threshold: {value: 60}}\n";
+    let yaml = Bootstrap::catch_all("c")
+        .cluster_raw(&eds_cluster(&endpoints, panic))
+        .build();
+    let s = Strait::start(&yaml).await;
+    let addr = s.main_addr().await;
+    assert_eq!(backends_seen(addr, 80).await, names(&["a", "b", "c", "d"]));
+    drop(s);
+
+    // DEGRADED needs degraded load balancing, which Strait does not have.
+    let endpoints = [(backends[0].addr(), "DEGRADED")];
+    let yaml = Bootstrap::catch_all("c")
+        .cluster_raw(&eds_cluster(&endpoints, ""))
+        .build();
+    let (_, stderr) = Strait::start_expect_failure(&yaml).await;
+    let want = "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].health_status: DEGRADED is not supported";
+    assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
+}

@@ -1024,6 +1024,20 @@ pub struct Endpoint {
     /// `load_balancing_weight` (default 1), for locality-weighted balancing.
     pub locality: u32,
     pub locality_weight: u32,
+    /// `health_status`, the health the config (EDS) gives the endpoint.
+    pub health: EdsHealth,
+}
+
+/// An endpoint's configured (EDS) health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EdsHealth {
+    #[default]
+    Healthy,
+    /// `UNHEALTHY` or `TIMEOUT`: never picked outside panic (`/failed_eds_health`).
+    Unhealthy,
+    /// `DRAINING`: excluded from load balancing, even in panic, and from the host
+    /// counts that decide panic (`/eds_status_draining`).
+    Draining,
 }
 
 // ---------------------------------------------------------------- request view

@@ -11,7 +11,7 @@ use super::{
     duration, proto_enum, Address, CommonHttpProtocolOptions, HeaderValueOption,
     Http1ProtocolOptions, Http2ProtocolOptions, Int64Range, ProtoEnum, Unsupported,
 };
-use crate::model::{Discovery, DnsLookupFamily, LbPolicy};
+use crate::model::{Discovery, DnsLookupFamily, EdsHealth, LbPolicy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,7 +315,8 @@ pub struct LbEndpoint {
     pub endpoint: Endpoint,
     pub load_balancing_weight: Option<u32>,
     pub metadata: Option<IgnoredAny>,
-    pub health_status: Option<Unsupported>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub health_status: Option<EdsHealth>,
     pub endpoint_name: Option<Unsupported>,
 }
 
@@ -397,5 +398,19 @@ impl ProtoEnum for RoutingPriority {
     const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
         ("DEFAULT", 0, Some(Self::Default)),
         ("HIGH", 1, Some(Self::High)),
+    ];
+}
+
+/// `config.core.v3.HealthStatus` of an endpoint, as Envoy 1.40 reads it: `UNKNOWN`
+/// and `HEALTHY` are healthy, `TIMEOUT` is unhealthy; `DEGRADED` is not supported
+/// (Strait has no degraded load).
+impl ProtoEnum for EdsHealth {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("UNKNOWN", 0, Some(Self::Healthy)),
+        ("HEALTHY", 1, Some(Self::Healthy)),
+        ("UNHEALTHY", 2, Some(Self::Unhealthy)),
+        ("DRAINING", 3, Some(Self::Draining)),
+        ("TIMEOUT", 4, Some(Self::Unhealthy)),
+        ("DEGRADED", 5, None),
     ];
 }

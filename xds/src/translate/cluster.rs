@@ -510,6 +510,7 @@ fn endpoints(
                 priority,
                 locality: i as u32,
                 locality_weight,
+                health: lb_endpoint.health_status.unwrap_or_default(),
             });
         }
     }
