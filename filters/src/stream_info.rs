@@ -22,11 +22,32 @@ pub struct RouteNames {
     pub cluster: String,
 }
 
-/// Routing as the stream would be routed now: lets a plugin read `xds.route_name`
-/// and `xds.cluster_name` in its request callbacks, before the router has run (Envoy
-/// routes before the filters and again after a filter edits the headers).
+/// Where in the listener's route table the router sent a stream: indices, so that
+/// recording the route costs no allocation; names are made only when a plugin asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAt {
+    pub virtual_host: u32,
+    pub route: u32,
+    pub cluster: ClusterAt,
+}
+
+/// Which cluster of the route the stream went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAt {
+    /// The route's only cluster.
+    Route,
+    /// This entry of its weighted clusters.
+    Weighted(u32),
+    /// A name read from a request header (`cluster_header`).
+    Named(Box<str>),
+}
+
+/// The listener's routes, as plugins see them: the names of the route a stream took,
+/// and (for request callbacks, before the router has run) the route it would take
+/// now, as Envoy routes before its filters and again after a filter edits headers.
 pub trait RouteResolver: Send + Sync {
     fn resolve(&self, head: &RequestHead) -> Option<RouteNames>;
+    fn names(&self, at: &RouteAt) -> Option<RouteNames>;
 }
 
 /// The upstream exchange that produced the response.
@@ -57,7 +78,7 @@ pub struct StreamInfo {
     pub listener: Option<Arc<ListenerInfo>>,
     pub resolver: Option<Arc<dyn RouteResolver>>,
     /// Set once the router has chosen the route.
-    pub route: Option<RouteNames>,
+    pub route: Option<RouteAt>,
     pub upstream: Option<UpstreamInfo>,
     /// Upstream attempts made so far (`upstream.request_attempt_count`).
     pub attempts: u32,
@@ -106,10 +127,11 @@ impl StreamInfo {
 
     /// The route the stream took, or (before routing) would take with `head`.
     pub fn route_names(&self, head: Option<&RequestHead>) -> Option<RouteNames> {
-        if let Some(route) = &self.route {
-            return Some(route.clone());
+        let resolver = self.resolver.as_ref()?;
+        match &self.route {
+            Some(at) => resolver.names(at),
+            None => resolver.resolve(head?),
         }
-        self.resolver.as_ref()?.resolve(head?)
     }
 }
 

@@ -381,8 +381,9 @@ async fn sequential(
         // Set when the attempt's connection is ready: its per-try timer starts then.
         let ready = AtomicBool::new(false);
         // Boxed: the attempt future is large, and this keeps every enclosing future
-        // (and each move of one) small; one allocation per attempt is cheaper.
-        let send = Box::pin(async {
+        // (and each move of one) small; one allocation per attempt is cheaper. Built
+        // in its box (`pin_in_place`): the ~2.4 KiB state is not copied.
+        let send = crate::pin_in_place!(async {
             match request_slot {
                 None => Err(ProxyError::Overflow),
                 Some(_) => {

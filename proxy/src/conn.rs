@@ -89,9 +89,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Recei
         let smuggling = svc_verdict.refuses(index as usize);
         activity.active.fetch_add(1, Ordering::Relaxed);
         // The request future is several KiB; hyper moves what the service returns into
-        // its dispatcher (and, for HTTP/2, into a task per stream): boxed here it is
-        // copied once, and hyper moves a pointer.
-        let fut = Box::pin(router::handle(req, ctx, smuggling));
+        // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
+        // in its box, it is never copied, and hyper moves a pointer.
+        let fut = crate::pin_in_place!(router::handle(req, ctx, smuggling));
         async move {
             let r = fut.await;
             activity.active.fetch_sub(1, Ordering::Relaxed);

@@ -13,25 +13,24 @@ static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-e
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes hop-by-hop headers and every header the `Connection` header names.
-/// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
 /// What Envoy's connection manager removes from a request before its filters run:
 /// `connection`, `keep-alive`, `proxy-connection` and `transfer-encoding`, and
 /// `upgrade` unless the request upgrades. The rest of the hop-by-hop set goes at the
 /// router ([`remove_hop_by_hop`]).
 pub fn remove_connection_headers(headers: &mut HeaderMap) {
-    let upgrade = upgrade_type(headers).is_some();
-    let present = |headers: &HeaderMap| {
-        headers.contains_key(header::CONNECTION)
-            || headers.contains_key(&KEEP_ALIVE)
-            || headers.contains_key(&PROXY_CONNECTION)
-            || headers.contains_key(header::TRANSFER_ENCODING)
-            || (!upgrade && headers.contains_key(header::UPGRADE))
-    };
-    if !present(headers) {
+    // One pass over the names (most requests carry none of these), as in
+    // `remove_hop_by_hop`.
+    let present = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !present {
         return;
     }
-    if !upgrade {
+    if upgrade_type(headers).is_none() {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
@@ -40,6 +39,8 @@ pub fn remove_connection_headers(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// `keep_upgrade` leaves `Connection: upgrade` and `Upgrade` for a WebSocket hand-off.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry one or none (an upstream's `Connection: keep-alive`): one pass
     // over the names finds which are present, and only those are removed (each removal

@@ -16,9 +16,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use strait_filters::stream_info::{RouteNames, StreamInfo, UpstreamInfo};
+use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, StreamInfo, UpstreamInfo};
 use strait_filters::LocalReply;
-use strait_xds::model::{RequestView, RouteAction, RouteTarget, UpstreamProtocol};
+use strait_xds::model::{
+    ClusterSpecifier, RequestView, RouteAction, RouteTarget, UpstreamProtocol,
+};
 
 use crate::attempts::{self, Answer, Plan, RequestHead};
 use crate::body::{ByteCount, Deadlines, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
@@ -64,25 +66,51 @@ impl strait_filters::stream_info::RouteResolver for Routes {
         };
         let vhost = self.0.find_virtual_host(authority)?;
         let route = vhost.find_route(&view)?;
-        Some(route_names(vhost, route, &head.headers, 0))
+        let cluster = match &route.action {
+            RouteAction::Route(target) => target.cluster.pick(&head.headers, 0),
+            _ => None,
+        };
+        Some(RouteNames {
+            route: route.name.clone(),
+            virtual_host: vhost.name.clone(),
+            cluster: cluster.unwrap_or_default().to_owned(),
+        })
+    }
+
+    fn names(&self, at: &RouteAt) -> Option<RouteNames> {
+        let vhost = self.0.virtual_hosts.get(at.virtual_host as usize)?;
+        let route = vhost.routes.get(at.route as usize)?;
+        let cluster = match (&route.action, &at.cluster) {
+            (_, ClusterAt::Named(name)) => Some(&**name),
+            (RouteAction::Route(target), at) => match (&target.cluster, at) {
+                (ClusterSpecifier::Cluster(name), _) => Some(name.as_str()),
+                (ClusterSpecifier::Weighted { clusters, .. }, ClusterAt::Weighted(i)) => {
+                    clusters.get(*i as usize).map(|c| c.name.as_str())
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        Some(RouteNames {
+            route: route.name.clone(),
+            virtual_host: vhost.name.clone(),
+            cluster: cluster.unwrap_or_default().to_owned(),
+        })
     }
 }
 
-/// The names plugins read for a route; a weighted pick uses `random` as the router does.
-fn route_names(
-    vhost: &strait_xds::model::VirtualHost,
-    route: &strait_xds::model::Route,
-    headers: &http::HeaderMap,
-    random: u64,
-) -> RouteNames {
-    let cluster = match &route.action {
-        RouteAction::Route(target) => target.cluster.pick(headers, random).unwrap_or_default(),
-        _ => "",
-    };
-    RouteNames {
-        route: route.name.clone(),
-        virtual_host: vhost.name.clone(),
-        cluster: cluster.to_owned(),
+/// Where `cluster_name`, the router's pick on `target`, sits in the route.
+fn cluster_at(target: &RouteTarget, cluster_name: &str) -> ClusterAt {
+    match &target.cluster {
+        ClusterSpecifier::Cluster(_) => ClusterAt::Route,
+        ClusterSpecifier::Weighted { clusters, .. } => clusters
+            .iter()
+            .position(|c| std::ptr::eq(c.name.as_str(), cluster_name))
+            .map_or_else(
+                || ClusterAt::Named(cluster_name.into()),
+                |i| ClusterAt::Weighted(i as u32),
+            ),
+        ClusterSpecifier::Header(_) => ClusterAt::Named(cluster_name.into()),
     }
 }
 
@@ -306,14 +334,16 @@ async fn proxy<'a>(
         path_and_query: &path_and_query,
         headers: req.headers(),
     };
-    let Some(vhost) = rc.find_virtual_host(&authority) else {
+    let Some(vhost_at) = rc.find_virtual_host_index(&authority) else {
         listener.http.no_route.inc();
         return answered!(Err(ProxyError::NoRoute.into()));
     };
-    let Some(route) = vhost.find_route(&view) else {
+    let vhost = &rc.virtual_hosts[vhost_at];
+    let Some(route_at) = vhost.find_route_index(&view) else {
         listener.http.no_route.inc();
         return answered!(Err(ProxyError::NoRoute.into()));
     };
+    let route = &vhost.routes[route_at];
     let mutations = route_mutations(rc, vhost, route);
     let fail = |error: ProxyError| Failure {
         error,
@@ -384,10 +414,10 @@ async fn proxy<'a>(
     }
     if let Some(chain) = chain {
         chain.with_info(|info| {
-            info.route = Some(RouteNames {
-                route: route.name.clone(),
-                virtual_host: vhost.name.clone(),
-                cluster: cluster_name.to_owned(),
+            info.route = Some(RouteAt {
+                virtual_host: vhost_at as u32,
+                route: route_at as u32,
+                cluster: cluster_at(target, cluster_name),
             })
         });
     }
@@ -486,19 +516,31 @@ async fn proxy<'a>(
         target.max_stream_duration.as_ref(),
         &mut parts.headers,
     );
-    let path = new_path.as_deref().unwrap_or(&path_and_query);
-    let uri = if h2 {
-        parts.headers.remove(header::HOST);
-        Uri::builder()
-            .scheme("http")
-            .authority(upstream_authority.as_str())
-            .path_and_query(path)
-            .build()
-    } else {
-        if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
-            parts.headers.insert(header::HOST, v);
+    // An unrewritten path and an unchanged `host` keep the bytes hyper parsed (shared
+    // with the read buffer): no copy here, and a retry's copy of the head clones
+    // them without allocating.
+    let builder = match h2 {
+        true => {
+            parts.headers.remove(header::HOST);
+            Uri::builder()
+                .scheme("http")
+                .authority(upstream_authority.as_str())
         }
-        Uri::builder().path_and_query(path).build()
+        false => {
+            let host = parts.headers.get(header::HOST).map(HeaderValue::as_bytes);
+            if host != Some(upstream_authority.as_bytes()) {
+                if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            Uri::builder()
+        }
+    };
+    let uri = match (&new_path, parts.uri.path_and_query()) {
+        (None, Some(kept)) => builder.path_and_query(kept.clone()).build(),
+        _ => builder
+            .path_and_query(new_path.as_deref().unwrap_or(&path_and_query))
+            .build(),
     };
     parts.uri = uri.map_err(|_| Failure {
         error: ProxyError::BadRequest {

@@ -20,6 +20,11 @@ impl RouteConfig {
     /// Exact host (port included), then the longest `*suffix`, then the longest
     /// `prefix*`, then `*`. A wildcard never matches the empty string.
     pub fn find_virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        self.virtual_hosts.get(self.find_virtual_host_index(host)?)
+    }
+
+    /// [`Self::find_virtual_host`], as an index into `virtual_hosts`.
+    pub fn find_virtual_host_index(&self, host: &str) -> Option<usize> {
         let host = match host.bytes().any(|b| b.is_ascii_uppercase()) {
             true => Cow::Owned(host.to_ascii_lowercase()),
             false => Cow::Borrowed(host),
@@ -45,14 +50,21 @@ impl RouteConfig {
                     .map(|e| e.1)
             })
             .or(index.default)?;
-        self.virtual_hosts.get(found)
+        Some(found)
     }
 }
 
 impl VirtualHost {
     /// The first route, in config order, whose match accepts the request.
     pub fn find_route(&self, req: &crate::model::RequestView<'_>) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matcher.matches(req))
+        self.routes.get(self.find_route_index(req)?)
+    }
+
+    /// [`Self::find_route`], as an index into `routes`.
+    pub fn find_route_index(&self, req: &crate::model::RequestView<'_>) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|route| route.matcher.matches(req))
     }
 }
 
