@@ -122,6 +122,11 @@ impl Proxy {
         // Services the new config adds start now, so one that fails rejects it; the
         // old config's other services stop once the new one is published.
         let running = self.running_services();
+        // A refused config leaves the services' callouts on the running clusters.
+        let refused = |e: anyhow::Error| {
+            wasm_service::set_clusters(&old.clusters);
+            e
+        };
         let services = wasm_service::sync(
             &running,
             &new.snapshot.wasm_services,
@@ -129,7 +134,8 @@ impl Proxy {
             &new.clusters,
             &self.shared.store,
         )
-        .await?;
+        .await
+        .map_err(refused)?;
         // Bind every new or moved listener before publishing, so a port in use refuses
         // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
@@ -138,9 +144,11 @@ impl Proxy {
             for (i, l) in new.listeners.iter().enumerate() {
                 let (name, addr) = (&l.config.name, l.config.address);
                 if bound.get(name).is_none_or(|b| b.0 != addr) {
-                    let b = listener::bind(addr, self.workers.len()).with_context(|| {
-                        format!("static_resources.listeners[{i}].address: cannot bind {addr}")
-                    })?;
+                    let b = listener::bind(addr, self.workers.len())
+                        .with_context(|| {
+                            format!("static_resources.listeners[{i}].address: cannot bind {addr}")
+                        })
+                        .map_err(refused)?;
                     fresh.push((name.clone(), addr, b));
                 }
             }

@@ -30,9 +30,13 @@ use strait_filters::wasm::{
 use strait_xds::model::UpstreamProtocol;
 
 use crate::body::RequestBody;
+use crate::cluster::ClusterRuntime;
 use crate::error::ProxyError;
 use crate::pool;
-use crate::runtime::Shared;
+use crate::runtime::{FastMap, Shared};
+
+/// The clusters a callout may name: the running config's.
+pub type Clusters = FastMap<String, Arc<ClusterRuntime>>;
 
 /// Callout responses are buffered whole for the plugin; a larger body fails the
 /// call rather than growing without bound.
@@ -40,11 +44,11 @@ pub const MAX_BODY: usize = 16 << 20;
 
 /// Sends `call` and returns what the plugin sees: for an HTTP call the response
 /// (`proxy_on_http_call_response`), for a gRPC call its status and message.
-pub async fn send(shared: &Shared, call: HttpCallRequest) -> CallAnswer {
+pub async fn send(clusters: &Clusters, call: HttpCallRequest) -> CallAnswer {
     let timeout = call.timeout;
     let grpc = call.kind == CallKind::GrpcUnary;
     let cluster = call.cluster.clone();
-    let exchange = exchange(shared, call);
+    let exchange = exchange(clusters, call);
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, exchange)
             .await
@@ -158,13 +162,13 @@ enum Failure {
 /// fails or answers other than HTTP 200, the mapped status), as Envoy's async
 /// stream reports them.
 pub async fn grpc_stream(
-    shared: &Shared,
+    clusters: &Clusters,
     call: HttpCallRequest,
     messages: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
     mut event: impl FnMut(GrpcStreamEvent),
 ) {
     let close = |status: u32, message: String| GrpcStreamEvent::Close { status, message };
-    let response = match start(shared, call, RequestBody::Channel(messages)).await {
+    let response = match start(clusters, call, RequestBody::Channel(messages)).await {
         Ok(response) => response,
         Err(Failure::Proxy(error)) => {
             // Envoy answers with a trailers-only local reply, which its async
@@ -233,9 +237,12 @@ fn next_message(pending: &mut bytes::BytesMut) -> Option<Bytes> {
     Some(frame.split_off(5).freeze())
 }
 
-async fn exchange(shared: &Shared, mut call: HttpCallRequest) -> Result<HttpCallResponse, Failure> {
+async fn exchange(
+    clusters: &Clusters,
+    mut call: HttpCallRequest,
+) -> Result<HttpCallResponse, Failure> {
     let body = RequestBody::full(std::mem::take(&mut call.body), call.trailers.take());
-    let (response, lease) = start(shared, call, body).await?;
+    let (response, lease) = start(clusters, call, body).await?;
     let (head, body) = response.into_parts();
     let collected = Limited::new(body, MAX_BODY)
         .collect()
@@ -252,14 +259,13 @@ async fn exchange(shared: &Shared, mut call: HttpCallRequest) -> Result<HttpCall
 
 /// Sends the call's head with `body` to a host of its cluster; the response head.
 async fn start(
-    shared: &Shared,
+    clusters: &Clusters,
     call: HttpCallRequest,
     body: RequestBody,
 ) -> Result<(http::Response<hyper::body::Incoming>, Option<pool::Lease>), Failure> {
-    let runtime = shared.runtime.load_full();
     // The VM checked the name when the call was made; a reload may have removed
     // the cluster since.
-    let Some(cluster) = runtime.clusters.get(&call.cluster) else {
+    let Some(cluster) = clusters.get(&call.cluster) else {
         return Err(Failure::Proxy(ProxyError::NoHealthyUpstream));
     };
     let hosts = cluster.hosts.load_full();

@@ -430,7 +430,8 @@ fn start(owner: Owner, dispatches: Vec<Dispatch>, mut tasks: Option<&mut Vec<Abo
                 let token = call.token;
                 let (messages, rx) = mpsc::unbounded_channel();
                 let task = tokio::spawn(async move {
-                    crate::callout::grpc_stream(&shared, *call, rx, |event| {
+                    let runtime = shared.runtime.load_full();
+                    crate::callout::grpc_stream(&runtime.clusters, *call, rx, |event| {
                         owner.deliver(token, CallAnswer::GrpcStream(event))
                     })
                     .await;
@@ -449,7 +450,8 @@ fn start(owner: Owner, dispatches: Vec<Dispatch>, mut tasks: Option<&mut Vec<Abo
                 let shared = shared.clone();
                 let token = call.token;
                 let task = tokio::spawn(async move {
-                    let answer = crate::callout::send(&shared, *call).await;
+                    let runtime = shared.runtime.load_full();
+                    let answer = crate::callout::send(&runtime.clusters, *call).await;
                     owner.deliver(token, answer);
                 });
                 if let Some(tasks) = tasks.as_deref_mut() {

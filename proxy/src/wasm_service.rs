@@ -1,8 +1,9 @@
 //! Bootstrap wasm services: Envoy's `bootstrap_extensions` entry `envoy.bootstrap.wasm`
 //! (`WasmService`), a plugin that runs beside the listeners on no stream at all: it
 //! starts (`proxy_on_vm_start`, `proxy_on_configure`), ticks
-//! (`proxy_set_tick_period_milliseconds` → `proxy_on_tick`), and talks to the filters
-//! through shared data (same `vm_id`) and metrics.
+//! (`proxy_set_tick_period_milliseconds` → `proxy_on_tick`), talks to the filters
+//! through shared data and queues (same `vm_id`) and metrics, and calls out (HTTP
+//! and gRPC unary calls through the main thread's pools; see [`send_calls`]).
 //!
 //! `singleton: true` runs one VM for the process, `false` one per worker. Each VM has
 //! a thread of its own that sleeps until its next tick: a tick never waits behind
@@ -24,10 +25,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use strait_filters::wasm::{PluginConfig, WasmEngine, WasmPlugin, WasmVm};
+use strait_filters::wasm::{CallAnswer, Dispatch, PluginConfig, WasmEngine, WasmPlugin, WasmVm};
 use strait_xds::model::WasmServiceConfig;
 
+use crate::callout::Clusters;
 use crate::cluster::ClusterRuntime;
 use crate::runtime::FastMap;
 use crate::stats::{Counter, Scope, Store};
@@ -49,6 +52,7 @@ pub async fn sync(
     clusters: &FastMap<String, Arc<ClusterRuntime>>,
     store: &Store,
 ) -> anyhow::Result<Vec<Arc<WasmServiceRuntime>>> {
+    set_clusters(clusters);
     let mut services = Vec::with_capacity(configs.len());
     for config in configs {
         let kept = running
@@ -114,9 +118,10 @@ impl WasmServiceRuntime {
             let (started_tx, started_rx) = mpsc::sync_channel(1);
             let failures = service.failures.clone();
             let notify = events_tx.clone();
+            let handle = tokio::runtime::Handle::current();
             let thread = std::thread::Builder::new()
                 .name(format!("wasm-service-{index}"))
-                .spawn(move || run(failures, started_tx, events_rx, notify))
+                .spawn(move || run(handle, failures, started_tx, events_rx, notify))
                 .context("cannot start a wasm service thread")?;
             service
                 .threads
@@ -182,23 +187,67 @@ enum Event {
     Stop,
     /// A queue this VM registered has data (`proxy_on_queue_ready`).
     QueueReady(u32),
+    /// The answer to a call the root context made (of VM `generation`).
+    Answer {
+        generation: u64,
+        token: u32,
+        answer: Box<CallAnswer>,
+    },
+}
+
+/// The clusters services' callouts may name: those of the config being started
+/// (its services call out from `proxy_on_configure` before it is published), else the
+/// running one's.
+static CLUSTERS: std::sync::LazyLock<ArcSwap<Clusters>> =
+    std::sync::LazyLock::new(|| ArcSwap::from_pointee(Clusters::default()));
+
+/// Points services' callouts at `clusters` (called with each config that is started,
+/// and again with the running one when a reload is refused after its services
+/// started).
+pub fn set_clusters(clusters: &Clusters) {
+    CLUSTERS.store(Arc::new(clusters.clone()));
+}
+
+/// Sends the calls the root context dispatched in its last callback, on the main
+/// thread's runtime (`handle`, through its own upstream pools, as Envoy runs a
+/// singleton's calls on its main thread); answers come back to this VM's thread as
+/// events. gRPC streams are refused at dispatch (`Unimplemented`).
+fn send_calls(vm: &WasmVm, handle: &tokio::runtime::Handle, events: &mpsc::Sender<Event>) {
+    let (generation, dispatches) = vm.take_root_calls();
+    for dispatch in dispatches {
+        let Dispatch::Call(call) = dispatch else {
+            continue;
+        };
+        let events = events.clone();
+        handle.spawn(async move {
+            let token = call.token;
+            let clusters = CLUSTERS.load_full();
+            let answer = crate::callout::send(&clusters, *call).await;
+            let _ = events.send(Event::Answer {
+                generation,
+                token,
+                answer: Box::new(answer),
+            });
+        });
+    }
 }
 
 /// One VM's thread: start it, then tick it at the period it asks for and tell it
 /// of ready queues, until stopped.
 fn run(
+    handle: tokio::runtime::Handle,
     failures: Arc<Failures>,
     started: mpsc::SyncSender<Result<(), strait_filters::wasm::WasmError>>,
     events: mpsc::Receiver<Event>,
     notify: mpsc::Sender<Event>,
 ) {
-    // Services run on their own thread, outside the workers' pools: their HTTP
-    // callouts are refused (`Unimplemented`) rather than left unanswered.
-    strait_filters::wasm::set_callouts_unsupported();
+    strait_filters::wasm::set_grpc_streams_unsupported();
+    strait_filters::wasm::set_cluster_check(|name| CLUSTERS.load().contains_key(name));
     let vm = WasmVm::new(failures.plugin.clone());
     // Enqueues on any thread (a worker's filter) wake this one.
+    let queue_notify = notify.clone();
     vm.set_queue_notifier(Arc::new(move |id| {
-        let _ = notify.send(Event::QueueReady(id));
+        let _ = queue_notify.send(Event::QueueReady(id));
     }));
     let result = vm.start();
     let failed = result.is_err();
@@ -206,6 +255,7 @@ fn run(
     if failed {
         return;
     }
+    send_calls(&vm, &handle, &notify);
     let mut next_tick: Option<Instant> = None;
     loop {
         let period = vm.tick_period();
@@ -222,6 +272,15 @@ fn run(
                     failures.export();
                 }
             }
+            Ok(Event::Answer {
+                generation,
+                token,
+                answer,
+            }) => {
+                if vm.root_call_answer(generation, token, *answer).is_err() {
+                    failures.export();
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if !period.is_zero() => {
                 next_tick = Some(Instant::now() + period);
                 if vm.on_tick().is_err() {
@@ -231,5 +290,6 @@ fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => next_tick = None,
             Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        send_calls(&vm, &handle, &notify);
     }
 }

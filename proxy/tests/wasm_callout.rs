@@ -190,3 +190,53 @@ async fn a_root_context_calls_out_from_its_tick() {
     assert!(auth.requests() >= 1);
     assert_eq!(strait.stat("wasm.callout.vm_failed").await.unwrap_or(0), 0);
 }
+
+#[tokio::test]
+async fn a_bootstrap_service_calls_out_from_its_tick() {
+    // The same plugin as a singleton `envoy.bootstrap.wasm` service with `tick-call`
+    // (the HTTP filter's instances do not call): the service's root context calls
+    // `auth` through the main thread's pools, gets the answer on its own thread and
+    // stores the status in shared data (same vm_id), which the filter reads.
+    let backend = Backend::echo("backend").await;
+    let auth = Backend::echo("auth").await;
+    let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
+    let service = format!(
+        r#"bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: callout-service
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: "tick-call"
+      vm_config:
+        runtime: envoy.wasm.runtime.v8
+        code:
+          local:
+            filename: {module}
+"#,
+        module = module.display()
+    );
+    let yaml = format!("{service}{}", config_with(&backend, auth.addr(), "", ""));
+    let strait = Strait::start(&yaml).await;
+    let addr = strait.main_addr().await;
+    eventually(
+        Duration::from_secs(10),
+        "the service's call answered",
+        || async {
+            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
+            (resp.header("x-root-call-status") == Some("200")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(auth.requests(), 1, "one call, from the singleton service");
+    assert_eq!(
+        strait
+            .stat("wasm.callout-service.vm_failed")
+            .await
+            .unwrap_or(0),
+        0
+    );
+}

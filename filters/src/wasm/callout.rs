@@ -130,9 +130,9 @@ thread_local! {
     static UNSUPPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// VMs on this thread cannot make callouts (a thread without upstream pools):
-/// `proxy_http_call` answers `Unimplemented`.
-pub fn set_callouts_unsupported() {
+/// VMs on this thread cannot open gRPC streams (a bootstrap service's thread):
+/// `proxy_grpc_stream` answers `Unimplemented`.
+pub fn set_grpc_streams_unsupported() {
     UNSUPPORTED.with(|u| u.set(true));
 }
 
@@ -154,9 +154,6 @@ pub(crate) fn request(
     trailers: Vec<Pair>,
     timeout_ms: i32,
 ) -> Result<HttpCallRequest, Status> {
-    if UNSUPPORTED.with(std::cell::Cell::get) {
-        return Err(Status::Unimplemented);
-    }
     if timeout_ms < 0 {
         return Err(Status::BadArgument);
     }
@@ -238,7 +235,7 @@ pub(crate) fn grpc_request(
     timeout_ms: u32,
     stream: bool,
 ) -> Result<HttpCallRequest, Status> {
-    if UNSUPPORTED.with(std::cell::Cell::get) {
+    if stream && UNSUPPORTED.with(std::cell::Cell::get) {
         return Err(Status::Unimplemented);
     }
     let cluster = std::str::from_utf8(cluster).map_err(|_| Status::ParseFailure)?;

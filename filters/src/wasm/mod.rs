@@ -56,7 +56,7 @@ use bytes::Bytes;
 
 pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
 pub use callout::{
-    grpc_frame, set_callouts_unsupported, set_cluster_check, CallAnswer, CallKind, Dispatch,
+    grpc_frame, set_cluster_check, set_grpc_streams_unsupported, CallAnswer, CallKind, Dispatch,
     GrpcCallResult, GrpcStreamEvent, HttpCallRequest, HttpCallResponse, StreamOp,
 };
 pub use engine::WasmEngine;
