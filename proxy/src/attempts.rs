@@ -99,7 +99,7 @@ enum Event {
     Sent(usize, Sent),
     TimerFired(usize),
     BackoffDone,
-    StreamTimer,
+    StreamTimer(Expiry),
 }
 
 /// Runs the attempts and returns the answer. `first` is the first attempt's request
@@ -164,17 +164,16 @@ async fn hedged(
                 }
             }
             if let Some(t) = timers {
-                if t.sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::StreamTimer);
+                if let Poll::Ready(expiry) = t.poll_expiry(cx) {
+                    return Poll::Ready(Event::StreamTimer(expiry));
                 }
             }
             Poll::Pending
         })
         .await;
         let (index, sent) = match event {
-            Event::StreamTimer => {
+            Event::StreamTimer(expiry) => {
                 let t = timers.as_mut().expect("a stream timer fired");
-                let Some(expiry) = t.fired() else { continue };
                 guard.timed_out(expiry);
                 return Answer::Failed(t.error(expiry));
             }
@@ -476,16 +475,16 @@ fn until<'a, F: Future + Unpin + 'a>(
             return Poll::Ready(Ok(output));
         }
         if let Some(t) = timers.as_mut() {
-            // The attempt's connection is ready: its per-try timer starts now.
-            if t.attempt_pending() && ready.is_some_and(|r| r.load(Ordering::Relaxed)) {
+            // The attempt's connection is ready and the request complete: its
+            // per-try timer starts now (Envoy's `onPoolReady`, or the request's end).
+            if t.attempt_pending()
+                && ready.is_some_and(|r| r.load(Ordering::Relaxed))
+                && t.request_ended()
+            {
                 t.arm_attempt();
             }
-            // `fired` re-arms the sleep for a deadline that moved; poll it again so
-            // the new one registers the waker.
-            while t.sleep.as_mut().poll(cx).is_ready() {
-                if let Some(expiry) = t.fired() {
-                    return Poll::Ready(Err(expiry));
-                }
+            if let Poll::Ready(expiry) = t.poll_expiry(cx) {
+                return Poll::Ready(Err(expiry));
             }
         }
         Poll::Pending

@@ -26,9 +26,12 @@ use crate::pool::Lease;
 use crate::stream::StreamGuard;
 
 /// Bytes received from downstream, shared between the request body and its guard,
-/// and whether the body has ended (a timeout answers 504 then, 408 before).
+/// and whether the body has ended (a timeout answers 504 then, 408 before). The
+/// stream's timers wait for that end (the route and per-try timeouts start there,
+/// as Envoy's do); the body runs on the upstream connection's task, so its end
+/// wakes them.
 #[derive(Default, Debug)]
-pub struct ByteCount(AtomicU64, AtomicBool);
+pub struct ByteCount(AtomicU64, AtomicBool, futures_util::task::AtomicWaker);
 
 impl ByteCount {
     pub fn get(&self) -> u64 {
@@ -40,7 +43,8 @@ impl ByteCount {
     }
 
     fn end(&self) {
-        self.1.store(true, Ordering::Relaxed);
+        self.1.store(true, Ordering::Release);
+        self.2.wake();
     }
 }
 
@@ -393,6 +397,9 @@ pub struct StreamTimers {
     touched: Instant,
     /// The request body's progress; `None`: the request had no body.
     request_body: Option<Arc<ByteCount>>,
+    /// The route timeout of a request whose body is still arriving: as Envoy's, it
+    /// starts when the request is complete (a slow upload is not a slow upstream).
+    route_pending: Option<Duration>,
     pub sleep: Pin<Box<Sleep>>,
 }
 
@@ -403,8 +410,12 @@ pub struct Deadlines {
     pub request: Option<Instant>,
     pub max_duration: Option<Instant>,
     pub idle: Option<Duration>,
-    /// The first attempt's per-try timeout, armed when its connection is ready.
+    /// The first attempt's per-try timeout, armed when its connection is ready and
+    /// the request is complete.
     pub attempt: Option<Duration>,
+    /// The route timeout, started when the request body ends (`route` is for a
+    /// request without a body).
+    pub route_after_body: Option<Duration>,
 }
 
 impl StreamTimers {
@@ -419,12 +430,14 @@ impl StreamTimers {
             attempt_pending: deadlines.attempt,
             touched: Instant::now(),
             request_body,
+            route_pending: deadlines.route_after_body,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
-        let next = match (timers.next_wake(), timers.attempt_pending) {
-            (Some(next), _) => next,
-            (None, Some(_)) => far_future(),
-            (None, None) => return None,
+        let waiting = timers.attempt_pending.is_some() || timers.route_pending.is_some();
+        let next = match timers.next_wake() {
+            Some(next) => next,
+            None if waiting => far_future(),
+            None => return None,
         };
         timers.sleep.as_mut().reset(next);
         Some(timers)
@@ -442,6 +455,7 @@ impl StreamTimers {
             attempt_pending: None,
             touched: Instant::now(),
             request_body,
+            route_pending: None,
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
         }
     }
@@ -482,6 +496,38 @@ impl StreamTimers {
     /// Whether a per-try timer waits for its attempt's connection.
     pub fn attempt_pending(&self) -> bool {
         self.attempt_pending.is_some()
+    }
+
+    /// Whether the request is complete: it had no body, or the body ended.
+    pub fn request_ended(&self) -> bool {
+        self.request_body.as_ref().is_none_or(|b| b.ended())
+    }
+
+    /// Polls the stream's timers: starts the route timeout once the request body has
+    /// ended (until then the body's end wakes this task, as it does for a per-try
+    /// timer waiting for it), then `Ready` with the timer that fired, if one did.
+    pub fn poll_expiry(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Expiry> {
+        if self.route_pending.is_some() || self.attempt_pending.is_some() {
+            if let Some(body) = self.request_body.as_ref().filter(|b| !b.ended()) {
+                body.2.register(cx.waker());
+            }
+            if self.request_ended() {
+                if let Some(timeout) = self.route_pending.take() {
+                    self.route = Some(Instant::now() + timeout);
+                    if let Some(next) = self.next_wake() {
+                        self.sleep.as_mut().reset(next);
+                    }
+                }
+            }
+        }
+        // `fired` re-arms the sleep for a deadline that moved; poll it again so the
+        // new one registers the waker.
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if let Some(expiry) = self.fired() {
+                return Poll::Ready(expiry);
+            }
+        }
+        Poll::Pending
     }
 
     /// Clears the attempt's deadline once its head is in. The timer is left as it is
@@ -653,9 +699,7 @@ impl Body for ResponseBody {
                 Poll::Ready(r) => Poll::Ready(r),
                 Poll::Pending => {
                     if let Some(t) = &mut this.timers {
-                        while t.sleep.as_mut().poll(cx).is_ready() {
-                            // A deadline cleared since the timer was set: re-armed.
-                            let Some(expiry) = t.fired() else { continue };
+                        if let Poll::Ready(expiry) = t.poll_expiry(cx) {
                             // Headers are gone already: the stream is reset.
                             if let Some(g) = &mut this.guard {
                                 g.timed_out(expiry);

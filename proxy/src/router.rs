@@ -598,8 +598,13 @@ async fn proxy<'a>(
     };
     let template = retry.as_ref().map(|_| RequestHead::copy(&parts));
 
-    // Do IO.
-    let deadline = timeouts.global.map(|t| routed_at + t);
+    // Do IO. Envoy's route timeout starts when the request is complete: at once for
+    // a request without a body, else when its body ends (a slow upload is not a
+    // slow upstream).
+    let (deadline, route_after_body) = match guard.received {
+        Some(_) => (None, timeouts.global),
+        None => (timeouts.global.map(|t| routed_at + t), None),
+    };
     // A route's explicit 0s disables the idle timeout; unset inherits the HCM's.
     let idle = match target.idle_timeout {
         Some(d) if d.is_zero() => None,
@@ -622,6 +627,7 @@ async fn proxy<'a>(
                 attempts::per_try_first(timeouts.per_try, timeouts.per_try_idle).map(|(d, _)| d)
             }
         },
+        route_after_body,
     };
     let mut timers = StreamTimers::new(deadlines, guard.received.clone());
     let plan = Plan {

@@ -368,3 +368,40 @@ async fn per_try_timeout_does_not_count_the_wait_for_a_connection() {
         Some(0)
     );
 }
+
+/// As Envoy's, the route timeout and the per-try timeout start when the request is
+/// complete: an upload slower than the timeouts is answered (Envoy 1.40 answers 200
+/// to a 3 s upload on a route with `timeout: 1s`), and the timeout still bounds the
+/// wait for the response after the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_and_per_try_timeouts_start_when_the_upload_ends() {
+    let up = Backend::echo("up").await;
+    for fields in [
+        "timeout: 0.4s",
+        "timeout: 5s, retry_policy: {retry_on: 5xx, per_try_timeout: 0.4s}",
+    ] {
+        let s = Strait::start(&route(fields).cluster("up", up.addr()).build()).await;
+        let addr = s.main_addr().await;
+        let mut raw = RawConn::connect(addr).await;
+        raw.write(b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 12\r\n\r\n")
+            .await;
+        // 12 bytes over ~1.2 s: three times the timeout.
+        for chunk in [b"abcd", b"efgh", b"ijkl"] {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            raw.write(chunk).await;
+        }
+        let head = raw.read_until("\r\n\r\n", Duration::from_secs(5)).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{fields}: {head}");
+
+        // Once the upload is in, the timeout bounds the backend's answer.
+        let mut raw = RawConn::connect(addr).await;
+        raw.write(
+            b"POST / HTTP/1.1\r\nhost: h\r\nx-backend-delay-ms: 2000\r\ncontent-length: 4\r\n\r\n",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        raw.write(b"abcd").await;
+        let head = raw.read_until("\r\n\r\n", Duration::from_secs(5)).await;
+        assert!(head.starts_with("HTTP/1.1 504"), "{fields}: {head}");
+    }
+}
