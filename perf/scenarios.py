@@ -46,7 +46,7 @@ SCENARIOS = {s.name: s for s in [
              only=("strait", "envoy", "direct"), plain=True, expect=("x-perf", "wasm"),
              goal="Strait's loss ≤ ½ Envoy's; Strait with the plugin ≥ Envoy without"),
     Scenario("h1-resilience", "wrk", "/", "h1-keepalive with a route retry_policy "
-             "(5xx, 2 retries) and a 1 s HTTP health check", bootstrap="envoy-resilience.yaml",
+             "(5xx, 2 retries), outlier detection and a 1 s HTTP health check", bootstrap="envoy-resilience.yaml",
              only=("strait", "envoy", "direct"), plain=True,
              goal="loss < 5% for each proxy"),
     Scenario("h1-bodies", "wrk", "/64k", "HTTP/1.1 POST 4 KiB body, 64 KiB response",

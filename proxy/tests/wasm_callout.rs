@@ -21,23 +21,9 @@ fn config_with(
     hcm: &str,
     configuration: &str,
 ) -> String {
-    let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
     let filter = format!(
-        r#"- name: envoy.filters.http.wasm
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-    config:
-      name: callout
-      configuration:
-        "@type": type.googleapis.com/google.protobuf.StringValue
-        value: "{configuration}"
-      vm_config:
-        runtime: envoy.wasm.runtime.v8
-        code:
-          local:
-            filename: {module}
-"#,
-        module = module.display()
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout", configuration), 6)
     );
     let yaml = Bootstrap::catch_all("backend")
         .hcm(hcm)
@@ -50,6 +36,24 @@ fn config_with(
         marker,
         &format!("{marker}{}", common::config::indent(&filter, 10)),
         1,
+    )
+}
+
+/// The `PluginConfig` of the callout plugin (YAML from column 0).
+fn callout_plugin(name: &str, configuration: &str) -> String {
+    let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
+    format!(
+        r#"name: {name}
+configuration:
+  "@type": type.googleapis.com/google.protobuf.StringValue
+  value: "{configuration}"
+vm_config:
+  runtime: envoy.wasm.runtime.v8
+  code:
+    local:
+      filename: {module}
+"#,
+        module = module.display()
     )
 }
 
@@ -199,25 +203,9 @@ async fn a_bootstrap_service_calls_out_from_its_tick() {
     // stores the status in shared data (same vm_id), which the filter reads.
     let backend = Backend::echo("backend").await;
     let auth = Backend::echo("auth").await;
-    let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
     let service = format!(
-        r#"bootstrap_extensions:
-- name: envoy.bootstrap.wasm
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
-    singleton: true
-    config:
-      name: callout-service
-      configuration:
-        "@type": type.googleapis.com/google.protobuf.StringValue
-        value: "tick-call"
-      vm_config:
-        runtime: envoy.wasm.runtime.v8
-        code:
-          local:
-            filename: {module}
-"#,
-        module = module.display()
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout-service", "tick-call"), 6)
     );
     let yaml = format!("{service}{}", config_with(&backend, auth.addr(), "", ""));
     let strait = Strait::start(&yaml).await;
