@@ -87,9 +87,19 @@ struct Attempt<'a> {
     request_slot: Option<Slot>,
     /// The per-try timer (the shorter of `per_try_timeout` and `per_try_idle_timeout`
     /// while the head is awaited) and the error it stands for.
-    timer: Option<(Pin<Box<Sleep>>, ProxyError)>,
+    timer: Option<PerTry>,
+    /// Set when the attempt's connection is ready for it.
+    ready: Arc<AtomicBool>,
     /// A hedged attempt whose per-try timer fired: it is never retried itself.
     retried: bool,
+}
+
+/// A hedged attempt's per-try timer: as Envoy's, it starts when the attempt's
+/// connection is ready and the request is complete (`sleep` is `None` until then).
+struct PerTry {
+    sleep: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    error: ProxyError,
 }
 
 // One event per turn of the loop, moved once: boxing the response would cost an
@@ -146,15 +156,25 @@ async fn hedged(
     let mut retry_slot: Option<Slot> = None;
     attempts.push(start(&plan, first.take(), &host, attempt_number));
     tried.push(host);
+    // The request body's progress: per-try timers wait for its end.
+    let body = guard.received.clone();
     loop {
         let event = std::future::poll_fn(|cx| {
             for (i, a) in attempts.iter_mut().enumerate() {
                 if let Poll::Ready(sent) = a.send.as_mut().poll(cx) {
                     return Poll::Ready(Event::Sent(i, sent));
                 }
-                if let Some((timer, _)) = &mut a.timer {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::TimerFired(i));
+                if let Some(timer) = &mut a.timer {
+                    if timer.sleep.is_none()
+                        && a.ready.load(Ordering::Relaxed)
+                        && body.as_ref().is_none_or(|b| b.poll_ended(cx))
+                    {
+                        timer.sleep = Some(Box::pin(tokio::time::sleep(timer.timeout)));
+                    }
+                    if let Some(sleep) = &mut timer.sleep {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::TimerFired(i));
+                        }
                     }
                 }
             }
@@ -224,7 +244,7 @@ async fn hedged(
             Event::TimerFired(i) => {
                 // The attempt is reset: its future (and connection) dropped.
                 let a = attempts.swap_remove(i);
-                let (_, error) = a.timer.expect("the timer that fired");
+                let error = a.timer.expect("the timer that fired").error;
                 match error {
                     ProxyError::PerTryIdleTimeout => {
                         cluster.stats.upstream_rq_per_try_idle_timeout.inc()
@@ -631,6 +651,7 @@ fn start<'a>(
         .breakers(plan.target.priority)
         .requests
         .try_acquire();
+    let ready = Arc::new(AtomicBool::new(false));
     let send: SendFuture<'a> = match request_slot {
         None => {
             cluster.stats.upstream_rq_pending_overflow.inc();
@@ -639,17 +660,24 @@ fn start<'a>(
         Some(_) => {
             let (h2, upgrade, host) = (plan.h2, plan.upgrade, host.clone());
             let priority = plan.target.priority;
-            Box::pin(
-                async move { pool::send(cluster, &host, h2, upgrade, priority, request).await },
-            )
+            let ready = ready.clone();
+            Box::pin(async move {
+                let ready = Some(&*ready);
+                pool::send_signalled(cluster, &host, h2, upgrade, priority, request, ready).await
+            })
         }
     };
-    let timer = per_try_timer(plan).map(|(d, error)| (Box::pin(tokio::time::sleep(d)), error));
+    let timer = per_try_timer(plan).map(|(timeout, error)| PerTry {
+        sleep: None,
+        timeout,
+        error,
+    });
     Attempt {
         host: host.clone(),
         send,
         request_slot,
         timer,
+        ready,
         retried: false,
     }
 }

@@ -46,6 +46,15 @@ impl ByteCount {
         self.1.store(true, Ordering::Release);
         self.2.wake();
     }
+
+    /// Whether the body ended; if not, its end wakes the task of `cx`.
+    pub fn poll_ended(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.ended() {
+            return true;
+        }
+        self.2.register(cx.waker());
+        self.ended()
+    }
 }
 
 pub enum RequestBody {

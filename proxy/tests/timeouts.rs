@@ -330,7 +330,7 @@ async fn per_try_timeout_does_not_count_the_wait_for_a_connection() {
         cluster_yaml("up", &[(up.addr(), 1)], false)
     );
     let config = Bootstrap::new(
-        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: up}\n  - match: {prefix: /}\n    route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 0, per_try_timeout: 0.3s}}\n",
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: up}\n  - match: {prefix: /}\n    route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s}}\n",
     )
     .cluster_raw(&cluster)
     .build();
@@ -367,6 +367,8 @@ async fn per_try_timeout_does_not_count_the_wait_for_a_connection() {
         s.stat("cluster.up.upstream_rq_per_try_timeout").await,
         Some(0)
     );
+    // A timer fired early would have sent a retry (or a hedged attempt).
+    assert_eq!(up.requests(), 2);
 }
 
 /// As Envoy's, the route timeout and the per-try timeout start when the request is
