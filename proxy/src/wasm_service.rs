@@ -3,7 +3,7 @@
 //! starts (`proxy_on_vm_start`, `proxy_on_configure`), ticks
 //! (`proxy_set_tick_period_milliseconds` → `proxy_on_tick`), talks to the filters
 //! through shared data and queues (same `vm_id`) and metrics, and calls out (HTTP
-//! and gRPC unary calls through the main thread's pools; see [`send_calls`]).
+//! calls and gRPC streams through the main thread's pools; see [`send_calls`]).
 //!
 //! `singleton: true` runs one VM for the process, `false` one per worker. Each VM has
 //! a thread of its own that sleeps until its next tick: a tick never waits behind
@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use strait_filters::wasm::{CallAnswer, Dispatch, PluginConfig, WasmEngine, WasmPlugin, WasmVm};
+use strait_filters::wasm::{
+    grpc_frame, CallAnswer, CallKind, Dispatch, PluginConfig, StreamOp, WasmEngine, WasmPlugin,
+    WasmVm,
+};
 use strait_xds::model::WasmServiceConfig;
 
 use crate::callout::Clusters;
@@ -208,27 +211,85 @@ pub fn set_clusters(clusters: &Clusters) {
     CLUSTERS.store(Arc::new(clusters.clone()));
 }
 
+/// A gRPC stream a service's root context opened: where its messages go (until it
+/// half-closes) and its task (aborted by a cancel).
+struct OpenStream {
+    messages: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    task: tokio::task::AbortHandle,
+}
+
 /// Sends the calls the root context dispatched in its last callback, on the main
 /// thread's runtime (`handle`, through its own upstream pools, as Envoy runs a
-/// singleton's calls on its main thread); answers come back to this VM's thread as
-/// events. gRPC streams are refused at dispatch (`Unimplemented`).
-fn send_calls(vm: &WasmVm, handle: &tokio::runtime::Handle, events: &mpsc::Sender<Event>) {
+/// singleton's calls on its main thread), and hands stream operations to their
+/// streams; answers and stream events come back to this VM's thread as events.
+fn send_calls(
+    vm: &WasmVm,
+    handle: &tokio::runtime::Handle,
+    events: &mpsc::Sender<Event>,
+    streams: &mut FastMap<u32, OpenStream>,
+) {
     let (generation, dispatches) = vm.take_root_calls();
+    streams.retain(|_, stream| !stream.task.is_finished());
     for dispatch in dispatches {
-        let Dispatch::Call(call) = dispatch else {
-            continue;
-        };
-        let events = events.clone();
-        handle.spawn(async move {
-            let token = call.token;
-            let clusters = CLUSTERS.load_full();
-            let answer = crate::callout::send(&clusters, *call).await;
-            let _ = events.send(Event::Answer {
-                generation,
-                token,
-                answer: Box::new(answer),
-            });
-        });
+        match dispatch {
+            Dispatch::Call(call) if call.kind == CallKind::GrpcStream => {
+                let (messages, rx) = tokio::sync::mpsc::unbounded_channel();
+                let token = call.token;
+                let events = events.clone();
+                let task = handle.spawn(async move {
+                    let clusters = CLUSTERS.load_full();
+                    crate::callout::grpc_stream(&clusters, *call, rx, |event| {
+                        let _ = events.send(Event::Answer {
+                            generation,
+                            token,
+                            answer: Box::new(CallAnswer::GrpcStream(event)),
+                        });
+                    })
+                    .await;
+                });
+                let stream = OpenStream {
+                    messages: Some(messages),
+                    task: task.abort_handle(),
+                };
+                streams.insert(token, stream);
+            }
+            Dispatch::Call(call) => {
+                let events = events.clone();
+                handle.spawn(async move {
+                    let token = call.token;
+                    let clusters = CLUSTERS.load_full();
+                    let answer = crate::callout::send(&clusters, *call).await;
+                    let _ = events.send(Event::Answer {
+                        generation,
+                        token,
+                        answer: Box::new(answer),
+                    });
+                });
+            }
+            Dispatch::Stream(token, op) => {
+                let Some(stream) = streams.get_mut(&token) else {
+                    continue;
+                };
+                match op {
+                    StreamOp::Send {
+                        message,
+                        end_stream,
+                    } => {
+                        if let Some(messages) = &stream.messages {
+                            let _ = messages.send(grpc_frame(&message));
+                        }
+                        if end_stream {
+                            stream.messages = None;
+                        }
+                    }
+                    StreamOp::Close => stream.messages = None,
+                    StreamOp::Cancel => {
+                        stream.task.abort();
+                        streams.remove(&token);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -241,7 +302,6 @@ fn run(
     events: mpsc::Receiver<Event>,
     notify: mpsc::Sender<Event>,
 ) {
-    strait_filters::wasm::set_grpc_streams_unsupported();
     strait_filters::wasm::set_cluster_check(|name| CLUSTERS.load().contains_key(name));
     let vm = WasmVm::new(failures.plugin.clone());
     // Enqueues on any thread (a worker's filter) wake this one.
@@ -249,13 +309,14 @@ fn run(
     vm.set_queue_notifier(Arc::new(move |id| {
         let _ = queue_notify.send(Event::QueueReady(id));
     }));
+    let mut streams = FastMap::default();
     let result = vm.start();
     let failed = result.is_err();
     let _ = started.send(result);
     if failed {
         return;
     }
-    send_calls(&vm, &handle, &notify);
+    send_calls(&vm, &handle, &notify, &mut streams);
     let mut next_tick: Option<Instant> = None;
     loop {
         let period = vm.tick_period();
@@ -290,6 +351,6 @@ fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => next_tick = None,
             Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        send_calls(&vm, &handle, &notify);
+        send_calls(&vm, &handle, &notify, &mut streams);
     }
 }

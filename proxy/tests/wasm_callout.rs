@@ -228,3 +228,81 @@ async fn a_bootstrap_service_calls_out_from_its_tick() {
         0
     );
 }
+
+/// A gRPC server over h2c that answers `strait.test.Echo/Chat` by echoing the whole
+/// request stream (its frames, once the client half-closed), then `grpc-status: 0`.
+async fn raw_grpc_echo() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let frames = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter([
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(frames)),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ]));
+                    let mut resp = hyper::Response::new(body);
+                    resp.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_bootstrap_service_streams_grpc_from_its_tick() {
+    // The service opens a gRPC stream to `grpc` from its first tick, sends two
+    // messages (half-closing with the second) and records what came back at the close.
+    let backend = Backend::echo("backend").await;
+    let grpc = raw_grpc_echo().await;
+    let service = format!(
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout-service", "tick-stream"), 6)
+    );
+    let filter = format!(
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout", ""), 6)
+    );
+    let yaml = Bootstrap::catch_all("backend")
+        .cluster("backend", backend.addr())
+        .h2_cluster("grpc", grpc)
+        .build();
+    let marker = "          http_filters:\n";
+    let yaml = yaml.replacen(
+        marker,
+        &format!("{marker}{}", common::config::indent(&filter, 10)),
+        1,
+    );
+    let strait = Strait::start(&format!("{service}{yaml}")).await;
+    let addr = strait.main_addr().await;
+    eventually(
+        Duration::from_secs(10),
+        "the service's stream closed",
+        || async {
+            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
+            (resp.header("x-root-stream") == Some("one,two;0")).then_some(())
+        },
+    )
+    .await;
+}

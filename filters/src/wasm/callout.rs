@@ -127,13 +127,6 @@ type ClusterCheck = Box<dyn Fn(&str) -> bool>;
 
 thread_local! {
     static CLUSTER_CHECK: RefCell<Option<ClusterCheck>> = const { RefCell::new(None) };
-    static UNSUPPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// VMs on this thread cannot open gRPC streams (a bootstrap service's thread):
-/// `proxy_grpc_stream` answers `Unimplemented`.
-pub fn set_grpc_streams_unsupported() {
-    UNSUPPORTED.with(|u| u.set(true));
 }
 
 /// Sets how VMs on this thread learn whether a cluster exists. Without one every
@@ -235,9 +228,6 @@ pub(crate) fn grpc_request(
     timeout_ms: u32,
     stream: bool,
 ) -> Result<HttpCallRequest, Status> {
-    if stream && UNSUPPORTED.with(std::cell::Cell::get) {
-        return Err(Status::Unimplemented);
-    }
     let cluster = std::str::from_utf8(cluster).map_err(|_| Status::ParseFailure)?;
     if !cluster_exists(cluster) {
         return Err(Status::ParseFailure);

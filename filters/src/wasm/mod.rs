@@ -56,8 +56,8 @@ use bytes::Bytes;
 
 pub use cache::{sha256_hex, ModuleCache, ModuleOrigin};
 pub use callout::{
-    grpc_frame, set_cluster_check, set_grpc_streams_unsupported, CallAnswer, CallKind, Dispatch,
-    GrpcCallResult, GrpcStreamEvent, HttpCallRequest, HttpCallResponse, StreamOp,
+    grpc_frame, set_cluster_check, CallAnswer, CallKind, Dispatch, GrpcCallResult, GrpcStreamEvent,
+    HttpCallRequest, HttpCallResponse, StreamOp,
 };
 pub use engine::WasmEngine;
 pub use error::WasmError;

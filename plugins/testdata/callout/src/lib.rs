@@ -42,15 +42,21 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CalloutRoot { called: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(CalloutRoot { called: false, messages: Vec::new() })
+    });
 }}
 
 /// With the plugin configuration `tick-call`, the root context calls the cluster
 /// `auth` once from its first tick and stores the answer's status in the shared-data
 /// key `root_call_status` (a request with `x-read-root` gets it back in the response
-/// header `x-root-call-status`).
+/// header `x-root-call-status`). With `tick-stream`, it opens a gRPC stream
+/// `strait.test.Echo/Chat` to the cluster `grpc` instead, sends `one` and `two`
+/// (half-closing with the second), and at the close stores `<messages>;<status>` in
+/// `root_stream` (returned as `x-root-stream`).
 struct CalloutRoot {
     called: bool,
+    messages: Vec<String>,
 }
 
 impl Context for CalloutRoot {
@@ -61,11 +67,21 @@ impl Context for CalloutRoot {
         };
         let _ = self.set_shared_data("root_call_status", Some(status.as_bytes()), None);
     }
+
+    fn on_grpc_stream_message(&mut self, _token: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.messages.push(String::from_utf8_lossy(&message).into_owned());
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status: u32) {
+        let text = format!("{};{status}", self.messages.join(","));
+        let _ = self.set_shared_data("root_stream", Some(text.as_bytes()), None);
+    }
 }
 
 impl RootContext for CalloutRoot {
     fn on_configure(&mut self, _: usize) -> bool {
-        if self.get_plugin_configuration().as_deref() == Some(b"tick-call") {
+        if let Some(b"tick-call" | b"tick-stream") = self.get_plugin_configuration().as_deref() {
             self.set_tick_period(Duration::from_millis(20));
         }
         true
@@ -73,6 +89,15 @@ impl RootContext for CalloutRoot {
 
     fn on_tick(&mut self) {
         if std::mem::replace(&mut self.called, true) {
+            return;
+        }
+        if self.get_plugin_configuration().as_deref() == Some(b"tick-stream") {
+            let Ok(token) = self.open_grpc_stream("grpc", "strait.test.Echo", "Chat", vec![]) else {
+                let _ = self.set_shared_data("root_stream", Some(b"open failed"), None);
+                return;
+            };
+            let _ = self.send_grpc_stream_message(token, Some(b"one"), false);
+            let _ = self.send_grpc_stream_message(token, Some(b"two"), true);
             return;
         }
         let headers = vec![(":method", "GET"), (":path", "/root"), (":authority", "auth")];
@@ -346,6 +371,10 @@ impl HttpContext for CalloutStream {
             let status = self.get_shared_data("root_call_status").0.unwrap_or_default();
             let status = String::from_utf8_lossy(&status).into_owned();
             self.set_http_response_header("x-root-call-status", Some(&status));
+            if let (Some(stream), _) = self.get_shared_data("root_stream") {
+                let stream = String::from_utf8_lossy(&stream).into_owned();
+                self.set_http_response_header("x-root-stream", Some(&stream));
+            }
         }
         if let Some(name) = self.property.clone() {
             let got = self.get_property(vec![name.as_str()]);
