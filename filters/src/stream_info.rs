@@ -46,7 +46,9 @@ pub enum ClusterAt {
 /// and (for request callbacks, before the router has run) the route it would take
 /// now, as Envoy routes before its filters and again after a filter edits headers.
 pub trait RouteResolver: Send + Sync {
-    fn resolve(&self, head: &RequestHead) -> Option<RouteNames>;
+    /// The route for `head`; `random` picks among weighted clusters, as the router
+    /// will with the same value.
+    fn resolve(&self, head: &RequestHead, random: u64) -> Option<RouteNames>;
     fn names(&self, at: &RouteAt) -> Option<RouteNames>;
 }
 
@@ -71,6 +73,9 @@ pub struct ListenerInfo {
 /// One stream's facts. See the module documentation.
 pub struct StreamInfo {
     pub start_time: SystemTime,
+    /// The stream's random value: weighted cluster picks use it, so the cluster a
+    /// plugin reads before routing is the one the router takes.
+    pub random: u64,
     /// The request's HTTP version (`request.protocol`).
     pub version: Option<http::Version>,
     /// The downstream connection (`source.*`, `destination.*`, `connection.*`).
@@ -106,6 +111,7 @@ impl StreamInfo {
     pub fn new(start_time: SystemTime) -> Self {
         Self {
             start_time,
+            random: 0,
             version: None,
             connection: None,
             listener: None,
@@ -130,7 +136,7 @@ impl StreamInfo {
         let resolver = self.resolver.as_ref()?;
         match &self.route {
             Some(at) => resolver.names(at),
-            None => resolver.resolve(head?),
+            None => resolver.resolve(head?, self.random),
         }
     }
 }

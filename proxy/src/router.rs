@@ -53,7 +53,7 @@ thread_local! {
 pub struct Routes(pub Arc<strait_xds::model::RouteConfig>);
 
 impl strait_filters::stream_info::RouteResolver for Routes {
-    fn resolve(&self, head: &strait_filters::RequestHead) -> Option<RouteNames> {
+    fn resolve(&self, head: &strait_filters::RequestHead, random: u64) -> Option<RouteNames> {
         let authority = match head.uri.authority() {
             Some(a) => a.as_str(),
             None => head.headers.get(header::HOST)?.to_str().ok()?,
@@ -67,7 +67,7 @@ impl strait_filters::stream_info::RouteResolver for Routes {
         let vhost = self.0.find_virtual_host(authority)?;
         let route = vhost.find_route(&view)?;
         let cluster = match &route.action {
-            RouteAction::Route(target) => target.cluster.pick(&head.headers, 0),
+            RouteAction::Route(target) => target.cluster.pick(&head.headers, random),
             _ => None,
         };
         Some(RouteNames {
@@ -248,6 +248,7 @@ async fn proxy<'a>(
     };
     guard.chain = ChainHandle::new(listener, || {
         let mut info = StreamInfo::new(start_time);
+        info.random = rand::random();
         info.version = Some(req.version());
         info.connection = Some(strait_filters::wasm::ConnectionInfo {
             id: conn.id,
@@ -390,7 +391,14 @@ async fn proxy<'a>(
             )));
         }
     };
-    let random: u64 = rand::random();
+    // A stream with filters drew its random value when its plugins could first ask
+    // for the cluster (a weighted pick then agrees with `xds.cluster_name`).
+    let random: u64 = match chain {
+        Some(chain) => chain
+            .with_info(|info| info.random)
+            .unwrap_or_else(rand::random),
+        None => rand::random(),
+    };
     let Some(cluster_name) = target.cluster.pick(req.headers(), random) else {
         listener.http.no_cluster.inc();
         return answered!(Err(fail(ProxyError::NoCluster)));

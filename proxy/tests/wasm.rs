@@ -252,3 +252,29 @@ async fn tick_plugin_ticks_on_its_worker() {
         .wait_stat("wasmcustom.tick_plugin_ticks", |v| v >= 5)
         .await;
 }
+
+/// A plugin reading `xds.cluster_name` before the router runs sees the cluster the
+/// router then takes, also for weighted clusters: both use the stream's one random
+/// value (Envoy picks once, when it routes, before its filters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_pick_is_the_cluster_plugins_read_before_routing() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let bootstrap = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /}\n    route:\n      weighted_clusters:\n        clusters: [{name: a, weight: 50}, {name: b, weight: 50}]\n",
+    )
+    .cluster("a", a.addr())
+    .cluster("b", b.addr());
+    let filter = wasm_filter_yaml("props", &module("props"), "", false);
+    let s = Strait::start(&with_filter(&bootstrap, &filter)).await;
+    let addr = s.main_addr().await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let r = get(addr, "h", "/", &[("x-props", "xds/cluster_name")]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let backend = r.header("x-backend-name").unwrap_or_default().to_owned();
+        let read = r.echo().headers["x-prop-xds.cluster_name"].clone();
+        assert_eq!(read, format!("s:{backend}"));
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 2, "both clusters picked: {seen:?}");
+}
