@@ -11,15 +11,20 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::wasm::MetaValue;
 use crate::RequestHead;
 
 /// The route a request took, by name, as Envoy's properties report it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteNames {
     pub route: String,
     pub virtual_host: String,
     /// The cluster the route sends to (for weighted clusters, the one picked).
     pub cluster: String,
+    /// Their `metadata.filter_metadata`: a struct of namespaces, each a struct.
+    pub route_metadata: Arc<MetaValue>,
+    pub virtual_host_metadata: Arc<MetaValue>,
+    pub cluster_metadata: Arc<MetaValue>,
 }
 
 /// Where in the listener's route table the router sent a stream: indices, so that
@@ -62,12 +67,14 @@ pub struct UpstreamInfo {
 
 /// Listener facts a plugin reads as `xds.listener_direction` and
 /// `xds.filter_chain_name`; one per listener, shared by its streams.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListenerInfo {
     /// `traffic_direction`: 0 unspecified, 1 inbound, 2 outbound.
     pub direction: i64,
     /// The filter chain's `name`; empty when it has none.
     pub filter_chain_name: String,
+    /// The listener's `metadata.filter_metadata` (`xds.listener_metadata`).
+    pub metadata: MetaValue,
 }
 
 /// One stream's facts. See the module documentation.

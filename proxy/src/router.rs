@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, StreamInfo, UpstreamInfo};
+use strait_filters::wasm::MetaValue;
 use strait_filters::LocalReply;
 use strait_xds::model::{
     ClusterSpecifier, RequestView, RouteAction, RouteTarget, UpstreamProtocol,
@@ -29,7 +30,7 @@ use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
 use crate::retry::{self, RetryHeaders, RetryState};
-use crate::runtime::{FastMap, ListenerRuntime, Runtime, Shared};
+use crate::runtime::{self, FastMap, ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
 use crate::timeouts::{self, Timeouts};
 
@@ -48,9 +49,50 @@ thread_local! {
     static LB: RefCell<FastMap<u64, LbState>> = RefCell::new(FastMap::default());
 }
 
-/// A listener's routes, for plugins that read `xds.route_name` / `xds.cluster_name`
-/// before the router has run: the route the request would take now.
-pub struct Routes(pub Arc<strait_xds::model::RouteConfig>);
+/// A listener's routes as plugins see them (`xds.route_name`, `xds.cluster_name`,
+/// their metadata), also before the router has run: the route the request would
+/// take now.
+pub struct Routes {
+    config: Arc<strait_xds::model::RouteConfig>,
+    /// Per virtual host: its metadata and its routes'.
+    metadata: Vec<(Arc<MetaValue>, Vec<Arc<MetaValue>>)>,
+    clusters: Arc<FastMap<String, Arc<MetaValue>>>,
+}
+
+impl Routes {
+    pub fn new(
+        config: Arc<strait_xds::model::RouteConfig>,
+        clusters: Arc<FastMap<String, Arc<MetaValue>>>,
+    ) -> Routes {
+        let metadata = config
+            .virtual_hosts
+            .iter()
+            .map(|v| {
+                let routes = v.routes.iter().map(|r| runtime::metadata(&r.metadata));
+                (runtime::metadata(&v.metadata), routes.collect())
+            })
+            .collect();
+        Routes {
+            config,
+            metadata,
+            clusters,
+        }
+    }
+
+    fn names(&self, vhost: usize, route: usize, cluster: Option<&str>) -> Option<RouteNames> {
+        let (vhost_metadata, routes) = self.metadata.get(vhost)?;
+        let v = self.config.virtual_hosts.get(vhost)?;
+        let cluster = cluster.unwrap_or_default();
+        Some(RouteNames {
+            route: v.routes.get(route)?.name.clone(),
+            virtual_host: v.name.clone(),
+            cluster: cluster.to_owned(),
+            route_metadata: routes.get(route)?.clone(),
+            virtual_host_metadata: vhost_metadata.clone(),
+            cluster_metadata: self.clusters.get(cluster).cloned().unwrap_or_default(),
+        })
+    }
+}
 
 impl strait_filters::stream_info::RouteResolver for Routes {
     fn resolve(&self, head: &strait_filters::RequestHead, random: u64) -> Option<RouteNames> {
@@ -64,21 +106,18 @@ impl strait_filters::stream_info::RouteResolver for Routes {
             path_and_query,
             headers: &head.headers,
         };
-        let vhost = self.0.find_virtual_host(authority)?;
-        let route = vhost.find_route(&view)?;
-        let cluster = match &route.action {
+        let vhost_at = self.config.find_virtual_host_index(authority)?;
+        let vhost = &self.config.virtual_hosts[vhost_at];
+        let route_at = vhost.find_route_index(&view)?;
+        let cluster = match &vhost.routes[route_at].action {
             RouteAction::Route(target) => target.cluster.pick(&head.headers, random),
             _ => None,
         };
-        Some(RouteNames {
-            route: route.name.clone(),
-            virtual_host: vhost.name.clone(),
-            cluster: cluster.unwrap_or_default().to_owned(),
-        })
+        self.names(vhost_at, route_at, cluster)
     }
 
     fn names(&self, at: &RouteAt) -> Option<RouteNames> {
-        let vhost = self.0.virtual_hosts.get(at.virtual_host as usize)?;
+        let vhost = self.config.virtual_hosts.get(at.virtual_host as usize)?;
         let route = vhost.routes.get(at.route as usize)?;
         let cluster = match (&route.action, &at.cluster) {
             (_, ClusterAt::Named(name)) => Some(&**name),
@@ -91,11 +130,7 @@ impl strait_filters::stream_info::RouteResolver for Routes {
             },
             _ => None,
         };
-        Some(RouteNames {
-            route: route.name.clone(),
-            virtual_host: vhost.name.clone(),
-            cluster: cluster.unwrap_or_default().to_owned(),
-        })
+        Routes::names(self, at.virtual_host as usize, at.route as usize, cluster)
     }
 }
 

@@ -16,6 +16,7 @@ use crate::cluster::ClusterRuntime;
 use crate::fault::FaultFilterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 use strait_filters::stream_info::{ListenerInfo, RouteResolver};
+use strait_filters::wasm::MetaValue;
 
 /// A hash map for lookups on the request path: keys come from config or from us, so
 /// a fast unkeyed-quality hash is enough.
@@ -144,6 +145,14 @@ impl Runtime {
             };
             clusters.insert(name.clone(), rt);
         }
+        // What plugins read as `xds.cluster_metadata`, by cluster.
+        let cluster_metadata: Arc<FastMap<String, Arc<MetaValue>>> = Arc::new(
+            snapshot
+                .clusters
+                .iter()
+                .map(|(name, c)| (name.clone(), metadata(&c.metadata)))
+                .collect(),
+        );
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
         for (i, l) in snapshot.listeners.iter().enumerate() {
@@ -223,8 +232,12 @@ impl Runtime {
                 info: Arc::new(ListenerInfo {
                     direction: l.traffic_direction,
                     filter_chain_name: l.filter_chain_name.clone(),
+                    metadata: (*metadata(&l.metadata)).clone(),
                 }),
-                routes: Arc::new(crate::router::Routes(l.hcm.route_config.clone())),
+                routes: Arc::new(crate::router::Routes::new(
+                    l.hcm.route_config.clone(),
+                    cluster_metadata.clone(),
+                )),
                 network_filters,
             }));
         }
@@ -277,28 +290,45 @@ pub struct Shared {
     pub local_ip: std::net::IpAddr,
 }
 
+/// A JSON value (of a `google.protobuf.Struct`) as plugins read it.
+fn meta_value(v: &serde_json::Value) -> MetaValue {
+    match v {
+        serde_json::Value::Null => MetaValue::Null,
+        serde_json::Value::Bool(b) => MetaValue::Bool(*b),
+        serde_json::Value::Number(n) => MetaValue::Number(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => MetaValue::String(s.clone()),
+        serde_json::Value::Array(items) => MetaValue::List(items.iter().map(meta_value).collect()),
+        serde_json::Value::Object(map) => meta_struct(map),
+    }
+}
+
+fn meta_struct(map: &serde_json::Map<String, serde_json::Value>) -> MetaValue {
+    MetaValue::Struct(
+        map.iter()
+            .map(|(k, v)| (k.clone(), meta_value(v)))
+            .collect(),
+    )
+}
+
+/// `filter_metadata` as plugins read it: a struct of namespaces.
+pub(crate) fn metadata(metadata: &model::Metadata) -> Arc<MetaValue> {
+    Arc::new(MetaValue::Struct(
+        metadata
+            .iter()
+            .map(|(ns, fields)| (ns.clone(), meta_struct(fields)))
+            .collect(),
+    ))
+}
+
 /// The bootstrap node as plugins read it (`xds.node`).
 fn node_info(node: &model::Node) -> strait_filters::wasm::NodeInfo {
-    use strait_filters::wasm::MetaValue;
-    fn value(v: &serde_json::Value) -> MetaValue {
-        match v {
-            serde_json::Value::Null => MetaValue::Null,
-            serde_json::Value::Bool(b) => MetaValue::Bool(*b),
-            serde_json::Value::Number(n) => MetaValue::Number(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => MetaValue::String(s.clone()),
-            serde_json::Value::Array(items) => MetaValue::List(items.iter().map(value).collect()),
-            serde_json::Value::Object(map) => {
-                MetaValue::Struct(map.iter().map(|(k, v)| (k.clone(), value(v))).collect())
-            }
-        }
-    }
     strait_filters::wasm::NodeInfo {
         id: node.id.clone(),
         cluster: node.cluster.clone(),
         metadata: node
             .metadata
             .iter()
-            .map(|(k, v)| (k.clone(), value(v)))
+            .map(|(k, v)| (k.clone(), meta_value(v)))
             .collect(),
     }
 }

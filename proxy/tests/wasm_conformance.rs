@@ -567,13 +567,22 @@ async fn properties_behave_as_in_envoy() {
         )
         .replacen(
             "    filter_chains:\n    - filters:\n",
-            "    traffic_direction: OUTBOUND\n    filter_chains:\n    - name: chain-a\n      filters:\n",
+            "    traffic_direction: OUTBOUND\n    metadata: {filter_metadata: {ls: {k: listener-v}}}\n    filter_chains:\n    - name: chain-a\n      filters:\n",
             1,
         )
-        .replacen("            - name: all\n", "            - name: vhost-all\n", 1)
+        .replacen(
+            "            - name: all\n",
+            "            - name: vhost-all\n              metadata: {filter_metadata: {vh: {tier: gold}}}\n",
+            1,
+        )
         .replacen(
             "              - match: {prefix: /}\n",
-            "              - name: to-backend\n                match: {prefix: /}\n",
+            "              - name: to-backend\n                metadata: {filter_metadata: {rt: {owner: team-a, n: 7, on: true}}}\n                match: {prefix: /}\n",
+            1,
+        )
+        .replacen(
+            "  - name: backend\n    type: STATIC\n",
+            "  - name: backend\n    type: STATIC\n    metadata: {filter_metadata: {istio: {services: [{host: x.svc}]}}}\n",
             1,
         );
     let backend = || Want::Backend(200, &["backend"]);
@@ -589,8 +598,16 @@ async fn properties_behave_as_in_envoy() {
         ~connection_id,connection/mtls,connection/tls_version,connection/requested_server_name";
     let xds = "xds/node/id,xds/node/cluster,xds/node/metadata/team,xds/node/metadata/weight,\
         xds/node/metadata/tags,xds/route_name,xds/virtual_host_name,xds/cluster_name,\
-        xds/listener_direction,xds/filter_chain_name,xds/cluster_metadata,\
+        xds/listener_direction,xds/filter_chain_name,~xds/cluster_metadata,\
         xds/upstream_host_metadata,plugin_name,plugin_root_id,plugin_vm_id,metadata";
+    let metadata = "~xds/route_metadata,xds/route_metadata/filter_metadata/rt/owner,\
+        xds/route_metadata/filter_metadata/rt/n,xds/route_metadata/filter_metadata/rt/on,\
+        ~xds/route_metadata/filter_metadata/rt,xds/route_metadata/filter_metadata/rt/none,\
+        xds/virtual_host_metadata/filter_metadata/vh/tier,~xds/virtual_host_metadata,\
+        xds/cluster_metadata/filter_metadata/istio/services/0/host,\
+        ~xds/cluster_metadata/filter_metadata/istio/services,\
+        xds/listener_metadata/filter_metadata/ls/k,~xds/listener_metadata,\
+        xds/route_metadata/typed_filter_metadata";
     let state = "filter_state/tenant,filter_state/tenant.label,filter_state,\
         filter_state/missing";
     let logged = "request/method,~request/headers,~request/duration,request/size,\
@@ -601,6 +618,7 @@ async fn properties_behave_as_in_envoy() {
         Case::new("response attributes", props(response_phase), backend()),
         Case::new("connection attributes", props(connection), backend()),
         Case::new("xds and plugin attributes", props(xds), backend()),
+        Case::new("metadata attributes", props(metadata), backend()),
         Case::new(
             "filter state from set_filter_state",
             props(state).header("x-tenant", "acme"),

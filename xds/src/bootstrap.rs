@@ -396,3 +396,24 @@ mod tests {
         }
     }
 }
+
+/// `config.core.v3.Metadata`: plugins read `filter_metadata` through properties
+/// (`xds.route_metadata`, …); `typed_filter_metadata` is accepted and not read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default)]
+    pub filter_metadata: std::collections::BTreeMap<String, Map<String, Value>>,
+    pub typed_filter_metadata: Option<IgnoredAny>,
+}
+
+impl Metadata {
+    /// The model's form: namespaces in order, each a struct.
+    pub fn filter_metadata(config: &Option<Metadata>) -> crate::model::Metadata {
+        config
+            .iter()
+            .flat_map(|m| m.filter_metadata.iter())
+            .map(|(ns, fields)| (ns.clone(), fields.clone()))
+            .collect()
+    }
+}

@@ -41,6 +41,9 @@ pub struct WasmServiceConfig {
     pub singleton: bool,
 }
 
+/// `filter_metadata` of a `config.core.v3.Metadata`: namespaces, each a struct.
+pub type Metadata = Vec<(String, serde_json::Map<String, serde_json::Value>)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Node {
     pub id: String,
@@ -66,6 +69,7 @@ pub struct Listener {
     pub traffic_direction: i64,
     /// The filter chain's `name`.
     pub filter_chain_name: String,
+    pub metadata: Metadata,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +416,7 @@ pub struct VirtualHostIndex {
 #[derive(Debug)]
 pub struct VirtualHost {
     pub name: String,
+    pub metadata: Metadata,
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
@@ -422,6 +427,7 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    pub metadata: Metadata,
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderMutations,
@@ -800,6 +806,7 @@ pub enum UpstreamProtocol {
 #[derive(Debug, PartialEq)]
 pub struct Cluster {
     pub name: String,
+    pub metadata: Metadata,
     pub discovery: Discovery,
     /// Default 5 s.
     pub connect_timeout: Duration,

@@ -29,8 +29,10 @@
 //! | `filter_state.<key>` | a filter-state object's value (`set_filter_state`, `set_property`) |
 //! | `<name>` | a value the stream's plugins set with `proxy_set_property(<name>)` |
 //!
+//! | `xds.route_metadata`, `.virtual_host_metadata`, `.cluster_metadata`, `.listener_metadata` (`.filter_metadata.<ns>.<key>`) | their `metadata` (protobuf whole) |
+//!
 //! Anything else is `NotFound`, which SDKs report as "no value"; so are the TLS
-//! attributes (no TLS yet) and metadata (`*_metadata`: metadata is not kept).
+//! attributes (no TLS yet) and endpoint metadata (not kept).
 //! `request.*` head attributes are `NotFound` once the request headers callback
 //! continued (Envoy drops its view of the head), except in `proxy_on_log`.
 use std::sync::Arc;
@@ -63,6 +65,13 @@ pub enum MetaValue {
     Bool(bool),
     Struct(Vec<(String, MetaValue)>),
     List(Vec<MetaValue>),
+}
+
+impl Default for MetaValue {
+    /// An empty struct (metadata with no namespaces).
+    fn default() -> Self {
+        MetaValue::Struct(Vec::new())
+    }
 }
 
 static NODE: RwLock<Option<Arc<NodeInfo>>> = RwLock::new(None);
@@ -287,6 +296,23 @@ fn xds(stream: &StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) -> Found
             let node = NODE.read().clone().unwrap_or_default();
             node_attribute(&node, rest)
         }
+        [which @ (b"route_metadata" | b"virtual_host_metadata" | b"cluster_metadata"), rest @ ..] =>
+        {
+            let names = info
+                .ok_or(Status::NotFound)?
+                .route_names(stream.request.as_ref())
+                .ok_or(Status::NotFound)?;
+            let metadata = match *which {
+                b"route_metadata" => &names.route_metadata,
+                b"virtual_host_metadata" => &names.virtual_host_metadata,
+                _ => &names.cluster_metadata,
+            };
+            metadata_attribute(metadata, rest)
+        }
+        [b"listener_metadata", rest @ ..] => {
+            let listener = info.and_then(|info| info.listener.as_ref());
+            metadata_attribute(&listener.ok_or(Status::NotFound)?.metadata, rest)
+        }
         [b"route_name" | b"virtual_host_name" | b"cluster_name"] => {
             let names = info
                 .ok_or(Status::NotFound)?
@@ -322,31 +348,63 @@ fn xds(stream: &StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) -> Found
     }
 }
 
+/// A `config.core.v3.Metadata` (its `filter_metadata`, a struct of namespaces):
+/// protobuf whole, or walked by `filter_metadata.<namespace>.<key>…`. No metadata
+/// reaches the plugin as no value, as Envoy's empty message does.
+fn metadata_attribute(metadata: &MetaValue, field: &[&[u8]]) -> Found {
+    let MetaValue::Struct(namespaces) = metadata else {
+        return Err(Status::NotFound);
+    };
+    match field {
+        [] if namespaces.is_empty() => Err(Status::NotFound),
+        [] => {
+            let mut out = Vec::new();
+            for (namespace, value) in namespaces {
+                let MetaValue::Struct(fields) = value else {
+                    continue;
+                };
+                let mut entry = Vec::new();
+                put_bytes(&mut entry, 1, namespace.as_bytes());
+                put_bytes(&mut entry, 2, &encode_struct(fields));
+                put_bytes(&mut out, 1, &entry);
+            }
+            Ok(out)
+        }
+        [b"filter_metadata", path @ ..] => walk(metadata, path),
+        // Typed metadata is accepted in configs but not kept: an empty map, as
+        // Envoy returns for metadata without any.
+        [b"typed_filter_metadata"] => Ok(serialize_pairs(&[])),
+        _ => Err(Status::NotFound),
+    }
+}
+
+/// The value at `path` in a struct, serialized as Envoy's CEL values are.
+fn walk(mut value: &MetaValue, path: &[&[u8]]) -> Found {
+    for segment in path {
+        value = match value {
+            MetaValue::Struct(fields) => {
+                let found = fields.iter().find(|(k, _)| k.as_bytes() == *segment);
+                &found.ok_or(Status::NotFound)?.1
+            }
+            MetaValue::List(items) => {
+                let index: usize = std::str::from_utf8(segment)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Status::NotFound)?;
+                items.get(index).ok_or(Status::NotFound)?
+            }
+            _ => return Err(Status::NotFound),
+        };
+    }
+    meta_value(value)
+}
+
 fn node_attribute(node: &NodeInfo, field: &[&[u8]]) -> Found {
     match field {
         [] => Ok(encode_node(node)),
         [b"id"] => Ok(node.id.as_bytes().to_vec()),
         [b"cluster"] => Ok(node.cluster.as_bytes().to_vec()),
-        [b"metadata", rest @ ..] => {
-            let mut value = &MetaValue::Struct(node.metadata.clone());
-            for segment in rest {
-                value = match value {
-                    MetaValue::Struct(fields) => {
-                        let found = fields.iter().find(|(k, _)| k.as_bytes() == *segment);
-                        &found.ok_or(Status::NotFound)?.1
-                    }
-                    MetaValue::List(items) => {
-                        let index: usize = std::str::from_utf8(segment)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                            .ok_or(Status::NotFound)?;
-                        items.get(index).ok_or(Status::NotFound)?
-                    }
-                    _ => return Err(Status::NotFound),
-                };
-            }
-            meta_value(value)
-        }
+        [b"metadata", rest @ ..] => walk(&MetaValue::Struct(node.metadata.clone()), rest),
         _ => Err(Status::NotFound),
     }
 }

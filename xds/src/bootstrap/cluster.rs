@@ -41,7 +41,7 @@ pub struct Cluster {
     /// Extension name → `Any`; decoded by the translator.
     #[serde(default)]
     pub typed_extension_protocol_options: BTreeMap<String, Value>,
-    pub metadata: Option<IgnoredAny>,
+    pub metadata: Option<super::Metadata>,
     pub alt_stat_name: Option<IgnoredAny>,
     pub circuit_breakers: Option<CircuitBreakers>,
     pub outlier_detection: Option<OutlierDetection>,

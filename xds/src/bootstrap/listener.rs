@@ -23,7 +23,7 @@ pub struct Listener {
     /// Read by plugins as `xds.listener_direction`.
     #[serde(default, deserialize_with = "super::proto_enum")]
     pub traffic_direction: Option<TrafficDirection>,
-    pub metadata: Option<IgnoredAny>,
+    pub metadata: Option<super::Metadata>,
     pub stat_prefix: Option<Unsupported>,
     pub additional_addresses: Option<Unsupported>,
     pub default_filter_chain: Option<Unsupported>,

@@ -40,6 +40,7 @@ pub struct RouteConfiguration {
 #[serde(deny_unknown_fields)]
 pub struct VirtualHost {
     pub name: String,
+    pub metadata: Option<super::Metadata>,
     #[serde(default)]
     pub domains: Vec<String>,
     #[serde(default)]
@@ -83,7 +84,7 @@ pub struct Route {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
-    pub metadata: Option<IgnoredAny>,
+    pub metadata: Option<super::Metadata>,
     pub decorator: Option<Unsupported>,
     pub typed_per_filter_config: Option<Unsupported>,
     pub tracing: Option<Unsupported>,

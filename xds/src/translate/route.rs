@@ -90,6 +90,7 @@ fn virtual_host(
     };
     Ok(VirtualHost {
         name: config.name.clone(),
+        metadata: bootstrap::Metadata::filter_metadata(&config.metadata),
         domains: config.domains.clone(),
         include_request_attempt_count: config.include_request_attempt_count.unwrap_or(false),
         routes: config
@@ -251,6 +252,7 @@ fn route(
     };
     Ok(Route {
         name: config.name.clone(),
+        metadata: bootstrap::Metadata::filter_metadata(&config.metadata),
         matcher,
         action,
         headers: mutations(
