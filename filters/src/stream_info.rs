@@ -58,11 +58,14 @@ pub trait RouteResolver: Send + Sync {
 }
 
 /// The upstream exchange that produced the response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamInfo {
     pub address: std::net::SocketAddr,
     /// The proxy's end of the upstream connection, when known.
     pub local_address: Option<std::net::SocketAddr>,
+    /// The host's endpoint `metadata` (`xds.upstream_host_metadata`); `None` when it
+    /// has none.
+    pub metadata: Option<Arc<MetaValue>>,
 }
 
 /// Listener facts a plugin reads as `xds.listener_direction` and

@@ -32,6 +32,8 @@ pub struct Host {
     pub locality_weight: u32,
     /// The endpoint's configured `health_status`.
     pub eds: EdsHealth,
+    /// Its `metadata`, as plugins read it; `None` without any.
+    pub metadata: Option<Arc<strait_filters::wasm::MetaValue>>,
     pub rq_active: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -61,6 +63,7 @@ impl Host {
             locality: 0,
             locality_weight: 1,
             eds: EdsHealth::Healthy,
+            metadata: None,
             rq_active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -528,6 +531,9 @@ impl ClusterRuntime {
                         host.locality = ep.locality;
                         host.locality_weight = ep.locality_weight;
                         host.eds = ep.health;
+                        if !ep.metadata.is_empty() {
+                            host.metadata = Some(crate::runtime::metadata(&ep.metadata));
+                        }
                         Arc::new(host)
                     })
             })

@@ -748,6 +748,7 @@ async fn proxy<'a>(
         let upstream = upstream.map(|host| UpstreamInfo {
             address: host.addr,
             local_address: None,
+            metadata: host.metadata.clone(),
         });
         let (attempts, flags) = (guard.attempts, guard.flag_bits());
         chain.with_info(|info| {

@@ -584,6 +584,11 @@ async fn properties_behave_as_in_envoy() {
             "  - name: backend\n    type: STATIC\n",
             "  - name: backend\n    type: STATIC\n    metadata: {filter_metadata: {istio: {services: [{host: x.svc}]}}}\n",
             1,
+        )
+        .replacen(
+            "              socket_address: {address: 127.0.0.1, port_value: 1}\n",
+            "              socket_address: {address: 127.0.0.1, port_value: 1}\n          metadata: {filter_metadata: {istio: {workload: w1}}}\n",
+            1,
         );
     let backend = || Want::Backend(200, &["backend"]);
     let props = |paths: &str| Req::get("/a/b?x=1&y=2").header("x-props", paths);
@@ -607,7 +612,8 @@ async fn properties_behave_as_in_envoy() {
         xds/cluster_metadata/filter_metadata/istio/services/0/host,\
         ~xds/cluster_metadata/filter_metadata/istio/services,\
         xds/listener_metadata/filter_metadata/ls/k,~xds/listener_metadata,\
-        xds/route_metadata/typed_filter_metadata";
+        xds/route_metadata/typed_filter_metadata,~xds/upstream_host_metadata,\
+        xds/upstream_host_metadata/filter_metadata/istio/workload";
     let state = "filter_state/tenant,filter_state/tenant.label,filter_state,\
         filter_state/missing";
     let logged = "request/method,~request/headers,~request/duration,request/size,\

@@ -1033,6 +1033,8 @@ pub struct Endpoint {
     pub locality_weight: u32,
     /// `health_status`, the health the config (EDS) gives the endpoint.
     pub health: EdsHealth,
+    /// `metadata.filter_metadata` (`xds.upstream_host_metadata` for plugins).
+    pub metadata: Metadata,
 }
 
 /// An endpoint's configured (EDS) health.

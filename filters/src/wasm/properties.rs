@@ -29,10 +29,10 @@
 //! | `filter_state.<key>` | a filter-state object's value (`set_filter_state`, `set_property`) |
 //! | `<name>` | a value the stream's plugins set with `proxy_set_property(<name>)` |
 //!
-//! | `xds.route_metadata`, `.virtual_host_metadata`, `.cluster_metadata`, `.listener_metadata` (`.filter_metadata.<ns>.<key>`) | their `metadata` (protobuf whole) |
+//! | `xds.route_metadata`, `.virtual_host_metadata`, `.cluster_metadata`, `.listener_metadata`, `.upstream_host_metadata` (`.filter_metadata.<ns>.<key>`) | their `metadata` (protobuf whole) |
 //!
 //! Anything else is `NotFound`, which SDKs report as "no value"; so are the TLS
-//! attributes (no TLS yet) and endpoint metadata (not kept).
+//! attributes (no TLS yet).
 //! `request.*` head attributes are `NotFound` once the request headers callback
 //! continued (Envoy drops its view of the head), except in `proxy_on_log`.
 use std::sync::Arc;
@@ -340,9 +340,14 @@ fn xds(stream: &StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) -> Found
                 _ => Err(Status::NotFound),
             }
         }
-        // Envoy fails to serialize the (absent) metadata of the chosen host.
-        [b"upstream_host_metadata"] if info.is_some_and(|i| i.upstream.is_some()) => {
-            Err(Status::SerializationFailure)
+        [b"upstream_host_metadata", rest @ ..] => {
+            let upstream = info.and_then(|i| i.upstream.as_ref());
+            match (upstream.map(|u| &u.metadata), rest) {
+                (Some(Some(metadata)), rest) => metadata_attribute(metadata, rest),
+                // Envoy fails to serialize a host's absent metadata.
+                (Some(None), []) => Err(Status::SerializationFailure),
+                _ => Err(Status::NotFound),
+            }
         }
         _ => Err(Status::NotFound),
     }

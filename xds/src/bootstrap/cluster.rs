@@ -314,7 +314,7 @@ pub struct LocalityLbEndpoints {
 pub struct LbEndpoint {
     pub endpoint: Endpoint,
     pub load_balancing_weight: Option<u32>,
-    pub metadata: Option<IgnoredAny>,
+    pub metadata: Option<super::Metadata>,
     #[serde(default, deserialize_with = "proto_enum")]
     pub health_status: Option<EdsHealth>,
     pub endpoint_name: Option<Unsupported>,

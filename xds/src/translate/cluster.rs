@@ -512,6 +512,7 @@ fn endpoints(
                 locality: i as u32,
                 locality_weight,
                 health: lb_endpoint.health_status.unwrap_or_default(),
+                metadata: crate::bootstrap::Metadata::filter_metadata(&lb_endpoint.metadata),
             });
         }
     }
