@@ -401,11 +401,36 @@ impl Owner {
     }
 }
 
-/// An open gRPC stream of this worker: where its messages go (dropped by a
+/// An open gRPC stream of a plugin: where its messages go (dropped by a
 /// half-close) and its task (aborted by a cancel).
-struct OpenStream {
-    messages: Option<mpsc::UnboundedSender<Bytes>>,
-    task: AbortHandle,
+pub(crate) struct OpenStream {
+    pub messages: Option<mpsc::UnboundedSender<Bytes>>,
+    pub task: AbortHandle,
+}
+
+impl OpenStream {
+    /// Applies a plugin's operation; `true` when the stream is gone (cancelled).
+    pub fn apply(&mut self, op: StreamOp) -> bool {
+        match op {
+            StreamOp::Send {
+                message,
+                end_stream,
+            } => {
+                if let Some(messages) = &self.messages {
+                    let _ = messages.send(grpc_frame(&message));
+                }
+                if end_stream {
+                    self.messages = None;
+                }
+            }
+            StreamOp::Close => self.messages = None,
+            StreamOp::Cancel => {
+                self.task.abort();
+                return true;
+            }
+        }
+        false
+    }
 }
 
 thread_local! {
@@ -460,26 +485,9 @@ fn start(owner: Owner, dispatches: Vec<Dispatch>, mut tasks: Option<&mut Vec<Abo
             }
             Dispatch::Stream(token, op) => GRPC_STREAMS.with(|streams| {
                 let mut streams = streams.borrow_mut();
-                let Some(stream) = streams.get_mut(&(owner.key(), token)) else {
-                    return;
-                };
-                match op {
-                    StreamOp::Send {
-                        message,
-                        end_stream,
-                    } => {
-                        if let Some(messages) = &stream.messages {
-                            let _ = messages.send(grpc_frame(&message));
-                        }
-                        if end_stream {
-                            stream.messages = None;
-                        }
-                    }
-                    StreamOp::Close => stream.messages = None,
-                    StreamOp::Cancel => {
-                        stream.task.abort();
-                        streams.remove(&(owner.key(), token));
-                    }
+                let key = (owner.key(), token);
+                if streams.get_mut(&key).is_some_and(|stream| stream.apply(op)) {
+                    streams.remove(&key);
                 }
             }),
         }

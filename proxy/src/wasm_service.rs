@@ -28,12 +28,12 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use strait_filters::wasm::{
-    grpc_frame, CallAnswer, CallKind, Dispatch, PluginConfig, StreamOp, WasmEngine, WasmPlugin,
-    WasmVm,
+    CallAnswer, CallKind, Dispatch, PluginConfig, WasmEngine, WasmPlugin, WasmVm,
 };
 use strait_xds::model::WasmServiceConfig;
 
 use crate::callout::Clusters;
+use crate::chain::OpenStream;
 use crate::cluster::ClusterRuntime;
 use crate::runtime::FastMap;
 use crate::stats::{Counter, Scope, Store};
@@ -211,13 +211,6 @@ pub fn set_clusters(clusters: &Clusters) {
     CLUSTERS.store(Arc::new(clusters.clone()));
 }
 
-/// A gRPC stream a service's root context opened: where its messages go (until it
-/// half-closes) and its task (aborted by a cancel).
-struct OpenStream {
-    messages: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
-    task: tokio::task::AbortHandle,
-}
-
 /// Sends the calls the root context dispatched in its last callback, on the main
 /// thread's runtime (`handle`, through its own upstream pools, as Envoy runs a
 /// singleton's calls on its main thread), and hands stream operations to their
@@ -267,26 +260,11 @@ fn send_calls(
                 });
             }
             Dispatch::Stream(token, op) => {
-                let Some(stream) = streams.get_mut(&token) else {
-                    continue;
-                };
-                match op {
-                    StreamOp::Send {
-                        message,
-                        end_stream,
-                    } => {
-                        if let Some(messages) = &stream.messages {
-                            let _ = messages.send(grpc_frame(&message));
-                        }
-                        if end_stream {
-                            stream.messages = None;
-                        }
-                    }
-                    StreamOp::Close => stream.messages = None,
-                    StreamOp::Cancel => {
-                        stream.task.abort();
-                        streams.remove(&token);
-                    }
+                if streams
+                    .get_mut(&token)
+                    .is_some_and(|stream| stream.apply(op))
+                {
+                    streams.remove(&token);
                 }
             }
         }
