@@ -97,10 +97,12 @@ pub struct StreamInfo {
     pub upstream: Option<UpstreamInfo>,
     /// Upstream attempts made so far (`upstream.request_attempt_count`).
     pub attempts: u32,
-    /// `response.code`, once the response headers are decided.
+    /// `response.code` as the response went out, for the phases after its headers
+    /// (during them the plugin reads the head itself).
     pub response_code: Option<u16>,
-    /// `response.code_details`, once the response is decided.
-    pub response_details: Option<String>,
+    /// `response.code_details`, once the response is decided (the proxy's own
+    /// details are static; a plugin's local reply names its own).
+    pub response_details: Option<std::borrow::Cow<'static, str>>,
     /// `response.flags`: Envoy's response-flag bits (`UF` is 0x20, …).
     pub response_flags: u64,
     /// Body bytes received from the client and sent to it so far.

@@ -615,11 +615,16 @@ impl ChainId {
         });
     }
 
-    /// Keeps a copy of the response head as it goes to the client, for `on_log`.
-    pub fn keep_response_head(self, head: &ResponseHead) {
+    /// Keeps the response as it goes to the client for the phases after its headers
+    /// (`response.code`, and `details` unless a plugin's reply set its own) and a copy
+    /// of its head for `on_log`.
+    pub fn keep_response_head(self, head: &ResponseHead, details: &'static str) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                chain.info.borrow_mut().response_head = Some(copy_response_head(head));
+                let mut info = chain.info.borrow_mut();
+                info.response_head = Some(copy_response_head(head));
+                info.response_code = Some(head.status.as_u16());
+                info.response_details.get_or_insert(details.into());
             }
         });
     }
@@ -800,7 +805,6 @@ pub async fn resume_request_headers(
 
 /// The response-headers phase, run at once; see [`resume_response_headers`].
 pub fn response_headers_now(id: ChainId, head: &mut ResponseHead, end_of_stream: bool) -> Step {
-    id.with_info(|info| info.response_code = Some(head.status.as_u16()));
     headers_phase(id, 0..usize::MAX, |f| {
         f.on_response_headers(head, end_of_stream)
     })
@@ -1011,7 +1015,6 @@ impl ChainId {
     /// The response-headers phase of a local reply: a filter that pauses here is
     /// not waited for (the reply is the proxy's own; nothing upstream to hold).
     pub fn reply_headers(self, head: &mut ResponseHead, end_of_stream: bool) -> Verdict {
-        self.with_info(|info| info.response_code = Some(head.status.as_u16()));
         match headers_phase(self, 0..usize::MAX, |f| {
             f.on_response_headers(head, end_of_stream)
         }) {

@@ -755,7 +755,7 @@ async fn proxy<'a>(
             info.upstream = upstream;
             info.attempts = attempts;
             info.response_flags = flags;
-            info.response_details = Some("via_upstream".to_owned());
+            info.response_details = Some("via_upstream".into());
         });
         let eos = body.is_end_stream();
         let verdict = match crate::chain::response_headers_now(chain, &mut parts, eos) {
@@ -777,7 +777,7 @@ async fn proxy<'a>(
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, &hcm.server_name);
     if let Some(chain) = chain {
-        chain.keep_response_head(&parts);
+        chain.keep_response_head(&parts, "via_upstream");
     }
     let status = parts.status.as_u16();
     guard.status = status;
@@ -832,7 +832,7 @@ fn filter_reply(
     }
     if let Some(chain) = chain {
         let details = reply.details.clone();
-        chain.with_info(|info| info.response_details = Some(details));
+        chain.with_info(|info| info.response_details = Some(details.into()));
         let (mut parts, body) = resp.into_parts();
         // A second local reply from here would loop; the first one stands.
         let _ = chain.reply_headers(&mut parts, body.is_empty());
@@ -928,12 +928,7 @@ fn finish_local(
     guard.details = details;
     let (parts, body) = resp.into_parts();
     if let Some(chain) = guard.chain.as_ref().map(ChainHandle::id) {
-        chain.keep_response_head(&parts);
-        chain.with_info(|info| {
-            info.response_code = Some(parts.status.as_u16());
-            info.response_details
-                .get_or_insert_with(|| details.to_owned());
-        });
+        chain.keep_response_head(&parts, details);
     }
     let resp = Response::from_parts(parts, body);
     if let Some(log) = &mut guard.log {
