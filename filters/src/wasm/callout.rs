@@ -198,19 +198,43 @@ pub(crate) fn request(
             Some(map)
         }
     };
+    Ok(call(
+        cluster,
+        method,
+        uri,
+        map,
+        Bytes::from(body),
+        trailers,
+        timeout_ms as u32,
+        CallKind::Http,
+    ))
+}
+
+/// A call's request; a timeout of 0 is none.
+#[allow(clippy::too_many_arguments)]
+fn call(
+    cluster: &str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+    timeout_ms: u32,
+    kind: CallKind,
+) -> HttpCallRequest {
     let (mut head, ()) = http::Request::new(()).into_parts();
     head.method = method;
     head.uri = uri;
-    head.headers = map;
-    Ok(HttpCallRequest {
+    head.headers = headers;
+    HttpCallRequest {
         token: 0,
         cluster: cluster.to_owned(),
         head,
-        body: Bytes::from(body),
+        body,
         trailers,
-        timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
-        kind: CallKind::Http,
-    })
+        timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
+        kind,
+    }
 }
 
 /// A gRPC unary call as Envoy's `Context::grpcCall` makes it from a cluster name
@@ -262,22 +286,20 @@ pub(crate) fn grpc_request(
         true => Bytes::new(),
         false => grpc_frame(message),
     };
-    let (mut head, ()) = http::Request::new(()).into_parts();
-    head.method = Method::POST;
-    head.uri = uri;
-    head.headers = map;
-    Ok(HttpCallRequest {
-        token: 0,
-        cluster: cluster.to_owned(),
-        head,
+    let kind = match stream {
+        true => CallKind::GrpcStream,
+        false => CallKind::GrpcUnary,
+    };
+    Ok(call(
+        cluster,
+        Method::POST,
+        uri,
+        map,
         body,
-        trailers: None,
-        timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
-        kind: match stream {
-            true => CallKind::GrpcStream,
-            false => CallKind::GrpcUnary,
-        },
-    })
+        None,
+        timeout_ms,
+        kind,
+    ))
 }
 
 /// One gRPC message on the wire: flag 0 (uncompressed), big-endian length, bytes.
