@@ -127,15 +127,10 @@ impl Proxy {
             wasm_service::set_clusters(&old.clusters);
             e
         };
-        let services = wasm_service::sync(
-            &running,
-            &new.snapshot.wasm_services,
-            self.options.concurrency,
-            &new.clusters,
-            &self.shared.store,
-        )
-        .await
-        .map_err(refused)?;
+        let services =
+            wasm_service::sync(&running, &new, self.options.concurrency, &self.shared.store)
+                .await
+                .map_err(refused)?;
         // Bind every new or moved listener before publishing, so a port in use refuses
         // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
@@ -228,14 +223,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
         let store = Store::default();
         let writers = Writers::default();
         let runtime = Runtime::build(snapshot, None, &store, &writers).await?;
-        let services = wasm_service::sync(
-            &[],
-            &runtime.snapshot.wasm_services,
-            options.concurrency,
-            &runtime.clusters,
-            &store,
-        )
-        .await?;
+        let services = wasm_service::sync(&[], &runtime, options.concurrency, &store).await?;
         let mut bindings = Vec::new();
         for (i, l) in runtime.listeners.iter().enumerate() {
             let b = listener::bind(l.config.address, options.concurrency).with_context(|| {

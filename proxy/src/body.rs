@@ -517,10 +517,8 @@ impl StreamTimers {
     /// timer waiting for it), then `Ready` with the timer that fired, if one did.
     pub fn poll_expiry(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Expiry> {
         if self.route_pending.is_some() || self.attempt_pending.is_some() {
-            if let Some(body) = self.request_body.as_ref().filter(|b| !b.ended()) {
-                body.2.register(cx.waker());
-            }
-            if self.request_ended() {
+            let ended = self.request_body.as_ref().is_none_or(|b| b.poll_ended(cx));
+            if ended {
                 if let Some(timeout) = self.route_pending.take() {
                     self.route = Some(Instant::now() + timeout);
                     if let Some(next) = self.next_wake() {

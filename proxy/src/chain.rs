@@ -64,8 +64,8 @@ use strait_filters::stream_info::{FilterStateObject, StreamInfo};
 use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{
-    grpc_frame, CallAnswer, CallKind, Dispatch, PluginConfig, StreamOp, WasmEngine, WasmHttpFilter,
-    WasmPlugin, WasmVm,
+    grpc_frame, CallAnswer, CallKind, Dispatch, NodeInfo, PluginConfig, StreamOp, WasmEngine,
+    WasmHttpFilter, WasmPlugin, WasmVm,
 };
 use strait_filters::{
     copy_request_head, copy_response_head, BodyBuffer, FilterStatus, HttpFilter, LocalReply,
@@ -100,10 +100,12 @@ impl WasmFilterRuntime {
     pub fn compile(
         config: Arc<WasmFilterConfig>,
         code: Bytes,
+        node: Arc<NodeInfo>,
         store: &Store,
     ) -> anyhow::Result<Arc<Self>> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let mut plugin = PluginConfig::new(config.name.clone(), code);
+        plugin.node = node;
         plugin.root_id.clone_from(&config.root_id);
         plugin.vm_id.clone_from(&config.vm_id);
         plugin.configuration = Bytes::from(config.configuration.clone());

@@ -16,7 +16,7 @@ use crate::cluster::ClusterRuntime;
 use crate::fault::FaultFilterRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 use strait_filters::stream_info::{ListenerInfo, RouteResolver};
-use strait_filters::wasm::MetaValue;
+use strait_filters::wasm::{MetaValue, NodeInfo};
 
 /// A hash map for lookups on the request path: keys come from config or from us, so
 /// a fast unkeyed-quality hash is enough.
@@ -107,6 +107,8 @@ pub struct Runtime {
     pub clusters: FastMap<String, Arc<ClusterRuntime>>,
     /// Every compiled wasm plugin, so the next build can keep unchanged ones.
     pub wasm_plugins: Vec<Arc<WasmFilterRuntime>>,
+    /// The bootstrap node as plugins read it (`xds.node`).
+    pub node: Arc<NodeInfo>,
 }
 
 impl Runtime {
@@ -127,8 +129,9 @@ impl Runtime {
         writers: &Writers,
     ) -> anyhow::Result<Runtime> {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
-        // Before the plugins start: `proxy_on_configure` may read `xds.node`.
-        strait_filters::wasm::set_node(node_info(&snapshot.node));
+        // Plugins read it (`xds.node`), from `proxy_on_configure` on; each keeps
+        // its own config's, so a refused config changes nothing.
+        let node = Arc::new(node_info(&snapshot.node));
         let snapshot = Arc::new(snapshot);
         // Clusters first: a plugin's `code.remote` is fetched through one.
         let mut clusters =
@@ -180,7 +183,8 @@ impl Runtime {
                         continue;
                     }
                 };
-                let plugin = wasm_plugin(config, previous, &wasm_plugins, &clusters, store).await;
+                let plugin =
+                    wasm_plugin(config, previous, &wasm_plugins, &clusters, &node, store).await;
                 let plugin = match plugin {
                     Ok(plugin) => plugin,
                     // Envoy starts with a fail-open plugin whose module could not be
@@ -200,7 +204,7 @@ impl Runtime {
             let mut network_filters = Vec::with_capacity(l.network_filters.len());
             for config in &l.network_filters {
                 let runtime =
-                    wasm_plugin(config, previous, &wasm_plugins, &clusters, store).await?;
+                    wasm_plugin(config, previous, &wasm_plugins, &clusters, &node, store).await?;
                 if !wasm_plugins.iter().any(|p| Arc::ptr_eq(p, &runtime)) {
                     wasm_plugins.push(runtime.clone());
                 }
@@ -247,6 +251,7 @@ impl Runtime {
             listeners,
             clusters,
             wasm_plugins,
+            node,
         })
     }
 }
@@ -260,6 +265,7 @@ async fn wasm_plugin(
     previous: Option<&Runtime>,
     built: &[Arc<WasmFilterRuntime>],
     clusters: &FastMap<String, Arc<ClusterRuntime>>,
+    node: &Arc<NodeInfo>,
     store: &Store,
 ) -> anyhow::Result<Arc<WasmFilterRuntime>> {
     let earlier = previous.map_or(&[][..], |p| &p.wasm_plugins[..]);
@@ -270,7 +276,7 @@ async fn wasm_plugin(
         Some(remote) => crate::wasm_remote::load(remote, clusters, store).await?,
         None => bytes::Bytes::from(config.code.to_vec()),
     };
-    WasmFilterRuntime::compile(config.clone(), code, store)
+    WasmFilterRuntime::compile(config.clone(), code, node.clone(), store)
 }
 
 /// Envoy names listener stats after the address with `:` turned into `_`.
@@ -321,8 +327,8 @@ pub(crate) fn metadata(metadata: &model::Metadata) -> Arc<MetaValue> {
 }
 
 /// The bootstrap node as plugins read it (`xds.node`).
-fn node_info(node: &model::Node) -> strait_filters::wasm::NodeInfo {
-    strait_filters::wasm::NodeInfo {
+fn node_info(node: &model::Node) -> NodeInfo {
+    NodeInfo {
         id: node.id.clone(),
         cluster: node.cluster.clone(),
         metadata: node

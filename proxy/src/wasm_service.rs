@@ -28,14 +28,13 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use strait_filters::wasm::{
-    CallAnswer, CallKind, Dispatch, PluginConfig, WasmEngine, WasmPlugin, WasmVm,
+    CallAnswer, CallKind, Dispatch, NodeInfo, PluginConfig, WasmEngine, WasmPlugin, WasmVm,
 };
 use strait_xds::model::WasmServiceConfig;
 
 use crate::callout::Clusters;
 use crate::chain::OpenStream;
-use crate::cluster::ClusterRuntime;
-use crate::runtime::FastMap;
+use crate::runtime::{FastMap, Runtime};
 use crate::stats::{Counter, Scope, Store};
 
 /// One configured service and its running VMs.
@@ -50,11 +49,11 @@ pub struct WasmServiceRuntime {
 /// result stops them; on error, the new ones are stopped.
 pub async fn sync(
     running: &[Arc<WasmServiceRuntime>],
-    configs: &[Arc<WasmServiceConfig>],
+    runtime: &Runtime,
     concurrency: usize,
-    clusters: &FastMap<String, Arc<ClusterRuntime>>,
     store: &Store,
 ) -> anyhow::Result<Vec<Arc<WasmServiceRuntime>>> {
+    let (configs, clusters) = (&runtime.snapshot.wasm_services, &runtime.clusters);
     set_clusters(clusters);
     let mut services = Vec::with_capacity(configs.len());
     for config in configs {
@@ -73,7 +72,8 @@ pub async fn sync(
                     Some(remote) => crate::wasm_remote::load(remote, clusters, store).await?,
                     None => Bytes::from(config.plugin.code.to_vec()),
                 };
-                WasmServiceRuntime::start(config.clone(), code, concurrency, store)?
+                let node = runtime.node.clone();
+                WasmServiceRuntime::start(config.clone(), code, node, concurrency, store)?
             }
         };
         services.push(service);
@@ -87,6 +87,7 @@ impl WasmServiceRuntime {
     pub fn start(
         config: Arc<WasmServiceConfig>,
         code: Bytes,
+        node: Arc<NodeInfo>,
         concurrency: usize,
         store: &Store,
     ) -> anyhow::Result<Arc<Self>> {
@@ -95,6 +96,7 @@ impl WasmServiceRuntime {
             anyhow::anyhow!("{}: module {}: {e}", wasm.path, wasm.code_source)
         };
         let mut plugin = PluginConfig::new(wasm.name.clone(), code);
+        plugin.node = node;
         plugin.root_id.clone_from(&wasm.root_id);
         plugin.vm_id.clone_from(&wasm.vm_id);
         plugin.configuration = Bytes::from(wasm.configuration.clone());

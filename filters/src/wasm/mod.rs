@@ -64,7 +64,7 @@ pub use error::WasmError;
 pub use filter::WasmHttpFilter;
 pub use module::WasmPlugin;
 pub use network::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
-pub use properties::{set_node, MetaValue, NodeInfo};
+pub use properties::{MetaValue, NodeInfo};
 pub use vm::WasmVm;
 
 /// One plugin as Envoy's `envoy.filters.http.wasm` configures it; the xDS
@@ -87,6 +87,8 @@ pub struct PluginConfig {
     /// answering 500.
     pub fail_open: bool,
     pub limits: SandboxLimits,
+    /// The bootstrap `node` of the config the plugin came with (`xds.node`).
+    pub node: std::sync::Arc<NodeInfo>,
 }
 
 impl PluginConfig {
@@ -101,6 +103,7 @@ impl PluginConfig {
             code: code.into(),
             fail_open: false,
             limits: SandboxLimits::default(),
+            node: Default::default(),
         }
     }
 }

@@ -35,9 +35,6 @@
 //! attributes (no TLS yet).
 //! `request.*` head attributes are `NotFound` once the request headers callback
 //! continued (Envoy drops its view of the head), except in `proxy_on_log`.
-use std::sync::Arc;
-
-use parking_lot::RwLock;
 
 use super::abi::Status;
 use super::headers::{self, serialize_pairs, HeaderView};
@@ -74,13 +71,6 @@ impl Default for MetaValue {
     }
 }
 
-static NODE: RwLock<Option<Arc<NodeInfo>>> = RwLock::new(None);
-
-/// Sets the node every plugin of the process reads (the bootstrap's).
-pub fn set_node(node: NodeInfo) {
-    *NODE.write() = Some(Arc::new(node));
-}
-
 type Found = Result<Vec<u8>, Status>;
 
 pub(crate) fn get(state: &mut HostState, path: &[u8]) -> Found {
@@ -107,7 +97,7 @@ pub(crate) fn get(state: &mut HostState, path: &[u8]) -> Found {
             connection_attribute(connection, &segments)
         }
         [b"upstream", rest @ ..] => upstream(info.ok_or(Status::NotFound)?, rest),
-        [b"xds", rest @ ..] => xds(&state.stream, info, rest),
+        [b"xds", rest @ ..] => xds(&state.stream, info, &state.plugin.node, rest),
         [b"filter_state"] => Err(Status::SerializationFailure),
         [b"filter_state", key] => {
             let key = std::str::from_utf8(key).map_err(|_| Status::NotFound)?;
@@ -290,12 +280,9 @@ fn upstream(info: &StreamInfo, field: &[&[u8]]) -> Found {
     }
 }
 
-fn xds(stream: &StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) -> Found {
+fn xds(stream: &StreamData, info: Option<&StreamInfo>, node: &NodeInfo, field: &[&[u8]]) -> Found {
     match field {
-        [b"node", rest @ ..] => {
-            let node = NODE.read().clone().unwrap_or_default();
-            node_attribute(&node, rest)
-        }
+        [b"node", rest @ ..] => node_attribute(node, rest),
         [which @ (b"route_metadata" | b"virtual_host_metadata" | b"cluster_metadata"), rest @ ..] =>
         {
             let names = info
