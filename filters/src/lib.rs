@@ -84,6 +84,10 @@ pub struct LocalReply {
     pub body: Bytes,
     /// Why the proxy answered (Envoy's `response_code_details`), for the access log.
     pub details: String,
+    /// No response at all: the stream is reset (a plugin's `proxy_close_stream`).
+    /// HTTP/1.1 closes the connection, HTTP/2 resets the stream; status, headers
+    /// and body are unused.
+    pub reset: bool,
 }
 
 impl LocalReply {
@@ -94,6 +98,15 @@ impl LocalReply {
             headers: HeaderMap::new(),
             body: Bytes::new(),
             details: details.into(),
+            reset: false,
+        }
+    }
+
+    /// A reset of the stream instead of a response.
+    pub fn reset(details: impl Into<String>) -> Self {
+        Self {
+            reset: true,
+            ..Self::new(http::StatusCode::OK, details)
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum ProxyError {
     /// A cluster circuit breaker refused the request (`UO`); answered with
     /// `x-envoy-overloaded: true`.
     Overflow,
+    /// An HTTP filter reset the stream (a plugin's `proxy_close_stream`): no
+    /// response at all; HTTP/1.1 closes the connection, HTTP/2 sends RST_STREAM.
+    /// Status 0 in the access log, as in Envoy's.
+    FilterReset,
 }
 
 impl ProxyError {
@@ -54,7 +58,8 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::NoCluster
             | ProxyError::NoHealthyUpstream
-            | ProxyError::Overflow => Side::Internal,
+            | ProxyError::Overflow
+            | ProxyError::FilterReset => Side::Internal,
             ProxyError::ConnectFailure { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout
@@ -86,6 +91,7 @@ impl ProxyError {
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
             ProxyError::HeadersTooLarge => 431,
+            ProxyError::FilterReset => 0,
         }
     }
 
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => "DT",
             ProxyError::UpgradeRejected => "UPE",
             ProxyError::BadRequest { .. } | ProxyError::HeadersTooLarge => "DPE",
+            ProxyError::FilterReset => "",
         }
     }
 
@@ -133,6 +140,7 @@ impl ProxyError {
             ProxyError::UpgradeRejected => "upgrade_failed",
             ProxyError::BadRequest { .. } => "http1.codec_error",
             ProxyError::HeadersTooLarge => "http1.headers_too_large",
+            ProxyError::FilterReset => "wasm_close_stream",
         }
     }
 
@@ -152,9 +160,10 @@ impl ProxyError {
     /// The local reply body, worded as Envoy's so clients and people recognise it.
     pub fn body(&self) -> String {
         match self {
-            ProxyError::NoRoute | ProxyError::UpgradeRejected | ProxyError::NoCluster => {
-                String::new()
-            }
+            ProxyError::NoRoute
+            | ProxyError::UpgradeRejected
+            | ProxyError::NoCluster
+            | ProxyError::FilterReset => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
             ProxyError::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()

@@ -6,7 +6,6 @@
 //! its status and body from `ProxyError`.
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -176,7 +175,7 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnCtx>,
     smuggling: bool,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, ProxyError> {
     let rt = conn.shared.runtime.load_full();
     let listener = conn.listener(&rt);
     if req.version() == Version::HTTP_2 {
@@ -203,7 +202,13 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(failure) => {
             // `proxy` takes the guard only when it returns a response.
-            let guard = guard.expect("guard kept on the error path");
+            let mut guard = guard.expect("guard kept on the error path");
+            if let ProxyError::FilterReset = failure.error {
+                // No response: hyper closes an HTTP/1.1 connection, and resets an
+                // HTTP/2 stream, for a service error. The guard logs status 0.
+                guard.details = failure.error.details();
+                return Err(ProxyError::FilterReset);
+            }
             local_reply(failure, grpc, &listener, guard)
         }
     })
@@ -334,8 +339,7 @@ async fn proxy<'a>(
             if !listener.access_logs.is_empty() {
                 guard.log = Some(log_info(&req, &authority));
             }
-            let guard = slot.take().expect("guard present");
-            return Ok(filter_reply(reply, listener, guard, id));
+            return answer_filter(reply, listener, slot, id);
         }
         if let Some(changed) = self::authority(&req) {
             authority = changed;
@@ -702,10 +706,7 @@ async fn proxy<'a>(
             (resp, lease)
         }
         Answer::Failed(error) => return Err(fail(error)),
-        Answer::FilterReplied(reply) => {
-            let guard = slot.take().expect("guard present");
-            return Ok(filter_reply(reply, listener, guard, chain));
-        }
+        Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain),
     };
     if let Some(idle) = timeouts.per_try_idle {
         timers = StreamTimers::with_try_idle(timers, idle, guard.received.clone());
@@ -769,8 +770,7 @@ async fn proxy<'a>(
             }
         };
         if let Verdict::LocalReply(reply) = verdict {
-            let guard = slot.take().expect("guard present");
-            return Ok(filter_reply(reply, listener, guard, None));
+            return answer_filter(reply, listener, slot, None);
         }
     }
     // After the filters, as Envoy's connection manager does: plugins see the
@@ -808,6 +808,21 @@ pub(crate) fn pick_host(
             .or_default()
             .pick(cluster.config.lb_policy, hosts, random)
     })
+}
+
+/// What an HTTP filter answered: a local reply ([`filter_reply`]), or a reset of
+/// the stream, which `handle` turns into no response (the guard stays in `slot`).
+fn answer_filter<'a>(
+    reply: LocalReply,
+    listener: &ListenerRuntime,
+    slot: &mut Option<StreamGuard>,
+    chain: Option<ChainId>,
+) -> Result<Response<ResponseBody>, Failure<'a>> {
+    if reply.reset {
+        return Err(ProxyError::FilterReset.into());
+    }
+    let guard = slot.take().expect("guard present");
+    Ok(filter_reply(reply, listener, guard, chain))
 }
 
 /// A local reply an HTTP filter asked for (`send_http_response`, or a plugin

@@ -278,3 +278,52 @@ async fn a_weighted_pick_is_the_cluster_plugins_read_before_routing() {
     }
     assert_eq!(seen.len(), 2, "both clusters picked: {seen:?}");
 }
+
+/// `proxy_close_stream` on an HTTP stream resets that stream and nothing else, as
+/// Envoy does: no response; HTTP/1.1 closes the connection, h2 sends RST_STREAM and
+/// the connection's other streams carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_resets_its_stream_and_only_that_stream() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "headers", "x-strait-plugin: on", false).await;
+    let addr = strait.main_addr().await;
+
+    let ask = |close: &str| format!("GET / HTTP/1.1\r\nHost: h\r\nx-close: {close}\r\n\r\n");
+    let (out, closed) = send_raw_until_close(addr, ask("request").as_bytes()).await;
+    assert!(
+        closed && out.is_empty(),
+        "closed with nothing sent: {out:?}"
+    );
+    assert_eq!(backend.requests(), 0, "reset before routing");
+    let (out, closed) = send_raw_until_close(addr, ask("response").as_bytes()).await;
+    assert!(
+        closed && out.is_empty(),
+        "closed with nothing sent: {out:?}"
+    );
+    assert_eq!(backend.requests(), 1, "reset after the upstream answered");
+
+    let mut c = Client::connect(addr, Proto::H2).await.expect("connect");
+    let mut other = c.clone_h2();
+    for close in ["request", "response"] {
+        let reset = c.request(http::Method::GET, "h", "/", &[("x-close", close)], empty());
+        let fine = other.request(http::Method::GET, "h", "/", &[], empty());
+        let (reset, fine) = tokio::join!(c.send(reset), other.send(fine));
+        let error = reset.expect_err("the reset stream has no response");
+        let reason = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<hyper::Error>())
+            .and_then(|e| std::error::Error::source(e))
+            .and_then(|e| e.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason);
+        assert!(
+            reason.is_some(),
+            "a RST_STREAM, not a closed connection: {error:#}"
+        );
+        assert_eq!(fine.expect("the other stream is answered").status, 200);
+    }
+    assert_eq!(
+        c.get("h", "/", &[]).await.status,
+        200,
+        "the connection lives on"
+    );
+}

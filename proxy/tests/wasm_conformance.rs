@@ -187,6 +187,20 @@ async fn headers_plugin_behaves_as_in_envoy() {
         Req::get("/").header("x-block", "yes"),
         || Want::Local(403),
     ));
+    // `proxy_close_stream`: no response at all (HTTP/1.1 closes the connection,
+    // h2 resets the stream; tests/wasm_reset.rs tells the two apart).
+    cases.extend(both(
+        "request reset by the plugin",
+        "h2 request reset by the plugin",
+        Req::get("/").header("x-close", "request"),
+        || Want::Closed,
+    ));
+    cases.extend(both(
+        "response reset by the plugin",
+        "h2 response reset by the plugin",
+        Req::get("/").header("x-close", "response"),
+        || Want::Closed,
+    ));
     run("headers", "x-strait-plugin: on", cases).await;
 }
 

@@ -145,7 +145,7 @@ impl WasmHttpFilter {
                 self.resume_request |= signals.resume_request;
                 self.resume_response |= signals.resume_response;
                 match (signals.local_reply, action) {
-                    (Some(reply), _) => FilterStatus::LocalReply(reply),
+                    (Some(reply), _) => self.answer(reply),
                     (None, 0) => FilterStatus::Continue,
                     // Pause and the StopIteration* variants of other SDKs.
                     (None, _) => FilterStatus::StopIteration,
@@ -220,7 +220,7 @@ impl WasmHttpFilter {
             return self.answer_failure();
         }
         if let Some(reply) = self.pending_reply.take() {
-            return FilterStatus::LocalReply(reply);
+            return self.answer(reply);
         }
         let resumed = match resuming_request {
             Some(true) => mem::take(&mut self.resume_request),
@@ -259,6 +259,18 @@ impl WasmHttpFilter {
             }
             Err(error) => self.error = Some(error),
         }
+    }
+
+    /// The plugin's local reply or reset. A reset (`proxy_close_stream`) leaves
+    /// `wasm_close_stream` as the response details unless some are set, as Envoy.
+    fn answer(&self, reply: LocalReply) -> FilterStatus {
+        if let (true, Some(info)) = (reply.reset, &self.info) {
+            let mut info = info.borrow_mut();
+            if info.response_details.is_none() {
+                info.response_details = Some(reply.details.clone().into());
+            }
+        }
+        FilterStatus::LocalReply(reply)
     }
 
     /// The first phase after a failure (in it, or in starting the VM) answers 500,

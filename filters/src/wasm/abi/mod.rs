@@ -4,10 +4,6 @@
 //! types, malformed pairs) are status codes, never traps. A trap only comes from the
 //! guest itself (including its allocator, which the host calls to return data).
 //!
-//! Not provided yet, answering `Unimplemented` (12), which the ABI defines for
-//! exactly this: HTTP and gRPC callouts from bootstrap services,
-//! `proxy_call_foreign_function`; `proxy_close_stream` for the
-//! request or response of an HTTP stream (a connection's sides are supported).
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use wasmtime::{Caller, FuncType, Linker, Val, ValType};
@@ -449,6 +445,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     headers: http::HeaderMap::new(),
                     body,
                     details,
+                    reset: false,
                 };
                 for (name, value) in deserialize_pairs(&read(&caller, headers_ptr, headers_len)?)? {
                     let name = HeaderName::from_bytes(&name).map_err(|_| Status::BadArgument)?;
@@ -514,8 +511,13 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(Status::NotFound as i32);
             };
             match stream_type {
-                // Resetting one HTTP stream is not supported yet.
-                0 | 1 => Ok(Status::Unimplemented as i32),
+                // The request or the response of an HTTP stream: Envoy resets the
+                // stream after the callback (HTTP/1.1: the connection closes; HTTP/2:
+                // RST_STREAM), with `wasm_close_stream` as the response details.
+                0 | 1 => {
+                    signals.local_reply = Some(LocalReply::reset("wasm_close_stream"));
+                    Ok(Status::Ok as i32)
+                }
                 // Downstream and upstream: a network filter has one connection to close
                 // (Envoy's write-filter callbacks close the same downstream connection).
                 2 | 3 => {

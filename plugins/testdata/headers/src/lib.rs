@@ -1,5 +1,7 @@
 //! Test plugin: reads and rewrites request headers, adds a configured response
-//! header, answers 403 itself when `x-block` is present, counts requests in a metric
+//! header, answers 403 itself when `x-block` is present, resets the stream
+//! (`proxy_close_stream`) in the request or response headers callback when
+//! `x-close: request` / `x-close: response` is present, counts requests in a metric
 //! and increments a shared-data counter with compare-and-swap.
 //!
 //! Plugin configuration: one line `header-name: header-value`, added to every response.
@@ -48,6 +50,7 @@ impl RootContext for HeadersRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(HeadersStream {
             context_id,
+            close_response: false,
             response_header: self.response_header.clone(),
             requests_metric: self.requests_metric,
         }))
@@ -60,6 +63,8 @@ impl RootContext for HeadersRoot {
 
 struct HeadersStream {
     context_id: u32,
+    /// `x-close: response` was asked for.
+    close_response: bool,
     response_header: Option<(String, String)>,
     requests_metric: u32,
 }
@@ -112,6 +117,14 @@ impl HttpContext for HeadersStream {
             );
             return Action::Pause;
         }
+        match self.get_http_request_header("x-close").as_deref() {
+            Some("request") => {
+                proxy_wasm::hostcalls::reset_http_request().expect("close the request");
+                return Action::Continue;
+            }
+            Some("response") => self.close_response = true,
+            _ => {}
+        }
         if let Some(new_path) = self.get_http_request_header("x-rewrite-path") {
             self.set_http_request_header(":path", Some(&new_path));
         }
@@ -125,6 +138,10 @@ impl HttpContext for HeadersStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.close_response {
+            proxy_wasm::hostcalls::reset_http_response().expect("close the response");
+            return Action::Continue;
+        }
         if let Some((name, value)) = &self.response_header {
             self.add_http_response_header(name, value);
         }
