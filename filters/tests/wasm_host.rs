@@ -382,7 +382,7 @@ const SDK_HOSTCALLS: &[(&str, &str)] = &[
 ];
 
 #[test]
-fn every_sdk_hostcall_links_and_foreign_functions_answer_unimplemented() {
+fn every_sdk_hostcall_links_and_an_unknown_foreign_function_is_not_found() {
     let imports: String = SDK_HOSTCALLS
         .iter()
         .map(|(name, params)| {
@@ -390,7 +390,8 @@ fn every_sdk_hostcall_links_and_foreign_functions_answer_unimplemented() {
         })
         .collect();
     // on_request_headers continues only if proxy_http_call answered BadArgument (2:
-    // no cluster, no headers) and proxy_call_foreign_function Unimplemented (12).
+    // no cluster, no headers) and proxy_call_foreign_function NotFound (1: no
+    // function has the empty name).
     let module = wat::parse_str(format!(
         r#"(module
             {imports}
@@ -405,7 +406,7 @@ fn every_sdk_hostcall_links_and_foreign_functions_answer_unimplemented() {
                 i32.ne
                 (call $proxy_call_foreign_function (i32.const 0) (i32.const 0) (i32.const 0)
                     (i32.const 0) (i32.const 0) (i32.const 0))
-                i32.const 12
+                i32.const 1
                 i32.ne
                 i32.or))"#
     ))

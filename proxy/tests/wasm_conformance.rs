@@ -201,6 +201,25 @@ async fn headers_plugin_behaves_as_in_envoy() {
         Req::get("/").header("x-close", "response"),
         || Want::Closed,
     ));
+    // `proxy_call_foreign_function`: the plugin puts what each call returned in a
+    // request header, which the echo shows.
+    for (name, arg) in [
+        ("compress", "hello hello hello hello"),
+        ("uncompress", ""),
+        ("set_envoy_filter_state", "v1"),
+        ("declare_property", ""),
+        ("root_declared", ""),
+        ("clear_route_cache", ""),
+        ("no_such_function", "x"),
+    ] {
+        cases.push(Case::new(
+            "foreign function",
+            Req::get("/")
+                .header("x-foreign", name)
+                .header("x-foreign-arg", arg),
+            backend(),
+        ));
+    }
     run("headers", "x-strait-plugin: on", cases).await;
 }
 

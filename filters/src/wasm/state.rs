@@ -48,6 +48,10 @@ pub(crate) struct HostState {
     /// `proxy_set_property` values of each stream context (Envoy's filter state
     /// `wasm.<path>`), by context and serialized path; dropped with the context.
     pub properties: HashMap<(u32, Vec<u8>), Vec<u8>, foldhash::fast::RandomState>,
+    /// Properties declared with the `declare_property` foreign function: whether
+    /// each is read-only (written once per stream), as Envoy's root context keeps
+    /// its state prototypes.
+    pub declared: HashMap<Vec<u8>, bool, foldhash::fast::RandomState>,
 }
 
 impl HostState {
@@ -74,6 +78,7 @@ impl HostState {
             queue_notifier: None,
             grpc_status: (0, String::new()),
             properties: HashMap::default(),
+            declared: HashMap::default(),
         }
     }
 }

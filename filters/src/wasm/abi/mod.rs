@@ -4,10 +4,13 @@
 //! types, malformed pairs) are status codes, never traps. A trap only comes from the
 //! guest itself (including its allocator, which the host calls to return data).
 //!
+use std::collections::hash_map::Entry;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use wasmtime::{Caller, FuncType, Linker, Val, ValType};
+use wasmtime::{Caller, Linker};
 
+mod foreign;
 mod maps;
 mod shared;
 
@@ -31,7 +34,6 @@ pub(crate) enum Status {
     Empty = 7,
     CasMismatch = 8,
     InternalFailure = 10,
-    Unimplemented = 12,
 }
 
 /// Why a host function did not succeed: a status for the guest, or a trap that
@@ -59,8 +61,6 @@ pub(crate) fn finish(result: HostResult) -> wasmtime::Result<i32> {
 
 pub(crate) type C<'a> = Caller<'a, HostState>;
 
-const UNIMPLEMENTED: &[(&str, usize)] = &[("proxy_call_foreign_function", 6)];
-
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     add_logging_and_time(linker)?;
     maps::add_header_maps(linker)?;
@@ -69,13 +69,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     shared::add_shared_data_and_metrics(linker)?;
     shared::add_shared_queues(linker)?;
     add_http_call(linker)?;
-    for (name, params) in UNIMPLEMENTED {
-        let ty = FuncType::new(linker.engine(), vec![ValType::I32; *params], [ValType::I32]);
-        linker.func_new("env", name, ty, |_, _, results| {
-            results[0] = Val::I32(Status::Unimplemented as i32);
-            Ok(())
-        })?;
-    }
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |mut caller: C<'_>,
+         name_ptr: i32,
+         name_len: i32,
+         args_ptr: i32,
+         args_len: i32,
+         result_ptr: i32,
+         result_size: i32| {
+            finish((|| {
+                let name = read(&caller, name_ptr, name_len)?;
+                let arguments = read(&caller, args_ptr, args_len)?;
+                foreign::call(&mut caller, &name, &arguments, result_ptr, result_size)
+            })())
+        },
+    )?;
     Ok(())
 }
 
@@ -168,6 +178,9 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 }
                 // An HTTP stream's filter state is shared by its filters, so another
                 // plugin (and `filter_state.wasm.<path>`) reads it too.
+                // A property declared read-only is written once (a second write is
+                // `BadArgument`, as Envoy's `CelState`).
+                let read_only = state.declared.get(&path).copied().unwrap_or(false);
                 if let Some(info) = &state.stream.info {
                     let key = format!(
                         "{}{}",
@@ -177,7 +190,7 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                     let object = crate::stream_info::FilterStateObject {
                         value: value.into(),
                         hashable: false,
-                        read_only: false,
+                        read_only,
                     };
                     return info
                         .borrow_mut()
@@ -185,8 +198,17 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                         .set(&key, object)
                         .map_err(|_| Status::BadArgument.into());
                 }
-                state.properties.insert((context, path), value);
-                Ok(())
+                match state.properties.entry((context, path)) {
+                    Entry::Occupied(_) if read_only => Err(Status::BadArgument.into()),
+                    Entry::Occupied(mut old) => {
+                        old.insert(value);
+                        Ok(())
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                        Ok(())
+                    }
+                }
             })())
         },
     )?;

@@ -31,6 +31,11 @@ impl RootContext for HeadersRoot {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // A read-only property: a stream may set it once (`x-foreign: root_declared`).
+        let mut args = field(1, b"tenant.fixed");
+        args.extend([2 << 3, 1]);
+        proxy_wasm::hostcalls::call_foreign_function("declare_property", Some(&args))
+            .expect("declare_property");
         let Some(config) = self.get_plugin_configuration() else {
             return true;
         };
@@ -99,6 +104,94 @@ impl HeadersStream {
     }
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, len: usize) -> u32;
+}
+
+/// `proxy_set_property` on a one-part path, with the status as a number.
+fn raw_set_property(path: &[u8], value: &[u8]) -> u32 {
+    unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) }
+}
+
+/// A protobuf length-delimited field (wire type 2) of a short value.
+fn field(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag << 3 | 2, value.len() as u8];
+    out.extend_from_slice(value);
+    out
+}
+
+fn outcome(result: Result<Option<Vec<u8>>, Status>) -> String {
+    match result {
+        Ok(Some(bytes)) => format!("ok:{}", String::from_utf8_lossy(&bytes)),
+        Ok(None) => "ok".to_string(),
+        Err(status) => format!("{status:?}"),
+    }
+}
+
+impl HeadersStream {
+    /// Calls the foreign function `name` (`x-foreign`) on `x-foreign-arg` and puts
+    /// what came back in `x-foreign-result` (`compress` is checked by round trip:
+    /// zlib builds may pack differently).
+    fn foreign(&self, name: &str) {
+        use proxy_wasm::hostcalls::{call_foreign_function, get_property, set_property};
+        let arg = self.get_http_request_header("x-foreign-arg").unwrap_or_default();
+        let result = match name {
+            "compress" => match call_foreign_function("compress", Some(arg.as_bytes())) {
+                Ok(Some(packed)) => {
+                    let back = call_foreign_function("uncompress", Some(&packed));
+                    format!("zlib:{} back:{}", packed[0] == 0x78, outcome(back))
+                }
+                other => outcome(other),
+            },
+            // zlib.compress(b"strait"), and then cut short.
+            "uncompress" => {
+                let stream = [
+                    0x78, 0x9c, 0x2b, 0x2e, 0x29, 0x4a, 0xcc, 0x2c, 0x01, 0x00, 0x09, 0x2d, 0x02,
+                    0x98,
+                ];
+                let whole = call_foreign_function("uncompress", Some(&stream));
+                let cut = call_foreign_function("uncompress", Some(&stream[..8]));
+                format!("{} cut:{}", outcome(whole), outcome(cut))
+            }
+            "set_envoy_filter_state" => {
+                let mut args = field(1, b"envoy.string");
+                args.extend(field(2, arg.as_bytes()));
+                let set = call_foreign_function("set_envoy_filter_state", Some(&args));
+                let mut unknown = field(1, b"no.such.factory");
+                unknown.extend(field(2, b"x"));
+                let refused = call_foreign_function("set_envoy_filter_state", Some(&unknown));
+                let read = get_property(vec!["filter_state", "envoy.string"]);
+                format!("{} unknown:{} read:{}", outcome(set), outcome(refused), outcome(read))
+            }
+            "declare_property" => {
+                let mut args = field(1, b"tenant.id");
+                args.extend([2 << 3, 1]); // readonly: true
+                let declared = call_foreign_function("declare_property", Some(&args));
+                let first = set_property(vec!["tenant.id"], Some(b"a"));
+                let second = set_property(vec!["tenant.id"], Some(b"b"));
+                let read = get_property(vec!["tenant.id"]);
+                format!(
+                    "{} first:{:?} second:{:?} read:{}",
+                    outcome(declared),
+                    first,
+                    second,
+                    outcome(read)
+                )
+            }
+            "root_declared" => {
+                // The SDK's `set_property` panics on any status but Ok.
+                let first = raw_set_property(b"tenant.fixed", b"a");
+                let second = raw_set_property(b"tenant.fixed", b"b");
+                let read = get_property(vec!["tenant.fixed"]);
+                format!("first:{first:?} second:{second:?} read:{}", outcome(read))
+            }
+            other => outcome(call_foreign_function(other, Some(arg.as_bytes()))),
+        };
+        self.set_http_request_header("x-foreign-result", Some(&result));
+    }
+}
+
 impl HttpContext for HeadersStream {
     fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
         proxy_wasm::hostcalls::increment_metric(self.requests_metric, 1).expect("metric");
@@ -124,6 +217,9 @@ impl HttpContext for HeadersStream {
             }
             Some("response") => self.close_response = true,
             _ => {}
+        }
+        if let Some(name) = self.get_http_request_header("x-foreign") {
+            self.foreign(&name);
         }
         if let Some(new_path) = self.get_http_request_header("x-rewrite-path") {
             self.set_http_request_header(":path", Some(&new_path));
