@@ -114,9 +114,26 @@ impl LocalReply {
 /// The body bytes a filter sees in a body phase: everything buffered since the
 /// filter last returned `Continue` (or the first chunk). Filters may rewrite it in
 /// place; the chain forwards whatever is in it when the filter continues.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A chunk pushed into an empty buffer is kept as it came (no copy); the bytes are
+/// copied only when the filter holds more chunks or rewrites them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyBuffer {
-    bytes: BytesMut,
+    repr: Repr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repr {
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl Default for BodyBuffer {
+    fn default() -> Self {
+        Self {
+            repr: Repr::Shared(Bytes::new()),
+        }
+    }
 }
 
 impl BodyBuffer {
@@ -125,44 +142,73 @@ impl BodyBuffer {
     }
 
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.as_bytes().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.as_bytes().is_empty()
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        match &self.repr {
+            Repr::Shared(bytes) => bytes,
+            Repr::Owned(bytes) => bytes,
+        }
+    }
+
+    /// The bytes, made owned (copied once) so they can change.
+    fn owned(&mut self) -> &mut BytesMut {
+        if let Repr::Shared(bytes) = &self.repr {
+            self.repr = Repr::Owned(BytesMut::from(&bytes[..]));
+        }
+        match &mut self.repr {
+            Repr::Owned(bytes) => bytes,
+            Repr::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    /// Appends a chunk that arrived; into an empty buffer it goes as it is.
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.is_empty() {
+            self.repr = Repr::Shared(chunk);
+        } else if !chunk.is_empty() {
+            self.owned().extend_from_slice(&chunk);
+        }
     }
 
     /// Appends a chunk that arrived while the filter held the body back.
     pub fn extend(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
+        if !chunk.is_empty() {
+            self.owned().extend_from_slice(chunk);
+        }
     }
 
     /// Replaces `len` bytes from `start` with `data`; `start` and `len` are clamped
     /// to the buffer, so `start == len()` appends and `(0, len())` replaces all.
     pub fn splice(&mut self, start: usize, len: usize, data: &[u8]) {
-        let start = start.min(self.bytes.len());
-        let end = start.saturating_add(len).min(self.bytes.len());
-        let mut rebuilt = BytesMut::with_capacity(self.bytes.len() - (end - start) + data.len());
-        rebuilt.extend_from_slice(&self.bytes[..start]);
+        let old = self.as_bytes();
+        let start = start.min(old.len());
+        let end = start.saturating_add(len).min(old.len());
+        let mut rebuilt = BytesMut::with_capacity(old.len() - (end - start) + data.len());
+        rebuilt.extend_from_slice(&old[..start]);
         rebuilt.extend_from_slice(data);
-        rebuilt.extend_from_slice(&self.bytes[end..]);
-        self.bytes = rebuilt;
+        rebuilt.extend_from_slice(&old[end..]);
+        self.repr = Repr::Owned(rebuilt);
     }
 
     /// Takes the bytes out to forward them, leaving the buffer empty.
     pub fn take(&mut self) -> Bytes {
-        self.bytes.split().freeze()
+        match &mut self.repr {
+            Repr::Shared(bytes) => std::mem::take(bytes),
+            Repr::Owned(bytes) => bytes.split().freeze(),
+        }
     }
 }
 
 impl From<&[u8]> for BodyBuffer {
     fn from(bytes: &[u8]) -> Self {
         Self {
-            bytes: BytesMut::from(bytes),
+            repr: Repr::Owned(BytesMut::from(bytes)),
         }
     }
 }

@@ -1037,8 +1037,10 @@ impl ChainId {
     }
 
     fn body_phase(self, chunk: Bytes, end_of_stream: bool, request: bool) -> BodyVerdict {
-        let unfiltered = chunk.clone();
+        // Left here if the stream is gone (then it passes as it came).
+        let mut chunk = Some(chunk);
         with_stream(self, |chain| {
+            let chunk = chunk.take().unwrap_or_default();
             {
                 let mut info = chain.info.borrow_mut();
                 match request {
@@ -1052,7 +1054,7 @@ impl ChainId {
                     true => &mut slot.request_buffer,
                     false => &mut slot.response_buffer,
                 };
-                buffer.extend(&data);
+                buffer.push(std::mem::take(&mut data));
                 let status = match request {
                     true => slot.filter.on_request_body(buffer, end_of_stream),
                     false => slot.filter.on_response_body(buffer, end_of_stream),
@@ -1086,7 +1088,7 @@ impl ChainId {
             }
             BodyVerdict::Forward(data)
         })
-        .unwrap_or(BodyVerdict::Forward(unfiltered))
+        .unwrap_or_else(|| BodyVerdict::Forward(chunk.take().unwrap_or_default()))
     }
 
     /// Parks a reply decided in the request body, for the router to send.

@@ -18,6 +18,28 @@ use super::abi::Status;
 use super::state::StreamData;
 use crate::{RequestHead, ResponseHead};
 
+/// A header value read for a plugin.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeaderBytes {
+    Value(HeaderValue),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for HeaderBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            HeaderBytes::Value(value) => value.as_bytes(),
+            HeaderBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for HeaderBytes {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.as_ref() == &other[..]
+    }
+}
+
 /// A header name and value as the guest sent them.
 pub(crate) type Pair = (Vec<u8>, Vec<u8>);
 
@@ -106,26 +128,22 @@ impl HeaderView<'_> {
     /// The number of pairs a plugin sees, counted without building them: this is
     /// the `num_headers` argument of every headers callback.
     pub fn len(&self) -> usize {
-        let pseudo = match self {
+        match self {
             HeaderView::Request(head) => {
+                // One lookup of `host`: it is not counted, and may be the authority.
+                let mut hosts = head.headers.get_all(HOST).iter();
+                let first = hosts.next();
+                let host_count = usize::from(first.is_some()) + hosts.count();
                 let has_authority = match head.uri.authority() {
                     Some(authority) => !authority.as_str().is_empty(),
-                    None => head
-                        .headers
-                        .get(HOST)
-                        .is_some_and(|h| !h.is_empty() && h.to_str().is_ok()),
+                    None => first.is_some_and(|h| !h.is_empty() && h.to_str().is_ok()),
                 };
                 // :path, :method and :scheme are never empty.
-                3 + usize::from(has_authority)
+                3 + usize::from(has_authority) + head.headers.len() - host_count
             }
-            HeaderView::Response(_) => 1,
-            HeaderView::Trailers(_) => 0,
-        };
-        let host = match self {
-            HeaderView::Request(head) => head.headers.get_all(HOST).iter().count(),
-            _ => 0,
-        };
-        pseudo + self.headers().len() - host
+            HeaderView::Response(head) => 1 + head.headers.len(),
+            HeaderView::Trailers(map) => map.len(),
+        }
     }
 
     /// All pairs, serialized.
@@ -154,21 +172,33 @@ impl HeaderView<'_> {
     }
 
     /// The first value of `name`.
-    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
-        let name = name.to_ascii_lowercase();
+    /// One value as a plugin reads it (the first, for a repeated header): a
+    /// pseudo-header computed from the head, a regular header shared, not copied.
+    pub fn get(&self, name: &str) -> Option<HeaderBytes> {
         if name.starts_with(':') {
-            return self
-                .pseudo()
-                .into_iter()
-                .find(|(pseudo, _)| *pseudo == name)
-                .map(|(_, value)| value);
+            return self.pseudo_value(name).map(HeaderBytes::Owned);
         }
-        if self.is_request_host(&name) {
+        if self.is_request_host(name) {
             return None;
         }
-        self.headers()
-            .get(name.as_str())
-            .map(|v| v.as_bytes().to_vec())
+        // `HeaderMap::get` lowercases a `&str` name itself.
+        self.headers().get(name).cloned().map(HeaderBytes::Value)
+    }
+
+    /// The value of one pseudo-header (any case), as [`Self::pseudo`] has it.
+    fn pseudo_value(&self, name: &str) -> Option<Vec<u8>> {
+        let is = |pseudo: &str| name.eq_ignore_ascii_case(pseudo);
+        let value = match self {
+            HeaderView::Request(head) if is(":authority") => authority(head).into_bytes(),
+            HeaderView::Request(head) if is(":path") => path(&head.uri).as_bytes().to_vec(),
+            HeaderView::Request(head) if is(":method") => head.method.as_str().as_bytes().to_vec(),
+            HeaderView::Request(head) if is(":scheme") => {
+                head.uri.scheme_str().unwrap_or("http").as_bytes().to_vec()
+            }
+            HeaderView::Response(head) if is(":status") => head.status.as_str().as_bytes().to_vec(),
+            _ => return None,
+        };
+        (!value.is_empty()).then_some(value)
     }
 
     pub fn add(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -393,6 +423,24 @@ mod tests {
             assert!(deserialize_pairs(&wire[..cut]).is_err(), "cut at {cut}");
         }
         assert!(deserialize_pairs(&[255, 255, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn get_ignores_case_and_hides_host() {
+        let (mut head, ()) = http::Request::get("/p?q")
+            .header("host", "h")
+            .header("x-Foo", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let view = HeaderView::Request(&mut head);
+        let get = |name: &str| view.get(name).map(|v| v.as_ref().to_vec());
+        assert_eq!(get("X-FOO"), Some(b"1".to_vec()));
+        assert_eq!(get(":PATH"), Some(b"/p?q".to_vec()));
+        assert_eq!(get(":authority"), Some(b"h".to_vec()));
+        assert_eq!(get("host"), None);
+        assert_eq!(get(":status"), None);
+        assert_eq!(get("x-none"), None);
     }
 
     #[test]

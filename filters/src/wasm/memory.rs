@@ -27,6 +27,35 @@ pub(crate) fn read(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> HostRe
         .ok_or(HostError::Status(Status::InvalidMemoryAccess))
 }
 
+/// Runs `f` on the guest bytes of each `(ptr, len)` span, borrowed from linear
+/// memory rather than copied, together with the store's data: for host calls that
+/// only look at what the guest passed (header names and values).
+pub(crate) fn with_guest_bytes<R, const N: usize>(
+    caller: &mut Caller<'_, HostState>,
+    spans: [(i32, i32); N],
+    f: impl FnOnce([&[u8]; N], &mut HostState) -> HostResult<R>,
+) -> HostResult<R> {
+    let memory = memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    let data: &[u8] = data;
+    let mut slices = [&data[..0]; N];
+    for (slice, (ptr, len)) in slices.iter_mut().zip(spans) {
+        let start = ptr as u32 as usize;
+        let end = start
+            .checked_add(len as u32 as usize)
+            .ok_or(Status::InvalidMemoryAccess)?;
+        *slice = data
+            .get(start..end)
+            .ok_or(HostError::Status(Status::InvalidMemoryAccess))?;
+    }
+    f(slices, state)
+}
+
+/// A guest string (keys, names, paths) as UTF-8, or `BadArgument`.
+pub(crate) fn utf8(bytes: &[u8]) -> HostResult<&str> {
+    std::str::from_utf8(bytes).map_err(|_| HostError::Status(Status::BadArgument))
+}
+
 /// Reads a UTF-8 string (keys, names, paths).
 pub(crate) fn read_string(
     caller: &Caller<'_, HostState>,

@@ -186,7 +186,9 @@ fn header_map(view: Option<HeaderView<'_>>, rest: &[&[u8]]) -> Found {
         (None, []) => Ok(serialize_pairs(&[])),
         (Some(view), [name]) => {
             let name = std::str::from_utf8(name).map_err(|_| Status::NotFound)?;
-            view.get(name).ok_or(Status::NotFound)
+            view.get(name)
+                .map(|v| v.as_ref().to_vec())
+                .ok_or(Status::NotFound)
         }
         _ => Err(Status::NotFound),
     }

@@ -3,7 +3,7 @@ use wasmtime::Linker;
 
 use super::{finish, Status, C};
 use crate::wasm::headers::{self, deserialize_pairs};
-use crate::wasm::memory::{copy_out, read, read_string, write_u32};
+use crate::wasm::memory::{copy_out, read, utf8, with_guest_bytes, write_u32};
 use crate::wasm::state::HostState;
 use crate::BodyBuffer;
 
@@ -34,11 +34,11 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
         "proxy_get_header_map_value",
         |mut caller: C<'_>, map: i32, key_ptr: i32, key_len: i32, out_ptr: i32, out_len: i32| {
             finish((|| {
-                let key = read_string(&caller, key_ptr, key_len)?;
-                let value = headers::view(&mut caller.data_mut().stream, map)?
-                    .get(&key)
-                    .ok_or(Status::NotFound)?;
-                copy_out(&mut caller, &value, out_ptr, out_len)
+                let value = with_guest_bytes(&mut caller, [(key_ptr, key_len)], |[key], state| {
+                    let value = headers::view(&mut state.stream, map)?.get(utf8(key)?);
+                    Ok(value.ok_or(Status::NotFound)?)
+                })?;
+                copy_out(&mut caller, value.as_ref(), out_ptr, out_len)
             })())
         },
     )?;
@@ -51,12 +51,14 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
          key_len: i32,
          value_ptr: i32,
          value_len: i32| {
-            finish((|| {
-                let key = read_string(&caller, key_ptr, key_len)?;
-                let value = read(&caller, value_ptr, value_len)?;
-                headers::view(&mut caller.data_mut().stream, map)?.add(&key, &value)?;
-                Ok(())
-            })())
+            finish(with_guest_bytes(
+                &mut caller,
+                [(key_ptr, key_len), (value_ptr, value_len)],
+                |[key, value], state| {
+                    headers::view(&mut state.stream, map)?.add(utf8(key)?, value)?;
+                    Ok(())
+                },
+            ))
         },
     )?;
     linker.func_wrap(
@@ -68,23 +70,28 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
          key_len: i32,
          value_ptr: i32,
          value_len: i32| {
-            finish((|| {
-                let key = read_string(&caller, key_ptr, key_len)?;
-                let value = read(&caller, value_ptr, value_len)?;
-                headers::view(&mut caller.data_mut().stream, map)?.replace(&key, &value)?;
-                Ok(())
-            })())
+            finish(with_guest_bytes(
+                &mut caller,
+                [(key_ptr, key_len), (value_ptr, value_len)],
+                |[key, value], state| {
+                    headers::view(&mut state.stream, map)?.replace(utf8(key)?, value)?;
+                    Ok(())
+                },
+            ))
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
         |mut caller: C<'_>, map: i32, key_ptr: i32, key_len: i32| {
-            finish((|| {
-                let key = read_string(&caller, key_ptr, key_len)?;
-                headers::view(&mut caller.data_mut().stream, map)?.remove(&key)?;
-                Ok(())
-            })())
+            finish(with_guest_bytes(
+                &mut caller,
+                [(key_ptr, key_len)],
+                |[key], state| {
+                    headers::view(&mut state.stream, map)?.remove(utf8(key)?)?;
+                    Ok(())
+                },
+            ))
         },
     )?;
     linker.func_wrap(
