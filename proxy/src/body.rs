@@ -70,6 +70,8 @@ pub enum RequestBody {
         chain: ChainId,
         /// The chain saw the end of the body.
         done: bool,
+        /// A filter holds the end of the body until its callouts answer.
+        waiting: bool,
         /// Trailers held while the chain flushed the body.
         trailers: Option<Frame<Bytes>>,
     },
@@ -264,9 +266,10 @@ impl RequestBody {
             RequestBody::Filtered {
                 inner,
                 done,
+                waiting,
                 trailers,
                 ..
-            } => *done && trailers.is_none() && inner.is_end_stream(),
+            } => *done && !*waiting && trailers.is_none() && inner.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
             RequestBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
             RequestBody::Channel(_) => false,
@@ -311,8 +314,28 @@ impl Body for RequestBody {
                 received,
                 chain,
                 done,
+                waiting,
                 trailers,
             } => loop {
+                if *waiting {
+                    match ready!(chain.poll_body_wait(cx)) {
+                        BodyVerdict::Wait => continue,
+                        BodyVerdict::Forward(data) => {
+                            *waiting = false;
+                            if !data.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
+                        }
+                        BodyVerdict::Hold => *waiting = false,
+                        BodyVerdict::LocalReply(reply) => {
+                            *waiting = false;
+                            chain.set_pending_reply(reply);
+                            *trailers = None;
+                            return Poll::Ready(Some(Err(Box::new(FilterReplied))));
+                        }
+                    }
+                    continue;
+                }
                 if *done {
                     return Poll::Ready(trailers.take().map(Ok));
                 }
@@ -338,6 +361,8 @@ impl Body for RequestBody {
                     BodyVerdict::Forward(data) if data.is_empty() => continue,
                     BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     BodyVerdict::Hold => continue,
+                    // A filter waits for its callouts' answers, and the body with it.
+                    BodyVerdict::Wait => *waiting = true,
                     BodyVerdict::LocalReply(reply) => {
                         chain.set_pending_reply(reply);
                         *trailers = None;
@@ -627,6 +652,8 @@ struct ResponseFilters {
     chain: ChainId,
     /// The chain saw the end of the body.
     done: bool,
+    /// A filter holds the end of the body until its callouts answer.
+    waiting: bool,
     /// Trailers held while the chain flushed the body.
     trailers: Option<Frame<Bytes>>,
 }
@@ -658,6 +685,7 @@ impl ResponseBody {
         self.filters = Some(ResponseFilters {
             chain,
             done,
+            waiting: false,
             trailers: None,
         });
         self
@@ -738,7 +766,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         if let Some(f) = &self.filters {
-            if !f.done || f.trailers.is_some() {
+            if !f.done || f.waiting || f.trailers.is_some() {
                 return false;
             }
         }
@@ -773,6 +801,22 @@ fn poll_filtered(
             .map(|r| r.map(|r| r.map_err(Into::into)));
     };
     loop {
+        if f.waiting {
+            let verdict = ready!(f.chain.poll_body_wait(cx));
+            if let BodyVerdict::Wait = verdict {
+                continue;
+            }
+            f.waiting = false;
+            match verdict {
+                BodyVerdict::Forward(data) if !data.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                BodyVerdict::LocalReply(reply) => {
+                    return Poll::Ready(Some(Err(late_reply(f, reply))))
+                }
+                _ => continue,
+            }
+        }
         if f.done {
             if let Some(trailers) = f.trailers.take() {
                 return Poll::Ready(Some(Ok(trailers)));
@@ -797,17 +841,23 @@ fn poll_filtered(
             BodyVerdict::Forward(data) if data.is_empty() => continue,
             BodyVerdict::Forward(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
             BodyVerdict::Hold => continue,
-            // The head is gone already: all that is left is to reset the stream,
-            // which the caller does for any error.
-            BodyVerdict::LocalReply(reply) => {
-                tracing::warn!(status = %reply.status, details = %reply.details,
-                    "an HTTP filter answered after the response head was sent; resetting");
-                f.done = true;
-                f.trailers = None;
-                return Poll::Ready(Some(Err(Box::new(FilterReplied))));
-            }
+            // A filter waits for its callouts' answers, and the body with it.
+            BodyVerdict::Wait => f.waiting = true,
+            BodyVerdict::LocalReply(reply) => return Poll::Ready(Some(Err(late_reply(f, reply)))),
         }
     }
+}
+
+/// A filter's local reply (or reset) after the response head was sent: all that is
+/// left is to reset the stream, which the caller does for any error.
+fn late_reply(f: &mut ResponseFilters, reply: strait_filters::LocalReply) -> BoxError {
+    if !reply.reset {
+        tracing::warn!(status = %reply.status, details = %reply.details,
+            "an HTTP filter answered after the response head was sent; resetting");
+    }
+    f.done = true;
+    f.trailers = None;
+    Box::new(FilterReplied)
 }
 
 impl Drop for ResponseBody {

@@ -57,6 +57,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -218,6 +219,9 @@ pub enum BodyVerdict {
     Forward(Bytes),
     /// A filter holds the data back until more arrives.
     Hold,
+    /// A filter paused at the end of the body until its callouts answer: poll
+    /// [`ChainId::poll_body_wait`] for what then goes on.
+    Wait,
     LocalReply(LocalReply),
 }
 
@@ -242,9 +246,20 @@ struct StreamChain {
     paused: Option<usize>,
     answers: VecDeque<Answer>,
     waiter: Option<Arc<Notify>>,
+    /// A body phase paused for callouts (the slot is `paused`), and the task of
+    /// the body that waits for it.
+    body_wait: Option<BodyWait>,
     /// The stream's facts, which its plugins read (properties) and its filters
     /// write (filter state), shared with every wasm filter of the stream.
     info: Rc<RefCell<StreamInfo>>,
+}
+
+/// Where a body phase waits: the request's or the response's body, whether the
+/// held chunk ended it, and the body's task to wake when an answer comes.
+struct BodyWait {
+    request: bool,
+    end_of_stream: bool,
+    waker: Option<Waker>,
 }
 
 /// A callout's answer for the filter in `slot`.
@@ -575,6 +590,7 @@ impl ChainHandle {
             paused: None,
             answers: VecDeque::new(),
             waiter: None,
+            body_wait: None,
             info,
         };
         STREAMS.with(|streams| streams.borrow_mut().insert(id, chain));
@@ -988,6 +1004,9 @@ fn deliver(id: ChainId, slot: usize, token: u32, response: CallAnswer) {
                 if let Some(waiter) = &chain.waiter {
                     waiter.notify_one();
                 }
+                if let Some(waker) = chain.body_wait.as_mut().and_then(|w| w.waker.take()) {
+                    waker.wake();
+                }
             }
             None => answer_unpaused(id, chain, answer),
         }
@@ -1011,6 +1030,67 @@ fn answer_unpaused(id: ChainId, chain: &mut StreamChain, answer: Answer) {
         tracing::debug!(target: "strait::wasm", plugin = %slot.runtime.config.name, status = %reply.status, "local reply from a callout answer after the headers phase is ignored");
     }
     send_calls(id, answer.slot, &mut slot.filter, &mut chain.calls);
+}
+
+/// Runs `data` through the stream's filters from `from` on (in a body phase). A
+/// filter that stops at the end of the body while its callouts are in flight pauses
+/// the phase there ([`BodyVerdict::Wait`]); one that stops with nothing to wait
+/// for is sent what there is, as nothing more will come.
+fn run_body(
+    id: ChainId,
+    chain: &mut StreamChain,
+    from: usize,
+    mut data: Bytes,
+    end_of_stream: bool,
+    request: bool,
+) -> BodyVerdict {
+    for (index, slot) in chain.slots.iter_mut().enumerate().skip(from) {
+        let buffer = match request {
+            true => &mut slot.request_buffer,
+            false => &mut slot.response_buffer,
+        };
+        buffer.push(std::mem::take(&mut data));
+        let status = match request {
+            true => slot.filter.on_request_body(buffer, end_of_stream),
+            false => slot.filter.on_response_body(buffer, end_of_stream),
+        };
+        if slot.filter.error().is_some() {
+            slot.runtime.export_failures();
+        }
+        send_calls(id, index, &mut slot.filter, &mut chain.calls);
+        match status {
+            FilterStatus::Continue => data = buffer.take(),
+            FilterStatus::StopIteration if end_of_stream && slot.filter.has_calls_in_flight() => {
+                chain.paused = Some(index);
+                chain.body_wait = Some(BodyWait {
+                    request,
+                    end_of_stream,
+                    waker: None,
+                });
+                return BodyVerdict::Wait;
+            }
+            // Nothing more will come to wait for: send what there is.
+            FilterStatus::StopIteration if end_of_stream => data = buffer.take(),
+            FilterStatus::StopIteration if buffer.len() > chain.buffer_limit => {
+                let (status, details) = match request {
+                    true => (StatusCode::PAYLOAD_TOO_LARGE, "request_payload_too_large"),
+                    false => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "response_payload_too_large",
+                    ),
+                };
+                let mut reply = LocalReply::new(status, details);
+                reply.body = Bytes::from(match request {
+                    true => "Payload Too Large",
+                    false => "Internal Server Error",
+                });
+                return BodyVerdict::LocalReply(reply);
+            }
+            FilterStatus::StopIteration => return BodyVerdict::Hold,
+            FilterStatus::LocalReply(reply) => return BodyVerdict::LocalReply(reply),
+        }
+    }
+    BodyVerdict::Forward(data)
 }
 
 impl ChainId {
@@ -1048,47 +1128,75 @@ impl ChainId {
                     false => info.response_body_bytes += chunk.len() as u64,
                 }
             }
-            let mut data = chunk;
-            for (index, slot) in chain.slots.iter_mut().enumerate() {
+            run_body(self, chain, 0, chunk, end_of_stream, request)
+        })
+        .unwrap_or_else(|| BodyVerdict::Forward(chunk.take().unwrap_or_default()))
+    }
+
+    /// A body phase that returned [`BodyVerdict::Wait`]: hands the callout answers
+    /// that came back to their filters (the waiting one sees the body it holds) and
+    /// is ready once that filter resumes (`proxy_continue_stream`: the rest of the
+    /// chain then runs on its body) or answers locally. Until then the body waits,
+    /// as Envoy holds a body whose filter returned `StopIterationAndBuffer`.
+    pub fn poll_body_wait(self, cx: &mut Context<'_>) -> Poll<BodyVerdict> {
+        let verdict = with_stream(self, |chain| {
+            let Some(at) = chain.paused else {
+                return Poll::Ready(BodyVerdict::Forward(Bytes::new()));
+            };
+            let Some(wait) = chain.body_wait.as_ref() else {
+                return Poll::Ready(BodyVerdict::Forward(Bytes::new()));
+            };
+            let (request, end_of_stream) = (wait.request, wait.end_of_stream);
+            while let Some(answer) = chain.answers.pop_front() {
+                if answer.slot != at {
+                    answer_unpaused(self, chain, answer);
+                    continue;
+                }
+                let slot = &mut chain.slots[at];
                 let buffer = match request {
                     true => &mut slot.request_buffer,
                     false => &mut slot.response_buffer,
                 };
-                buffer.push(std::mem::take(&mut data));
-                let status = match request {
-                    true => slot.filter.on_request_body(buffer, end_of_stream),
-                    false => slot.filter.on_response_body(buffer, end_of_stream),
-                };
+                let paused = Paused::Body { request, buffer };
+                let status = slot
+                    .filter
+                    .on_call_answer(answer.token, answer.response, paused);
                 if slot.filter.error().is_some() {
                     slot.runtime.export_failures();
                 }
-                send_calls(self, index, &mut slot.filter, &mut chain.calls);
-                match status {
-                    FilterStatus::Continue => data = buffer.take(),
-                    // Nothing more will come to wait for: send what there is.
-                    FilterStatus::StopIteration if end_of_stream => data = buffer.take(),
-                    FilterStatus::StopIteration if buffer.len() > chain.buffer_limit => {
-                        let (status, details) = match request {
-                            true => (StatusCode::PAYLOAD_TOO_LARGE, "request_payload_too_large"),
-                            false => (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "response_payload_too_large",
-                            ),
+                send_calls(self, at, &mut slot.filter, &mut chain.calls);
+                let verdict = match status {
+                    FilterStatus::LocalReply(reply) => BodyVerdict::LocalReply(reply),
+                    FilterStatus::Continue => {
+                        let slot = &mut chain.slots[at];
+                        let data = match request {
+                            true => slot.request_buffer.take(),
+                            false => slot.response_buffer.take(),
                         };
-                        let mut reply = LocalReply::new(status, details);
-                        reply.body = Bytes::from(match request {
-                            true => "Payload Too Large",
-                            false => "Internal Server Error",
-                        });
-                        return BodyVerdict::LocalReply(reply);
+                        chain.paused = None;
+                        chain.body_wait = None;
+                        for answer in std::mem::take(&mut chain.answers) {
+                            answer_unpaused(self, chain, answer);
+                        }
+                        run_body(self, chain, at + 1, data, end_of_stream, request)
                     }
-                    FilterStatus::StopIteration => return BodyVerdict::Hold,
-                    FilterStatus::LocalReply(reply) => return BodyVerdict::LocalReply(reply),
+                    FilterStatus::StopIteration => continue,
+                };
+                if let BodyVerdict::LocalReply(_) = verdict {
+                    chain.paused = None;
+                    chain.body_wait = None;
                 }
+                return Poll::Ready(verdict);
             }
-            BodyVerdict::Forward(data)
-        })
-        .unwrap_or_else(|| BodyVerdict::Forward(chunk.take().unwrap_or_default()))
+            // The stream's own timers bound the wait (the stream idle timeout
+            // answers 408), as for any stalled body.
+            if let Some(wait) = chain.body_wait.as_mut() {
+                wait.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        });
+        // The stream is gone: nothing is left to wait for.
+        verdict.unwrap_or(Poll::Ready(BodyVerdict::Forward(Bytes::new())))
     }
 
     /// Parks a reply decided in the request body, for the router to send.

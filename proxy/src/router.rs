@@ -612,6 +612,7 @@ async fn proxy<'a>(
                 received,
                 chain,
                 done: false,
+                waiting: false,
                 trailers: None,
             },
             None => RequestBody::Streaming {

@@ -144,6 +144,56 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
+    // The plugin holds the request body for a scan that never answers: the body
+    // waits (the head went upstream already, as in Envoy) and the stream idle
+    // timeout answers 408.
+    let backend = Backend::echo("backend").await;
+    let (auth, _closed) = silent_server().await;
+    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
+    let addr = strait.main_addr().await;
+    let mut c = Client::connect(addr, Proto::H1).await.expect("connect");
+    let req = c.request(
+        http::Method::POST,
+        "example.test",
+        "/upload",
+        &[("x-body-scan", "auth")],
+        full("card 4111"),
+    );
+    let resp = within(
+        Duration::from_secs(10),
+        "the held body is answered",
+        c.send(req),
+    )
+    .await
+    .expect("a response");
+    assert_eq!(resp.status, 408, "{:?}", resp.body);
+    assert_eq!(&resp.body[..], b"stream timeout");
+    let resp = get(addr, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn a_response_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
+    // The same for the response body: its head went out, so the timeout can only
+    // cut the body short (the connection closes), within the idle timeout.
+    let backend = Backend::echo("backend").await;
+    let (auth, _closed) = silent_server().await;
+    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
+    let addr = strait.main_addr().await;
+    let (status, body) = within(
+        Duration::from_secs(10),
+        "the held response body ends",
+        common::client::request_headers(addr, "/download", &[("x-body-scan-response", "auth")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "the body is cut short: {body:?}");
+    let resp = get(addr, "example.test", "/", &[]).await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_cancels_its_callouts() {
     // Envoy cancels a context's calls when the context goes; so does Strait: the
     // callout's upstream connection is closed once the client gives up.

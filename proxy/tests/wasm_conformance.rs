@@ -411,6 +411,39 @@ async fn http_callouts_behave_as_in_envoy() {
             Req::get("/p2").header("x-set-property", "other_key="),
             backend(),
         ),
+        // A body phase that waits for a callout (a DLP scan): the body is held
+        // until the answer, which rewrites it or refuses the stream.
+        Case::new(
+            "request body held for a scan, rewritten, resumed",
+            Req::post("/upload", "card 4111").header("x-body-scan", "auth"),
+            backend(),
+        ),
+        Case::new(
+            "h2: request body held for a scan",
+            Req::post("/upload", "card 4111")
+                .header("x-body-scan", "auth")
+                .h2(),
+            backend(),
+        ),
+        Case::new(
+            "request body scan refuses: local reply 403",
+            Req::post("/upload", "card 4111")
+                .header("x-body-scan", "auth")
+                .header("x-callout-status", "451"),
+            Want::Local(403),
+        ),
+        Case::new(
+            "response body held for a scan, rewritten, resumed",
+            Req::get("/download").header("x-body-scan-response", "auth"),
+            Want::Local(200),
+        ),
+        Case::new(
+            "response body scan refuses: the stream is reset",
+            Req::get("/download")
+                .header("x-body-scan-response", "auth")
+                .header("x-callout-status", "451"),
+            Want::Closed,
+        ),
         Case::new("later requests unaffected", Req::get("/after"), backend()),
     ];
     run_yaml_down("callout", &yaml, &["down"], cases).await;

@@ -64,6 +64,12 @@ pub enum Paused<'a> {
     None,
     Request(&'a mut RequestHead),
     Response(&'a mut ResponseHead),
+    /// The body a paused body phase holds (the request's or the response's): the
+    /// plugin may read or rewrite it before resuming (a scan's verdict, say).
+    Body {
+        request: bool,
+        buffer: &'a mut BodyBuffer,
+    },
 }
 
 impl WasmHttpFilter {
@@ -205,15 +211,26 @@ impl WasmHttpFilter {
                 Some(false)
             }
             Paused::None => {
-                if self.request_visible {
-                    data.request = self.request.take();
-                }
-                if self.response_visible {
-                    data.response = self.response.take();
-                }
+                self.lend_heads(&mut data);
                 self.run_call_response(generation, context, token, response, &mut data);
                 self.keep_heads(&mut data);
                 None
+            }
+            Paused::Body { request, buffer } => {
+                self.lend_heads(&mut data);
+                let body = Some(mem::take(buffer));
+                match request {
+                    true => data.request_body = body,
+                    false => data.response_body = body,
+                }
+                self.run_call_response(generation, context, token, response, &mut data);
+                let body = match request {
+                    true => data.request_body.take(),
+                    false => data.response_body.take(),
+                };
+                *buffer = body.unwrap_or_default();
+                self.keep_heads(&mut data);
+                Some(request)
             }
         };
         if self.error.is_some() {
@@ -283,6 +300,16 @@ impl WasmHttpFilter {
             StatusCode::INTERNAL_SERVER_ERROR,
             "wasm_fail_stream",
         ))
+    }
+
+    /// Lends the heads a callback may still see (those a headers phase held).
+    fn lend_heads(&mut self, data: &mut StreamData) {
+        if self.request_visible {
+            data.request = self.request.take();
+        }
+        if self.response_visible {
+            data.response = self.response.take();
+        }
     }
 
     /// Puts the heads the callback saw back where later phases find them.

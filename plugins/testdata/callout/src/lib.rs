@@ -31,6 +31,11 @@
 //!   `x-grpc-stream-messages` (the messages received, comma-separated),
 //!   `x-grpc-stream-content-type` (initial metadata), `x-grpc-stream-trailer`
 //!   (`grpc-status` from the trailing metadata) and `x-grpc-stream-close` (status).
+//! - `x-body-scan: <cluster>` (`x-body-scan-response: <cluster>`): the request (response)
+//!   body is held to its end, then sent in a `POST /scan` call (with
+//!   `x-callout-status` and `x-callout-delay-ms` as above) and the body waits for the answer, as a DLP plugin
+//!   scans: a 2xx replaces the body with `scanned(<status>):<body>` and resumes; any
+//!   other status answers 403 `blocked by scan` (the response: resets the stream).
 //! - `x-set-property: <name>=<value>`: `set_property([name], value)` in the request
 //!   headers phase; the request then carries `x-got-property` (what
 //!   `get_property([name])` returns, or `none`), and the response the same read in
@@ -131,6 +136,10 @@ struct CalloutStream {
     stream_messages: Vec<String>,
     stream_content_type: String,
     stream_trailer: String,
+    /// `x-body-scan` / `x-body-scan-response`: the cluster, and the call in flight.
+    scan_request: Option<String>,
+    scan_response: Option<String>,
+    scan: Option<(u32, bool)>,
 }
 
 impl CalloutStream {
@@ -157,6 +166,74 @@ impl CalloutStream {
 }
 
 impl CalloutStream {
+    /// Holds the body to its end, then sends it to `cluster` and waits (`request`:
+    /// the request body, else the response body).
+    fn scan_body(&mut self, request: bool, size: usize, end_of_stream: bool) -> Action {
+        let cluster = match request {
+            true => self.scan_request.clone(),
+            false => self.scan_response.clone(),
+        };
+        let Some(cluster) = cluster else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = match request {
+            true => self.get_http_request_body(0, size),
+            false => self.get_http_response_body(0, size),
+        }
+        .unwrap_or_default();
+        let mut headers = vec![(":method", "POST"), (":path", "/scan"), (":authority", "scan.local")];
+        if let Some(status) = self.status.as_deref() {
+            headers.push(("x-echo-status", status));
+        }
+        if let Some(delay) = self.delay.as_deref() {
+            headers.push(("x-echo-delay-ms", delay));
+        }
+        match self.dispatch_http_call(&cluster, headers, Some(&body), vec![], Duration::from_secs(5)) {
+            Ok(token) => {
+                self.scan = Some((token, request));
+                Action::Pause
+            }
+            Err(_) => Action::Continue,
+        }
+    }
+
+    /// The scan's answer: rewrite the held body and resume, or refuse.
+    fn scanned(&mut self, request: bool, num_headers: usize) {
+        let status = match num_headers {
+            0 => "none".to_owned(),
+            _ => self.get_http_call_response_header(":status").unwrap_or_default(),
+        };
+        if !status.starts_with('2') {
+            match request {
+                true => self.send_http_response(403, vec![], Some(b"blocked by scan")),
+                false => {
+                    let _ = proxy_wasm::hostcalls::reset_http_response();
+                }
+            }
+            return;
+        }
+        let body = match request {
+            true => self.get_http_request_body(0, usize::MAX),
+            false => self.get_http_response_body(0, usize::MAX),
+        }
+        .unwrap_or_default();
+        let mut rewritten = format!("scanned({status}):").into_bytes();
+        rewritten.extend_from_slice(&body);
+        match request {
+            true => {
+                self.set_http_request_body(0, usize::MAX, &rewritten);
+                self.resume_http_request();
+            }
+            false => {
+                self.set_http_response_body(0, usize::MAX, &rewritten);
+                self.resume_http_response();
+            }
+        }
+    }
+
     /// A dispatch the host refused: 500 with the status in `x-callout-error`.
     fn dispatch_failed(&self, status: proxy_wasm::types::Status) -> Action {
         let status = format!("{status:?}");
@@ -281,6 +358,12 @@ impl Context for CalloutStream {
     }
 
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        if let Some((scan, request)) = self.scan {
+            if scan == token {
+                self.scan = None;
+                return self.scanned(request, num_headers);
+            }
+        }
         self.pending.retain(|t| *t != token);
         self.answers += 1;
         if num_headers == 0 {
@@ -344,6 +427,8 @@ impl HttpContext for CalloutStream {
             .and_then(|t| t.parse().ok())
             .unwrap_or(5000);
         self.response_cluster = self.get_http_request_header("x-callout-on-response");
+        self.scan_request = self.get_http_request_header("x-body-scan");
+        self.scan_response = self.get_http_request_header("x-body-scan-response");
         if let Some(cluster) = self.get_http_request_header("x-grpc-call") {
             return self.grpc_call(&cluster);
         }
@@ -364,6 +449,14 @@ impl HttpContext for CalloutStream {
             }
         }
         Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.scan_body(true, size, end_of_stream)
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.scan_body(false, size, end_of_stream)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
