@@ -122,15 +122,9 @@ impl Proxy {
         // Services the new config adds start now, so one that fails rejects it; the
         // old config's other services stop once the new one is published.
         let running = self.running_services();
-        // A refused config leaves the services' callouts on the running clusters.
-        let refused = |e: anyhow::Error| {
-            wasm_service::set_clusters(&old.clusters);
-            e
-        };
         let services =
             wasm_service::sync(&running, &new, self.options.concurrency, &self.shared.store)
-                .await
-                .map_err(refused)?;
+                .await?;
         // Bind every new or moved listener before publishing, so a port in use refuses
         // the config. A listener whose name and address stay keeps its sockets.
         let mut fresh = Vec::new();
@@ -139,17 +133,19 @@ impl Proxy {
             for (i, l) in new.listeners.iter().enumerate() {
                 let (name, addr) = (&l.config.name, l.config.address);
                 if bound.get(name).is_none_or(|b| b.0 != addr) {
-                    let b = listener::bind(addr, self.workers.len())
-                        .with_context(|| {
-                            format!("static_resources.listeners[{i}].address: cannot bind {addr}")
-                        })
-                        .map_err(refused)?;
+                    let b = listener::bind(addr, self.workers.len()).with_context(|| {
+                        format!("static_resources.listeners[{i}].address: cannot bind {addr}")
+                    })?;
                     fresh.push((name.clone(), addr, b));
                 }
             }
         }
         let new = Arc::new(new);
         self.shared.runtime.store(new.clone());
+        // Kept services call the published config's clusters from now on.
+        for service in &services {
+            service.point_at(&new.clusters);
+        }
         self.sync_health_checkers(&new);
         // Dropping the services left out of `services` stops them.
         *self

@@ -41,6 +41,10 @@ use crate::stats::{Counter, Scope, Store};
 pub struct WasmServiceRuntime {
     pub config: Arc<WasmServiceConfig>,
     failures: Arc<Failures>,
+    /// The clusters its callouts may name: those of the config it started with
+    /// (it may call out from `proxy_on_configure`, before that config is published),
+    /// then those of each config published with it ([`Self::point_at`]).
+    clusters: Arc<ArcSwap<Clusters>>,
     threads: std::sync::Mutex<Vec<(mpsc::Sender<Event>, JoinHandle<()>)>>,
 }
 
@@ -54,7 +58,6 @@ pub async fn sync(
     store: &Store,
 ) -> anyhow::Result<Vec<Arc<WasmServiceRuntime>>> {
     let (configs, clusters) = (&runtime.snapshot.wasm_services, &runtime.clusters);
-    set_clusters(clusters);
     let mut services = Vec::with_capacity(configs.len());
     for config in configs {
         let kept = running
@@ -73,7 +76,7 @@ pub async fn sync(
                     None => Bytes::from(config.plugin.code.to_vec()),
                 };
                 let node = runtime.node.clone();
-                WasmServiceRuntime::start(config.clone(), code, node, concurrency, store)?
+                WasmServiceRuntime::start(config.clone(), code, node, clusters, concurrency, store)?
             }
         };
         services.push(service);
@@ -88,6 +91,7 @@ impl WasmServiceRuntime {
         config: Arc<WasmServiceConfig>,
         code: Bytes,
         node: Arc<NodeInfo>,
+        clusters: &Clusters,
         concurrency: usize,
         store: &Store,
     ) -> anyhow::Result<Arc<Self>> {
@@ -112,6 +116,7 @@ impl WasmServiceRuntime {
             }),
             threads: Default::default(),
             config: config.clone(),
+            clusters: Arc::new(ArcSwap::from_pointee(clusters.clone())),
         });
         let count = if config.singleton {
             1
@@ -122,11 +127,12 @@ impl WasmServiceRuntime {
             let (events_tx, events_rx) = mpsc::channel();
             let (started_tx, started_rx) = mpsc::sync_channel(1);
             let failures = service.failures.clone();
+            let clusters = service.clusters.clone();
             let notify = events_tx.clone();
             let handle = tokio::runtime::Handle::current();
             let thread = std::thread::Builder::new()
                 .name(format!("wasm-service-{index}"))
-                .spawn(move || run(handle, failures, started_tx, events_rx, notify))
+                .spawn(move || run(handle, failures, clusters, started_tx, events_rx, notify))
                 .context("cannot start a wasm service thread")?;
             service
                 .threads
@@ -142,6 +148,13 @@ impl WasmServiceRuntime {
         }
         tracing::info!(plugin = %wasm.name, vms = count, "wasm service started");
         Ok(service)
+    }
+
+    /// Points the service's callouts at the clusters of the config just published
+    /// (a service kept across a reload calls the new config's clusters; a refused
+    /// reload never gets here, so its clusters are never seen).
+    pub fn point_at(&self, clusters: &Clusters) {
+        self.clusters.store(Arc::new(clusters.clone()));
     }
 
     /// Stops every VM and waits for their threads.
@@ -200,25 +213,13 @@ enum Event {
     },
 }
 
-/// The clusters services' callouts may name: those of the config being started
-/// (its services call out from `proxy_on_configure` before it is published), else the
-/// running one's.
-static CLUSTERS: std::sync::LazyLock<ArcSwap<Clusters>> =
-    std::sync::LazyLock::new(|| ArcSwap::from_pointee(Clusters::default()));
-
-/// Points services' callouts at `clusters` (called with each config that is started,
-/// and again with the running one when a reload is refused after its services
-/// started).
-pub fn set_clusters(clusters: &Clusters) {
-    CLUSTERS.store(Arc::new(clusters.clone()));
-}
-
 /// Sends the calls the root context dispatched in its last callback, on the main
 /// thread's runtime (`handle`, through its own upstream pools, as Envoy runs a
 /// singleton's calls on its main thread), and hands stream operations to their
 /// streams; answers and stream events come back to this VM's thread as events.
 fn send_calls(
     vm: &WasmVm,
+    clusters: &Arc<ArcSwap<Clusters>>,
     handle: &tokio::runtime::Handle,
     events: &mpsc::Sender<Event>,
     streams: &mut FastMap<u32, OpenStream>,
@@ -231,8 +232,8 @@ fn send_calls(
                 let (messages, rx) = tokio::sync::mpsc::unbounded_channel();
                 let token = call.token;
                 let events = events.clone();
+                let clusters = clusters.load_full();
                 let task = handle.spawn(async move {
-                    let clusters = CLUSTERS.load_full();
                     crate::callout::grpc_stream(&clusters, *call, rx, |event| {
                         let _ = events.send(Event::Answer {
                             generation,
@@ -250,9 +251,9 @@ fn send_calls(
             }
             Dispatch::Call(call) => {
                 let events = events.clone();
+                let clusters = clusters.load_full();
                 handle.spawn(async move {
                     let token = call.token;
-                    let clusters = CLUSTERS.load_full();
                     let answer = crate::callout::send(&clusters, *call).await;
                     let _ = events.send(Event::Answer {
                         generation,
@@ -278,11 +279,13 @@ fn send_calls(
 fn run(
     handle: tokio::runtime::Handle,
     failures: Arc<Failures>,
+    clusters: Arc<ArcSwap<Clusters>>,
     started: mpsc::SyncSender<Result<(), strait_filters::wasm::WasmError>>,
     events: mpsc::Receiver<Event>,
     notify: mpsc::Sender<Event>,
 ) {
-    strait_filters::wasm::set_cluster_check(|name| CLUSTERS.load().contains_key(name));
+    let check = clusters.clone();
+    strait_filters::wasm::set_cluster_check(move |name| check.load().contains_key(name));
     let vm = WasmVm::new(failures.plugin.clone());
     // Enqueues on any thread (a worker's filter) wake this one.
     let queue_notify = notify.clone();
@@ -296,7 +299,7 @@ fn run(
     if failed {
         return;
     }
-    send_calls(&vm, &handle, &notify, &mut streams);
+    send_calls(&vm, &clusters, &handle, &notify, &mut streams);
     let mut next_tick: Option<Instant> = None;
     loop {
         let period = vm.tick_period();
@@ -331,6 +334,6 @@ fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => next_tick = None,
             Ok(Event::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        send_calls(&vm, &handle, &notify, &mut streams);
+        send_calls(&vm, &clusters, &handle, &notify, &mut streams);
     }
 }

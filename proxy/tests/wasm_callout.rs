@@ -143,6 +143,63 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
     assert_eq!(resp.status, 200);
 }
 
+/// A service kept across a reload (its config unchanged) calls the clusters of the
+/// config published with it; a refused reload changes nothing it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_service_calls_the_clusters_of_the_published_config() {
+    let backend = Backend::echo("backend").await;
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let service = format!(
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout-service", "tick-call-each"), 6)
+    );
+    let yaml = |auth| format!("{service}{}", config_with(&backend, auth, "", ""));
+    let strait = Strait::start(&yaml(a.addr())).await;
+    let addr = strait.main_addr().await;
+    let answered_by = |name: &'static str| {
+        eventually(Duration::from_secs(10), name, move || async move {
+            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
+            (resp.header("x-root-call-status") == Some(&format!("200:{name}"))).then_some(())
+        })
+    };
+    answered_by("a").await;
+
+    strait.rewrite_config(&yaml(b.addr()));
+    strait
+        .wait_stat("server.config_reload_success", |v| v == 1)
+        .await;
+    answered_by("b").await;
+
+    // A config pointing `auth` back at `a` that cannot be published (its second
+    // listener's port is taken) after its services were synced.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let refused = yaml(a.addr()).replacen(
+        "  listeners:\n",
+        &format!("  listeners:\n  - name: taken\n    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: taken\n          route_config: {{virtual_hosts: [{{name: t, domains: [\"*\"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]}}]}}\n          http_filters: [{{name: envoy.filters.http.router, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]\n"),
+        1,
+    );
+    assert_ne!(refused, yaml(a.addr()), "the extra listener went in");
+    strait.rewrite_config(&refused);
+    strait
+        .wait_stat("server.config_reload_failure", |v| v == 1)
+        .await;
+    assert!(
+        strait.stderr().contains("cannot bind"),
+        "{}",
+        strait.stderr()
+    );
+    let before = a.requests();
+    // An observation window, not synchronisation: ten ticks of the service.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    answered_by("b").await;
+    assert_eq!(
+        a.requests(),
+        before,
+        "no call went to the refused config's cluster"
+    );
+}
+
 #[tokio::test]
 async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
     // The plugin holds the request body for a scan that never answers: the body

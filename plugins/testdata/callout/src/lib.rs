@@ -58,18 +58,26 @@ proxy_wasm::main! {{
 /// header `x-root-call-status`). With `tick-stream`, it opens a gRPC stream
 /// `strait.test.Echo/Chat` to the cluster `grpc` instead, sends `one` and `two`
 /// (half-closing with the second), and at the close stores `<messages>;<status>` in
-/// `root_stream` (returned as `x-root-stream`).
+/// `root_stream` (returned as `x-root-stream`). With `tick-call-each` it calls `auth`
+/// on every tick and stores `<status>:<echo backend name>`.
 struct CalloutRoot {
     called: bool,
     messages: Vec<String>,
 }
 
 impl Context for CalloutRoot {
-    fn on_http_call_response(&mut self, _token: u32, headers: usize, _: usize, _: usize) {
-        let status = match headers {
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, body_size: usize, _: usize) {
+        let mut status = match headers {
             0 => "none".to_owned(),
             _ => self.get_http_call_response_header(":status").unwrap_or_default(),
         };
+        if self.get_plugin_configuration().as_deref() == Some(b"tick-call-each") {
+            // Which echo backend answered: `<status>:<name>`.
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
+            let name = body.split("\"backend\":\"").nth(1).and_then(|r| r.split('"').next());
+            status = format!("{status}:{}", name.unwrap_or(""));
+        }
         let _ = self.set_shared_data("root_call_status", Some(status.as_bytes()), None);
     }
 
@@ -86,14 +94,17 @@ impl Context for CalloutRoot {
 
 impl RootContext for CalloutRoot {
     fn on_configure(&mut self, _: usize) -> bool {
-        if let Some(b"tick-call" | b"tick-stream") = self.get_plugin_configuration().as_deref() {
+        if let Some(b"tick-call" | b"tick-stream" | b"tick-call-each") =
+            self.get_plugin_configuration().as_deref()
+        {
             self.set_tick_period(Duration::from_millis(20));
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if std::mem::replace(&mut self.called, true) {
+        let each = self.get_plugin_configuration().as_deref() == Some(b"tick-call-each");
+        if std::mem::replace(&mut self.called, true) && !each {
             return;
         }
         if self.get_plugin_configuration().as_deref() == Some(b"tick-stream") {
