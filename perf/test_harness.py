@@ -155,6 +155,13 @@ class Report(unittest.TestCase):
         self.assertAlmostEqual(got["loss_ratio"], 0.5)  # 10% ÷ 20%
         self.assertAlmostEqual(got["strait_with_vs_envoy_without"], 1.8)
         self.assertAlmostEqual(got["cpu"]["strait"], 1.0)
+        self.assertAlmostEqual(got["cost_us"]["strait"], 0.0)
+        costly = self._plain_summary()
+        costly["strait"]["cpu_s_per_10k"] = 0.32  # +2 µs per request
+        costly["envoy"]["cpu_s_per_10k"] = 0.34   # +4 µs
+        got = report.plain_figures(costly)
+        self.assertAlmostEqual(got["cost_us"]["strait"], 2.0)
+        self.assertAlmostEqual(got["cost_ratio"], 0.5)
         faster = self._plain_summary()
         faster["envoy"]["rps"] = 11000  # Envoy "gained": no meaningful loss ratio
         self.assertIsNone(report.plain_figures(faster)["loss_ratio"])
@@ -170,10 +177,11 @@ class Report(unittest.TestCase):
         self.assertIn("| h1-wasm | req/s ↑ | 2.25 | n/a | n/a |", text)
         self.assertIn("| NGINX | n/a | n/a |", text)
         self.assertIn("| Strait, plain route | 20,000 | 0.50 |", text)
-        self.assertIn("| Strait | 18,000 | 20,000 | 0.90 | 10.0% | 1.00 |", text)
-        self.assertIn("| Envoy | 8,000 | 10,000 | 0.80 | 20.0% | 1.00 |", text)
+        self.assertIn("| Strait | 18,000 | 20,000 | 0.90 | 10.0% | 1.00 | 0.00 |", text)
+        self.assertIn("| Envoy | 8,000 | 10,000 | 0.80 | 20.0% | 1.00 | 0.00 |", text)
         self.assertIn("Strait loss ÷ Envoy loss: **0.50**; Strait with ÷ Envoy plain: "
-                      "**1.80** (goal: Strait ≤ ½)", text)
+                      "**1.80** (goal: Strait ≤ ½); the feature's CPU per request, "
+                      "Strait ÷ Envoy: **–**", text)
 
     def test_errors_are_totalled(self):
         summary = self._summary()
