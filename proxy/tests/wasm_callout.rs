@@ -84,6 +84,21 @@ async fn silent_server() -> (
     (addr, closed_rx)
 }
 
+/// Strait with a 0.3 s `stream_idle_timeout`, whose cluster `auth` never answers
+/// (keep the backend and the silent server's receiver alive with it).
+async fn silent_auth() -> (
+    Backend,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Strait,
+    std::net::SocketAddr,
+) {
+    let backend = Backend::echo("backend").await;
+    let (auth, closed) = silent_server().await;
+    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
+    let addr = strait.main_addr().await;
+    (backend, closed, strait, addr)
+}
+
 #[tokio::test]
 async fn callout_answers_reach_the_plugin_and_count_in_the_cluster_stats() {
     let backend = Backend::echo("backend").await;
@@ -122,10 +137,7 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
     // The callout never gets an answer (no timeout on the call): the request waits
     // paused until the connection manager's stream idle timeout answers 408, as in
     // Envoy; the next request on the proxy is unaffected.
-    let backend = Backend::echo("backend").await;
-    let (auth, _closed) = silent_server().await;
-    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
-    let addr = strait.main_addr().await;
+    let (_backend, _silent, _strait, addr) = silent_auth().await;
     let resp = within(
         Duration::from_secs(10),
         "the paused request is answered",
@@ -205,10 +217,7 @@ async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
     // The plugin holds the request body for a scan that never answers: the body
     // waits (the head went upstream already, as in Envoy) and the stream idle
     // timeout answers 408.
-    let backend = Backend::echo("backend").await;
-    let (auth, _closed) = silent_server().await;
-    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
-    let addr = strait.main_addr().await;
+    let (_backend, _silent, _strait, addr) = silent_auth().await;
     let mut c = Client::connect(addr, Proto::H1).await.expect("connect");
     let req = c.request(
         http::Method::POST,
@@ -234,10 +243,7 @@ async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
 async fn a_response_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
     // The same for the response body: its head went out, so the timeout can only
     // cut the body short (the connection closes), within the idle timeout.
-    let backend = Backend::echo("backend").await;
-    let (auth, _closed) = silent_server().await;
-    let strait = Strait::start(&config(&backend, auth, "stream_idle_timeout: 0.3s")).await;
-    let addr = strait.main_addr().await;
+    let (_backend, _silent, _strait, addr) = silent_auth().await;
     let (status, body) = within(
         Duration::from_secs(10),
         "the held response body ends",
