@@ -49,14 +49,28 @@ struct PoolKey {
 
 type H2Sender = http2::SendRequest<RequestBody>;
 
+/// A pooled HTTP/1.1 connection, and the local address it was opened from (plugins
+/// read it as `upstream.local_address`).
+struct H1 {
+    sender: http1::SendRequest<RequestBody>,
+    local: Option<SocketAddr>,
+}
+
+/// The host's multiplexed HTTP/2 connection, and its local address.
+#[derive(Clone)]
+struct H2 {
+    sender: H2Sender,
+    local: Option<SocketAddr>,
+}
+
 /// An HTTP/2 connection being opened; streams that arrive meanwhile wait for it
 /// instead of opening their own.
-type Connecting = Shared<Pin<Box<dyn Future<Output = Result<H2Sender, ProxyError>> + Send>>>;
+type Connecting = Shared<Pin<Box<dyn Future<Output = Result<H2, ProxyError>> + Send>>>;
 
 #[derive(Default)]
 struct Entry {
-    idle_h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
-    h2: Option<H2Sender>,
+    idle_h1: Vec<(H1, Instant)>,
+    h2: Option<H2>,
     h2_connecting: Option<Connecting>,
     /// This worker's connections to the host, opening or open.
     connections: usize,
@@ -68,7 +82,7 @@ struct Entry {
 /// What a queued request is woken with.
 enum Handoff {
     /// A connection released by the response it served.
-    Connection(http1::SendRequest<RequestBody>),
+    Connection(H1),
     /// A connection closed: there may be room for a new one.
     Closed,
 }
@@ -94,23 +108,30 @@ thread_local! {
 /// when the response body has been read to the end.
 pub struct Lease {
     key: PoolKey,
-    sender: http1::SendRequest<RequestBody>,
+    /// The HTTP/1.1 connection to give back; `None` for an HTTP/2 stream, whose
+    /// connection stays in the pool, shared.
+    conn: Option<H1>,
+    local: Option<SocketAddr>,
 }
 
 impl Lease {
     /// Gives the connection to the oldest request queued for one, else to the pool.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let Some(conn) = self.conn.filter(|c| !c.sender.is_closed()) else {
             return;
-        }
+        };
         POOLS.with(|p| {
             let mut p = p.borrow_mut();
             let entry = p.entry(self.key).or_default();
-            if let Some(Handoff::Connection(sender)) = wake(entry, Handoff::Connection(self.sender))
-            {
-                entry.idle_h1.push((sender, Instant::now()));
+            if let Some(Handoff::Connection(conn)) = wake(entry, Handoff::Connection(conn)) {
+                entry.idle_h1.push((conn, Instant::now()));
             }
         });
+    }
+
+    /// The local address of the connection the response came on.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.local
     }
 }
 
@@ -171,7 +192,7 @@ pub async fn send_signalled(
     };
     let mut req = Some(req);
     loop {
-        let (mut sender, was_reused) = match reused.take() {
+        let (mut conn, was_reused) = match reused.take() {
             Some(s) => (s, true),
             None => {
                 // Waiting for a new connection, or in the queue for one, is Envoy's
@@ -180,7 +201,7 @@ pub async fn send_signalled(
                 Box::pin(connection_h1(cluster, host, key)).await?
             }
         };
-        if was_reused && sender.ready().await.is_err() {
+        if was_reused && conn.sender.ready().await.is_err() {
             // Closed while idle: the request was not written, use a new connection.
             continue;
         }
@@ -188,9 +209,14 @@ pub async fn send_signalled(
         if let Some(ready) = ready {
             ready.store(true, Ordering::Relaxed);
         }
-        match sender.try_send_request(this).await {
+        match conn.sender.try_send_request(this).await {
             Ok(resp) => {
-                let lease = (!upgrade).then_some(Lease { key, sender });
+                let local = conn.local;
+                let lease = (!upgrade).then_some(Lease {
+                    key,
+                    conn: Some(conn),
+                    local,
+                });
                 return Ok((resp, lease));
             }
             Err(mut e) => {
@@ -219,18 +245,26 @@ async fn send_h2(
     req: Request<RequestBody>,
     ready: Option<&AtomicBool>,
 ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
-    let mut sender = h2_sender(cluster, host, key).await?;
-    if sender.ready().await.is_err() {
+    let mut conn = h2_sender(cluster, host, key).await?;
+    if conn.sender.ready().await.is_err() {
         // The connection went away between checkout and use: open the next one.
         POOLS.with(|p| p.borrow_mut().entry(key).or_default().h2 = None);
-        sender = h2_sender(cluster, host, key).await?;
-        sender.ready().await.map_err(|e| reset_error(&e))?;
+        conn = h2_sender(cluster, host, key).await?;
+        conn.sender.ready().await.map_err(|e| reset_error(&e))?;
     }
     if let Some(ready) = ready {
         ready.store(true, Ordering::Relaxed);
     }
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, None)),
+    match conn.sender.try_send_request(req).await {
+        // Nothing to give back: the lease only tells where the stream went out.
+        Ok(resp) => Ok((
+            resp,
+            Some(Lease {
+                key,
+                conn: None,
+                local: conn.local,
+            }),
+        )),
         Err(e) => Err(reset_error(e.error())),
     }
 }
@@ -240,11 +274,11 @@ async fn h2_sender(
     cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     key: PoolKey,
-) -> Result<H2Sender, ProxyError> {
+) -> Result<H2, ProxyError> {
     let connecting = POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.entry(key).or_default();
-        if let Some(s) = entry.h2.as_ref().filter(|s| !s.is_closed()) {
+        if let Some(s) = entry.h2.as_ref().filter(|s| !s.sender.is_closed()) {
             return Err(s.clone());
         }
         entry.h2 = None;
@@ -289,7 +323,7 @@ async fn connection_h1(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     key: PoolKey,
-) -> Result<(http1::SendRequest<RequestBody>, bool), ProxyError> {
+) -> Result<(H1, bool), ProxyError> {
     let per_host = cluster.config.circuit_breakers[match key.priority {
         RoutingPriority::High => 1,
         RoutingPriority::Default => 0,
@@ -326,7 +360,7 @@ async fn connection_h1(
             return Ok((connect_h1(cluster, host, slot, counted).await?, false));
         };
         match rx.await {
-            Ok(Handoff::Connection(sender)) => return Ok((sender, true)),
+            Ok(Handoff::Connection(conn)) => return Ok((conn, true)),
             // A connection closed, or the pool went away: try again.
             Ok(Handoff::Closed) | Err(_) => continue,
         }
@@ -373,18 +407,15 @@ impl Drop for KeyConnection {
 const RACE_IDLE: Duration = Duration::from_millis(250);
 
 /// The most recently used idle connection, and how long it has been idle.
-fn checkout_h1(
-    key: PoolKey,
-    idle_timeout: Option<Duration>,
-) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
+fn checkout_h1(key: PoolKey, idle_timeout: Option<Duration>) -> Option<(H1, Duration)> {
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let entry = p.get_mut(&key)?;
-        while let Some((sender, since)) = entry.idle_h1.pop() {
+        while let Some((conn, since)) = entry.idle_h1.pop() {
             let idle = since.elapsed();
             let expired = idle_timeout.is_some_and(|t| idle >= t);
-            if !expired && !sender.is_closed() {
-                return Some((sender, idle));
+            if !expired && !conn.sender.is_closed() {
+                return Some((conn, idle));
             }
         }
         None
@@ -482,8 +513,9 @@ async fn connect_h1(
     host: &Arc<Host>,
     slot: Option<Slot>,
     counted: KeyConnection,
-) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+) -> Result<H1, ProxyError> {
     let (stream, slot) = connect(cluster, host, slot).await?;
+    let local = stream.local_addr().ok();
     let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(stream))
@@ -496,7 +528,7 @@ async fn connect_h1(
         }
         drop(active);
     });
-    Ok(sender)
+    Ok(H1 { sender, local })
 }
 
 /// An HTTP/2 connection: the one multiplexed connection per host a worker keeps. As in
@@ -506,12 +538,13 @@ async fn connect_h2(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     priority: RoutingPriority,
-) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+) -> Result<H2, ProxyError> {
     let slot = cluster.breakers(priority).connections.try_acquire();
     if slot.is_none() {
         cluster.stats.upstream_cx_overflow.inc();
     }
     let (stream, slot) = connect(cluster, host, slot).await?;
+    let local = stream.local_addr().ok();
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
@@ -527,7 +560,7 @@ async fn connect_h2(
         }
         drop(active);
     });
-    Ok(sender)
+    Ok(H2 { sender, local })
 }
 
 fn idempotent(m: &Method) -> bool {

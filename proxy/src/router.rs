@@ -749,7 +749,7 @@ async fn proxy<'a>(
         let upstream = guard.upstream.as_ref().and_then(|u| u.host.as_ref());
         let upstream = upstream.map(|host| UpstreamInfo {
             address: host.addr,
-            local_address: None,
+            local_address: lease.as_ref().and_then(crate::pool::Lease::local_address),
             metadata: host.metadata.clone(),
         });
         let (attempts, flags) = (guard.attempts, guard.flag_bits());

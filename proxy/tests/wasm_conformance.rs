@@ -606,7 +606,7 @@ async fn properties_behave_as_in_envoy() {
     // Left out, as they differ by run: values (not lengths) of times, ids and ports;
     // `request.size` before the body (Envoy may have read it with the head);
     // `response.total_size` and `response.headers` whole (the service-time header's
-    // length varies); `upstream.local_address` (Strait does not track it).
+    // length varies).
     let set_state = r#"          - name: envoy.filters.http.set_filter_state
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config
@@ -664,7 +664,8 @@ async fn properties_behave_as_in_envoy() {
         request/referer,request/useragent";
     let response_phase = "response/code,response/code_details,response/flags,\
         response/grpc_status,response/size,response/headers/content-type,response/trailers,\
-        upstream/request_attempt_count,~upstream/address,upstream/port";
+        upstream/request_attempt_count,~upstream/address,upstream/port,\
+        ~upstream/local_address";
     let connection = "~source/address,~source/port,~destination/port,~connection/id,\
         ~connection_id,connection/mtls,connection/tls_version,connection/requested_server_name";
     let xds = "xds/node/id,xds/node/cluster,xds/node/metadata/team,xds/node/metadata/weight,\
