@@ -136,6 +136,10 @@ async fn accept_loop(
         // The connection's future (hyper's connection state inline, a few KiB) is
         // built in its box: spawning moves a pointer, not the state (tokio moves
         // the future it is given into the task, and again through its stages).
-        tokio::spawn(crate::pin_in_place!(conn::serve(stream, ctx, drain.clone())));
+        tokio::spawn(crate::pin_in_place!(conn::serve(
+            stream,
+            ctx,
+            drain.clone()
+        )));
     }
 }
