@@ -224,6 +224,27 @@ async fn headers_plugin_behaves_as_in_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_0_1_0_plugin_behaves_as_in_envoy() {
+    // A module built with the proxy-wasm SDK 0.1 (ABI 0.1.0): headers callbacks
+    // without `end_of_stream`, `proxy_get_configuration`, an absent header read as
+    // empty, and a request paused for a callout and resumed with
+    // `proxy_continue_request`.
+    let mut yaml = config("abi01", "config of 0.1");
+    yaml.push_str(&extra_cluster("auth", false));
+    let backend = || Want::Backend(200, &["backend"]);
+    let cases = vec![
+        Case::new("ABI 0.1.0 headers callbacks", Req::get("/old"), backend()),
+        Case::new("h2: ABI 0.1.0", Req::get("/old").h2(), backend()),
+        Case::new(
+            "ABI 0.1.0 pause, callout, continue_request",
+            Req::get("/paused").header("x-abi01-pause", "auth"),
+            backend(),
+        ),
+    ];
+    run_yaml("abi01", &yaml, cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_plugin_behaves_as_in_envoy() {
     // The appended line makes the body not JSON, so the harness compares bodies byte
     // for byte (the backend's echo of the rewritten request body included).

@@ -11,6 +11,10 @@ use super::{abi, engine::WasmEngine, wasi, PluginConfig, WasmError};
 /// Which proxy-wasm ABI the module was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbiVersion {
+    /// The first ABI (SDKs of 2020: proxy-wasm-rust-sdk 0.1): headers callbacks
+    /// without `end_of_stream`, `proxy_continue_request` / `_response`,
+    /// `proxy_get_configuration`, and an absent header reads as empty.
+    V0_1_0,
     V0_2_0,
     V0_2_1,
 }
@@ -134,7 +138,7 @@ fn abi_version(module: &Module) -> Result<AbiVersion, String> {
     } else if has("proxy_abi_version_0_2_0") {
         Ok(AbiVersion::V0_2_0)
     } else if has("proxy_abi_version_0_1_0") {
-        Err("ABI 0.1.0 is not supported; rebuild with a current SDK (ABI 0.2.x)".into())
+        Ok(AbiVersion::V0_1_0)
     } else {
         Err("no proxy_abi_version_* export".into())
     }

@@ -52,6 +52,8 @@ pub(crate) struct HostState {
     /// each is read-only (written once per stream), as Envoy's root context keeps
     /// its state prototypes.
     pub declared: HashMap<Vec<u8>, bool, foldhash::fast::RandomState>,
+    /// The module speaks ABI 0.1.0 (an absent header reads as empty there).
+    pub abi01: bool,
 }
 
 impl HostState {
@@ -79,6 +81,7 @@ impl HostState {
             grpc_status: (0, String::new()),
             properties: HashMap::default(),
             declared: HashMap::default(),
+            abi01: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use wasmtime::{Store, Trap, TypedFunc, WasmBacktrace, WasmParams, WasmResults};
 
 use super::callout::{CallAnswer, Dispatch, GrpcStreamEvent};
 use super::engine::deadline_ticks;
-use super::module::WasmPlugin;
+use super::module::{AbiVersion, WasmPlugin};
 use super::shared::QueueNotifier;
 use super::state::{HostState, StreamData, StreamSignals};
 use super::wasi::ProcExit;
@@ -196,6 +196,9 @@ type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 pub(crate) struct Exports {
     on_context_create: TypedFunc<(i32, i32), ()>,
     on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    /// ABI 0.1.0's headers callbacks: `(context, headers)`, no `end_of_stream`.
+    on_request_headers_01: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_headers_01: Option<TypedFunc<(i32, i32), i32>>,
     on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
@@ -270,12 +273,32 @@ impl Running {
         }
         let on_context_create = optional!("proxy_on_context_create")
             .ok_or_else(|| missing("proxy_on_context_create"))?;
+        let abi01 = plugin.abi_version() == AbiVersion::V0_1_0;
+        store.data_mut().abi01 = abi01;
+        let (headers_02, headers_01) = match abi01 {
+            false => (
+                (
+                    optional!("proxy_on_request_headers"),
+                    optional!("proxy_on_response_headers"),
+                ),
+                (None, None),
+            ),
+            true => (
+                (None, None),
+                (
+                    optional!("proxy_on_request_headers"),
+                    optional!("proxy_on_response_headers"),
+                ),
+            ),
+        };
         let exports = Rc::new(Exports {
             on_context_create: on_context_create.clone(),
-            on_request_headers: optional!("proxy_on_request_headers"),
+            on_request_headers: headers_02.0,
+            on_request_headers_01: headers_01.0,
+            on_response_headers_01: headers_01.1,
             on_request_body: optional!("proxy_on_request_body"),
             on_request_trailers: optional!("proxy_on_request_trailers"),
-            on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_headers: headers_02.1,
             on_response_body: optional!("proxy_on_response_body"),
             on_response_trailers: optional!("proxy_on_response_trailers"),
             on_log: optional!("proxy_on_log"),
@@ -424,10 +447,13 @@ impl Running {
         let (ctx, size, eos) = (context as i32, size as i32, i32::from(end_of_stream));
         let e = Rc::clone(&self.exports);
         let result = match phase {
-            Phase::RequestHeaders => e
-                .on_request_headers
-                .as_ref()
-                .map(|f| self.call("proxy_on_request_headers", context, f, (ctx, size, eos))),
+            Phase::RequestHeaders => match &e.on_request_headers_01 {
+                Some(f) => Some(self.call("proxy_on_request_headers", context, f, (ctx, size))),
+                None => e
+                    .on_request_headers
+                    .as_ref()
+                    .map(|f| self.call("proxy_on_request_headers", context, f, (ctx, size, eos))),
+            },
             Phase::RequestBody => e
                 .on_request_body
                 .as_ref()
@@ -436,10 +462,13 @@ impl Running {
                 .on_request_trailers
                 .as_ref()
                 .map(|f| self.call("proxy_on_request_trailers", context, f, (ctx, size))),
-            Phase::ResponseHeaders => e
-                .on_response_headers
-                .as_ref()
-                .map(|f| self.call("proxy_on_response_headers", context, f, (ctx, size, eos))),
+            Phase::ResponseHeaders => match &e.on_response_headers_01 {
+                Some(f) => Some(self.call("proxy_on_response_headers", context, f, (ctx, size))),
+                None => e
+                    .on_response_headers
+                    .as_ref()
+                    .map(|f| self.call("proxy_on_response_headers", context, f, (ctx, size, eos))),
+            },
             Phase::ResponseBody => e
                 .on_response_body
                 .as_ref()

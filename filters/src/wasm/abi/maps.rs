@@ -35,8 +35,18 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
         |mut caller: C<'_>, map: i32, key_ptr: i32, key_len: i32, out_ptr: i32, out_len: i32| {
             finish((|| {
                 let value = with_guest_bytes(&mut caller, [(key_ptr, key_len)], |[key], state| {
-                    let value = headers::view(&mut state.stream, map)?.get(utf8(key)?);
-                    Ok(value.ok_or(Status::NotFound)?)
+                    // ABI 0.1.0 reads an absent header (or map) as an empty value.
+                    let abi01 = state.abi01;
+                    let value = match headers::view(&mut state.stream, map) {
+                        Ok(view) => view.get(utf8(key)?),
+                        Err(Status::NotFound) if abi01 => None,
+                        Err(status) => return Err(status.into()),
+                    };
+                    match value {
+                        Some(value) => Ok(value),
+                        None if abi01 => Ok(headers::HeaderBytes::Owned(Vec::new())),
+                        None => Err(Status::NotFound.into()),
+                    }
                 })?;
                 copy_out(&mut caller, value.as_ref(), out_ptr, out_len)
             })())

@@ -490,6 +490,43 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    // ABI 0.1.0: one function per direction, and no status to report on success.
+    for (name, request) in [
+        ("proxy_continue_request", true),
+        ("proxy_continue_response", false),
+    ] {
+        linker.func_wrap("env", name, move |mut caller: C<'_>| {
+            let state = caller.data_mut();
+            let context = state.effective_context;
+            let Some(signals) = state.signals.get_mut(&context) else {
+                return Ok(Status::NotFound as i32);
+            };
+            match request {
+                true => signals.resume_request = true,
+                false => signals.resume_response = true,
+            }
+            Ok(Status::Ok as i32)
+        })?;
+    }
+    // ABI 0.1.0: Strait routes after the request filters, so there is no cached
+    // route to clear (the `clear_route_cache` foreign function of 0.2 likewise).
+    linker.func_wrap("env", "proxy_clear_route_cache", |_: C<'_>| {
+        Ok(Status::Ok as i32)
+    })?;
+    // ABI 0.1.0: the plugin configuration (0.2 reads it as buffer type 7), for the
+    // root context; a stream context gets none, as in Envoy 1.40.
+    linker.func_wrap(
+        "env",
+        "proxy_get_configuration",
+        |mut caller: C<'_>, out_ptr: i32, out_len: i32| {
+            let state = caller.data();
+            let configuration = match state.effective_context == state.root_context_id {
+                true => state.plugin.configuration.clone(),
+                false => Default::default(),
+            };
+            finish(copy_out(&mut caller, &configuration, out_ptr, out_len))
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_continue_stream",
