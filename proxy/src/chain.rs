@@ -111,6 +111,7 @@ impl WasmFilterRuntime {
         plugin.vm_id.clone_from(&config.vm_id);
         plugin.configuration = Bytes::from(config.configuration.clone());
         plugin.vm_configuration = Bytes::from(config.vm_configuration.clone());
+        plugin.environment.clone_from(&config.environment);
         plugin.fail_open = config.fail_open;
         let error = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!("{}: module {}: {e}", config.path, config.code_source)
@@ -141,6 +142,7 @@ impl WasmFilterRuntime {
             && a.vm_id == other.vm_id
             && a.configuration == other.configuration
             && a.vm_configuration == other.vm_configuration
+            && a.environment == other.environment
             && a.fail_open == other.fail_open
             && a.code == other.code
             && a.remote.as_ref().map(|r| &r.sha256) == other.remote.as_ref().map(|r| &r.sha256)

@@ -105,6 +105,7 @@ impl WasmServiceRuntime {
         plugin.vm_id.clone_from(&wasm.vm_id);
         plugin.configuration = Bytes::from(wasm.configuration.clone());
         plugin.vm_configuration = Bytes::from(wasm.vm_configuration.clone());
+        plugin.environment.clone_from(&wasm.environment);
         plugin.fail_open = wasm.fail_open;
         let plugin = WasmPlugin::new(WasmEngine::shared(), plugin).map_err(|e| error(&e))?;
         let scope = Scope::custom(&format!("wasm.{}", wasm.name));

@@ -220,7 +220,15 @@ async fn headers_plugin_behaves_as_in_envoy() {
             backend(),
         ));
     }
-    run("headers", "x-strait-plugin: on", cases).await;
+    // The plugin reads `PLUGIN_MODE` (a key value), `HOME` (a host key both proxies
+    // have) and a host key neither has, through WASI.
+    let yaml = config("headers", "x-strait-plugin: on").replacen(
+        "                  vm_id: vm-headers\n",
+        "                  vm_id: vm-headers\n                  environment_variables:\n                    key_values: {PLUGIN_MODE: strict}\n                    host_env_keys: [HOME, STRAIT_TEST_SURELY_UNSET]\n",
+        1,
+    );
+    assert!(yaml.contains("PLUGIN_MODE"), "the environment went in");
+    run_yaml("headers", &yaml, cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,9 @@ pub struct WasmFilterConfig {
     pub code_source: String,
     /// `fail_open`, or `failure_policy: FAIL_OPEN`.
     pub fail_open: bool,
+    /// `vm_config.environment_variables`, resolved when the config is loaded: the
+    /// `key_values`, and each `host_env_keys` name the proxy's environment has.
+    pub environment: Vec<(String, String)>,
 }
 
 /// `config.core.v3.RemoteDataSource` as translated: a GET of `uri` through

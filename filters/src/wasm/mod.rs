@@ -89,6 +89,9 @@ pub struct PluginConfig {
     pub limits: SandboxLimits,
     /// The bootstrap `node` of the config the plugin came with (`xds.node`).
     pub node: std::sync::Arc<NodeInfo>,
+    /// `vm_config.environment_variables`, as `(name, value)`: what the guest's WASI
+    /// `environ_get` returns (Rust's `std::env::var` reads it).
+    pub environment: Vec<(String, String)>,
 }
 
 impl PluginConfig {
@@ -104,6 +107,7 @@ impl PluginConfig {
             fail_open: false,
             limits: SandboxLimits::default(),
             node: Default::default(),
+            environment: Vec::new(),
         }
     }
 }

@@ -112,22 +112,52 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             errno(write(&mut caller, ptr, &bytes))
         },
     )?;
-    // No environment and no arguments: zero entries, zero bytes.
-    for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(
-            MODULE,
-            name,
-            |mut caller: C<'_>, count_out: i32, size_out: i32| {
-                errno(
-                    write_u32(&mut caller, count_out, 0)
-                        .and_then(|()| write_u32(&mut caller, size_out, 0)),
-                )
-            },
-        )?;
-    }
-    for name in ["environ_get", "args_get"] {
-        linker.func_wrap(MODULE, name, |_: C<'_>, _: i32, _: i32| Ok(SUCCESS))?;
-    }
+    // The environment is the plugin's `vm_config.environment_variables`, each entry
+    // `NAME=value` with a NUL; there are no arguments.
+    linker.func_wrap(
+        MODULE,
+        "environ_sizes_get",
+        |mut caller: C<'_>, count_out: i32, size_out: i32| {
+            let env = &caller.data().plugin.environment;
+            let count = env.len() as u32;
+            let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            errno(
+                write_u32(&mut caller, count_out, count)
+                    .and_then(|()| write_u32(&mut caller, size_out, size as u32)),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "environ_get",
+        |mut caller: C<'_>, pointers: i32, buffer: i32| {
+            let env = caller.data().plugin.clone();
+            let mut at = buffer as u32;
+            let result = env
+                .environment
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, (k, v))| {
+                    let entry = format!("{k}={v}\0");
+                    write_u32(&mut caller, pointers + 4 * i as i32, at)?;
+                    write(&mut caller, at as i32, entry.as_bytes())?;
+                    at += entry.len() as u32;
+                    Ok(())
+                });
+            errno(result)
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "args_sizes_get",
+        |mut caller: C<'_>, count_out: i32, size_out: i32| {
+            errno(
+                write_u32(&mut caller, count_out, 0)
+                    .and_then(|()| write_u32(&mut caller, size_out, 0)),
+            )
+        },
+    )?;
+    linker.func_wrap(MODULE, "args_get", |_: C<'_>, _: i32, _: i32| Ok(SUCCESS))?;
     linker.func_wrap(MODULE, "sched_yield", |_: C<'_>| Ok(SUCCESS))?;
     linker.func_wrap(
         MODULE,

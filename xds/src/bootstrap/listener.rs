@@ -294,7 +294,18 @@ pub struct WasmVmConfig {
     /// Accepted and ignored: Strait fetches `code.remote` before it accepts a config,
     /// so an accepted config never waits on a code cache miss.
     pub nack_on_code_cache_miss: Option<IgnoredAny>,
-    pub environment_variables: Option<Unsupported>,
+    pub environment_variables: Option<WasmEnvironment>,
+}
+
+/// `extensions.wasm.v3.EnvironmentVariables`: what the plugin reads through WASI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmEnvironment {
+    /// Names of the proxy's own environment variables to pass on (when set).
+    #[serde(default)]
+    pub host_env_keys: Vec<String>,
+    #[serde(default)]
+    pub key_values: std::collections::BTreeMap<String, String>,
 }
 
 /// `config.core.v3.AsyncDataSource`.

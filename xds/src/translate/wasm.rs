@@ -60,6 +60,7 @@ pub(super) fn filter(typed: &TypedConfig) -> Result<WasmFilterConfig> {
             return Err(ConfigError::new(format!("{path}.failure_policy"), message));
         }
     };
+    let environment = environment(&vm_path, &config.name, vm.environment_variables)?;
     Ok(WasmFilterConfig {
         path: typed.path.clone(),
         name: config.name,
@@ -71,7 +72,38 @@ pub(super) fn filter(typed: &TypedConfig) -> Result<WasmFilterConfig> {
         remote,
         code_source,
         fail_open,
+        environment,
     })
+}
+
+/// `vm_config.environment_variables` as Envoy resolves it when it loads the config:
+/// `key_values` as given, and each `host_env_keys` name with the proxy's value (left
+/// out when the proxy has none). A name in both lists is an error, as in Envoy.
+fn environment(
+    vm_path: &str,
+    plugin: &str,
+    env: Option<crate::bootstrap::WasmEnvironment>,
+) -> Result<Vec<(String, String)>> {
+    let Some(env) = env else {
+        return Ok(Vec::new());
+    };
+    let path = format!("{vm_path}.environment_variables");
+    let mut out: Vec<(String, String)> = env.key_values.into_iter().collect();
+    for (i, key) in env.host_env_keys.iter().enumerate() {
+        if out.iter().any(|(k, _)| k == key) || env.host_env_keys[..i].contains(key) {
+            let message = format!(
+                "key '{key}' is duplicated in environment_variables for {plugin}: all the keys must be unique"
+            );
+            return Err(ConfigError::new(
+                format!("{path}.host_env_keys[{i}]"),
+                message,
+            ));
+        }
+        if let Ok(value) = std::env::var(key) {
+            out.push((key.clone(), value));
+        }
+    }
+    Ok(out)
 }
 
 /// `vm_config.code` (at `path`): the module bytes of `local`, or where to fetch them
@@ -248,6 +280,24 @@ mod tests {
                     code: {local: {inline_string: "not really wasm"}}"#;
 
     #[test]
+    fn environment_takes_key_values_and_the_host_keys_it_has() {
+        let env = "runtime: envoy.wasm.runtime.v8\n                    environment_variables:\n                      key_values: {MODE: strict}\n                      host_env_keys: [PATH, STRAIT_TEST_SURELY_UNSET]";
+        let yaml = config(&TYPED_STRUCT.replacen("runtime: envoy.wasm.runtime.v8", env, 1));
+        let snapshot = snapshot_from_yaml(&yaml).unwrap();
+        let [HttpFilterConfig::Wasm(wasm)] = &snapshot.listeners[0].hcm.http_filters[..] else {
+            panic!("one wasm filter");
+        };
+        let path = std::env::var("PATH").expect("tests run with a PATH");
+        assert_eq!(
+            wasm.environment,
+            vec![
+                ("MODE".to_owned(), "strict".to_owned()),
+                ("PATH".to_owned(), path)
+            ]
+        );
+    }
+
+    #[test]
     fn typed_struct_wasm_filter_translates() {
         let snapshot = snapshot_from_yaml(&config(TYPED_STRUCT)).unwrap();
         let [HttpFilterConfig::Wasm(wasm)] = &snapshot.listeners[0].hcm.http_filters[..] else {
@@ -287,6 +337,11 @@ mod tests {
                 "failure_policy: FAIL_OPEN",
                 "failure_policy: SOMETIMES",
                 format!("{config_path}.failure_policy: unknown failure_policy"),
+            ),
+            (
+                "runtime: envoy.wasm.runtime.v8",
+                "runtime: envoy.wasm.runtime.v8\n                    environment_variables: {key_values: {HOME: x}, host_env_keys: [HOME]}",
+                format!("{config_path}.vm_config.environment_variables.host_env_keys[0]: key 'HOME' is duplicated"),
             ),
         ];
         for (from, to, want) in cases {

@@ -230,6 +230,12 @@ impl HttpContext for HeadersStream {
         self.set_http_request_header("x-remove-me", None);
         let seen = format!("{method} {path} {}", self.get_http_request_headers().len());
         self.add_http_request_header("x-wasm-seen", &seen);
+        // `vm_config.environment_variables`, through WASI.
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| "unset".into());
+        self.set_http_request_header("x-env-mode", Some(&var("PLUGIN_MODE")));
+        let home = std::env::var("HOME").is_ok().to_string();
+        self.set_http_request_header("x-env-home-passed", Some(&home));
+        self.set_http_request_header("x-env-unset", Some(&var("STRAIT_TEST_SURELY_UNSET")));
         Action::Continue
     }
 
