@@ -187,6 +187,11 @@ impl WasmVm {
     }
 }
 
+/// A 0.2 headers callback: `(context, headers, end_of_stream)`.
+type HeadersFn = Option<TypedFunc<(i32, i32, i32), i32>>;
+/// An ABI 0.1.0 headers callback: `(context, headers)`.
+type HeadersFn01 = Option<TypedFunc<(i32, i32), i32>>;
+
 /// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
 type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
@@ -195,13 +200,13 @@ type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 /// 3k instructions per proxied request when each call cloned the table.
 pub(crate) struct Exports {
     on_context_create: TypedFunc<(i32, i32), ()>,
-    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_headers: HeadersFn,
     /// ABI 0.1.0's headers callbacks: `(context, headers)`, no `end_of_stream`.
-    on_request_headers_01: Option<TypedFunc<(i32, i32), i32>>,
-    on_response_headers_01: Option<TypedFunc<(i32, i32), i32>>,
+    on_request_headers_01: HeadersFn01,
+    on_response_headers_01: HeadersFn01,
     on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_headers: HeadersFn,
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
@@ -447,13 +452,12 @@ impl Running {
         let (ctx, size, eos) = (context as i32, size as i32, i32::from(end_of_stream));
         let e = Rc::clone(&self.exports);
         let result = match phase {
-            Phase::RequestHeaders => match &e.on_request_headers_01 {
-                Some(f) => Some(self.call("proxy_on_request_headers", context, f, (ctx, size))),
-                None => e
-                    .on_request_headers
-                    .as_ref()
-                    .map(|f| self.call("proxy_on_request_headers", context, f, (ctx, size, eos))),
-            },
+            Phase::RequestHeaders => self.headers_call(
+                "proxy_on_request_headers",
+                context,
+                (&e.on_request_headers_01, &e.on_request_headers),
+                (size, eos),
+            ),
             Phase::RequestBody => e
                 .on_request_body
                 .as_ref()
@@ -462,13 +466,12 @@ impl Running {
                 .on_request_trailers
                 .as_ref()
                 .map(|f| self.call("proxy_on_request_trailers", context, f, (ctx, size))),
-            Phase::ResponseHeaders => match &e.on_response_headers_01 {
-                Some(f) => Some(self.call("proxy_on_response_headers", context, f, (ctx, size))),
-                None => e
-                    .on_response_headers
-                    .as_ref()
-                    .map(|f| self.call("proxy_on_response_headers", context, f, (ctx, size, eos))),
-            },
+            Phase::ResponseHeaders => self.headers_call(
+                "proxy_on_response_headers",
+                context,
+                (&e.on_response_headers_01, &e.on_response_headers),
+                (size, eos),
+            ),
             Phase::ResponseBody => e
                 .on_response_body
                 .as_ref()
@@ -479,6 +482,24 @@ impl Running {
                 .map(|f| self.call("proxy_on_response_trailers", context, f, (ctx, size))),
         };
         result.unwrap_or(Ok(0))
+    }
+
+    /// A headers callback, in the shape of the module's ABI: `(context, headers)` for
+    /// 0.1.0, `(context, headers, end_of_stream)` after.
+    fn headers_call(
+        &mut self,
+        name: &'static str,
+        context: u32,
+        (abi01, abi02): (&HeadersFn01, &HeadersFn),
+        (size, eos): (i32, i32),
+    ) -> Option<Result<i32, WasmError>> {
+        let ctx = context as i32;
+        match (abi01, abi02) {
+            (Some(f), _) => Some(self.call(name, context, f, (ctx, size))),
+            (None, f) => f
+                .as_ref()
+                .map(|f| self.call(name, context, f, (ctx, size, eos))),
+        }
     }
 
     /// `proxy_on_log`, then `proxy_on_done` and `proxy_on_delete`: the end of a
