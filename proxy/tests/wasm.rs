@@ -11,25 +11,16 @@ use common::*;
 
 /// The `envoy.filters.http.wasm` entry of `http_filters`, as a YAML list item.
 pub fn wasm_filter_yaml(name: &str, module: &Path, configuration: &str, fail_open: bool) -> String {
+    let plugin = common::config::wasm_plugin(
+        name,
+        &format!("vm-{name}"),
+        module,
+        configuration,
+        fail_open,
+    );
     format!(
-        r#"- name: envoy.filters.http.wasm
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-    config:
-      name: {name}
-      root_id: ""
-      fail_open: {fail_open}
-      configuration:
-        "@type": type.googleapis.com/google.protobuf.StringValue
-        value: "{configuration}"
-      vm_config:
-        vm_id: vm-{name}
-        runtime: envoy.wasm.runtime.v8
-        code:
-          local:
-            filename: {module}
-"#,
-        module = module.display()
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n{}",
+        common::config::indent(&plugin, 6)
     )
 }
 

@@ -39,22 +39,11 @@ fn config_with(
     )
 }
 
-/// The `PluginConfig` of the callout plugin (YAML from column 0).
+/// The `PluginConfig` of the callout plugin (YAML from column 0). Filters and
+/// services share the empty vm_id, so they share data.
 fn callout_plugin(name: &str, configuration: &str) -> String {
     let module = plugins::plugin_dir().join("strait_testdata_callout.wasm");
-    format!(
-        r#"name: {name}
-configuration:
-  "@type": type.googleapis.com/google.protobuf.StringValue
-  value: "{configuration}"
-vm_config:
-  runtime: envoy.wasm.runtime.v8
-  code:
-    local:
-      filename: {module}
-"#,
-        module = module.display()
-    )
+    common::config::wasm_plugin(name, "", &module, configuration, false)
 }
 
 /// A server that accepts connections and never answers, holding them open; it

@@ -4,6 +4,7 @@
 //! the backend received. Uses the harness of `conformance.rs` (Envoy from `$ENVOY_BIN`
 //! or `~/.cache/strait-envoy-venv/bin/envoy`; without one the test prints `SKIPPED`).
 
+mod common;
 #[path = "conformance/harness.rs"]
 mod harness;
 #[path = "../../filters/tests/common/mod.rs"]
@@ -129,23 +130,8 @@ fn extra_cluster(name: &str, http2: bool) -> String {
 /// filter's `typed_config` (14 spaces).
 fn plugin_config(plugin: &str, vm_id: &str, configuration: &str, indent: usize) -> String {
     let module = plugins::plugin_dir().join(format!("strait_testdata_{plugin}.wasm"));
-    let text = format!(
-        r#"name: {plugin}
-root_id: ""
-configuration:
-  "@type": type.googleapis.com/google.protobuf.StringValue
-  value: "{configuration}"
-vm_config:
-  vm_id: {vm_id}
-  runtime: envoy.wasm.runtime.v8
-  code:
-    local:
-      filename: {module}
-"#,
-        module = module.display()
-    );
-    let pad = " ".repeat(indent);
-    text.lines().map(|line| format!("{pad}{line}\n")).collect()
+    let text = common::config::wasm_plugin(plugin, vm_id, &module, configuration, false);
+    common::config::indent(&text, indent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,21 +19,8 @@ fn module(name: &str) -> String {
 
 /// A `PluginConfig` (the fields of `config:`), YAML from column 0.
 fn plugin_config(name: &str, vm_id: &str, configuration: &str, fail_open: bool) -> String {
-    format!(
-        r#"name: {name}
-fail_open: {fail_open}
-configuration:
-  "@type": type.googleapis.com/google.protobuf.StringValue
-  value: "{configuration}"
-vm_config:
-  vm_id: {vm_id}
-  runtime: envoy.wasm.runtime.v8
-  code:
-    local:
-      filename: {module}
-"#,
-        module = module(name)
-    )
+    let module = plugins::plugin_dir().join(format!("strait_testdata_{name}.wasm"));
+    common::config::wasm_plugin(name, vm_id, &module, configuration, fail_open)
 }
 
 /// `bootstrap` with the `netcount` plugin as a network filter before the connection

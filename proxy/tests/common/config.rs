@@ -23,6 +23,34 @@ pub fn indent(text: &str, n: usize) -> String {
 }
 
 /// A STATIC cluster as a YAML list item; `endpoints` are (address, weight).
+/// A proxy-wasm `PluginConfig` (the fields under a wasm filter's or bootstrap
+/// service's `config:`), YAML from column 0, as Envoy examples write it: the module
+/// file, a `StringValue` configuration, runtime v8 (Strait runs it on wasmtime).
+pub fn wasm_plugin(
+    name: &str,
+    vm_id: &str,
+    module: &std::path::Path,
+    configuration: &str,
+    fail_open: bool,
+) -> String {
+    format!(
+        r#"name: {name}
+root_id: ""
+fail_open: {fail_open}
+configuration:
+  "@type": type.googleapis.com/google.protobuf.StringValue
+  value: "{configuration}"
+vm_config:
+  vm_id: "{vm_id}"
+  runtime: envoy.wasm.runtime.v8
+  code:
+    local:
+      filename: {module}
+"#,
+        module = module.display()
+    )
+}
+
 pub fn cluster_yaml(name: &str, endpoints: &[(SocketAddr, u32)], http2: bool) -> String {
     let mut out = format!(
         "- name: {name}\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n    - lb_endpoints:\n"
