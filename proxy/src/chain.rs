@@ -625,12 +625,7 @@ impl ChainId {
     pub fn keep_request<B>(self, req: &http::Request<B>) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                let (mut head, ()) = http::Request::new(()).into_parts();
-                head.method = req.method().clone();
-                head.uri = req.uri().clone();
-                head.version = req.version();
-                head.headers = req.headers().clone();
-                chain.info.borrow_mut().request_head = Some(head);
+                chain.info.borrow_mut().request_head = Some(strait_filters::copy_head_of(req));
             }
         });
     }
