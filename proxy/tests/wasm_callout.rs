@@ -46,6 +46,29 @@ fn callout_plugin(name: &str, configuration: &str) -> String {
     common::config::wasm_plugin(name, "", &module, configuration, false)
 }
 
+/// A singleton `envoy.bootstrap.wasm` service running the callout plugin with
+/// `configuration` (a `bootstrap_extensions` block, YAML from column 0).
+fn singleton_service(configuration: &str) -> String {
+    format!(
+        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
+        common::config::indent(&callout_plugin("callout-service", configuration), 6)
+    )
+}
+
+/// Waits until a request's `x-root-call-status` (the root context's last call
+/// status, through shared data) reads `want`.
+async fn root_call_status(addr: std::net::SocketAddr, want: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "the root context's call answered",
+        || async {
+            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
+            (resp.header("x-root-call-status") == Some(want)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A server that accepts connections and never answers, holding them open; it
 /// reports how many it saw closed by the peer.
 async fn silent_server() -> (
@@ -150,26 +173,17 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
 async fn a_kept_service_calls_the_clusters_of_the_published_config() {
     let backend = Backend::echo("backend").await;
     let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
-    let service = format!(
-        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
-        common::config::indent(&callout_plugin("callout-service", "tick-call-each"), 6)
-    );
+    let service = singleton_service("tick-call-each");
     let yaml = |auth| format!("{service}{}", config_with(&backend, auth, "", ""));
     let strait = Strait::start(&yaml(a.addr())).await;
     let addr = strait.main_addr().await;
-    let answered_by = |name: &'static str| {
-        eventually(Duration::from_secs(10), name, move || async move {
-            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
-            (resp.header("x-root-call-status") == Some(&format!("200:{name}"))).then_some(())
-        })
-    };
-    answered_by("a").await;
+    root_call_status(addr, "200:a").await;
 
     strait.rewrite_config(&yaml(b.addr()));
     strait
         .wait_stat("server.config_reload_success", |v| v == 1)
         .await;
-    answered_by("b").await;
+    root_call_status(addr, "200:b").await;
 
     // A config pointing `auth` back at `a` that cannot be published (its second
     // listener's port is taken) after its services were synced.
@@ -193,7 +207,7 @@ async fn a_kept_service_calls_the_clusters_of_the_published_config() {
     let before = a.requests();
     // An observation window, not synchronisation: ten ticks of the service.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    answered_by("b").await;
+    root_call_status(addr, "200:b").await;
     assert_eq!(
         a.requests(),
         before,
@@ -284,15 +298,7 @@ async fn a_root_context_calls_out_from_its_tick() {
     let auth = Backend::echo("auth").await;
     let strait = Strait::start(&config_with(&backend, auth.addr(), "", "tick-call")).await;
     let addr = strait.main_addr().await;
-    eventually(
-        Duration::from_secs(10),
-        "the root call answered",
-        || async {
-            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
-            (resp.header("x-root-call-status") == Some("200")).then_some(())
-        },
-    )
-    .await;
+    root_call_status(addr, "200").await;
     assert!(auth.requests() >= 1);
     assert_eq!(strait.stat("wasm.callout.vm_failed").await.unwrap_or(0), 0);
 }
@@ -305,22 +311,11 @@ async fn a_bootstrap_service_calls_out_from_its_tick() {
     // stores the status in shared data (same vm_id), which the filter reads.
     let backend = Backend::echo("backend").await;
     let auth = Backend::echo("auth").await;
-    let service = format!(
-        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
-        common::config::indent(&callout_plugin("callout-service", "tick-call"), 6)
-    );
+    let service = singleton_service("tick-call");
     let yaml = format!("{service}{}", config_with(&backend, auth.addr(), "", ""));
     let strait = Strait::start(&yaml).await;
     let addr = strait.main_addr().await;
-    eventually(
-        Duration::from_secs(10),
-        "the service's call answered",
-        || async {
-            let resp = get(addr, "example.test", "/", &[("x-read-root", "1")]).await;
-            (resp.header("x-root-call-status") == Some("200")).then_some(())
-        },
-    )
-    .await;
+    root_call_status(addr, "200").await;
     assert_eq!(auth.requests(), 1, "one call, from the singleton service");
     assert_eq!(
         strait
@@ -378,10 +373,7 @@ async fn a_bootstrap_service_streams_grpc_from_its_tick() {
     // messages (half-closing with the second) and records what came back at the close.
     let backend = Backend::echo("backend").await;
     let grpc = raw_grpc_echo().await;
-    let service = format!(
-        "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n{}",
-        common::config::indent(&callout_plugin("callout-service", "tick-stream"), 6)
-    );
+    let service = singleton_service("tick-stream");
     let filter = format!(
         "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n{}",
         common::config::indent(&callout_plugin("callout", ""), 6)
