@@ -328,13 +328,12 @@ pub(crate) fn metadata(metadata: &model::Metadata) -> Arc<MetaValue> {
 
 /// The bootstrap node as plugins read it (`xds.node`).
 fn node_info(node: &model::Node) -> NodeInfo {
-    NodeInfo {
-        id: node.id.clone(),
-        cluster: node.cluster.clone(),
-        metadata: node
-            .metadata
+    NodeInfo::new(
+        node.id.clone(),
+        node.cluster.clone(),
+        node.metadata
             .iter()
             .map(|(k, v)| (k.clone(), meta_value(v)))
             .collect(),
-    }
+    )
 }

@@ -44,13 +44,34 @@ use crate::stream_info::StreamInfo;
 /// The filter-state key prefix of values set with `proxy_set_property`.
 pub(crate) const WASM_STATE_PREFIX: &str = "wasm.";
 
-/// The bootstrap `node`, as plugins read it (`xds.node`).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The bootstrap `node`, as plugins read it (`xds.node`). Built once per config,
+/// with its protobuf encoding: reads of `xds.node` copy bytes, they do not encode.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
-    pub id: String,
-    pub cluster: String,
-    /// `metadata`, a `google.protobuf.Struct`.
-    pub metadata: Vec<(String, MetaValue)>,
+    id: String,
+    cluster: String,
+    /// `metadata`, a `google.protobuf.Struct` (a `MetaValue::Struct`).
+    metadata: MetaValue,
+    encoded: Vec<u8>,
+}
+
+impl NodeInfo {
+    pub fn new(id: String, cluster: String, metadata: Vec<(String, MetaValue)>) -> Self {
+        let mut node = NodeInfo {
+            id,
+            cluster,
+            metadata: MetaValue::Struct(metadata),
+            encoded: Vec::new(),
+        };
+        node.encoded = encode_node(&node);
+        node
+    }
+}
+
+impl Default for NodeInfo {
+    fn default() -> Self {
+        NodeInfo::new(String::new(), String::new(), Vec::new())
+    }
 }
 
 /// A `google.protobuf.Value`.
@@ -395,10 +416,10 @@ fn walk(mut value: &MetaValue, path: &[&[u8]]) -> Found {
 
 fn node_attribute(node: &NodeInfo, field: &[&[u8]]) -> Found {
     match field {
-        [] => Ok(encode_node(node)),
+        [] => Ok(node.encoded.clone()),
         [b"id"] => Ok(node.id.as_bytes().to_vec()),
         [b"cluster"] => Ok(node.cluster.as_bytes().to_vec()),
-        [b"metadata", rest @ ..] => walk(&MetaValue::Struct(node.metadata.clone()), rest),
+        [b"metadata", rest @ ..] => walk(&node.metadata, rest),
         _ => Err(Status::NotFound),
     }
 }
@@ -448,8 +469,10 @@ fn encode_node(node: &NodeInfo) -> Vec<u8> {
     if !node.cluster.is_empty() {
         put_bytes(&mut out, 2, node.cluster.as_bytes());
     }
-    if !node.metadata.is_empty() {
-        put_bytes(&mut out, 3, &encode_struct(&node.metadata));
+    if let MetaValue::Struct(fields) = &node.metadata {
+        if !fields.is_empty() {
+            put_bytes(&mut out, 3, &encode_struct(fields));
+        }
     }
     put_bytes(&mut out, 6, b"strait");
     out
@@ -518,12 +541,12 @@ mod tests {
 
     #[test]
     fn node_encodes_as_protobuf() {
-        let node = NodeInfo {
-            id: "n1".into(),
-            cluster: "c1".into(),
-            metadata: vec![("k".into(), MetaValue::String("v".into()))],
-        };
-        let bytes = encode_node(&node);
+        let node = NodeInfo::new(
+            "n1".into(),
+            "c1".into(),
+            vec![("k".into(), MetaValue::String("v".into()))],
+        );
+        let bytes = node_attribute(&node, &[]).ok().unwrap();
         // id, cluster, metadata {fields {key "k" value {string_value "v"}}}, agent.
         let expected: &[u8] = &[
             0x0a, 2, b'n', b'1', 0x12, 2, b'c', b'1', 0x1a, 10, 0x0a, 8, 0x0a, 1, b'k', 0x12, 3,
@@ -534,10 +557,11 @@ mod tests {
 
     #[test]
     fn metadata_values_serialize_as_envoy_does() {
-        let node = NodeInfo {
-            metadata: vec![("k".into(), MetaValue::String("v".into()))],
-            ..NodeInfo::default()
-        };
+        let node = NodeInfo::new(
+            String::new(),
+            String::new(),
+            vec![("k".into(), MetaValue::String("v".into()))],
+        );
         // One pair: sizes 1 and 1, then "k\0v\0" (what Envoy 1.40 returns).
         assert_eq!(
             node_attribute(&node, &[b"metadata"]).ok().unwrap(),
