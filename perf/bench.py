@@ -29,6 +29,8 @@ from scenarios import SCENARIOS
 
 PERF = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(PERF, "results")
+# Seconds between the idle-5k client's last response and the RSS reading.
+IDLE_SETTLE = 3.0
 log = install.log
 
 
@@ -180,7 +182,11 @@ class Bench:
             if not line:
                 raise RuntimeError(f"idle client gave no result for {target.name}")
             figures = json.loads(line)
-            time.sleep(0.5)  # let the proxy finish the responses' bookkeeping
+            # Idle means idle: past the responses' bookkeeping, and past the second
+            # after which a proxy may release an idle connection's buffers (Strait
+            # does, at 1-2 s of quiet; HAProxy and NGINX at once). The same wait
+            # for every proxy.
+            time.sleep(IDLE_SETTLE)
             rss_after = rss_bytes(pid) if pid else None
             proc.stdin.write(b"close\n")
             proc.stdin.close()

@@ -1,20 +1,61 @@
 //! One downstream connection: codec selection (HTTP/1.1 and h2c prior knowledge on
-//! one port), connection timeouts, drain.
+//! one port), connection timeouts, drain, and the release of an idle HTTP/1.1
+//! connection's codec state.
+//!
+//! An idle keep-alive connection costs what it holds. hyper keeps its read buffer
+//! (8–16 KiB), its write buffer (8 KiB) and its dispatcher state for the life of the
+//! connection, and no setting shrinks them. So once an HTTP/1.1 connection has been
+//! quiet for [`RELEASE_AFTER`], between two messages with nothing left to write, its
+//! hyper connection is taken apart (`into_parts`: the socket and any unparsed bytes
+//! come back) and dropped, and the task waits on the bare socket; the next byte
+//! builds a new one. What an idle connection then holds is its socket, its task and
+//! a few small shared records, as HAProxy and NGINX return an idle connection's
+//! buffers to their pools.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use strait_xds::model::CodecType;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::body::ResponseBody;
+use crate::error::ProxyError;
 use crate::framing::{FramingGuard, Verdict};
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
+
+/// How long an HTTP/1.1 connection stays quiet (no request running, none started)
+/// before its codec state is released. Long enough that a client sending a steady
+/// stream of requests never pays for a new codec; short enough that a pool of idle
+/// keep-alive connections costs little more than their sockets.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// A connection on this worker released its codec since the worker last looked.
+    static RELEASED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a connection on this worker released its codec since the last call. The
+/// worker then asks the allocator to return the freed pages to the OS: without it
+/// they stay resident until the allocator's next page operation, which an idle
+/// worker does not make.
+pub fn released_since_last_look() -> bool {
+    RELEASED.with(|r| r.replace(false))
+}
 
 /// Keeps connection gauges right whichever way the connection ends.
 struct Open {
@@ -42,103 +83,484 @@ impl Drop for Open {
     }
 }
 
-/// Activity on a connection, for its idle timeout.
+/// Activity on a connection, for its idle timeout and the release of its codec.
 #[derive(Default)]
-pub struct Activity {
-    pub active: AtomicU64,
-    pub started: AtomicU64,
+struct Activity {
+    /// Requests whose handler or response body is still alive.
+    active: AtomicU64,
+    /// Requests started on the connection so far.
+    started: AtomicU64,
+    /// The socket refused the codec's last write: hyper holds output.
+    write_blocked: AtomicBool,
 }
 
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, mut drain: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let _open = Open::new(ctx.clone());
-    let hcm = &ctx.listener.config.hcm;
-    let max_head = hcm.max_request_headers_kb as usize * 1024;
+/// One request counted in [`Activity::active`] until its response body is gone
+/// (written out, or dropped with the stream).
+struct Active(Arc<Activity>);
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(hcm.request_headers_timeout)
-        .preserve_header_case(true)
-        .max_buf_size(max_head.max(8192) + 4096)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_head as u32)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1024);
-    let builder = match hcm.codec_type {
-        CodecType::Auto => builder,
-        CodecType::Http1 => builder.http1_only(),
-        CodecType::Http2 => builder.http2_only(),
-    };
-    let idle_timeout = hcm.idle_timeout;
-    let activity = Arc::new(Activity::default());
-    let svc_ctx = ctx.clone();
-    let svc_activity = activity.clone();
-    let verdict = Arc::new(Verdict::default());
-    let svc_verdict = verdict.clone();
-    let service = service_fn(move |req| {
-        let ctx = svc_ctx.clone();
-        let activity = svc_activity.clone();
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's request handler, as hyper calls it.
+struct Handler {
+    ctx: Arc<ConnCtx>,
+    activity: Arc<Activity>,
+    verdict: Arc<Verdict>,
+}
+
+type Handling = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Handler {
+    type Response = Response<Counted>;
+    type Error = ProxyError;
+    type Future = Handled;
+
+    fn call(&self, req: Request<Incoming>) -> Handled {
         // On HTTP/1 requests arrive one at a time, so the count is this request's index.
-        let index = activity.started.fetch_add(1, Ordering::Relaxed);
-        let smuggling = svc_verdict.refuses(index as usize);
-        activity.active.fetch_add(1, Ordering::Relaxed);
+        let index = self.activity.started.fetch_add(1, Ordering::Relaxed);
+        let smuggling = self.verdict.refuses(index as usize);
+        self.activity.active.fetch_add(1, Ordering::Relaxed);
         // The request future is several KiB; hyper moves what the service returns into
         // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
         // in its box, it is never copied, and hyper moves a pointer.
-        let fut = crate::pin_in_place!(router::handle(req, ctx, smuggling));
-        async move {
-            let r = fut.await;
-            activity.active.fetch_sub(1, Ordering::Relaxed);
-            r
+        let handling = crate::pin_in_place!(router::handle(req, self.ctx.clone(), smuggling));
+        Handled {
+            handling,
+            active: Some(Active(self.activity.clone())),
         }
-    });
-    let stream = Downstream::new(
-        stream,
-        &ctx.listener.network_filters,
-        ctx.listener.config.per_connection_buffer_limit_bytes,
-        ctx.id,
-        ctx.peer,
-        ctx.local,
-    );
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(stream, verdict)), service);
-    tokio::pin!(conn);
-    let mut idle_check = idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-    let mut last_started = 0;
-    let mut draining = *drain.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
     }
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %ctx.peer, error = %e, "downstream connection ended with an error");
-                }
-                return;
+}
+
+/// A request being handled; its response body carries the request's [`Active`].
+struct Handled {
+    handling: Handling,
+    active: Option<Active>,
+}
+
+impl Future for Handled {
+    type Output = Result<Response<Counted>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let answer = ready!(this.handling.as_mut().poll(cx));
+        let active = this.active.take();
+        Poll::Ready(answer.map(|resp| {
+            resp.map(|body| Counted {
+                body,
+                _active: active,
+            })
+        }))
+    }
+}
+
+/// A response body that keeps its request counted as active while it lives.
+pub struct Counted {
+    body: ResponseBody,
+    _active: Option<Active>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The downstream socket as the codec sees it: bytes read before the codec existed
+/// (the protocol sniff, or what a released codec had not parsed) come first, and a
+/// write the socket could not take is noted in the connection's [`Activity`].
+struct ConnIo {
+    inner: FramingGuard<Downstream>,
+    prefix: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl ConnIo {
+    fn noted<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.activity
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        // Whatever else has arrived comes along, so the codec parses a whole head at
+        // once; an error or the end of the stream shows again on the next read.
+        if this.prefix.is_empty() && buf.remaining() > 0 {
+            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.noted(polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.noted(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.noted(polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads until the first bytes tell HTTP/2's prior-knowledge preface from HTTP/1.1
+/// (as hyper-util's automatic codec does); what was read waits in `io.prefix`.
+/// Returns whether the connection speaks HTTP/2.
+async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    let h2 = loop {
+        let read = io.inner.read(&mut buf[n..]).await?;
+        n += read;
+        if read == 0 || buf[..n] != PREFACE[..n] {
+            break false;
+        }
+        if n == PREFACE.len() {
+            break true;
+        }
+    };
+    io.prefix = Bytes::copy_from_slice(&buf[..n]);
+    Ok(h2)
+}
+
+/// What ends or releases a connection: drain, its idle timeout, its quiet time.
+struct Watch {
+    /// The connection's context, and its gauges.
+    open: Open,
+    activity: Arc<Activity>,
+    drain: watch::Receiver<bool>,
+    draining: bool,
+    idle_timeout: Option<Duration>,
+    /// Requests started when activity was last seen, and when that was.
+    started: u64,
+    since: Instant,
+}
+
+impl Watch {
+    /// How long the connection has been quiet as of `now`: no request alive, none
+    /// started since the last look. Seen at the watch's ticks, so to within a tick.
+    fn quiet(&mut self, now: Instant) -> Duration {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if started != self.started || self.activity.active.load(Ordering::Relaxed) > 0 {
+            self.started = started;
+            self.since = now;
+        }
+        now - self.since
+    }
+
+    /// A drain began (or the process is going away).
+    fn drained(&mut self, changed: Result<(), watch::error::RecvError>) -> bool {
+        if changed.is_err() || *self.drain.borrow() {
+            self.draining = true;
+        }
+        self.draining
+    }
+
+    /// Waits for `input` while the connection holds no codec; `None` when the
+    /// connection is to close first (a drain, or its idle timeout).
+    async fn wait<F: Future>(&mut self, input: F) -> Option<F::Output> {
+        if self.draining {
+            return None;
+        }
+        let deadline = self.idle_timeout.map(|t| self.since + t);
+        let expiry = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            changed = drain.changed(), if !draining => {
-                if changed.is_err() || *drain.borrow() {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+        };
+        tokio::pin!(input, expiry);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut input => return Some(out),
+                changed = self.drain.changed() => {
+                    if self.drained(changed) {
+                        return None;
+                    }
                 }
-            }
-            _ = async { idle_check.as_mut().unwrap().as_mut().await }, if idle_check.is_some() => {
-                let started = activity.started.load(Ordering::Relaxed);
-                let t = idle_timeout.unwrap_or(Duration::from_secs(3600));
-                if started == last_started && activity.active.load(Ordering::Relaxed) == 0 && !draining {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+                () = &mut expiry => {
+                    self.open.ctx.listener.http.downstream_cx_idle_timeout.inc();
+                    return None;
                 }
-                last_started = started;
-                idle_check = Some(Box::pin(tokio::time::sleep(t)));
             }
         }
+    }
+
+    /// Drives `conn` to its end. With `release` (an HTTP/1.1 connection whose codec
+    /// can be rebuilt), returns `true` instead once the connection has been quiet for
+    /// [`RELEASE_AFTER`] between two messages with all its output written.
+    async fn run<C>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        shutdown: impl Fn(Pin<&mut C>),
+        release: Option<&Verdict>,
+    ) -> bool
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        if self.draining {
+            shutdown(conn.as_mut());
+        }
+        let every = match (self.idle_timeout, release.is_some()) {
+            (Some(t), true) => Some(t.min(RELEASE_AFTER)),
+            (None, true) => Some(RELEASE_AFTER),
+            (t, false) => t,
+        };
+        let tick = tokio::time::sleep(every.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %self.open.ctx.peer, error = %e, "downstream connection ended with an error");
+                    }
+                    return false;
+                }
+                changed = self.drain.changed(), if !self.draining => {
+                    if self.drained(changed) {
+                        shutdown(conn.as_mut());
+                    }
+                }
+                () = &mut tick, if every.is_some() => {
+                    let now = Instant::now();
+                    let quiet = self.quiet(now);
+                    if self.draining {
+                        // Closing already: nothing to release or time out.
+                    } else if self.idle_timeout.is_some_and(|t| quiet >= t) {
+                        self.open.ctx.listener.http.downstream_cx_idle_timeout.inc();
+                        self.draining = true;
+                        shutdown(conn.as_mut());
+                    } else if release.is_some_and(|v| {
+                        quiet >= RELEASE_AFTER
+                            && v.between_messages()
+                            && !self.activity.write_blocked.load(Ordering::Relaxed)
+                    }) {
+                        self.open.ctx.listener.http.downstream_cx_idle_released.inc();
+                        return true;
+                    }
+                    tick.as_mut().reset(now + every.unwrap_or(RELEASE_AFTER));
+                }
+            }
+        }
+    }
+}
+
+/// A connection between its phases: what it keeps while idle.
+struct Conn {
+    watch: Watch,
+    io: Option<ConnIo>,
+    handler: Option<Handler>,
+}
+
+pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) {
+    let mut conn = Conn::new(stream, ctx, drain);
+    // Each phase's future is boxed while it runs: the task itself holds only the
+    // connection's box, and that, with the socket, is what an idle connection keeps.
+    let h2 = match conn.watch.open.ctx.listener.config.hcm.codec_type {
+        CodecType::Http1 => false,
+        CodecType::Http2 => true,
+        CodecType::Auto => match Box::pin(conn.sniff()).await {
+            Some(h2) => h2,
+            // Drained or timed out before a byte, or the socket failed.
+            None => return,
+        },
+    };
+    let http = &conn.watch.open.ctx.listener.http;
+    if h2 {
+        http.downstream_cx_http2_total.inc();
+        Box::pin(conn.serve_h2()).await;
+        return;
+    }
+    http.downstream_cx_http1_total.inc();
+    while Box::pin(conn.serve_h1()).await && Box::pin(conn.idle()).await {}
+}
+
+impl Conn {
+    fn new(stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) -> Box<Conn> {
+        let _ = stream.set_nodelay(true);
+        let open = Open::new(ctx);
+        let ctx = &open.ctx;
+        let activity = Arc::new(Activity::default());
+        let verdict = Arc::new(Verdict::default());
+        let downstream = Downstream::new(
+            stream,
+            &ctx.listener.network_filters,
+            ctx.listener.config.per_connection_buffer_limit_bytes,
+            ctx.id,
+            ctx.peer,
+            ctx.local,
+        );
+        let io = ConnIo {
+            inner: FramingGuard::new(downstream, verdict.clone()),
+            prefix: Bytes::new(),
+            activity: activity.clone(),
+        };
+        let handler = Handler {
+            ctx: ctx.clone(),
+            activity: activity.clone(),
+            verdict,
+        };
+        let draining = *drain.borrow();
+        Box::new(Conn {
+            watch: Watch {
+                idle_timeout: ctx.listener.config.hcm.idle_timeout,
+                open,
+                activity,
+                draining,
+                drain,
+                started: 0,
+                since: Instant::now(),
+            },
+            io: Some(io),
+            handler: Some(handler),
+        })
+    }
+
+    /// Reads the first bytes; whether they are HTTP/2's preface. `None`: the
+    /// connection closes (drained, timed out, or the socket failed).
+    async fn sniff(&mut self) -> Option<bool> {
+        let io = self.io.as_mut()?;
+        self.watch.wait(sniff(io)).await?.ok()
+    }
+
+    async fn serve_h2(&mut self) {
+        let (io, handler) = (self.io.take(), self.handler.take());
+        let (Some(io), Some(handler)) = (io, handler) else {
+            return;
+        };
+        let hcm = &self.watch.open.ctx.listener.config.hcm;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(hcm.max_request_headers_kb * 1024)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_concurrent_streams(1024);
+        let mut conn = crate::pin_in_place!(builder.serve_connection(TokioIo::new(io), handler));
+        self.watch
+            .run(conn.as_mut(), |c| c.graceful_shutdown(), None)
+            .await;
+    }
+
+    /// Serves HTTP/1.1 until the connection ends (`false`) or has been idle long
+    /// enough to release its codec (`true`: the socket and handler are back in
+    /// `self`, and hyper's state is freed).
+    async fn serve_h1(&mut self) -> bool {
+        let (io, handler) = (self.io.take(), self.handler.take());
+        let (Some(io), Some(handler)) = (io, handler) else {
+            return false;
+        };
+        // A network filter may hold bytes or answers the socket's readiness does not
+        // show: such a connection keeps its codec.
+        let releasable = io.inner.get_ref().unfiltered().is_some();
+        let verdict = handler.verdict.clone();
+        let hcm = &self.watch.open.ctx.listener.config.hcm;
+        let max_head = hcm.max_request_headers_kb as usize * 1024;
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(hcm.request_headers_timeout)
+            .preserve_header_case(true)
+            .max_buf_size(max_head.max(8192) + 4096)
+            .keep_alive(true);
+        // Built in its box: the connection state is a few KiB.
+        let mut conn = Box::write(
+            Box::new_uninit(),
+            builder
+                .serve_connection(TokioIo::new(io), handler)
+                .with_upgrades(),
+        );
+        let release = releasable.then_some(&*verdict);
+        let run = self
+            .watch
+            .run(Pin::new(&mut *conn), |c| c.graceful_shutdown(), release);
+        if !run.await {
+            return false;
+        }
+        let Some(parts) = conn.into_parts() else {
+            return false;
+        };
+        let mut io = parts.io.into_inner();
+        if !parts.read_buf.is_empty() {
+            // Not expected between messages; the codec takes the bytes up again.
+            io.prefix = parts.read_buf;
+        }
+        self.io = Some(io);
+        self.handler = Some(parts.service);
+        RELEASED.with(|r| r.set(true));
+        true
+    }
+
+    /// Waits with no codec for the connection's next bytes: `false` if it is to
+    /// close instead (a drain, its idle timeout, or the socket failed).
+    async fn idle(&mut self) -> bool {
+        let Some(io) = &self.io else {
+            return false;
+        };
+        if !io.prefix.is_empty() {
+            return true;
+        }
+        let Some(socket) = io.inner.get_ref().unfiltered() else {
+            return false;
+        };
+        matches!(self.watch.wait(socket.readable()).await, Some(Ok(())))
     }
 }

@@ -11,26 +11,40 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The index of the first request on a connection that must be refused.
+/// What the guard learnt, for the connection's task: the index of the first request
+/// that must be refused, and whether the bytes read so far end on a message boundary.
 #[derive(Debug)]
-pub struct Verdict(AtomicUsize);
+pub struct Verdict {
+    refused: AtomicUsize,
+    between: AtomicBool,
+}
 
 impl Default for Verdict {
     fn default() -> Self {
-        Verdict(AtomicUsize::new(usize::MAX))
+        Verdict {
+            refused: AtomicUsize::new(usize::MAX),
+            between: AtomicBool::new(true),
+        }
     }
 }
 
 impl Verdict {
     /// Whether the `index`th request (0-based) on the connection is to be refused.
     pub fn refuses(&self, index: usize) -> bool {
-        self.0.load(Ordering::Relaxed) == index
+        self.refused.load(Ordering::Relaxed) == index
+    }
+
+    /// Every byte read so far belongs to a whole HTTP/1 message: nothing of a next
+    /// request head or of a body is pending. False once the guard stopped following
+    /// (HTTP/2, an upgrade, CONNECT, a refused request), when it cannot tell.
+    pub fn between_messages(&self) -> bool {
+        self.between.load(Ordering::Relaxed)
     }
 }
 
@@ -66,6 +80,10 @@ pub struct FramingGuard<IO> {
 }
 
 impl<IO> FramingGuard<IO> {
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
     pub fn new(io: IO, verdict: Arc<Verdict>) -> Self {
         FramingGuard {
             io,
@@ -241,7 +259,7 @@ impl Follower {
             }
         }
         if te && lengths > 0 {
-            self.verdict.0.store(index, Ordering::Relaxed);
+            self.verdict.refused.store(index, Ordering::Relaxed);
             return State::Off;
         }
         match (upgrade, te, chunked, content_length) {
@@ -291,7 +309,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if this.follower.state != State::Off {
             if let Poll::Ready(Ok(())) = polled {
-                this.follower.inspect(&buf.filled()[before..]);
+                let follower = &mut this.follower;
+                follower.inspect(&buf.filled()[before..]);
+                let between = follower.state == State::Head && follower.partial.is_empty();
+                follower.verdict.between.store(between, Ordering::Relaxed);
             }
         }
         polled
@@ -339,7 +360,7 @@ mod tests {
         for piece in input.chunks(step) {
             g.follower.inspect(piece);
         }
-        let v = verdict.0.load(Ordering::Relaxed);
+        let v = verdict.refused.load(Ordering::Relaxed);
         (v != usize::MAX).then_some(v)
     }
 

@@ -163,6 +163,13 @@ pub(crate) fn deliver(id: u64, slot: usize, token: u32, answer: strait_filters::
 }
 
 impl Downstream {
+    /// The socket, when no network filter stands between it and the connection
+    /// manager (a filtered connection may have bytes or callout answers pending that
+    /// the socket's readiness does not show).
+    pub fn unfiltered(&self) -> Option<&TcpStream> {
+        self.filters.is_none().then_some(&self.io)
+    }
+
     /// Wraps an accepted socket. With `filters`, creates each plugin's connection
     /// context (`proxy_on_new_connection`) on this worker's VM.
     pub fn new(

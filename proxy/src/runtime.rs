@@ -35,6 +35,9 @@ pub struct HttpStats {
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
     pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    /// Strait's own: idle HTTP/1.1 connections whose codec state was released.
+    pub downstream_cx_idle_released: Counter,
     pub downstream_rq_timeout: Counter,
     pub downstream_rq_max_duration_reached: Counter,
     pub no_route: Counter,
@@ -64,6 +67,8 @@ impl HttpStats {
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_idle_released: c("downstream_cx_idle_released"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             no_route: c("no_route"),
