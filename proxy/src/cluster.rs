@@ -337,6 +337,8 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
     pub upstream_cx_destroy_remote: Counter,
+    /// Ours: idle HTTP/1.1 connections parked as bare sockets (codec freed).
+    pub upstream_cx_idle_released: Counter,
     pub upstream_rq_pending_total: Counter,
     /// Requests refused by the `max_requests` or `max_pending_requests` breaker.
     pub upstream_rq_pending_overflow: Counter,
@@ -380,6 +382,7 @@ impl ClusterStats {
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
+            upstream_cx_idle_released: c("upstream_cx_idle_released"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_cx_overflow: c("upstream_cx_overflow"),

@@ -57,6 +57,12 @@ pub fn released_since_last_look() -> bool {
     RELEASED.with(|r| r.replace(false))
 }
 
+/// Notes that memory was released on this thread (an upstream connection's codec, say)
+/// for the heartbeat's next look.
+pub fn note_released() {
+    RELEASED.with(|r| r.set(true));
+}
+
 /// Keeps connection gauges right whichever way the connection ends.
 struct Open {
     ctx: Arc<ConnCtx>,
@@ -545,7 +551,7 @@ impl Conn {
         }
         self.io = Some(io);
         self.handler = Some(parts.service);
-        RELEASED.with(|r| r.set(true));
+        note_released();
         true
     }
 

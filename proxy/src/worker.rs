@@ -100,15 +100,17 @@ pub static MEMORY_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 /// idle timeouts, seconds away), so without a near planned wake-up each request would
 /// pay that syscall pair. Four wake-ups a second per worker cost far less.
 ///
-/// It also returns the memory of idle connections' released codecs to the OS (see
-/// `conn`): a forced `mi_collect` purges the worker's free pages, at most four times a
-/// second and only after a release.
+/// It parks the pool's idle upstream connections (`pool::park_idle`), and returns the
+/// memory of idle connections' released codecs to the OS (see `conn`): a forced
+/// `mi_collect` purges the worker's free pages, at most four times a second and only
+/// after a release.
 async fn heartbeat() {
     const HEARTBEAT: Duration = Duration::from_millis(250);
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::pool::park_idle();
         if conn::released_since_last_look() {
             if let Some(trim) = MEMORY_TRIM.get() {
                 trim();

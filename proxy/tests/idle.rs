@@ -2,6 +2,10 @@
 //! after a quiet second and pick up where they were on the next byte; nothing in
 //! flight is ever cut by it: a partial head, a response the client reads slowly, a
 //! response body that pauses. The connection idle timeout still closes them.
+//!
+//! Upstream, an HTTP/1.1 connection idle in the pool is parked as a bare socket and
+//! gets a new codec when a request needs it; a parked socket the upstream closes is
+//! dropped from the pool.
 
 mod common;
 
@@ -157,4 +161,54 @@ async fn the_idle_timeout_closes_a_released_connection() {
     );
     s.wait_stat("http.ingress.downstream_cx_active", |v| v == 0)
         .await;
+}
+
+const UPSTREAM_RELEASED: &str = "cluster.b.upstream_cx_idle_released";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_parked_and_used_again() {
+    let b = Backend::idle_closing("b", Duration::from_secs(60)).await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let mut c = RawConn::connect(s.main_addr().await).await;
+    c.write(b"GET /one HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: 1\r\n\r\n")
+        .await;
+    c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    s.wait_stat(UPSTREAM_RELEASED, |v| v == 1).await;
+    assert_eq!(s.stat("cluster.b.upstream_cx_active").await, Some(1));
+
+    // The parked socket serves the next request, with a new codec that keeps the
+    // header case, and parks again once idle.
+    c.read.clear();
+    c.write(b"GET /two HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: 2\r\n\r\n")
+        .await;
+    let text = c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.connections(), 1, "the parked connection was not reused");
+    let heads = b.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[1].starts_with("GET /two "), "{heads:?}");
+    assert!(heads[1].contains("X-Mixed-Case: 2"), "{heads:?}");
+    s.wait_stat(UPSTREAM_RELEASED, |v| v == 2).await;
+    assert_eq!(s.stat("cluster.b.upstream_cx_total").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_the_upstream_closes_leaves_the_pool() {
+    // Parked after ~1 s idle, closed by the upstream at 2 s.
+    let b = Backend::idle_closing("b", Duration::from_secs(2)).await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let mut c = RawConn::connect(s.main_addr().await).await;
+    c.write(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    s.wait_stat(UPSTREAM_RELEASED, |v| v == 1).await;
+    // Nobody reads a parked socket; the heartbeat sees the close and lets it go.
+    s.wait_stat("cluster.b.upstream_cx_active", |v| v == 0)
+        .await;
+
+    c.read.clear();
+    c.write(b"GET /two HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let text = c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.connections(), 2);
+    assert_eq!(b.requests(), 2);
 }

@@ -365,6 +365,27 @@ impl Backend {
         .await
     }
 
+    /// Answers every request `200 ok` with keep-alive (heads recorded verbatim), and
+    /// closes a connection that has been idle for `idle`: an upstream with a
+    /// keep-alive timeout.
+    pub async fn idle_closing(name: &str, idle: Duration) -> Backend {
+        Backend::serve(name, move |mut stream, c| async move {
+            while let Ok(Some(head)) = tokio::time::timeout(idle, read_head(&mut stream)).await {
+                c.requests.fetch_add(1, Ordering::SeqCst);
+                c.heads
+                    .lock()
+                    .expect("heads lock")
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.shutdown().await;
+        })
+        .await
+    }
+
     /// A WebSocket server echoing every text and binary message.
     pub async fn websocket_echo(name: &str) -> Backend {
         Backend::serve(name, |stream, c| async move {
