@@ -210,11 +210,19 @@ pub fn park_idle() {
             let old = entry
                 .idle_h1
                 .partition_point(|(_, since)| now.saturating_duration_since(*since) >= PARK_AFTER);
+            let mut busy = Vec::new();
             for (conn, since) in entry.idle_h1.drain(..old) {
+                // Only a codec waiting for its next request (none still being written,
+                // say) is taken apart; the others are looked at again next time.
+                if !conn.sender.is_ready() && !conn.sender.is_closed() {
+                    busy.push((conn, since));
+                    continue;
+                }
                 let idle = now.saturating_duration_since(since).as_millis() as u64;
                 conn.local.park.store(idle + 1, Ordering::Relaxed);
                 parking.push(conn);
             }
+            entry.idle_h1.splice(..0, busy);
             let mut i = 0;
             while i < entry.parked.len() {
                 if entry.parked[i].expired(now) || !entry.parked[i].quiet() {
@@ -492,7 +500,9 @@ struct KeyConnection {
 
 impl Drop for KeyConnection {
     fn drop(&mut self) {
-        POOLS.with(|p| {
+        // `try_with`: a parked connection may be dropped with the pool itself, when
+        // the worker thread exits.
+        let _ = POOLS.try_with(|p| {
             let mut p = p.borrow_mut();
             if let Some(entry) = p.get_mut(&self.key) {
                 entry.connections = entry.connections.saturating_sub(1);
