@@ -14,7 +14,7 @@
 //! connection just as we reused it) are answered by retrying once on a new connection
 //! when the request is idempotent, has no body, and no response byte came back.
 //!
-//! An HTTP/1.1 connection idle in the pool for [`PARK_AFTER`] is parked: its hyper
+//! An HTTP/1.1 connection idle in the pool for `PARK_AFTER` is parked: its hyper
 //! state (read and write buffers, the dispatch channel's blocks: ~45 KB) and its task
 //! are freed, and the pool keeps the bare socket; the next request that needs it
 //! builds a new codec on it (no I/O). The worker's heartbeat parks connections and
@@ -67,20 +67,24 @@ struct ConnInfo {
     /// Set by the pool when it takes an idle HTTP/1.1 connection out to park it: how
     /// long it had been idle, in ms, plus one (0: not parked).
     park: AtomicU64,
+    /// The cluster's idle timeout (`common_http_protocol_options.idle_timeout`) when
+    /// the connection opened: a parked socket is dropped once idle that long.
+    idle_timeout: Option<Duration>,
 }
 
 type Local = Arc<ConnInfo>;
 
-fn conn_info(stream: &TcpStream) -> Local {
+fn conn_info(stream: &TcpStream, cluster: &ClusterRuntime) -> Local {
     Arc::new(ConnInfo {
         local: stream.local_addr().ok(),
         park: AtomicU64::new(0),
+        idle_timeout: cluster.config.idle_timeout,
     })
 }
 
 /// How long an HTTP/1.1 connection stays idle in the pool with its codec before it is
 /// parked (give or take the heartbeat's 250 ms).
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// An idle HTTP/1.1 connection with no codec: the socket, still counted as active.
 struct Parked {
@@ -89,13 +93,12 @@ struct Parked {
     active: ActiveConn,
     /// When it went idle.
     since: Instant,
-    /// The cluster's idle timeout (`common_http_protocol_options.idle_timeout`).
-    idle_timeout: Option<Duration>,
 }
 
 impl Parked {
     fn expired(&self, now: Instant) -> bool {
-        self.idle_timeout
+        self.info
+            .idle_timeout
             .is_some_and(|t| now.saturating_duration_since(self.since) >= t)
     }
 
@@ -199,7 +202,7 @@ impl Lease {
     }
 }
 
-/// Parks this worker's HTTP/1.1 connections idle for [`PARK_AFTER`] and drops parked
+/// Parks this worker's HTTP/1.1 connections idle for `PARK_AFTER` and drops parked
 /// ones that the upstream closed or that expired; run by the worker's heartbeat.
 pub fn park_idle() {
     let now = Instant::now();
@@ -284,8 +287,10 @@ pub async fn send_signalled(
     let checked_out = match upgrade {
         true => None,
         false => match checkout_h1(key, idle_timeout) {
-            Some(found) => Some(found),
-            None => Box::pin(unpark(key)).await,
+            Checkout::Live(conn, idle) => Some((conn, idle)),
+            // Only then the boxed (cold) wait for a new codec on a parked socket.
+            Checkout::Parked => Box::pin(unpark(key)).await,
+            Checkout::Empty => None,
         },
     };
     let (mut reused, idle_for) = checked_out.map_or((None, Duration::ZERO), |(s, d)| (Some(s), d));
@@ -516,19 +521,33 @@ impl Drop for KeyConnection {
 /// the keep-alive race retry.
 const RACE_IDLE: Duration = Duration::from_millis(250);
 
-/// The most recently used idle connection, and how long it has been idle.
-fn checkout_h1(key: PoolKey, idle_timeout: Option<Duration>) -> Option<(H1, Duration)> {
+/// What the pool has for a request.
+enum Checkout {
+    /// The most recently used idle connection with its codec, and how long it has
+    /// been idle.
+    Live(H1, Duration),
+    /// No such connection, but parked ones (see [`unpark`]).
+    Parked,
+    Empty,
+}
+
+fn checkout_h1(key: PoolKey, idle_timeout: Option<Duration>) -> Checkout {
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
-        let entry = p.get_mut(&key)?;
+        let Some(entry) = p.get_mut(&key) else {
+            return Checkout::Empty;
+        };
         while let Some((conn, since)) = entry.idle_h1.pop() {
             let idle = since.elapsed();
             let expired = idle_timeout.is_some_and(|t| idle >= t);
             if !expired && !conn.sender.is_closed() {
-                return Some((conn, idle));
+                return Checkout::Live(conn, idle);
             }
         }
-        None
+        match entry.parked.is_empty() {
+            true => Checkout::Empty,
+            false => Checkout::Parked,
+        }
     })
 }
 
@@ -547,13 +566,12 @@ async fn unpark(key: PoolKey) -> Option<(H1, Duration)> {
             info,
             active,
             since,
-            idle_timeout,
         } = parked;
         let Ok((sender, conn)) = h1_builder().handshake(TokioIo::new(stream)).await else {
             continue;
         };
         info.park.store(0, Ordering::Relaxed);
-        drive_h1(conn, key, info.clone(), active, idle_timeout);
+        drive_h1(conn, key, info.clone(), active);
         let h1 = H1 {
             sender,
             local: info,
@@ -667,7 +685,7 @@ async fn connect_h1(
     upgrade: bool,
 ) -> Result<H1, ProxyError> {
     let (stream, slot) = connect(cluster, host, slot).await?;
-    let local = conn_info(&stream);
+    let local = conn_info(&stream, cluster);
     let (sender, conn) = h1_builder()
         .handshake(TokioIo::new(stream))
         .await
@@ -682,8 +700,7 @@ async fn connect_h1(
             drop(active);
         });
     } else {
-        let idle_timeout = cluster.config.idle_timeout;
-        drive_h1(conn, key, local.clone(), active, idle_timeout);
+        drive_h1(conn, key, local.clone(), active);
     }
     Ok(H1 { sender, local })
 }
@@ -693,13 +710,7 @@ type H1Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 /// Runs a pooled HTTP/1.1 connection until it ends, or until the pool parks it (marks
 /// it and drops its sender, which wakes this task): then its socket goes back to the
 /// pool without the codec, unless the upstream sent bytes nobody asked for.
-fn drive_h1(
-    mut conn: H1Conn,
-    key: PoolKey,
-    info: Local,
-    active: ActiveConn,
-    idle_timeout: Option<Duration>,
-) {
+fn drive_h1(mut conn: H1Conn, key: PoolKey, info: Local, active: ActiveConn) {
     tokio::spawn(async move {
         let parked = std::future::poll_fn(|cx| {
             if info.park.load(Ordering::Relaxed) != 0 {
@@ -727,7 +738,6 @@ fn drive_h1(
             info,
             active,
             since: now.checked_sub(idle).unwrap_or(now),
-            idle_timeout,
         };
         parked.active.idle_released.inc();
         POOLS.with(|p| p.borrow_mut().entry(key).or_default().parked.push(parked));
@@ -748,7 +758,7 @@ async fn connect_h2(
         cluster.stats.upstream_cx_overflow.inc();
     }
     let (stream, slot) = connect(cluster, host, slot).await?;
-    let local = conn_info(&stream);
+    let local = conn_info(&stream, cluster);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
