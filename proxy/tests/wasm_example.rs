@@ -5,20 +5,27 @@
 //! neither half of the walk-through can rot.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 
+/// This checkout's `proxy/`, read when the test runs (cargo sets it): a test binary
+/// reused from a target dir shared with another checkout must still find this one.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm-filter")
+    manifest_dir().join("../examples/wasm-filter")
 }
 
 /// `cargo <args>` in the example, with its own target dir under ours.
 fn cargo(args: &[&str]) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| manifest_dir().join("../target"))
         .join("wasm-filter-example");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(args)

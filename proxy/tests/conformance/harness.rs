@@ -67,7 +67,10 @@ pub fn strait_binary() -> PathBuf {
 }
 
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    // Read when the test runs: see `wasm_example.rs`.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../examples")
 }
 
 // ------------------------------------------------------------------ temp dir
