@@ -74,17 +74,24 @@ enum After {
     ChunkSize,
 }
 
-pub struct FramingGuard<IO> {
+/// `V` is where the verdict lives: an `Arc<Verdict>`, or a connection's shared
+/// state that holds it (one allocation per connection instead of two).
+pub struct FramingGuard<IO, V = Arc<Verdict>> {
     io: IO,
-    follower: Follower,
+    follower: Follower<V>,
 }
 
-impl<IO> FramingGuard<IO> {
+impl<IO, V: AsRef<Verdict>> FramingGuard<IO, V> {
     pub fn get_ref(&self) -> &IO {
         &self.io
     }
 
-    pub fn new(io: IO, verdict: Arc<Verdict>) -> Self {
+    /// What holds the verdict (the connection's shared state, say).
+    pub fn verdict_holder(&self) -> &V {
+        &self.follower.verdict
+    }
+
+    pub fn new(io: IO, verdict: V) -> Self {
         FramingGuard {
             io,
             follower: Follower {
@@ -99,16 +106,16 @@ impl<IO> FramingGuard<IO> {
 
 /// The framing state machine, apart from the socket so it can read the bytes the
 /// socket just filled without copying them.
-struct Follower {
+struct Follower<V> {
     state: State,
     /// A head or chunk-size line split across reads; empty (and unallocated) when
     /// heads arrive whole, as they nearly always do.
     partial: Vec<u8>,
     heads: usize,
-    verdict: Arc<Verdict>,
+    verdict: V,
 }
 
-impl Follower {
+impl<V: AsRef<Verdict>> Follower<V> {
     fn inspect(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match self.state {
@@ -259,7 +266,10 @@ impl Follower {
             }
         }
         if te && lengths > 0 {
-            self.verdict.refused.store(index, Ordering::Relaxed);
+            self.verdict
+                .as_ref()
+                .refused
+                .store(index, Ordering::Relaxed);
             return State::Off;
         }
         match (upgrade, te, chunked, content_length) {
@@ -298,7 +308,7 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
+impl<IO: AsyncRead + Unpin, V: AsRef<Verdict> + Unpin> AsyncRead for FramingGuard<IO, V> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -312,14 +322,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
                 let follower = &mut this.follower;
                 follower.inspect(&buf.filled()[before..]);
                 let between = follower.state == State::Head && follower.partial.is_empty();
-                follower.verdict.between.store(between, Ordering::Relaxed);
+                let verdict = follower.verdict.as_ref();
+                verdict.between.store(between, Ordering::Relaxed);
             }
         }
         polled
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
+impl<IO: AsyncWrite + Unpin, V: Unpin> AsyncWrite for FramingGuard<IO, V> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -157,6 +157,8 @@ pub struct ConnCtx {
     pub listener: Arc<ListenerRuntime>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The connection's request activity and framing verdict (`conn`).
+    pub activity: crate::conn::Activity,
 }
 
 impl ConnCtx {

@@ -84,6 +84,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                     t.abort();
                 }
                 let _ = drain_tx.send(true);
+                conn::drain_idle();
             }
         }
     }
@@ -100,7 +101,8 @@ pub static MEMORY_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 /// idle timeouts, seconds away), so without a near planned wake-up each request would
 /// pay that syscall pair. Four wake-ups a second per worker cost far less.
 ///
-/// It parks the pool's idle upstream connections (`pool::park_idle`), and returns the
+/// It parks the pool's idle upstream connections (`pool::park_idle`), closes idle
+/// downstream connections whose idle timeout passed (`conn::sweep_idle`), and returns the
 /// memory of idle connections' released codecs to the OS (see `conn`): a forced
 /// `mi_collect` purges the worker's free pages, at most four times a second and only
 /// after a release.
@@ -111,6 +113,7 @@ async fn heartbeat() {
     loop {
         tick.tick().await;
         crate::pool::park_idle();
+        conn::sweep_idle();
         if conn::released_since_last_look() {
             if let Some(trim) = MEMORY_TRIM.get() {
                 trim();
@@ -147,10 +150,11 @@ async fn accept_loop(
             listener: lrt,
             peer,
             local,
+            activity: conn::Activity::default(),
         });
-        // The connection's future (hyper's connection state inline, a few KiB) is
-        // built in its box: spawning moves a pointer, not the state (tokio moves
-        // the future it is given into the task, and again through its stages).
+        // The connection's future (the connection and its idle wait, ~250 bytes;
+        // each phase boxes its own state) is built in its box: tokio's task cell,
+        // 128-byte aligned, stays at 128 bytes (see `conn::serve`).
         tokio::spawn(crate::pin_in_place!(conn::serve(
             stream,
             ctx,

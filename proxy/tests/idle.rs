@@ -163,6 +163,38 @@ async fn the_idle_timeout_closes_a_released_connection() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_released_connections_and_one_that_goes_idle_after_it() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    // One connection released before the drain; one mid-conversation when it starts.
+    let mut released = RawConn::connect(addr).await;
+    released.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    released
+        .read_until("\"body\"", Duration::from_secs(5))
+        .await;
+    s.wait_stat(RELEASED, |v| v == 1).await;
+    let mut busy = RawConn::connect(addr).await;
+    busy.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    busy.read_until("\"body\"", Duration::from_secs(5)).await;
+
+    assert_eq!(s.admin_post("/drain_listeners").await.0, 200);
+    let (_, closed) = released.read_to_close(Duration::from_secs(5)).await;
+    assert!(closed, "the drain closed the released connection");
+    // The other one is closed by the drain whichever way it goes: by its codec, or
+    // when it goes idle after the drain began.
+    let (_, closed) = busy.read_to_close(Duration::from_secs(5)).await;
+    assert!(closed, "the drain closed the connection that was busy");
+    s.wait_stat("http.ingress.downstream_cx_active", |v| v == 0)
+        .await;
+    assert_eq!(
+        s.stat("http.ingress.downstream_cx_idle_timeout").await,
+        Some(0),
+        "a drain is not an idle timeout"
+    );
+}
+
 const UPSTREAM_RELEASED: &str = "cluster.b.upstream_cx_idle_released";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
