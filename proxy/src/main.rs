@@ -48,6 +48,32 @@ struct Cli {
     upstream: Option<String>,
 }
 
+/// Transparent huge pages off for the process (unless `MIMALLOC_ALLOW_THP` asks for
+/// them): mimalloc advises 2 MiB pages for its arena, and each heap then holds whole
+/// huge pages however little it uses. An idle Strait measured 17.2 MiB RSS with them
+/// (8 MiB of it huge pages) and 9.7 MiB without, and idle connections no longer cost
+/// RSS in 2 MiB steps. A proxy's heap is a few MiB: TLB misses hardly matter.
+///
+/// It runs as an ELF constructor, before the first allocation touches the arena
+/// (a huge page faulted in stays one); so it reads the environment without
+/// allocating.
+#[used]
+#[link_section = ".init_array"]
+static DISABLE_TRANSPARENT_HUGE_PAGES: extern "C" fn() = {
+    extern "C" fn disable() {
+        // SAFETY: `getenv` with a NUL-terminated name, read before any thread starts;
+        // PR_SET_THP_DISABLE takes integer arguments only.
+        unsafe {
+            let asked = libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr());
+            if !asked.is_null() && std::ffi::CStr::from_ptr(asked).to_bytes() != b"0" {
+                return;
+            }
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+    disable
+};
+
 fn main() {
     let cli = Cli::parse();
     let _ = strait::worker::MEMORY_TRIM.set(mimalloc_trim);

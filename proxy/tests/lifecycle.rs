@@ -283,3 +283,33 @@ async fn two_listeners_on_port_0_keep_their_own_config() {
     assert_eq!(get(one, "h", "/", &[]).await.text(), "one");
     assert_eq!(get(two, "h", "/", &[]).await.text(), "two");
 }
+
+/// `THP_enabled` from the process's status: 0 once it disabled transparent huge pages.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled (Linux 5.0+)")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_are_off_unless_asked_for() {
+    let b = Backend::echo("b").await;
+    let config = Bootstrap::catch_all("b").cluster("b", b.addr()).build();
+    let s = Strait::start(&config).await;
+    assert_eq!(get(s.main_addr().await, "h", "/", &[]).await.status, 200);
+    assert_eq!(
+        thp_enabled(s.pid()),
+        "0",
+        "idle RSS is not held in 2 MiB pages"
+    );
+    let asked = Strait::start_with_env(&config, &[], &[("MIMALLOC_ALLOW_THP", "1")]).await;
+    assert_eq!(
+        thp_enabled(asked.pid()),
+        "1",
+        "MIMALLOC_ALLOW_THP=1 keeps them"
+    );
+}
