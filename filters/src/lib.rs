@@ -45,25 +45,11 @@ pub type ResponseHead = http::response::Parts;
 
 /// A copy of a request head without its extensions (which are not `Clone`).
 pub fn copy_request_head(head: &RequestHead) -> RequestHead {
-    request_head(&head.method, &head.uri, head.version, &head.headers)
-}
-
-/// As [`copy_request_head`], from a whole request (which does not lend its head).
-pub fn copy_head_of<B>(req: &http::Request<B>) -> RequestHead {
-    request_head(req.method(), req.uri(), req.version(), req.headers())
-}
-
-fn request_head(
-    method: &http::Method,
-    uri: &http::Uri,
-    version: http::Version,
-    headers: &HeaderMap,
-) -> RequestHead {
     let (mut copy, ()) = http::Request::new(()).into_parts();
-    copy.method = method.clone();
-    copy.uri = uri.clone();
-    copy.version = version;
-    copy.headers = headers.clone();
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
     copy
 }
 

@@ -115,8 +115,131 @@ pub struct StreamInfo {
     /// the client (or the local reply's), kept for `on_log`, which sees the final
     /// heads as Envoy's access-log context does. One copy each per stream,
     /// whatever the number of plugins.
-    pub request_head: Option<RequestHead>,
-    pub response_head: Option<crate::ResponseHead>,
+    pub sent_request: Option<SentHead>,
+    pub sent_response: Option<SentHead>,
+}
+
+/// A head as it went out, kept for the plugins' `on_log`: its start line as typed
+/// values and its headers packed in one buffer. Packing costs one allocation and a
+/// copy of the bytes, against a `HeaderMap` clone's two allocations, per-entry work
+/// and per-value reference counts (about a third of the instructions, measured with
+/// callgrind); a plugin that reads the head in `on_log` gets it unpacked then.
+pub struct SentHead {
+    line: SentLine,
+    version: http::Version,
+    /// `name length (u32 LE), value length (u32 LE), name, value` per header, in the
+    /// map's order (a name's values together, as `HeaderMap` iterates them).
+    headers: Vec<u8>,
+}
+
+enum SentLine {
+    Request {
+        method: http::Method,
+        uri: http::Uri,
+    },
+    Response {
+        status: http::StatusCode,
+    },
+}
+
+impl SentHead {
+    pub fn request(head: &RequestHead) -> Self {
+        Self::request_parts(&head.method, &head.uri, head.version, &head.headers)
+    }
+
+    /// As [`Self::request`], from a whole request (which does not lend its head).
+    pub fn request_of<B>(req: &http::Request<B>) -> Self {
+        Self::request_parts(req.method(), req.uri(), req.version(), req.headers())
+    }
+
+    fn request_parts(
+        method: &http::Method,
+        uri: &http::Uri,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) -> Self {
+        SentHead {
+            line: SentLine::Request {
+                method: method.clone(),
+                uri: uri.clone(),
+            },
+            version,
+            headers: pack(headers),
+        }
+    }
+
+    pub fn response(head: &crate::ResponseHead) -> Self {
+        SentHead {
+            line: SentLine::Response {
+                status: head.status,
+            },
+            version: head.version,
+            headers: pack(&head.headers),
+        }
+    }
+
+    /// The request head, unpacked; `None` if this is a response's.
+    pub fn into_request(self) -> Option<RequestHead> {
+        let SentLine::Request { method, uri } = self.line else {
+            return None;
+        };
+        let (mut head, ()) = http::Request::new(()).into_parts();
+        head.method = method;
+        head.uri = uri;
+        head.version = self.version;
+        head.headers = unpack(&self.headers);
+        Some(head)
+    }
+
+    /// The response head, unpacked; `None` if this is a request's.
+    pub fn into_response(self) -> Option<crate::ResponseHead> {
+        let SentLine::Response { status } = self.line else {
+            return None;
+        };
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = status;
+        head.version = self.version;
+        head.headers = unpack(&self.headers);
+        Some(head)
+    }
+}
+
+fn pack(headers: &http::HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + headers.len() * 48);
+    for (name, value) in headers {
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn unpack(mut packed: &[u8]) -> http::HeaderMap {
+    fn take<'a>(packed: &mut &'a [u8], n: usize) -> &'a [u8] {
+        let (head, rest) = packed.split_at(n);
+        *packed = rest;
+        head
+    }
+    fn length(packed: &mut &[u8]) -> usize {
+        let bytes = take(packed, 4);
+        u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+    }
+    let mut map = http::HeaderMap::new();
+    while !packed.is_empty() {
+        let (name_len, value_len) = (length(&mut packed), length(&mut packed));
+        let name = take(&mut packed, name_len);
+        let value = take(&mut packed, value_len);
+        // Packed from a valid map, so both parse.
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 impl StreamInfo {
@@ -138,8 +261,8 @@ impl StreamInfo {
             response_body_bytes: 0,
             request_duration: None,
             filter_state: FilterState::default(),
-            request_head: None,
-            response_head: None,
+            sent_request: None,
+            sent_response: None,
         }
     }
 
@@ -229,5 +352,53 @@ mod tests {
         assert_eq!(state.set("a", object("3", false)), Err(ReadOnly));
         assert_eq!(state.get("a").unwrap().value, "2");
         assert!(state.get("b").is_none());
+    }
+}
+
+#[cfg(test)]
+mod sent_head_tests {
+    use super::SentHead;
+
+    #[test]
+    fn a_packed_head_unpacks_to_the_same_head() {
+        let req = http::Request::builder()
+            .method("PATCH")
+            .uri("http://example.com/a/b?c=d")
+            .version(http::Version::HTTP_2)
+            .header("host", "example.com")
+            .header("x-multi", "one")
+            .header("X-Custom-Name", "")
+            .header("x-multi", "two")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let sent = SentHead::request_of(&req);
+        let head = sent.into_request().expect("a request head");
+        assert_eq!(head.method, http::Method::PATCH);
+        assert_eq!(head.uri, "http://example.com/a/b?c=d");
+        assert_eq!(head.version, http::Version::HTTP_2);
+        let pairs: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let want: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(pairs, want, "same names, values and order");
+        assert!(SentHead::request_of(&req).into_response().is_none());
+
+        let mut resp = http::Response::new(()).into_parts().0;
+        resp.status = http::StatusCode::IM_A_TEAPOT;
+        resp.headers.append("set-cookie", "a=1".parse().unwrap());
+        resp.headers.append("set-cookie", "b=2".parse().unwrap());
+        let head = SentHead::response(&resp)
+            .into_response()
+            .expect("a response head");
+        assert_eq!(head.status, 418);
+        let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
     }
 }

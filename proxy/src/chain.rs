@@ -61,17 +61,14 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::StatusCode;
-use strait_filters::stream_info::{FilterStateObject, StreamInfo};
+use strait_filters::stream_info::{FilterStateObject, SentHead, StreamInfo};
 use strait_filters::wasm::filter::Paused;
 use strait_filters::wasm::shared::{MetricKind, Metrics};
 use strait_filters::wasm::{
     grpc_frame, CallAnswer, CallKind, Dispatch, NodeInfo, PluginConfig, StreamOp, WasmEngine,
     WasmHttpFilter, WasmPlugin, WasmVm,
 };
-use strait_filters::{
-    copy_request_head, copy_response_head, BodyBuffer, FilterStatus, HttpFilter, LocalReply,
-    RequestHead, ResponseHead,
-};
+use strait_filters::{BodyBuffer, FilterStatus, HttpFilter, LocalReply, RequestHead, ResponseHead};
 use strait_xds::model::{HttpConnectionManager, SetFilterStateConfig, WasmFilterConfig};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
@@ -616,7 +613,7 @@ impl ChainId {
     pub fn keep_request_head(self, head: &RequestHead) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                chain.info.borrow_mut().request_head = Some(copy_request_head(head));
+                chain.info.borrow_mut().sent_request = Some(SentHead::request(head));
             }
         });
     }
@@ -625,7 +622,7 @@ impl ChainId {
     pub fn keep_request<B>(self, req: &http::Request<B>) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                chain.info.borrow_mut().request_head = Some(strait_filters::copy_head_of(req));
+                chain.info.borrow_mut().sent_request = Some(SentHead::request_of(req));
             }
         });
     }
@@ -637,7 +634,7 @@ impl ChainId {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
                 let mut info = chain.info.borrow_mut();
-                info.response_head = Some(copy_response_head(head));
+                info.sent_response = Some(SentHead::response(head));
                 info.response_code = Some(head.status.as_u16());
                 info.response_details.get_or_insert(details.into());
             }

@@ -26,7 +26,7 @@ use super::headers::HeaderView;
 use super::state::StreamData;
 use super::vm::{Phase, WasmVm};
 use super::WasmError;
-use crate::stream_info::StreamInfo;
+use crate::stream_info::{SentHead, StreamInfo};
 use crate::{
     copy_request_head, copy_response_head, BodyBuffer, FilterStatus, HttpFilter, LocalReply,
     RequestHead, ResponseHead,
@@ -442,30 +442,40 @@ impl WasmHttpFilter {
         let Some((generation, context)) = self.context else {
             return;
         };
-        // The stream's final heads (as sent), lent by its info; without one, the
-        // copies this filter kept.
-        let (mut request, mut response) = (self.request.take(), self.response.take());
-        if let Some(info) = &self.info {
-            let mut info = info.borrow_mut();
-            request = info.request_head.take().or(request);
-            response = info.response_head.take().or(response);
-        }
+        // The stream's final heads (as sent, packed), lent by its info; without
+        // them, the copies this filter kept.
         let mut data = StreamData {
-            request,
-            response,
             info: self.info.clone(),
             ..StreamData::default()
         };
+        if let Some(info) = &self.info {
+            let mut info = info.borrow_mut();
+            data.sent_request = info.sent_request.take();
+            data.sent_response = info.sent_response.take();
+        }
+        if data.sent_request.is_none() {
+            data.request = self.request.take();
+        }
+        if data.sent_response.is_none() {
+            data.response = self.response.take();
+        }
         let result = self.vm.with_running(generation, |vm| {
             vm.store.data_mut().stream.exchange(&mut data);
             let result = vm.finish_stream(context, log);
             vm.store.data_mut().stream.exchange(&mut data);
             result
         });
+        // Back for the stream's next plugin: still packed unless this one read them.
         if let Some(info) = &self.info {
             let mut info = info.borrow_mut();
-            info.request_head = data.request.take();
-            info.response_head = data.response.take();
+            info.sent_request = data.sent_request.take().or_else(|| {
+                let head = data.request.take()?;
+                Some(SentHead::request(&head))
+            });
+            info.sent_response = data.sent_response.take().or_else(|| {
+                let head = data.response.take()?;
+                Some(SentHead::response(&head))
+            });
         }
         // A failure while logging cannot change the response any more; the VM
         // already logged it and will be restarted.

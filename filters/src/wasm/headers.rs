@@ -52,6 +52,7 @@ pub(crate) enum HeaderView<'a> {
 
 /// The map for an ABI `map_type`, or the status to return.
 pub(crate) fn view(stream: &mut StreamData, map_type: i32) -> Result<HeaderView<'_>, Status> {
+    stream.unpack_sent();
     let view = match map_type {
         0 => stream.request.as_mut().map(HeaderView::Request),
         1 => stream.request_trailers.as_mut().map(HeaderView::Trailers),

@@ -95,6 +95,7 @@ impl Default for MetaValue {
 type Found = Result<Vec<u8>, Status>;
 
 pub(crate) fn get(state: &mut HostState, path: &[u8]) -> Found {
+    state.stream.unpack_sent();
     let segments: Vec<&[u8]> = path
         .split(|b| *b == 0)
         .filter(|segment| !segment.is_empty())

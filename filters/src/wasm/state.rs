@@ -11,7 +11,7 @@ use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use super::callout::Dispatch;
 use super::shared::Metric;
 use super::PluginConfig;
-use crate::stream_info::StreamInfo;
+use crate::stream_info::{SentHead, StreamInfo};
 use crate::{BodyBuffer, LocalReply, RequestHead, ResponseHead};
 
 /// Store data of one VM.
@@ -115,6 +115,11 @@ pub(crate) struct StreamData {
     /// The HTTP stream's facts (times, route, upstream, filter state), shared by the
     /// stream's filters; `None` for root contexts and connections.
     pub info: Option<Rc<RefCell<StreamInfo>>>,
+    /// During `proxy_on_log`: the heads as they went out, packed; unpacked into
+    /// `request` / `response` when the plugin first reads a head
+    /// ([`Self::unpack_sent`]).
+    pub sent_request: Option<SentHead>,
+    pub sent_response: Option<SentHead>,
 }
 
 impl StreamData {
@@ -133,6 +138,18 @@ impl StreamData {
         swap(&mut self.response_body, &mut other.response_body);
         swap(&mut self.response_trailers, &mut other.response_trailers);
         swap(&mut self.info, &mut other.info);
+        swap(&mut self.sent_request, &mut other.sent_request);
+        swap(&mut self.sent_response, &mut other.sent_response);
+    }
+
+    /// Unpacks the sent heads `on_log` holds, before a host call reads a head.
+    pub(crate) fn unpack_sent(&mut self) {
+        if self.request.is_none() {
+            self.request = self.sent_request.take().and_then(SentHead::into_request);
+        }
+        if self.response.is_none() {
+            self.response = self.sent_response.take().and_then(SentHead::into_response);
+        }
     }
 }
 
