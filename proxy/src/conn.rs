@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -96,9 +96,10 @@ impl Drop for Open {
 pub struct Activity {
     verdict: Verdict,
     /// Requests whose handler or response body is still alive.
-    active: AtomicU64,
-    /// Requests started on the connection so far.
-    started: AtomicU64,
+    active: AtomicU32,
+    /// Requests started on the connection so far, modulo 2^32 (the framing guard
+    /// counts heads alike). 32-bit counters keep `ConnCtx` in 128 bytes.
+    started: AtomicU32,
     /// The socket refused the codec's last write: hyper holds output.
     write_blocked: AtomicBool,
 }
@@ -135,7 +136,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         // On HTTP/1 requests arrive one at a time, so the count is this request's index.
         let activity = &self.ctx.activity;
         let index = activity.started.fetch_add(1, Ordering::Relaxed);
-        let smuggling = activity.verdict.refuses(index as usize);
+        let smuggling = activity.verdict.refuses(index);
         activity.active.fetch_add(1, Ordering::Relaxed);
         // The request future is several KiB; hyper moves what the service returns into
         // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
@@ -202,7 +203,8 @@ impl Body for Counted {
 struct ConnIo {
     /// The guard holds the connection's context, and with it its [`Activity`].
     inner: FramingGuard<Downstream, Arc<ConnCtx>>,
-    prefix: Bytes,
+    /// Boxed: an idle connection keeps a `ConnIo`, and nearly always no prefix.
+    prefix: Option<Box<Bytes>>,
 }
 
 impl ConnIo {
@@ -223,20 +225,18 @@ impl AsyncRead for ConnIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.prefix.is_empty() {
+        let Some(prefix) = this.prefix.as_deref_mut() else {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        if this.prefix.is_empty() {
-            // An emptied `Bytes` still holds its allocation; an idle connection
-            // keeps this one for its life.
-            this.prefix = Bytes::new();
+        };
+        let n = prefix.len().min(buf.remaining());
+        buf.put_slice(&prefix[..n]);
+        prefix.advance(n);
+        if prefix.is_empty() {
+            this.prefix = None;
         }
         // Whatever else has arrived comes along, so the codec parses a whole head at
         // once; an error or the end of the stream shows again on the next read.
-        if this.prefix.is_empty() && buf.remaining() > 0 {
+        if this.prefix.is_none() && buf.remaining() > 0 {
             let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         Poll::Ready(Ok(()))
@@ -296,7 +296,7 @@ async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
             break true;
         }
     };
-    io.prefix = Bytes::copy_from_slice(&buf[..n]);
+    io.prefix = (n > 0).then(|| Box::new(Bytes::copy_from_slice(&buf[..n])));
     Ok(h2)
 }
 
@@ -307,7 +307,7 @@ struct Watch {
     drain: watch::Receiver<bool>,
     draining: bool,
     /// Requests started when activity was last seen, and when that was.
-    started: u64,
+    started: u32,
     since: Instant,
 }
 
@@ -433,11 +433,10 @@ impl Watch {
 struct Conn {
     watch: Watch,
     io: Option<ConnIo>,
-    handler: Option<Handler>,
 }
 
 /// The connection's task. Its future holds the connection itself, the running
-/// phase's box and the idle wait: about 250 bytes, boxed by the caller, next to
+/// phase's box and the idle wait: at most 192 bytes, boxed by the caller, next to
 /// tokio's 128-byte task cell. (With the connection in a box of its own it was 64
 /// bytes more; spawned inline, the 128-byte-aligned task cell grows to 384 bytes
 /// and idle connections measured ~500 bytes more each.)
@@ -487,9 +486,8 @@ impl Conn {
         );
         let io = ConnIo {
             inner: FramingGuard::new(downstream, ctx.clone()),
-            prefix: Bytes::new(),
+            prefix: None,
         };
-        let handler = Handler { ctx: ctx.clone() };
         let draining = *drain.borrow();
         Conn {
             watch: Watch {
@@ -500,7 +498,6 @@ impl Conn {
                 since: Instant::now(),
             },
             io: Some(io),
-            handler: Some(handler),
         }
     }
 
@@ -512,9 +509,11 @@ impl Conn {
     }
 
     async fn serve_h2(&mut self) {
-        let (io, handler) = (self.io.take(), self.handler.take());
-        let (Some(io), Some(handler)) = (io, handler) else {
+        let Some(io) = self.io.take() else {
             return;
+        };
+        let handler = Handler {
+            ctx: self.watch.open.ctx.clone(),
         };
         let hcm = &self.watch.open.ctx.listener.config.hcm;
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -531,12 +530,14 @@ impl Conn {
     }
 
     /// Serves HTTP/1.1 until the connection ends (`false`) or has been idle long
-    /// enough to release its codec (`true`: the socket and handler are back in
-    /// `self`, and hyper's state is freed).
+    /// enough to release its codec (`true`: the socket is back in `self`, and
+    /// hyper's state is freed).
     async fn serve_h1(&mut self) -> bool {
-        let (io, handler) = (self.io.take(), self.handler.take());
-        let (Some(io), Some(handler)) = (io, handler) else {
+        let Some(io) = self.io.take() else {
             return false;
+        };
+        let handler = Handler {
+            ctx: self.watch.open.ctx.clone(),
         };
         // A network filter may hold bytes or answers the socket's readiness does not
         // show: such a connection keeps its codec.
@@ -571,10 +572,9 @@ impl Conn {
         let mut io = parts.io.into_inner();
         if !parts.read_buf.is_empty() {
             // Not expected between messages; the codec takes the bytes up again.
-            io.prefix = parts.read_buf;
+            io.prefix = Some(Box::new(parts.read_buf));
         }
         self.io = Some(io);
-        self.handler = Some(parts.service);
         note_released();
         true
     }
@@ -588,7 +588,7 @@ impl Conn {
         let Some(io) = &self.io else {
             return false;
         };
-        if !io.prefix.is_empty() {
+        if io.prefix.is_some() {
             return true;
         }
         let Some(socket) = io.inner.get_ref().unfiltered() else {
@@ -696,6 +696,11 @@ impl IdleEntry {
                     index
                 }
                 None => {
+                    // Grown 1,024 slots (24 KiB) at a time, not doubled: the list is
+                    // part of what each idle connection costs.
+                    if list.slots.len() == list.slots.capacity() {
+                        list.slots.reserve_exact(1024);
+                    }
                     list.slots.push(slot);
                     (list.slots.len() - 1) as u32
                 }
@@ -783,9 +788,13 @@ mod tests {
     #[test]
     fn a_connection_task_is_small() {
         // What every idle connection's task holds: its `Conn`, the running phase's
-        // box and the idle wait, in one 256-byte box (see `serve`).
+        // box and the idle wait, in one box of the allocator's 192-byte class (see
+        // `serve`); and its shared context in the 128-byte class.
         let size = future_size(serve);
-        assert!(size <= 256, "serve's future is {size} bytes");
+        assert!(size <= 192, "serve's future is {size} bytes");
+        // `ConnCtx` in its `Arc` (two counts).
+        let ctx = 16 + size_of::<ConnCtx>();
+        assert!(ctx <= 128, "ConnCtx takes {ctx} bytes");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,24 +20,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What the guard learnt, for the connection's task: the index of the first request
 /// that must be refused, and whether the bytes read so far end on a message boundary.
 #[derive(Debug)]
+/// Eight bytes: every connection keeps one.
 pub struct Verdict {
-    refused: AtomicUsize,
+    /// The refused request's index, counted modulo 2^32 as the connection's request
+    /// counter is (both advance together), valid once `refusing` is set.
+    refused: AtomicU32,
+    refusing: AtomicBool,
     between: AtomicBool,
 }
 
 impl Default for Verdict {
     fn default() -> Self {
         Verdict {
-            refused: AtomicUsize::new(usize::MAX),
+            refused: AtomicU32::new(0),
+            refusing: AtomicBool::new(false),
             between: AtomicBool::new(true),
         }
     }
 }
 
 impl Verdict {
-    /// Whether the `index`th request (0-based) on the connection is to be refused.
-    pub fn refuses(&self, index: usize) -> bool {
-        self.refused.load(Ordering::Relaxed) == index
+    /// Whether the `index`th request (0-based, modulo 2^32) on the connection is to
+    /// be refused.
+    pub fn refuses(&self, index: u32) -> bool {
+        self.refusing.load(Ordering::Relaxed) && self.refused.load(Ordering::Relaxed) == index
+    }
+
+    fn refuse(&self, index: u32) {
+        self.refused.store(index, Ordering::Relaxed);
+        self.refusing.store(true, Ordering::Relaxed);
     }
 
     /// Every byte read so far belongs to a whole HTTP/1 message: nothing of a next
@@ -96,7 +107,7 @@ impl<IO, V: AsRef<Verdict>> FramingGuard<IO, V> {
             io,
             follower: Follower {
                 state: State::Start,
-                partial: Vec::new(),
+                partial: Partial::default(),
                 heads: 0,
                 verdict,
             },
@@ -110,9 +121,44 @@ struct Follower<V> {
     state: State,
     /// A head or chunk-size line split across reads; empty (and unallocated) when
     /// heads arrive whole, as they nearly always do.
-    partial: Vec<u8>,
-    heads: usize,
+    partial: Partial,
+    /// Heads seen, modulo 2^32.
+    heads: u32,
     verdict: V,
+}
+
+/// Bytes of a line split across reads: one pointer wide (every idle HTTP/1.1
+/// connection carries one, nearly always empty) and unallocated while empty.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // The box keeps the field one pointer wide.
+struct Partial(Option<Box<Vec<u8>>>);
+
+impl Partial {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|bytes| bytes.is_empty())
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |bytes| bytes.len())
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        self.0.get_or_insert_default().extend_from_slice(data);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if let Some(bytes) = &mut self.0 {
+            bytes.truncate(len);
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        self.0.take().map_or_else(Vec::new, |bytes| *bytes)
+    }
 }
 
 impl<V: AsRef<Verdict>> Follower<V> {
@@ -211,20 +257,20 @@ impl<V: AsRef<Verdict>> Follower<V> {
         } else {
             let from = self.partial.len().saturating_sub(end.len() - 1);
             let old = self.partial.len();
-            self.partial.extend_from_slice(data);
-            if let Some(i) = memchr::memmem::find(&self.partial[from..], end) {
+            self.partial.extend(data);
+            if let Some(i) = memchr::memmem::find(&self.partial.as_slice()[from..], end) {
                 let cut = from + i + end.len();
                 *data = &data[cut - old..];
-                let line = std::mem::take(&mut self.partial);
+                let line = self.partial.take();
                 return Some(then(self, &line[..cut]));
             }
             self.partial.truncate(old);
         }
         if self.partial.len() + data.len() > MAX_PARTIAL {
             self.state = State::Off;
-            self.partial = Vec::new();
+            self.partial = Partial::default();
         } else {
-            self.partial.extend_from_slice(data);
+            self.partial.extend(data);
         }
         *data = &[];
         None
@@ -232,7 +278,7 @@ impl<V: AsRef<Verdict>> Follower<V> {
 
     fn after_head(&mut self, head: &[u8]) -> State {
         let index = self.heads;
-        self.heads += 1;
+        self.heads = self.heads.wrapping_add(1);
         let mut lines = head
             .split(|b| *b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -266,10 +312,7 @@ impl<V: AsRef<Verdict>> Follower<V> {
             }
         }
         if te && lengths > 0 {
-            self.verdict
-                .as_ref()
-                .refused
-                .store(index, Ordering::Relaxed);
+            self.verdict.as_ref().refuse(index);
             return State::Off;
         }
         match (upgrade, te, chunked, content_length) {
@@ -365,14 +408,14 @@ mod tests {
     use super::*;
 
     /// Feeds `input` in pieces of `step` bytes and returns the refused index.
-    fn refused(input: &[u8], step: usize) -> Option<usize> {
+    fn refused(input: &[u8], step: usize) -> Option<u32> {
         let verdict = Arc::new(Verdict::default());
         let mut g = FramingGuard::new((), verdict.clone());
         for piece in input.chunks(step) {
             g.follower.inspect(piece);
         }
         let v = verdict.refused.load(Ordering::Relaxed);
-        (v != usize::MAX).then_some(v)
+        verdict.refusing.load(Ordering::Relaxed).then_some(v)
     }
 
     const CL_TE: &[u8] = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";

@@ -152,7 +152,7 @@ async fn accept_loop(
             local,
             activity: conn::Activity::default(),
         });
-        // The connection's future (the connection and its idle wait, ~250 bytes;
+        // The connection's future (the connection and its idle wait, at most 192 bytes;
         // each phase boxes its own state) is built in its box: tokio's task cell,
         // 128-byte aligned, stays at 128 bytes (see `conn::serve`).
         tokio::spawn(crate::pin_in_place!(conn::serve(
