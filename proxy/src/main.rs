@@ -68,9 +68,11 @@ unsafe impl GlobalAlloc for Mimalloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         // SAFETY: `ptr` came from this allocator with `layout` (GlobalAlloc's
-        // contract); the result keeps `align`, as `alloc` would give it.
+        // contract); the result keeps `align`, as `alloc` would give it. `mi_realloc`
+        // only for a block `mi_malloc` gave (an aligned one may be an interior
+        // pointer of a larger block).
         unsafe {
-            match plain(new_size, align) {
+            match plain(layout.size(), align) && plain(new_size, align) {
                 true => mi::mi_realloc(ptr.cast(), new_size).cast(),
                 false => mi::mi_realloc_aligned(ptr.cast(), new_size, align).cast(),
             }
