@@ -30,32 +30,40 @@ fn plain(size: usize, align: usize) -> bool {
     align <= 8 || (align <= MI_MAX_ALIGN_SIZE && size >= MI_MAX_ALIGN_SIZE)
 }
 
+/// `plain_call` for the layouts mimalloc aligns anyway, else `aligned_call`.
+///
+/// # Safety
+/// Both must be mimalloc entry points taking (size) and (size, alignment).
+#[inline(always)]
+unsafe fn allocate(
+    layout: Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut std::ffi::c_void,
+) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    // SAFETY: the caller passes mimalloc's calls; `align` is a power of two.
+    unsafe {
+        match plain(size, align) {
+            true => plain_call(size).cast(),
+            false => aligned_call(size, align).cast(),
+        }
+    }
+}
+
 // SAFETY: every pointer comes from mimalloc with at least the layout's alignment
 // (mimalloc's guarantee for `plain` layouts, the aligned calls otherwise), and goes
 // back to `mi_free` / `mi_realloc*`, which accept both kinds.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        // SAFETY: plain C allocation calls; `align` is a power of two (Layout).
-        unsafe {
-            match plain(size, align) {
-                true => mi::mi_malloc(size).cast(),
-                false => mi::mi_malloc_aligned(size, align).cast(),
-            }
-        }
+        // SAFETY: plain C allocation calls; the alignment is a power of two (Layout).
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
         // SAFETY: as in `alloc`.
-        unsafe {
-            match plain(size, align) {
-                true => mi::mi_zalloc(size).cast(),
-                false => mi::mi_zalloc_aligned(size, align).cast(),
-            }
-        }
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
