@@ -50,3 +50,22 @@ macro_rules! pin_in_place {
         Box::into_pin(Box::write(Box::new_uninit(), $value))
     };
 }
+
+/// hyper's executor for the tasks it spawns itself (an HTTP/2 stream each, server
+/// and client side): each future goes into a box of its own first. tokio's task cell
+/// is 128-byte aligned; holding a stream's future inline makes it a size that is not a
+/// power of two, which mimalloc serves only by over-allocating on its slow path
+/// (~500 instructions per request, callgrind). Boxed, the cell is 128 bytes, on the
+/// fast path.
+#[derive(Clone, Copy)]
+pub struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(pin_in_place!(future));
+    }
+}
