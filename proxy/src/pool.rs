@@ -35,7 +35,7 @@ use futures_util::future::{FutureExt as _, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_xds::model::RoutingPriority;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -226,14 +226,11 @@ pub fn park_idle() {
                 parking.push(conn);
             }
             entry.idle_h1.splice(..0, busy);
-            let mut i = 0;
-            while i < entry.parked.len() {
-                if entry.parked[i].expired(now) || !entry.parked[i].quiet() {
-                    closing.push(entry.parked.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
+            closing.extend(
+                entry
+                    .parked
+                    .extract_if(.., |parked| parked.expired(now) || !parked.quiet()),
+            );
         }
     });
     // Outside the pool's borrow: a closed connection's guard wakes queued requests.
@@ -759,7 +756,7 @@ async fn connect_h2(
     }
     let (stream, slot) = connect(cluster, host, slot).await?;
     let local = conn_info(&stream, cluster);
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let (sender, conn) = http2::Builder::new(crate::BoxingExecutor)
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
