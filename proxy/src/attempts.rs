@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use strait_filters::LocalReply;
 use strait_xds::model::{RouteTarget, RoutingPriority};
 use tokio::time::Sleep;
@@ -32,7 +31,7 @@ use crate::breaker::Slot;
 use crate::chain::ChainId;
 use crate::cluster::{ClusterRuntime, Host, HostSet};
 use crate::error::ProxyError;
-use crate::pool::{self, Lease};
+use crate::pool::{self, Lease, UpstreamBody};
 use crate::retry::{self, Decision, RetryState};
 use crate::stream::StreamGuard;
 
@@ -70,14 +69,14 @@ pub struct Plan<'a> {
 /// How the attempts ended.
 pub enum Answer {
     /// The winning response, its pooled connection and its place under `max_requests`.
-    Response(Response<Incoming>, Option<Lease>, Option<Slot>),
+    Response(Response<UpstreamBody>, Option<Lease>, Option<Slot>),
     /// No attempt produced a usable response.
     Failed(ProxyError),
     /// An HTTP filter answered from the request body.
     FilterReplied(LocalReply),
 }
 
-type Sent = Result<(Response<Incoming>, Option<Lease>), ProxyError>;
+use crate::pool::Sent;
 type SendFuture<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
 
 /// One attempt under way.
@@ -356,7 +355,7 @@ fn settle(
 
 /// The answer from the winning attempt's outcome.
 fn finish(
-    sent: Result<(Response<Incoming>, Option<Lease>), ProxyError>,
+    sent: Sent,
     host: &Arc<Host>,
     request_slot: Option<Slot>,
     guard: &mut StreamGuard,

@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::chain::{BodyVerdict, ChainId};
 use crate::error::ProxyError;
-use crate::pool::Lease;
+use crate::pool::{Lease, UpstreamBody};
 use crate::stream::StreamGuard;
 
 /// Bytes received from downstream, shared between the request body and its guard,
@@ -659,13 +659,13 @@ struct ResponseFilters {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
     pub fn upstream(
-        inner: Incoming,
+        inner: UpstreamBody,
         lease: Option<Lease>,
         timers: Option<StreamTimers>,
         guard: StreamGuard,
@@ -791,14 +791,12 @@ impl Body for ResponseBody {
 /// Polls the upstream body, through the stream's filters when there are any: a held
 /// chunk is not returned, the end flushes what the filters held.
 fn poll_filtered(
-    inner: &mut Incoming,
+    inner: &mut UpstreamBody,
     filters: &mut Option<ResponseFilters>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     let Some(f) = filters else {
-        return Pin::new(inner)
-            .poll_frame(cx)
-            .map(|r| r.map(|r| r.map_err(Into::into)));
+        return Pin::new(inner).poll_frame(cx);
     };
     loop {
         if f.waiting {
@@ -821,12 +819,10 @@ fn poll_filtered(
             if let Some(trailers) = f.trailers.take() {
                 return Poll::Ready(Some(Ok(trailers)));
             }
-            return Pin::new(&mut *inner)
-                .poll_frame(cx)
-                .map(|r| r.map(|r| r.map_err(Into::into)));
+            return Pin::new(&mut *inner).poll_frame(cx);
         }
         let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => (data, inner.is_end_stream()),
                 Err(frame) => {

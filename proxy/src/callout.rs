@@ -262,7 +262,7 @@ async fn start(
     clusters: &Clusters,
     call: HttpCallRequest,
     body: RequestBody,
-) -> Result<(http::Response<hyper::body::Incoming>, Option<pool::Lease>), Failure> {
+) -> Result<(http::Response<pool::UpstreamBody>, Option<pool::Lease>), Failure> {
     // The VM checked the name when the call was made; a reload may have removed
     // the cluster since.
     let Some(cluster) = clusters.get(&call.cluster) else {

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod framing;
+pub mod h1_client;
 pub mod headers;
 pub mod health;
 pub mod lb;

@@ -11,15 +11,19 @@
 //! connection is released or closes, or its timeout ends it — Envoy's pending request.
 //!
 //! Keep-alive races ("503 upstream connect error" after the upstream closed an idle
-//! connection just as we reused it) are answered by retrying once on a new connection
-//! when the request is idempotent, has no body, and no response byte came back.
+//! connection just as we reused it) are answered by sending the request again on the
+//! next connection when it is idempotent, has no body, and no response byte came back.
 //!
-//! An HTTP/1.1 connection idle in the pool for `PARK_AFTER` is parked: its hyper
-//! state (read and write buffers, the dispatch channel's blocks: ~45 KB) and its task
-//! are freed, and the pool keeps the bare socket; the next request that needs it
-//! builds a new codec on it (no I/O). The worker's heartbeat parks connections and
-//! drops parked ones the upstream closed (their socket turned readable) or that
-//! outlived the cluster's idle timeout.
+//! HTTP/1.1 goes through Strait's own codec ([`h1_client`]): the request's task writes
+//! and reads the socket itself, and an idle connection is the socket alone. hyper's
+//! client stays for upgrades and for requests parsed by hyper's HTTP/1 server (only
+//! hyper's client writes back the header case map such a request carries); its
+//! connections run in a task each, and one idle in the pool for `PARK_AFTER` is
+//! parked: its hyper state (read and write buffers, the dispatch channel's blocks:
+//! ~45 KB) and its task are freed, and the pool keeps the bare socket, which either
+//! codec can take up again (no I/O). The worker's heartbeat parks connections,
+//! releases the read buffers of idle own-codec ones, and drops idle sockets the
+//! upstream closed (they turned readable) or that outlived the cluster's idle timeout.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -31,6 +35,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::future::{FutureExt as _, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -44,6 +49,7 @@ use crate::body::RequestBody;
 use crate::breaker::Slot;
 use crate::cluster::{ClusterRuntime, Host};
 use crate::error::ProxyError;
+use crate::h1_client;
 use crate::runtime::FastMap;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,18 +92,51 @@ fn conn_info(stream: &TcpStream, cluster: &ClusterRuntime) -> Local {
 /// parked (give or take the heartbeat's 250 ms).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// An idle HTTP/1.1 connection with no codec: the socket, still counted as active.
-struct Parked {
-    stream: TcpStream,
+/// An HTTP/1.1 connection for Strait's own codec (`h1_client`): the socket and its
+/// read buffer. In the pool it is idle; lent to a request it travels inside the
+/// response body, whose end gives it back ([`H1Conn::release`]). An idle one holds no
+/// task and no waker; its buffer is released after `PARK_AFTER`.
+pub(crate) struct H1Conn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read and not yet parsed; empty between responses.
+    pub(crate) read: BytesMut,
+    key: PoolKey,
     info: Local,
     active: ActiveConn,
-    /// When it went idle.
+}
+
+impl H1Conn {
+    /// Gives the connection to the oldest request queued for one, else to the pool.
+    pub(crate) fn release(mut self: Box<Self>) {
+        // A buffer grown for a large body is not kept for the next small one.
+        if self.read.capacity() > 16 * 1024 {
+            self.read = BytesMut::new();
+        }
+        let key = self.key;
+        // On a thread without pools (the worker is going away) the connection closes.
+        let _ = POOLS.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let entry = p.entry(key).or_default();
+            if let Some(Handoff::Own(conn)) = wake(entry, Handoff::Own(self)) {
+                entry.idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// An idle connection in the pool, and since when.
+struct Idle {
+    conn: Box<H1Conn>,
     since: Instant,
 }
 
-impl Parked {
+impl Idle {
     fn expired(&self, now: Instant) -> bool {
-        self.info
+        self.conn
+            .info
             .idle_timeout
             .is_some_and(|t| now.saturating_duration_since(self.since) >= t)
     }
@@ -106,7 +145,7 @@ impl Parked {
     /// socket is a close (or a protocol error). No syscall while tokio has seen no
     /// readiness.
     fn quiet(&self) -> bool {
-        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.conn.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 
@@ -131,8 +170,9 @@ type Connecting = Shared<Pin<Box<dyn Future<Output = Result<H2, ProxyError>> + S
 struct Entry {
     /// Idle connections with their codec, oldest first (checkout takes the newest).
     idle_h1: Vec<(H1, Instant)>,
-    /// Idle connections parked as bare sockets, oldest first.
-    parked: Vec<Parked>,
+    /// Idle connections without hyper's codec (Strait's own codec's, and hyper's
+    /// parked ones), oldest first.
+    idle: Vec<Idle>,
     h2: Option<H2>,
     h2_connecting: Option<Connecting>,
     /// This worker's connections to the host, opening or open.
@@ -146,6 +186,8 @@ struct Entry {
 enum Handoff {
     /// A connection released by the response it served.
     Connection(H1),
+    /// The same, for Strait's own codec.
+    Own(Box<H1Conn>),
     /// A connection closed: there may be room for a new one.
     Closed,
 }
@@ -202,12 +244,14 @@ impl Lease {
     }
 }
 
-/// Parks this worker's HTTP/1.1 connections idle for `PARK_AFTER` and drops parked
-/// ones that the upstream closed or that expired; run by the worker's heartbeat.
+/// Parks this worker's HTTP/1.1 connections idle for `PARK_AFTER` (hyper's lose their
+/// codec and task, Strait's own their read buffer) and drops idle ones that the
+/// upstream closed or that expired; run by the worker's heartbeat.
 pub fn park_idle() {
     let now = Instant::now();
     let mut parking = Vec::new();
     let mut closing = Vec::new();
+    let mut released = false;
     POOLS.with(|p| {
         for entry in p.borrow_mut().values_mut() {
             let old = entry
@@ -228,17 +272,67 @@ pub fn park_idle() {
             entry.idle_h1.splice(..0, busy);
             closing.extend(
                 entry
-                    .parked
-                    .extract_if(.., |parked| parked.expired(now) || !parked.quiet()),
+                    .idle
+                    .extract_if(.., |idle| idle.expired(now) || !idle.quiet()),
             );
+            for idle in &mut entry.idle {
+                let old = now.saturating_duration_since(idle.since) >= PARK_AFTER;
+                if old && idle.conn.read.capacity() > 0 {
+                    idle.conn.read = BytesMut::new();
+                    idle.conn.active.idle_released.inc();
+                    released = true;
+                }
+            }
         }
     });
+    if released {
+        crate::conn::note_released();
+    }
     // Outside the pool's borrow: a closed connection's guard wakes queued requests.
     // Dropping a sender wakes its connection's task, which sees the park mark and
     // hands its socket back (`drive_h1`).
     drop(parking);
     drop(closing);
 }
+
+/// The response body of an upstream exchange: hyper's (HTTP/2, upgrades, requests
+/// parsed by hyper's HTTP/1 server) or Strait's own HTTP/1.1 codec's.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    H1(h1_client::ResponseBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What a send gives back: the response and where it came from.
+pub type Sent = Result<(Response<UpstreamBody>, Option<Lease>), ProxyError>;
 
 /// Sends `req` to `host`, on a pooled connection when one is idle.
 ///
@@ -251,7 +345,7 @@ pub async fn send(
     upgrade: bool,
     priority: RoutingPriority,
     req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+) -> Sent {
     send_signalled(cluster, host, h2, upgrade, priority, req, None).await
 }
 
@@ -266,7 +360,7 @@ pub async fn send_signalled(
     priority: RoutingPriority,
     req: Request<RequestBody>,
     ready: Option<&AtomicBool>,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+) -> Sent {
     let key = PoolKey {
         cluster: cluster.id,
         addr: host.addr,
@@ -280,12 +374,110 @@ pub async fn send_signalled(
     if h2 {
         return Box::pin(send_h2(cluster, host, key, req, ready)).await;
     }
+    // A request parsed by hyper's HTTP/1 server carries hyper's header case map (an
+    // extension only hyper's client can write back): it goes through hyper's client,
+    // as do upgrades. Everything else takes Strait's own codec.
+    if upgrade || !req.extensions().is_empty() {
+        return Box::pin(send_hyper(cluster, host, key, upgrade, req, ready)).await;
+    }
+    send_own(cluster, host, key, req, ready).await
+}
+
+/// Sends on Strait's own HTTP/1.1 codec ([`h1_client`]).
+async fn send_own(
+    cluster: &Arc<ClusterRuntime>,
+    host: &Arc<Host>,
+    key: PoolKey,
+    req: Request<RequestBody>,
+    ready: Option<&AtomicBool>,
+) -> Sent {
+    let mut req = req;
+    loop {
+        let (conn, reused) = match checkout_own(key) {
+            Some(conn) => (Pooled::Own(conn), true),
+            None => {
+                // Waiting for a new connection, or in the queue for one, is Envoy's
+                // "pending".
+                let _pending = pending(cluster, key.priority)?;
+                Box::pin(connection_h1(cluster, host, key, false, true)).await?
+            }
+        };
+        if let Some(ready) = ready {
+            ready.store(true, Ordering::Relaxed);
+        }
+        let conn = match conn {
+            Pooled::Own(conn) => conn,
+            // Handed over from hyper's side of the pool under `max_connections`.
+            Pooled::Hyper(conn) => return send_on_hyper(key, conn, req).await,
+        };
+        let local = conn.info.clone();
+        match h1_client::send(conn, req, reused).await {
+            Ok(resp) => {
+                let lease = Lease {
+                    key,
+                    sender: None,
+                    local,
+                };
+                return Ok((resp.map(UpstreamBody::H1), Some(lease)));
+            }
+            Err(h1_client::Failure::Reset(Some(back))) => {
+                // The keep-alive race: the upstream closed the pooled connection as it
+                // was reused. Sent again on the next one (or a new one).
+                cluster.stats.upstream_rq_retry.inc();
+                req = *back;
+            }
+            Err(e) => return Err(own_error(&e)),
+        }
+    }
+}
+
+/// The reset an own-codec failure stands for, in Envoy's words.
+fn own_error(e: &h1_client::Failure) -> ProxyError {
+    let reason = match e {
+        h1_client::Failure::Protocol(_) => "protocol error",
+        _ => "connection termination",
+    };
+    ProxyError::UpstreamReset {
+        reason: reason.to_string(),
+    }
+}
+
+/// Sends one request on a hyper HTTP/1.1 connection.
+async fn send_on_hyper(key: PoolKey, mut conn: H1, req: Request<RequestBody>) -> Sent {
+    if conn.sender.ready().await.is_err() {
+        return Err(ProxyError::UpstreamReset {
+            reason: "connection termination".to_string(),
+        });
+    }
+    match conn.sender.try_send_request(req).await {
+        Ok(resp) => Ok((
+            resp.map(UpstreamBody::Hyper),
+            Some(Lease {
+                key,
+                sender: Some(conn.sender),
+                local: conn.local,
+            }),
+        )),
+        Err(e) => Err(reset_error(e.error())),
+    }
+}
+
+/// Sends on hyper's HTTP/1.1 client: upgrades, and requests that carry hyper's header
+/// case map.
+async fn send_hyper(
+    cluster: &Arc<ClusterRuntime>,
+    host: &Arc<Host>,
+    key: PoolKey,
+    upgrade: bool,
+    req: Request<RequestBody>,
+    ready: Option<&AtomicBool>,
+) -> Sent {
     let idle_timeout = cluster.config.idle_timeout;
     let checked_out = match upgrade {
         true => None,
         false => match checkout_h1(key, idle_timeout) {
             Checkout::Live(conn, idle) => Some((conn, idle)),
-            // Only then the boxed (cold) wait for a new codec on a parked socket.
+            // Only then the boxed (cold) wait for a new codec on an idle socket.
             Checkout::Parked => Box::pin(unpark(key)).await,
             Checkout::Empty => None,
         },
@@ -304,10 +496,14 @@ pub async fn send_signalled(
         let (mut conn, was_reused) = match reused.take() {
             Some(s) => (s, true),
             None => {
-                // Waiting for a new connection, or in the queue for one, is Envoy's
-                // "pending".
                 let _pending = pending(cluster, key.priority)?;
-                Box::pin(connection_h1(cluster, host, key, upgrade)).await?
+                match Box::pin(connection_h1(cluster, host, key, upgrade, false)).await? {
+                    (Pooled::Hyper(conn), reused) => (conn, reused),
+                    (Pooled::Own(conn), _) => match hyper_codec(conn, upgrade).await {
+                        Some(conn) => (conn, true),
+                        None => continue,
+                    },
+                }
             }
         };
         if was_reused && conn.sender.ready().await.is_err() {
@@ -325,7 +521,7 @@ pub async fn send_signalled(
                     sender: Some(conn.sender),
                     local: conn.local,
                 });
-                return Ok((resp, lease));
+                return Ok((resp.map(UpstreamBody::Hyper), lease));
             }
             Err(mut e) => {
                 if let Some(back) = e.take_message() {
@@ -352,7 +548,7 @@ async fn send_h2(
     key: PoolKey,
     req: Request<RequestBody>,
     ready: Option<&AtomicBool>,
-) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+) -> Sent {
     let mut conn = h2_sender(cluster, host, key).await?;
     if conn.sender.ready().await.is_err() {
         // The connection went away between checkout and use: open the next one.
@@ -366,7 +562,7 @@ async fn send_h2(
     match conn.sender.try_send_request(req).await {
         // Nothing to give back: the lease only tells where the stream went out.
         Ok(resp) => Ok((
-            resp,
+            resp.map(UpstreamBody::Hyper),
             Some(Lease {
                 key,
                 sender: None,
@@ -426,13 +622,15 @@ async fn h2_sender(
 /// the next one this worker's pool for the host frees up (a
 /// released connection, or room left by a closed one). As in Envoy, a worker with no
 /// connection to the host opens one whatever the limit, so a queue always drains.
-/// `true` with a connection that was handed over (it has served before).
+/// `true` with a connection that was handed over (it has served before). `own`: a new
+/// connection is for Strait's own codec, else for hyper's.
 async fn connection_h1(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     key: PoolKey,
     upgrade: bool,
-) -> Result<(H1, bool), ProxyError> {
+    own: bool,
+) -> Result<(Pooled, bool), ProxyError> {
     let per_host = cluster.config.circuit_breakers[match key.priority {
         RoutingPriority::High => 1,
         RoutingPriority::Default => 0,
@@ -466,11 +664,12 @@ async fn connection_h1(
         let Some(rx) = queued else {
             let counted = KeyConnection { key };
             let _connecting = per_host.map(|_| HostConnecting::new(host));
-            let conn = connect_h1(cluster, host, slot, counted, upgrade).await?;
+            let conn = connect_h1(cluster, host, slot, counted, upgrade, own).await?;
             return Ok((conn, false));
         };
         match rx.await {
-            Ok(Handoff::Connection(conn)) => return Ok((conn, true)),
+            Ok(Handoff::Connection(conn)) => return Ok((Pooled::Hyper(conn), true)),
+            Ok(Handoff::Own(conn)) => return Ok((Pooled::Own(conn), true)),
             // A connection closed, or the pool went away: try again.
             Ok(Handoff::Closed) | Err(_) => continue,
         }
@@ -518,12 +717,18 @@ impl Drop for KeyConnection {
 /// the keep-alive race retry.
 const RACE_IDLE: Duration = Duration::from_millis(250);
 
-/// What the pool has for a request.
+/// A connection for one request: hyper's, or Strait's own codec's.
+enum Pooled {
+    Hyper(H1),
+    Own(Box<H1Conn>),
+}
+
+/// What the pool has for a request on hyper's codec.
 enum Checkout {
     /// The most recently used idle connection with its codec, and how long it has
     /// been idle.
     Live(H1, Duration),
-    /// No such connection, but parked ones (see [`unpark`]).
+    /// No such connection, but idle sockets (see [`unpark`]).
     Parked,
     Empty,
 }
@@ -541,40 +746,66 @@ fn checkout_h1(key: PoolKey, idle_timeout: Option<Duration>) -> Checkout {
                 return Checkout::Live(conn, idle);
             }
         }
-        match entry.parked.is_empty() {
+        match entry.idle.is_empty() {
             true => Checkout::Empty,
             false => Checkout::Parked,
         }
     })
 }
 
-/// The most recently parked connection that is still good, with a new codec, and how
+/// The most recently used idle connection for Strait's own codec that is still good.
+fn checkout_own(key: PoolKey) -> Option<Box<H1Conn>> {
+    let now = Instant::now();
+    loop {
+        let idle = POOLS.with(|p| p.borrow_mut().get_mut(&key)?.idle.pop())?;
+        // Checked (and a bad one dropped) outside the pool's borrow: a closed
+        // connection's guard wakes queued requests.
+        if !idle.expired(now) && idle.quiet() {
+            return Some(idle.conn);
+        }
+    }
+}
+
+/// The most recently idle socket that is still good, with a new hyper codec, and how
 /// long it has been idle.
 async fn unpark(key: PoolKey) -> Option<(H1, Duration)> {
     loop {
-        let parked = POOLS.with(|p| p.borrow_mut().get_mut(&key)?.parked.pop())?;
+        let idle = POOLS.with(|p| p.borrow_mut().get_mut(&key)?.idle.pop())?;
         let now = Instant::now();
-        if parked.expired(now) || !parked.quiet() {
-            // Dropped outside the pool's borrow: its guard wakes queued requests.
+        if idle.expired(now) || !idle.quiet() {
             continue;
         }
-        let Parked {
-            stream,
-            info,
-            active,
-            since,
-        } = parked;
-        let Ok((sender, conn)) = h1_builder().handshake(TokioIo::new(stream)).await else {
+        let since = idle.since;
+        let Some(h1) = hyper_codec(idle.conn, false).await else {
             continue;
-        };
-        info.park.store(0, Ordering::Relaxed);
-        drive_h1(conn, key, info.clone(), active);
-        let h1 = H1 {
-            sender,
-            local: info,
         };
         return Some((h1, now.saturating_duration_since(since)));
     }
+}
+
+/// A hyper codec on a connection of Strait's own (no I/O): for a request that needs
+/// hyper's client and found only such a connection.
+async fn hyper_codec(conn: Box<H1Conn>, upgrade: bool) -> Option<H1> {
+    let H1Conn {
+        stream,
+        read,
+        key,
+        info,
+        active,
+    } = *conn;
+    if !read.is_empty() {
+        return None;
+    }
+    let (sender, conn) = h1_builder().handshake(TokioIo::new(stream)).await.ok()?;
+    info.park.store(0, Ordering::Relaxed);
+    match upgrade {
+        true => spawn_upgradable(conn, active),
+        false => drive_h1(conn, key, info.clone(), active),
+    }
+    Some(H1 {
+        sender,
+        local: info,
+    })
 }
 
 /// A place under the `max_pending_requests` breaker for a request that waits for a new
@@ -672,42 +903,61 @@ fn h1_builder() -> http1::Builder {
     builder
 }
 
-/// A new HTTP/1.1 connection; one for an upgrade keeps hyper's upgrade support and is
-/// never pooled, so never parked.
+/// A new HTTP/1.1 connection: for Strait's own codec (`own`), else with hyper's,
+/// where one for an upgrade keeps hyper's upgrade support and is never pooled, so
+/// never parked.
 async fn connect_h1(
     cluster: &ClusterRuntime,
     host: &Arc<Host>,
     slot: Option<Slot>,
     counted: KeyConnection,
     upgrade: bool,
-) -> Result<H1, ProxyError> {
+    own: bool,
+) -> Result<Pooled, ProxyError> {
     let (stream, slot) = connect(cluster, host, slot).await?;
     let local = conn_info(&stream, cluster);
+    let key = counted.key;
+    if own {
+        let active = ActiveConn::new(cluster, host, slot, Some(counted));
+        // Boxed once for its life: it moves between the pool and its responses as a
+        // pointer.
+        return Ok(Pooled::Own(Box::new(H1Conn {
+            stream,
+            read: BytesMut::new(),
+            key,
+            info: local,
+            active,
+        })));
+    }
     let (sender, conn) = h1_builder()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| reset_error(&e))?;
-    let key = counted.key;
     let active = ActiveConn::new(cluster, host, slot, Some(counted));
     if upgrade {
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-            drop(active);
-        });
+        spawn_upgradable(conn, active);
     } else {
         drive_h1(conn, key, local.clone(), active);
     }
-    Ok(H1 { sender, local })
+    Ok(Pooled::Hyper(H1 { sender, local }))
 }
 
-type H1Conn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+type HyperConn = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// Runs a connection for an upgrade (never pooled) until it ends.
+fn spawn_upgradable(conn: HyperConn, active: ActiveConn) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+        drop(active);
+    });
+}
 
 /// Runs a pooled HTTP/1.1 connection until it ends, or until the pool parks it (marks
 /// it and drops its sender, which wakes this task): then its socket goes back to the
 /// pool without the codec, unless the upstream sent bytes nobody asked for.
-fn drive_h1(mut conn: H1Conn, key: PoolKey, info: Local, active: ActiveConn) {
+fn drive_h1(mut conn: HyperConn, key: PoolKey, info: Local, active: ActiveConn) {
     tokio::spawn(async move {
         let parked = std::future::poll_fn(|cx| {
             if info.park.load(Ordering::Relaxed) != 0 {
@@ -730,14 +980,18 @@ fn drive_h1(mut conn: H1Conn, key: PoolKey, info: Local, active: ActiveConn) {
             return;
         }
         let now = Instant::now();
-        let parked = Parked {
-            stream: parts.io.into_inner(),
-            info,
-            active,
+        active.idle_released.inc();
+        let idle = Idle {
+            conn: Box::new(H1Conn {
+                stream: parts.io.into_inner(),
+                read: BytesMut::new(),
+                key,
+                info,
+                active,
+            }),
             since: now.checked_sub(idle).unwrap_or(now),
         };
-        parked.active.idle_released.inc();
-        POOLS.with(|p| p.borrow_mut().entry(key).or_default().parked.push(parked));
+        POOLS.with(|p| p.borrow_mut().entry(key).or_default().idle.push(idle));
         crate::conn::note_released();
     });
 }
@@ -774,7 +1028,7 @@ async fn connect_h2(
     Ok(H2 { sender, local })
 }
 
-fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

@@ -10,12 +10,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Response};
-use hyper::body::Incoming;
+use http::HeaderMap;
 use strait_xds::model::{RetryOn, RetryPolicy, RouteTarget};
 
 use crate::error::ProxyError;
-use crate::pool::{Lease, REFUSED_STREAM};
+use crate::pool::REFUSED_STREAM;
 
 /// How one upstream attempt ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy)]
@@ -241,9 +240,7 @@ pub fn effective_per_try(per_try: Option<Duration>, global: Option<Duration>) ->
 }
 
 /// How an attempt ended, for the retry decision; `None` for errors no policy retries.
-pub fn outcome(
-    sent: &Result<(Response<Incoming>, Option<Lease>), ProxyError>,
-) -> Option<Outcome<'_>> {
+pub fn outcome(sent: &crate::pool::Sent) -> Option<Outcome<'_>> {
     Some(match sent {
         Ok((resp, _)) => Outcome::Response {
             status: resp.status().as_u16(),

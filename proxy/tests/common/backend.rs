@@ -85,6 +85,13 @@ pub(super) struct Counters {
     flaky_seen: AtomicU64,
 }
 
+/// A scripted backend's answer to one request: raw bytes, then keep the connection
+/// or close it.
+pub enum Scripted {
+    KeepAlive(Vec<u8>),
+    Close(Vec<u8>),
+}
+
 /// What the flaky backend does to its first requests, as the matching `x-backend-*`
 /// header would.
 #[derive(Clone, Copy, Debug)]
@@ -360,6 +367,41 @@ impl Backend {
             if stream.write_all(ok).await.is_ok() {
                 // The next request (or EOF) ends the connection unanswered.
                 let _ = read_head(&mut stream).await;
+            }
+        })
+        .await
+    }
+
+    /// Answers each request head with the raw bytes `answer(head)` gives (status line,
+    /// headers and body exactly as the test wants them on the wire), heads recorded
+    /// verbatim. Request bodies are not read (send them only with `Close`): after a
+    /// `Close` answer the backend shuts its side and then reads and discards whatever
+    /// the proxy still sends, so no reset loses the answer.
+    pub async fn scripted(name: &str, answer: fn(&str) -> Scripted) -> Backend {
+        Backend::serve(name, move |mut stream, c| async move {
+            while let Some(head) = read_head(&mut stream).await {
+                c.requests.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).into_owned();
+                c.heads.lock().expect("heads lock").push(head.clone());
+                let (bytes, close) = match answer(&head) {
+                    Scripted::KeepAlive(b) => (b, false),
+                    Scripted::Close(b) => (b, true),
+                };
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                if close {
+                    let _ = stream.shutdown().await;
+                    let mut sink = [0u8; 16 * 1024];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(10), stream.read(&mut sink)).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    return;
+                }
             }
         })
         .await

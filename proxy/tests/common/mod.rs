@@ -16,7 +16,7 @@ pub mod proxy;
 use std::future::Future;
 use std::time::Duration;
 
-pub use backend::{Backend, Echo, Misbehave};
+pub use backend::{Backend, Echo, Misbehave, Scripted};
 pub use client::{
     count_body, empty, full, get, get_h2, send_raw, send_raw_until_close, Client, Proto, RawConn,
     Resp,

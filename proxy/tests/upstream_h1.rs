@@ -1,0 +1,304 @@
+//! Strait's own HTTP/1.1 client codec (`h1_client`), which carries every upstream
+//! HTTP/1.1 request that is not an upgrade and was not parsed by hyper's HTTP/1
+//! server: here, requests from h2c clients. Framing both ways, connection reuse, the
+//! keep-alive race, early answers, malformed answers, and idle release.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{generated, with_trailers};
+use common::*;
+use http::Method;
+
+async fn proxy_to(backend: &Backend) -> Strait {
+    let config = Bootstrap::catch_all("up").cluster("up", backend.addr());
+    Strait::start_with(&config.build(), &["--concurrency", "1"]).await
+}
+
+async fn h2(s: &Strait) -> Client {
+    Client::connect(s.main_addr().await, Proto::H2)
+        .await
+        .expect("h2c connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_share_one_upstream_connection() {
+    let b = Backend::echo("b").await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    for i in 0..20 {
+        let r = c
+            .get("svc.test", &format!("/n/{i}?q=1"), &[("x-c", "1")])
+            .await;
+        assert_eq!(r.status, 200);
+        let e = r.echo();
+        assert_eq!(e.version, "HTTP/1.1");
+        assert_eq!(e.host, "svc.test", ":authority becomes Host");
+        assert_eq!(e.path, format!("/n/{i}?q=1"));
+        assert_eq!(e.header("x-c"), Some("1"));
+    }
+    assert_eq!(b.connections(), 1, "the pooled connection was reused");
+    assert_eq!(s.stat("cluster.up.upstream_cx_total").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_go_up_with_their_length_or_chunked() {
+    let b = Backend::echo("b").await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    // A known length: `content-length` upstream.
+    let req = c.request(
+        Method::POST,
+        "h",
+        "/len",
+        &[("content-length", "5")],
+        full("hello"),
+    );
+    let e = c.send(req).await.expect("response").echo();
+    assert_eq!((e.body_len, e.body.as_str()), (5, "hello"));
+    assert_eq!(e.header("content-length"), Some("5"));
+    assert_eq!(e.header("transfer-encoding"), None);
+    // A streamed body of unknown length: chunked upstream, every byte there.
+    let req = c.request(Method::POST, "h", "/stream", &[], generated(300_000));
+    let e = c.send(req).await.expect("response").echo();
+    assert_eq!(e.body_len, 300_000);
+    assert_eq!(e.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(e.header("content-length"), None);
+    // Trailers ride on the chunked body.
+    let req = c.request(
+        Method::PUT,
+        "h",
+        "/t",
+        &[],
+        with_trailers("abc", &[("x-t", "1")]),
+    );
+    let e = c.send(req).await.expect("response").echo();
+    assert_eq!(e.body, "abc");
+    assert_eq!(e.trailers.get("x-t").map(String::as_str), Some("1"));
+    assert_eq!(
+        b.connections(),
+        1,
+        "each body ended cleanly, the connection was reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_in_each_framing_come_through() {
+    let b = Backend::echo("b").await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    // `content-length`, longer than one read.
+    let r = c
+        .get("h", "/sized", &[("x-backend-body-bytes", "65536")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 65_536);
+    assert_eq!(r.header("content-length"), Some("65536"));
+    // Chunked (the backend streams it), large.
+    let r = c
+        .get("h", "/big", &[("x-backend-body-bytes", "3000000")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 3_000_000);
+    // Chunked, in small pieces over time.
+    let r = c
+        .get(
+            "h",
+            "/chunks",
+            &[
+                ("x-backend-body-bytes", "5000"),
+                ("x-backend-chunk-delay-ms", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body.len(), 5000);
+    assert!(r.body.iter().all(|&b| b == b'c'));
+    // A status from the upstream, and its headers.
+    let r = c
+        .get(
+            "h",
+            "/503",
+            &[
+                ("x-backend-status", "503"),
+                ("x-backend-respond-header", "x-why=busy"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-why"), Some("busy"));
+    assert_eq!(b.connections(), 1);
+}
+
+/// Answers for the scripted backend, by request path.
+fn answers(head: &str) -> Scripted {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let bytes = |s: &str| s.as_bytes().to_vec();
+    match path {
+        "/close-delimited" => {
+            Scripted::Close(bytes("HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nread until the end"))
+        }
+        "/no-content" => Scripted::KeepAlive(bytes("HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n")),
+        "/continue" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter",
+        )),
+        "/garbage" => Scripted::Close(bytes("this is not HTTP\r\n\r\n")),
+        "/bad-length" => Scripted::Close(bytes(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        )),
+        "/short" => Scripted::Close(bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nonly5")),
+        "/early" => Scripted::Close(bytes(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!",
+        )),
+        "/trailers" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-a, x-b\r\n\r\n\
+             4\r\nbody\r\n0\r\nX-A: 1\r\nx-b:  2 \r\n\r\n",
+        )),
+        "/chunk-ext" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;name=v\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )),
+        // A HEAD answer carries the length of the body it does not send.
+        _ if head.starts_with("HEAD ") => {
+            Scripted::KeepAlive(bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"))
+        }
+        _ => Scripted::KeepAlive(bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_answers_and_informational_heads_keep_the_connection() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    let req = c.request(Method::HEAD, "h", "/head", &[], empty());
+    let r = c.send(req).await.expect("HEAD");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("10"));
+    assert!(r.body.is_empty());
+    let r = c.get("h", "/no-content", &[]).await;
+    assert_eq!((r.status, r.header("x-kind")), (204, Some("204")));
+    assert!(r.body.is_empty());
+    let r = c.get("h", "/continue", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "after"));
+    let r = c.get("h", "/chunk-ext", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abcde"));
+    let r = c.get("h", "/trailers", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "body"));
+    assert_eq!((r.trailer("x-a"), r.trailer("x-b")), (Some("1"), Some("2")));
+    let r = c.get("h", "/plain", &[]).await;
+    assert_eq!(r.text(), "0123456789");
+    assert_eq!(
+        b.connections(),
+        1,
+        "every answer left the connection reusable"
+    );
+    assert_eq!(b.requests(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_body_ends_with_the_connection() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    let r = c.get("h", "/close-delimited", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-kind"), Some("eof"));
+    assert_eq!(r.text(), "read until the end");
+    // That connection is gone; the next request opens another.
+    let r = c.get("h", "/plain", &[]).await;
+    assert_eq!(r.text(), "0123456789");
+    assert_eq!(b.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_answers_are_503_and_close_their_connection() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    for path in ["/garbage", "/bad-length"] {
+        let r = c.get("h", path, &[]).await;
+        assert_eq!(r.status, 503, "{path}");
+        assert!(
+            r.text().ends_with("reset reason: protocol error"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // A body shorter than its length: the head went out, so the stream is reset.
+    let req = c.request(Method::GET, "h", "/short", &[], empty());
+    assert!(
+        c.send(req).await.is_err(),
+        "a truncated body must not look complete"
+    );
+    // The proxy and the client connection are fine.
+    let r = c.get("h", "/plain", &[]).await;
+    assert_eq!(r.text(), "0123456789");
+    assert_eq!(b.connections(), 4);
+}
+
+/// An upstream may answer before it has read the request body (413, 401): the answer
+/// reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_is_read_reaches_the_client() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    let req = c.request(Method::POST, "h", "/early", &[], generated(8 << 20));
+    let r = c.send(req).await.expect("the early answer");
+    assert_eq!((r.status, r.text().as_str()), (413, "too big!"));
+    let r = c.get("h", "/plain", &[]).await;
+    assert_eq!(r.text(), "0123456789");
+}
+
+/// The keep-alive race: the upstream closes a pooled connection as it is reused. An
+/// idempotent request without a body is sent again on a new connection; one with a
+/// body is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_race_is_retried_on_a_new_connection() {
+    let racer = Backend::keepalive_racer("racer").await;
+    let s = proxy_to(&racer).await;
+    let mut c = h2(&s).await;
+    assert_eq!(c.get("h", "/", &[]).await.status, 200);
+    let r = c.get("h", "/again", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(racer.connections(), 2, "the retry used a new connection");
+    s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 1)
+        .await;
+    let req = c.request(Method::POST, "h", "/post", &[], full("data"));
+    let r = c.send(req).await.expect("response");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text().ends_with("reset reason: connection termination"),
+        "{}",
+        r.text()
+    );
+}
+
+/// An idle pooled connection keeps no buffer after a second, and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_releases_its_buffer_and_serves_again() {
+    let b = Backend::idle_closing("b", Duration::from_secs(60)).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    assert_eq!(c.get("h", "/one", &[]).await.text(), "ok");
+    s.wait_stat("cluster.up.upstream_cx_idle_released", |v| v == 1)
+        .await;
+    assert_eq!(s.stat("cluster.up.upstream_cx_active").await, Some(1));
+    assert_eq!(c.get("h", "/two", &[]).await.text(), "ok");
+    assert_eq!(b.connections(), 1, "the idle connection was reused");
+    s.wait_stat("cluster.up.upstream_cx_idle_released", |v| v == 2)
+        .await;
+}
+
+/// An idle connection the upstream closed leaves the pool without a request finding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closes_leaves_the_pool() {
+    let b = Backend::idle_closing("b", Duration::from_millis(300)).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    assert_eq!(c.get("h", "/one", &[]).await.text(), "ok");
+    s.wait_stat("cluster.up.upstream_cx_active", |v| v == 0)
+        .await;
+    assert_eq!(c.get("h", "/two", &[]).await.text(), "ok");
+    assert_eq!(b.connections(), 2);
+}
