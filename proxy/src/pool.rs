@@ -378,7 +378,7 @@ pub async fn send_signalled(
     // extension only hyper's client can write back): it goes through hyper's client,
     // as do upgrades. Everything else takes Strait's own codec.
     if upgrade || !req.extensions().is_empty() {
-        return Box::pin(send_hyper(cluster, host, key, upgrade, req, ready)).await;
+        return send_hyper(cluster, host, key, upgrade, req, ready).await;
     }
     send_own(cluster, host, key, req, ready).await
 }
