@@ -57,15 +57,56 @@ impl ByteCount {
     }
 }
 
+/// A request body as the downstream codec gives it.
+pub enum DownstreamBody {
+    Empty,
+    /// From hyper's server (HTTP/2, upgrades).
+    Hyper(Incoming),
+    /// From Strait's HTTP/1.1 server codec.
+    H1(crate::h1_server::RequestBody),
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            DownstreamBody::Empty => Poll::Ready(None),
+            DownstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            DownstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownstreamBody::Empty => true,
+            DownstreamBody::Hyper(b) => b.is_end_stream(),
+            DownstreamBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownstreamBody::Empty => SizeHint::with_exact(0),
+            DownstreamBody::Hyper(b) => b.size_hint(),
+            DownstreamBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 pub enum RequestBody {
     Empty,
     Streaming {
-        inner: Incoming,
+        inner: DownstreamBody,
         received: Arc<ByteCount>,
     },
     /// Streamed through the stream's HTTP filters (`chain`), chunk by chunk.
     Filtered {
-        inner: Incoming,
+        inner: DownstreamBody,
         received: Arc<ByteCount>,
         chain: ChainId,
         /// The chain saw the end of the body.
@@ -307,7 +348,7 @@ impl Body for RequestBody {
                 if frame.is_none() || inner.is_end_stream() {
                     received.end();
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             RequestBody::Filtered {
                 inner,
@@ -340,7 +381,7 @@ impl Body for RequestBody {
                     return Poll::Ready(trailers.take().map(Ok));
                 }
                 let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
                             received.0.fetch_add(data.len() as u64, Ordering::Relaxed);

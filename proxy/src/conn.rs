@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -32,9 +32,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::body::ResponseBody;
+use crate::body::{DownstreamBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::framing::{FramingGuard, Verdict};
+use crate::h1_server;
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
 
@@ -99,14 +100,21 @@ pub struct Activity {
     active: AtomicU32,
     /// Requests started on the connection so far, modulo 2^32 (the framing guard
     /// counts heads alike). 32-bit counters keep `ConnCtx` in 128 bytes.
-    started: AtomicU32,
+    pub(crate) started: AtomicU32,
     /// The socket refused the codec's last write: hyper holds output.
     write_blocked: AtomicBool,
 }
 
 /// One request counted in [`Activity::active`] until its response body is gone
 /// (written out, or dropped with the stream).
-struct Active(Arc<ConnCtx>);
+pub(crate) struct Active(Arc<ConnCtx>);
+
+impl Active {
+    pub(crate) fn new(ctx: &Arc<ConnCtx>) -> Active {
+        ctx.activity.active.fetch_add(1, Ordering::Relaxed);
+        Active(ctx.clone())
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -137,14 +145,15 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         let activity = &self.ctx.activity;
         let index = activity.started.fetch_add(1, Ordering::Relaxed);
         let smuggling = activity.verdict.refuses(index);
-        activity.active.fetch_add(1, Ordering::Relaxed);
+        let active = Active::new(&self.ctx);
         // The request future is several KiB; hyper moves what the service returns into
         // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
         // in its box, it is never copied, and hyper moves a pointer.
+        let req = req.map(DownstreamBody::Hyper);
         let handling = crate::pin_in_place!(router::handle(req, self.ctx.clone(), smuggling));
         Handled {
             handling,
-            active: Some(Active(self.ctx.clone())),
+            active: Some(active),
         }
     }
 }
@@ -368,17 +377,19 @@ impl Watch {
         }
     }
 
-    /// Drives `conn` to its end. With `release` (an HTTP/1.1 connection whose codec
-    /// can be rebuilt), returns `true` instead once the connection has been quiet for
-    /// [`RELEASE_AFTER`] between two messages with all its output written.
-    async fn run<C>(
+    /// Drives `conn` to its end (`Some` of its output). With `release` (an HTTP/1.1
+    /// connection whose codec can be rebuilt; it says whether the codec holds
+    /// nothing: between two messages, all output written), returns `None` instead
+    /// once the connection has been quiet for [`RELEASE_AFTER`] and can be released.
+    async fn run<C, T, E>(
         &mut self,
         mut conn: Pin<&mut C>,
         shutdown: impl Fn(Pin<&mut C>),
-        release: Option<&Verdict>,
-    ) -> bool
+        release: Option<&(dyn Fn() -> bool + Sync)>,
+    ) -> Option<Result<T, E>>
     where
-        C: Future<Output = hyper::Result<()>>,
+        C: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
     {
         if self.draining {
             shutdown(conn.as_mut());
@@ -395,10 +406,10 @@ impl Watch {
             tokio::select! {
                 biased;
                 r = conn.as_mut() => {
-                    if let Err(e) = r {
+                    if let Err(e) = &r {
                         tracing::debug!(peer = %self.open.ctx.peer, error = %e, "downstream connection ended with an error");
                     }
-                    return false;
+                    return Some(r);
                 }
                 changed = self.drain.changed(), if !self.draining => {
                     if self.drained(changed) {
@@ -414,13 +425,9 @@ impl Watch {
                         self.open.ctx.listener.http.downstream_cx_idle_timeout.inc();
                         self.draining = true;
                         shutdown(conn.as_mut());
-                    } else if release.is_some_and(|v| {
-                        quiet >= RELEASE_AFTER
-                            && v.between_messages()
-                            && !self.open.ctx.activity.write_blocked.load(Ordering::Relaxed)
-                    }) {
+                    } else if release.is_some_and(|idle| quiet >= RELEASE_AFTER && idle()) {
                         self.open.ctx.listener.http.downstream_cx_idle_released.inc();
-                        return true;
+                        return None;
                     }
                     tick.as_mut().reset(now + every.unwrap_or(RELEASE_AFTER));
                 }
@@ -467,8 +474,26 @@ pub fn serve(
             return;
         }
         http.downstream_cx_http1_total.inc();
+        loop {
+            match Box::pin(conn.serve_h1_own()).await {
+                Own::Released if conn.idle().await => {}
+                Own::Released | Own::Closed => return,
+                Own::Upgrade => break,
+            }
+        }
+        // An upgrade request: hyper's server has the connection from here on.
         while Box::pin(conn.serve_h1()).await && conn.idle().await {}
     }
+}
+
+/// How a run of Strait's HTTP/1.1 server codec ended.
+enum Own {
+    /// Quiet long enough: the socket is back in the connection, the codec freed.
+    Released,
+    Closed,
+    /// The next request asks for an upgrade: the socket is back in the connection
+    /// with the request's bytes, for hyper's server.
+    Upgrade,
 }
 
 impl Conn {
@@ -529,9 +554,56 @@ impl Conn {
             .await;
     }
 
-    /// Serves HTTP/1.1 until the connection ends (`false`) or has been idle long
-    /// enough to release its codec (`true`: the socket is back in `self`, and
-    /// hyper's state is freed).
+    /// Serves HTTP/1.1 with Strait's own codec (`h1_server`) until the connection
+    /// ends, has been idle long enough to release the codec's state, or asks for an
+    /// upgrade.
+    async fn serve_h1_own(&mut self) -> Own {
+        let Some(io) = self.io.take() else {
+            return Own::Closed;
+        };
+        let ConnIo { inner, prefix } = io;
+        let downstream = inner.into_inner();
+        // A network filter may hold bytes or answers the socket's readiness does not
+        // show: such a connection keeps its codec.
+        let releasable = downstream.unfiltered().is_some();
+        let read = prefix.map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
+        let side = h1_server::Side::new(downstream, read);
+        let ctx = self.watch.open.ctx.clone();
+        let ran = {
+            let mut codec = Box::pin(h1_server::serve(side.clone(), ctx.clone()));
+            let idle = || side.lock().releasable();
+            let release: Option<&(dyn Fn() -> bool + Sync)> = match releasable {
+                true => Some(&idle),
+                false => None,
+            };
+            let shutdown = |_: Pin<&mut _>| side.lock().closing = true;
+            self.watch.run(codec.as_mut(), shutdown, release).await
+        };
+        let outcome = match ran {
+            None => Own::Released,
+            Some(Ok(h1_server::Outcome::Upgrade)) => Own::Upgrade,
+            Some(_) => return Own::Closed,
+        };
+        // The loop is gone, and with it every other hold on the side.
+        let Ok(side) = Arc::try_unwrap(side) else {
+            return Own::Closed;
+        };
+        let side = side.into_inner();
+        let prefix = (!side.read.is_empty()).then(|| Box::new(side.read.freeze()));
+        self.io = Some(ConnIo {
+            inner: FramingGuard::new(side.io, ctx),
+            prefix,
+        });
+        if let Own::Released = outcome {
+            note_released();
+        }
+        outcome
+    }
+
+    /// Serves HTTP/1.1 with hyper's server until the connection ends (`false`) or
+    /// has been idle long enough to release its codec (`true`: the socket is back in
+    /// `self`, and hyper's state is freed). Strait's own codec hands a connection to
+    /// it for upgrades.
     async fn serve_h1(&mut self) -> bool {
         let Some(io) = self.io.take() else {
             return false;
@@ -559,11 +631,17 @@ impl Conn {
                 .serve_connection(TokioIo::new(io), handler)
                 .with_upgrades(),
         );
-        let release = releasable.then_some(&ctx.activity.verdict);
+        let verdict = &ctx.activity.verdict;
+        let idle =
+            || verdict.between_messages() && !ctx.activity.write_blocked.load(Ordering::Relaxed);
+        let release: Option<&(dyn Fn() -> bool + Sync)> = match releasable {
+            true => Some(&idle),
+            false => None,
+        };
         let run = self
             .watch
             .run(Pin::new(&mut *conn), |c| c.graceful_shutdown(), release);
-        if !run.await {
+        if run.await.is_some() {
             return false;
         }
         let Some(parts) = conn.into_parts() else {

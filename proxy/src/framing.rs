@@ -97,6 +97,11 @@ impl<IO, V: AsRef<Verdict>> FramingGuard<IO, V> {
         &self.io
     }
 
+    /// The wrapped connection (what the guard has seen is dropped).
+    pub fn into_inner(self) -> IO {
+        self.io
+    }
+
     /// What holds the verdict (the connection's shared state, say).
     pub fn verdict_holder(&self) -> &V {
         &self.follower.verdict

@@ -374,10 +374,13 @@ pub async fn send_signalled(
     if h2 {
         return Box::pin(send_h2(cluster, host, key, req, ready)).await;
     }
-    // A request parsed by hyper's HTTP/1 server carries hyper's header case map (an
-    // extension only hyper's client can write back): it goes through hyper's client,
-    // as do upgrades. Everything else takes Strait's own codec.
-    if upgrade || !req.extensions().is_empty() {
+    // A request parsed by hyper's HTTP/1 server (an upgrade's connection) carries
+    // hyper's header case map, an extension only hyper's client can write back: it
+    // goes through hyper's client, as do upgrades. Everything else takes Strait's
+    // own codec, which writes back the case Strait's server codec recorded.
+    let extensions = req.extensions();
+    let hyper_case = !extensions.is_empty() && extensions.get::<crate::h1::HeaderCase>().is_none();
+    if upgrade || hyper_case {
         return send_hyper(cluster, host, key, upgrade, req, ready).await;
     }
     send_own(cluster, host, key, req, ready).await

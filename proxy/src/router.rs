@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, StreamInfo, UpstreamInfo};
 use strait_filters::wasm::MetaValue;
 use strait_filters::LocalReply;
@@ -23,7 +22,9 @@ use strait_xds::model::{
 };
 
 use crate::attempts::{self, Answer, Plan, RequestHead};
-use crate::body::{ByteCount, Deadlines, ReplayHandle, RequestBody, ResponseBody, StreamTimers};
+use crate::body::{
+    ByteCount, Deadlines, DownstreamBody, ReplayHandle, RequestBody, ResponseBody, StreamTimers,
+};
 use crate::chain::{ChainHandle, ChainId, Step, Verdict};
 use crate::error::ProxyError;
 use crate::headers::{self, ForwardingPolicy};
@@ -174,7 +175,7 @@ impl ConnCtx {
 /// Handles one request. `smuggling`: the connection's framing guard saw this request
 /// carry both Content-Length and Transfer-Encoding (see `framing`); it is refused.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     conn: Arc<ConnCtx>,
     smuggling: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -235,7 +236,7 @@ impl From<ProxyError> for Failure<'_> {
 }
 
 async fn proxy<'a>(
-    mut req: Request<Incoming>,
+    mut req: Request<DownstreamBody>,
     conn: &ConnCtx,
     rt: &'a Runtime,
     listener: &'a Arc<ListenerRuntime>,
@@ -274,7 +275,7 @@ async fn proxy<'a>(
     let mut authority = authority;
     // Taken before the filters: a fault delay is part of the logged duration.
     let start_time = SystemTime::now();
-    let log_info = |req: &Request<Incoming>, authority: &str| {
+    let log_info = |req: &Request<DownstreamBody>, authority: &str| {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         Box::new(LogInfo {
             start_time,
@@ -870,7 +871,7 @@ fn filter_reply(
 /// the other malformed shapes (obs-fold, bad characters, differing Content-Length) with
 /// 400 before a request exists, and answers Content-Length with Transfer-Encoding by
 /// dropping Content-Length and closing the connection after the response.
-fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), ProxyError> {
+fn check_request(req: &Request<DownstreamBody>, max_headers_kb: u32) -> Result<(), ProxyError> {
     let size: usize = req
         .headers()
         .iter()
@@ -883,7 +884,7 @@ fn check_request(req: &Request<Incoming>, max_headers_kb: u32) -> Result<(), Pro
     Ok(())
 }
 
-fn authority(req: &Request<Incoming>) -> Option<String> {
+fn authority(req: &Request<DownstreamBody>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_owned());
     }

@@ -1,0 +1,677 @@
+//! HTTP/1.1 pieces both of Strait's codecs use (the upstream client, `h1_client`, and
+//! the downstream server, `h1_server`): body framing and its writer, the body
+//! decoder, header case, and the small encoders.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Header lines per head (hyper's limit).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Room reserved for a read when little is expected (a head, a chunk line).
+pub(crate) const READ_SMALL: usize = 8 * 1024;
+/// The most reserved for one read of a body of known length.
+pub(crate) const READ_LARGE: usize = 64 * 1024;
+/// Buffers written in one `writev`.
+const MAX_SLICES: usize = 16;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// Why writing a message failed.
+pub(crate) enum WriteError {
+    /// The socket failed or closed.
+    Io,
+    /// The body being written failed.
+    Body(BoxError),
+}
+
+/// A message body still to be written, and the bytes queued for the socket.
+pub(crate) struct Writer<B> {
+    pub(crate) body: B,
+    pub(crate) framing: Framing,
+    /// Queued output, written in order (the head, chunk lines, data).
+    pub(crate) out: VecDeque<Bytes>,
+    /// The body's end (and the chunked terminator) is queued.
+    pub(crate) ended: bool,
+    /// A frame was taken from the body.
+    pub(crate) took_body: bool,
+    /// A byte went out.
+    pub(crate) wrote_any: bool,
+    /// Trailer names that may be sent (those the head's `trailer` announced), `None`
+    /// for any.
+    pub(crate) trailers: Option<Vec<HeaderName>>,
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// A writer for `head`, then `body` framed as `framing`.
+    pub(crate) fn new(head: Vec<u8>, body: B, framing: Framing) -> Writer<B> {
+        let mut out = VecDeque::with_capacity(4);
+        out.push_back(Bytes::from(head));
+        Writer {
+            body,
+            framing,
+            out,
+            ended: matches!(framing, Framing::Length(0)),
+            took_body: false,
+            wrote_any: false,
+            trailers: None,
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.ended && self.out.is_empty()
+    }
+
+    /// Writes what is queued and pulls the body until both are done (`Ready(Ok)`), the
+    /// socket or the body has to wait (`Pending`), or either fails. Frames the body
+    /// has ready are gathered into one `writev`.
+    pub(crate) fn poll<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Gather what the body has ready before writing, up to a writev's worth.
+            while !self.ended && self.out.len() < MAX_SLICES - 3 {
+                let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+                    break;
+                };
+                self.took_body = true;
+                match frame {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => self.queue_data(data),
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                self.queue_trailers(&trailers);
+                            }
+                        }
+                    },
+                    Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e.into()))),
+                    None => self.finish().map_err(WriteError::Body)?,
+                }
+            }
+            if self.out.is_empty() {
+                return match self.ended {
+                    true => Poll::Ready(Ok(())),
+                    // The body has nothing yet; its waker is registered.
+                    false => Poll::Pending,
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.out.len().min(MAX_SLICES);
+            for (slice, buf) in slices.iter_mut().zip(self.out.iter()) {
+                *slice = IoSlice::new(buf);
+            }
+            match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])) {
+                Ok(0) | Err(_) => return Poll::Ready(Err(WriteError::Io)),
+                Ok(written) => {
+                    self.wrote_any = true;
+                    self.consume(written);
+                }
+            }
+        }
+    }
+
+    fn queue_data(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match &mut self.framing {
+            Framing::Length(left) => {
+                // A body longer than its `content-length` (a filter rewrote it and
+                // left the header): what the header announced goes out, the rest is
+                // dropped, as hyper's encoder does and as the peer reads anyway.
+                let data = match usize::try_from(*left) {
+                    Ok(limit) if limit < data.len() => data.slice(..limit),
+                    _ => data,
+                };
+                *left -= data.len() as u64;
+                self.out.push_back(data);
+                if *left == 0 {
+                    self.ended = true;
+                }
+            }
+            Framing::Chunked => {
+                let mut line = Vec::with_capacity(20);
+                write_hex(&mut line, data.len());
+                line.extend_from_slice(b"\r\n");
+                self.out.push_back(Bytes::from(line));
+                self.out.push_back(data);
+                self.out.push_back(Bytes::from_static(b"\r\n"));
+            }
+            Framing::Close => self.out.push_back(data),
+        }
+    }
+
+    /// Trailers end a chunked body; a body of another framing cannot carry them and
+    /// ends without (as hyper does).
+    fn queue_trailers(&mut self, trailers: &HeaderMap) {
+        if self.framing != Framing::Chunked {
+            return;
+        }
+        let mut end = Vec::with_capacity(64);
+        end.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            if self
+                .trailers
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(name))
+            {
+                write_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        end.extend_from_slice(b"\r\n");
+        self.out.push_back(Bytes::from(end));
+        self.ended = true;
+    }
+
+    /// The body ended.
+    fn finish(&mut self) -> Result<(), BoxError> {
+        match self.framing {
+            Framing::Length(0) | Framing::Close => {}
+            Framing::Length(_) => return Err("body shorter than its content-length".into()),
+            Framing::Chunked => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
+        }
+        self.ended = true;
+        Ok(())
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let front = self.out.front_mut().expect("written bytes were queued");
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.out.pop_front();
+        }
+    }
+}
+
+/// What a body decoder has next.
+pub(crate) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body ended.
+    End,
+    /// The body cannot be read to its end: the connection failed, or the bytes are
+    /// not a body of the framing.
+    Failed(&'static str),
+}
+
+/// Reads a message body of its framing from a connection's buffer and socket.
+pub(crate) struct Decoder {
+    framing: Framing,
+    chunk: ChunkState,
+    done: bool,
+}
+
+impl Decoder {
+    pub(crate) fn new(framing: Framing) -> Decoder {
+        Decoder {
+            framing,
+            chunk: ChunkState::Size,
+            done: framing == Framing::Length(0),
+        }
+    }
+
+    /// The whole body has been read.
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes still owed, when the framing says.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.framing {
+            _ if self.done => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The next piece of the body: from `read` while it holds any, else read from
+    /// `io` into it. After the last data of a body of known length, `done()`.
+    pub(crate) fn poll_decode<IO: AsyncRead + Unpin>(
+        &mut self,
+        read: &mut BytesMut,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<Decoded> {
+        loop {
+            if self.done {
+                return Poll::Ready(Decoded::End);
+            }
+            let want = match self.framing {
+                Framing::Length(left) => {
+                    if !read.is_empty() {
+                        let n = (read.len() as u64).min(left) as usize;
+                        let data = read.split_to(n).freeze();
+                        self.framing = Framing::Length(left - n as u64);
+                        self.done = left == n as u64;
+                        return Poll::Ready(Decoded::Data(data));
+                    }
+                    usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .clamp(READ_SMALL, READ_LARGE)
+                }
+                Framing::Close => {
+                    if !read.is_empty() {
+                        return Poll::Ready(Decoded::Data(read.split().freeze()));
+                    }
+                    READ_LARGE
+                }
+                Framing::Chunked => match decode_chunk(read, &mut self.chunk) {
+                    Chunk::Data(data) => return Poll::Ready(Decoded::Data(data)),
+                    Chunk::Trailers(trailers) => {
+                        self.done = true;
+                        return Poll::Ready(Decoded::Trailers(trailers));
+                    }
+                    Chunk::End => {
+                        self.done = true;
+                        return Poll::Ready(Decoded::End);
+                    }
+                    Chunk::Error(what) => return Poll::Ready(Decoded::Failed(what)),
+                    Chunk::More if read.len() > 64 * 1024 => {
+                        return Poll::Ready(Decoded::Failed("chunk line too long"))
+                    }
+                    Chunk::More => READ_SMALL,
+                },
+            };
+            match ready!(poll_read(io, read, cx, want)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    // The peer closed: the end of a close-delimited body.
+                    self.done = true;
+                    return Poll::Ready(Decoded::End);
+                }
+                Ok(0) => return Poll::Ready(Decoded::Failed("connection closed mid-body")),
+                Err(_) => return Poll::Ready(Decoded::Failed("connection failed mid-body")),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Reads into `read`, reserving `want` bytes of room; `Ok(0)` is the end of the
+/// stream. Through the socket's `poll_read`, which clears tokio's readiness after a
+/// short read: the next wait needs no syscall to find the socket empty.
+pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < want / 2 {
+        read.reserve(want);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
+}
+
+/// The header names of an HTTP/1.1 message as they came on the wire, for those not
+/// all lowercase: the other codec writes them back so (H1 → H1 keeps header case,
+/// which `HeaderMap` lowercases). Carried in the message's extensions.
+#[derive(Clone)]
+pub struct HeaderCase {
+    /// The head the names sit in (shared with its header values: no copy).
+    head: Bytes,
+    /// Where each cased name sits in `head`.
+    names: Vec<(u32, u16)>,
+}
+
+impl HeaderCase {
+    /// A record over `head`; `add` each name that has an uppercase letter.
+    pub(crate) fn new(head: Bytes) -> HeaderCase {
+        HeaderCase {
+            head,
+            names: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, at: usize, len: usize) {
+        if let (Ok(at), Ok(len)) = (u32::try_from(at), u16::try_from(len)) {
+            self.names.push((at, len));
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// `name` as it came, if it came with uppercase letters.
+    pub(crate) fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let want = name.as_str().as_bytes();
+        self.names.iter().find_map(|&(at, len)| {
+            let raw = self.head.get(at as usize..at as usize + len as usize)?;
+            (raw.len() == want.len() && raw.eq_ignore_ascii_case(want)).then_some(raw)
+        })
+    }
+}
+
+/// Whether a header name as it came has an uppercase letter.
+pub(crate) fn has_upper(name: &[u8]) -> bool {
+    name.iter().any(u8::is_ascii_uppercase)
+}
+
+/// Writes `name: value\r\n`, the name as `case` recorded it.
+pub(crate) fn write_cased(
+    out: &mut Vec<u8>,
+    case: Option<&HeaderCase>,
+    name: &HeaderName,
+    value: &[u8],
+) {
+    let raw = case
+        .and_then(|c| c.get(name))
+        .unwrap_or(name.as_str().as_bytes());
+    write_field(out, raw, value);
+}
+
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+pub(crate) fn write_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+/// Whether a `transfer-encoding` value ends in `chunked`.
+pub(crate) fn is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a comma-separated header value has `token` (case-insensitive).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+pub(crate) fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// A `content-length` value: one number, or comma-separated copies of one number.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in value.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match found {
+            Some(prev) if prev != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
+}
+
+/// The message's `content-length`: `None` without one, `Err` when its values are not
+/// one number (several lines or comma-separated copies of one number are fine).
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let Some(n) = parse_length(value.as_bytes()) else {
+            return Some(Err(()));
+        };
+        match found {
+            Some(prev) if prev != n => return Some(Err(())),
+            _ => found = Some(n),
+        }
+    }
+    found.map(Ok)
+}
+
+/// Where the decoder is in a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    More,
+    Error(&'static str),
+}
+
+/// Decodes what `read` holds of a chunked body, from `state` on.
+fn decode_chunk(read: &mut BytesMut, state: &mut ChunkState) -> Chunk {
+    loop {
+        match *state {
+            ChunkState::Size => {
+                let Some(eol) = memchr::memchr(b'\n', read) else {
+                    return Chunk::More;
+                };
+                let line = &read[..eol];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                // Chunk extensions (`;name=value`) are ignored.
+                let size = line.split(|&b| b == b';').next().map_or(&[][..], trim);
+                let Some(size) = parse_hex(size) else {
+                    return Chunk::Error("invalid chunk size");
+                };
+                read.advance(eol + 1);
+                *state = match size {
+                    0 => ChunkState::Trailers,
+                    n => ChunkState::Data(n),
+                };
+            }
+            ChunkState::Data(left) => {
+                if read.is_empty() {
+                    return Chunk::More;
+                }
+                let n = (read.len() as u64).min(left) as usize;
+                let data = read.split_to(n).freeze();
+                *state = match left - n as u64 {
+                    0 => ChunkState::DataEnd,
+                    left => ChunkState::Data(left),
+                };
+                return Chunk::Data(data);
+            }
+            ChunkState::DataEnd => match read.get(..2) {
+                Some(b"\r\n") => {
+                    read.advance(2);
+                    *state = ChunkState::Size;
+                }
+                None if read.first().is_none_or(|&b| b == b'\r') => return Chunk::More,
+                _ => return Chunk::Error("chunk data not followed by CRLF"),
+            },
+            ChunkState::Trailers => {
+                let Some(end) = find_trailers_end(read) else {
+                    return Chunk::More;
+                };
+                let block = read.split_to(end);
+                return match parse_trailers(&block) {
+                    Some(t) if !t.is_empty() => Chunk::Trailers(t),
+                    Some(_) => Chunk::End,
+                    None => Chunk::Error("malformed trailer"),
+                };
+            }
+        }
+    }
+}
+
+/// The end of a trailer section (after its empty line) in `buf`, if complete.
+fn find_trailers_end(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let eol = at + memchr::memchr(b'\n', &buf[at..])?;
+        let line = &buf[at..eol];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        at = eol + 1;
+        if line.is_empty() {
+            return Some(at);
+        }
+    }
+}
+
+/// The trailer fields of a complete trailer section; `None` if one is malformed.
+fn parse_trailers(block: &[u8]) -> Option<HeaderMap> {
+    let mut trailers = HeaderMap::new();
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let colon = memchr::memchr(b':', line)?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(trim(&line[colon + 1..])).ok()?;
+        trailers.append(name, value);
+    }
+    Some(trailers)
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(v))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_values() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12, 12"));
+        assert_eq!(content_length(&h), Some(Ok(12)));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
+        assert_eq!(content_length(&h), Some(Err(())));
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("+1"));
+        assert_eq!(content_length(&h), Some(Err(())));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_any_split() {
+        let wire: &[u8] =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 0..=wire.len() {
+            let mut read = BytesMut::new();
+            let mut state = ChunkState::Size;
+            let (mut data, mut trailers, mut ended) = (Vec::new(), None, false);
+            for part in [&wire[..split], &wire[split..]] {
+                read.extend_from_slice(part);
+                loop {
+                    match decode_chunk(&mut read, &mut state) {
+                        Chunk::Data(d) => data.extend_from_slice(&d),
+                        Chunk::Trailers(t) => {
+                            trailers = Some(t);
+                            ended = true;
+                            break;
+                        }
+                        Chunk::End => {
+                            ended = true;
+                            break;
+                        }
+                        Chunk::More => break,
+                        Chunk::Error(e) => panic!("split {split}: {e}"),
+                    }
+                }
+            }
+            assert!(ended, "split {split}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "split {split}");
+            let t = trailers.expect("trailers");
+            assert_eq!(t.get("x-t").map(HeaderValue::as_bytes), Some(&b"1"[..]));
+            assert!(read.is_empty(), "split {split}");
+        }
+        let mut read = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(matches!(
+            decode_chunk(&mut read, &mut ChunkState::Size),
+            Chunk::Error(_)
+        ));
+    }
+
+    #[test]
+    fn hex_sizes() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 65535, 1 << 40] {
+            let mut out = Vec::new();
+            write_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").into_bytes());
+            assert_eq!(parse_hex(&out), Some(n as u64));
+        }
+    }
+
+    #[test]
+    fn header_case_finds_names_as_they_came() {
+        let head = Bytes::from_static(b"X-Mixed-Case: 1\r\nx-lower: 2\r\nX-UPPER: 3\r\n");
+        let mut case = HeaderCase::new(head);
+        case.add(0, 12);
+        case.add(29, 7);
+        let name = |n: &'static str| HeaderName::from_static(n);
+        assert_eq!(case.get(&name("x-mixed-case")), Some(&b"X-Mixed-Case"[..]));
+        assert_eq!(case.get(&name("x-upper")), Some(&b"X-UPPER"[..]));
+        assert_eq!(case.get(&name("x-lower")), None);
+        let mut out = Vec::new();
+        write_cased(&mut out, Some(&case), &name("x-upper"), b"3");
+        write_cased(&mut out, Some(&case), &name("x-lower"), b"2");
+        assert_eq!(out, b"X-UPPER: 3\r\nx-lower: 2\r\n");
+    }
+}

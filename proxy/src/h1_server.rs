@@ -1,0 +1,645 @@
+//! Strait's own HTTP/1.1 server codec, for downstream connections.
+//!
+//! One loop per connection reads a request head, hands the request to the router in
+//! the same task, and writes the response as its body comes: no dispatcher, no
+//! channel between the connection and the request, and the head parsed once into
+//! the `HeaderMap` the router uses. The names keep their case in a [`HeaderCase`]
+//! record (only names with uppercase letters), which Strait's client codec writes
+//! back upstream, and the response's record (from the upstream) is written back
+//! here: HTTP/1.1 → HTTP/1.1 keeps header case both ways.
+//!
+//! The socket and the read buffer are shared (`Side`) between the loop and the
+//! request body, which the upstream side pulls while the response may already be
+//! streaming back; each poll locks it for the length of one read or write, never
+//! across another poll.
+//!
+//! Behaviour follows hyper's server, which Strait used before, and RFC 9112: `400`
+//! for a malformed head, `431` for one too large, `408` when a head takes longer than
+//! `request_headers_timeout`; a request with both `content-length` and
+//! `transfer-encoding` is refused by the router (smuggling) and the connection closed;
+//! `Expect: 100-continue` is answered when the body is first read; responses get
+//! `content-length` or chunked framing (close-delimited for HTTP/1.0), `date`, and
+//! `connection: close` / `keep-alive` as the exchange decided; trailers go out on a
+//! chunked response when its `trailer` header announced them. Upgrades (`Upgrade`,
+//! `CONNECT`) are left to hyper's server for the rest of the connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+
+use crate::body::{DownstreamBody, ResponseBody};
+use crate::h1::{
+    self, is_chunked, write_cased, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer,
+    MAX_HEADERS, READ_SMALL,
+};
+use crate::netfilter::Downstream;
+use crate::router::{self, ConnCtx};
+
+/// The connection's socket and read buffer, shared by its loop and the request body.
+pub(crate) struct Side {
+    pub(crate) io: Downstream,
+    /// Bytes read and not yet parsed.
+    pub(crate) read: BytesMut,
+    /// The current request's body.
+    body: Decoder,
+    /// `Expect: 100-continue` to answer (how much of the answer went out).
+    continue_pending: Option<usize>,
+    /// A drain asked the connection to close after the current exchange.
+    pub(crate) closing: bool,
+    /// The loop waits for a new request with nothing buffered: the codec can be let
+    /// go (see `conn`).
+    pub(crate) idle: bool,
+    /// The socket refused the last write.
+    write_blocked: bool,
+}
+
+pub(crate) type SharedSide = Arc<parking_lot::Mutex<Side>>;
+
+impl Side {
+    pub(crate) fn new(io: Downstream, read: BytesMut) -> SharedSide {
+        Arc::new(parking_lot::Mutex::new(Side {
+            io,
+            read,
+            body: Decoder::new(Framing::Length(0)),
+            continue_pending: None,
+            closing: false,
+            idle: false,
+            write_blocked: false,
+        }))
+    }
+
+    /// Whether the codec holds nothing a release would lose.
+    pub(crate) fn releasable(&self) -> bool {
+        self.idle && self.read.is_empty() && !self.write_blocked
+    }
+}
+
+/// Writes through the shared side, locking it per call.
+struct SideWriter<'a>(&'a SharedSide);
+
+impl AsyncWrite for SideWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut side = self.0.lock();
+        let polled = Pin::new(&mut side.io).poll_write(cx, buf);
+        side.write_blocked = polled.is_pending();
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut side = self.0.lock();
+        let polled = Pin::new(&mut side.io).poll_write_vectored(cx, bufs);
+        side.write_blocked = polled.is_pending();
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.lock().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.lock().io).poll_shutdown(cx)
+    }
+}
+
+/// A request body read from the downstream connection as the upstream side pulls it.
+pub struct RequestBody {
+    side: SharedSide,
+    ended: bool,
+    hint: SizeHint,
+}
+
+/// The request body could not be read to its end.
+#[derive(Debug)]
+pub struct BodyError(&'static str);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "downstream request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut side = this.side.lock();
+        let side = &mut *side;
+        // The client waits for a go-ahead before it sends the body.
+        while let Some(sent) = side.continue_pending {
+            match ready!(Pin::new(&mut side.io).poll_write(cx, &CONTINUE[sent..])) {
+                Ok(n) if n > 0 && sent + n < CONTINUE.len() => {
+                    side.continue_pending = Some(sent + n)
+                }
+                Ok(n) if n > 0 => side.continue_pending = None,
+                _ => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(BodyError("the connection failed"))));
+                }
+            }
+        }
+        let frame = match ready!(side.body.poll_decode(&mut side.read, &mut side.io, cx)) {
+            Decoded::Data(data) => Frame::data(data),
+            Decoded::Trailers(trailers) => Frame::trailers(trailers),
+            Decoded::End => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Decoded::Failed(what) => {
+                this.ended = true;
+                return Poll::Ready(Some(Err(BodyError(what))));
+            }
+        };
+        this.ended = side.body.done();
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// How the loop ended.
+pub(crate) enum Outcome {
+    /// The connection is done (closed by either side, or after an error answer).
+    Closed,
+    /// The next request asks for an upgrade: hyper's server takes the connection on,
+    /// from the bytes still in the read buffer.
+    Upgrade,
+}
+
+/// What the head read found.
+enum Head {
+    Request(Box<Parsed>),
+    /// A head that cannot be served: answered with this status, then the connection
+    /// closes.
+    Refuse(StatusCode),
+    Upgrade,
+    Closed,
+}
+
+/// A parsed request and what the codec needs to know of it.
+struct Parsed {
+    request: Request<DownstreamBody>,
+    keep_alive: bool,
+    /// Both `content-length` and `transfer-encoding`: refused, and the connection
+    /// closes after the answer.
+    smuggling: bool,
+    /// How the body comes (`Length(0)`: none, or none read).
+    framing: Framing,
+    expect_continue: bool,
+}
+
+/// Serves requests until the connection closes or asks for an upgrade.
+pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Outcome> {
+    let hcm = &ctx.listener.config.hcm;
+    // hyper's limit was the head size plus 4 KiB for the request line; the router
+    // checks `max_request_headers_kb` itself (431 with the listener's wording).
+    let max_head = (hcm.max_request_headers_kb as usize * 1024).max(8192) + 4096;
+    let headers_timeout = hcm.request_headers_timeout;
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let head = std::future::poll_fn(|cx| {
+            let mut guard = side.lock();
+            let s = &mut *guard;
+            loop {
+                if !s.read.is_empty() {
+                    match parse(&mut s.read, &side) {
+                        Ok(Some(head)) => {
+                            s.idle = false;
+                            if let Head::Request(parsed) = &head {
+                                s.body = Decoder::new(parsed.framing);
+                                s.continue_pending = parsed.expect_continue.then_some(0);
+                            }
+                            return Poll::Ready(Ok(head));
+                        }
+                        Ok(None) if s.read.len() > max_head => {
+                            return Poll::Ready(Ok(Head::Refuse(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            )))
+                        }
+                        Ok(None) => {}
+                        Err(status) => return Poll::Ready(Ok(Head::Refuse(status))),
+                    }
+                    // A head has begun: it has `request_headers_timeout` to complete.
+                    if let Some(t) = headers_timeout {
+                        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(Head::Refuse(StatusCode::REQUEST_TIMEOUT)));
+                        }
+                    }
+                } else if s.closing {
+                    return Poll::Ready(Ok(Head::Closed));
+                }
+                s.idle = s.read.is_empty();
+                match ready!(h1::poll_read(&mut s.io, &mut s.read, cx, READ_SMALL)) {
+                    Ok(0) => return Poll::Ready(Ok(Head::Closed)),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
+        .await?;
+        timer = None;
+        let parsed = match head {
+            Head::Request(parsed) => parsed,
+            Head::Closed => return Ok(Outcome::Closed),
+            Head::Upgrade => return Ok(Outcome::Upgrade),
+            Head::Refuse(status) => {
+                let _ = refuse(&side, status).await;
+                return Ok(Outcome::Closed);
+            }
+        };
+        let Parsed {
+            request,
+            keep_alive,
+            smuggling,
+            ..
+        } = *parsed;
+        let head_request = request.method() == Method::HEAD;
+        let version = request.version();
+        let activity = &ctx.activity;
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        let active = crate::conn::Active::new(&ctx);
+        // The request future is several KiB: built in its box, never copied.
+        let answer = {
+            let mut handling =
+                crate::pin_in_place!(router::handle(request, ctx.clone(), smuggling));
+            // While the answer is awaited the client may go away: its end of the
+            // connection cancels the request (and its upstream exchange, callouts…),
+            // as hyper's server and Envoy do. Bytes it sends meanwhile (a pipelined
+            // request) wait in the buffer, up to a head's worth.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Some(answer));
+                }
+                let mut guard = side.lock();
+                let s = &mut *guard;
+                while s.body.done() && s.read.len() < max_head {
+                    match h1::poll_read(&mut s.io, &mut s.read, cx, READ_SMALL) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => break,
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        let Some(Ok(response)) = answer else {
+            // The client went away, or no response (a filter reset the stream): the
+            // connection closes, as hyper's did.
+            return Ok(Outcome::Closed);
+        };
+        let closing = side.lock().closing;
+        let keep_alive = keep_alive && !closing && !smuggling;
+        let (head, framing, keep_alive, trailers) =
+            encode_response(&response, version, head_request, keep_alive);
+        let mut writer = Writer::new(head, response.into_body(), framing);
+        writer.trailers = Some(trailers);
+        let mut out = SideWriter(&side);
+        let written = std::future::poll_fn(|cx| writer.poll(&mut out, cx)).await;
+        drop(writer);
+        drop(active);
+        match written {
+            Ok(()) => {}
+            Err(WriteError::Io) => return Ok(Outcome::Closed),
+            Err(WriteError::Body(e)) => {
+                tracing::debug!(peer = %ctx.peer, error = %e, "response body failed; closing the connection");
+                return Ok(Outcome::Closed);
+            }
+        }
+        let body_done = side.lock().body.done();
+        if !keep_alive || !body_done {
+            // An unread request body would be taken for the next head.
+            let _ =
+                std::future::poll_fn(|cx| Pin::new(&mut SideWriter(&side)).poll_shutdown(cx)).await;
+            return Ok(Outcome::Closed);
+        }
+    }
+}
+
+/// Answers a head that cannot be served, and closes.
+async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
+    let mut head = Vec::with_capacity(128);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\n");
+    write_date(&mut head);
+    head.extend_from_slice(b"\r\n");
+    let mut writer = Writer::new(
+        head,
+        http_body_util::Empty::<Bytes>::new(),
+        Framing::Length(0),
+    );
+    let mut out = SideWriter(side);
+    let _ = std::future::poll_fn(|cx| writer.poll(&mut out, cx)).await;
+    std::future::poll_fn(|cx| Pin::new(&mut out).poll_shutdown(cx)).await
+}
+
+/// Parses a request head at the start of `read`, taking its bytes; `None` while it is
+/// incomplete, `Err` with the status to refuse it with.
+fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusCode> {
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let len = match parsed.parse(read) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        Err(_) => return Err(StatusCode::BAD_REQUEST),
+    };
+    let method = parsed.method.unwrap_or("");
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = read.as_ptr() as usize;
+    let path = parsed.path.unwrap_or("");
+    let path_at = (path.as_ptr() as usize - base, path.len());
+    let count = parsed.headers.len();
+    let mut upgrade = method == Method::CONNECT;
+    for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
+        if version == Version::HTTP_11 && field.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+        *slot = (
+            (field.name.as_ptr() as usize - base) as u32,
+            field.name.len() as u32,
+            (field.value.as_ptr() as usize - base) as u32,
+            field.value.len() as u32,
+        );
+    }
+    if upgrade {
+        // Left in the buffer for hyper's server.
+        return Ok(Some(Head::Upgrade));
+    }
+    let head = read.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut case = HeaderCase::new(head.clone());
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut close = false;
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut expect_continue = false;
+    for &(name_at, name_len, value_at, value_len) in &at[..count] {
+        let raw = &head[name_at as usize..(name_at + name_len) as usize];
+        if h1::has_upper(raw) {
+            case.add(name_at as usize, name_len as usize);
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let value = head.slice(value_at as usize..(value_at + value_len) as usize);
+        // Shares the head's bytes: no copy.
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| StatusCode::BAD_REQUEST)?;
+        match name {
+            header::CONTENT_LENGTH => {
+                let n = h1::parse_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
+                if length.is_some_and(|prev| prev != n) {
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+                length = Some(n);
+            }
+            header::TRANSFER_ENCODING => {
+                if version == Version::HTTP_10 {
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+                chunked = Some(is_chunked(value.as_bytes()));
+            }
+            header::CONNECTION => {
+                close |= h1::has_token(value.as_bytes(), b"close");
+                if h1::has_token(value.as_bytes(), b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+            header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    if chunked == Some(false) {
+        // A request's last transfer coding must be chunked.
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let smuggling = chunked.is_some() && length.is_some();
+    let framing = match (chunked, length) {
+        (Some(_), _) => Framing::Chunked,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::Length(0),
+    };
+    // The refused request's body is never read: the connection closes after the
+    // answer.
+    let body = match (framing, smuggling) {
+        (Framing::Length(0), _) | (_, true) => DownstreamBody::Empty,
+        _ => {
+            let hint = match framing {
+                Framing::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            };
+            DownstreamBody::H1(RequestBody {
+                side: side.clone(),
+                ended: false,
+                hint,
+            })
+        }
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    if !case.is_empty() {
+        request.extensions_mut().insert(case);
+    }
+    let reads_body = !smuggling && framing != Framing::Length(0);
+    Ok(Some(Head::Request(Box::new(Parsed {
+        request,
+        keep_alive: keep_alive && !close && !smuggling,
+        smuggling,
+        framing: match reads_body {
+            true => framing,
+            false => Framing::Length(0),
+        },
+        expect_continue: expect_continue && reads_body && version == Version::HTTP_11,
+    }))))
+}
+
+/// The response head for `response`, how its body goes out, whether the connection
+/// stays open after it, and the trailers it may carry (those its `trailer` header
+/// announces).
+fn encode_response(
+    response: &Response<ResponseBody>,
+    version: Version,
+    head_request: bool,
+    mut keep_alive: bool,
+) -> (Vec<u8>, Framing, bool, Vec<HeaderName>) {
+    let status = response.status();
+    let headers = response.headers();
+    let body = response.body();
+    let mut out = Vec::with_capacity(64 + headers.len() * 32);
+    let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
+    let http10 = version == Version::HTTP_10;
+    if !http10 && status == StatusCode::OK && reason.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        match reason {
+            Some(reason) => out.extend_from_slice(reason.as_bytes()),
+            None => out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let informational = status.is_informational();
+    let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let can_have_length = !informational && status != StatusCode::NO_CONTENT;
+    let can_have_body = !head_request && !informational && !bodiless;
+    let can_chunk = can_have_body && !http10;
+    let case = response.extensions().get::<HeaderCase>();
+    let mut length: Option<u64> = None;
+    let mut wrote_date = false;
+    let mut saw_connection = false;
+    let mut trailers = Vec::new();
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if !can_have_length || length.is_some() {
+                    continue;
+                }
+                match h1::parse_length(value.as_bytes()) {
+                    Some(n) => length = Some(n),
+                    None => continue,
+                }
+            }
+            // The codec frames the body itself.
+            header::TRANSFER_ENCODING => continue,
+            header::CONNECTION => {
+                saw_connection = true;
+                if h1::has_token(value.as_bytes(), b"close") {
+                    keep_alive = false;
+                }
+            }
+            header::DATE => wrote_date = true,
+            header::TRAILER => {
+                if !can_chunk {
+                    continue;
+                }
+                if let Ok(names) = value.to_str() {
+                    trailers.extend(
+                        names
+                            .split(',')
+                            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+                    );
+                }
+            }
+            _ => {}
+        }
+        write_cased(&mut out, case, name, value.as_bytes());
+    }
+    let mut framing = match length {
+        Some(n) => Framing::Length(n),
+        None if body.is_end_stream() => {
+            if can_have_length && !head_request {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Framing::Length(0)
+        }
+        None => match body.size_hint().exact() {
+            Some(n) => {
+                if can_have_length {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(h1::itoa(n, &mut [0u8; 20]));
+                    out.extend_from_slice(b"\r\n");
+                }
+                Framing::Length(n)
+            }
+            None if can_chunk => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+            None => {
+                // HTTP/1.0 has no chunking: the end of the connection ends the body.
+                keep_alive = false;
+                Framing::Close
+            }
+        },
+    };
+    if !can_have_body {
+        framing = Framing::Length(0);
+    }
+    match (http10, keep_alive) {
+        (true, true) if !saw_connection => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (false, false) if !saw_connection => out.extend_from_slice(b"connection: close\r\n"),
+        _ => {}
+    }
+    if !wrote_date {
+        write_date(&mut out);
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, framing, keep_alive, trailers)
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted once a second per worker.
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != secs || date.1.is_empty() {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
