@@ -346,8 +346,13 @@ impl HeaderCase {
         }
     }
 
-    pub(crate) fn add(&mut self, at: usize, len: usize) {
+    /// Notes the cased name at `at` (`len` bytes); `expected` is how many names the
+    /// head has, for the first allocation.
+    pub(crate) fn add(&mut self, at: usize, len: usize, expected: usize) {
         if let (Ok(at), Ok(len)) = (u32::try_from(at), u16::try_from(len)) {
+            if self.names.capacity() == 0 {
+                self.names.reserve_exact(expected);
+            }
             self.names.push((at, len));
         }
     }
@@ -356,32 +361,57 @@ impl HeaderCase {
         self.names.is_empty()
     }
 
-    /// `name` as it came, if it came with uppercase letters.
-    pub(crate) fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+    /// `name` as it came, if it came with uppercase letters; looked for from the
+    /// `next` recorded name on (headers are written mostly in the order they came),
+    /// which moves past the one found.
+    fn find(&self, name: &HeaderName, next: &mut usize) -> Option<&[u8]> {
         let want = name.as_str().as_bytes();
-        self.names.iter().find_map(|&(at, len)| {
-            let raw = self.head.get(at as usize..at as usize + len as usize)?;
-            (raw.len() == want.len() && raw.eq_ignore_ascii_case(want)).then_some(raw)
-        })
+        let count = self.names.len();
+        let start = (*next).min(count);
+        for i in (start..count).chain(0..start) {
+            let (at, len) = self.names[i];
+            if len as usize != want.len() {
+                continue;
+            }
+            let raw = &self.head[at as usize..at as usize + len as usize];
+            if raw.eq_ignore_ascii_case(want) {
+                *next = i + 1;
+                return Some(raw);
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.find(name, &mut 0)
+    }
+}
+
+/// Writes header lines with the names as a [`HeaderCase`] recorded them.
+pub(crate) struct CasedWriter<'a> {
+    case: Option<&'a HeaderCase>,
+    next: usize,
+}
+
+impl<'a> CasedWriter<'a> {
+    pub(crate) fn new(case: Option<&'a HeaderCase>) -> CasedWriter<'a> {
+        CasedWriter { case, next: 0 }
+    }
+
+    /// Writes `name: value\r\n`.
+    pub(crate) fn write(&mut self, out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+        let raw = match self.case {
+            Some(case) => case.find(name, &mut self.next),
+            None => None,
+        };
+        write_field(out, raw.unwrap_or(name.as_str().as_bytes()), value);
     }
 }
 
 /// Whether a header name as it came has an uppercase letter.
 pub(crate) fn has_upper(name: &[u8]) -> bool {
     name.iter().any(u8::is_ascii_uppercase)
-}
-
-/// Writes `name: value\r\n`, the name as `case` recorded it.
-pub(crate) fn write_cased(
-    out: &mut Vec<u8>,
-    case: Option<&HeaderCase>,
-    name: &HeaderName,
-    value: &[u8],
-) {
-    let raw = case
-        .and_then(|c| c.get(name))
-        .unwrap_or(name.as_str().as_bytes());
-    write_field(out, raw, value);
 }
 
 pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -663,15 +693,18 @@ mod tests {
     fn header_case_finds_names_as_they_came() {
         let head = Bytes::from_static(b"X-Mixed-Case: 1\r\nx-lower: 2\r\nX-UPPER: 3\r\n");
         let mut case = HeaderCase::new(head);
-        case.add(0, 12);
-        case.add(29, 7);
+        case.add(0, 12, 3);
+        case.add(29, 7, 3);
         let name = |n: &'static str| HeaderName::from_static(n);
         assert_eq!(case.get(&name("x-mixed-case")), Some(&b"X-Mixed-Case"[..]));
         assert_eq!(case.get(&name("x-upper")), Some(&b"X-UPPER"[..]));
         assert_eq!(case.get(&name("x-lower")), None);
         let mut out = Vec::new();
-        write_cased(&mut out, Some(&case), &name("x-upper"), b"3");
-        write_cased(&mut out, Some(&case), &name("x-lower"), b"2");
-        assert_eq!(out, b"X-UPPER: 3\r\nx-lower: 2\r\n");
+        let mut w = CasedWriter::new(Some(&case));
+        // Out of order, then in order again: found either way.
+        w.write(&mut out, &name("x-upper"), b"3");
+        w.write(&mut out, &name("x-lower"), b"2");
+        w.write(&mut out, &name("x-mixed-case"), b"1");
+        assert_eq!(out, b"X-UPPER: 3\r\nx-lower: 2\r\nX-Mixed-Case: 1\r\n");
     }
 }

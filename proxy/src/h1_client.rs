@@ -33,7 +33,7 @@ use http_body::{Body as _, Frame, SizeHint};
 
 use crate::body::RequestBody;
 use crate::h1::{
-    self, content_length, is_chunked, write_cased, write_field, Decoded, Decoder, Framing,
+    self, content_length, is_chunked, write_field, CasedWriter, Decoded, Decoder, Framing,
     HeaderCase, WriteError, Writer, MAX_HEADERS, READ_SMALL,
 };
 use crate::pool::H1Conn;
@@ -204,14 +204,14 @@ fn encode_head(req: &Request<RequestBody>) -> (Vec<u8>, Framing) {
         (Framing::Chunked, false, true, Some(Add::Chunked))
     };
     // Names as the client sent them, when Strait's server codec parsed the request.
-    let case = req.extensions().get::<HeaderCase>();
+    let mut names = CasedWriter::new(req.extensions().get::<HeaderCase>());
     for (name, value) in headers {
         if (skip_te && name == header::TRANSFER_ENCODING)
             || (skip_cl && name == header::CONTENT_LENGTH)
         {
             continue;
         }
-        write_cased(&mut out, case, name, value.as_bytes());
+        names.write(&mut out, name, value.as_bytes());
     }
     match add {
         Some(Add::Chunked) => write_field(&mut out, b"transfer-encoding", b"chunked"),
@@ -287,14 +287,18 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
         }
         let status = StatusCode::from_u16(status)
             .map_err(|_| Failure::Protocol("invalid response status"))?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the proxy adds (`server`, the service time): growing a
+        // `HeaderMap` rehashes it.
+        let mut headers = HeaderMap::with_capacity(count + 4);
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
+        let mut length: Option<Result<u64, ()>> = None;
+        let mut chunked: Option<bool> = None;
         let mut case = HeaderCase::new(head.clone());
         for &(name_at, name_len, value_at, value_len) in &at[..count] {
             let name = &head[name_at as usize..(name_at + name_len) as usize];
             if h1::has_upper(name) {
-                case.add(name_at as usize, name_len as usize);
+                case.add(name_at as usize, name_len as usize, count);
             }
             let name = HeaderName::from_bytes(name)
                 .map_err(|_| Failure::Protocol("invalid response header name"))?;
@@ -302,30 +306,39 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
             // Shares the head's bytes: no copy.
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| Failure::Protocol("invalid response header value"))?;
-            if name == header::CONNECTION {
-                close |= h1::has_token(value.as_bytes(), b"close");
-                keep_alive |= h1::has_token(value.as_bytes(), b"keep-alive");
+            match name {
+                header::CONNECTION => {
+                    close |= h1::has_token(value.as_bytes(), b"close");
+                    keep_alive |= h1::has_token(value.as_bytes(), b"keep-alive");
+                }
+                header::CONTENT_LENGTH => {
+                    // Every line must agree on one number.
+                    let n = h1::parse_length(value.as_bytes());
+                    length = match (length, n) {
+                        (None, Some(n)) => Some(Ok(n)),
+                        (Some(Ok(prev)), Some(n)) if prev == n => Some(Ok(n)),
+                        _ => Some(Err(())),
+                    };
+                }
+                header::TRANSFER_ENCODING => chunked = Some(is_chunked(value.as_bytes())),
+                _ => {}
             }
             headers.append(name, value);
         }
         let framing = if head_only || matches!(status.as_u16(), 204 | 304) {
             Framing::Length(0)
-        } else if let Some(te) = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-        {
+        } else if let Some(chunked) = chunked {
             if version == Version::HTTP_10 {
                 return Err(Failure::Protocol(
                     "transfer-encoding in an HTTP/1.0 response",
                 ));
             }
-            match is_chunked(te.as_bytes()) {
+            match chunked {
                 true => Framing::Chunked,
                 false => Framing::Close,
             }
         } else {
-            match content_length(&headers) {
+            match length {
                 Some(Ok(len)) => Framing::Length(len),
                 Some(Err(())) => return Err(Failure::Protocol("invalid content-length")),
                 None => Framing::Close,

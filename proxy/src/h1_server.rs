@@ -38,7 +38,7 @@ use tokio::io::AsyncWrite;
 
 use crate::body::{DownstreamBody, ResponseBody};
 use crate::h1::{
-    self, is_chunked, write_cased, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer,
+    self, is_chunked, CasedWriter, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer,
     MAX_HEADERS, READ_SMALL,
 };
 use crate::netfilter::Downstream;
@@ -418,7 +418,9 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
         .map_err(|_| StatusCode::BAD_REQUEST)?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds (forwarding headers, request id, timeouts):
+    // growing a `HeaderMap` rehashes it.
+    let mut headers = HeaderMap::with_capacity(count + 6);
     let mut case = HeaderCase::new(head.clone());
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
@@ -428,7 +430,7 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
     for &(name_at, name_len, value_at, value_len) in &at[..count] {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
         if h1::has_upper(raw) {
-            case.add(name_at as usize, name_len as usize);
+            case.add(name_at as usize, name_len as usize, count);
         }
         let name = HeaderName::from_bytes(raw).map_err(|_| StatusCode::BAD_REQUEST)?;
         let value = head.slice(value_at as usize..(value_at + value_len) as usize);
@@ -540,7 +542,7 @@ fn encode_response(
     let can_have_length = !informational && status != StatusCode::NO_CONTENT;
     let can_have_body = !head_request && !informational && !bodiless;
     let can_chunk = can_have_body && !http10;
-    let case = response.extensions().get::<HeaderCase>();
+    let mut names = CasedWriter::new(response.extensions().get::<HeaderCase>());
     let mut length: Option<u64> = None;
     let mut wrote_date = false;
     let mut saw_connection = false;
@@ -579,7 +581,7 @@ fn encode_response(
             }
             _ => {}
         }
-        write_cased(&mut out, case, name, value.as_bytes());
+        names.write(&mut out, name, value.as_bytes());
     }
     let mut framing = match length {
         Some(n) => Framing::Length(n),
