@@ -720,6 +720,15 @@ impl ResponseBody {
         }
     }
 
+    /// The response head's names as the upstream wrote them (HTTP/1.1 → HTTP/1.1
+    /// keeps header case).
+    pub(crate) fn header_case(&self) -> Option<&crate::h1::HeaderCase> {
+        match &self.kind {
+            Kind::Upstream(inner) => inner.header_case(),
+            Kind::Full(_) => None,
+        }
+    }
+
     /// Runs the upstream body through the stream's HTTP filters.
     pub fn filtered(mut self, chain: ChainId) -> ResponseBody {
         let done = self.is_end_stream();

@@ -347,13 +347,43 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
         }
         let body_done = side.lock().body.done();
         if !keep_alive || !body_done {
-            // An unread request body would be taken for the next head.
+            // An unread request body would be taken for the next head: the
+            // connection closes, lingering (as NGINX does) so a client still
+            // sending its body reads the answer rather than a reset.
             let _ =
                 std::future::poll_fn(|cx| Pin::new(&mut SideWriter(&side)).poll_shutdown(cx)).await;
+            if !body_done {
+                linger(&side).await;
+            }
             return Ok(Outcome::Closed);
         }
     }
 }
+
+/// After the write side is shut: reads and drops what the client still sends, until
+/// it closes, for at most [`LINGER`] or [`LINGER_BYTES`]. Closing with unread bytes
+/// would make the kernel answer them with a reset, which can destroy the response
+/// before the client reads it.
+async fn linger(side: &SharedSide) {
+    let mut left = LINGER_BYTES;
+    let drain = std::future::poll_fn(|cx| {
+        let mut guard = side.lock();
+        let s = &mut *guard;
+        loop {
+            s.read.clear();
+            match ready!(h1::poll_read(&mut s.io, &mut s.read, cx, READ_SMALL)) {
+                Ok(n) if n > 0 && n < left => left -= n,
+                _ => return Poll::Ready(()),
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long a closing connection keeps reading what its client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How much of it.
+const LINGER_BYTES: usize = 16 << 20;
 
 /// Answers a head that cannot be served, and closes.
 async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
@@ -372,7 +402,10 @@ async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
     );
     let mut out = SideWriter(side);
     let _ = std::future::poll_fn(|cx| writer.poll(&mut out, cx)).await;
-    std::future::poll_fn(|cx| Pin::new(&mut out).poll_shutdown(cx)).await
+    let shut = std::future::poll_fn(|cx| Pin::new(&mut out).poll_shutdown(cx)).await;
+    // The rest of a refused head may still be coming.
+    linger(side).await;
+    shut
 }
 
 /// Parses a request head at the start of `read`, taking its bytes; `None` while it is
@@ -542,7 +575,7 @@ fn encode_response(
     let can_have_length = !informational && status != StatusCode::NO_CONTENT;
     let can_have_body = !head_request && !informational && !bodiless;
     let can_chunk = can_have_body && !http10;
-    let mut names = CasedWriter::new(response.extensions().get::<HeaderCase>());
+    let mut names = CasedWriter::new(body.header_case());
     let mut length: Option<u64> = None;
     let mut wrote_date = false;
     let mut saw_connection = false;

@@ -302,6 +302,17 @@ pub enum UpstreamBody {
     H1(h1_client::ResponseBody),
 }
 
+impl UpstreamBody {
+    /// The response head's names as the upstream wrote them, when Strait's HTTP/1.1
+    /// codec read it.
+    pub(crate) fn header_case(&self) -> Option<&crate::h1::HeaderCase> {
+        match self {
+            UpstreamBody::H1(b) => b.header_case(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,149 @@
+//! Strait's own HTTP/1.1 server codec (`h1_server`), on the wire: header case back to
+//! the client, HTTP/1.0 keep-alive, the head timeout, and a connection whose request
+//! body the upstream never read. (Malformed heads are in `errors.rs`, pipelining and
+//! idle release in `idle.rs`, bodies, trailers and `Expect` in `protocols.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn answers(head: &str) -> Scripted {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let bytes = |s: &str| s.as_bytes().to_vec();
+    match path {
+        "/early" => Scripted::Close(bytes(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!",
+        )),
+        _ => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 200 OK\r\nX-Custom-Header: v\r\nx-lower: w\r\nETag: \"e1\"\r\nContent-Length: 2\r\n\r\nok",
+        )),
+    }
+}
+
+async fn proxy(backend: &Backend, hcm: &str) -> Strait {
+    let config = Bootstrap::catch_all("up").cluster("up", backend.addr());
+    let config = match hcm {
+        "" => config,
+        hcm => config.hcm(hcm),
+    };
+    Strait::start(&config.build()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_header_case_comes_back_as_the_upstream_sent_it() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "").await;
+    let mut c = RawConn::connect(s.main_addr().await).await;
+    c.write(b"GET /case HTTP/1.1\r\nHost: h\r\nX-Asked: 1\r\n\r\n")
+        .await;
+    let reply = c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    for line in [
+        "X-Custom-Header: v\r\n",
+        "x-lower: w\r\n",
+        "ETag: \"e1\"\r\n",
+        "Content-Length: 2\r\n",
+    ] {
+        assert!(
+            reply.contains(line),
+            "{line:?} not as the upstream sent it:\n{reply}"
+        );
+    }
+    // What the proxy adds itself is lowercase, as Envoy writes it.
+    assert!(
+        reply.contains("\r\nx-envoy-upstream-service-time: "),
+        "{reply}"
+    );
+    assert!(reply.contains("\r\ndate: "), "{reply}");
+    assert!(b.heads()[0].contains("X-Asked: 1\r\n"), "{:?}", b.heads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_keep_alive_only_when_they_ask() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "").await;
+    let addr = s.main_addr().await;
+    let mut c = RawConn::connect(addr).await;
+    c.write(b"GET /a HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let reply = c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{reply}"
+    );
+    c.read.clear();
+    c.write(b"GET /b HTTP/1.0\r\nHost: h\r\n\r\n").await;
+    let (reply, closed) = c.read_to_close(Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("ok"), "{reply}");
+    assert!(
+        closed,
+        "an HTTP/1.0 request without keep-alive closes: {reply}"
+    );
+    assert_eq!(s.stat("http.ingress.downstream_cx_total").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_takes_too_long_is_408() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "request_headers_timeout: 0.3s").await;
+    let addr = s.main_addr().await;
+    // An idle keep-alive connection is not timed: the clock starts at a head's first
+    // byte.
+    let mut c = RawConn::connect(addr).await;
+    c.write(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.read.clear();
+    c.write(b"GET /two HTTP/1.1\r\nHo").await;
+    let (reply, closed) = c.read_to_close(Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{reply}"
+    );
+    assert!(closed);
+    assert_eq!(b.requests(), 1, "the cut head never went upstream");
+}
+
+/// The upstream answered without reading the request body: the rest of that body
+/// would be taken for the next head, so the connection closes after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_left_unread_closes_the_connection() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(s.main_addr().await)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let body = vec![b'x'; 4 << 20];
+    let head = format!(
+        "POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The body goes on in the background; the answer comes first.
+    let send = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+    });
+    let mut reply = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "the answer and the close",
+        rd.read_to_end(&mut reply),
+    )
+    .await
+    .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("too big!"), "{reply}");
+    send.abort();
+}
