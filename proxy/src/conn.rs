@@ -2,15 +2,17 @@
 //! one port), connection timeouts, drain, and the release of an idle HTTP/1.1
 //! connection's codec state.
 //!
-//! An idle keep-alive connection costs what it holds. hyper keeps its read buffer
-//! (8–16 KiB), its write buffer (8 KiB) and its dispatcher state for the life of the
-//! connection, and no setting shrinks them. So once an HTTP/1.1 connection has been
-//! quiet for [`RELEASE_AFTER`], between two messages with nothing left to write, its
-//! hyper connection is taken apart (`into_parts`: the socket and any unparsed bytes
-//! come back) and dropped, and the task waits on the bare socket; the next byte
-//! builds a new one. What an idle connection then holds is its socket, its task and
-//! a few small shared records, as HAProxy and NGINX return an idle connection's
-//! buffers to their pools.
+//! HTTP/1.1 is served by Strait's own codec (`h1_server`); a connection whose next
+//! request asks for an upgrade (WebSocket, `CONNECT`) is handed, from that request
+//! on, to hyper's HTTP/1 server, which also serves HTTP/2.
+//!
+//! An idle keep-alive connection costs what it holds. So once an HTTP/1.1 connection
+//! has been quiet for [`RELEASE_AFTER`], between two messages with nothing left to
+//! write, its codec is dropped (its read buffer, its loop; for hyper's, taken apart
+//! with `into_parts`: the socket and any unparsed bytes come back) and the task waits
+//! on the bare socket; the next byte builds a new one. What an idle connection then
+//! holds is its socket, its task and a few small shared records, as HAProxy and NGINX
+//! return an idle connection's buffers to their pools.
 
 use std::future::Future;
 use std::io;

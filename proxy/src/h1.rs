@@ -20,6 +20,8 @@ pub(crate) const READ_SMALL: usize = 8 * 1024;
 pub(crate) const READ_LARGE: usize = 64 * 1024;
 /// Buffers written in one `writev`.
 const MAX_SLICES: usize = 16;
+/// Body bytes a writer takes ahead of the socket.
+const MAX_QUEUED: usize = 64 * 1024;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -90,8 +92,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
         loop {
-            // Gather what the body has ready before writing, up to a writev's worth.
-            while !self.ended && self.out.len() < MAX_SLICES - 3 {
+            // Gather what the body has ready before writing, up to a writev's worth
+            // (and at most `MAX_QUEUED` bytes held for a slow socket).
+            while !self.ended
+                && self.out.len() < MAX_SLICES - 3
+                && self.out.iter().map(Bytes::len).sum::<usize>() < MAX_QUEUED
+            {
                 let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
                     break;
                 };
@@ -407,6 +413,24 @@ impl<'a> CasedWriter<'a> {
             None => None,
         };
         write_field(out, raw.unwrap_or(name.as_str().as_bytes()), value);
+    }
+}
+
+/// Where a parsed header's name and value sit in its head: name offset and length,
+/// value offset and length.
+pub(crate) type FieldAt = (u32, u32, u32, u32);
+
+/// Records where each of `fields` (slices httparse handed out of `head`) sits in it,
+/// so the head can be frozen into shared bytes and sliced.
+pub(crate) fn field_offsets(head: &[u8], fields: &[httparse::Header<'_>], at: &mut [FieldAt]) {
+    let base = head.as_ptr() as usize;
+    for (slot, field) in at.iter_mut().zip(fields) {
+        *slot = (
+            (field.name.as_ptr() as usize - base) as u32,
+            field.name.len() as u32,
+            (field.value.as_ptr() as usize - base) as u32,
+            field.value.len() as u32,
+        );
     }
 }
 

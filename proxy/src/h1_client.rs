@@ -250,7 +250,7 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
             return Ok(None);
         }
         // Where each header's name and value sit in `read`.
-        let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut fields);
         let len = match parsed.parse(read) {
@@ -269,16 +269,8 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
         let reason = parsed
             .reason
             .map(|r| (r.as_ptr() as usize - read.as_ptr() as usize, r.len()));
-        let base = read.as_ptr() as usize;
         let count = parsed.headers.len();
-        for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
-            *slot = (
-                (field.name.as_ptr() as usize - base) as u32,
-                field.name.len() as u32,
-                (field.value.as_ptr() as usize - base) as u32,
-                field.value.len() as u32,
-            );
-        }
+        h1::field_offsets(read, parsed.headers, &mut at);
         let head = read.split_to(len).freeze();
         if (100..200).contains(&status) && status != 101 {
             // An informational answer (100 Continue, 103 Early Hints): not the response.

@@ -411,7 +411,7 @@ async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
 /// Parses a request head at the start of `read`, taking its bytes; `None` while it is
 /// incomplete, `Err` with the status to refuse it with.
 fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusCode> {
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut fields);
     let len = match parsed.parse(read) {
@@ -432,18 +432,13 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
     let path = parsed.path.unwrap_or("");
     let path_at = (path.as_ptr() as usize - base, path.len());
     let count = parsed.headers.len();
-    let mut upgrade = method == Method::CONNECT;
-    for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
-        if version == Version::HTTP_11 && field.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
-        }
-        *slot = (
-            (field.name.as_ptr() as usize - base) as u32,
-            field.name.len() as u32,
-            (field.value.as_ptr() as usize - base) as u32,
-            field.value.len() as u32,
-        );
-    }
+    let upgrade = method == Method::CONNECT
+        || (version == Version::HTTP_11
+            && parsed
+                .headers
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case("upgrade")));
+    h1::field_offsets(read, parsed.headers, &mut at);
     if upgrade {
         // Left in the buffer for hyper's server.
         return Ok(Some(Head::Upgrade));

@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::{FutureExt as _, Shared};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_xds::model::RoutingPriority;
 use tokio::net::TcpStream;
@@ -463,14 +463,22 @@ async fn send_on_hyper(key: PoolKey, mut conn: H1, req: Request<RequestBody>) ->
             reason: "connection termination".to_string(),
         });
     }
-    match conn.sender.try_send_request(req).await {
+    let sent = conn.sender.try_send_request(req).await;
+    answered(sent, key, Some(conn.sender), conn.local)
+}
+
+/// What hyper's client answered, with the lease for it: the HTTP/1.1 connection to
+/// give back (`sender`), or for HTTP/2 none.
+fn answered(
+    sent: Result<Response<Incoming>, TrySendError<Request<RequestBody>>>,
+    key: PoolKey,
+    sender: Option<http1::SendRequest<RequestBody>>,
+    local: Local,
+) -> Sent {
+    match sent {
         Ok(resp) => Ok((
             resp.map(UpstreamBody::Hyper),
-            Some(Lease {
-                key,
-                sender: Some(conn.sender),
-                local: conn.local,
-            }),
+            Some(Lease { key, sender, local }),
         )),
         Err(e) => Err(reset_error(e.error())),
     }
@@ -573,18 +581,9 @@ async fn send_h2(
     if let Some(ready) = ready {
         ready.store(true, Ordering::Relaxed);
     }
-    match conn.sender.try_send_request(req).await {
-        // Nothing to give back: the lease only tells where the stream went out.
-        Ok(resp) => Ok((
-            resp.map(UpstreamBody::Hyper),
-            Some(Lease {
-                key,
-                sender: None,
-                local: conn.local,
-            }),
-        )),
-        Err(e) => Err(reset_error(e.error())),
-    }
+    // Nothing to give back: the lease only tells where the stream went out.
+    let sent = conn.sender.try_send_request(req).await;
+    answered(sent, key, None, conn.local)
 }
 
 /// The host's multiplexed connection: the pooled one, the one being opened, or a new one.
