@@ -673,3 +673,86 @@ fn write_date(out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+        version: Version,
+        head_request: bool,
+        keep_alive: bool,
+    ) -> (String, Framing, bool) {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(body), None));
+        *response.status_mut() = StatusCode::from_u16(status).expect("status");
+        for (k, v) in headers {
+            response.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let (head, framing, keep, _) =
+            encode_response(&response, version, head_request, keep_alive);
+        (String::from_utf8(head).expect("ascii"), framing, keep)
+    }
+
+    #[test]
+    fn response_framing_follows_hyper() {
+        let v11 = Version::HTTP_11;
+        // A body of known size: its length; a date; nothing about the connection.
+        let (head, framing, keep) = encode(200, &[("x-a", "1")], b"abc", v11, false, true);
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 3\r\ndate: "),
+            "{head}"
+        );
+        assert!(head.ends_with(" GMT\r\n\r\n"), "{head}");
+        assert_eq!((framing, keep), (Framing::Length(3), true));
+        // No body: `content-length: 0`.
+        let (head, framing, _) = encode(404, &[], b"", v11, false, true);
+        assert!(
+            head.starts_with("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n"),
+            "{head}"
+        );
+        assert_eq!(framing, Framing::Length(0));
+        // HEAD: the length of the body it does not send.
+        let (head, framing, _) = encode(200, &[], b"abc", v11, true, true);
+        assert!(head.contains("content-length: 3\r\n"), "{head}");
+        assert_eq!(framing, Framing::Length(0));
+        // 204: no length, no body; 304 keeps the length it was given.
+        let (head, framing, _) = encode(204, &[("content-length", "0")], b"", v11, false, true);
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(framing, Framing::Length(0));
+        let (head, framing, _) = encode(304, &[("content-length", "7")], b"", v11, false, true);
+        assert!(head.contains("content-length: 7\r\n"), "{head}");
+        assert_eq!(framing, Framing::Length(0));
+        // A declared length stands; a transfer-encoding from a filter does not.
+        let (head, framing, _) = encode(
+            200,
+            &[("content-length", "3"), ("transfer-encoding", "gzip")],
+            b"abc",
+            v11,
+            false,
+            true,
+        );
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert_eq!(framing, Framing::Length(3));
+        // The connection: close on HTTP/1.1, keep-alive on HTTP/1.0, as decided; an
+        // answer that says close closes.
+        let (head, _, keep) = encode(200, &[], b"abc", v11, false, false);
+        assert!(head.contains("connection: close\r\n"), "{head}");
+        assert!(!keep);
+        let (head, _, keep) = encode(200, &[], b"abc", Version::HTTP_10, false, true);
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert!(head.contains("connection: keep-alive\r\n"), "{head}");
+        assert!(keep);
+        let (head, _, keep) = encode(400, &[("connection", "close")], b"x", v11, false, true);
+        assert_eq!(head.matches("connection").count(), 1, "{head}");
+        assert!(!keep);
+        // A date the answer has is kept.
+        let (head, _, _) = encode(200, &[("date", "then")], b"", v11, false, true);
+        assert_eq!(head.matches("date: ").count(), 1, "{head}");
+    }
+}
