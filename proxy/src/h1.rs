@@ -48,6 +48,8 @@ pub(crate) struct Writer<B> {
     pub(crate) framing: Framing,
     /// Queued output, written in order (the head, chunk lines, data).
     pub(crate) out: VecDeque<Bytes>,
+    /// Bytes in `out`.
+    queued: usize,
     /// The body's end (and the chunked terminator) is queued.
     pub(crate) ended: bool,
     /// A frame was taken from the body.
@@ -66,12 +68,14 @@ where
 {
     /// A writer for `head`, then `body` framed as `framing`.
     pub(crate) fn new(head: Vec<u8>, body: B, framing: Framing) -> Writer<B> {
+        let queued = head.len();
         let mut out = VecDeque::with_capacity(4);
         out.push_back(Bytes::from(head));
         Writer {
             body,
             framing,
             out,
+            queued,
             ended: matches!(framing, Framing::Length(0)),
             took_body: false,
             wrote_any: false,
@@ -94,10 +98,7 @@ where
         loop {
             // Gather what the body has ready before writing, up to a writev's worth
             // (and at most `MAX_QUEUED` bytes held for a slow socket).
-            while !self.ended
-                && self.out.len() < MAX_SLICES - 3
-                && self.out.iter().map(Bytes::len).sum::<usize>() < MAX_QUEUED
-            {
+            while !self.ended && self.out.len() < MAX_SLICES - 3 && self.queued < MAX_QUEUED {
                 let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
                     break;
                 };
@@ -141,18 +142,19 @@ where
         if data.is_empty() {
             return;
         }
-        match &mut self.framing {
+        match self.framing {
             Framing::Length(left) => {
                 // A body longer than its `content-length` (a filter rewrote it and
                 // left the header): what the header announced goes out, the rest is
                 // dropped, as hyper's encoder does and as the peer reads anyway.
-                let data = match usize::try_from(*left) {
+                let data = match usize::try_from(left) {
                     Ok(limit) if limit < data.len() => data.slice(..limit),
                     _ => data,
                 };
-                *left -= data.len() as u64;
-                self.out.push_back(data);
-                if *left == 0 {
+                let left = left - data.len() as u64;
+                self.framing = Framing::Length(left);
+                self.push(data);
+                if left == 0 {
                     self.ended = true;
                 }
             }
@@ -160,11 +162,11 @@ where
                 let mut line = Vec::with_capacity(20);
                 write_hex(&mut line, data.len());
                 line.extend_from_slice(b"\r\n");
-                self.out.push_back(Bytes::from(line));
-                self.out.push_back(data);
-                self.out.push_back(Bytes::from_static(b"\r\n"));
+                self.push(Bytes::from(line));
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
             }
-            Framing::Close => self.out.push_back(data),
+            Framing::Close => self.push(data),
         }
     }
 
@@ -186,7 +188,7 @@ where
             }
         }
         end.extend_from_slice(b"\r\n");
-        self.out.push_back(Bytes::from(end));
+        self.push(Bytes::from(end));
         self.ended = true;
     }
 
@@ -195,13 +197,19 @@ where
         match self.framing {
             Framing::Length(0) | Framing::Close => {}
             Framing::Length(_) => return Err("body shorter than its content-length".into()),
-            Framing::Chunked => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
+            Framing::Chunked => self.push(Bytes::from_static(b"0\r\n\r\n")),
         }
         self.ended = true;
         Ok(())
     }
 
+    fn push(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.out.push_back(bytes);
+    }
+
     fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
         while n > 0 {
             let front = self.out.front_mut().expect("written bytes were queued");
             if n < front.len() {

@@ -209,7 +209,7 @@ enum Head {
     Request(Box<Parsed>),
     /// A head that cannot be served: answered with this status, then the connection
     /// closes.
-    Refuse(StatusCode),
+    Refuse(Refused),
     Upgrade,
     Closed,
 }
@@ -250,18 +250,22 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                             return Poll::Ready(Ok(head));
                         }
                         Ok(None) if s.read.len() > max_head => {
-                            return Poll::Ready(Ok(Head::Refuse(
+                            return Poll::Ready(Ok(Head::Refuse(Refused(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            )))
+                                "request head larger than max_request_headers_kb",
+                            ))))
                         }
                         Ok(None) => {}
-                        Err(status) => return Poll::Ready(Ok(Head::Refuse(status))),
+                        Err(refused) => return Poll::Ready(Ok(Head::Refuse(refused))),
                     }
                     // A head has begun: it has `request_headers_timeout` to complete.
                     if let Some(t) = headers_timeout {
                         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
                         if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Ok(Head::Refuse(StatusCode::REQUEST_TIMEOUT)));
+                            return Poll::Ready(Ok(Head::Refuse(Refused(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request head not complete within request_headers_timeout",
+                            ))));
                         }
                     }
                 } else if s.closing {
@@ -281,7 +285,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Head::Request(parsed) => parsed,
             Head::Closed => return Ok(Outcome::Closed),
             Head::Upgrade => return Ok(Outcome::Upgrade),
-            Head::Refuse(status) => {
+            Head::Refuse(Refused(status, why)) => {
+                tracing::debug!(peer = %ctx.peer, %status, why, "refused a request head");
                 let _ = refuse(&side, status).await;
                 return Ok(Outcome::Closed);
             }
@@ -408,9 +413,29 @@ async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
     shut
 }
 
+/// A request head refused: the status it is answered with, and what was wrong (for
+/// the debug log: hyper's server, and Envoy's, answer without a body).
+struct Refused(StatusCode, &'static str);
+
+fn bad(why: &'static str) -> Refused {
+    Refused(StatusCode::BAD_REQUEST, why)
+}
+
+/// What httparse found wrong with a head.
+fn head_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Version => "invalid HTTP version",
+        httparse::Error::Token | httparse::Error::Status => "invalid request line",
+        httparse::Error::TooManyHeaders => "more than 100 header lines",
+    }
+}
+
 /// Parses a request head at the start of `read`, taking its bytes; `None` while it is
-/// incomplete, `Err` with the status to refuse it with.
-fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusCode> {
+/// incomplete, `Err` with the status to refuse it with and why.
+fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, Refused> {
     let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut fields);
@@ -418,12 +443,15 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            return Err(Refused(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "more than 100 header lines",
+            ))
         }
-        Err(_) => return Err(StatusCode::BAD_REQUEST),
+        Err(e) => return Err(bad(head_error(e))),
     };
     let method = parsed.method.unwrap_or("");
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -445,7 +473,7 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
     }
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
+        .map_err(|_| bad("invalid request target"))?;
     // Room for what the proxy adds (forwarding headers, request id, timeouts):
     // growing a `HeaderMap` rehashes it.
     let mut headers = HeaderMap::with_capacity(count + 6);
@@ -460,21 +488,23 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
         if h1::has_upper(raw) {
             case.add(name_at as usize, name_len as usize, count);
         }
-        let name = HeaderName::from_bytes(raw).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let name = HeaderName::from_bytes(raw).map_err(|_| bad("invalid header name"))?;
         let value = head.slice(value_at as usize..(value_at + value_len) as usize);
         // Shares the head's bytes: no copy.
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let value =
+            HeaderValue::from_maybe_shared(value).map_err(|_| bad("invalid header value"))?;
         match name {
             header::CONTENT_LENGTH => {
-                let n = h1::parse_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
+                let n = h1::parse_length(value.as_bytes())
+                    .ok_or(bad("content-length is not a number"))?;
                 if length.is_some_and(|prev| prev != n) {
-                    return Err(StatusCode::BAD_REQUEST);
+                    return Err(bad("differing content-length values"));
                 }
                 length = Some(n);
             }
             header::TRANSFER_ENCODING => {
                 if version == Version::HTTP_10 {
-                    return Err(StatusCode::BAD_REQUEST);
+                    return Err(bad("transfer-encoding in an HTTP/1.0 request"));
                 }
                 chunked = Some(is_chunked(value.as_bytes()));
             }
@@ -492,8 +522,7 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, StatusC
         headers.append(name, value);
     }
     if chunked == Some(false) {
-        // A request's last transfer coding must be chunked.
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(bad("transfer-encoding that does not end in chunked"));
     }
     let smuggling = chunked.is_some() && length.is_some();
     let framing = match (chunked, length) {

@@ -440,7 +440,12 @@ async fn send_own(
                 cluster.stats.upstream_rq_retry.inc();
                 req = *back;
             }
-            Err(e) => return Err(own_error(&e)),
+            Err(e) => {
+                // The local reply says `reset reason: …` in Envoy's words; what exactly
+                // went wrong, and with which host, goes to the log.
+                tracing::debug!(upstream = %host.addr, error = %e, "upstream HTTP/1.1 exchange failed");
+                return Err(own_error(&e));
+            }
         }
     }
 }
