@@ -22,6 +22,10 @@ pub(crate) const READ_LARGE: usize = 64 * 1024;
 const MAX_SLICES: usize = 16;
 /// Body bytes a writer takes ahead of the socket.
 const MAX_QUEUED: usize = 64 * 1024;
+/// Bytes one poll of a writer sends before it yields: a body that both ends keep
+/// ready would otherwise hold the task (the client codec reads the response head
+/// only between polls; an upstream's early answer would wait for the whole upload).
+const WRITE_BUDGET: usize = 256 * 1024;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -89,12 +93,14 @@ where
 
     /// Writes what is queued and pulls the body until both are done (`Ready(Ok)`), the
     /// socket or the body has to wait (`Pending`), or either fails. Frames the body
-    /// has ready are gathered into one `writev`.
+    /// has ready are gathered into one `writev`. After [`WRITE_BUDGET`] bytes it
+    /// yields (`Pending`, already woken).
     pub(crate) fn poll<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
+        let mut budget = WRITE_BUDGET;
         loop {
             // Gather what the body has ready before writing, up to a writev's worth
             // (and at most `MAX_QUEUED` bytes held for a slow socket).
@@ -133,6 +139,11 @@ where
                 Ok(written) => {
                     self.wrote_any = true;
                     self.consume(written);
+                    budget = budget.saturating_sub(written);
+                    if budget == 0 && !self.done() {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
             }
         }

@@ -92,14 +92,18 @@ pub(crate) async fn send(
     let (parts, body) = req.into_parts();
     let mut writer = Writer::new(head, body, framing);
     let mut read_any = false;
+    let mut write_failed = false;
     let polled = std::future::poll_fn(|cx| {
         // The request goes out while the head is awaited: an upstream may answer
         // before it has read the whole body. Pending here waits on the socket or on
-        // the body, whose wakers are registered.
-        match writer.poll(&mut conn.stream, cx) {
-            Poll::Ready(Err(WriteError::Io)) => return Poll::Ready(Err(Failure::Broken)),
-            Poll::Ready(Err(WriteError::Body(e))) => return Poll::Ready(Err(Failure::Body(e))),
-            _ => {}
+        // the body, whose wakers are registered. A write the upstream refuses (it
+        // answered and closed) still leaves its answer to read.
+        if !write_failed {
+            match writer.poll(&mut conn.stream, cx) {
+                Poll::Ready(Err(WriteError::Io)) => write_failed = true,
+                Poll::Ready(Err(WriteError::Body(e))) => return Poll::Ready(Err(Failure::Body(e))),
+                _ => {}
+            }
         }
         loop {
             match parse_head(&mut conn.read, head_only) {
@@ -144,12 +148,12 @@ pub(crate) async fn send(
         keep_alive,
         case,
     } = parsed;
-    let writer = (!writer.done()).then(|| Box::new(writer));
+    let writer = (!writer.done() && !write_failed).then(|| Box::new(writer));
     let mut body = ResponseBody {
         conn: Some(conn),
         decoder: Decoder::new(framing),
         writer,
-        keep_alive,
+        keep_alive: keep_alive && !write_failed,
         ended: false,
         case,
     };

@@ -110,6 +110,23 @@ async fn a_head_that_takes_too_long_is_408() {
     assert_eq!(b.requests(), 1, "the cut head never went upstream");
 }
 
+/// A client's head, then (once the upstream has had time to answer it) an 8 MiB
+/// body: the answer comes while the body is still to be read.
+async fn early_answer(s: &Strait) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(s.main_addr().await)
+        .await
+        .unwrap();
+    let body = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (stream, body)
+}
+
 /// The upstream answered without reading the request body: the rest of that body
 /// would be taken for the next head, so the connection closes after the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,19 +134,15 @@ async fn a_request_body_left_unread_closes_the_connection() {
     let b = Backend::scripted("raw", answers).await;
     let s = proxy(&b, "").await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stream = tokio::net::TcpStream::connect(s.main_addr().await)
-        .await
-        .unwrap();
+    let (stream, body) = early_answer(&s).await;
     let (mut rd, mut wr) = stream.into_split();
-    let body = vec![b'x'; 4 << 20];
-    let head = format!(
-        "POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    // The body goes on in the background; the answer comes first.
+    // The body goes on in the background while the answer is read. The client keeps
+    // its write side open: one that shuts it (a half-close) before the answer is
+    // taken as gone and its request cancelled, as by hyper, Envoy and NGINX.
     let send = tokio::spawn(async move {
-        let _ = wr.write_all(head.as_bytes()).await;
         let _ = wr.write_all(&body).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(wr);
     });
     let mut reply = Vec::new();
     within(
@@ -146,4 +159,37 @@ async fn a_request_body_left_unread_closes_the_connection() {
     );
     assert!(reply.ends_with("too big!"), "{reply}");
     send.abort();
+}
+
+/// The same, for a client that sends its whole body before it reads (as simple
+/// clients do): the closing connection keeps reading what it still sends, so its
+/// writes succeed and it reads the answer, instead of a reset mid-upload (NGINX's
+/// lingering close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_uploading_is_not_reset() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, body) = early_answer(&s).await;
+    let sent = within(
+        Duration::from_secs(10),
+        "the upload",
+        stream.write_all(&body),
+    )
+    .await;
+    assert!(sent.is_ok(), "the upload was cut: {sent:?}");
+    let mut reply = Vec::new();
+    let read = within(
+        Duration::from_secs(10),
+        "the answer and the close",
+        stream.read_to_end(&mut reply),
+    )
+    .await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(read.is_ok(), "{read:?} after {reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("too big!"), "{reply}");
 }

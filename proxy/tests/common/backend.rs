@@ -89,7 +89,10 @@ pub(super) struct Counters {
 /// or close it.
 pub enum Scripted {
     KeepAlive(Vec<u8>),
+    /// Answers, shuts its side and reads what still comes (a lingering close).
     Close(Vec<u8>),
+    /// Answers and closes at once: bytes still arriving meet a reset.
+    Reset(Vec<u8>),
 }
 
 /// What the flaky backend does to its first requests, as the matching `x-backend-*`
@@ -386,6 +389,10 @@ impl Backend {
                 let (bytes, close) = match answer(&head) {
                     Scripted::KeepAlive(b) => (b, false),
                     Scripted::Close(b) => (b, true),
+                    Scripted::Reset(b) => {
+                        let _ = stream.write_all(&b).await;
+                        return;
+                    }
                 };
                 if stream.write_all(&bytes).await.is_err() {
                     return;
