@@ -23,6 +23,7 @@
 //! any other is read to the end of the connection; then `content-length` (differing
 //! values are refused); else the body is read to the end of the connection.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -255,9 +256,14 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
         }
         // Where each header's name and value sit in `read`.
         let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(read) {
+        // Left uninitialised: httparse writes the lines it finds.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            read,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
