@@ -113,15 +113,17 @@ pub enum RequestBody {
         done: bool,
         /// A filter holds the end of the body until its callouts answer.
         waiting: bool,
-        /// Trailers held while the chain flushed the body.
-        trailers: Option<Frame<Bytes>>,
+        /// Trailers held while the chain flushed the body (boxed, as below).
+        trailers: Option<Box<Frame<Bytes>>>,
     },
     /// One attempt's view of a body kept for retries.
     Replay(ReplayBody),
     /// A body the proxy made itself (a plugin's HTTP callout): data, then trailers.
     Full {
         data: Option<Bytes>,
-        trailers: Option<http::HeaderMap>,
+        /// Boxed: a request moves a dozen times on its way upstream, and a
+        /// `HeaderMap` inline would make every variant 96 bytes larger.
+        trailers: Option<Box<http::HeaderMap>>,
     },
     /// A body fed over time (a plugin's gRPC stream); ends when the sender drops.
     Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
@@ -295,7 +297,7 @@ impl RequestBody {
     pub fn full(data: Bytes, trailers: Option<http::HeaderMap>) -> RequestBody {
         RequestBody::Full {
             data: (!data.is_empty()).then_some(data),
-            trailers,
+            trailers: trailers.map(Box::new),
         }
     }
 
@@ -333,7 +335,7 @@ impl Body for RequestBody {
             RequestBody::Replay(body) => body.poll_frame(cx),
             RequestBody::Full { data, trailers } => Poll::Ready(match data.take() {
                 Some(data) => Some(Ok(Frame::data(data))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
             }),
             RequestBody::Channel(rx) => rx
                 .poll_recv(cx)
@@ -378,7 +380,7 @@ impl Body for RequestBody {
                     continue;
                 }
                 if *done {
-                    return Poll::Ready(trailers.take().map(Ok));
+                    return Poll::Ready(trailers.take().map(|t| Ok(*t)));
                 }
                 let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
                     Some(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -388,7 +390,7 @@ impl Body for RequestBody {
                             (data, inner.is_end_stream())
                         }
                         Err(frame) => {
-                            *trailers = Some(frame);
+                            *trailers = Some(Box::new(frame));
                             (Bytes::new(), true)
                         }
                     },
@@ -682,6 +684,14 @@ impl StreamTimers {
 
 pub struct ResponseBody {
     kind: Kind,
+    /// The stream the body belongs to. Boxed: a response moves about ten times on
+    /// its way from the upstream codec to the downstream one, and ~570 bytes inline
+    /// cost more in copies than one allocation.
+    stream: Box<BodyStream>,
+}
+
+/// What a response body carries besides its bytes.
+struct BodyStream {
     lease: Option<Lease>,
     timers: Option<StreamTimers>,
     guard: Option<StreamGuard>,
@@ -713,10 +723,12 @@ impl ResponseBody {
     ) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(inner),
-            lease,
-            timers,
-            guard: Some(guard),
-            filters: None,
+            stream: Box::new(BodyStream {
+                lease,
+                timers,
+                guard: Some(guard),
+                filters: None,
+            }),
         }
     }
 
@@ -732,7 +744,7 @@ impl ResponseBody {
     /// Runs the upstream body through the stream's HTTP filters.
     pub fn filtered(mut self, chain: ChainId) -> ResponseBody {
         let done = self.is_end_stream();
-        self.filters = Some(ResponseFilters {
+        self.stream.filters = Some(ResponseFilters {
             chain,
             done,
             waiting: false,
@@ -745,22 +757,24 @@ impl ResponseBody {
         let data = (!bytes.is_empty()).then_some(bytes);
         ResponseBody {
             kind: Kind::Full(data),
-            lease: None,
-            timers: None,
-            guard,
-            filters: None,
+            stream: Box::new(BodyStream {
+                lease: None,
+                timers: None,
+                guard,
+                filters: None,
+            }),
         }
     }
 
     fn finish(&mut self, flag: Option<&'static str>) {
         if flag.is_none() {
-            if let Some(lease) = self.lease.take() {
+            if let Some(lease) = self.stream.lease.take() {
                 lease.release();
             }
         } else {
-            self.lease = None;
+            self.stream.lease = None;
         }
-        if let Some(mut g) = self.guard.take() {
+        if let Some(mut g) = self.stream.guard.take() {
             if let Some(f) = flag {
                 g.set_flag(f);
             }
@@ -780,13 +794,13 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream(inner) => match poll_filtered(inner, &mut this.filters, cx) {
+            Kind::Upstream(inner) => match poll_filtered(inner, &mut this.stream.filters, cx) {
                 Poll::Ready(r) => Poll::Ready(r),
                 Poll::Pending => {
-                    if let Some(t) = &mut this.timers {
+                    if let Some(t) = &mut this.stream.timers {
                         if let Poll::Ready(expiry) = t.poll_expiry(cx) {
                             // Headers are gone already: the stream is reset.
-                            if let Some(g) = &mut this.guard {
+                            if let Some(g) = &mut this.stream.guard {
                                 g.timed_out(expiry);
                             }
                             let err = t.error(expiry);
@@ -800,10 +814,10 @@ impl Body for ResponseBody {
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = &mut this.timers {
+                if let Some(t) = &mut this.stream.timers {
                     t.touch();
                 }
-                if let (Some(g), Some(d)) = (&mut this.guard, frame.data_ref()) {
+                if let (Some(g), Some(d)) = (&mut this.stream.guard, frame.data_ref()) {
                     g.bytes_sent += d.len() as u64;
                 }
             }
@@ -815,7 +829,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if let Some(f) = &self.filters {
+        if let Some(f) = &self.stream.filters {
             if !f.done || f.waiting || f.trailers.is_some() {
                 return false;
             }
@@ -827,7 +841,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.filters.is_some() {
+        if self.stream.filters.is_some() {
             return SizeHint::default();
         }
         match &self.kind {
@@ -908,7 +922,7 @@ fn late_reply(f: &mut ResponseFilters, reply: strait_filters::LocalReply) -> Box
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.guard.is_some() {
+        if self.stream.guard.is_some() {
             // hyper stops polling once `is_end_stream` says so; anything else dropped
             // early means the downstream went away (Envoy's `DC`).
             let flag = (!self.is_end_stream()).then_some("DC");
