@@ -31,7 +31,7 @@ use crate::breaker::Slot;
 use crate::chain::ChainId;
 use crate::cluster::{ClusterRuntime, Host, HostSet};
 use crate::error::ProxyError;
-use crate::pool::{self, Lease, UpstreamBody};
+use crate::pool::{self, Lease, UpstreamBody, UpstreamRequest};
 use crate::retry::{self, Decision, RetryState};
 use crate::stream::StreamGuard;
 
@@ -115,7 +115,7 @@ enum Event {
 /// and `host` its host (already counted by `guard.begin_upstream`).
 pub async fn run(
     plan: Plan<'_>,
-    first: Request<RequestBody>,
+    first: UpstreamRequest,
     host: Arc<Host>,
     retry: Option<RetryState<'_>>,
     timers: &mut Option<StreamTimers>,
@@ -138,7 +138,7 @@ pub async fn run(
 /// late one keeps running (`hedge_on_per_try_timeout`); the first usable answer wins.
 async fn hedged(
     plan: Plan<'_>,
-    first: Request<RequestBody>,
+    first: UpstreamRequest,
     host: Arc<Host>,
     mut retry: Option<RetryState<'_>>,
     timers: &mut Option<StreamTimers>,
@@ -373,7 +373,7 @@ fn finish(
 /// attempt's per-try deadline, and nothing is allocated per attempt.
 async fn sequential(
     plan: &Plan<'_>,
-    first: Request<RequestBody>,
+    first: UpstreamRequest,
     host: Arc<Host>,
     mut retry: Option<RetryState<'_>>,
     timers: &mut Option<StreamTimers>,
@@ -522,7 +522,7 @@ fn expired(expiry: Expiry, timers: &Option<StreamTimers>, guard: &mut StreamGuar
 /// The short path: one attempt, bounded by the stream's timers only.
 async fn single(
     plan: &Plan<'_>,
-    request: Request<RequestBody>,
+    request: UpstreamRequest,
     host: Arc<Host>,
     timers: &mut Option<StreamTimers>,
     guard: &mut StreamGuard,
@@ -590,10 +590,10 @@ pub fn per_try_first(
 /// copy of the template with the replayed body.
 fn request(
     plan: &Plan<'_>,
-    first: Option<Request<RequestBody>>,
+    first: Option<UpstreamRequest>,
     host: &Arc<Host>,
     number: u32,
-) -> Request<RequestBody> {
+) -> UpstreamRequest {
     let mut request = match first {
         Some(request) => request,
         None => {
@@ -625,7 +625,7 @@ fn request(
                 .replay
                 .as_ref()
                 .map_or(RequestBody::Empty, ReplayHandle::next_attempt);
-            Request::from_parts(head, body)
+            Box::new(Request::from_parts(head, body))
         }
     };
     if plan.attempt_count_header {
@@ -639,7 +639,7 @@ fn request(
 /// Starts attempt number `number` on `host`, boxed to run beside others (hedging).
 fn start<'a>(
     plan: &Plan<'a>,
-    first: Option<Request<RequestBody>>,
+    first: Option<UpstreamRequest>,
     host: &Arc<Host>,
     number: u32,
 ) -> Attempt<'a> {

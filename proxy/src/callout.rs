@@ -285,9 +285,16 @@ async fn start(
         }
     };
     let request = Request::from_parts(head, body);
-    let (response, lease) = pool::send(cluster, &host, h2, false, Default::default(), request)
-        .await
-        .map_err(Failure::Proxy)?;
+    let (response, lease) = pool::send(
+        cluster,
+        &host,
+        h2,
+        false,
+        Default::default(),
+        Box::new(request),
+    )
+    .await
+    .map_err(Failure::Proxy)?;
     cluster.stats.record_status(response.status().as_u16());
     Ok((response, lease))
 }

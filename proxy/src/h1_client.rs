@@ -84,13 +84,14 @@ impl std::error::Error for Failure {
 /// served before (a failure before any response byte is then the keep-alive race).
 pub(crate) async fn send(
     mut conn: Box<H1Conn>,
-    req: Request<RequestBody>,
+    mut req: crate::pool::UpstreamRequest,
     reused: bool,
 ) -> Result<Response<ResponseBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
     let idempotent = crate::pool::idempotent(req.method());
     let (head, framing) = encode_head(&req);
-    let (parts, body) = req.into_parts();
+    // The head stays in its box, to go back for another connection (below).
+    let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
     let mut writer = Writer::new(head, body, framing);
     let mut read_any = false;
     let mut write_failed = false;
@@ -135,14 +136,17 @@ pub(crate) async fn send(
             // request goes back to be sent on another connection if that is safe:
             // none of it was written, or it is idempotent and has no body.
             let again = !writer.wrote_any || (idempotent && writer.ended);
-            let back = again.then(|| Box::new(Request::from_parts(parts, writer.body)));
+            let back = again.then(|| {
+                *req.body_mut() = writer.body;
+                req
+            });
             return Err(Failure::Reset(back));
         }
         Err(Failure::Broken) if !read_any => return Err(Failure::Reset(None)),
         Err(Failure::Broken) => return Err(Failure::Broken),
         Err(e) => return Err(e),
     };
-    drop(parts);
+    drop(req);
     let Parsed {
         response,
         framing,

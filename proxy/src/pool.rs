@@ -61,6 +61,11 @@ struct PoolKey {
     priority: RoutingPriority,
 }
 
+/// A request on its way upstream. Boxed: it passes through half a dozen async
+/// functions (router, attempts, pool, codec), each copying its arguments into its
+/// future, and ~300 bytes inline cost more in copies than one allocation.
+pub type UpstreamRequest = Box<Request<RequestBody>>;
+
 type H2Sender = http2::SendRequest<RequestBody>;
 
 /// What a connection's task and the pool share. Behind a pointer: it rides along in
@@ -355,7 +360,7 @@ pub async fn send(
     h2: bool,
     upgrade: bool,
     priority: RoutingPriority,
-    req: Request<RequestBody>,
+    req: UpstreamRequest,
 ) -> Sent {
     send_signalled(cluster, host, h2, upgrade, priority, req, None).await
 }
@@ -369,7 +374,7 @@ pub async fn send_signalled(
     h2: bool,
     upgrade: bool,
     priority: RoutingPriority,
-    req: Request<RequestBody>,
+    req: UpstreamRequest,
     ready: Option<&AtomicBool>,
 ) -> Sent {
     let key = PoolKey {
@@ -383,7 +388,7 @@ pub async fn send_signalled(
     // moved whole into hyper's dispatcher (and into a task per HTTP/2 stream), so
     // every byte of it is copied on every request.
     if h2 {
-        return Box::pin(send_h2(cluster, host, key, req, ready)).await;
+        return Box::pin(send_h2(cluster, host, key, *req, ready)).await;
     }
     // A request parsed by hyper's HTTP/1 server (an upgrade's connection) carries
     // hyper's header case map, an extension only hyper's client can write back: it
@@ -392,7 +397,7 @@ pub async fn send_signalled(
     let extensions = req.extensions();
     let hyper_case = !extensions.is_empty() && extensions.get::<crate::h1::HeaderCase>().is_none();
     if upgrade || hyper_case {
-        return send_hyper(cluster, host, key, upgrade, req, ready).await;
+        return send_hyper(cluster, host, key, upgrade, *req, ready).await;
     }
     send_own(cluster, host, key, req, ready).await
 }
@@ -402,7 +407,7 @@ async fn send_own(
     cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     key: PoolKey,
-    req: Request<RequestBody>,
+    req: UpstreamRequest,
     ready: Option<&AtomicBool>,
 ) -> Sent {
     let mut req = req;
@@ -422,7 +427,7 @@ async fn send_own(
         let conn = match conn {
             Pooled::Own(conn) => conn,
             // Handed over from hyper's side of the pool under `max_connections`.
-            Pooled::Hyper(conn) => return send_on_hyper(key, conn, req).await,
+            Pooled::Hyper(conn) => return send_on_hyper(key, conn, *req).await,
         };
         let local = conn.info.clone();
         match h1_client::send(conn, req, reused).await {
@@ -438,7 +443,7 @@ async fn send_own(
                 // The keep-alive race: the upstream closed the pooled connection as it
                 // was reused. Sent again on the next one (or a new one).
                 cluster.stats.upstream_rq_retry.inc();
-                req = *back;
+                req = back;
             }
             Err(e) => {
                 // The local reply says `reset reason: …` in Envoy's words; what exactly

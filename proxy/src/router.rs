@@ -702,7 +702,7 @@ async fn proxy<'a>(
     if let Some(chain) = chain {
         chain.keep_request_head(&parts);
     }
-    let first = Request::from_parts(parts, first_body);
+    let first = Box::new(Request::from_parts(parts, first_body));
     let answer = attempts::run(plan, first, host, retry, &mut timers, guard).await;
     let (mut resp, lease) = match answer {
         Answer::Response(resp, lease, request_slot) => {

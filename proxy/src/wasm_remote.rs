@@ -230,9 +230,16 @@ async fn exchange(
     let request = request
         .body(RequestBody::empty())
         .map_err(|e| e.to_string())?;
-    let (response, _lease) = pool::send(cluster, host, h2, false, Default::default(), request)
-        .await
-        .map_err(|e| format!("{e} ({})", host.addr))?;
+    let (response, _lease) = pool::send(
+        cluster,
+        host,
+        h2,
+        false,
+        Default::default(),
+        Box::new(request),
+    )
+    .await
+    .map_err(|e| format!("{e} ({})", host.addr))?;
     cluster.stats.record_status(response.status().as_u16());
     if response.status() != StatusCode::OK {
         return Err(format!("{} answered {}", host.addr, response.status()));
