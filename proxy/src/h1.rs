@@ -453,6 +453,53 @@ pub(crate) fn field_offsets(head: &[u8], fields: &[httparse::Header<'_>], at: &m
     }
 }
 
+/// The header names of the last head parsed on a connection, in order. A peer sends
+/// the same names in the same order head after head: comparing the bytes costs a
+/// fraction of parsing a name (lowercasing it, looking it up among the standard
+/// ones). Bounded, so a peer cannot make it grow.
+#[derive(Default)]
+pub(crate) struct NameCache {
+    /// The names' bytes as they came, one after another.
+    raw: Vec<u8>,
+    /// Each name, and where its bytes end in `raw`.
+    names: Vec<(u16, HeaderName)>,
+}
+
+/// Names a [`NameCache`] keeps, and their bytes.
+const CACHED_NAMES: usize = 24;
+const CACHED_BYTES: usize = 512;
+
+impl NameCache {
+    /// The name of line `i` of a head, `raw` as it came.
+    pub(crate) fn name(
+        &mut self,
+        i: usize,
+        raw: &[u8],
+    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((end, name)) = self.names.get(i) {
+            let start = match i {
+                0 => 0,
+                _ => self.names[i - 1].0 as usize,
+            };
+            if self.raw[start..*end as usize] == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        // From the first name that differs, the cache follows this head.
+        if i <= self.names.len() && i < CACHED_NAMES {
+            self.names.truncate(i);
+            let start = self.names.last().map_or(0, |(end, _)| *end as usize);
+            if start + raw.len() <= CACHED_BYTES {
+                self.raw.truncate(start);
+                self.raw.extend_from_slice(raw);
+                self.names.push((self.raw.len() as u16, name.clone()));
+            }
+        }
+        Ok(name)
+    }
+}
+
 /// Whether a header name as it came has an uppercase letter.
 pub(crate) fn has_upper(name: &[u8]) -> bool {
     name.iter().any(u8::is_ascii_uppercase)
@@ -750,5 +797,44 @@ mod tests {
         w.write(&mut out, &name("x-lower"), b"2");
         w.write(&mut out, &name("x-mixed-case"), b"1");
         assert_eq!(out, b"X-UPPER: 3\r\nx-lower: 2\r\nX-Mixed-Case: 1\r\n");
+    }
+
+    #[test]
+    fn name_cache_follows_the_heads_it_sees() {
+        let mut cache = NameCache::default();
+        let names = |cache: &mut NameCache, raw: &[&str]| -> Vec<String> {
+            raw.iter()
+                .enumerate()
+                .map(|(i, r)| cache.name(i, r.as_bytes()).unwrap().as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(&mut cache, &["Host", "X-Custom", "Accept"]),
+            ["host", "x-custom", "accept"]
+        );
+        // Same names: served from the cache, lowercase as parsed.
+        assert_eq!(
+            names(&mut cache, &["Host", "X-Custom", "Accept"]),
+            ["host", "x-custom", "accept"]
+        );
+        // A name that differs replaces the rest; a longer or shorter name at the same
+        // place is not mistaken for the cached one.
+        assert_eq!(
+            names(&mut cache, &["Host", "X-Customer", "Acc"]),
+            ["host", "x-customer", "acc"]
+        );
+        assert_eq!(
+            names(&mut cache, &["host", "X-Custom"]),
+            ["host", "x-custom"]
+        );
+        assert!(cache.name(0, b"bad name").is_err());
+        assert_eq!(cache.name(0, b"host").unwrap(), "host");
+        // Bounded: a head of many long names caches only what fits.
+        let long: Vec<String> = (0..100)
+            .map(|i| format!("x-{i}-{}", "n".repeat(40)))
+            .collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert_eq!(names(&mut cache, &long).len(), 100);
+        assert!(cache.names.len() <= CACHED_NAMES && cache.raw.len() <= CACHED_BYTES);
     }
 }

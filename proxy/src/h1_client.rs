@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 
@@ -108,7 +108,7 @@ pub(crate) async fn send(
             }
         }
         loop {
-            match parse_head(&mut conn.read, head_only) {
+            match parse_head(&mut conn.read, &mut conn.names, head_only) {
                 Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -253,7 +253,11 @@ struct Parsed {
 
 /// Parses a response head at the start of `read`, taking its bytes (and those of any
 /// skipped 1xx response) out of it; `None` while it is incomplete.
-fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Failure> {
+fn parse_head(
+    read: &mut BytesMut,
+    names: &mut h1::NameCache,
+    head_only: bool,
+) -> Result<Option<Parsed>, Failure> {
     loop {
         if read.is_empty() {
             return Ok(None);
@@ -305,12 +309,13 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Fa
         let mut length: Option<Result<u64, ()>> = None;
         let mut chunked: Option<bool> = None;
         let mut case = HeaderCase::new(head.clone());
-        for &(name_at, name_len, value_at, value_len) in &at[..count] {
+        for (i, &(name_at, name_len, value_at, value_len)) in at[..count].iter().enumerate() {
             let name = &head[name_at as usize..(name_at + name_len) as usize];
             if h1::has_upper(name) {
                 case.add(name_at as usize, name_len as usize, count);
             }
-            let name = HeaderName::from_bytes(name)
+            let name = names
+                .name(i, name)
                 .map_err(|_| Failure::Protocol("invalid response header name"))?;
             let value = head.slice(value_at as usize..(value_at + value_len) as usize);
             // Shares the head's bytes: no copy.

@@ -61,6 +61,8 @@ pub(crate) struct Side {
     pub(crate) idle: bool,
     /// The socket refused the last write.
     write_blocked: bool,
+    /// The last request head's header names.
+    names: h1::NameCache,
 }
 
 pub(crate) type SharedSide = Arc<parking_lot::Mutex<Side>>;
@@ -75,6 +77,7 @@ impl Side {
             closing: false,
             idle: false,
             write_blocked: false,
+            names: h1::NameCache::default(),
         }))
     }
 
@@ -241,7 +244,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             let s = &mut *guard;
             loop {
                 if !s.read.is_empty() {
-                    match parse(&mut s.read, &side) {
+                    match parse(&mut s.read, &mut s.names, &side) {
                         Ok(Some(head)) => {
                             s.idle = false;
                             if let Head::Request(parsed) = &head {
@@ -436,7 +439,11 @@ fn head_error(e: httparse::Error) -> &'static str {
 
 /// Parses a request head at the start of `read`, taking its bytes; `None` while it is
 /// incomplete, `Err` with the status to refuse it with and why.
-fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, Refused> {
+fn parse(
+    read: &mut BytesMut,
+    names: &mut h1::NameCache,
+    side: &SharedSide,
+) -> Result<Option<Head>, Refused> {
     let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     // Left uninitialised: httparse writes the lines it finds (100 empty headers
     // cost ~500 instructions to fill, per request).
@@ -486,12 +493,12 @@ fn parse(read: &mut BytesMut, side: &SharedSide) -> Result<Option<Head>, Refused
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut expect_continue = false;
-    for &(name_at, name_len, value_at, value_len) in &at[..count] {
+    for (i, &(name_at, name_len, value_at, value_len)) in at[..count].iter().enumerate() {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
         if h1::has_upper(raw) {
             case.add(name_at as usize, name_len as usize, count);
         }
-        let name = HeaderName::from_bytes(raw).map_err(|_| bad("invalid header name"))?;
+        let name = names.name(i, raw).map_err(|_| bad("invalid header name"))?;
         let value = head.slice(value_at as usize..(value_at + value_len) as usize);
         // Shares the head's bytes: no copy.
         let value =

@@ -105,6 +105,8 @@ pub(crate) struct H1Conn {
     pub(crate) stream: TcpStream,
     /// Bytes read and not yet parsed; empty between responses.
     pub(crate) read: BytesMut,
+    /// The last response head's header names.
+    pub(crate) names: crate::h1::NameCache,
     key: PoolKey,
     info: Local,
     active: ActiveConn,
@@ -284,6 +286,7 @@ pub fn park_idle() {
                 let old = now.saturating_duration_since(idle.since) >= PARK_AFTER;
                 if old && idle.conn.read.capacity() > 0 {
                     idle.conn.read = BytesMut::new();
+                    idle.conn.names = Default::default();
                     idle.conn.active.idle_released.inc();
                     released = true;
                 }
@@ -815,6 +818,7 @@ async fn hyper_codec(conn: Box<H1Conn>, upgrade: bool) -> Option<H1> {
         key,
         info,
         active,
+        ..
     } = *conn;
     if !read.is_empty() {
         return None;
@@ -947,6 +951,7 @@ async fn connect_h1(
         return Ok(Pooled::Own(Box::new(H1Conn {
             stream,
             read: BytesMut::new(),
+            names: Default::default(),
             key,
             info: local,
             active,
@@ -1008,6 +1013,7 @@ fn drive_h1(mut conn: HyperConn, key: PoolKey, info: Local, active: ActiveConn) 
             conn: Box::new(H1Conn {
                 stream: parts.io.into_inner(),
                 read: BytesMut::new(),
+                names: Default::default(),
                 key,
                 info,
                 active,
