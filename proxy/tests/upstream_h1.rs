@@ -252,8 +252,7 @@ async fn an_answer_before_the_body_is_read_reaches_the_client() {
     let r = c.get("h", "/plain", &[]).await;
     assert_eq!(r.text(), "0123456789");
     // An upstream that closes at once after answering resets the body's rest: the
-    // write fails, and the answer already sent still reaches the client (as with
-    // Envoy), not a 503.
+    // write fails, and the answer it sent still reaches the client, not a 503.
     for _ in 0..5 {
         let req = c.request(Method::POST, "h", "/early-reset", &[], generated(8 << 20));
         let r = c.send(req).await.expect("the early answer");
