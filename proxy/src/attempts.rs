@@ -386,8 +386,11 @@ async fn sequential(
     let mut number: u32 = 1;
     let mut retry_slot: Option<Slot> = None;
     let per_try = per_try_timer(plan);
+    // Each attempt's head, back from the pool for the next attempt (no copy made up
+    // front): the head itself when Strait's codec sent it.
+    let mut sent_head: Option<UpstreamRequest> = None;
     loop {
-        let request = request(plan, first.take(), &host, number);
+        let request = request(plan, first.take(), sent_head.take(), &host, number);
         // Each attempt holds a place under `max_requests` until its response ends.
         let request_slot = cluster
             .breakers(plan.target.priority)
@@ -401,9 +404,13 @@ async fn sequential(
         // Boxed: the attempt future is large, and this keeps every enclosing future
         // (and each move of one) small; one allocation per attempt is cheaper. Built
         // in its box (`pin_in_place`): the ~2.4 KiB state is not copied.
+        let back = &mut sent_head;
         let send = crate::pin_in_place!(async {
             match request_slot {
-                None => Err(ProxyError::Overflow),
+                None => {
+                    *back = Some(request);
+                    Err(ProxyError::Overflow)
+                }
                 Some(_) => {
                     pool::send_signalled(
                         cluster,
@@ -412,7 +419,10 @@ async fn sequential(
                         plan.upgrade,
                         plan.target.priority,
                         request,
-                        Some(&ready),
+                        pool::Signals {
+                            ready: Some(&ready),
+                            back: Some(back),
+                        },
                     )
                     .await
                 }
@@ -586,23 +596,30 @@ pub fn per_try_first(
     }
 }
 
-/// The request of attempt number `number` on `host`: `first` for the first, else a
-/// copy of the template with the replayed body.
+/// The request of attempt number `number` on `host`: `first` for the first, else the
+/// head the last attempt sent (`sent`, handed back by the pool) or, when hedging, a
+/// copy of the template; with the replayed body.
 fn request(
     plan: &Plan<'_>,
     first: Option<UpstreamRequest>,
+    sent: Option<UpstreamRequest>,
     host: &Arc<Host>,
     number: u32,
 ) -> UpstreamRequest {
     let mut request = match first {
         Some(request) => request,
         None => {
-            let template = plan.template.as_ref().expect("a retry has a template");
-            let mut head = template.parts();
+            let mut request = sent.unwrap_or_else(|| {
+                let template = plan
+                    .template
+                    .as_ref()
+                    .expect("a retry has the last attempt's head or a template");
+                Box::new(Request::from_parts(template.parts(), RequestBody::Empty))
+            });
             if plan.target.auto_host_rewrite {
                 let authority =
                     crate::router::upstream_authority(plan.target, plan.authority, host);
-                set_authority(&mut head, plan.h2, &authority);
+                set_authority(&mut request, plan.h2, &authority);
             }
             if let Some(expected) = plan.expected_timeout {
                 // Envoy's `setTimeoutHeaders` with the time elapsed: what is left of the
@@ -616,16 +633,16 @@ fn request(
                     }
                     None => expected,
                 };
-                head.headers.insert(
+                request.headers_mut().insert(
                     &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
                     HeaderValue::from(left.as_millis() as u64),
                 );
             }
-            let body = plan
+            *request.body_mut() = plan
                 .replay
                 .as_ref()
                 .map_or(RequestBody::Empty, ReplayHandle::next_attempt);
-            Box::new(Request::from_parts(head, body))
+            request
         }
     };
     if plan.attempt_count_header {
@@ -643,7 +660,7 @@ fn start<'a>(
     host: &Arc<Host>,
     number: u32,
 ) -> Attempt<'a> {
-    let request = request(plan, first, host, number);
+    let request = request(plan, first, None, host, number);
     // Each attempt holds a place under `max_requests` until its response ends.
     let cluster = plan.cluster;
     let request_slot = cluster
@@ -662,7 +679,8 @@ fn start<'a>(
             let ready = ready.clone();
             Box::pin(async move {
                 let ready = Some(&*ready);
-                pool::send_signalled(cluster, &host, h2, upgrade, priority, request, ready).await
+                let signals = pool::Signals { ready, back: None };
+                pool::send_signalled(cluster, &host, h2, upgrade, priority, request, signals).await
             })
         }
     };
@@ -769,20 +787,20 @@ impl RequestHead {
 }
 
 /// Points a retry at another host's name (`auto_host_rewrite`).
-fn set_authority(parts: &mut http::request::Parts, h2: bool, authority: &str) {
+fn set_authority(request: &mut Request<RequestBody>, h2: bool, authority: &str) {
     if !h2 {
         if let Ok(v) = HeaderValue::from_str(authority) {
-            parts.headers.insert(header::HOST, v);
+            request.headers_mut().insert(header::HOST, v);
         }
         return;
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     if let Ok(uri) = Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(path)
         .build()
     {
-        parts.uri = uri;
+        *request.uri_mut() = uri;
     }
 }

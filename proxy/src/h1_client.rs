@@ -43,10 +43,11 @@ use crate::pool::H1Conn;
 const MAX_HEAD: usize = 60 * 1024;
 /// Why an exchange failed.
 pub enum Failure {
-    /// The connection failed before a byte of the response came back. The request is
-    /// handed back when it can be sent again as it is: nothing of it was written, or
-    /// (the keep-alive race) it has no body and the connection had served before.
-    Reset(Option<Box<Request<RequestBody>>>),
+    /// The connection failed before a byte of the response came back. `true` when the
+    /// request (its body put back) can be sent again as it is: nothing of it was
+    /// written, or (the keep-alive race) it has no body and the connection had served
+    /// before.
+    Reset(bool),
     /// The connection failed after the response began.
     Broken,
     /// The upstream answered with something that is not HTTP/1.1.
@@ -84,13 +85,13 @@ impl std::error::Error for Failure {
 /// served before (a failure before any response byte is then the keep-alive race).
 pub(crate) async fn send(
     mut conn: Box<H1Conn>,
-    mut req: crate::pool::UpstreamRequest,
+    req: &mut Request<RequestBody>,
     reused: bool,
 ) -> Result<Response<ResponseBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
     let idempotent = crate::pool::idempotent(req.method());
-    let (head, framing) = encode_head(&req);
-    // The head stays in its box, to go back for another connection (below).
+    let (head, framing) = encode_head(req);
+    // The head stays with the caller: for another connection (below), or a retry.
     let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
     let mut writer = Writer::new(head, body, framing);
     let mut read_any = false;
@@ -136,17 +137,15 @@ pub(crate) async fn send(
             // request goes back to be sent on another connection if that is safe:
             // none of it was written, or it is idempotent and has no body.
             let again = !writer.wrote_any || (idempotent && writer.ended);
-            let back = again.then(|| {
+            if again {
                 *req.body_mut() = writer.body;
-                req
-            });
-            return Err(Failure::Reset(back));
+            }
+            return Err(Failure::Reset(again));
         }
-        Err(Failure::Broken) if !read_any => return Err(Failure::Reset(None)),
+        Err(Failure::Broken) if !read_any => return Err(Failure::Reset(false)),
         Err(Failure::Broken) => return Err(Failure::Broken),
         Err(e) => return Err(e),
     };
-    drop(req);
     let Parsed {
         response,
         framing,

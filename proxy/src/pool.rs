@@ -365,12 +365,65 @@ pub async fn send(
     priority: RoutingPriority,
     req: UpstreamRequest,
 ) -> Sent {
-    send_signalled(cluster, host, h2, upgrade, priority, req, None).await
+    send_signalled(
+        cluster,
+        host,
+        h2,
+        upgrade,
+        priority,
+        req,
+        Signals::default(),
+    )
+    .await
 }
 
-/// [`send`], setting `ready` once a connection is ready for the request and it is
-/// about to be written (Envoy's `onPoolReady`, where the per-try timer starts): not
-/// while connecting or queued for a connection.
+/// Where a request's head goes once its exchange is over (answered, failed, or
+/// dropped mid-way), for a retry to send again: the head itself when Strait's codec
+/// sent it (it writes from a borrow), a copy when hyper's consumed it.
+pub type HeadBack<'a> = Option<&'a mut Option<UpstreamRequest>>;
+
+/// What an attempt hears back from [`send_signalled`].
+#[derive(Default)]
+pub struct Signals<'a> {
+    /// Set once a connection is ready for the request and it is about to be written
+    /// (Envoy's `onPoolReady`, where the per-try timer starts): not while connecting
+    /// or queued for a connection.
+    pub ready: Option<&'a AtomicBool>,
+    pub back: HeadBack<'a>,
+}
+
+/// A request lent to an exchange: whatever happens, its head ends up in `back`.
+struct Lent<'a> {
+    req: Option<UpstreamRequest>,
+    back: HeadBack<'a>,
+}
+
+impl Lent<'_> {
+    fn get(&mut self) -> &mut Request<RequestBody> {
+        self.req
+            .as_mut()
+            .expect("a lent request is present until given up")
+    }
+
+    /// The request, for a codec that consumes it; `back` gets a copy of its head.
+    fn give_up(&mut self) -> UpstreamRequest {
+        let req = self.req.take().expect("a lent request is given up once");
+        if let Some(back) = self.back.as_deref_mut() {
+            *back = Some(Box::new(copy_head(&req)));
+        }
+        req
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let (Some(req), Some(back)) = (self.req.take(), self.back.as_deref_mut()) {
+            *back = Some(req);
+        }
+    }
+}
+
+/// [`send`], with [`Signals`] for the attempt.
 pub async fn send_signalled(
     cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
@@ -378,8 +431,13 @@ pub async fn send_signalled(
     upgrade: bool,
     priority: RoutingPriority,
     req: UpstreamRequest,
-    ready: Option<&AtomicBool>,
+    signals: Signals<'_>,
 ) -> Sent {
+    let Signals { ready, back } = signals;
+    let mut lent = Lent {
+        req: Some(req),
+        back,
+    };
     let key = PoolKey {
         cluster: cluster.id,
         addr: host.addr,
@@ -391,18 +449,18 @@ pub async fn send_signalled(
     // moved whole into hyper's dispatcher (and into a task per HTTP/2 stream), so
     // every byte of it is copied on every request.
     if h2 {
-        return Box::pin(send_h2(cluster, host, key, *req, ready)).await;
+        return Box::pin(send_h2(cluster, host, key, *lent.give_up(), ready)).await;
     }
     // A request parsed by hyper's HTTP/1 server (an upgrade's connection) carries
     // hyper's header case map, an extension only hyper's client can write back: it
     // goes through hyper's client, as do upgrades. Everything else takes Strait's
     // own codec, which writes back the case Strait's server codec recorded.
-    let extensions = req.extensions();
+    let extensions = lent.get().extensions();
     let hyper_case = !extensions.is_empty() && extensions.get::<crate::h1::HeaderCase>().is_none();
     if upgrade || hyper_case {
-        return send_hyper(cluster, host, key, upgrade, *req, ready).await;
+        return send_hyper(cluster, host, key, upgrade, *lent.give_up(), ready).await;
     }
-    send_own(cluster, host, key, req, ready).await
+    send_own(cluster, host, key, &mut lent, ready).await
 }
 
 /// Sends on Strait's own HTTP/1.1 codec ([`h1_client`]).
@@ -410,10 +468,9 @@ async fn send_own(
     cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     key: PoolKey,
-    req: UpstreamRequest,
+    req: &mut Lent<'_>,
     ready: Option<&AtomicBool>,
 ) -> Sent {
-    let mut req = req;
     loop {
         let (conn, reused) = match checkout_own(key) {
             Some(conn) => (Pooled::Own(conn), true),
@@ -430,10 +487,10 @@ async fn send_own(
         let conn = match conn {
             Pooled::Own(conn) => conn,
             // Handed over from hyper's side of the pool under `max_connections`.
-            Pooled::Hyper(conn) => return send_on_hyper(key, conn, *req).await,
+            Pooled::Hyper(conn) => return send_on_hyper(key, conn, *req.give_up()).await,
         };
         let local = conn.info.clone();
-        match h1_client::send(conn, req, reused).await {
+        match h1_client::send(conn, req.get(), reused).await {
             Ok(resp) => {
                 let lease = Lease {
                     key,
@@ -442,11 +499,10 @@ async fn send_own(
                 };
                 return Ok((resp.map(UpstreamBody::H1), Some(lease)));
             }
-            Err(h1_client::Failure::Reset(Some(back))) => {
+            Err(h1_client::Failure::Reset(true)) => {
                 // The keep-alive race: the upstream closed the pooled connection as it
                 // was reused. Sent again on the next one (or a new one).
                 cluster.stats.upstream_rq_retry.inc();
-                req = back;
             }
             Err(e) => {
                 // The local reply says `reset reason: …` in Envoy's words; what exactly
@@ -567,7 +623,7 @@ async fn send_hyper(
                 if was_reused {
                     if let Some(head) = &replay {
                         cluster.stats.upstream_rq_retry.inc();
-                        req = Some(clone_request(head));
+                        req = Some(copy_head(head));
                         continue;
                     }
                 }
@@ -1075,13 +1131,14 @@ fn clone_head(req: &Request<RequestBody>) -> Request<()> {
     b.body(()).expect("parts copied from a valid request")
 }
 
-fn clone_request(head: &Request<()>) -> Request<RequestBody> {
+/// A copy of `req`'s head, without a body (nor extensions).
+fn copy_head<B>(req: &Request<B>) -> Request<RequestBody> {
     let mut b = Request::builder()
-        .method(head.method().clone())
-        .uri(head.uri().clone())
-        .version(head.version());
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
     if let Some(h) = b.headers_mut() {
-        *h = head.headers().clone();
+        *h = req.headers().clone();
     }
     b.body(RequestBody::empty())
         .expect("parts copied from a valid request")

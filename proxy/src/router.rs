@@ -647,7 +647,12 @@ async fn proxy<'a>(
         }
         _ => (body, None),
     };
-    let template = retry.as_ref().map(|_| RequestHead::copy(&parts));
+    // Attempts one after another get each head back from the pool for the next; only
+    // hedged attempts, which overlap, need a copy made up front.
+    let template = retry
+        .as_ref()
+        .filter(|_| timeouts.hedge)
+        .map(|_| RequestHead::copy(&parts));
 
     // Do IO. Envoy's route timeout starts when the request is complete: at once for
     // a request without a body, else when its body ends (a slow upload is not a

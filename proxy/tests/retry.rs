@@ -501,3 +501,56 @@ async fn steering_headers_are_honoured_only_from_internal_addresses() {
         Some("15000")
     );
 }
+
+/// Fails a request's first attempt (its head carries `x-envoy-attempt-count: 1`).
+fn first_attempt_fails(head: &str) -> Scripted {
+    let answer = match head.contains("x-envoy-attempt-count: 1\r\n") {
+        true => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+        false => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    };
+    Scripted::KeepAlive(answer.as_bytes().to_vec())
+}
+
+/// A retry sends the head the first attempt sent (Strait's codec hands it back, no
+/// copy is made up front): the same header lines, the client's header case kept,
+/// only the attempt count and the time left (`x-envoy-expected-rq-timeout-ms`, as
+/// Envoy's router) moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sends_the_head_the_first_attempt_sent() {
+    let up = Backend::scripted("up", first_attempt_fails).await;
+    let config = Bootstrap::new(
+        "- name: default\n  domains: [\"*\"]\n  include_request_attempt_count: true\n  routes:\n  - match: {prefix: /}\n    route:\n      cluster: up\n      retry_policy: {retry_on: 5xx, num_retries: 1, retry_back_off: {base_interval: 0.001s}}\n",
+    )
+    .cluster("up", up.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let mut c = RawConn::connect(s.main_addr().await).await;
+    c.write(
+        b"GET /again?q=1 HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: 1\r\nx-two: a\r\nx-two: b\r\n\r\n",
+    )
+    .await;
+    let reply = c.read_until("\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let heads = up.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[1].contains("X-Mixed-Case: 1\r\n"), "{}", heads[1]);
+    assert!(
+        heads[1].contains("x-envoy-attempt-count: 2\r\n"),
+        "{}",
+        heads[1]
+    );
+    let without_count = |h: &str| {
+        let mut lines: Vec<String> = h
+            .lines()
+            .filter(|l| {
+                !l.starts_with("x-envoy-attempt-count") && !l.starts_with("x-envoy-expected-rq")
+            })
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(without_count(&heads[0]), without_count(&heads[1]));
+    s.wait_stat("cluster.up.upstream_rq_retry", |v| v == 1)
+        .await;
+}
