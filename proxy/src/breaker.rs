@@ -30,6 +30,8 @@ pub struct Limit {
     max: u64,
     open: Gauge,
     remaining: Option<Gauge>,
+    /// Held while the gauges are set (see `publish`).
+    publishing: parking_lot::Mutex<()>,
 }
 
 impl Limit {
@@ -39,8 +41,9 @@ impl Limit {
             max: u64::from(max),
             open,
             remaining,
+            publishing: parking_lot::Mutex::new(()),
         };
-        limit.publish(0);
+        limit.publish();
         Arc::new(limit)
     }
 
@@ -52,13 +55,12 @@ impl Limit {
     /// A place under `max` instead of the configured limit (a retry budget's limit
     /// moves with the load).
     pub fn try_acquire_within(self: &Arc<Self>, max: u64) -> Option<Slot> {
-        let before = self
-            .active
+        self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        self.publish(before + 1);
+        self.publish();
         Some(Slot(self.clone()))
     }
 
@@ -67,9 +69,13 @@ impl Limit {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Sets the gauges for `active` places taken. Concurrent changes may publish out
-    /// of order for an instant; the next change corrects it.
-    fn publish(&self, active: u64) {
+    /// Sets the gauges for the places taken now. Under a lock, reading the count
+    /// inside it: two changes on two workers could otherwise publish out of order and
+    /// leave a stale gauge (`remaining_rq` one short) until the next change, which
+    /// may never come.
+    fn publish(&self) {
+        let _publishing = self.publishing.lock();
+        let active = self.active.load(Ordering::Acquire);
         self.open.set(i64::from(active >= self.max));
         if let Some(r) = &self.remaining {
             r.set(self.max.saturating_sub(active) as i64);
@@ -83,8 +89,8 @@ pub struct Slot(Arc<Limit>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.publish(before - 1);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.publish();
     }
 }
 
@@ -171,6 +177,45 @@ mod tests {
         assert_eq!(remaining.value(), 3);
         assert!(limit.try_acquire().is_some());
         assert_eq!(limit.active(), 0, "dropped with its temporary");
+    }
+
+    /// Two slots given back on two threads at the same instant, many times: once
+    /// both are back, the gauges say so (set out of order, they could stay stale).
+    #[test]
+    fn gauges_settle_after_concurrent_changes() {
+        const ROUNDS: usize = 20_000;
+        let open = Gauge::default();
+        let remaining = Gauge::default();
+        let limit = Limit::new(2, open.clone(), Some(remaining.clone()));
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (limit, barrier) = (limit.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        let slot = limit.try_acquire();
+                        barrier.wait();
+                        drop(slot);
+                        barrier.wait();
+                        // While the gauges are read.
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        let mut stale = 0;
+        for _ in 0..ROUNDS {
+            barrier.wait();
+            barrier.wait();
+            if remaining.value() != 2 || open.value() != 0 {
+                stale += 1;
+            }
+            barrier.wait();
+        }
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(stale, 0, "rounds that left a stale gauge");
     }
 
     #[test]
