@@ -151,7 +151,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         // The request future is several KiB; hyper moves what the service returns into
         // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
         // in its box, it is never copied, and hyper moves a pointer.
-        let req = req.map(DownstreamBody::Hyper);
+        let req = Box::new(req.map(DownstreamBody::Hyper));
         let handling = crate::pin_in_place!(router::handle(req, self.ctx.clone(), smuggling));
         Handled {
             handling,

@@ -210,7 +210,7 @@ pub(crate) enum Outcome {
 
 /// What the head read found.
 enum Head {
-    Request(Box<Parsed>),
+    Request(Parsed),
     /// A head that cannot be served: answered with this status, then the connection
     /// closes.
     Refuse(Refused),
@@ -220,7 +220,8 @@ enum Head {
 
 /// A parsed request and what the codec needs to know of it.
 struct Parsed {
-    request: Request<DownstreamBody>,
+    /// Boxed, as the router takes it.
+    request: router::DownstreamRequest,
     keep_alive: bool,
     /// Both `content-length` and `transfer-encoding`: refused, and the connection
     /// closes after the answer.
@@ -300,7 +301,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             keep_alive,
             smuggling,
             ..
-        } = *parsed;
+        } = parsed;
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         let activity = &ctx.activity;
@@ -556,7 +557,7 @@ fn parse(
             })
         }
     };
-    let mut request = Request::new(body);
+    let mut request = Box::new(Request::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
@@ -565,7 +566,7 @@ fn parse(
         request.extensions_mut().insert(case);
     }
     let reads_body = !smuggling && framing != Framing::Length(0);
-    Ok(Some(Head::Request(Box::new(Parsed {
+    Ok(Some(Head::Request(Parsed {
         request,
         keep_alive: keep_alive && !close && !smuggling,
         smuggling,
@@ -574,7 +575,7 @@ fn parse(
             false => Framing::Length(0),
         },
         expect_continue: expect_continue && reads_body && version == Version::HTTP_11,
-    }))))
+    })))
 }
 
 /// The response head for `response`, how its body goes out, whether the connection
