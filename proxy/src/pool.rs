@@ -579,7 +579,7 @@ async fn send_hyper(
     // a second or more (and say `Connection: close` otherwise), so a connection idle for
     // less than `RACE_IDLE` is not at risk and the copy is not worth making.
     let replay = match (&reused, req.body().is_empty(), idempotent(req.method())) {
-        (Some(_), true, true) if idle_for >= RACE_IDLE => Some(clone_head(&req)),
+        (Some(_), true, true) if idle_for >= RACE_IDLE => Some(copy_head(&req)),
         _ => None,
     };
     let mut req = Some(req);
@@ -1120,19 +1120,8 @@ pub(crate) fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn clone_head(req: &Request<RequestBody>) -> Request<()> {
-    let mut b = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version());
-    if let Some(h) = b.headers_mut() {
-        *h = req.headers().clone();
-    }
-    b.body(()).expect("parts copied from a valid request")
-}
-
 /// A copy of `req`'s head, without a body (nor extensions).
-fn copy_head<B>(req: &Request<B>) -> Request<RequestBody> {
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut b = Request::builder()
         .method(req.method().clone())
         .uri(req.uri().clone())
