@@ -497,6 +497,7 @@ pub struct Deadlines {
 
 impl StreamTimers {
     pub fn new(deadlines: Deadlines, request_body: Option<Arc<ByteCount>>) -> Option<StreamTimers> {
+        let now = crate::clock::tokio_now();
         let mut timers = StreamTimers {
             route: deadlines.route,
             request: deadlines.request,
@@ -505,10 +506,10 @@ impl StreamTimers {
             try_idle: None,
             attempt: None,
             attempt_pending: deadlines.attempt,
-            touched: Instant::now(),
+            touched: now,
             request_body,
             route_pending: deadlines.route_after_body,
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            sleep: Box::pin(tokio::time::sleep_until(now)),
         };
         let waiting = timers.attempt_pending.is_some() || timers.route_pending.is_some();
         let next = match timers.next_wake() {
@@ -522,6 +523,7 @@ impl StreamTimers {
 
     /// Timers with no deadline yet, for a stream that had none.
     fn empty(request_body: Option<Arc<ByteCount>>) -> StreamTimers {
+        let now = crate::clock::tokio_now();
         StreamTimers {
             route: None,
             request: None,
@@ -530,10 +532,10 @@ impl StreamTimers {
             try_idle: None,
             attempt: None,
             attempt_pending: None,
-            touched: Instant::now(),
+            touched: now,
             request_body,
             route_pending: None,
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            sleep: Box::pin(tokio::time::sleep_until(now)),
         }
     }
 
@@ -563,7 +565,7 @@ impl StreamTimers {
     /// Starts the pending per-try timer: the attempt's connection is ready.
     pub fn arm_attempt(&mut self) {
         if let Some(timeout) = self.attempt_pending.take() {
-            self.attempt = Some(Instant::now() + timeout);
+            self.attempt = Some(crate::clock::tokio_now() + timeout);
             if let Some(next) = self.next_wake() {
                 self.sleep.as_mut().reset(next);
             }
@@ -588,7 +590,7 @@ impl StreamTimers {
             let ended = self.request_body.as_ref().is_none_or(|b| b.poll_ended(cx));
             if ended {
                 if let Some(timeout) = self.route_pending.take() {
-                    self.route = Some(Instant::now() + timeout);
+                    self.route = Some(crate::clock::tokio_now() + timeout);
                     if let Some(next) = self.next_wake() {
                         self.sleep.as_mut().reset(next);
                     }
@@ -642,7 +644,7 @@ impl StreamTimers {
     /// Activity on the stream: pushes the idle deadlines back.
     pub fn touch(&mut self) {
         if self.idle.is_some() || self.try_idle.is_some() {
-            self.touched = Instant::now();
+            self.touched = crate::clock::tokio_now();
             if let Some(next) = self.next_wake() {
                 self.sleep.as_mut().reset(next);
             }
@@ -933,5 +935,5 @@ impl Drop for ResponseBody {
 
 /// A wake-up time no stream reaches (a timer with nothing due yet).
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+    crate::clock::tokio_now() + Duration::from_secs(86_400 * 365)
 }

@@ -16,6 +16,7 @@ pub mod body;
 pub mod breaker;
 pub mod callout;
 pub mod chain;
+pub mod clock;
 pub mod cluster;
 pub mod conn;
 pub mod error;
@@ -69,6 +70,6 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::spawn(pin_in_place!(future));
+        tokio::spawn(crate::clock::Scoped(pin_in_place!(future)));
     }
 }

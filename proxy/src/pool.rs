@@ -127,7 +127,7 @@ impl H1Conn {
             if let Some(Handoff::Own(conn)) = wake(entry, Handoff::Own(self)) {
                 entry.idle.push(Idle {
                     conn,
-                    since: Instant::now(),
+                    since: crate::clock::now(),
                 });
             }
         });
@@ -240,7 +240,7 @@ impl Lease {
             let mut p = p.borrow_mut();
             let entry = p.entry(self.key).or_default();
             if let Some(Handoff::Connection(conn)) = wake(entry, Handoff::Connection(conn)) {
-                entry.idle_h1.push((conn, Instant::now()));
+                entry.idle_h1.push((conn, crate::clock::now()));
             }
         });
     }
@@ -837,7 +837,7 @@ fn checkout_h1(key: PoolKey, idle_timeout: Option<Duration>) -> Checkout {
 
 /// The most recently used idle connection for Strait's own codec that is still good.
 fn checkout_own(key: PoolKey) -> Option<Box<H1Conn>> {
-    let now = Instant::now();
+    let now = crate::clock::now();
     loop {
         let idle = POOLS.with(|p| p.borrow_mut().get_mut(&key)?.idle.pop())?;
         // Checked (and a bad one dropped) outside the pool's borrow: a closed

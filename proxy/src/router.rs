@@ -354,7 +354,7 @@ async fn proxy<'a>(
     }
     // Envoy's router starts the route timeout when it gets the request, after the
     // filters before it (a fault delay is not counted).
-    let routed_at = tokio::time::Instant::now();
+    let routed_at = crate::clock::tokio_now();
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -752,7 +752,9 @@ async fn proxy<'a>(
     }
     vhost.headers.apply_response(&mut parts.headers);
     rc.headers.apply_response(&mut parts.headers);
-    let service_ms = guard.start().elapsed().as_millis() as u64;
+    let service_ms = crate::clock::tokio_now()
+        .saturating_duration_since(guard.start())
+        .as_millis() as u64;
     parts.headers.insert(
         &X_ENVOY_UPSTREAM_SERVICE_TIME,
         HeaderValue::from(service_ms),

@@ -77,7 +77,7 @@ impl StreamGuard {
         listener.http.downstream_rq_active.inc();
         StreamGuard {
             listener,
-            start: Instant::now(),
+            start: crate::clock::tokio_now(),
             peer,
             local,
             status: 0,
@@ -155,12 +155,13 @@ impl StreamGuard {
 
     /// Records the upstream response head.
     pub fn upstream_responded(&mut self, status: u16) {
-        self.response_started = Some(Instant::now());
+        let now = crate::clock::tokio_now();
+        self.response_started = Some(now);
         if let Some(up) = &self.upstream {
             let stats = &up.cluster.stats;
             stats
                 .upstream_rq_time
-                .record(self.start.elapsed().as_millis() as u64);
+                .record(now.saturating_duration_since(self.start).as_millis() as u64);
             stats.record_status(status);
             if let Some(h) = &up.host {
                 if status >= 500 {

@@ -154,11 +154,12 @@ async fn accept_loop(
         });
         // The connection's future (the connection and its idle wait, at most 192 bytes;
         // each phase boxes its own state) is built in its box: tokio's task cell,
-        // 128-byte aligned, stays at 128 bytes (see `conn::serve`).
-        tokio::spawn(crate::pin_in_place!(conn::serve(
+        // 128-byte aligned, stays at 128 bytes (see `conn::serve`). Its polls share
+        // one reading of the clock (`clock`).
+        tokio::spawn(crate::clock::Scoped(crate::pin_in_place!(conn::serve(
             stream,
             ctx,
             drain.clone()
-        )));
+        ))));
     }
 }
