@@ -23,7 +23,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::callout::{CallAnswer, Dispatch};
 use super::headers::HeaderView;
-use super::state::StreamData;
+use super::state::{HostState, StreamData};
 use super::vm::{Phase, WasmVm};
 use super::WasmError;
 use crate::stream_info::{SentHead, StreamInfo};
@@ -41,8 +41,10 @@ pub struct WasmHttpFilter {
     error: Option<WasmError>,
     /// The failure was answered (500 or fail-open continue); later phases pass.
     failure_answered: bool,
-    request: Option<RequestHead>,
-    response: Option<ResponseHead>,
+    /// Boxed: kept only while a phase holds its head (or without a `StreamInfo`),
+    /// and inline they doubled the size of every stream's filter.
+    request: Option<Box<RequestHead>>,
+    response: Option<Box<ResponseHead>>,
     /// The headers callback did not continue, so later phases still see the head.
     request_visible: bool,
     response_visible: bool,
@@ -140,25 +142,25 @@ impl WasmHttpFilter {
         let info = self.info.clone();
         let (calls, request, response) = (&mut self.calls, &mut self.request, &mut self.response);
         let result = self.vm.with_running(generation, |vm| {
+            lent.lend(vm.store.data_mut());
             let stream = &mut vm.store.data_mut().stream;
-            lent.lend(stream);
             // The heads this filter holds (its headers phase did not continue).
             if stream.request.is_none() && request_visible {
-                stream.request = request.take();
+                stream.request = request.take().map(|head| *head);
             }
             if stream.response.is_none() && response_visible {
-                stream.response = response.take();
+                stream.response = response.take().map(|head| *head);
             }
             stream.info = info;
             let action = vm.http_phase(phase, context, size, end_of_stream);
+            lent.take_back(vm.store.data_mut());
             let stream = &mut vm.store.data_mut().stream;
-            lent.take_back(stream);
             // The heads the callback saw, back where later phases find them.
             if let Some(head) = stream.request.take() {
-                *request = Some(head);
+                *request = Some(Box::new(head));
             }
             if let Some(head) = stream.response.take() {
-                *response = Some(head);
+                *response = Some(Box::new(head));
             }
             stream.info = None;
             calls.append(&mut vm.take_dispatched());
@@ -218,14 +220,14 @@ impl WasmHttpFilter {
                 data.request = Some(mem::replace(head, placeholder_request()));
                 self.run_call_response(generation, context, token, response, &mut data);
                 *head = data.request.take().unwrap_or_else(placeholder_request);
-                self.request = Some(copy_request_head(head));
+                self.request = Some(Box::new(copy_request_head(head)));
                 Some(true)
             }
             Paused::Response(head) => {
                 data.response = Some(mem::replace(head, placeholder_response()));
                 self.run_call_response(generation, context, token, response, &mut data);
                 *head = data.response.take().unwrap_or_else(placeholder_response);
-                self.response = Some(copy_response_head(head));
+                self.response = Some(Box::new(copy_response_head(head)));
                 Some(false)
             }
             Paused::None => {
@@ -323,20 +325,20 @@ impl WasmHttpFilter {
     /// Lends the heads a callback may still see (those a headers phase held).
     fn lend_heads(&mut self, data: &mut StreamData) {
         if self.request_visible {
-            data.request = self.request.take();
+            data.request = self.request.take().map(|head| *head);
         }
         if self.response_visible {
-            data.response = self.response.take();
+            data.response = self.response.take().map(|head| *head);
         }
     }
 
     /// Puts the heads the callback saw back where later phases find them.
     fn keep_heads(&mut self, data: &mut StreamData) {
         if let Some(request) = data.request.take() {
-            self.request = Some(request);
+            self.request = Some(Box::new(request));
         }
         if let Some(response) = data.response.take() {
-            self.response = Some(response);
+            self.response = Some(Box::new(response));
         }
     }
 }
@@ -364,7 +366,7 @@ impl HttpFilter for WasmHttpFilter {
         // Later phases see the head only while this filter holds it; `on_log` gets
         // the stream's final head from its info, so a copy is made only for those.
         if self.request_visible || self.info.is_none() {
-            self.request = Some(copy_request_head(head));
+            self.request = Some(Box::new(copy_request_head(head)));
         }
         status
     }
@@ -403,7 +405,7 @@ impl HttpFilter for WasmHttpFilter {
         );
         self.response_visible = status != FilterStatus::Continue;
         if self.response_visible || self.info.is_none() {
-            self.response = Some(copy_response_head(head));
+            self.response = Some(Box::new(copy_response_head(head)));
         }
         status
     }
@@ -452,10 +454,10 @@ impl WasmHttpFilter {
             heads.sent_response = info.sent_response.take();
         }
         if heads.sent_request.is_none() {
-            heads.request = self.request.take();
+            heads.request = self.request.take().map(|head| *head);
         }
         if heads.sent_response.is_none() {
-            heads.response = self.response.take();
+            heads.response = self.response.take().map(|head| *head);
         }
         let info = self.info.clone();
         let result = self.vm.with_running(generation, |vm| {
@@ -527,15 +529,20 @@ enum Lent<'a> {
 }
 
 impl Lent<'_> {
-    fn lend(&mut self, stream: &mut StreamData) {
+    fn lend(&mut self, state: &mut HostState) {
+        let stream = &mut state.stream;
         match self {
             Lent::RequestHead(head) => {
-                stream.request = Some(mem::replace(*head, placeholder_request()))
+                let spare = state.spare_request.take();
+                let spare = spare.unwrap_or_else(placeholder_request);
+                stream.request = Some(mem::replace(*head, spare))
             }
             Lent::RequestBody(body) => stream.request_body = Some(mem::take(*body)),
             Lent::RequestTrailers(map) => stream.request_trailers = Some(mem::take(*map)),
             Lent::ResponseHead(head) => {
-                stream.response = Some(mem::replace(*head, placeholder_response()))
+                let spare = state.spare_response.take();
+                let spare = spare.unwrap_or_else(placeholder_response);
+                stream.response = Some(mem::replace(*head, spare))
             }
             Lent::ResponseBody(body) => stream.response_body = Some(mem::take(*body)),
             Lent::ResponseTrailers(map) => stream.response_trailers = Some(mem::take(*map)),
@@ -544,17 +551,20 @@ impl Lent<'_> {
 
     /// Takes the value back (as the callback left it); the store never drops it
     /// during a callback.
-    fn take_back(&mut self, stream: &mut StreamData) {
+    fn take_back(&mut self, state: &mut HostState) {
+        let stream = &mut state.stream;
         match self {
             Lent::RequestHead(head) => {
-                **head = stream.request.take().unwrap_or_else(placeholder_request)
+                let back = stream.request.take().unwrap_or_else(placeholder_request);
+                state.spare_request = Some(mem::replace(*head, back));
             }
             Lent::RequestBody(body) => **body = stream.request_body.take().unwrap_or_default(),
             Lent::RequestTrailers(map) => {
                 **map = stream.request_trailers.take().unwrap_or_default()
             }
             Lent::ResponseHead(head) => {
-                **head = stream.response.take().unwrap_or_else(placeholder_response)
+                let back = stream.response.take().unwrap_or_else(placeholder_response);
+                state.spare_response = Some(mem::replace(*head, back));
             }
             Lent::ResponseBody(body) => **body = stream.response_body.take().unwrap_or_default(),
             Lent::ResponseTrailers(map) => {

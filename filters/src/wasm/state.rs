@@ -30,8 +30,17 @@ pub(crate) struct HostState {
     /// The stream data of the callback in progress, moved in by the filter for the
     /// duration of the call so host functions edit the proxy's values in place.
     pub stream: StreamData,
+    /// The stand-ins a filter leaves in the proxy's place while it lends a head to
+    /// the store, kept between callbacks (making and dropping one cost ~150
+    /// instructions a phase). Never edited: nothing reads the proxy's side then.
+    pub spare_request: Option<crate::RequestHead>,
+    pub spare_response: Option<crate::ResponseHead>,
     /// What plugins asked of each live context, read by the filter after a callback.
     pub signals: HashMap<u32, StreamSignals, foldhash::fast::RandomState>,
+    /// Some context in `signals` may hold a request: set by [`HostState::signal`],
+    /// so that the callbacks of a plugin that asks for nothing (most of them) skip
+    /// the map after each one.
+    pub signaled: bool,
     pub root_context_id: u32,
     /// Set by `proxy_done`: the root context finished what `proxy_on_done` delayed.
     pub done: bool,
@@ -57,6 +66,14 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
+    /// The requests of live context `context`, to record one in; `None` when no
+    /// such context lives.
+    pub(crate) fn signal(&mut self, context: u32) -> Option<&mut StreamSignals> {
+        let signals = self.signals.get_mut(&context)?;
+        self.signaled = true;
+        Some(signals)
+    }
+
     pub fn new(plugin: Arc<PluginConfig>) -> Self {
         let limiter = MemoryLimiter {
             limit_bytes: plugin.limits.memory_bytes,
@@ -72,6 +89,9 @@ impl HostState {
             effective_context: 0,
             stream: StreamData::default(),
             signals: HashMap::default(),
+            signaled: false,
+            spare_request: None,
+            spare_response: None,
             root_context_id: 0,
             done: false,
             calls: HashMap::default(),
@@ -165,6 +185,18 @@ pub(crate) struct StreamSignals {
     /// `proxy_continue_stream` for the downstream (2) or upstream (3) side.
     pub resume_downstream: bool,
     pub resume_upstream: bool,
+}
+
+impl StreamSignals {
+    /// Whether any request is recorded.
+    pub(crate) fn is_set(&self) -> bool {
+        self.local_reply.is_some()
+            || self.resume_request
+            || self.resume_response
+            || self.close_connection
+            || self.resume_downstream
+            || self.resume_upstream
+    }
 }
 
 /// Caps linear memory growth and remembers that it refused some, so a trap that

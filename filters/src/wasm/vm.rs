@@ -682,11 +682,18 @@ impl Running {
 
     /// Takes what the plugin asked for this stream during the last callback.
     pub(crate) fn take_signals(&mut self, context: u32) -> StreamSignals {
-        self.store
-            .data_mut()
+        let state = self.store.data_mut();
+        if !state.signaled {
+            return StreamSignals::default();
+        }
+        let taken = state
             .signals
             .get_mut(&context)
             .map(std::mem::take)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // Another context may still hold one (a root context's callback can signal
+        // a stream through `proxy_set_effective_context`): rare, so a scan is fine.
+        state.signaled = state.signals.values().any(StreamSignals::is_set);
+        taken
     }
 }

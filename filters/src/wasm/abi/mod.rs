@@ -481,11 +481,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }
                 let state = caller.data_mut();
                 let context = state.effective_context;
-                state
-                    .signals
-                    .get_mut(&context)
-                    .ok_or(Status::NotFound)?
-                    .local_reply = Some(reply);
+                state.signal(context).ok_or(Status::NotFound)?.local_reply = Some(reply);
                 Ok(())
             })())
         },
@@ -498,7 +494,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker.func_wrap("env", name, move |mut caller: C<'_>| {
             let state = caller.data_mut();
             let context = state.effective_context;
-            let Some(signals) = state.signals.get_mut(&context) else {
+            let Some(signals) = state.signal(context) else {
                 return Ok(Status::NotFound as i32);
             };
             match request {
@@ -533,7 +529,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: C<'_>, stream_type: i32| {
             let state = caller.data_mut();
             let context = state.effective_context;
-            let Some(signals) = state.signals.get_mut(&context) else {
+            let Some(signals) = state.signal(context) else {
                 return Ok(Status::NotFound as i32);
             };
             match stream_type {
@@ -566,7 +562,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: C<'_>, stream_type: i32| {
             let state = caller.data_mut();
             let context = state.effective_context;
-            let Some(signals) = state.signals.get_mut(&context) else {
+            let Some(signals) = state.signal(context) else {
                 return Ok(Status::NotFound as i32);
             };
             match stream_type {
