@@ -293,13 +293,16 @@ impl AsyncWrite for ConnIo {
 /// Reads until the first bytes tell HTTP/2's prior-knowledge preface from HTTP/1.1
 /// (as hyper-util's automatic codec does); what was read waits in `io.prefix`.
 /// Returns whether the connection speaks HTTP/2.
+///
+/// The read takes whatever the client sent, up to a codec's first read, not just
+/// the preface's 24 bytes: the request that follows (usually all there) is then not
+/// a second `recvfrom`, and the HTTP/1.1 codec parses it from this same buffer.
 async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; 24];
-    let mut n = 0;
+    let mut buf = BytesMut::with_capacity(crate::h1::READ_SMALL);
     let h2 = loop {
-        let read = io.inner.read(&mut buf[n..]).await?;
-        n += read;
+        let read = io.inner.read_buf(&mut buf).await?;
+        let n = buf.len().min(PREFACE.len());
         if read == 0 || buf[..n] != PREFACE[..n] {
             break false;
         }
@@ -307,7 +310,7 @@ async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
             break true;
         }
     };
-    io.prefix = (n > 0).then(|| Box::new(Bytes::copy_from_slice(&buf[..n])));
+    io.prefix = (!buf.is_empty()).then(|| Box::new(buf.freeze()));
     Ok(h2)
 }
 
@@ -568,7 +571,8 @@ impl Conn {
         // A network filter may hold bytes or answers the socket's readiness does not
         // show: such a connection keeps its codec.
         let releasable = downstream.unfiltered().is_some();
-        let read = prefix.map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
+        // The sniff's buffer (or a released codec's) goes on without a copy.
+        let read = prefix.map_or_else(BytesMut::new, |b| BytesMut::from(*b));
         let side = h1_server::Side::new(downstream, read);
         let ctx = self.watch.open.ctx.clone();
         let ran = {

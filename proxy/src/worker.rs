@@ -128,6 +128,11 @@ async fn accept_loop(
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 ) {
+    // A listener bound to one address gives its connections that local address:
+    // no `getsockname` per connection (HAProxy asks only when it needs it). One on
+    // a wildcard address asks for each.
+    let bound = listener.local_addr().ok();
+    let bound = bound.filter(|a| !a.ip().is_unspecified());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -142,7 +147,10 @@ async fn accept_loop(
         let Some(lrt) = rt.listener(&name).cloned() else {
             continue;
         };
-        let local = stream.local_addr().unwrap_or(lrt.config.address);
+        let local = match bound {
+            Some(bound) => bound,
+            None => stream.local_addr().unwrap_or(lrt.config.address),
+        };
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let ctx = Arc::new(ConnCtx {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
