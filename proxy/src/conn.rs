@@ -296,12 +296,15 @@ impl AsyncWrite for ConnIo {
 ///
 /// The read takes whatever the client sent, up to a codec's first read, not just
 /// the preface's 24 bytes: the request that follows (usually all there) is then not
-/// a second `recvfrom`, and the HTTP/1.1 codec parses it from this same buffer.
+/// a second `recvfrom`, and the HTTP/1.1 codec parses it from this same buffer. It
+/// reads past the framing guard: Strait's HTTP/1.1 codec, which comes next unless
+/// the preface came, checks framing itself and drops the guard, and hyper's HTTP/2
+/// needs none (the guard stops following).
 async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = BytesMut::with_capacity(crate::h1::READ_SMALL);
     let h2 = loop {
-        let read = io.inner.read_buf(&mut buf).await?;
+        let read = io.inner.get_mut().read_buf(&mut buf).await?;
         let n = buf.len().min(PREFACE.len());
         if read == 0 || buf[..n] != PREFACE[..n] {
             break false;
@@ -310,6 +313,9 @@ async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
             break true;
         }
     };
+    if h2 {
+        io.inner.stop_following();
+    }
     io.prefix = (!buf.is_empty()).then(|| Box::new(buf.freeze()));
     Ok(h2)
 }

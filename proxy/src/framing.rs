@@ -97,6 +97,24 @@ impl<IO, V: AsRef<Verdict>> FramingGuard<IO, V> {
         &self.io
     }
 
+    /// The wrapped connection, to read past the guard: what is read so is not
+    /// followed (see [`Self::stop_following`]).
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// Stops following, as after HTTP/2's preface: the connection's bytes are not
+    /// HTTP/1 messages (or were read past the guard).
+    pub fn stop_following(&mut self) {
+        self.follower.state = State::Off;
+        self.follower.partial = Partial::default();
+        self.follower
+            .verdict
+            .as_ref()
+            .between
+            .store(false, Ordering::Relaxed);
+    }
+
     /// The wrapped connection (what the guard has seen is dropped).
     pub fn into_inner(self) -> IO {
         self.io
