@@ -55,18 +55,32 @@ impl Limit {
     /// A place under `max` instead of the configured limit (a retry budget's limit
     /// moves with the load).
     pub fn try_acquire_within(self: &Arc<Self>, max: u64) -> Option<Slot> {
-        self.active
+        let before = self
+            .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        self.publish();
+        self.changed(before + 1);
         Some(Slot(self.clone()))
     }
 
     /// How many places are taken now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// After a change of the count from or to `at_limit` (the larger of the two
+    /// counts): publishes the gauges when they may have changed. `remaining_<x>`
+    /// moves with every change; `<x>_open` only when the count reaches the limit or
+    /// leaves it, so without `track_remaining` the lock is taken only then. That is
+    /// enough: every change that moves the flag publishes after it, and each publish
+    /// reads the count inside the lock, so the last one to run sets the flag of the
+    /// latest count (changes between that do not cross the limit keep the flag).
+    fn changed(&self, at_limit: u64) {
+        if self.remaining.is_some() || at_limit >= self.max {
+            self.publish();
+        }
     }
 
     /// Sets the gauges for the places taken now. Under a lock, reading the count
@@ -89,8 +103,8 @@ pub struct Slot(Arc<Limit>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.publish();
+        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed(before);
     }
 }
 
@@ -216,6 +230,51 @@ mod tests {
             t.join().expect("thread");
         }
         assert_eq!(stale, 0, "rounds that left a stale gauge");
+    }
+
+    #[test]
+    fn the_open_flag_settles_without_track_remaining() {
+        // Without `remaining_<x>` the gauge is published only when the count reaches
+        // the limit or leaves it; two workers filling and emptying it at the same
+        // instant must still leave the flag right.
+        const ROUNDS: usize = 20_000;
+        let open = Gauge::default();
+        let limit = Limit::new(2, open.clone(), None);
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (limit, barrier) = (limit.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        let slot = limit.try_acquire();
+                        // While the full limit is read.
+                        barrier.wait();
+                        barrier.wait();
+                        drop(slot);
+                        // While the empty limit is read.
+                        barrier.wait();
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        let (mut stale_full, mut stale_empty) = (0, 0);
+        for _ in 0..ROUNDS {
+            barrier.wait();
+            stale_full += usize::from(open.value() != 1);
+            barrier.wait();
+            barrier.wait();
+            stale_empty += usize::from(open.value() != 0);
+            barrier.wait();
+        }
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(
+            (stale_full, stale_empty),
+            (0, 0),
+            "rounds with a stale flag"
+        );
     }
 
     #[test]
