@@ -191,10 +191,10 @@ where
                 }
             }
             Framing::Chunked => {
-                let mut line = Vec::with_capacity(20);
-                write_hex(&mut line, data.len());
-                line.extend_from_slice(b"\r\n");
-                self.push_slice(&line);
+                self.push_with(|tail| {
+                    write_hex(tail, data.len());
+                    tail.extend_from_slice(b"\r\n");
+                });
                 self.push(data);
                 self.push_slice(b"\r\n");
             }
@@ -208,7 +208,10 @@ where
         if self.framing != Framing::Chunked {
             return;
         }
-        let mut end = Vec::with_capacity(64);
+        // Written in place behind what is queued (disjoint borrows of the tail and
+        // the allowed names).
+        let before = self.tail.len();
+        let end = &mut self.tail;
         end.extend_from_slice(b"0\r\n");
         for (name, value) in trailers {
             if self
@@ -216,11 +219,11 @@ where
                 .as_ref()
                 .is_none_or(|allowed| allowed.contains(name))
             {
-                write_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
+                write_field(end, name.as_str().as_bytes(), value.as_bytes());
             }
         }
         end.extend_from_slice(b"\r\n");
-        self.push_slice(&end);
+        self.queued += self.tail.len() - before;
         self.ended = true;
     }
 
@@ -247,8 +250,15 @@ where
     }
 
     fn push_slice(&mut self, bytes: &[u8]) {
-        self.queued += bytes.len();
-        self.tail.extend_from_slice(bytes);
+        self.push_with(|tail| tail.extend_from_slice(bytes));
+    }
+
+    /// Queues what `write` appends to the tail (chunk lines, trailers: written in
+    /// place, no buffer of their own).
+    fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let before = self.tail.len();
+        write(&mut self.tail);
+        self.queued += self.tail.len() - before;
     }
 
     /// Moves the tail's unwritten bytes to the end of `out`, so what is queued next
