@@ -21,7 +21,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri};
 use strait_filters::LocalReply;
 use strait_xds::model::{RouteTarget, RoutingPriority};
 use tokio::time::Sleep;
@@ -47,7 +47,7 @@ pub struct Plan<'a> {
     pub h2: bool,
     pub upgrade: bool,
     /// The request head each retry starts from (`None` when nothing is retried).
-    pub template: Option<RequestHead>,
+    pub template: Option<UpstreamRequest>,
     /// The request body kept for replay, when it has one and may be retried.
     pub replay: Option<ReplayHandle>,
     pub per_try: Option<Duration>,
@@ -614,7 +614,7 @@ fn request(
                     .template
                     .as_ref()
                     .expect("a retry has the last attempt's head or a template");
-                Box::new(Request::from_parts(template.parts(), RequestBody::Empty))
+                Box::new(pool::copy_head(template))
             });
             if plan.target.auto_host_rewrite {
                 let authority =
@@ -756,34 +756,6 @@ fn retry_host(
         }
     }
     host
-}
-
-/// The upstream request head, kept so each retry starts from the same head.
-pub struct RequestHead {
-    method: http::Method,
-    uri: Uri,
-    version: Version,
-    headers: http::HeaderMap,
-}
-
-impl RequestHead {
-    pub fn copy(parts: &http::request::Parts) -> RequestHead {
-        RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        }
-    }
-
-    fn parts(&self) -> http::request::Parts {
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = self.method.clone();
-        parts.uri = self.uri.clone();
-        parts.version = self.version;
-        parts.headers = self.headers.clone();
-        parts
-    }
 }
 
 /// Points a retry at another host's name (`auto_host_rewrite`).

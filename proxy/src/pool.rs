@@ -1121,7 +1121,7 @@ pub(crate) fn idempotent(m: &Method) -> bool {
 }
 
 /// A copy of `req`'s head, without a body (nor extensions).
-fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+pub(crate) fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut b = Request::builder()
         .method(req.method().clone())
         .uri(req.uri().clone())

@@ -21,7 +21,7 @@ use strait_xds::model::{
     ClusterSpecifier, RequestView, RouteAction, RouteTarget, UpstreamProtocol,
 };
 
-use crate::attempts::{self, Answer, Plan, RequestHead};
+use crate::attempts::{self, Answer, Plan};
 use crate::body::{
     ByteCount, Deadlines, DownstreamBody, ReplayHandle, RequestBody, ResponseBody, StreamTimers,
 };
@@ -651,12 +651,16 @@ async fn proxy<'a>(
         }
         _ => (body, None),
     };
+    if let Some(chain) = chain {
+        chain.keep_request_head(&parts);
+    }
+    let first = Box::new(Request::from_parts(parts, first_body));
     // Attempts one after another get each head back from the pool for the next; only
     // hedged attempts, which overlap, need a copy made up front.
     let template = retry
         .as_ref()
         .filter(|_| timeouts.hedge)
-        .map(|_| RequestHead::copy(&parts));
+        .map(|_| Box::new(crate::pool::copy_head(&first)));
 
     // Do IO. Envoy's route timeout starts when the request is complete: at once for
     // a request without a body, else when its body ends (a slow upload is not a
@@ -708,10 +712,6 @@ async fn proxy<'a>(
         authority: &authority,
         chain,
     };
-    if let Some(chain) = chain {
-        chain.keep_request_head(&parts);
-    }
-    let first = Box::new(Request::from_parts(parts, first_body));
     let answer = attempts::run(plan, first, host, retry, &mut timers, guard).await;
     let (mut resp, lease) = match answer {
         Answer::Response(resp, lease, request_slot) => {
