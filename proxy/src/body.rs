@@ -60,10 +60,12 @@ impl ByteCount {
 /// A request body as the downstream codec gives it.
 pub enum DownstreamBody {
     Empty,
-    /// From hyper's server (HTTP/2, upgrades).
+    /// From hyper's HTTP/1 server (a connection after an upgrade request).
     Hyper(Incoming),
     /// From Strait's HTTP/1.1 server codec.
     H1(crate::h1_server::RequestBody),
+    /// From Strait's HTTP/2 server connection.
+    H2(crate::h2_server::RequestBody),
 }
 
 impl Body for DownstreamBody {
@@ -78,6 +80,7 @@ impl Body for DownstreamBody {
             DownstreamBody::Empty => Poll::Ready(None),
             DownstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             DownstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            DownstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -86,6 +89,7 @@ impl Body for DownstreamBody {
             DownstreamBody::Empty => true,
             DownstreamBody::Hyper(b) => b.is_end_stream(),
             DownstreamBody::H1(b) => b.is_end_stream(),
+            DownstreamBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Body for DownstreamBody {
             DownstreamBody::Empty => SizeHint::with_exact(0),
             DownstreamBody::Hyper(b) => b.size_hint(),
             DownstreamBody::H1(b) => b.size_hint(),
+            DownstreamBody::H2(b) => b.size_hint(),
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! HTTP/1.1 is served by Strait's own codec (`h1_server`); a connection whose next
 //! request asks for an upgrade (WebSocket, `CONNECT`) is handed, from that request
-//! on, to hyper's HTTP/1 server, which also serves HTTP/2.
+//! on, to hyper's HTTP/1 server. HTTP/2 is served by `h2_server` (the `h2` crate's
+//! protocol, the streams run in the connection's task).
 //!
 //! An idle keep-alive connection costs what it holds. So once an HTTP/1.1 connection
 //! has been quiet for [`RELEASE_AFTER`], between two messages with nothing left to
@@ -26,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_xds::model::CodecType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -38,6 +39,7 @@ use crate::body::{DownstreamBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::framing::{FramingGuard, Verdict};
 use crate::h1_server;
+use crate::h2_server;
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
 
@@ -143,25 +145,30 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Handled;
 
     fn call(&self, req: Request<Incoming>) -> Handled {
-        // On HTTP/1 requests arrive one at a time, so the count is this request's index.
-        let activity = &self.ctx.activity;
-        let index = activity.started.fetch_add(1, Ordering::Relaxed);
-        let smuggling = activity.verdict.refuses(index);
-        let active = Active::new(&self.ctx);
-        // The request future is several KiB; hyper moves what the service returns into
-        // its dispatcher (and, for HTTP/2, into a task per stream): boxed here, built
-        // in its box, it is never copied, and hyper moves a pointer.
-        let req = Box::new(req.map(DownstreamBody::Hyper));
-        let handling = crate::pin_in_place!(router::handle(req, self.ctx.clone(), smuggling));
-        Handled {
-            handling,
-            active: Some(active),
-        }
+        handle(&self.ctx, req.map(DownstreamBody::Hyper))
+    }
+}
+
+/// Starts handling a request the connection's codec (hyper's HTTP/1, or the HTTP/2
+/// server) parsed.
+fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>) -> Handled {
+    // On HTTP/1 requests arrive one at a time, so the count is this request's index.
+    let activity = &ctx.activity;
+    let index = activity.started.fetch_add(1, Ordering::Relaxed);
+    let smuggling = activity.verdict.refuses(index);
+    let active = Active::new(ctx);
+    // The request future is several KiB; the codec moves what is returned into its
+    // state: boxed here, built in its box, it is never copied, and a pointer moves.
+    let req = Box::new(req);
+    let handling = crate::pin_in_place!(router::handle(req, ctx.clone(), smuggling));
+    Handled {
+        handling,
+        active: Some(active),
     }
 }
 
 /// A request being handled; its response body carries the request's [`Active`].
-struct Handled {
+pub(crate) struct Handled {
     handling: Handling,
     active: Option<Active>,
 }
@@ -298,7 +305,7 @@ impl AsyncWrite for ConnIo {
 /// the preface's 24 bytes: the request that follows (usually all there) is then not
 /// a second `recvfrom`, and the HTTP/1.1 codec parses it from this same buffer. It
 /// reads past the framing guard: Strait's HTTP/1.1 codec, which comes next unless
-/// the preface came, checks framing itself and drops the guard, and hyper's HTTP/2
+/// the preface came, checks framing itself and drops the guard, and HTTP/2
 /// needs none (the guard stops following).
 async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -548,20 +555,21 @@ impl Conn {
         let Some(io) = self.io.take() else {
             return;
         };
-        let handler = Handler {
-            ctx: self.watch.open.ctx.clone(),
+        let ctx = self.watch.open.ctx.clone();
+        let hcm = &ctx.listener.config.hcm;
+        let settings = h2_server::Settings {
+            max_header_list_size: hcm.max_request_headers_kb * 1024,
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 4 << 20,
+            max_concurrent_streams: 1024,
         };
-        let hcm = &self.watch.open.ctx.listener.config.hcm;
-        let mut builder = http2::Builder::new(crate::BoxingExecutor);
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(hcm.max_request_headers_kb * 1024)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_concurrent_streams(1024);
-        let mut conn = crate::pin_in_place!(builder.serve_connection(TokioIo::new(io), handler));
+        let handler = {
+            let ctx = ctx.clone();
+            move |req| handle(&ctx, req)
+        };
+        let mut conn = crate::pin_in_place!(h2_server::Server::new(io, &settings, handler));
         self.watch
-            .run(conn.as_mut(), |c| c.graceful_shutdown(), None)
+            .run(conn.as_mut(), |c| c.get_mut().graceful_shutdown(), None)
             .await;
     }
 

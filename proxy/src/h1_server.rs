@@ -714,8 +714,18 @@ fn encode_response(
     (out, framing, keep_alive, trailers)
 }
 
-/// `date: <IMF-fixdate>\r\n`, formatted once a second per worker.
+/// `date: <IMF-fixdate>\r\n`.
 fn write_date(out: &mut Vec<u8>) {
+    with_date(|date| {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Calls `f` with the current time as an IMF-fixdate, formatted once a second per
+/// worker (both server codecs add `date` when a response has none).
+pub(crate) fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
     }
@@ -728,10 +738,8 @@ fn write_date(out: &mut Vec<u8>) {
         if date.0 != secs || date.1.is_empty() {
             *date = (secs, httpdate::fmt_http_date(now));
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date.1.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
+        f(&date.1)
+    })
 }
 
 #[cfg(test)]

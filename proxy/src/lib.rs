@@ -25,6 +25,7 @@ pub mod framing;
 pub mod h1;
 pub mod h1_client;
 pub mod h1_server;
+pub mod h2_server;
 pub mod headers;
 pub mod health;
 pub mod lb;
@@ -55,8 +56,8 @@ macro_rules! pin_in_place {
     };
 }
 
-/// hyper's executor for the tasks it spawns itself (an HTTP/2 stream each, server
-/// and client side): each future goes into a box of its own first. tokio's task cell
+/// hyper's executor for the tasks it spawns itself (an HTTP/2 client stream each):
+/// each future goes into a box of its own first. tokio's task cell
 /// is 128-byte aligned; holding a stream's future inline makes it a size that is not a
 /// power of two, which mimalloc serves only by over-allocating on its slow path
 /// (~500 instructions per request, callgrind). Boxed, the cell is 128 bytes, on the

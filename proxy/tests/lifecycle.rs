@@ -43,12 +43,25 @@ async fn in_flight(
     backend: &Backend,
     delay_ms: u64,
 ) -> tokio::task::JoinHandle<Resp> {
+    in_flight_over(addr, backend, delay_ms, false).await
+}
+
+/// As [`in_flight`], over HTTP/1.1 or h2c.
+async fn in_flight_over(
+    addr: std::net::SocketAddr,
+    backend: &Backend,
+    delay_ms: u64,
+    h2: bool,
+) -> tokio::task::JoinHandle<Resp> {
     let before = backend.requests();
     let delay = delay_ms.to_string();
-    let task =
-        tokio::spawn(
-            async move { get(addr, "h", "/a/slow", &[("x-backend-delay-ms", &delay)]).await },
-        );
+    let task = tokio::spawn(async move {
+        let headers = [("x-backend-delay-ms", delay.as_str())];
+        match h2 {
+            true => get_h2(addr, "h", "/a/slow", &headers).await,
+            false => get(addr, "h", "/a/slow", &headers).await,
+        }
+    });
     eventually(
         Duration::from_secs(10),
         "the slow request to reach the backend",
@@ -154,6 +167,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut s = Strait::start_with(&config(&a, &b, false), &["--drain-time-s", "20"]).await;
     let addr = s.main_addr().await;
     let slow = in_flight(addr, &a, 1500).await;
+    let slow_h2 = in_flight_over(addr, &a, 1500, true).await;
 
     s.signal(libc::SIGTERM);
     eventually(
@@ -173,6 +187,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(
         r.status, 200,
         "the in-flight request completes during the drain"
+    );
+    // HTTP/2: GOAWAY went out, and the stream already open runs to its end.
+    let r = within(Duration::from_secs(10), "the in-flight h2 stream", slow_h2)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.version),
+        (200, http::Version::HTTP_2),
+        "the in-flight h2 stream completes during the drain"
     );
     let status = s
         .wait_exit(Duration::from_secs(15))

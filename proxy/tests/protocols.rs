@@ -285,6 +285,63 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     assert_eq!(r.header("x-resp-kept"), Some("1"));
 }
 
+/// An h2 client that resets its stream (RST_STREAM) cancels the request upstream:
+/// the upstream request ends long before the backend would have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_reset_by_the_client_cancels_its_upstream_request() {
+    let b = Backend::echo("b").await;
+    let s = proxy_to(&b, false).await;
+    let mut c = Client::connect(s.main_addr().await, Proto::H2)
+        .await
+        .unwrap();
+    let req = c.request(
+        Method::GET,
+        "h",
+        "/slow",
+        &[("x-backend-delay-ms", "30000")],
+        client::empty(),
+    );
+    let mut other = c.clone_h2();
+    let waiting = tokio::spawn(async move { other.send(req).await });
+    s.wait_stat("cluster.up.upstream_rq_active", |v| v == 1)
+        .await;
+    // Dropping the response future resets the stream.
+    waiting.abort();
+    s.wait_stat("cluster.up.upstream_rq_active", |v| v == 0)
+        .await;
+    // The connection and its other streams are untouched.
+    assert_eq!(c.get("h", "/after", &[]).await.status, 200);
+}
+
+/// Connection-specific headers are not HTTP/2's (RFC 9113 §8.2.2): one a route adds
+/// to a response is dropped on an h2 connection, not sent (h2 would refuse the
+/// head, and the stream would be reset). A response without `date` or
+/// `content-length` gets them, as on HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_response_heads_lose_connection_headers_and_gain_date_and_length() {
+    let vhosts = r#"
+- name: d
+  domains: ["*"]
+  routes:
+  - match: {path: /direct}
+    direct_response: {status: 200, body: {inline_string: "direct"}}
+    response_headers_to_add:
+    - header: {key: keep-alive, value: "timeout=5"}
+    - header: {key: x-kept, value: "1"}
+"#;
+    let s = Strait::start(&Bootstrap::new(vhosts).build()).await;
+    let addr = s.main_addr().await;
+    let r = get_h2(addr, "h", "/direct", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "direct"));
+    assert_eq!(r.header("keep-alive"), None, "{:?}", r.headers);
+    assert_eq!(r.header("x-kept"), Some("1"));
+    assert!(r.header("date").is_some(), "{:?}", r.headers);
+    assert_eq!(r.header("content-length"), Some("6"), "{:?}", r.headers);
+    // Over HTTP/1.1 the route's header goes out as configured.
+    let r = get(addr, "h", "/direct", &[]).await;
+    assert_eq!(r.header("keep-alive"), Some("timeout=5"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_and_request_id() {
     let b = Backend::echo("b").await;
