@@ -538,9 +538,7 @@ async fn proxy<'a>(
     // connection manager strips them from external ones and marks internal ones
     // `x-envoy-internal`) and never forwards them. One lookup, not a scan of the
     // names: edge requests carry `x-envoy-external-address` but never steer.
-    let steering = parts
-        .headers
-        .contains_key(&crate::headers::X_ENVOY_INTERNAL);
+    let steering = headers::has(&parts.headers, &crate::headers::X_ENVOY_INTERNAL);
     let timeouts = match steering {
         false => Timeouts::of(target),
         true => Timeouts::from_headers(target, &mut parts.headers),
