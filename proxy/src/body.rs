@@ -504,14 +504,14 @@ impl StreamTimers {
     pub fn new(deadlines: Deadlines, request_body: Option<Arc<ByteCount>>) -> Option<StreamTimers> {
         let now = crate::clock::tokio_now();
         let waiting = deadlines.attempt.is_some() || deadlines.route_after_body.is_some();
-        let idle_at = deadlines.idle.map(|d| now + d);
-        let first = [
+        // As `next_wake` will see them: no attempt or per-try idle timer yet.
+        let at = [
             deadlines.route,
             deadlines.request,
             deadlines.max_duration,
-            idle_at,
+            None,
         ];
-        let next = match first.into_iter().flatten().min() {
+        let next = match earliest(at, now, [deadlines.idle, None]) {
             Some(next) => next,
             None if waiting => far_future(),
             None => return None,
@@ -531,7 +531,6 @@ impl StreamTimers {
             // first polled (a reset would move it there at once).
             sleep: Box::pin(tokio::time::sleep_until(next)),
         };
-        debug_assert!(timers.next_wake().is_none_or(|n| n == next));
         Some(timers)
     }
 
@@ -642,17 +641,8 @@ impl StreamTimers {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        [
-            self.route,
-            self.request,
-            self.max_duration,
-            self.attempt,
-            self.idle.map(|d| self.touched + d),
-            self.try_idle.map(|d| self.touched + d),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let at = [self.route, self.request, self.max_duration, self.attempt];
+        earliest(at, self.touched, [self.idle, self.try_idle])
     }
 
     /// Activity on the stream: pushes the idle deadlines back. The timer is moved
@@ -954,6 +944,16 @@ impl Drop for ResponseBody {
 }
 
 /// A wake-up time no stream reaches (a timer with nothing due yet).
+/// The earliest of a stream's deadlines; the idle timeouts count from `touched`.
+fn earliest(
+    at: [Option<Instant>; 4],
+    touched: Instant,
+    idle: [Option<Duration>; 2],
+) -> Option<Instant> {
+    let idle = idle.into_iter().flatten().map(|d| touched + d);
+    at.into_iter().flatten().chain(idle).min()
+}
+
 fn far_future() -> Instant {
     crate::clock::tokio_now() + Duration::from_secs(86_400 * 365)
 }
