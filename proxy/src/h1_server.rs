@@ -329,8 +329,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                 // request -3% in paired `perf record` runs; see perf/README.md).
                 // Envoy defers its writes to the end of the event-loop pass for the
                 // same reason. An idle worker polls the task again at once. (HTTP/2
-                // streams batch already: each is a task of its own, spawned behind
-                // the ready ones.)
+                // batches by itself: a connection's streams run in its task, and what
+                // they answer goes out in one flush.)
                 if !queued {
                     queued = true;
                     cx.waker().wake_by_ref();

@@ -327,13 +327,7 @@ fn prepare_head(headers: &mut HeaderMap, body: &Counted) {
             has_date = true;
         } else if name == header::CONTENT_LENGTH {
             has_length = true;
-        } else if name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::TE
-            || name == crate::headers::KEEP_ALIVE
-            || name == crate::headers::PROXY_CONNECTION
-        {
+        } else if crate::headers::is_connection_specific(name) || name == header::TE {
             connection_specific = true;
         }
     }

@@ -10,8 +10,18 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
-pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A header of the connection, not the message (RFC 9110 §7.6.1): `connection`,
+/// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`.
+pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
 
 /// What Envoy's connection manager removes from a request before its filters run:
 /// `connection`, `keep-alive`, `proxy-connection` and `transfer-encoding`, and
@@ -20,14 +30,7 @@ pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-
 pub fn remove_connection_headers(headers: &mut HeaderMap) {
     // One pass over the names (most requests carry none of these), as in
     // `remove_hop_by_hop`.
-    let present = headers.keys().any(|k| {
-        k == header::CONNECTION
-            || k == header::TRANSFER_ENCODING
-            || k == header::UPGRADE
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-    });
-    if !present {
+    if !headers.keys().any(is_connection_specific) {
         return;
     }
     if upgrade_type(headers).is_none() {
