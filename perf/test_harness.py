@@ -14,6 +14,7 @@ import tempfile
 import unittest
 
 import bench
+import linkorder
 import parse
 import report
 import targets
@@ -26,6 +27,35 @@ TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 def sample(name):
     with open(os.path.join(TESTDATA, name)) as file:
         return file.read()
+
+
+class LinkOrder(unittest.TestCase):
+    # Recorded from a C program (`leaf` a loop; `fib(6)` recursing down to `leaf`; `main`
+    # calling `fib(6)` then `leaf(1000)`), built as /tmp/cgs, under `valgrind
+    # --tool=callgrind --demangle=no --dump-instr=no --compress-strings=no`; libc's first
+    # function (relative line numbers, `*` lines) kept before it.
+    def test_own_cost_of_the_binary_functions_most_first(self):
+        lines = sample("callgrind-linkorder.cg").splitlines(keepends=True)
+        costs = linkorder.self_costs(lines, "/tmp/cgs")
+        # Own cost only: a call's inclusive cost (the line after `calls=`) is not the
+        # caller's; the recursion's inner levels (`fib'2`) count as `fib`.
+        self.assertEqual(costs["leaf"], 6216)
+        self.assertEqual(costs["fib"], 11 + 5 + 4 + 207 + 57 + 55 + 83)
+        self.assertEqual(costs["main"], 6 + 3 + 5)
+        self.assertNotIn("fib'2", costs)
+        # Another object's functions are not the binary's.
+        self.assertNotIn("__libc_early_init", costs)
+        # ... and are counted for their own object (the sum of the block's cost lines
+        # outside its two calls, `__ctype_init` 16 and `getrlimit` 9).
+        self.assertEqual(linkorder.self_costs(lines, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                         {"__libc_early_init": 50})
+        self.assertEqual(linkorder.order([lines], "/tmp/cgs"), ["leaf", "fib", "main"])
+
+    def test_profiles_are_summed(self):
+        a = ["ob=/bin/x\n", "fn=f\n", "0 10\n", "fn=g\n", "0 30\n"]
+        b = ["ob=/bin/x\n", "fn=f\n", "0 25\n", "fn=0x1000\n", "0 99\n"]
+        self.assertEqual(linkorder.order([a, b], "/bin/x"), ["f", "g"])
+        self.assertEqual(linkorder.order([a, b], "/bin/y"), [])
 
 
 class ParseWrk(unittest.TestCase):
