@@ -654,7 +654,7 @@ impl ChainId {
 
 impl Drop for ChainHandle {
     fn drop(&mut self) {
-        let Some(chain) = STREAMS.with(|streams| streams.borrow_mut().remove(&self.id)) else {
+        let Some(mut chain) = STREAMS.with(|streams| streams.borrow_mut().remove(&self.id)) else {
             return;
         };
         for call in &chain.calls {
@@ -669,7 +669,8 @@ impl Drop for ChainHandle {
             let mut info = chain.info.borrow_mut();
             info.request_duration = info.start_time.elapsed().ok();
         }
-        for mut slot in chain.slots {
+        // In place: moving each slot out of the vector copied it.
+        for slot in &mut chain.slots {
             slot.filter.on_log();
             if slot.filter.error().is_some() {
                 slot.runtime.export_failures();

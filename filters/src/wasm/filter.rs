@@ -146,10 +146,10 @@ impl WasmHttpFilter {
             let stream = &mut vm.store.data_mut().stream;
             // The heads this filter holds (its headers phase did not continue).
             if stream.request.is_none() && request_visible {
-                stream.request = request.take().map(|head| *head);
+                stream.request = request.take();
             }
             if stream.response.is_none() && response_visible {
-                stream.response = response.take().map(|head| *head);
+                stream.response = response.take();
             }
             stream.info = info;
             let action = vm.http_phase(phase, context, size, end_of_stream);
@@ -157,10 +157,10 @@ impl WasmHttpFilter {
             let stream = &mut vm.store.data_mut().stream;
             // The heads the callback saw, back where later phases find them.
             if let Some(head) = stream.request.take() {
-                *request = Some(Box::new(head));
+                *request = Some(head);
             }
             if let Some(head) = stream.response.take() {
-                *response = Some(Box::new(head));
+                *response = Some(head);
             }
             stream.info = None;
             calls.append(&mut vm.take_dispatched());
@@ -217,16 +217,19 @@ impl WasmHttpFilter {
         let mut data = StreamData::default();
         let resuming_request = match paused {
             Paused::Request(head) => {
-                data.request = Some(mem::replace(head, placeholder_request()));
+                data.request = Some(Box::new(mem::replace(head, placeholder_request())));
                 self.run_call_response(generation, context, token, response, &mut data);
-                *head = data.request.take().unwrap_or_else(placeholder_request);
+                *head = data.request.take().map_or_else(placeholder_request, |h| *h);
                 self.request = Some(Box::new(copy_request_head(head)));
                 Some(true)
             }
             Paused::Response(head) => {
-                data.response = Some(mem::replace(head, placeholder_response()));
+                data.response = Some(Box::new(mem::replace(head, placeholder_response())));
                 self.run_call_response(generation, context, token, response, &mut data);
-                *head = data.response.take().unwrap_or_else(placeholder_response);
+                *head = data
+                    .response
+                    .take()
+                    .map_or_else(placeholder_response, |h| *h);
                 self.response = Some(Box::new(copy_response_head(head)));
                 Some(false)
             }
@@ -325,20 +328,20 @@ impl WasmHttpFilter {
     /// Lends the heads a callback may still see (those a headers phase held).
     fn lend_heads(&mut self, data: &mut StreamData) {
         if self.request_visible {
-            data.request = self.request.take().map(|head| *head);
+            data.request = self.request.take();
         }
         if self.response_visible {
-            data.response = self.response.take().map(|head| *head);
+            data.response = self.response.take();
         }
     }
 
     /// Puts the heads the callback saw back where later phases find them.
     fn keep_heads(&mut self, data: &mut StreamData) {
         if let Some(request) = data.request.take() {
-            self.request = Some(Box::new(request));
+            self.request = Some(request);
         }
         if let Some(response) = data.response.take() {
-            self.response = Some(Box::new(response));
+            self.response = Some(response);
         }
     }
 }
@@ -454,10 +457,10 @@ impl WasmHttpFilter {
             heads.sent_response = info.sent_response.take();
         }
         if heads.sent_request.is_none() {
-            heads.request = self.request.take().map(|head| *head);
+            heads.request = self.request.take();
         }
         if heads.sent_response.is_none() {
-            heads.response = self.response.take().map(|head| *head);
+            heads.response = self.response.take();
         }
         let info = self.info.clone();
         let result = self.vm.with_running(generation, |vm| {
@@ -503,8 +506,8 @@ impl Drop for WasmHttpFilter {
 struct LogHeads {
     sent_request: Option<SentHead>,
     sent_response: Option<SentHead>,
-    request: Option<RequestHead>,
-    response: Option<ResponseHead>,
+    request: Option<Box<RequestHead>>,
+    response: Option<Box<ResponseHead>>,
 }
 
 impl LogHeads {
@@ -532,17 +535,22 @@ impl Lent<'_> {
     fn lend(&mut self, state: &mut HostState) {
         let stream = &mut state.stream;
         match self {
+            // The head moves into the store in the box a phase gave back last (its
+            // contents a placeholder), so the callback's host calls and the moves
+            // around it handle a pointer, not the head.
             Lent::RequestHead(head) => {
                 let spare = state.spare_request.take();
-                let spare = spare.unwrap_or_else(placeholder_request);
-                stream.request = Some(mem::replace(*head, spare))
+                let mut lent = spare.unwrap_or_else(|| Box::new(placeholder_request()));
+                mem::swap(&mut *lent, *head);
+                stream.request = Some(lent);
             }
             Lent::RequestBody(body) => stream.request_body = Some(mem::take(*body)),
             Lent::RequestTrailers(map) => stream.request_trailers = Some(mem::take(*map)),
             Lent::ResponseHead(head) => {
                 let spare = state.spare_response.take();
-                let spare = spare.unwrap_or_else(placeholder_response);
-                stream.response = Some(mem::replace(*head, spare))
+                let mut lent = spare.unwrap_or_else(|| Box::new(placeholder_response()));
+                mem::swap(&mut *lent, *head);
+                stream.response = Some(lent);
             }
             Lent::ResponseBody(body) => stream.response_body = Some(mem::take(*body)),
             Lent::ResponseTrailers(map) => stream.response_trailers = Some(mem::take(*map)),
@@ -555,16 +563,20 @@ impl Lent<'_> {
         let stream = &mut state.stream;
         match self {
             Lent::RequestHead(head) => {
-                let back = stream.request.take().unwrap_or_else(placeholder_request);
-                state.spare_request = Some(mem::replace(*head, back));
+                let back = stream.request.take();
+                let mut back = back.unwrap_or_else(|| Box::new(placeholder_request()));
+                mem::swap(&mut *back, *head);
+                state.spare_request = Some(back);
             }
             Lent::RequestBody(body) => **body = stream.request_body.take().unwrap_or_default(),
             Lent::RequestTrailers(map) => {
                 **map = stream.request_trailers.take().unwrap_or_default()
             }
             Lent::ResponseHead(head) => {
-                let back = stream.response.take().unwrap_or_else(placeholder_response);
-                state.spare_response = Some(mem::replace(*head, back));
+                let back = stream.response.take();
+                let mut back = back.unwrap_or_else(|| Box::new(placeholder_response()));
+                mem::swap(&mut *back, *head);
+                state.spare_response = Some(back);
             }
             Lent::ResponseBody(body) => **body = stream.response_body.take().unwrap_or_default(),
             Lent::ResponseTrailers(map) => {

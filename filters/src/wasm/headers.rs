@@ -54,9 +54,9 @@ pub(crate) enum HeaderView<'a> {
 pub(crate) fn view(stream: &mut StreamData, map_type: i32) -> Result<HeaderView<'_>, Status> {
     stream.unpack_sent();
     let view = match map_type {
-        0 => stream.request.as_mut().map(HeaderView::Request),
+        0 => stream.request.as_deref_mut().map(HeaderView::Request),
         1 => stream.request_trailers.as_mut().map(HeaderView::Trailers),
-        2 => stream.response.as_mut().map(HeaderView::Response),
+        2 => stream.response.as_deref_mut().map(HeaderView::Response),
         3 => stream.response_trailers.as_mut().map(HeaderView::Trailers),
         4 => stream
             .grpc_initial_metadata

@@ -156,7 +156,7 @@ fn request(stream: &mut StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) 
         ([b"total_size"], Some(info)) => {
             let head = stream
                 .request
-                .as_mut()
+                .as_deref_mut()
                 .map_or(0, |head| HeaderView::Request(head).byte_size());
             return integer((head + info.request_body_bytes) as i64);
         }
@@ -164,7 +164,7 @@ fn request(stream: &mut StreamData, info: Option<&StreamInfo>, field: &[&[u8]]) 
             return Ok(protocol(info.version.ok_or(Status::NotFound)?).into())
         }
         ([b"headers", rest @ ..], _) => {
-            return header_map(stream.request.as_mut().map(HeaderView::Request), rest)
+            return header_map(stream.request.as_deref_mut().map(HeaderView::Request), rest)
         }
         _ => {}
     }
@@ -223,9 +223,10 @@ fn response(stream: &mut StreamData, info: Option<&StreamInfo>, field: &[&[u8]])
     };
     match field {
         [b"code"] => integer(i64::from(code.ok_or(Status::NotFound)?)),
-        [b"headers", rest @ ..] => {
-            header_map(stream.response.as_mut().map(HeaderView::Response), rest)
-        }
+        [b"headers", rest @ ..] => header_map(
+            stream.response.as_deref_mut().map(HeaderView::Response),
+            rest,
+        ),
         [b"trailers", rest @ ..] => header_map(
             stream.response_trailers.as_mut().map(HeaderView::Trailers),
             rest,
@@ -253,7 +254,7 @@ fn response(stream: &mut StreamData, info: Option<&StreamInfo>, field: &[&[u8]])
                 [b"total_size"] => {
                     let head = stream
                         .response
-                        .as_mut()
+                        .as_deref_mut()
                         .map_or(0, |head| HeaderView::Response(head).byte_size());
                     integer((head + info.response_body_bytes) as i64)
                 }
@@ -311,7 +312,7 @@ fn xds(stream: &StreamData, info: Option<&StreamInfo>, node: &NodeInfo, field: &
         {
             let names = info
                 .ok_or(Status::NotFound)?
-                .route_names(stream.request.as_ref())
+                .route_names(stream.request.as_deref())
                 .ok_or(Status::NotFound)?;
             let metadata = match *which {
                 b"route_metadata" => &names.route_metadata,
@@ -327,7 +328,7 @@ fn xds(stream: &StreamData, info: Option<&StreamInfo>, node: &NodeInfo, field: &
         [b"route_name" | b"virtual_host_name" | b"cluster_name"] => {
             let names = info
                 .ok_or(Status::NotFound)?
-                .route_names(stream.request.as_ref())
+                .route_names(stream.request.as_deref())
                 .ok_or(Status::NotFound)?;
             let name = match field[0] {
                 b"route_name" => names.route,

@@ -33,8 +33,8 @@ pub(crate) struct HostState {
     /// The stand-ins a filter leaves in the proxy's place while it lends a head to
     /// the store, kept between callbacks (making and dropping one cost ~150
     /// instructions a phase). Never edited: nothing reads the proxy's side then.
-    pub spare_request: Option<crate::RequestHead>,
-    pub spare_response: Option<crate::ResponseHead>,
+    pub spare_request: Option<Box<crate::RequestHead>>,
+    pub spare_response: Option<Box<crate::ResponseHead>>,
     /// What plugins asked of each live context, read by the filter after a callback.
     pub signals: HashMap<u32, StreamSignals, foldhash::fast::RandomState>,
     /// Some context in `signals` may hold a request: set by [`HostState::signal`],
@@ -110,10 +110,10 @@ impl HostState {
 /// of the stream (yet), which host functions report as `NotFound`.
 #[derive(Default)]
 pub(crate) struct StreamData {
-    pub request: Option<RequestHead>,
+    pub request: Option<Box<RequestHead>>,
     pub request_body: Option<BodyBuffer>,
     pub request_trailers: Option<HeaderMap>,
-    pub response: Option<ResponseHead>,
+    pub response: Option<Box<ResponseHead>>,
     pub response_body: Option<BodyBuffer>,
     pub response_trailers: Option<HeaderMap>,
     /// A network filter's data: read from the client / written to it (buffer types
@@ -165,10 +165,18 @@ impl StreamData {
     /// Unpacks the sent heads `on_log` holds, before a host call reads a head.
     pub(crate) fn unpack_sent(&mut self) {
         if self.request.is_none() {
-            self.request = self.sent_request.take().and_then(SentHead::into_request);
+            self.request = self
+                .sent_request
+                .take()
+                .and_then(SentHead::into_request)
+                .map(Box::new);
         }
         if self.response.is_none() {
-            self.response = self.sent_response.take().and_then(SentHead::into_response);
+            self.response = self
+                .sent_response
+                .take()
+                .and_then(SentHead::into_response)
+                .map(Box::new);
         }
     }
 }
