@@ -46,11 +46,21 @@ def parse_args(argv):
     parser.add_argument("--duration", type=int, help="seconds per run (overrides --quick)")
     parser.add_argument("--latency", action="store_true",
                         help="also measure open-loop latency with oha -q (needs oha)")
+    parser.add_argument("--strait", metavar="BINARY",
+                        help="measure this strait binary (e.g. perf/pgo's) instead of the "
+                             "release build; implies no cargo build of strait")
+    parser.add_argument("--pgo", action="store_true",
+                        help="measure the profile-guided build (perf/pgo: two release "
+                             "builds and a profiling run first)")
     parser.add_argument("--no-build", action="store_true",
                         help="use the existing release binary, do not run cargo build")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.workers < 1:
         parser.error("--rounds and --workers must be at least 1")
+    if args.strait and not os.access(args.strait, os.X_OK):
+        parser.error(f"--strait {args.strait}: not an executable file")
+    if args.strait and args.pgo:
+        parser.error("--strait and --pgo both name the binary to measure; give one")
     return args
 
 
@@ -262,9 +272,13 @@ def main(argv=None):
     nofile = raise_fd_limit()
     install.ensure_apt_tools()
     envoy = install.ensure_envoy()
-    strait = install.build_strait(build=not args.no_build)
+    # Plugins first: perf/pgo profiles the proxy-wasm host with one.
     plugins = {s.plugin: install.build_plugin(s.plugin, build=not args.no_build)
                for s in scenarios if s.plugin}
+    if args.pgo:
+        strait = install.build_strait_pgo()
+    else:
+        strait = args.strait or install.build_strait(build=not args.no_build)
     oha = install.find_oha() if args.latency else None
     if args.latency and not oha:
         log("--latency: oha not found (cargo install oha); open-loop pass skipped")

@@ -47,6 +47,14 @@ def ensure_envoy():
     return out.strip().splitlines()[-1]
 
 
+def build_strait_pgo():
+    """Path of the profile-guided build perf/pgo makes (two release builds)."""
+    log("building strait with profile-guided optimisation (perf/pgo)")
+    out = subprocess.run([os.path.join(PERF, "pgo")], cwd=REPO, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def build_strait(build=True):
     """Path of the release binary; built first unless `build` is False."""
     target_dir = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))

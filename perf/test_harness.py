@@ -7,6 +7,7 @@ checks medians, ratios, the table, the config templates and the scenario table.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -56,6 +57,25 @@ class LinkOrder(unittest.TestCase):
         b = ["ob=/bin/x\n", "fn=f\n", "0 25\n", "fn=0x1000\n", "0 99\n"]
         self.assertEqual(linkorder.order([a, b], "/bin/x"), ["f", "g"])
         self.assertEqual(linkorder.order([a, b], "/bin/y"), [])
+
+
+class Options(unittest.TestCase):
+    def test_strait_binary_must_be_executable(self):
+        with tempfile.NamedTemporaryFile() as file:
+            os.chmod(file.name, 0o755)
+            self.assertEqual(bench.parse_args(["--strait", file.name]).strait, file.name)
+            os.chmod(file.name, 0o644)
+            with self.assertRaises(SystemExit), open(os.devnull, "w") as null, \
+                    contextlib.redirect_stderr(null):
+                bench.parse_args(["--strait", file.name])
+
+    def test_strait_and_pgo_exclude_each_other(self):
+        with tempfile.NamedTemporaryFile() as file:
+            os.chmod(file.name, 0o755)
+            with self.assertRaises(SystemExit), open(os.devnull, "w") as null, \
+                    contextlib.redirect_stderr(null):
+                bench.parse_args(["--strait", file.name, "--pgo"])
+        self.assertTrue(bench.parse_args(["--pgo"]).pgo)
 
 
 class ParseWrk(unittest.TestCase):

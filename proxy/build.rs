@@ -3,7 +3,7 @@
 //! release binary's code (`link-order.txt`).
 
 use std::env;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=tests/proto/echo.proto");
@@ -23,14 +23,21 @@ fn main() {
 /// Release links put the functions `perf/order` saw running (start-up and every perf
 /// scenario, hottest first) at the front of `.text`, so the code a running proxy uses is
 /// a few contiguous MiB instead of pages scattered over the whole section: less resident
-/// code (each page fault maps a 64 KiB window around it) and fewer i-TLB misses. Only
-/// where the linker is lld (Rust's default for x86_64 Linux); a name it does not find
-/// (a stale list) is skipped silently, costing speed, never correctness.
+/// code (each page fault maps a 64 KiB window around it) and fewer i-TLB misses. The
+/// list is `link-order.txt`, or the file `STRAIT_LINK_ORDER` names (`perf/pgo` makes
+/// one for its profile-guided build, whose functions differ). Only where the linker is
+/// lld (Rust's default for x86_64 Linux); a name it does not find (a stale list) is
+/// skipped silently, costing speed, never correctness.
 fn link_order() {
-    let list =
-        Path::new(&env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("link-order.txt");
-    println!("cargo:rerun-if-changed={}", list.display());
+    println!("cargo:rerun-if-env-changed=STRAIT_LINK_ORDER");
     println!("cargo:rerun-if-env-changed=STRAIT_NO_LINK_ORDER");
+    let list = match env::var_os("STRAIT_LINK_ORDER") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            Path::new(&env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("link-order.txt")
+        }
+    };
+    println!("cargo:rerun-if-changed={}", list.display());
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let lld_default = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
     if release && lld_default && list.exists() && env::var_os("STRAIT_NO_LINK_ORDER").is_none() {
