@@ -26,8 +26,9 @@ fn main() {
 /// code (each page fault maps a 64 KiB window around it) and fewer i-TLB misses. The
 /// list is `link-order.txt`, or the file `STRAIT_LINK_ORDER` names (`perf/pgo` makes
 /// one for its profile-guided build, whose functions differ). Only where the linker is
-/// lld (Rust's default for x86_64 Linux); a name it does not find (a stale list) is
-/// skipped silently, costing speed, never correctness.
+/// Rust's default lld (x86_64 Linux, no linker configured: GNU ld does not take the
+/// option); a name it does not find (a stale list) is skipped silently, costing speed,
+/// never correctness.
 fn link_order() {
     println!("cargo:rerun-if-env-changed=STRAIT_LINK_ORDER");
     println!("cargo:rerun-if-env-changed=STRAIT_NO_LINK_ORDER");
@@ -39,7 +40,13 @@ fn link_order() {
     };
     println!("cargo:rerun-if-changed={}", list.display());
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
-    let lld_default = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let own_linker = env::var_os("RUSTC_LINKER").is_some()
+        || flags.contains("linker")
+        || flags.contains("fuse-ld");
+    let lld_default =
+        env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu") && !own_linker;
     if release && lld_default && list.exists() && env::var_os("STRAIT_NO_LINK_ORDER").is_none() {
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
