@@ -4,6 +4,13 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# traffic_plugin: the proxy-wasm module perf/run builds (perf/plugins/header), as an
+# absolute path; nothing when it is not built.
+traffic_plugin() {
+  local plugin=${CARGO_TARGET_DIR:-target}/perf-plugins/wasm32-wasip1/release/perf_header.wasm
+  if [ -f "$plugin" ]; then realpath "$plugin"; fi
+}
+
 # traffic_setup: a temporary directory ($tmp, removed on exit) with the backend
 # listening on $backend (`/` answers "ok", `/64k` 64 KiB, POST included).
 traffic_setup() {

@@ -943,7 +943,6 @@ impl Drop for ResponseBody {
     }
 }
 
-/// A wake-up time no stream reaches (a timer with nothing due yet).
 /// The earliest of a stream's deadlines; the idle timeouts count from `touched`.
 fn earliest(
     at: [Option<Instant>; 4],
@@ -954,6 +953,7 @@ fn earliest(
     at.into_iter().flatten().chain(idle).min()
 }
 
+/// A wake-up time no stream reaches (a timer with nothing due yet).
 fn far_future() -> Instant {
     crate::clock::tokio_now() + Duration::from_secs(86_400 * 365)
 }

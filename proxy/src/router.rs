@@ -536,8 +536,9 @@ async fn proxy<'a>(
     rc.headers.apply_request(&mut parts.headers);
     // Envoy's router reads its steering headers (left only on internal requests: the
     // connection manager strips them from external ones and marks internal ones
-    // `x-envoy-internal`) and never forwards them. One lookup, not a scan of the
-    // names: edge requests carry `x-envoy-external-address` but never steer.
+    // `x-envoy-internal`) and never forwards them. The mark is what to look for, not
+    // any `x-envoy-` name: edge requests carry `x-envoy-external-address` but never
+    // steer.
     let steering = headers::has(&parts.headers, &crate::headers::X_ENVOY_INTERNAL);
     let timeouts = match steering {
         false => Timeouts::of(target),
