@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use crate::socket::Socket;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -31,7 +32,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_xds::model::CodecType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -546,7 +546,7 @@ struct Conn {
 /// bytes more; spawned inline, the 128-byte-aligned task cell grows to 384 bytes
 /// and idle connections measured ~500 bytes more each.)
 pub fn serve(
-    stream: TcpStream,
+    stream: Socket,
     ctx: Arc<ConnCtx>,
     drain: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
@@ -595,7 +595,7 @@ enum Own {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) -> Conn {
+    fn new(stream: Socket, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) -> Conn {
         let _ = stream.set_nodelay(true);
         let open = Open::new(ctx);
         let ctx = &open.ctx;
@@ -763,13 +763,13 @@ impl Conn {
     /// (tokio keeps one reader waker per socket) and sits in this worker's idle list,
     /// which the heartbeat sweeps for idle timeouts and drains.
     async fn idle(&mut self) -> bool {
-        let Some(io) = &self.io else {
+        let Some(io) = &mut self.io else {
             return false;
         };
         if io.prefix.is_some() {
             return true;
         }
-        let Some(socket) = io.inner.get_ref().unfiltered() else {
+        let Some(socket) = io.inner.get_mut().unfiltered_mut() else {
             return false;
         };
         let watch = &mut self.watch;
@@ -802,7 +802,7 @@ impl Conn {
 
 /// Why an idle connection (one with no codec) is to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdleEnd {
+pub(crate) enum IdleEnd {
     Drain,
     Timeout,
 }
@@ -850,11 +850,14 @@ thread_local! {
     static IDLE: std::cell::RefCell<IdleList> = std::cell::RefCell::new(IdleList::default());
 }
 
-/// A connection's place in the idle list, given up when its wait ends.
-struct IdleEntry(u32);
+/// A connection's place in the idle list, given up when its wait ends. The list is
+/// the worker's waits that its heartbeat ends (a deadline, or a drain) without a
+/// timer each: the idle wait between requests, and the HTTP/1.1 server's grace
+/// before it watches a client it has not registered (`h1_server`).
+pub(crate) struct IdleEntry(u32);
 
 impl IdleEntry {
-    fn enter(deadline: Option<Instant>) -> IdleEntry {
+    pub(crate) fn enter(deadline: Option<Instant>) -> IdleEntry {
         IDLE.with(|list| {
             let mut list = list.borrow_mut();
             let deadline_ms = deadline.map_or(u32::MAX, |at| list.ms(at));
@@ -889,7 +892,7 @@ impl IdleEntry {
 
     /// Why the connection is to close, if the heartbeat decided it; otherwise keeps
     /// the task's waker for the heartbeat to wake.
-    fn poll_end(&self, cx: &Context<'_>) -> Option<IdleEnd> {
+    pub(crate) fn poll_end(&self, cx: &Context<'_>) -> Option<IdleEnd> {
         IDLE.with(|list| {
             let mut list = list.borrow_mut();
             let slot = &mut list.slots[self.0 as usize];

@@ -38,6 +38,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use crate::body::{DownstreamBody, ResponseBody};
+use crate::conn::IdleEntry;
 use crate::h1::{
     self, is_chunked, CasedWriter, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer,
     MAX_HEADERS, READ_SMALL,
@@ -231,6 +232,15 @@ struct Parsed {
     expect_continue: bool,
 }
 
+/// How long an exchange on a connection whose socket has not joined the reactor
+/// runs before the connection watches its client for leaving (which registers the
+/// socket). HAProxy does not watch at all by default; Envoy and hyper watch at once.
+/// The wait is an entry in the worker's idle list, which its heartbeat sweeps every
+/// 250 ms (so watching starts 0.5 to 0.75 s in): a tokio timer cost ~500
+/// instructions per request, and one due before the timer driver's next planned
+/// wake-up an `eventfd` write too (at 100 ms, 0.29 writes per request).
+const SPECULATIVE_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Serves requests until the connection closes or asks for an upgrade.
 pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Outcome> {
     let hcm = &ctx.listener.config.hcm;
@@ -316,6 +326,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             // as hyper's server and Envoy do. Bytes it sends meanwhile (a pipelined
             // request) wait in the buffer, up to a head's worth.
             let mut queued = false;
+            let mut grace = None;
             std::future::poll_fn(|cx| {
                 // The first poll only puts the task at the back of the worker's run
                 // queue: the connections that were ready together are all read and
@@ -341,6 +352,19 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                 }
                 let mut guard = side.lock();
                 let s = &mut *guard;
+                // A socket that never had to wait is not in the reactor yet (see
+                // `socket`): watching it now would register it, two `epoll_ctl` the
+                // usual quick exchange never needs. It is watched once the answer has
+                // taken `SPECULATIVE_WATCH`, so a client that leaves a slow request
+                // still cancels it, that much later.
+                if s.io.speculative() {
+                    let grace = grace.get_or_insert_with(|| {
+                        IdleEntry::enter(Some(crate::clock::tokio_now() + SPECULATIVE_WATCH))
+                    });
+                    if grace.poll_end(cx).is_none() {
+                        return Poll::Pending;
+                    }
+                }
                 while s.body.done() && s.read.len() < max_head {
                     match h1::poll_read(&mut s.io, &mut s.read, cx, READ_SMALL) {
                         Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),

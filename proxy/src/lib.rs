@@ -37,6 +37,7 @@ pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod runtime;
+pub mod socket;
 pub mod stats;
 pub mod stream;
 pub mod timeouts;

@@ -2,7 +2,7 @@
 //! `envoy.filters.network.wasm` plugins between the socket and the connection manager.
 //!
 //! [`Downstream`] is the socket as the connection manager (hyper) sees it. Without
-//! network filters it forwards every call to the `TcpStream` (one branch on an
+//! network filters it forwards every call to the [`Socket`] (one branch on an
 //! `Option` per call). With them, each chunk read runs the filters in config order
 //! (`proxy_on_downstream_data`) before hyper parses it, and each chunk hyper writes
 //! runs them in reverse order (`proxy_on_upstream_data`, Envoy's `onWrite`) before it
@@ -40,11 +40,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
+use crate::socket::Socket;
 use bytes::{Buf, Bytes, BytesMut};
 use strait_filters::wasm::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
 use strait_filters::BodyBuffer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::chain::{vm_for, WasmFilterRuntime};
 use crate::runtime::FastMap;
@@ -64,7 +64,7 @@ struct Outcome {
 
 /// The downstream socket, with the listener's network filters if it has any.
 pub struct Downstream {
-    io: TcpStream,
+    io: Socket,
     filters: Option<Box<Filtered>>,
 }
 
@@ -166,14 +166,25 @@ impl Downstream {
     /// The socket, when no network filter stands between it and the connection
     /// manager (a filtered connection may have bytes or callout answers pending that
     /// the socket's readiness does not show).
-    pub fn unfiltered(&self) -> Option<&TcpStream> {
+    pub fn unfiltered(&self) -> Option<&Socket> {
         self.filters.is_none().then_some(&self.io)
+    }
+
+    /// As [`Self::unfiltered`], to wait on the socket's readiness.
+    pub fn unfiltered_mut(&mut self) -> Option<&mut Socket> {
+        self.filters.is_none().then_some(&mut self.io)
+    }
+
+    /// Whether the socket, unfiltered, has not joined the reactor yet (see
+    /// [`crate::socket`]): every read and write so far went through at once.
+    pub fn speculative(&self) -> bool {
+        self.filters.is_none() && self.io.is_fresh()
     }
 
     /// Wraps an accepted socket. With `filters`, creates each plugin's connection
     /// context (`proxy_on_new_connection`) on this worker's VM.
     pub fn new(
-        io: TcpStream,
+        io: Socket,
         filters: &[Arc<WasmFilterRuntime>],
         buffer_limit: u32,
         id: u64,
@@ -360,7 +371,7 @@ fn park(id: u64, cx: &Context<'_>) {
 
 impl Filtered {
     /// Writes `writable` to the socket until it is empty.
-    fn drain(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn drain(&mut self, io: &mut Socket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.writable.is_empty() {
             let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.writable))?;
             if n == 0 {

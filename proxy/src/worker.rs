@@ -57,7 +57,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
     while let Some(cmd) = commands.recv().await {
         match cmd {
             Command::Listen { name, socket } => {
-                let listener = match tokio::net::TcpListener::from_std(socket) {
+                let listener = match crate::socket::Listener::new(socket) {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::error!(listener = %name, error = %e, "cannot register listener");
@@ -123,7 +123,7 @@ async fn heartbeat() {
 }
 
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: crate::socket::Listener,
     name: String,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,

@@ -193,3 +193,60 @@ async fn a_client_still_uploading_is_not_reset() {
     );
     assert!(reply.ends_with("too big!"), "{reply}");
 }
+
+/// A client that leaves while its request waits on the upstream cancels that request:
+/// the upstream connection closes, as with hyper and Envoy. Both ways a connection
+/// starts: with the request already there when it is accepted (read at once, the
+/// socket not yet in the reactor: the client is watched after a grace of ~0.5 s,
+/// see `h1_server::SPECULATIVE_WATCH`) and with the request late (the socket waited,
+/// so it is in the reactor and watched at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_cancels_its_upstream_request() {
+    use std::io::Write as _;
+    use tokio::io::AsyncReadExt;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = Bootstrap::catch_all("up").cluster("up", upstream.local_addr().unwrap());
+    let s = Strait::start(&config.build()).await;
+    let addr = s.main_addr().await;
+    for late in [false, true] {
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        if late {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        let (mut conn, _) = within(
+            Duration::from_secs(5),
+            "the upstream request",
+            upstream.accept(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = within(
+                Duration::from_secs(5),
+                "the request head",
+                conn.read(&mut buf),
+            )
+            .await
+            .unwrap();
+            assert!(n > 0, "upstream closed before the head: late {late}");
+            head.extend_from_slice(&buf[..n]);
+        }
+        // The client gives up without an answer.
+        drop(client);
+        let ended = within(
+            Duration::from_secs(5),
+            "the cancelled upstream request",
+            conn.read(&mut buf),
+        )
+        .await;
+        assert!(
+            matches!(ended, Ok(0) | Err(_)),
+            "late {late}: the upstream connection stayed open: {ended:?}"
+        );
+    }
+}
