@@ -562,6 +562,16 @@ pub(crate) struct NameCache {
     names: Vec<(u16, HeaderName)>,
 }
 
+thread_local! {
+    /// The names of the last first head on this worker's downstream connections. A
+    /// client that opens a connection per request sends the same names each time: a
+    /// connection's own cache would learn them (two allocations) only to be dropped
+    /// with it. From a connection's second head on, its own cache takes over, so
+    /// clients of different kinds interleaving here cost only their first heads.
+    pub(crate) static FIRST_NAMES: std::cell::RefCell<NameCache> =
+        std::cell::RefCell::new(NameCache::default());
+}
+
 /// Names a [`NameCache`] keeps, and their bytes.
 const CACHED_NAMES: usize = 24;
 const CACHED_BYTES: usize = 512;

@@ -62,8 +62,11 @@ pub(crate) struct Side {
     pub(crate) idle: bool,
     /// The socket refused the last write.
     write_blocked: bool,
-    /// The last request head's header names.
+    /// The last request head's header names, from the codec's second head on; the
+    /// first is looked up in the worker's cache of first heads (`h1::FIRST_NAMES`).
     names: h1::NameCache,
+    /// A head has been parsed since the codec started.
+    parsed_one: bool,
 }
 
 pub(crate) type SharedSide = Arc<parking_lot::Mutex<Side>>;
@@ -79,6 +82,7 @@ impl Side {
             idle: false,
             write_blocked: false,
             names: h1::NameCache::default(),
+            parsed_one: false,
         }))
     }
 
@@ -255,8 +259,14 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             let s = &mut *guard;
             loop {
                 if !s.read.is_empty() {
-                    match parse(&mut s.read, &mut s.names, &side) {
+                    let parsed = match s.parsed_one {
+                        true => parse(&mut s.read, &mut s.names, &side),
+                        false => h1::FIRST_NAMES
+                            .with_borrow_mut(|names| parse(&mut s.read, names, &side)),
+                    };
+                    match parsed {
                         Ok(Some(head)) => {
+                            s.parsed_one = true;
                             s.idle = false;
                             if let Head::Request(parsed) = &head {
                                 s.body = Decoder::new(parsed.framing);

@@ -250,3 +250,45 @@ async fn a_client_that_leaves_cancels_its_upstream_request() {
         );
     }
 }
+
+/// A connection's first head is looked up in its worker's cache of first-head names
+/// (`h1::FIRST_NAMES`): clients whose heads differ, one connection each, alternating,
+/// each get their own names upstream, case and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_heads_of_different_clients_keep_their_own_names() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy(&b, "").await;
+    let addr = s.main_addr().await;
+    let heads = [
+        "GET /a HTTP/1.1\r\nHost: h\r\nX-One: 1\r\nX-Two: 2\r\nConnection: close\r\n\r\n",
+        "GET /b HTTP/1.1\r\nHost: h\r\nx-three: 3\r\nX-One: 4\r\nConnection: close\r\n\r\n",
+        "GET /c HTTP/1.1\r\nHost: h\r\nX-One: 5\r\nConnection: close\r\n\r\n",
+    ];
+    for round in 0..3 {
+        for head in heads {
+            let reply = send_raw(addr, head.as_bytes()).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 200 OK\r\n"),
+                "round {round}: {reply}"
+            );
+        }
+    }
+    let seen = b.heads();
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    for (i, head) in seen.iter().enumerate() {
+        let want: &[&str] = match i % 3 {
+            0 => &["GET /a ", "X-One: 1\r\n", "X-Two: 2\r\n"],
+            1 => &["GET /b ", "x-three: 3\r\n", "X-One: 4\r\n"],
+            _ => &["GET /c ", "X-One: 5\r\n"],
+        };
+        for line in want {
+            assert!(head.contains(line), "request {i}: {line:?} not in {head:?}");
+        }
+        assert_eq!(head.contains("X-Two"), i % 3 == 0, "request {i}: {head:?}");
+        assert_eq!(
+            head.contains("x-three"),
+            i % 3 == 1,
+            "request {i}: {head:?}"
+        );
+    }
+}
