@@ -1,7 +1,8 @@
 //! Idle HTTP/1.1 keep-alive connections release their codec state (hyper's buffers)
 //! after a quiet second and pick up where they were on the next byte; nothing in
 //! flight is ever cut by it: a partial head, a response the client reads slowly, a
-//! response body that pauses. The connection idle timeout still closes them.
+//! response body that pauses. The connection idle timeout still closes them, and an
+//! open HTTP/2 connection too; so does a drain.
 //!
 //! Upstream, an HTTP/1.1 connection idle in the pool is parked as a bare socket and
 //! gets a new codec when a request needs it; a parked socket the upstream closes is
@@ -262,4 +263,64 @@ async fn the_cluster_idle_timeout_closes_a_parked_connection() {
     );
     let s = Strait::start(&Bootstrap::catch_all("b").cluster_raw(&cluster).build()).await;
     parked_then_dropped(&s, &b).await;
+}
+
+/// An HTTP/2 prior-knowledge connection by hyper's client (which answers the
+/// server's pings, as the graceful GOAWAY needs), with no request: the task ends
+/// when the connection closes.
+async fn h2c_connection(s: &Strait) -> tokio::task::JoinHandle<hyper::Result<()>> {
+    let stream = tokio::net::TcpStream::connect(s.main_addr().await)
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        let _sender = sender;
+        conn.await
+    })
+}
+
+/// A running codec (HTTP/2 keeps its connection's state) still meets the idle
+/// timeout and the drain: both come to it through the worker's idle list, which the
+/// heartbeat sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_meets_its_idle_timeout() {
+    let b = Backend::echo("b").await;
+    let config = Bootstrap::catch_all("b")
+        .cluster("b", b.addr())
+        .hcm("common_http_protocol_options: {idle_timeout: 1s}")
+        .build();
+    let s = Strait::start(&config).await;
+    let conn = h2c_connection(&s).await;
+    within(Duration::from_secs(6), "the idle timeout's close", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.stat("http.ingress.downstream_cx_idle_timeout").await,
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_an_open_h2_connection() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let conn = h2c_connection(&s).await;
+    s.wait_stat("http.ingress.downstream_cx_active", |v| v == 1)
+        .await;
+    assert_eq!(s.admin_post("/drain_listeners").await.0, 200);
+    within(Duration::from_secs(5), "the drain's close", conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.stat("http.ingress.downstream_cx_idle_timeout").await,
+        Some(0),
+        "a drain is not an idle timeout"
+    );
 }
