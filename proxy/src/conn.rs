@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use crate::socket::Socket;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -42,6 +41,7 @@ use crate::h1_server;
 use crate::h2_server;
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
+use crate::socket::Socket;
 
 /// How long an HTTP/1.1 connection stays quiet (no request running, none started)
 /// before its codec state is released. Long enough that a client sending a steady

@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
-use crate::socket::Socket;
 use bytes::{Buf, Bytes, BytesMut};
 use strait_filters::wasm::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
 use strait_filters::BodyBuffer;
@@ -48,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::chain::{vm_for, WasmFilterRuntime};
 use crate::runtime::FastMap;
+use crate::socket::Socket;
 
 /// Bytes read from the socket per filter call at most.
 const READ_CHUNK: usize = 16 * 1024;
