@@ -31,7 +31,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_xds::model::CodecType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{DownstreamBody, ResponseBody};
@@ -331,7 +330,7 @@ async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
 struct Watch {
     /// The connection's context, and its gauges.
     open: Open,
-    drain: watch::Receiver<bool>,
+    /// A drain reached this connection (through the worker's idle list).
     draining: bool,
     /// Requests started when activity was last seen, and when that was.
     started: u32,
@@ -356,42 +355,36 @@ impl Watch {
         self.open.ctx.listener.config.hcm.idle_timeout
     }
 
-    /// A drain began (or the process is going away).
-    fn drained(&mut self, changed: Result<(), watch::error::RecvError>) -> bool {
-        if changed.is_err() || *self.drain.borrow_and_update() {
-            self.draining = true;
-        }
-        self.draining
-    }
-
     /// Waits for `input` while the connection holds no codec; `None` when the
-    /// connection is to close first (a drain, or its idle timeout).
+    /// connection is to close first (a drain, or its idle timeout). The idle timeout
+    /// and the drain come from an entry in the worker's idle list, as in [`Self::run`].
     async fn wait<F: Future>(&mut self, input: F) -> Option<F::Output> {
         if self.draining {
             return None;
         }
-        let deadline = self.idle_timeout().map(|t| self.since + t);
-        let expiry = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        let entry = IdleEntry::enter(self.idle_timeout().map(|t| self.since + t));
+        tokio::pin!(input);
+        let woke = std::future::poll_fn(|cx| match input.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Ok(out)),
+            Poll::Pending => entry
+                .poll_end(cx)
+                .map_or(Poll::Pending, |end| Poll::Ready(Err(end))),
+        })
+        .await;
+        match woke {
+            Ok(out) => Some(out),
+            Err(end) => {
+                self.ended(end);
+                None
             }
-        };
-        tokio::pin!(input, expiry);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut input => return Some(out),
-                changed = self.drain.changed() => {
-                    if self.drained(changed) {
-                        return None;
-                    }
-                }
-                () = &mut expiry => {
-                    self.open.ctx.listener.http.downstream_cx_idle_timeout.inc();
-                    return None;
-                }
-            }
+        }
+    }
+
+    /// A wait without a codec ended before its input: the connection closes.
+    fn ended(&mut self, end: IdleEnd) {
+        match end {
+            IdleEnd::Drain => self.draining = true,
+            IdleEnd::Timeout => self.open.ctx.listener.http.downstream_cx_idle_timeout.inc(),
         }
     }
 
@@ -420,7 +413,7 @@ impl Watch {
         };
         // The drain and the tick come from the worker's idle list: its heartbeat ends
         // the entry when the tick is due (to within its 250 ms) and `drain_idle` when
-        // the worker drains. A tokio timer and a drain-watch subscription cost ~1,000
+        // the worker drains. A tokio timer and a drain-channel subscription cost ~1,000
         // instructions per connection between them, the entry ~150.
         let mut entry = IdleEntry::enter(every.map(|e| crate::clock::tokio_now() + e));
         // The entry is polled only when it woke the task (a select would poll it at
@@ -533,14 +526,10 @@ struct Conn {
 /// tokio's 128-byte task cell. (With the connection in a box of its own it was 64
 /// bytes more; spawned inline, the 128-byte-aligned task cell grows to 384 bytes
 /// and idle connections measured ~500 bytes more each.)
-pub fn serve(
-    stream: Socket,
-    ctx: Arc<ConnCtx>,
-    drain: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send {
+pub fn serve(stream: Socket, ctx: Arc<ConnCtx>) -> impl Future<Output = ()> + Send {
     // Built before the future: arguments of an `async fn` keep their own room in
     // its state for as long as it runs.
-    let mut conn = Conn::new(stream, ctx, drain);
+    let mut conn = Conn::new(stream, ctx);
     async move {
         // Each phase's future is boxed while it runs (hyper's state is a few KiB):
         // only the idle wait, a few words, stays in the task.
@@ -583,7 +572,7 @@ enum Own {
 }
 
 impl Conn {
-    fn new(stream: Socket, ctx: Arc<ConnCtx>, drain: watch::Receiver<bool>) -> Conn {
+    fn new(stream: Socket, ctx: Arc<ConnCtx>) -> Conn {
         let _ = stream.set_nodelay(true);
         let open = Open::new(ctx);
         let ctx = &open.ctx;
@@ -599,12 +588,10 @@ impl Conn {
             inner: FramingGuard::new(downstream, ctx.clone()),
             prefix: None,
         };
-        let draining = *drain.borrow();
         Conn {
             watch: Watch {
                 open,
-                draining,
-                drain,
+                draining: false,
                 started: 0,
                 since: Instant::now(),
             },
@@ -760,12 +747,13 @@ impl Conn {
         let Some(socket) = io.inner.get_mut().unfiltered_mut() else {
             return false;
         };
+        // Not through `Watch::wait`: its future would take this task past its
+        // 192-byte allocation class (216 bytes), which every idle connection pays.
         let watch = &mut self.watch;
-        if watch.draining || *watch.drain.borrow() {
+        if watch.draining {
             return false;
         }
-        let deadline = watch.idle_timeout().map(|t| watch.since + t);
-        let entry = IdleEntry::enter(deadline);
+        let entry = IdleEntry::enter(watch.idle_timeout().map(|t| watch.since + t));
         let woke = std::future::poll_fn(|cx| match entry.poll_end(cx) {
             Some(end) => Poll::Ready(Err(end)),
             None => socket.poll_read_ready(cx).map(Ok),
@@ -773,15 +761,8 @@ impl Conn {
         .await;
         match woke {
             Ok(read) => read.is_ok(),
-            Err(IdleEnd::Drain) => false,
-            Err(IdleEnd::Timeout) => {
-                watch
-                    .open
-                    .ctx
-                    .listener
-                    .http
-                    .downstream_cx_idle_timeout
-                    .inc();
+            Err(end) => {
+                watch.ended(end);
                 false
             }
         }
@@ -950,7 +931,7 @@ pub fn drain_idle() {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, F: Future>(_: impl Fn(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

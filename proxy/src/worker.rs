@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::conn;
@@ -52,7 +52,6 @@ pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<WorkerHandle>
 async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     tokio::spawn(heartbeat());
     crate::callout::init_worker(shared.clone());
-    let (drain_tx, drain_rx) = watch::channel(false);
     let mut accepting: HashMap<String, AbortHandle> = HashMap::new();
     while let Some(cmd) = commands.recv().await {
         match cmd {
@@ -64,12 +63,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                         continue;
                     }
                 };
-                let task = tokio::spawn(accept_loop(
-                    listener,
-                    name.clone(),
-                    shared.clone(),
-                    drain_rx.clone(),
-                ));
+                let task = tokio::spawn(accept_loop(listener, name.clone(), shared.clone()));
                 if let Some(old) = accepting.insert(name, task.abort_handle()) {
                     old.abort();
                 }
@@ -83,7 +77,6 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 for (_, t) in accepting.drain() {
                     t.abort();
                 }
-                let _ = drain_tx.send(true);
                 conn::drain_idle();
             }
         }
@@ -122,12 +115,7 @@ async fn heartbeat() {
     }
 }
 
-async fn accept_loop(
-    listener: crate::socket::Listener,
-    name: String,
-    shared: Arc<Shared>,
-    drain: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: crate::socket::Listener, name: String, shared: Arc<Shared>) {
     // A listener bound to one address gives its connections that local address:
     // no `getsockname` per connection (HAProxy asks only when it needs it). One on
     // a wildcard address asks for each.
@@ -165,9 +153,7 @@ async fn accept_loop(
         // 128-byte aligned, stays at 128 bytes (see `conn::serve`). Its polls share
         // one reading of the clock (`clock`).
         tokio::spawn(crate::clock::Scoped(crate::pin_in_place!(conn::serve(
-            stream,
-            ctx,
-            drain.clone()
+            stream, ctx
         ))));
     }
 }

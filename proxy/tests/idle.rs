@@ -324,3 +324,17 @@ async fn a_drain_closes_an_open_h2_connection() {
         "a drain is not an idle timeout"
     );
 }
+
+/// A connection that has sent nothing yet (the wait for its first bytes, before any
+/// codec) is closed by a drain too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_a_connection_that_sent_nothing() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let mut c = RawConn::connect(s.main_addr().await).await;
+    s.wait_stat("http.ingress.downstream_cx_active", |v| v == 1)
+        .await;
+    assert_eq!(s.admin_post("/drain_listeners").await.0, 200);
+    let (_, closed) = c.read_to_close(Duration::from_secs(5)).await;
+    assert!(closed, "the drain closed the silent connection");
+}
