@@ -42,9 +42,12 @@ fn link_order() {
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    // `-C linker=…` (one flag or two) or a `-fuse-ld=` link argument; not a flag that
+    // merely contains the word, such as `-Clinker-plugin-lto`.
     let own_linker = env::var_os("RUSTC_LINKER").is_some()
-        || flags.contains("linker")
-        || flags.contains("fuse-ld");
+        || flags.split('\x1f').any(|f| {
+            f.starts_with("-Clinker=") || f.starts_with("linker=") || f.contains("-fuse-ld")
+        });
     let lld_default =
         env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu") && !own_linker;
     if release && lld_default && list.exists() && env::var_os("STRAIT_NO_LINK_ORDER").is_none() {
