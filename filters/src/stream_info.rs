@@ -119,17 +119,26 @@ pub struct StreamInfo {
     pub sent_response: Option<SentHead>,
 }
 
-/// A head as it went out, kept for the plugins' `on_log`: its start line as typed
-/// values and its headers packed in one buffer. Packing costs one allocation and a
-/// copy of the bytes, against a `HeaderMap` clone's two allocations, per-entry work
-/// and per-value reference counts (about a third of the instructions, measured with
-/// callgrind); a plugin that reads the head in `on_log` gets it unpacked then.
-pub struct SentHead {
-    line: SentLine,
-    version: http::Version,
-    /// `name length (u32 LE), value length (u32 LE), name, value` per header, in the
-    /// map's order (a name's values together, as `HeaderMap` iterates them).
-    headers: Vec<u8>,
+/// A head as it went out, kept for the plugins' `on_log`. Where the codec that sent
+/// it hands it back (Strait's HTTP/1.1 codecs write from a borrow), it is the head
+/// itself, moved: nothing is copied. Where the codec consumes it (hyper, `h2`), it is
+/// packed first: its start line as typed values and its headers in one buffer, which
+/// costs one allocation and a copy of the bytes, against a `HeaderMap` clone's two
+/// allocations, per-entry work and per-value reference counts (about a third of the
+/// instructions, measured with callgrind); a plugin that reads a packed head in
+/// `on_log` gets it unpacked then.
+pub struct SentHead(Sent);
+
+enum Sent {
+    Request(Box<RequestHead>),
+    Response(Box<crate::ResponseHead>),
+    Packed {
+        line: SentLine,
+        version: http::Version,
+        /// `name length (u32 LE), value length (u32 LE), name, value` per header, in
+        /// the map's order (a name's values together, as `HeaderMap` iterates them).
+        headers: Vec<u8>,
+    },
 }
 
 enum SentLine {
@@ -143,6 +152,7 @@ enum SentLine {
 }
 
 impl SentHead {
+    /// A copy of a request head the codec keeps (packed).
     pub fn request(head: &RequestHead) -> Self {
         Self::request_parts(&head.method, &head.uri, head.version, &head.headers)
     }
@@ -152,55 +162,80 @@ impl SentHead {
         Self::request_parts(req.method(), req.uri(), req.version(), req.headers())
     }
 
+    /// The request head itself, handed back by the codec that sent it.
+    pub fn request_moved(head: Box<RequestHead>) -> Self {
+        SentHead(Sent::Request(head))
+    }
+
+    /// The response head itself, handed back by the codec that sent it.
+    pub fn response_moved(head: Box<crate::ResponseHead>) -> Self {
+        SentHead(Sent::Response(head))
+    }
+
     fn request_parts(
         method: &http::Method,
         uri: &http::Uri,
         version: http::Version,
         headers: &http::HeaderMap,
     ) -> Self {
-        SentHead {
+        SentHead(Sent::Packed {
             line: SentLine::Request {
                 method: method.clone(),
                 uri: uri.clone(),
             },
             version,
             headers: pack(headers),
-        }
+        })
     }
 
+    /// A copy of a response head the codec keeps (packed).
     pub fn response(head: &crate::ResponseHead) -> Self {
-        SentHead {
+        SentHead(Sent::Packed {
             line: SentLine::Response {
                 status: head.status,
             },
             version: head.version,
             headers: pack(&head.headers),
+        })
+    }
+
+    /// The request head; `None` if this is a response's.
+    pub fn into_request(self) -> Option<Box<RequestHead>> {
+        match self.0 {
+            Sent::Request(head) => Some(head),
+            Sent::Packed {
+                line: SentLine::Request { method, uri },
+                version,
+                headers,
+            } => {
+                let (mut head, ()) = http::Request::new(()).into_parts();
+                head.method = method;
+                head.uri = uri;
+                head.version = version;
+                head.headers = unpack(&headers);
+                Some(Box::new(head))
+            }
+            _ => None,
         }
     }
 
-    /// The request head, unpacked; `None` if this is a response's.
-    pub fn into_request(self) -> Option<RequestHead> {
-        let SentLine::Request { method, uri } = self.line else {
-            return None;
-        };
-        let (mut head, ()) = http::Request::new(()).into_parts();
-        head.method = method;
-        head.uri = uri;
-        head.version = self.version;
-        head.headers = unpack(&self.headers);
-        Some(head)
-    }
-
-    /// The response head, unpacked; `None` if this is a request's.
-    pub fn into_response(self) -> Option<crate::ResponseHead> {
-        let SentLine::Response { status } = self.line else {
-            return None;
-        };
-        let (mut head, ()) = http::Response::new(()).into_parts();
-        head.status = status;
-        head.version = self.version;
-        head.headers = unpack(&self.headers);
-        Some(head)
+    /// The response head; `None` if this is a request's.
+    pub fn into_response(self) -> Option<Box<crate::ResponseHead>> {
+        match self.0 {
+            Sent::Response(head) => Some(head),
+            Sent::Packed {
+                line: SentLine::Response { status },
+                version,
+                headers,
+            } => {
+                let (mut head, ()) = http::Response::new(()).into_parts();
+                head.status = status;
+                head.version = version;
+                head.headers = unpack(&headers);
+                Some(Box::new(head))
+            }
+            _ => None,
+        }
     }
 }
 

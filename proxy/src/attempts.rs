@@ -129,9 +129,25 @@ pub async fn run(
     // saves a retrying one an allocation. Hedging's is boxed: the request future is
     // as large as its largest await and is copied whole into its box per request.
     if !plan.hedge {
-        return sequential(&plan, first, host, retry, timers, guard).await;
+        let mut sent_head = None;
+        let answer = sequential(&plan, first, host, retry, timers, guard, &mut sent_head).await;
+        keep_sent(&plan, sent_head);
+        return answer;
+    }
+    // Hedged attempts overlap, and none hands its head back: `on_log` gets a copy
+    // of the first.
+    if let Some(chain) = plan.chain {
+        chain.keep_request(&first);
     }
     Box::pin(hedged(plan, first, host, retry, timers, guard)).await
+}
+
+/// Hands the head the last attempt sent (back from the pool) to the stream's
+/// plugins, whose `on_log` sees it as Envoy's access-log context does.
+fn keep_sent(plan: &Plan<'_>, head: Option<UpstreamRequest>) {
+    if let (Some(chain), Some(head)) = (plan.chain, head) {
+        chain.keep_sent_request(head);
+    }
 }
 
 /// Attempts that may overlap: a per-try timeout starts another attempt while the
@@ -378,6 +394,7 @@ async fn sequential(
     mut retry: Option<RetryState<'_>>,
     timers: &mut Option<StreamTimers>,
     guard: &mut StreamGuard,
+    sent_head: &mut Option<UpstreamRequest>,
 ) -> Answer {
     let cluster = plan.cluster;
     let mut first = Some(first);
@@ -386,9 +403,8 @@ async fn sequential(
     let mut number: u32 = 1;
     let mut retry_slot: Option<Slot> = None;
     let per_try = per_try_timer(plan);
-    // Each attempt's head, back from the pool for the next attempt (no copy made up
-    // front): the head itself when Strait's codec sent it.
-    let mut sent_head: Option<UpstreamRequest> = None;
+    // Each attempt's head (in `sent_head`) comes back from the pool for the next
+    // attempt (no copy made up front): the head itself when Strait's codec sent it.
     loop {
         let request = request(plan, first.take(), sent_head.take(), &host, number);
         // Each attempt holds a place under `max_requests` until its response ends.
@@ -404,7 +420,7 @@ async fn sequential(
         // Boxed: the attempt future is large, and this keeps every enclosing future
         // (and each move of one) small; one allocation per attempt is cheaper. Built
         // in its box (`pin_in_place`): the ~2.4 KiB state is not copied.
-        let back = &mut sent_head;
+        let back = &mut *sent_head;
         let send = crate::pin_in_place!(async {
             match request_slot {
                 None => {
@@ -550,18 +566,31 @@ async fn single(
         .try_acquire();
     if request_slot.is_none() {
         cluster.stats.upstream_rq_pending_overflow.inc();
+        keep_sent(plan, Some(request));
         return Answer::Failed(ProxyError::Overflow);
     }
-    let send = pool::send(
-        cluster,
-        &host,
-        plan.h2,
-        plan.upgrade,
-        plan.target.priority,
-        request,
-    );
-    tokio::pin!(send);
-    let sent = match until(send.as_mut(), timers, None).await {
+    // With plugins, the pool hands the head back once the exchange is over, for
+    // their `on_log`.
+    let mut sent_head = None;
+    let sent = {
+        let signals = pool::Signals {
+            ready: None,
+            back: plan.chain.and(Some(&mut sent_head)),
+        };
+        let send = pool::send_signalled(
+            cluster,
+            &host,
+            plan.h2,
+            plan.upgrade,
+            plan.target.priority,
+            request,
+            signals,
+        );
+        tokio::pin!(send);
+        until(send.as_mut(), timers, None).await
+    };
+    keep_sent(plan, sent_head);
+    let sent = match sent {
         Ok(sent) => sent,
         Err(expiry) => return expired(expiry, timers, guard),
     };

@@ -753,6 +753,13 @@ impl ResponseBody {
         }
     }
 
+    /// The stream's filter chain, to which the downstream codec hands the response
+    /// head it wrote (the plugins' `on_log` sees it).
+    pub(crate) fn chain(&self) -> Option<ChainId> {
+        let guard = self.stream.guard.as_ref()?;
+        guard.chain.as_ref().map(crate::chain::ChainHandle::id)
+    }
+
     /// Runs the upstream body through the stream's HTTP filters.
     pub fn filtered(mut self, chain: ChainId) -> ResponseBody {
         let done = self.is_end_stream();

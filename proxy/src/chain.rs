@@ -627,16 +627,42 @@ impl ChainId {
         });
     }
 
-    /// Keeps the response as it goes to the client for the phases after its headers
-    /// (`response.code`, and `details` unless a plugin's reply set its own) and a copy
-    /// of its head for `on_log`.
-    pub fn keep_response_head(self, head: &ResponseHead, details: &'static str) {
+    /// Keeps the request head the router sent, handed back by the pool once the
+    /// exchange is over, for the plugins' `on_log`: moved, not copied.
+    pub fn keep_sent_request(self, req: crate::pool::UpstreamRequest) {
+        with_stream(self, |chain| {
+            if !chain.slots.is_empty() {
+                let (head, _) = (*req).into_parts();
+                chain.info.borrow_mut().sent_request =
+                    Some(SentHead::request_moved(Box::new(head)));
+            }
+        });
+    }
+
+    /// Keeps how the response goes to the client, for the phases after its headers:
+    /// `response.code`, and `details` unless a plugin's reply set its own. The head
+    /// itself is kept by the downstream codec once it is written
+    /// ([`Self::keep_sent_response`]).
+    pub fn keep_response_status(self, status: StatusCode, details: &'static str) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
                 let mut info = chain.info.borrow_mut();
-                info.sent_response = Some(SentHead::response(head));
-                info.response_code = Some(head.status.as_u16());
+                info.response_code = Some(status.as_u16());
                 info.response_details.get_or_insert(details.into());
+            }
+        });
+    }
+
+    /// Keeps the response head as it went to the client, for the plugins' `on_log`:
+    /// moved when the codec hands it back (Strait's HTTP/1.1 server writes from a
+    /// borrow), else packed from `Err(head)` before the codec consumes it.
+    pub fn keep_sent_response(self, head: Result<ResponseHead, &ResponseHead>) {
+        with_stream(self, |chain| {
+            if !chain.slots.is_empty() {
+                chain.info.borrow_mut().sent_response = Some(match head {
+                    Ok(head) => SentHead::response_moved(Box::new(head)),
+                    Err(head) => SentHead::response(head),
+                });
             }
         });
     }

@@ -180,6 +180,16 @@ impl Future for Handled {
         let answer = ready!(this.handling.as_mut().poll(cx));
         let active = this.active.take();
         Poll::Ready(answer.map(|resp| {
+            // hyper's and h2's codecs consume the head: the plugins' `on_log` gets
+            // a copy.
+            let resp = match resp.body().chain() {
+                Some(chain) => {
+                    let (head, body) = resp.into_parts();
+                    chain.keep_sent_response(Err(&head));
+                    Response::from_parts(head, body)
+                }
+                None => resp,
+            };
             resp.map(|body| Counted {
                 body,
                 _active: active,

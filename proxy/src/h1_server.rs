@@ -395,7 +395,16 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
         let keep_alive = keep_alive && !closing && !smuggling;
         let (head, framing, keep_alive, trailers) =
             encode_response(&response, version, head_request, keep_alive);
-        let mut writer = Writer::new(head, response.into_body(), framing);
+        // The head, written from a borrow, goes to the plugins' `on_log`: moved.
+        let body = match response.body().chain() {
+            Some(chain) => {
+                let (head, body) = response.into_parts();
+                chain.keep_sent_response(Ok(head));
+                body
+            }
+            None => response.into_body(),
+        };
+        let mut writer = Writer::new(head, body, framing);
         writer.trailers = Some(trailers);
         let mut out = SideWriter(&side);
         let written = std::future::poll_fn(|cx| writer.poll(&mut out, cx)).await;

@@ -254,7 +254,7 @@ async fn proxy<'a>(
         mutations: None,
     })?;
 
-    let authority = authority(&req).ok_or(Failure {
+    let authority = authority(&req).map(str::to_owned).ok_or(Failure {
         error: ProxyError::BadRequest {
             reason: "missing host",
         },
@@ -348,8 +348,10 @@ async fn proxy<'a>(
             }
             return answer_filter(reply, listener, slot, id);
         }
-        if let Some(changed) = self::authority(&req) {
-            authority = changed;
+        // A filter may have changed it; compared first, it is copied only then.
+        match self::authority(&req) {
+            Some(now) if now != authority => authority = now.to_owned(),
+            _ => {}
         }
     }
     // Envoy's router starts the route timeout when it gets the request, after the
@@ -650,9 +652,7 @@ async fn proxy<'a>(
         }
         _ => (body, None),
     };
-    if let Some(chain) = chain {
-        chain.keep_request_head(&parts);
-    }
+    // The head as sent goes to the plugins' `on_log` when the attempts are over.
     let first = Box::new(Request::from_parts(parts, first_body));
     // Attempts one after another get each head back from the pool for the next; only
     // hedged attempts, which overlap, need a copy made up front.
@@ -791,7 +791,7 @@ async fn proxy<'a>(
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, &hcm.server_name);
     if let Some(chain) = chain {
-        chain.keep_response_head(&parts, "via_upstream");
+        chain.keep_response_status(parts.status, "via_upstream");
     }
     let status = parts.status.as_u16();
     guard.status = status;
@@ -894,12 +894,12 @@ fn check_request(req: &Request<DownstreamBody>, max_headers_kb: u32) -> Result<(
     Ok(())
 }
 
-fn authority(req: &Request<DownstreamBody>) -> Option<String> {
+fn authority(req: &Request<DownstreamBody>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+        return Some(a.as_str());
     }
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then(|| host.to_owned())
+    (!host.is_empty()).then_some(host)
 }
 
 /// The authority sent upstream. `auto_host_rewrite` uses the endpoint's DNS name, as
@@ -957,7 +957,7 @@ fn finish_local(
     guard.details = details;
     let (parts, body) = resp.into_parts();
     if let Some(chain) = guard.chain.as_ref().map(ChainHandle::id) {
-        chain.keep_response_head(&parts, details);
+        chain.keep_response_status(parts.status, details);
     }
     let resp = Response::from_parts(parts, body);
     if let Some(log) = &mut guard.log {

@@ -612,6 +612,55 @@ async fn network_filter_callouts_behave_as_in_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_log_sees_the_request_head_the_last_attempt_sent() {
+    // Envoy's router sets `x-envoy-attempt-count` on the stream's own request
+    // headers before each attempt, so `on_log` reads the last attempt's count. The
+    // `props` plugin reads it in `on_log` into shared data, which the next request
+    // brings back.
+    let yaml = config("props", "")
+        .replacen(
+            "            - name: all\n",
+            "            - name: all\n              include_request_attempt_count: true\n",
+            1,
+        )
+        .replacen(
+            "                route: {cluster: backend}\n",
+            "                route: {cluster: backend, retry_policy: {retry_on: 5xx, num_retries: 1}}\n",
+            1,
+        );
+    let logged = "request/headers/x-envoy-attempt-count,request/method,response/code,\
+        response/headers/content-type,upstream/request_attempt_count";
+    let read_back = || {
+        Case::new(
+            "on_log's values, read back",
+            Req::get("/log").header("x-props-log", "1"),
+            Want::Backend(200, &["backend"]),
+        )
+    };
+    let cases = vec![
+        Case::new(
+            "a retried 503",
+            Req::get("/retried")
+                .header("x-echo-status", "503")
+                .header("x-props-at-log", logged),
+            Want::Backend(503, &["backend"]),
+        ),
+        read_back(),
+        // HTTP/2's codec consumes the response head: `on_log` reads a copy.
+        Case::new(
+            "h2: a retried 503",
+            Req::get("/retried")
+                .header("x-echo-status", "503")
+                .header("x-props-at-log", logged)
+                .h2(),
+            Want::Backend(503, &["backend"]),
+        ),
+        read_back(),
+    ];
+    run_yaml("props-retry", &yaml, cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_behave_as_in_envoy() {
     // The `props` plugin reads the properties named in `x-props` in the request
     // headers callback (into request headers, so the echo shows them), in the

@@ -473,17 +473,18 @@ impl WasmHttpFilter {
             stream.info = None;
             result
         });
-        // Back for the stream's next plugin: still packed unless this one read them.
+        // Back for the stream's next plugin, as they came or (if this one read them)
+        // unpacked.
         if let Some(info) = &self.info {
             let mut info = info.borrow_mut();
-            info.sent_request = heads.sent_request.take().or_else(|| {
-                let head = heads.request.take()?;
-                Some(SentHead::request(&head))
-            });
-            info.sent_response = heads.sent_response.take().or_else(|| {
-                let head = heads.response.take()?;
-                Some(SentHead::response(&head))
-            });
+            info.sent_request = heads
+                .sent_request
+                .take()
+                .or_else(|| heads.request.take().map(SentHead::request_moved));
+            info.sent_response = heads
+                .sent_response
+                .take()
+                .or_else(|| heads.response.take().map(SentHead::response_moved));
         }
         // A failure while logging cannot change the response any more; the VM
         // already logged it and will be restarted.

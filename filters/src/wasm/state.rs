@@ -135,8 +135,8 @@ pub(crate) struct StreamData {
     /// The HTTP stream's facts (times, route, upstream, filter state), shared by the
     /// stream's filters; `None` for root contexts and connections.
     pub info: Option<Rc<RefCell<StreamInfo>>>,
-    /// During `proxy_on_log`: the heads as they went out, packed; unpacked into
-    /// `request` / `response` when the plugin first reads a head
+    /// During `proxy_on_log`: the heads as they went out (moved or packed); moved
+    /// into `request` / `response` when the plugin first reads a head
     /// ([`Self::unpack_sent`]).
     pub sent_request: Option<SentHead>,
     pub sent_response: Option<SentHead>,
@@ -165,18 +165,10 @@ impl StreamData {
     /// Unpacks the sent heads `on_log` holds, before a host call reads a head.
     pub(crate) fn unpack_sent(&mut self) {
         if self.request.is_none() {
-            self.request = self
-                .sent_request
-                .take()
-                .and_then(SentHead::into_request)
-                .map(Box::new);
+            self.request = self.sent_request.take().and_then(SentHead::into_request);
         }
         if self.response.is_none() {
-            self.response = self
-                .sent_response
-                .take()
-                .and_then(SentHead::into_response)
-                .map(Box::new);
+            self.response = self.sent_response.take().and_then(SentHead::into_response);
         }
     }
 }
