@@ -270,7 +270,9 @@ struct Answer {
 
 thread_local! {
     static VMS: RefCell<FastMap<u64, Rc<WasmVm>>> = RefCell::new(FastMap::default());
-    static STREAMS: RefCell<FastMap<u64, StreamChain>> = RefCell::new(FastMap::default());
+    /// Boxed: inserting and removing moves a pointer, not the ~330-byte chain (the
+    /// two moves cost more than the allocation).
+    static STREAMS: RefCell<FastMap<u64, Box<StreamChain>>> = RefCell::new(FastMap::default());
     static NEXT_STREAM: Cell<u64> = const { Cell::new(1) };
 }
 
@@ -559,18 +561,21 @@ pub struct ChainId(u64);
 
 impl ChainHandle {
     /// The chain for a new stream; `None` when the listener has no filters that
-    /// need one (wasm filters, or `set_filter_state`). `info` makes the stream's
-    /// facts, only when there is a chain.
+    /// need one (wasm filters, or `set_filter_state`). `fill` completes the stream's
+    /// facts (started at `start_time`), only when there is a chain; in place, as
+    /// returned by value they were copied twice (~1 KiB).
     pub fn new(
         listener: &ListenerRuntime,
-        info: impl FnOnce() -> StreamInfo,
+        start_time: std::time::SystemTime,
+        fill: impl FnOnce(&mut StreamInfo),
     ) -> Option<ChainHandle> {
         let filters = &listener.http_filters;
         if filters.is_empty() && !listener.sets_filter_state {
             return None;
         }
         let buffer_limit = listener.config.per_connection_buffer_limit_bytes;
-        let info = Rc::new(RefCell::new(info()));
+        let info = Rc::new(RefCell::new(StreamInfo::new(start_time)));
+        fill(&mut info.borrow_mut());
         let slots = filters
             .iter()
             .map(|runtime| Slot {
@@ -581,7 +586,7 @@ impl ChainHandle {
             })
             .collect();
         let id = NEXT_STREAM.with(|next| next.replace(next.get() + 1));
-        let chain = StreamChain {
+        let chain = Box::new(StreamChain {
             slots,
             buffer_limit: buffer_limit as usize,
             pending_reply: None,
@@ -591,7 +596,7 @@ impl ChainHandle {
             waiter: None,
             body_wait: None,
             info,
-        };
+        });
         STREAMS.with(|streams| streams.borrow_mut().insert(id, chain));
         Some(ChainHandle { id })
     }
@@ -706,7 +711,7 @@ impl Drop for ChainHandle {
 }
 
 fn with_stream<R>(id: ChainId, f: impl FnOnce(&mut StreamChain) -> R) -> Option<R> {
-    STREAMS.with(|streams| streams.borrow_mut().get_mut(&id.0).map(f))
+    STREAMS.with(|streams| streams.borrow_mut().get_mut(&id.0).map(|chain| f(chain)))
 }
 
 /// A native filter's place in `http_filters`: after the first `after_wasm` wasm

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, StreamInfo, UpstreamInfo};
+use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, UpstreamInfo};
 use strait_filters::wasm::MetaValue;
 use strait_filters::LocalReply;
 use strait_xds::model::{
@@ -293,8 +293,7 @@ async fn proxy<'a>(
             downstream_remote: SocketAddr::new(effective_ip, 0),
         })
     };
-    guard.chain = ChainHandle::new(listener, || {
-        let mut info = StreamInfo::new(start_time);
+    guard.chain = ChainHandle::new(listener, start_time, |info| {
         info.random = rand::random();
         info.version = Some(req.version());
         info.connection = Some(strait_filters::wasm::ConnectionInfo {
@@ -304,7 +303,6 @@ async fn proxy<'a>(
         });
         info.listener = Some(listener.info.clone());
         info.resolver = Some(listener.routes.clone());
-        info
     });
     let id = guard.chain.as_ref().map(ChainHandle::id);
     if id.is_some() || !listener.stages.is_empty() {
