@@ -171,7 +171,7 @@ impl WasmHttpFilter {
                 self.resume_request |= signals.resume_request;
                 self.resume_response |= signals.resume_response;
                 match (signals.local_reply, action) {
-                    (Some(reply), _) => self.answer(reply),
+                    (Some(reply), _) => self.answer(*reply),
                     (None, 0) => FilterStatus::Continue,
                     // Pause and the StopIteration* variants of other SDKs.
                     (None, _) => FilterStatus::StopIteration,
@@ -294,7 +294,7 @@ impl WasmHttpFilter {
                 self.resume_request |= signals.resume_request;
                 self.resume_response |= signals.resume_response;
                 if let Some(reply) = signals.local_reply {
-                    self.pending_reply = Some(reply);
+                    self.pending_reply = Some(*reply);
                 }
             }
             Err(error) => self.error = Some(error),

@@ -176,7 +176,9 @@ impl StreamData {
 /// Requests a plugin made for one stream during any callback.
 #[derive(Default, Debug)]
 pub(crate) struct StreamSignals {
-    pub local_reply: Option<LocalReply>,
+    /// Boxed: signals are taken (and returned) after every callback, and a reply
+    /// inline made them ~170 bytes where they are nearly always empty.
+    pub local_reply: Option<Box<LocalReply>>,
     /// `proxy_continue_stream` was called for the request (0) or response (1).
     pub resume_request: bool,
     pub resume_response: bool,

@@ -481,7 +481,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }
                 let state = caller.data_mut();
                 let context = state.effective_context;
-                state.signal(context).ok_or(Status::NotFound)?.local_reply = Some(reply);
+                state.signal(context).ok_or(Status::NotFound)?.local_reply = Some(Box::new(reply));
                 Ok(())
             })())
         },
@@ -570,7 +570,7 @@ fn add_stream_control(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 // stream after the callback (HTTP/1.1: the connection closes; HTTP/2:
                 // RST_STREAM), with `wasm_close_stream` as the response details.
                 0 | 1 => {
-                    signals.local_reply = Some(LocalReply::reset("wasm_close_stream"));
+                    signals.local_reply = Some(Box::new(LocalReply::reset("wasm_close_stream")));
                     Ok(Status::Ok as i32)
                 }
                 // Downstream and upstream: a network filter has one connection to close
