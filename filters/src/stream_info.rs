@@ -127,6 +127,7 @@ pub struct StreamInfo {
 /// allocations, per-entry work and per-value reference counts (about a third of the
 /// instructions, measured with callgrind); a plugin that reads a packed head in
 /// `on_log` gets it unpacked then.
+///
 /// Each variant is a pointer, so a `SentHead` moves (the filters lend it to each
 /// plugin's `on_log` and take it back) as two words.
 pub struct SentHead(Sent);

@@ -612,9 +612,10 @@ impl ChainId {
         with_stream(self, |chain| f(&mut chain.info.borrow_mut()))
     }
 
-    /// Keeps a copy of the request head as the router sends it (or as it stood when
-    /// the stream was answered locally) for the plugins' `on_log`; only a chain with
-    /// wasm filters keeps one.
+    /// Keeps a copy of the request head as it stood when the stream was answered
+    /// locally (or as hedged attempts, which hand nothing back, first sent it) for
+    /// the plugins' `on_log`; only a chain with wasm filters keeps one. A head the
+    /// pool hands back is moved instead ([`Self::keep_sent_request`]).
     pub fn keep_request_head(self, head: &RequestHead) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {

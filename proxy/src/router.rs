@@ -953,11 +953,9 @@ fn finish_local(
     set_server(resp.headers_mut(), &listener.config.hcm.server_name);
     guard.status = resp.status().as_u16();
     guard.details = details;
-    let (parts, body) = resp.into_parts();
     if let Some(chain) = guard.chain.as_ref().map(ChainHandle::id) {
-        chain.keep_response_status(parts.status, details);
+        chain.keep_response_status(resp.status(), details);
     }
-    let resp = Response::from_parts(parts, body);
     if let Some(log) = &mut guard.log {
         log.response_headers = Some(resp.headers().clone());
     }

@@ -448,7 +448,7 @@ impl WasmHttpFilter {
         let Some((generation, context)) = self.context else {
             return;
         };
-        // The stream's final heads (as sent, packed), lent by its info; without
+        // The stream's final heads (as sent), lent by its info; without
         // them, the copies this filter kept.
         let mut heads = LogHeads::default();
         if let Some(info) = &self.info {
