@@ -142,6 +142,17 @@ pub async fn run(
     Box::pin(hedged(plan, first, host, retry, timers, guard)).await
 }
 
+/// Sends `request` to `host` as the plan says (protocol, upgrade, priority).
+fn send<'a>(
+    plan: &'a Plan<'_>,
+    host: &'a Arc<Host>,
+    request: UpstreamRequest,
+    signals: pool::Signals<'a>,
+) -> impl Future<Output = Sent> + 'a {
+    let (h2, upgrade, priority) = (plan.h2, plan.upgrade, plan.target.priority);
+    pool::send_signalled(plan.cluster, host, h2, upgrade, priority, request, signals)
+}
+
 /// Hands the head the last attempt sent (back from the pool) to the stream's
 /// plugins, whose `on_log` sees it as Envoy's access-log context does.
 fn keep_sent(plan: &Plan<'_>, head: Option<UpstreamRequest>) {
@@ -428,19 +439,11 @@ async fn sequential(
                     Err(ProxyError::Overflow)
                 }
                 Some(_) => {
-                    pool::send_signalled(
-                        cluster,
-                        &host,
-                        plan.h2,
-                        plan.upgrade,
-                        plan.target.priority,
-                        request,
-                        pool::Signals {
-                            ready: Some(&ready),
-                            back: Some(back),
-                        },
-                    )
-                    .await
+                    let signals = pool::Signals {
+                        ready: Some(&ready),
+                        back: Some(back),
+                    };
+                    send(plan, &host, request, signals).await
                 }
             }
         });
@@ -577,15 +580,7 @@ async fn single(
             ready: None,
             back: plan.chain.and(Some(&mut sent_head)),
         };
-        let send = pool::send_signalled(
-            cluster,
-            &host,
-            plan.h2,
-            plan.upgrade,
-            plan.target.priority,
-            request,
-            signals,
-        );
+        let send = send(plan, &host, request, signals);
         tokio::pin!(send);
         until(send.as_mut(), timers, None).await
     };
