@@ -660,15 +660,22 @@ impl ChainId {
     }
 
     /// Keeps the response head as it went to the client, for the plugins' `on_log`:
-    /// moved when the codec hands it back (Strait's HTTP/1.1 server writes from a
-    /// borrow), else packed from `Err(head)` before the codec consumes it.
-    pub fn keep_sent_response(self, head: Result<ResponseHead, &ResponseHead>) {
+    /// moved, as Strait's HTTP/1.1 server hands it back after writing from a borrow.
+    pub fn keep_sent_response(self, head: ResponseHead) {
+        self.keep_response_with(|| SentHead::response_moved(Box::new(head)));
+    }
+
+    /// As [`Self::keep_sent_response`], for a codec that consumes the head (hyper's,
+    /// `h2`): a packed copy, made before it goes.
+    pub fn keep_response_copy(self, head: &ResponseHead) {
+        self.keep_response_with(|| SentHead::response(head));
+    }
+
+    /// Keeps what `sent` makes, only in a chain with wasm filters (only they log).
+    fn keep_response_with(self, sent: impl FnOnce() -> SentHead) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                chain.info.borrow_mut().sent_response = Some(match head {
-                    Ok(head) => SentHead::response_moved(Box::new(head)),
-                    Err(head) => SentHead::response(head),
-                });
+                chain.info.borrow_mut().sent_response = Some(sent());
             }
         });
     }

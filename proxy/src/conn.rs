@@ -185,7 +185,7 @@ impl Future for Handled {
             let resp = match resp.body().chain() {
                 Some(chain) => {
                     let (head, body) = resp.into_parts();
-                    chain.keep_sent_response(Err(&head));
+                    chain.keep_response_copy(&head);
                     Response::from_parts(head, body)
                 }
                 None => resp,

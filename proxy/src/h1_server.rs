@@ -399,7 +399,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
         let body = match response.body().chain() {
             Some(chain) => {
                 let (head, body) = response.into_parts();
-                chain.keep_sent_response(Ok(head));
+                chain.keep_sent_response(head);
                 body
             }
             None => response.into_body(),
