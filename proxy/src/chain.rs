@@ -660,13 +660,13 @@ impl ChainId {
     }
 
     /// Keeps the response head as it went to the client, for the plugins' `on_log`:
-    /// moved, as Strait's HTTP/1.1 server hands it back after writing from a borrow.
+    /// moved, as Strait's HTTP/1.1 and HTTP/2 servers hand it back after writing from a borrow.
     pub fn keep_sent_response(self, head: ResponseHead) {
         self.keep_response_with(|| SentHead::response_moved(Box::new(head)));
     }
 
-    /// As [`Self::keep_sent_response`], for a codec that consumes the head (hyper's,
-    /// `h2`): a packed copy, made before it goes.
+    /// As [`Self::keep_sent_response`], for a codec that consumes the head (hyper's):
+    /// a packed copy, made before it goes.
     pub fn keep_response_copy(self, head: &ResponseHead) {
         self.keep_response_with(|| SentHead::response(head));
     }

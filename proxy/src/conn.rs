@@ -4,8 +4,8 @@
 //!
 //! HTTP/1.1 is served by Strait's own codec (`h1_server`); a connection whose next
 //! request asks for an upgrade (WebSocket, `CONNECT`) is handed, from that request
-//! on, to hyper's HTTP/1 server. HTTP/2 is served by `h2_server` (the `h2` crate's
-//! protocol, the streams run in the connection's task).
+//! on, to hyper's HTTP/1 server. HTTP/2 is served by Strait's own codec, `h2_server`
+//! (the streams run in the connection's task).
 //!
 //! An idle keep-alive connection costs what it holds. So once an HTTP/1.1 connection
 //! has been quiet for [`RELEASE_AFTER`], between two messages with nothing left to
@@ -144,13 +144,15 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Handled;
 
     fn call(&self, req: Request<Incoming>) -> Handled {
-        handle(&self.ctx, req.map(DownstreamBody::Hyper))
+        handle(&self.ctx, req.map(DownstreamBody::Hyper), true)
     }
 }
 
 /// Starts handling a request the connection's codec (hyper's HTTP/1, or the HTTP/2
-/// server) parsed.
-fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>) -> Handled {
+/// server) parsed. `copy_head`: the codec consumes the response head (hyper's), so
+/// the plugins' `on_log` gets a copy; Strait's HTTP/2 server writes from a borrow and
+/// hands the head over itself.
+fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>, copy_head: bool) -> Handled {
     // On HTTP/1 requests arrive one at a time, so the count is this request's index.
     let activity = &ctx.activity;
     let index = activity.started.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +165,7 @@ fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>) -> Handled {
     Handled {
         handling,
         active: Some(active),
+        copy_head,
     }
 }
 
@@ -170,6 +173,7 @@ fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>) -> Handled {
 pub(crate) struct Handled {
     handling: Handling,
     active: Option<Active>,
+    copy_head: bool,
 }
 
 impl Future for Handled {
@@ -179,10 +183,10 @@ impl Future for Handled {
         let this = self.get_mut();
         let answer = ready!(this.handling.as_mut().poll(cx));
         let active = this.active.take();
+        let copy_head = this.copy_head;
         Poll::Ready(answer.map(|resp| {
-            // hyper's and h2's codecs consume the head: the plugins' `on_log` gets
-            // a copy.
-            let resp = match resp.body().chain() {
+            // hyper's codec consumes the head: the plugins' `on_log` gets a copy.
+            let resp = match resp.body().chain().filter(|_| copy_head) {
                 Some(chain) => {
                     let (head, body) = resp.into_parts();
                     chain.keep_response_copy(&head);
@@ -202,6 +206,13 @@ impl Future for Handled {
 pub struct Counted {
     body: ResponseBody,
     _active: Option<Active>,
+}
+
+impl Counted {
+    /// The stream's filter chain (see [`ResponseBody::chain`]).
+    pub(crate) fn chain(&self) -> Option<crate::chain::ChainId> {
+        self.body.chain()
+    }
 }
 
 impl Body for Counted {
@@ -630,7 +641,7 @@ impl Conn {
         };
         let handler = {
             let ctx = ctx.clone();
-            move |req| handle(&ctx, req)
+            move |req| handle(&ctx, req, false)
         };
         let mut conn = crate::pin_in_place!(h2_server::Server::new(io, &settings, handler));
         self.watch

@@ -1,0 +1,329 @@
+//! Strait's HTTP/2 server at the frame level: what a client that breaks the
+//! protocol gets (RST_STREAM for a stream's error, GOAWAY naming a connection's),
+//! the limits (oversize header blocks, the rapid-reset pattern), and flow control
+//! holding a response until the client's window opens. Raw frames over a real
+//! socket; requests are HPACK-encoded by hand (static-table indexes and literals
+//! without indexing, so the encoder in this file is a few lines).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn code(&self) -> u32 {
+        let at = if self.kind == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+}
+
+struct Conn {
+    io: TcpStream,
+}
+
+impl Conn {
+    /// Connects, sends the preface and `settings`, and reads the server's SETTINGS.
+    async fn open(addr: SocketAddr, settings: &[(u16, u32)]) -> Conn {
+        let io = TcpStream::connect(addr).await.unwrap();
+        let mut c = Conn { io };
+        c.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let mut payload = Vec::new();
+        for (id, value) in settings {
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&value.to_be_bytes());
+        }
+        c.send(SETTINGS, 0, 0, &payload).await;
+        let first = c.next().await.expect("the server's SETTINGS");
+        assert_eq!((first.kind, first.flags), (SETTINGS, 0), "{first:?}");
+        c.send(SETTINGS, ACK, 0, &[]).await;
+        c
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        self.write(&frame(kind, flags, stream, payload)).await;
+    }
+
+    /// The next frame, or `None` when the server closed the connection; 10 s at most.
+    async fn next(&mut self) -> Option<Frame> {
+        let read = async {
+            let mut head = [0u8; 9];
+            self.io.read_exact(&mut head).await.ok()?;
+            let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+            let mut payload = vec![0; len];
+            self.io.read_exact(&mut payload).await.ok()?;
+            Some(Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                payload,
+            })
+        };
+        timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a frame within 10 s")
+    }
+
+    /// Frames until one `want` accepts, skipping SETTINGS ACKs, WINDOW_UPDATEs and
+    /// PING ACKs.
+    async fn until(&mut self, want: impl Fn(&Frame) -> bool) -> Frame {
+        loop {
+            let f = self.next().await.expect("the connection closed");
+            if want(&f) {
+                return f;
+            }
+            let housekeeping = matches!(f.kind, SETTINGS | WINDOW_UPDATE | PING);
+            assert!(housekeeping, "unexpected frame {f:?}");
+        }
+    }
+
+    /// A GET of `path` on stream `id` with `extra` fields, ending the stream.
+    async fn get(&mut self, id: u32, path: &str, extra: &[(&str, &str)]) {
+        let block = request_block(path, extra);
+        self.send(HEADERS, END_HEADERS | END_STREAM, id, &block)
+            .await;
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: `:method GET`, `:scheme http` (static indexes), `:authority h` and
+/// `:path` (literals with a static name), then `extra` as literals with new names.
+fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86];
+    literal(&mut b, Some(1), "", "h");
+    literal(&mut b, Some(4), "", path);
+    for (name, value) in extra {
+        literal(&mut b, None, name, value);
+    }
+    b
+}
+
+/// A literal field without indexing (RFC 7541 §6.2.2), raw strings.
+fn literal(b: &mut Vec<u8>, index: Option<u8>, name: &str, value: &str) {
+    match index {
+        Some(i) => b.push(i),
+        None => {
+            b.push(0);
+            string(b, name);
+        }
+    }
+    string(b, value);
+}
+
+fn string(b: &mut Vec<u8>, s: &str) {
+    // A 7-bit prefix integer (RFC 7541 §5.1).
+    let mut len = s.len();
+    if len < 127 {
+        b.push(len as u8);
+    } else {
+        b.push(127);
+        len -= 127;
+        while len >= 128 {
+            b.push((len % 128 + 128) as u8);
+            len /= 128;
+        }
+        b.push(len as u8);
+    }
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// A route answering `/direct` itself with `body`; the rest goes to `backend`.
+async fn strait(backend: &Backend, body: &str) -> Strait {
+    let vhosts = format!(
+        r#"
+- name: d
+  domains: ["*"]
+  routes:
+  - match: {{path: /direct}}
+    direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}
+  - match: {{prefix: /}}
+    route: {{cluster: up}}
+"#
+    );
+    let config = Bootstrap::new(&vhosts).cluster("up", backend.addr());
+    Strait::start(&config.build()).await
+}
+
+/// A response's `:status` is the first field; Strait's encoder indexes 200 (0x88)
+/// and writes other codes as raw literals.
+fn status_of(headers: &Frame) -> u16 {
+    assert_eq!(headers.kind, HEADERS, "{headers:?}");
+    match headers.payload.first() {
+        Some(0x88) => 200,
+        _ => {
+            let text = String::from_utf8_lossy(&headers.payload);
+            let code = text
+                .as_bytes()
+                .windows(3)
+                .find(|w| w.iter().all(u8::is_ascii_digit))
+                .expect("a status code");
+            std::str::from_utf8(code).unwrap().parse().unwrap()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_resets_its_stream_only() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Conn::open(s.main_addr().await, &[]).await;
+    // Uppercase names are malformed in HTTP/2 (RFC 9113 §8.2.1), and so are
+    // connection-specific fields (§8.2.2).
+    c.get(1, "/direct", &[("X-Upper", "1")]).await;
+    let rst = c.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!((rst.stream, rst.code()), (1, PROTOCOL_ERROR));
+    c.get(3, "/direct", &[("connection", "close")]).await;
+    let rst = c.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!((rst.stream, rst.code()), (3, PROTOCOL_ERROR));
+    // The connection serves the next stream.
+    c.get(5, "/direct", &[("x-fine", "1")]).await;
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!((head.stream, status_of(&head)), (5, 200));
+    let data = c.until(|f| f.kind == DATA).await;
+    assert_eq!(data.payload, b"direct");
+    assert_eq!(data.flags & END_STREAM, END_STREAM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_error_is_a_goaway_that_names_it() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Conn::open(s.main_addr().await, &[]).await;
+    c.send(PING, 0, 0, b"12345678").await;
+    let pong = c.until(|f| f.kind == PING).await;
+    assert_eq!(
+        (pong.flags, pong.payload.as_slice()),
+        (ACK, &b"12345678"[..])
+    );
+    c.send(DATA, 0, 0, b"x").await;
+    let goaway = c.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(goaway.code(), PROTOCOL_ERROR);
+    let why = String::from_utf8_lossy(&goaway.payload[8..]).into_owned();
+    assert!(why.contains("DATA frame on stream 0"), "{why}");
+    assert!(
+        c.next().await.is_none(),
+        "the connection closes after GOAWAY"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_header_block_gets_431_and_the_connection_goes_on() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Conn::open(s.main_addr().await, &[]).await;
+    // 70 KiB of fields against the default max_request_headers_kb (60), in a
+    // HEADERS frame and CONTINUATIONs of 16 KiB.
+    let big = "v".repeat(10 * 1024);
+    let fields: Vec<(String, &str)> = (0..7)
+        .map(|i| (format!("x-big-{i}"), big.as_str()))
+        .collect();
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let block = request_block("/direct", &fields);
+    let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let (kind, mut flags) = match i {
+            0 => (HEADERS, END_STREAM),
+            _ => (CONTINUATION, 0),
+        };
+        if i + 1 == chunks.len() {
+            flags |= END_HEADERS;
+        }
+        c.send(kind, flags, 1, chunk).await;
+    }
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!((head.stream, status_of(&head)), (1, 431));
+    c.get(3, "/direct", &[]).await;
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!((head.stream, status_of(&head)), (3, 200));
+}
+
+/// CVE-2023-44487: streams opened and reset at once make a proxy start upstream
+/// requests it then cancels. Past 100 such streams, more than half of a
+/// connection's, Strait ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_ends_the_connection() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Conn::open(s.main_addr().await, &[]).await;
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        let id = 2 * i + 1;
+        let block = request_block("/slow", &[("x-backend-delay-ms", "30000")]);
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        burst.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    c.write(&burst).await;
+    let goaway = c.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM);
+    let why = String::from_utf8_lossy(&goaway.payload[8..]).into_owned();
+    assert!(why.contains("reset by the client"), "{why}");
+}
+
+/// A response larger than the client's stream window waits for its
+/// WINDOW_UPDATE, then finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_waits_for_the_clients_window() {
+    let b = Backend::echo("b").await;
+    let body = "0123456789".repeat(100);
+    let s = strait(&b, &body).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE 100.
+    let mut c = Conn::open(s.main_addr().await, &[(0x4, 100)]).await;
+    c.get(1, "/direct", &[]).await;
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!(status_of(&head), 200);
+    let first = c.until(|f| f.kind == DATA).await;
+    assert_eq!(first.payload, body.as_bytes()[..100]);
+    assert_eq!(first.flags & END_STREAM, 0);
+    // Nothing more until the window opens.
+    let more = timeout(Duration::from_millis(300), c.next()).await;
+    assert!(more.is_err(), "{more:?}");
+    c.send(WINDOW_UPDATE, 0, 1, &900u32.to_be_bytes()).await;
+    let mut rest = Vec::new();
+    loop {
+        let f = c.until(|f| f.kind == DATA).await;
+        rest.extend_from_slice(&f.payload);
+        if f.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(rest, body.as_bytes()[100..]);
+}
