@@ -196,8 +196,8 @@ struct Conn {
     resets: u32,
     /// Streams Strait reset for the client's protocol errors.
     local_resets: u32,
-    /// The last pass polled a stream.
-    ran_any: bool,
+    /// Complete frames wait in the read buffer: the output was over [`HIGH_WATER`].
+    backlog: bool,
 }
 
 /// Strait's own settings, as advertised.
@@ -378,7 +378,7 @@ where
                 opened: 0,
                 resets: 0,
                 local_resets: 0,
-                ran_any: false,
+                backlog: false,
             },
         }
     }
@@ -416,7 +416,7 @@ where
                 };
             }
             if conn.tx.out.len < HIGH_WATER {
-                match conn.fill(io, cx) {
+                let read = match conn.fill(io, cx) {
                     Poll::Ready(Ok(0)) => {
                         // The client closed its side: its streams end with it.
                         conn.peer_gone = true;
@@ -424,25 +424,23 @@ where
                         conn.phase = Phase::Done;
                         return Poll::Ready(Ok(()));
                     }
-                    Poll::Ready(Ok(_)) => {
-                        progress = true;
-                        if let Err(e) = conn.frames(handler) {
-                            conn.fail(e);
-                            continue;
-                        }
-                    }
+                    Poll::Ready(Ok(_)) => true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => false,
+                };
+                // Frames left in the buffer while the output was full go on too.
+                if read || std::mem::take(&mut conn.backlog) {
+                    progress = true;
+                    if let Err(e) = conn.frames(handler) {
+                        conn.fail(e);
+                        continue;
+                    }
                 }
             }
             if conn.closing == Closing::Asked {
                 conn.start_closing();
             }
-            if let Err(e) = conn.run() {
-                conn.fail(e);
-                continue;
-            }
-            progress |= conn.ran_any;
+            progress |= conn.run();
             if conn.tx.out.len > 0 {
                 match conn.tx.out.poll_flush(io, cx) {
                     Poll::Ready(Ok(())) => {
@@ -571,6 +569,7 @@ impl Conn {
             }
             if self.tx.out.len >= HIGH_WATER {
                 // The peer is not reading: the rest waits until it does.
+                self.backlog = read.len() >= frame::HEAD_LEN;
                 break;
             }
         }
@@ -882,7 +881,11 @@ impl Conn {
             let fields = self.decode_fields(block)?;
             let Some(&i) = self.ids.get(&stream) else {
                 // A stream that has ended (Strait answered and reset it, or reset it
-                // for an error): the block only kept the decoder in step.
+                // for an error; the client's trailers may have crossed the reset):
+                // the block only kept the decoder in step, and the client learns the
+                // stream is closed rather than wait for it.
+                frame::put_rst(&mut self.tx.out.buf, stream, Reason::STREAM_CLOSED);
+                self.tx.out.grew();
                 return Ok(());
             };
             let slot = self.slots[i].as_mut().expect("mapped slot");
@@ -1159,9 +1162,8 @@ impl Conn {
     }
 
     /// Polls the streams that were woken, and returns the credit their readers
-    /// freed.
-    fn run(&mut self) -> Result<(), Error> {
-        self.ran_any = false;
+    /// freed; whether any stream was polled.
+    fn run(&mut self) -> bool {
         {
             let mut queue = self.shared.queue.lock();
             if !queue.ready.is_empty() {
@@ -1173,9 +1175,8 @@ impl Conn {
         }
         self.return_credit();
         if self.ready.is_empty() {
-            return Ok(());
+            return false;
         }
-        self.ran_any = true;
         let mut ready = std::mem::take(&mut self.ready);
         for &i in &ready {
             let Some((wake, waker)) = self.wakers.get(i) else {
@@ -1205,7 +1206,7 @@ impl Conn {
         if self.ready.is_empty() {
             self.ready = ready;
         }
-        Ok(())
+        true
     }
 
     /// A stream whose answer is sent ends once the client's side has ended too; if
