@@ -162,7 +162,7 @@ struct Conn {
     read: BytesMut,
     tx: Tx,
     decoder: Decoder,
-    names: crate::h1::NameCache,
+    seen: Seen,
     /// A header block spread over CONTINUATION frames, and its HEADERS frame's
     /// stream and flags.
     block: BytesMut,
@@ -356,7 +356,7 @@ where
                     send_window: frame::DEFAULT_WINDOW as i64,
                 },
                 decoder: Decoder::new(4096),
-                names: crate::h1::NameCache::default(),
+                seen: Seen::default(),
                 block: BytesMut::new(),
                 partial: None,
                 slots: Vec::new(),
@@ -1012,9 +1012,9 @@ impl Conn {
     /// HTTP error is the stream's.
     fn decode_request(&mut self, block: &[u8]) -> Result<Decoded, Error> {
         let mut b = RequestParts::new(self.ours.max_header_list_size);
-        let names = &mut self.names;
+        let seen = &mut self.seen;
         self.decoder
-            .decode(block, |name, value| b.field(names, name, value))
+            .decode(block, |name, value| b.field(seen, name, value))
             .map_err(|e| conn_err(Reason::COMPRESSION_ERROR, e.to_string()))?;
         Ok(b.finish())
     }
@@ -1023,9 +1023,9 @@ impl Conn {
     fn decode_fields(&mut self, block: &[u8]) -> Result<Result<HeaderMap, &'static str>, Error> {
         let mut b = RequestParts::new(self.ours.max_header_list_size);
         b.trailers = true;
-        let names = &mut self.names;
+        let seen = &mut self.seen;
         self.decoder
-            .decode(block, |name, value| b.field(names, name, value))
+            .decode(block, |name, value| b.field(seen, name, value))
             .map_err(|e| conn_err(Reason::COMPRESSION_ERROR, e.to_string()))?;
         Ok(match (b.malformed, b.too_large) {
             (Some(why), _) => Err(why),
@@ -1580,6 +1580,64 @@ impl Out {
     }
 }
 
+/// What the connection's last request carried: a client sends the same authority,
+/// and mostly the same fields, request after request. A clone of what was parsed
+/// then costs a reference count; parsing and copying again, an allocation and a
+/// pass over the bytes.
+#[derive(Default)]
+struct Seen {
+    names: crate::h1::NameCache,
+    authority: Option<Authority>,
+    path: Option<PathAndQuery>,
+    /// Regular fields' values by position, short ones only.
+    values: Vec<Option<HeaderValue>>,
+}
+
+/// Positions and length of the values [`Seen`] keeps: a bound on what a client
+/// can make a connection hold.
+const SEEN_VALUES: usize = 16;
+const SEEN_VALUE_LEN: usize = 256;
+
+impl Seen {
+    fn authority(&mut self, raw: &[u8]) -> Option<Authority> {
+        if let Some(a) = self
+            .authority
+            .as_ref()
+            .filter(|a| a.as_str().as_bytes() == raw)
+        {
+            return Some(a.clone());
+        }
+        let a = Authority::from_maybe_shared(Bytes::copy_from_slice(raw)).ok()?;
+        self.authority = (raw.len() <= SEEN_VALUE_LEN).then(|| a.clone());
+        Some(a)
+    }
+
+    fn path(&mut self, raw: &[u8]) -> Option<PathAndQuery> {
+        if let Some(p) = self.path.as_ref().filter(|p| p.as_str().as_bytes() == raw) {
+            return Some(p.clone());
+        }
+        let p = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(raw)).ok()?;
+        self.path = (raw.len() <= SEEN_VALUE_LEN).then(|| p.clone());
+        Some(p)
+    }
+
+    fn value(&mut self, index: usize, raw: &[u8]) -> Option<HeaderValue> {
+        if let Some(Some(v)) = self.values.get(index) {
+            if v.as_bytes() == raw {
+                return Some(v.clone());
+            }
+        }
+        let v = HeaderValue::from_bytes(raw).ok()?;
+        if index < SEEN_VALUES && raw.len() <= SEEN_VALUE_LEN {
+            if self.values.len() <= index {
+                self.values.resize(index + 1, None);
+            }
+            self.values[index] = Some(v.clone());
+        }
+        Some(v)
+    }
+}
+
 /// A request head as its fields are decoded.
 struct RequestParts {
     limit: usize,
@@ -1631,7 +1689,7 @@ impl RequestParts {
     }
 
     /// One decoded field (RFC 9113 §8.2, §8.3).
-    fn field(&mut self, names: &mut crate::h1::NameCache, name: &[u8], value: &[u8]) {
+    fn field(&mut self, seen: &mut Seen, name: &[u8], value: &[u8]) {
         self.size += name.len() + value.len() + 32;
         if self.size > self.limit {
             self.too_large = true;
@@ -1653,19 +1711,17 @@ impl RequestParts {
                     Ok(s) => self.scheme = Some(s),
                     Err(_) => self.bad("an invalid :scheme"),
                 },
-                b"authority" if self.authority.is_none() => {
-                    match Authority::from_maybe_shared(Bytes::copy_from_slice(value)) {
-                        Ok(a) => self.authority = Some(a),
-                        Err(_) => self.bad("an invalid :authority"),
-                    }
-                }
+                b"authority" if self.authority.is_none() => match seen.authority(value) {
+                    Some(a) => self.authority = Some(a),
+                    None => self.bad("an invalid :authority"),
+                },
                 b"path" if self.path.is_none() => {
                     if value.is_empty() {
                         return self.bad("an empty :path");
                     }
-                    match PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(value)) {
-                        Ok(p) => self.path = Some(p),
-                        Err(_) => self.bad("an invalid :path"),
+                    match seen.path(value) {
+                        Some(p) => self.path = Some(p),
+                        None => self.bad("an invalid :path"),
                     }
                 }
                 b"method" | b"scheme" | b"authority" | b"path" => {
@@ -1681,7 +1737,7 @@ impl RequestParts {
         }
         let index = self.index;
         self.index += 1;
-        let Ok(name) = names.name(index, name) else {
+        let Ok(name) = seen.names.name(index, name) else {
             return self.bad("an invalid header name");
         };
         if crate::headers::is_connection_specific(&name) {
@@ -1690,7 +1746,11 @@ impl RequestParts {
         if name == header::TE && value != b"trailers" {
             return self.bad("te other than \"trailers\"");
         }
-        let Ok(value) = HeaderValue::from_bytes(value) else {
+        let value = match self.trailers {
+            true => HeaderValue::from_bytes(value).ok(),
+            false => seen.value(index, value),
+        };
+        let Some(value) = value else {
             return self.bad("an invalid header value");
         };
         if name == header::CONTENT_LENGTH && !self.trailers {

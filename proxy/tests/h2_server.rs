@@ -327,3 +327,27 @@ async fn a_response_waits_for_the_clients_window() {
     }
     assert_eq!(rest, body.as_bytes()[100..]);
 }
+
+/// A connection reuses what its last request parsed (authority, path, values by
+/// position) only when the bytes are the same: requests that differ get their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_keeps_its_own_fields() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Client::connect(s.main_addr().await, Proto::H2)
+        .await
+        .unwrap();
+    let cases = [
+        ("one.test", "/a?x=1", "1", "kept"),
+        ("one.test", "/a?x=1", "1", "kept"),
+        ("two.test", "/b", "22", "kept"),
+        ("two.test", "/b", "3", "other"),
+    ];
+    for (host, path, v, w) in cases {
+        let r = c.get(host, path, &[("x-v", v), ("x-w", w)]).await;
+        assert_eq!(r.status, 200);
+        let e = r.echo();
+        assert_eq!((e.host.as_str(), e.path.as_str()), (host, path));
+        assert_eq!((e.header("x-v"), e.header("x-w")), (Some(v), Some(w)));
+    }
+}
