@@ -1125,7 +1125,15 @@ pub struct Encoder {
     /// The smallest table size since the last block, if the size changed: the next block must
     /// announce it (then the current size, if larger) before any field (RFC 7541 §4.2).
     pending_update: Option<usize>,
+    /// The link (insertion number plus one; 0 for none) of the dynamic entry each position of
+    /// the last block matched or added. An upstream answers with the same fields in the same
+    /// order response after response: when the entry at a position's link is still live and
+    /// holds the same field, its index is known without hashing or walking a chain.
+    last: Vec<u64>,
 }
+
+/// Positions of a block that [`Encoder::last`] remembers.
+const LAST_POSITIONS: usize = 32;
 
 impl Default for Encoder {
     fn default() -> Encoder {
@@ -1155,6 +1163,7 @@ impl Encoder {
             field_heads: [0; BUCKETS],
             name_heads: [0; BUCKETS],
             pending_update: None,
+            last: Vec::new(),
         }
     }
 
@@ -1226,10 +1235,18 @@ impl Encoder {
     }
 
     fn encode_headers(&mut self, headers: &HeaderMap, dst: &mut BytesMut) {
-        for (name, value) in headers {
+        for (i, (name, value)) in headers.iter().enumerate() {
             let name = name.as_str();
-            let static_index = static_name_index(name);
             let value_bytes = value.as_bytes();
+            let same = match value.is_sensitive() {
+                true => None,
+                false => self.same_as_last(i, name.as_bytes(), value_bytes),
+            };
+            if let Some(index) = same {
+                encode_int(dst, 0x80, 0x7f, index);
+                continue;
+            }
+            let static_index = static_name_index(name);
             // 23 authorization, 49 proxy-authorization, 32 cookie, 55 set-cookie.
             let sensitive = value.is_sensitive()
                 || match static_index {
@@ -1237,12 +1254,34 @@ impl Encoder {
                     Some(32 | 55) => value_bytes.len() < 20,
                     _ => false,
                 };
-            self.encode_field(name.as_bytes(), static_index, value_bytes, sensitive, dst);
+            let link =
+                self.encode_field(name.as_bytes(), static_index, value_bytes, sensitive, dst);
+            if i < LAST_POSITIONS {
+                if self.last.len() <= i {
+                    self.last.resize(i + 1, 0);
+                }
+                self.last[i] = link;
+            }
         }
     }
 
+    /// The index of the dynamic entry position `i` of the last block used, if it is still
+    /// live and holds exactly this field. Fields sensitive by name are never indexed, so no
+    /// position links to one; the caller keeps values marked sensitive away.
+    #[inline]
+    fn same_as_last(&self, i: usize, name: &[u8], value: &[u8]) -> Option<usize> {
+        let link = *self.last.get(i)?;
+        if link <= self.oldest() {
+            return None;
+        }
+        let pos = (self.inserted - link) as usize;
+        let e = &self.entries[pos].entry;
+        (bytes_eq(e.value(), value) && bytes_eq(e.name(), name)).then_some(STATIC_LEN + 1 + pos)
+    }
+
     /// Encodes one field following the rules in the module documentation. `static_index` is
-    /// the static-table index of `name`, if any.
+    /// the static-table index of `name`, if any. Returns the link of the dynamic entry that
+    /// now holds the field (matched or added), or 0.
     fn encode_field(
         &mut self,
         name: &[u8],
@@ -1250,17 +1289,17 @@ impl Encoder {
         value: &[u8],
         sensitive: bool,
         dst: &mut BytesMut,
-    ) {
+    ) -> u64 {
         if let Some(i) = static_index {
             if bytes_eq(STATIC_TABLE[i - 1].1, value) {
                 encode_int(dst, 0x80, 0x7f, i);
-                return;
+                return 0;
             }
         }
         if sensitive {
             dst.reserve(name.len() + value.len() + 12);
             self.encode_literal(0x10, 0x0f, static_index, name, value, dst);
-            return;
+            return 0;
         }
 
         let name_print = fingerprint(name);
@@ -1269,7 +1308,7 @@ impl Encoder {
         if !self.entries.is_empty() {
             if let Some(i) = self.find_field(hash_field, name, value) {
                 encode_int(dst, 0x80, 0x7f, i);
-                return;
+                return self.inserted - (i - STATIC_LEN - 1) as u64;
             }
         }
         let name_index = match static_index {
@@ -1282,8 +1321,10 @@ impl Encoder {
         if size * 4 <= self.capacity * 3 {
             self.encode_literal(0x40, 0x3f, name_index, name, value, dst);
             self.insert(name, value, hash_name, hash_field);
+            self.inserted
         } else {
             self.encode_literal(0x00, 0x0f, name_index, name, value, dst);
+            0
         }
     }
 
@@ -2119,6 +2160,51 @@ mod tests {
         assert_eq!(dst.len(), 1 + 1 + 6);
         assert_eq!(decode_all(&mut d, &dst).unwrap(), expected(None, &other));
         assert_tables_match(&e, &d);
+    }
+
+    /// The per-position shortcut: a repeated response is all one-byte indexes; a changed
+    /// value at a position, an evicted entry and a value now marked sensitive each take the
+    /// full path, and the decoder agrees every time.
+    #[test]
+    fn repeated_positions_take_the_shortcut_only_when_it_holds() {
+        let mut headers = HeaderMap::new();
+        headers.insert("server", HeaderValue::from_static("nginx"));
+        headers.insert("x-one", HeaderValue::from_static("1"));
+        headers.insert("x-two", HeaderValue::from_static("2"));
+        let mut e = Encoder::new();
+        let mut d = Decoder::new(4096);
+        let mut check = |e: &mut Encoder, headers: &HeaderMap| {
+            let block = encode_response(e, 200, headers);
+            assert_eq!(
+                decode_all(&mut d, &block).unwrap(),
+                expected(Some(200), headers)
+            );
+            assert_tables_match(e, &d);
+            block
+        };
+        check(&mut e, &headers);
+        assert_eq!(check(&mut e, &headers).len(), 4);
+        assert_eq!(check(&mut e, &headers).len(), 4);
+        // Another value at position 1: a new entry; the other positions still index.
+        headers.insert("x-one", HeaderValue::from_static("11"));
+        let block = check(&mut e, &headers);
+        assert_eq!(block[2] & 0xc0, 0x40, "{block:?}");
+        assert_eq!(check(&mut e, &headers).len(), 4);
+        // Marked sensitive: never indexed, though the entry is live.
+        let mut secret = HeaderValue::from_static("2");
+        secret.set_sensitive(true);
+        headers.insert("x-two", secret);
+        let block = check(&mut e, &headers);
+        assert_eq!(block[3] & 0xf0, 0x10, "{block:?}");
+        // Evicted: a table of 0 empties it; the positions' links are dead.
+        e.set_max_table_size(0);
+        let block = check(&mut e, &headers);
+        assert!(block.len() > 4, "{block:?}");
+        e.set_max_table_size(4096);
+        check(&mut e, &headers);
+        // :status, server and x-one indexed; x-two never indexed, its name a literal too:
+        // flags, name length, "x-two", value length, "2".
+        assert_eq!(check(&mut e, &headers).len(), 3 + 1 + 1 + 5 + 1 + 1);
     }
 
     #[test]
