@@ -415,7 +415,8 @@ where
                     }
                 };
             }
-            if conn.tx.out.len < HIGH_WATER {
+            let room = conn.tx.out.len < HIGH_WATER;
+            if room {
                 let read = match conn.fill(io, cx) {
                     Poll::Ready(Ok(0)) => {
                         // The client closed its side: its streams end with it.
@@ -444,11 +445,14 @@ where
             if conn.tx.out.len > 0 {
                 match conn.tx.out.poll_flush(io, cx) {
                     Poll::Ready(Ok(())) => {
-                        // Room again: the bodies that waited for it go on.
+                        // Room again: the bodies that waited for it go on, and so does
+                        // reading (this pass did not read, and no read registered a
+                        // wake-up).
                         if !conn.blocked.is_empty() {
                             conn.ready.append(&mut conn.blocked);
                             progress = true;
                         }
+                        progress |= !room;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
                     Poll::Pending => {}

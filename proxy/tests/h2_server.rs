@@ -351,3 +351,39 @@ async fn each_request_on_a_connection_keeps_its_own_fields() {
         assert_eq!((e.header("x-v"), e.header("x-w")), (Some(v), Some(w)));
     }
 }
+
+/// A client that asks for more than the connection's output may hold (256 KiB) and
+/// reads nothing until it has sent every request: Strait stops taking response
+/// chunks while its output is full, and every response still arrives whole once
+/// the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_wait_for_a_client_that_reads_late() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    // Windows that never stop the server: only its own output bound holds it back.
+    let mut c = Conn::open(s.main_addr().await, &[(0x4, 0x7fff_ffff)]).await;
+    c.send(WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes())
+        .await;
+    const STREAMS: u32 = 100;
+    const SIZE: usize = 64 * 1024;
+    let size = SIZE.to_string();
+    for i in 0..STREAMS {
+        c.get(2 * i + 1, "/big", &[("x-backend-body-bytes", &size)])
+            .await;
+    }
+    // The answers pile up: far more than the socket and the output bound hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bytes = 0;
+    let mut ended = 0;
+    while ended < STREAMS {
+        let f = c.until(|f| matches!(f.kind, HEADERS | DATA)).await;
+        if f.kind == HEADERS {
+            assert_eq!(status_of(&f), 200);
+        }
+        bytes += if f.kind == DATA { f.payload.len() } else { 0 };
+        if f.flags & END_STREAM != 0 {
+            ended += 1;
+        }
+    }
+    assert_eq!(bytes, STREAMS as usize * SIZE);
+}
