@@ -2388,6 +2388,40 @@ mod tests {
         }
     }
 
+    /// Whatever a peer sends, decoding ends in fields or an error, never a panic: random
+    /// bytes, and valid blocks with random bytes flipped, cut or appended.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut headers = HeaderMap::new();
+        headers.insert("server", HeaderValue::from_static("nginx"));
+        headers.insert("x-long", HeaderValue::from_str(&"q".repeat(300)).unwrap());
+        let mut e = Encoder::new();
+        let valid = encode_response(&mut e, 200, &headers);
+        for round in 0..20_000 {
+            let mut block: Vec<u8> = match round % 2 {
+                0 => (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+                _ => {
+                    let mut b = valid.to_vec();
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(b.len() as u64);
+                        b[at] = rng.next() as u8;
+                    }
+                    b.truncate(rng.below(b.len() as u64 + 1));
+                    b
+                }
+            };
+            if rng.below(4) == 0 {
+                block.extend((0..rng.below(8)).map(|_| rng.next() as u8));
+            }
+            // A fresh decoder each round: after an error, a connection closes.
+            let mut d = Decoder::new(4096);
+            let mut fields = 0usize;
+            let _ = d.decode(&block, |n, v| fields += n.len() + v.len());
+            let _ = d.decode(&valid, |n, v| fields += n.len() + v.len());
+        }
+    }
+
     #[test]
     fn random_blocks_keep_tables_in_sync() {
         const NAMES: &[&str] = &[

@@ -387,3 +387,49 @@ async fn responses_wait_for_a_client_that_reads_late() {
     }
     assert_eq!(bytes, STREAMS as usize * SIZE);
 }
+
+/// Connections that send random frames (random types, flags, streams and payloads,
+/// after a valid preface) end however the protocol says, each on its own: the
+/// proxy keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_frames_end_only_their_own_connection() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let addr = s.main_addr().await;
+    let mut good = Conn::open(addr, &[]).await;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    for _ in 0..200 {
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        for _ in 0..1 + rand() % 8 {
+            let kind = (rand() % 11) as u8;
+            let flags = (rand() % 256) as u8;
+            let stream = (rand() % 6) as u32;
+            let len = (rand() % 48) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+            bytes.extend(frame(kind, flags, stream, &payload));
+        }
+        io.write_all(&bytes).await.unwrap();
+        // Whatever comes back, within a bound; then the client goes.
+        let mut sink = [0u8; 4096];
+        let _ = timeout(Duration::from_millis(20), io.read(&mut sink)).await;
+    }
+    // A connection opened before, and one opened after, are served.
+    good.get(1, "/direct", &[]).await;
+    let head = good.until(|f| f.kind == HEADERS).await;
+    assert_eq!(status_of(&head), 200);
+    let mut c = Conn::open(addr, &[]).await;
+    c.get(1, "/direct", &[]).await;
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!(status_of(&head), 200);
+    // No connection task died of a panic (tokio would have kept the worker alive).
+    let stderr = s.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
