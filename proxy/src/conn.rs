@@ -635,9 +635,9 @@ impl Conn {
         let hcm = &ctx.listener.config.hcm;
         let settings = h2_server::Settings {
             max_header_list_size: hcm.max_request_headers_kb * 1024,
-            initial_stream_window: 1 << 20,
-            initial_connection_window: 4 << 20,
-            max_concurrent_streams: 1024,
+            initial_stream_window: hcm.http2.initial_stream_window_size,
+            initial_connection_window: hcm.http2.initial_connection_window_size,
+            max_concurrent_streams: hcm.http2.max_concurrent_streams,
         };
         let handler = {
             let ctx = ctx.clone();

@@ -1099,7 +1099,7 @@ impl Conn {
             let mut inbox = inbox.lock();
             let dropped = inbox.dropped;
             if !dropped && !data.is_empty() {
-                inbox.chunks.push_back(data.clone());
+                inbox.chunks.push_back(data);
             }
             if end {
                 inbox.end = End::Done;

@@ -48,13 +48,18 @@ impl Frame {
 
 struct Conn {
     io: TcpStream,
+    /// The server's SETTINGS, as (identifier, value) pairs.
+    settings: Vec<(u16, u32)>,
 }
 
 impl Conn {
     /// Connects, sends the preface and `settings`, and reads the server's SETTINGS.
     async fn open(addr: SocketAddr, settings: &[(u16, u32)]) -> Conn {
         let io = TcpStream::connect(addr).await.unwrap();
-        let mut c = Conn { io };
+        let mut c = Conn {
+            io,
+            settings: Vec::new(),
+        };
         c.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let mut payload = Vec::new();
         for (id, value) in settings {
@@ -64,6 +69,14 @@ impl Conn {
         c.send(SETTINGS, 0, 0, &payload).await;
         let first = c.next().await.expect("the server's SETTINGS");
         assert_eq!((first.kind, first.flags), (SETTINGS, 0), "{first:?}");
+        c.settings = first
+            .payload
+            .chunks_exact(6)
+            .map(|s| {
+                let id = u16::from_be_bytes([s[0], s[1]]);
+                (id, u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+            })
+            .collect();
         c.send(SETTINGS, ACK, 0, &[]).await;
         c
     }
@@ -180,6 +193,23 @@ async fn strait(backend: &Backend, body: &str) -> Strait {
 "#
     );
     let config = Bootstrap::new(&vhosts).cluster("up", backend.addr());
+    Strait::start(&config.build()).await
+}
+
+/// As [`strait`], with `hcm` added to the connection manager.
+async fn strait_with(backend: &Backend, hcm: &str) -> Strait {
+    let vhosts = r#"
+- name: d
+  domains: ["*"]
+  routes:
+  - match: {path: /direct}
+    direct_response: {status: 200, body: {inline_string: "direct"}}
+  - match: {prefix: /}
+    route: {cluster: up}
+"#;
+    let config = Bootstrap::new(vhosts)
+        .hcm(hcm)
+        .cluster("up", backend.addr());
     Strait::start(&config.build()).await
 }
 
@@ -432,4 +462,41 @@ async fn random_frames_end_only_their_own_connection() {
     // No connection task died of a panic (tokio would have kept the worker alive).
     let stderr = s.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The connection manager's `http2_protocol_options` are what the server advertises
+/// and enforces: past `max_concurrent_streams` a stream is refused (REFUSED_STREAM,
+/// safe to retry), and the others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_protocol_options_set_the_servers_settings() {
+    let b = Backend::echo("b").await;
+    let hcm = "http2_protocol_options: {max_concurrent_streams: 2, initial_stream_window_size: 70000, initial_connection_window_size: 1048576}";
+    let s = strait_with(&b, hcm).await;
+    let mut c = Conn::open(s.main_addr().await, &[]).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_INITIAL_WINDOW_SIZE.
+    assert!(c.settings.contains(&(0x3, 2)), "{:?}", c.settings);
+    assert!(c.settings.contains(&(0x4, 70_000)), "{:?}", c.settings);
+    // The connection window grows from the protocol's 65,535 to 1 MiB.
+    let update = c.until(|f| f.kind == WINDOW_UPDATE).await;
+    assert_eq!(update.stream, 0);
+    assert_eq!(update.code(), 1_048_576 - 65_535);
+    // Two slow streams take the limit; a third is refused, then served once one ends.
+    let slow = [("x-backend-delay-ms", "300")];
+    c.get(1, "/slow", &slow).await;
+    c.get(3, "/slow", &slow).await;
+    c.get(5, "/direct", &[]).await;
+    let rst = c.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!((rst.stream, rst.code()), (5, 0x7));
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let f = c.until(|f| matches!(f.kind, HEADERS | DATA)).await;
+        if f.flags & END_STREAM != 0 {
+            ended.push(f.stream);
+        }
+    }
+    ended.sort();
+    assert_eq!(ended, [1, 3]);
+    c.get(7, "/direct", &[]).await;
+    let head = c.until(|f| f.kind == HEADERS).await;
+    assert_eq!((head.stream, status_of(&head)), (7, 200));
 }

@@ -79,6 +79,27 @@ pub enum CodecType {
     Http2,
 }
 
+/// What Strait's HTTP/2 server advertises (`http2_protocol_options` of the connection
+/// manager). The defaults are smaller than Envoy's (2^31-1 streams, 256 MiB windows):
+/// a stream's window is what a client may send before the upstream reads it, and
+/// Strait holds it in memory, so the default bounds a connection to 4 MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: 1024,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 4 << 20,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct HttpConnectionManager {
     pub codec_type: CodecType,
@@ -96,6 +117,8 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     /// Default 60, max 8192 (Envoy's bounds).
     pub max_request_headers_kb: u32,
+    /// `http2_protocol_options`: the settings the HTTP/2 server advertises.
+    pub http2: Http2Settings,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     /// Default true.

@@ -15,9 +15,9 @@ use crate::bootstrap::{
 };
 use crate::format::{parse_format, DEFAULT_ACCESS_LOG_FORMAT};
 use crate::model::{
-    AccessLog, AccessLogSink, CodecType, FilterStateValue, FormatPiece, HttpConnectionManager,
-    HttpFilterConfig, InternalAddresses, JsonValueTemplate, Listener, LogFormat,
-    SetFilterStateConfig, WasmFilterConfig,
+    AccessLog, AccessLogSink, CodecType, FilterStateValue, FormatPiece, Http2Settings,
+    HttpConnectionManager, HttpFilterConfig, InternalAddresses, JsonValueTemplate, Listener,
+    LogFormat, SetFilterStateConfig, WasmFilterConfig,
 };
 
 pub(super) const HCM_TYPE: &str =
@@ -167,6 +167,7 @@ fn http_connection_manager(
             message,
         ));
     }
+    let http2 = http2_settings(path, config.http2_protocol_options.as_ref())?;
     let access_logs = config
         .access_log
         .iter()
@@ -196,6 +197,7 @@ fn http_connection_manager(
         request_timeout: config.request_timeout.filter(|t| !t.is_zero()),
         idle_timeout: timeout_or(idle_timeout, Duration::from_secs(3600)),
         max_request_headers_kb,
+        http2,
         use_remote_address: config.use_remote_address.unwrap_or(false),
         xff_num_trusted_hops: config.xff_num_trusted_hops.unwrap_or(0),
         generate_request_id: config.generate_request_id.unwrap_or(true),
@@ -219,6 +221,39 @@ fn http_connection_manager(
             .map(|c| internal_addresses(&format!("{path}.internal_address_config"), c))
             .transpose()?,
     })
+}
+
+/// `http2_protocol_options`, within Envoy's bounds: windows of 65,535 to 2^31-1 bytes,
+/// 1 to 2^31-1 concurrent streams.
+fn http2_settings(
+    path: &str,
+    config: Option<&bootstrap::DownstreamHttp2ProtocolOptions>,
+) -> Result<Http2Settings> {
+    let mut settings = Http2Settings::default();
+    let Some(config) = config else {
+        return Ok(settings);
+    };
+    let check = |field: &str, value: Option<u32>, min: u32| -> Result<Option<u32>> {
+        match value {
+            Some(v) if !(min..=i32::MAX as u32).contains(&v) => Err(ConfigError::new(
+                format!("{path}.http2_protocol_options.{field}"),
+                format!("{v} is not between {min} and 2147483647"),
+            )),
+            v => Ok(v),
+        }
+    };
+    if let Some(v) = check("max_concurrent_streams", config.max_concurrent_streams, 1)? {
+        settings.max_concurrent_streams = v;
+    }
+    let stream = config.initial_stream_window_size;
+    if let Some(v) = check("initial_stream_window_size", stream, 65_535)? {
+        settings.initial_stream_window_size = v;
+    }
+    let connection = config.initial_connection_window_size;
+    if let Some(v) = check("initial_connection_window_size", connection, 65_535)? {
+        settings.initial_connection_window_size = v;
+    }
+    Ok(settings)
 }
 
 /// `internal_address_config`: each `cidr_ranges` entry an IP prefix with a length that

@@ -64,6 +64,7 @@ fn base_translates() {
         (None, None)
     );
     assert_eq!(hcm.max_request_headers_kb, 60);
+    assert_eq!(hcm.http2, crate::model::Http2Settings::default());
     assert!(hcm.generate_request_id && !hcm.use_remote_address);
     assert_eq!(hcm.server_name, "strait");
     let cluster = &snapshot.clusters["web"];
@@ -159,6 +160,9 @@ fn errors_name_paths() {
         ("stat_prefix: ingress", "stat_prefix: x\n          access_log: [{name: envoy.access_loggers.file, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /tmp/x, log_format: {text_format_source: {inline_string: \"%FOO%\"}}}}]", format!("{HCM}.access_log[0].typed_config.log_format.text_format_source: unknown command %FOO%")),
         ("stat_prefix: ingress", "stat_prefix: x\n          access_log: [{name: envoy.access_loggers.stdout, filter: {}}]", format!("{HCM}.access_log[0].filter: filter is not supported yet")),
         ("stat_prefix: ingress", "stat_prefix: x\n          max_request_headers_kb: 9000", format!("{HCM}.max_request_headers_kb: must be between 1 and 8192")),
+        ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {initial_stream_window_size: 1000}", format!("{HCM}.http2_protocol_options.initial_stream_window_size: 1000 is not between 65535 and 2147483647")),
+        ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {max_concurrent_streams: 0}", format!("{HCM}.http2_protocol_options.max_concurrent_streams: 0 is not between 1 and 2147483647")),
+        ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {allow_connect: true}", format!("{HCM}.http2_protocol_options.allow_connect: allow_connect is not supported yet")),
         ("static_resources:", "dynamic_resources: {}\nstatic_resources:", "dynamic_resources: dynamic_resources is not supported yet".into()),
         ("static_resources:", "static_resources: [", ".: ".into()),
     ];
@@ -555,4 +559,21 @@ fn resilience_fields_translate() {
         let error = snapshot_from_yaml(&BASE.replacen(old, new, 1)).unwrap_err().to_string();
         assert!(error.contains(want), "want {want:?} in {error:?}");
     }
+}
+
+#[test]
+fn http2_protocol_options_reach_the_server_settings() {
+    let text = edited(
+        "stat_prefix: ingress",
+        "stat_prefix: x\n          http2_protocol_options: {max_concurrent_streams: 7, initial_stream_window_size: 70000, initial_connection_window_size: 2147483647, hpack_table_size: 65536}",
+    );
+    let snapshot = snapshot_from_yaml(&text).unwrap();
+    assert_eq!(
+        snapshot.listeners[0].hcm.http2,
+        crate::model::Http2Settings {
+            max_concurrent_streams: 7,
+            initial_stream_window_size: 70_000,
+            initial_connection_window_size: 2_147_483_647,
+        }
+    );
 }
