@@ -980,30 +980,16 @@ impl Decoder {
                 let index = decode_int(block, &mut pos, 0x7f)?;
                 let (name, value) = table.get(index).map_err(|k| error(start, k))?;
                 field(name, value);
-            } else if b & 0x40 != 0 {
-                // Literal with incremental indexing (§6.2.1).
-                let index = decode_int(block, &mut pos, 0x3f)?;
-                let name = read_name(
-                    table,
-                    index,
-                    start,
-                    block,
-                    &mut pos,
-                    name_buf,
-                    max_string_len,
-                )?;
-                let value = read_string(block, &mut pos, value_buf, max_string_len)?;
-                // Copy before inserting: the name may live in an entry the insertion evicts.
-                let entry = Entry::new(name, value);
-                field(name, value);
-                table.insert(entry);
-            } else if b & 0x20 != 0 {
+            } else if b & 0xe0 == 0x20 {
                 return Err(error(start, DecodeErrorKind::TableSizeUpdateNotAtStart));
             } else {
-                // Literal without indexing (0000) or never indexed (0001) (§6.2.2, §6.2.3).
-                // "Never indexed" binds intermediaries re-encoding the field; Strait's encoder
-                // applies its own rules for credentials.
-                let index = decode_int(block, &mut pos, 0x0f)?;
+                // A literal: with incremental indexing (01, §6.2.1), without indexing
+                // (0000, §6.2.2) or never indexed (0001, §6.2.3). "Never indexed" binds
+                // intermediaries re-encoding the field; Strait's encoder applies its own
+                // rules for credentials.
+                let indexing = b & 0x40 != 0;
+                let mask = if indexing { 0x3f } else { 0x0f };
+                let index = decode_int(block, &mut pos, mask)?;
                 let name = read_name(
                     table,
                     index,
@@ -1014,7 +1000,15 @@ impl Decoder {
                     max_string_len,
                 )?;
                 let value = read_string(block, &mut pos, value_buf, max_string_len)?;
-                field(name, value);
+                if indexing {
+                    // Copied before inserting: the name may live in an entry the
+                    // insertion evicts.
+                    let entry = Entry::new(name, value);
+                    field(name, value);
+                    table.insert(entry);
+                } else {
+                    field(name, value);
+                }
             }
         }
         Ok(())

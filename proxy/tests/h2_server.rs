@@ -181,6 +181,15 @@ fn string(b: &mut Vec<u8>, s: &str) {
 
 /// A route answering `/direct` itself with `body`; the rest goes to `backend`.
 async fn strait(backend: &Backend, body: &str) -> Strait {
+    Strait::start(&config(backend, body).build()).await
+}
+
+/// As [`strait`], with `hcm` added to the connection manager.
+async fn strait_with(backend: &Backend, hcm: &str) -> Strait {
+    Strait::start(&config(backend, "direct").hcm(hcm).build()).await
+}
+
+fn config(backend: &Backend, body: &str) -> Bootstrap {
     let vhosts = format!(
         r#"
 - name: d
@@ -192,25 +201,7 @@ async fn strait(backend: &Backend, body: &str) -> Strait {
     route: {{cluster: up}}
 "#
     );
-    let config = Bootstrap::new(&vhosts).cluster("up", backend.addr());
-    Strait::start(&config.build()).await
-}
-
-/// As [`strait`], with `hcm` added to the connection manager.
-async fn strait_with(backend: &Backend, hcm: &str) -> Strait {
-    let vhosts = r#"
-- name: d
-  domains: ["*"]
-  routes:
-  - match: {path: /direct}
-    direct_response: {status: 200, body: {inline_string: "direct"}}
-  - match: {prefix: /}
-    route: {cluster: up}
-"#;
-    let config = Bootstrap::new(vhosts)
-        .hcm(hcm)
-        .cluster("up", backend.addr());
-    Strait::start(&config.build()).await
+    Bootstrap::new(&vhosts).cluster("up", backend.addr())
 }
 
 /// A response's `:status` is the first field; Strait's encoder indexes 200 (0x88)

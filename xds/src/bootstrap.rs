@@ -187,15 +187,17 @@ pub struct Http1ProtocolOptions {
     pub override_stream_error_on_invalid_http_message: Option<Unsupported>,
 }
 
-/// `Http2ProtocolOptions`. Flow-control window sizes and the HPACK table size are
-/// accepted and ignored (they tune throughput, not behaviour); limits are not supported.
+/// `Http2ProtocolOptions`. On the connection manager (Strait's HTTP/2 server) the
+/// window sizes and the stream limit are applied; on a cluster (hyper's client) the
+/// windows are accepted and ignored and the stream limit is refused by the translator.
+/// The HPACK table size is accepted and ignored on both; the rest is not supported.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http2ProtocolOptions {
     pub hpack_table_size: Option<IgnoredAny>,
-    pub initial_stream_window_size: Option<IgnoredAny>,
-    pub initial_connection_window_size: Option<IgnoredAny>,
-    pub max_concurrent_streams: Option<Unsupported>,
+    pub initial_stream_window_size: Option<u32>,
+    pub initial_connection_window_size: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
     pub allow_connect: Option<Unsupported>,
     pub allow_metadata: Option<Unsupported>,
     pub max_outbound_frames: Option<Unsupported>,

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    duration, proto_enum, Address, DataSource, Http1ProtocolOptions, RouteConfiguration,
-    Unsupported,
+    duration, proto_enum, Address, DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    RouteConfiguration, Unsupported,
 };
 use crate::model::CodecType;
 
@@ -99,7 +99,7 @@ pub struct HttpConnectionManager {
     pub upgrade_configs: Vec<UpgradeConfig>,
     pub server_name: Option<String>,
     pub http_protocol_options: Option<Http1ProtocolOptions>,
-    pub http2_protocol_options: Option<DownstreamHttp2ProtocolOptions>,
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
     pub rds: Option<Unsupported>,
     pub scoped_routes: Option<Unsupported>,
     pub tracing: Option<Unsupported>,
@@ -147,27 +147,6 @@ pub struct DownstreamCommonHttpProtocolOptions {
     pub max_response_headers_kb: Option<Unsupported>,
     pub headers_with_underscores_action: Option<Unsupported>,
     pub max_requests_per_connection: Option<Unsupported>,
-}
-
-/// The connection manager's `http2_protocol_options`: what Strait's HTTP/2 server
-/// advertises. The window sizes and the stream limit are applied; the HPACK table size
-/// is accepted and ignored (the decoder keeps the protocol's default, 4096); the rest
-/// is not supported.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DownstreamHttp2ProtocolOptions {
-    pub hpack_table_size: Option<IgnoredAny>,
-    pub max_concurrent_streams: Option<u32>,
-    pub initial_stream_window_size: Option<u32>,
-    pub initial_connection_window_size: Option<u32>,
-    pub allow_connect: Option<Unsupported>,
-    pub allow_metadata: Option<Unsupported>,
-    pub max_outbound_frames: Option<Unsupported>,
-    pub max_outbound_control_frames: Option<Unsupported>,
-    pub stream_error_on_invalid_http_messaging: Option<Unsupported>,
-    pub override_stream_error_on_invalid_http_message: Option<Unsupported>,
-    pub connection_keepalive: Option<Unsupported>,
-    pub custom_settings_parameters: Option<Unsupported>,
 }
 
 /// `HttpConnectionManager.InternalAddressConfig`.

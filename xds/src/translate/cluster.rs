@@ -531,8 +531,11 @@ fn protocol(
     path: &str,
     config: &bootstrap::Cluster,
 ) -> Result<(UpstreamProtocol, Option<Duration>)> {
-    let mut protocol = match config.http2_protocol_options {
-        Some(_) => UpstreamProtocol::Http2,
+    let mut protocol = match &config.http2_protocol_options {
+        Some(options) => {
+            upstream_http2(&format!("{path}.http2_protocol_options"), options)?;
+            UpstreamProtocol::Http2
+        }
         None => UpstreamProtocol::Http1,
     };
     let mut idle_timeout = config
@@ -561,9 +564,12 @@ fn protocol(
             } => Ok(UpstreamProtocol::Http1),
             ProtocolChoice {
                 http_protocol_options: None,
-                http2_protocol_options: Some(_),
+                http2_protocol_options: Some(options),
                 ..
-            } => Ok(UpstreamProtocol::Http2),
+            } => {
+                upstream_http2(&format!("{fields}.{field}.http2_protocol_options"), options)?;
+                Ok(UpstreamProtocol::Http2)
+            }
             _ => Err(ConfigError::new(
                 format!("{fields}.{field}"),
                 "exactly one of http_protocol_options, http2_protocol_options is required",
@@ -588,6 +594,22 @@ fn protocol(
         protocol,
         timeout_or(idle_timeout, Duration::from_secs(3600)),
     ))
+}
+
+/// `http2_protocol_options` towards an upstream (hyper's HTTP/2 client): window sizes
+/// tune throughput and are accepted and ignored; a stream limit per connection would
+/// need the pool to open more connections, which it does not do yet.
+fn upstream_http2(path: &str, options: &bootstrap::Http2ProtocolOptions) -> Result<()> {
+    if options.max_concurrent_streams.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.max_concurrent_streams"),
+            format!(
+                "max_concurrent_streams {} on a cluster",
+                bootstrap::NOT_SUPPORTED
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -811,5 +833,35 @@ mod tests {
             let error = cluster_with(extra).unwrap_err().to_string();
             assert!(error.starts_with(want), "want {want:?}, got {error:?}");
         }
+    }
+
+    /// Towards an upstream the windows are accepted (hyper picks its own) and a stream
+    /// limit is refused, in either place the options may be given.
+    #[test]
+    fn upstream_http2_options() {
+        let windows =
+            json!({"initial_stream_window_size": 65536, "initial_connection_window_size": 1048576});
+        let c = cluster_with(json!({"http2_protocol_options": windows})).unwrap();
+        assert_eq!(c.protocol, UpstreamProtocol::Http2);
+        let error = cluster_with(json!({"http2_protocol_options": {"max_concurrent_streams": 8}}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "c.http2_protocol_options.max_concurrent_streams: max_concurrent_streams is not supported yet on a cluster"
+        );
+        let typed = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 8}},
+        }});
+        let error = cluster_with(json!({"typed_extension_protocol_options": typed}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with(
+                "explicit_http_config.http2_protocol_options.max_concurrent_streams: max_concurrent_streams is not supported yet on a cluster"
+            ),
+            "{error}"
+        );
     }
 }

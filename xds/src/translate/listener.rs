@@ -227,7 +227,7 @@ fn http_connection_manager(
 /// 1 to 2^31-1 concurrent streams.
 fn http2_settings(
     path: &str,
-    config: Option<&bootstrap::DownstreamHttp2ProtocolOptions>,
+    config: Option<&bootstrap::Http2ProtocolOptions>,
 ) -> Result<Http2Settings> {
     let mut settings = Http2Settings::default();
     let Some(config) = config else {
