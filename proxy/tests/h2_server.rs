@@ -491,3 +491,50 @@ async fn http2_protocol_options_set_the_servers_settings() {
     let head = c.until(|f| f.kind == HEADERS).await;
     assert_eq!((head.stream, status_of(&head)), (7, 200));
 }
+
+/// A response head larger than the client's frame size goes out as HEADERS and
+/// CONTINUATION frames; a client that allows no HPACK table (SETTINGS_HEADER_TABLE_SIZE
+/// 0) gets a table size update of 0 first, and nothing indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_head_spans_continuation_frames() {
+    let b = Backend::echo("b").await;
+    let big = "v".repeat(40_000);
+    let vhosts = format!(
+        r#"
+- name: d
+  domains: ["*"]
+  routes:
+  - match: {{path: /big-head}}
+    direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+    response_headers_to_add:
+    - header: {{key: x-big, value: "{big}"}}
+"#
+    );
+    let config = Bootstrap::new(&vhosts).cluster("up", b.addr());
+    let s = Strait::start(&config.build()).await;
+    let mut c = Conn::open(s.main_addr().await, &[(0x1, 0)]).await;
+    for id in [1, 3] {
+        c.get(id, "/big-head", &[]).await;
+        let first = c.until(|f| f.kind == HEADERS).await;
+        assert_eq!((first.stream, first.flags & END_HEADERS), (id, 0));
+        assert!(first.payload.len() <= 16_384);
+        let mut block = first.payload;
+        loop {
+            let f = c.next().await.expect("a CONTINUATION");
+            assert_eq!((f.kind, f.stream), (CONTINUATION, id), "{f:?}");
+            block.extend_from_slice(&f.payload);
+            if f.flags & END_HEADERS != 0 {
+                break;
+            }
+        }
+        if id == 1 {
+            // The size update comes first, on the first block after the setting.
+            assert_eq!(block[0], 0x20, "{:?}", &block[..8]);
+        }
+        // Raw strings: the value is there as sent, in each block (nothing indexed).
+        let at = block.windows(big.len()).position(|w| w == big.as_bytes());
+        assert!(at.is_some(), "stream {id}: the value is not in the block");
+        let data = c.until(|f| f.kind == DATA).await;
+        assert_eq!(data.payload, b"ok");
+    }
+}
