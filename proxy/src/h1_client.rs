@@ -262,7 +262,6 @@ fn parse_head(
             return Ok(None);
         }
         // Where each header's name and value sit in `read`.
-        let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
         // Left uninitialised: httparse writes the lines it finds.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -287,6 +286,7 @@ fn parse_head(
             .reason
             .map(|r| (r.as_ptr() as usize - read.as_ptr() as usize, r.len()));
         let count = parsed.headers.len();
+        let mut at = std::mem::take(&mut names.offsets);
         h1::field_offsets(read, parsed.headers, &mut at);
         let head = read.split_to(len).freeze();
         if (100..200).contains(&status) && status != 101 {
@@ -308,7 +308,7 @@ fn parse_head(
         let mut length: Option<Result<u64, ()>> = None;
         let mut chunked: Option<bool> = None;
         let mut case = HeaderCase::new(head.clone());
-        for (i, &(name_at, name_len, value_at, value_len)) in at[..count].iter().enumerate() {
+        for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
             let name = &head[name_at as usize..(name_at + name_len) as usize];
             if h1::has_upper(name) {
                 case.add(name_at as usize, name_len as usize, count);
@@ -339,6 +339,7 @@ fn parse_head(
             }
             headers.append(name, value);
         }
+        names.offsets = at;
         let framing = if head_only || matches!(status.as_u16(), 204 | 304) {
             Framing::Length(0)
         } else if let Some(chunked) = chunked {

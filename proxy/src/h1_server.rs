@@ -508,7 +508,6 @@ fn parse(
     names: &mut h1::NameCache,
     side: &SharedSide,
 ) -> Result<Option<Head>, Refused> {
-    let mut at: [h1::FieldAt; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     // Left uninitialised: httparse writes the lines it finds (100 empty headers
     // cost ~500 instructions to fill, per request).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -540,6 +539,7 @@ fn parse(
                 .headers
                 .iter()
                 .any(|f| f.name.eq_ignore_ascii_case("upgrade")));
+    let mut at = std::mem::take(&mut names.offsets);
     h1::field_offsets(read, parsed.headers, &mut at);
     if upgrade {
         // Left in the buffer for hyper's server.
@@ -557,7 +557,7 @@ fn parse(
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut expect_continue = false;
-    for (i, &(name_at, name_len, value_at, value_len)) in at[..count].iter().enumerate() {
+    for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
         if h1::has_upper(raw) {
             case.add(name_at as usize, name_len as usize, count);
@@ -595,6 +595,7 @@ fn parse(
         }
         headers.append(name, value);
     }
+    names.offsets = at;
     if chunked == Some(false) {
         return Err(bad("transfer-encoding that does not end in chunked"));
     }
