@@ -536,10 +536,28 @@ impl<'a> CasedWriter<'a> {
 /// value offset and length.
 pub(crate) type FieldAt = (u32, u32, u32, u32);
 
+thread_local! {
+    /// The worker's list for [`field_offsets`], reused head after head: a fresh array
+    /// for the most lines a head may have was 1.6 KB to zero per parse (~100
+    /// instructions). One per worker, not per connection: a list in each
+    /// connection's name cache (24 bytes more in its codec state) raised `perf/run`'s
+    /// idle-5k from ~860 to ~1,150 bytes per idle connection, three runs each way
+    /// (not traced further; allocator size classes are the likely cause). A parse
+    /// never awaits, so one head at a time uses it.
+    static OFFSETS: std::cell::Cell<Vec<FieldAt>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The worker's offsets list, for one parse; [`give_offsets`] returns it.
+pub(crate) fn take_offsets() -> Vec<FieldAt> {
+    OFFSETS.take()
+}
+
+pub(crate) fn give_offsets(at: Vec<FieldAt>) {
+    OFFSETS.set(at);
+}
+
 /// Records where each of `fields` (slices httparse handed out of `head`) sits in it,
-/// so the head can be frozen into shared bytes and sliced. `at` is a connection's own
-/// list, reused head after head: a fresh array for the most lines a head may have was
-/// 1.6 KB to zero per parse (~100 instructions).
+/// so the head can be frozen into shared bytes and sliced.
 pub(crate) fn field_offsets(head: &[u8], fields: &[httparse::Header<'_>], at: &mut Vec<FieldAt>) {
     let base = head.as_ptr() as usize;
     at.clear();
@@ -563,9 +581,6 @@ pub(crate) struct NameCache {
     raw: Vec<u8>,
     /// Each name, and where its bytes end in `raw`.
     names: Vec<(u16, HeaderName)>,
-    /// Where the last head's fields sat in it ([`field_offsets`]): the parser's
-    /// scratch list, kept with the names it goes with.
-    pub(crate) offsets: Vec<FieldAt>,
 }
 
 thread_local! {

@@ -286,7 +286,7 @@ fn parse_head(
             .reason
             .map(|r| (r.as_ptr() as usize - read.as_ptr() as usize, r.len()));
         let count = parsed.headers.len();
-        let mut at = std::mem::take(&mut names.offsets);
+        let mut at = h1::take_offsets();
         h1::field_offsets(read, parsed.headers, &mut at);
         let head = read.split_to(len).freeze();
         if (100..200).contains(&status) && status != 101 {
@@ -339,7 +339,7 @@ fn parse_head(
             }
             headers.append(name, value);
         }
-        names.offsets = at;
+        h1::give_offsets(at);
         let framing = if head_only || matches!(status.as_u16(), 204 | 304) {
             Framing::Length(0)
         } else if let Some(chunked) = chunked {

@@ -539,7 +539,7 @@ fn parse(
                 .headers
                 .iter()
                 .any(|f| f.name.eq_ignore_ascii_case("upgrade")));
-    let mut at = std::mem::take(&mut names.offsets);
+    let mut at = h1::take_offsets();
     h1::field_offsets(read, parsed.headers, &mut at);
     if upgrade {
         // Left in the buffer for hyper's server.
@@ -595,7 +595,7 @@ fn parse(
         }
         headers.append(name, value);
     }
-    names.offsets = at;
+    h1::give_offsets(at);
     if chunked == Some(false) {
         return Err(bad("transfer-encoding that does not end in chunked"));
     }
