@@ -338,7 +338,6 @@ where
                 (ours.conn_window - frame::DEFAULT_WINDOW as i64) as u32,
             );
         }
-        out.grew();
         Server {
             io,
             handler,
@@ -415,7 +414,7 @@ where
                     }
                 };
             }
-            let room = conn.tx.out.len < HIGH_WATER;
+            let room = conn.tx.out.len() < HIGH_WATER;
             if room {
                 let read = match conn.fill(io, cx) {
                     Poll::Ready(Ok(0)) => {
@@ -442,7 +441,7 @@ where
                 conn.start_closing();
             }
             progress |= conn.run();
-            if conn.tx.out.len > 0 {
+            if conn.tx.out.len() > 0 {
                 match conn.tx.out.poll_flush(io, cx) {
                     Poll::Ready(Ok(())) => {
                         // Room again: the bodies that waited for it go on, and so does
@@ -571,7 +570,7 @@ impl Conn {
                 read.advance(end);
                 result?;
             }
-            if self.tx.out.len >= HIGH_WATER {
+            if self.tx.out.len() >= HIGH_WATER {
                 // The peer is not reading: the rest waits until it does.
                 self.backlog = read.len() >= frame::HEAD_LEN;
                 break;
@@ -600,7 +599,6 @@ impl Conn {
                 let payload: [u8; 8] = payload.try_into().expect("checked length");
                 if head.flags & frame::ACK == 0 {
                     frame::put_ping(&mut self.tx.out.buf, true, payload);
-                    self.tx.out.grew();
                 } else if payload == SHUTDOWN_PING && self.closing == Closing::Pinged {
                     self.final_goaway();
                 }
@@ -750,7 +748,6 @@ impl Conn {
             }
         }
         frame::put_settings_ack(&mut self.tx.out.buf);
-        self.tx.out.grew();
         Ok(())
     }
 
@@ -889,7 +886,6 @@ impl Conn {
                 // the block only kept the decoder in step, and the client learns the
                 // stream is closed rather than wait for it.
                 frame::put_rst(&mut self.tx.out.buf, stream, Reason::STREAM_CLOSED);
-                self.tx.out.grew();
                 return Ok(());
             };
             let slot = self.slots[i].as_mut().expect("mapped slot");
@@ -939,7 +935,6 @@ impl Conn {
                 );
                 if !end_stream {
                     frame::put_rst(&mut self.tx.out.buf, stream, Reason::NO_ERROR);
-                    self.tx.out.grew();
                 }
                 return Ok(());
             }
@@ -957,7 +952,6 @@ impl Conn {
         }
         if self.ids.len() >= self.ours.max_streams {
             frame::put_rst(&mut self.tx.out.buf, stream, Reason::REFUSED_STREAM);
-            self.tx.out.grew();
             return Ok(());
         }
         let (recv, body) = if end_stream {
@@ -1152,14 +1146,12 @@ impl Conn {
             slot.recv_unreturned += n;
             if slot.recv_unreturned >= self.ours.stream_window / 2 {
                 frame::put_window_update(&mut self.tx.out.buf, stream, slot.recv_unreturned as u32);
-                self.tx.out.grew();
                 slot.recv_window += slot.recv_unreturned;
                 slot.recv_unreturned = 0;
             }
         }
         if self.recv_unreturned >= self.ours.conn_window / 2 {
             frame::put_window_update(&mut self.tx.out.buf, 0, self.recv_unreturned as u32);
-            self.tx.out.grew();
             self.recv_window += self.recv_unreturned;
             self.recv_unreturned = 0;
         }
@@ -1200,7 +1192,6 @@ impl Conn {
                     let id = slot.id;
                     self.close(i, None);
                     frame::put_rst(&mut self.tx.out.buf, id, reason);
-                    self.tx.out.grew();
                 }
             }
         }
@@ -1226,7 +1217,6 @@ impl Conn {
         if slot.recv.is_some() {
             let id = slot.id;
             frame::put_rst(&mut self.tx.out.buf, id, Reason::NO_ERROR);
-            self.tx.out.grew();
             self.close(i, Some(Reason::NO_ERROR));
         } else {
             self.close(i, None);
@@ -1262,7 +1252,6 @@ impl Conn {
     /// A stream error: RST_STREAM, and the stream ends.
     fn reset_stream(&mut self, stream: u32, reason: Reason) -> Result<(), Error> {
         frame::put_rst(&mut self.tx.out.buf, stream, reason);
-        self.tx.out.grew();
         if let Some(&i) = self.ids.get(&stream) {
             self.close(i, Some(reason));
         }
@@ -1294,13 +1283,11 @@ impl Conn {
             b"",
         );
         frame::put_ping(&mut self.tx.out.buf, false, SHUTDOWN_PING);
-        self.tx.out.grew();
         self.closing = Closing::Pinged;
     }
 
     fn final_goaway(&mut self) {
         frame::put_goaway(&mut self.tx.out.buf, self.last_id, Reason::NO_ERROR, b"");
-        self.tx.out.grew();
         self.closing = Closing::Final(self.last_id);
     }
 
@@ -1314,7 +1301,6 @@ impl Conn {
                 *reason,
                 detail.as_bytes(),
             );
-            self.tx.out.grew();
         }
         self.failed = Some(e);
         self.phase = Phase::Failing;
@@ -1330,7 +1316,7 @@ impl Conn {
     /// away) with no stream open and everything written.
     fn finished(&self) -> bool {
         let closed = matches!(self.closing, Closing::Final(_)) || self.peer_gone;
-        closed && self.ids.is_empty() && self.tx.out.len == 0
+        closed && self.ids.is_empty() && self.tx.out.len() == 0
     }
 }
 
@@ -1410,7 +1396,7 @@ fn step(slot: &mut Slot, tx: &mut Tx, cx: &mut Context<'_>) -> Step {
             }
             continue;
         }
-        if tx.out.len >= HIGH_WATER {
+        if tx.out.len() >= HIGH_WATER {
             return Step::Blocked;
         }
         match Pin::new(&mut *body).poll_frame(cx) {
@@ -1491,7 +1477,6 @@ impl Tx {
                 flags = 0;
             }
         }
-        self.out.grew();
     }
 
     /// A DATA frame; `payload` fits the windows and the frame size.
@@ -1503,30 +1488,31 @@ impl Tx {
         } else {
             self.out.queue_payload(payload);
         }
-        self.out.grew();
     }
 }
 
 /// The connection's output: frozen segments (frames, then a large payload, …) and
-/// the frame buffer after them.
+/// the frame buffer after them. Frames are appended to `buf` directly.
 #[derive(Default)]
 struct Out {
     queue: VecDeque<Bytes>,
+    /// Bytes of `queue` not yet written.
+    queued: usize,
     buf: BytesMut,
-    /// Bytes of `queue` and `buf` not yet written.
-    len: usize,
 }
 
 impl Out {
-    /// Recounts after frames were appended to `buf`.
-    fn grew(&mut self) {
-        self.len = self.queue.iter().map(Bytes::len).sum::<usize>() + self.buf.len();
+    /// Bytes not yet written.
+    fn len(&self) -> usize {
+        self.queued + self.buf.len()
     }
 
     fn queue_payload(&mut self, payload: Bytes) {
         if !self.buf.is_empty() {
+            self.queued += self.buf.len();
             self.queue.push_back(self.buf.split().freeze());
         }
+        self.queued += payload.len();
         self.queue.push_back(payload);
     }
 
@@ -1535,7 +1521,7 @@ impl Out {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.len > 0 {
+        while self.len() > 0 {
             let n = if self.queue.is_empty() {
                 std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?
             } else {
@@ -1559,16 +1545,19 @@ impl Out {
         Poll::Ready(Ok(()))
     }
 
+    /// Drops `n` written bytes from the front. A `buf` written out to its end keeps
+    /// its room: the next `reserve` reclaims it from the start.
     fn advance(&mut self, mut n: usize) {
-        self.len -= n;
         while n > 0 {
             match self.queue.front_mut() {
                 Some(seg) if seg.len() <= n => {
                     n -= seg.len();
+                    self.queued -= seg.len();
                     self.queue.pop_front();
                 }
                 Some(seg) => {
                     seg.advance(n);
+                    self.queued -= n;
                     return;
                 }
                 None => {
@@ -1576,10 +1565,6 @@ impl Out {
                     return;
                 }
             }
-        }
-        if self.len == 0 && self.buf.is_empty() {
-            // Written out: the buffer's room is reused from its start.
-            self.buf.clear();
         }
     }
 }
