@@ -122,6 +122,13 @@ impl Conn {
         }
     }
 
+    /// A GET of `/direct` on stream `id`, answered 200 (its HEADERS read).
+    async fn get_direct(&mut self, id: u32) {
+        self.get(id, "/direct", &[]).await;
+        let head = self.until(|f| f.kind == HEADERS).await;
+        assert_eq!((head.stream, status_of(&head)), (id, 200));
+    }
+
     /// A GET of `path` on stream `id` with `extra` fields, ending the stream.
     async fn get(&mut self, id: u32, path: &str, extra: &[(&str, &str)]) {
         let block = request_block(path, extra);
@@ -292,9 +299,7 @@ async fn an_oversize_header_block_gets_431_and_the_connection_goes_on() {
     }
     let head = c.until(|f| f.kind == HEADERS).await;
     assert_eq!((head.stream, status_of(&head)), (1, 431));
-    c.get(3, "/direct", &[]).await;
-    let head = c.until(|f| f.kind == HEADERS).await;
-    assert_eq!((head.stream, status_of(&head)), (3, 200));
+    c.get_direct(3).await;
 }
 
 /// CVE-2023-44487: streams opened and reset at once make a proxy start upstream
@@ -443,13 +448,8 @@ async fn random_frames_end_only_their_own_connection() {
         let _ = timeout(Duration::from_millis(20), io.read(&mut sink)).await;
     }
     // A connection opened before, and one opened after, are served.
-    good.get(1, "/direct", &[]).await;
-    let head = good.until(|f| f.kind == HEADERS).await;
-    assert_eq!(status_of(&head), 200);
-    let mut c = Conn::open(addr, &[]).await;
-    c.get(1, "/direct", &[]).await;
-    let head = c.until(|f| f.kind == HEADERS).await;
-    assert_eq!(status_of(&head), 200);
+    good.get_direct(1).await;
+    Conn::open(addr, &[]).await.get_direct(1).await;
     // No connection task died of a panic (tokio would have kept the worker alive).
     let stderr = s.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -487,9 +487,7 @@ async fn http2_protocol_options_set_the_servers_settings() {
     }
     ended.sort();
     assert_eq!(ended, [1, 3]);
-    c.get(7, "/direct", &[]).await;
-    let head = c.until(|f| f.kind == HEADERS).await;
-    assert_eq!((head.stream, status_of(&head)), (7, 200));
+    c.get_direct(7).await;
 }
 
 /// A response head larger than the client's frame size goes out as HEADERS and
