@@ -27,7 +27,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -261,7 +261,6 @@ fn parse_head(
         if read.is_empty() {
             return Ok(None);
         }
-        // Where each header's name and value sit in `read`.
         // Left uninitialised: httparse writes the lines it finds.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -286,13 +285,16 @@ fn parse_head(
             .reason
             .map(|r| (r.as_ptr() as usize - read.as_ptr() as usize, r.len()));
         let count = parsed.headers.len();
+        let informational = (100..200).contains(&status) && status != 101;
+        if informational {
+            // An informational answer (100 Continue, 103 Early Hints): not the response.
+            read.advance(len);
+            continue;
+        }
+        // Where each header's name and value sit in `read`.
         let mut at = h1::take_offsets();
         h1::field_offsets(read, parsed.headers, &mut at);
         let head = read.split_to(len).freeze();
-        if (100..200).contains(&status) && status != 101 {
-            // An informational answer (100 Continue, 103 Early Hints): not the response.
-            continue;
-        }
         if status == 101 {
             return Err(Failure::Protocol(
                 "101 Switching Protocols without an upgrade",

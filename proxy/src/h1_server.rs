@@ -539,12 +539,12 @@ fn parse(
                 .headers
                 .iter()
                 .any(|f| f.name.eq_ignore_ascii_case("upgrade")));
-    let mut at = h1::take_offsets();
-    h1::field_offsets(read, parsed.headers, &mut at);
     if upgrade {
         // Left in the buffer for hyper's server.
         return Ok(Some(Head::Upgrade));
     }
+    let mut at = h1::take_offsets();
+    h1::field_offsets(read, parsed.headers, &mut at);
     let head = read.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
         .map_err(|_| bad("invalid request target"))?;
