@@ -161,6 +161,58 @@ async fn sighup_reloads() {
     assert_eq!(s.main_addr().await, addr);
 }
 
+/// Times any thread of `pid` went to sleep and was woken again (voluntary context
+/// switches, summed over its threads).
+fn wake_ups(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads") {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// The config's directory is watched for the events that end a change: a rewrite in
+/// place (not only a rename over the file) reloads, and a program writing a file of its
+/// own next to the config (a log) does not wake the proxy on each write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_rewrite_reloads_and_a_neighbours_writes_do_not_wake_the_proxy() {
+    use std::io::Write;
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(&config(&a, &b, false)).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 404);
+
+    // 500 separate writes to a log beside the config, the file kept open. A watch on
+    // every modification woke a thread per write (~500 wake-ups); the proxy's own
+    // timers wake it a few times a second.
+    let mut log = std::fs::File::create(s.dir().join("neighbour.log")).unwrap();
+    let before = wake_ups(s.pid());
+    for i in 0..500 {
+        writeln!(log, "line {i}").unwrap();
+        log.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let woken = wake_ups(s.pid()) - before;
+    assert!(
+        woken < 150,
+        "500 writes to a neighbouring file woke the proxy {woken} times"
+    );
+    drop(log);
+    assert_eq!(s.stat("server.config_reload_success").await.unwrap_or(0), 0);
+
+    // In place: truncate, write, close.
+    std::fs::write(s.config_path(), config(&a, &b, true)).unwrap();
+    s.wait_stat("server.config_reload_success", |v| v >= 1)
+        .await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
