@@ -189,19 +189,22 @@ async fn in_place_rewrite_reloads_and_a_neighbours_writes_do_not_wake_the_proxy(
     assert_eq!(get(addr, "h", "/b", &[]).await.status, 404);
 
     // 500 separate writes to a log beside the config, the file kept open. A watch on
-    // every modification woke a thread per write (~500 wake-ups); the proxy's own
-    // timers wake it a few times a second.
+    // every modification woke a thread per write (1,153 wake-ups measured); the
+    // proxy's own timers wake it ~30 times a second (37 in this loop's ~1.2 s), so
+    // the bound grows with the time the loop took on a slow machine.
     let mut log = std::fs::File::create(s.dir().join("neighbour.log")).unwrap();
     let before = wake_ups(s.pid());
+    let started = std::time::Instant::now();
     for i in 0..500 {
         writeln!(log, "line {i}").unwrap();
         log.flush().unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let woken = wake_ups(s.pid()) - before;
+    let allowed = (100 + (50.0 * started.elapsed().as_secs_f64()) as u64).min(400);
     assert!(
-        woken < 150,
-        "500 writes to a neighbouring file woke the proxy {woken} times"
+        woken < allowed,
+        "500 writes to a neighbouring file woke the proxy {woken} times (allowed {allowed})"
     );
     drop(log);
     assert_eq!(s.stat("server.config_reload_success").await.unwrap_or(0), 0);
