@@ -643,7 +643,7 @@ fn request(
             if plan.target.auto_host_rewrite {
                 let authority =
                     crate::router::upstream_authority(plan.target, plan.authority, host);
-                set_authority(&mut request, plan.h2, &authority);
+                set_authority(&mut request, plan.h2, authority);
             }
             if let Some(expected) = plan.expected_timeout {
                 // Envoy's `setTimeoutHeaders` with the time elapsed: what is left of the
@@ -670,9 +670,10 @@ fn request(
         }
     };
     if plan.attempt_count_header {
-        request
-            .headers_mut()
-            .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(number));
+        request.headers_mut().insert(
+            &X_ENVOY_ATTEMPT_COUNT,
+            crate::headers::number(number.into()),
+        );
     }
     request
 }

@@ -303,6 +303,31 @@ fn xff_client(headers: &HeaderMap, trusted_hops: u32) -> Option<(IpAddr, bool)> 
 }
 
 /// A random (version 4) UUID, as Envoy's request ids are.
+/// `n` as a header value. Below 256 (what `x-envoy-upstream-service-time` and the
+/// attempt count almost always are) it is a clone of a value made once, pointing at
+/// static bytes: no allocation, no shared count; `HeaderValue::from(u64)` allocates
+/// (twice) for every value.
+pub fn number(n: u64) -> HeaderValue {
+    const SMALL: usize = 256;
+    static VALUES: std::sync::LazyLock<Box<[HeaderValue]>> = std::sync::LazyLock::new(|| {
+        // One string for all of them, made once for the process's life (~660 bytes).
+        let text: String = (0..SMALL).map(|n| n.to_string()).collect();
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut at = 0;
+        (0..SMALL)
+            .map(|n| {
+                let len = n.to_string().len();
+                at += len;
+                HeaderValue::from_static(&text[at - len..at])
+            })
+            .collect()
+    });
+    match usize::try_from(n) {
+        Ok(i) if i < SMALL => VALUES[i].clone(),
+        _ => HeaderValue::from(n),
+    }
+}
+
 fn new_request_id() -> HeaderValue {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
@@ -326,6 +351,13 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_as_themselves() {
+        for n in [0, 1, 9, 10, 99, 100, 255, 256, 1000, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -458,7 +458,10 @@ pub async fn send_signalled(
     let extensions = lent.get().extensions();
     let hyper_case = !extensions.is_empty() && extensions.get::<crate::h1::HeaderCase>().is_none();
     if upgrade || hyper_case {
-        return send_hyper(cluster, host, key, upgrade, *lent.give_up(), ready).await;
+        // Boxed: hyper's client future (~1.9 KiB) would otherwise make every
+        // request's future that much larger, used or not.
+        let hyper = send_hyper(cluster, host, key, upgrade, *lent.give_up(), ready);
+        return Box::pin(hyper).await;
     }
     send_own(cluster, host, key, &mut lent, ready).await
 }
@@ -487,7 +490,10 @@ async fn send_own(
         let conn = match conn {
             Pooled::Own(conn) => conn,
             // Handed over from hyper's side of the pool under `max_connections`.
-            Pooled::Hyper(conn) => return send_on_hyper(key, conn, *req.give_up()).await,
+            // Rare, and boxed for the same reason as `send_hyper`.
+            Pooled::Hyper(conn) => {
+                return Box::pin(send_on_hyper(key, conn, *req.give_up())).await;
+            }
         };
         let local = conn.info.clone();
         match h1_client::send(conn, req.get(), reused).await {

@@ -575,14 +575,12 @@ async fn proxy<'a>(
     let builder = match h2 {
         true => {
             parts.headers.remove(header::HOST);
-            Uri::builder()
-                .scheme("http")
-                .authority(upstream_authority.as_str())
+            Uri::builder().scheme("http").authority(upstream_authority)
         }
         false => {
             let host = parts.headers.get(header::HOST).map(HeaderValue::as_bytes);
             if host != Some(upstream_authority.as_bytes()) {
-                if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                if let Ok(v) = HeaderValue::from_str(upstream_authority) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
@@ -752,10 +750,9 @@ async fn proxy<'a>(
     let service_ms = crate::clock::tokio_now()
         .saturating_duration_since(guard.start())
         .as_millis() as u64;
-    parts.headers.insert(
-        &X_ENVOY_UPSTREAM_SERVICE_TIME,
-        HeaderValue::from(service_ms),
-    );
+    parts
+        .headers
+        .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, headers::number(service_ms));
     if let Some(chain) = chain {
         let upstream = guard.upstream.as_ref().and_then(|u| u.host.as_ref());
         let upstream = upstream.map(|host| UpstreamInfo {
@@ -902,18 +899,18 @@ fn authority(req: &Request<DownstreamBody>) -> Option<&str> {
 
 /// The authority sent upstream. `auto_host_rewrite` uses the endpoint's DNS name, as
 /// Envoy does; an endpoint configured by IP has no name and the host is kept.
-pub(crate) fn upstream_authority(
-    target: &RouteTarget,
-    authority: &str,
-    host: &crate::cluster::Host,
-) -> String {
+pub(crate) fn upstream_authority<'a>(
+    target: &'a RouteTarget,
+    authority: &'a str,
+    host: &'a crate::cluster::Host,
+) -> &'a str {
     if let Some(h) = &target.host_rewrite_literal {
-        return h.clone();
+        return h;
     }
     if target.auto_host_rewrite && !host.hostname.is_empty() {
-        return host.hostname.clone();
+        return &host.hostname;
     }
-    authority.to_owned()
+    authority
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -924,10 +921,8 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-fn set_server(headers: &mut http::HeaderMap, name: &str) {
-    if let Ok(v) = HeaderValue::from_str(name) {
-        headers.insert(header::SERVER, v);
-    }
+fn set_server(headers: &mut http::HeaderMap, name: &HeaderValue) {
+    headers.insert(header::SERVER, name.clone());
 }
 
 type Mutations<'a> = [&'a strait_xds::model::HeaderMutations; 3];

@@ -126,7 +126,8 @@ pub struct HttpConnectionManager {
     /// Lower-case upgrade types allowed (`upgrade_configs[].upgrade_type`), e.g. "websocket".
     pub upgrade_types: Vec<String>,
     /// Value of the `server` response header; Envoy's default is "envoy", ours "strait".
-    pub server_name: String,
+    /// Validated and made once here: each response clones it (no allocation).
+    pub server_name: HeaderValue,
     /// `http_filters` before the router, in order; the router itself is implied.
     pub http_filters: Vec<HttpFilterConfig>,
     /// `common_http_protocol_options.max_stream_duration`: a stream's lifetime limit

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::{
@@ -149,6 +150,40 @@ fn network_filter(path: &str, filter: &bootstrap::Filter) -> Result<Arc<WasmFilt
     }
 }
 
+/// The `server` header's value: `server_name` if set (it must be a valid header
+/// value, as Envoy's validation requires), else "strait". Static, so the clone each
+/// response takes touches no shared count: a name is kept for the process's life,
+/// once however often a config names it.
+fn server_name(path: &str, name: Option<String>) -> Result<HeaderValue> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let Some(name) = name else {
+        return Ok(HeaderValue::from_static("strait"));
+    };
+    let Ok(value) = HeaderValue::from_str(&name) else {
+        let message = "is not a valid header value (control characters?)";
+        return Err(ConfigError::new(format!("{path}.server_name"), message));
+    };
+    if !name
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        // Beyond visible ASCII `from_static` refuses it: shared bytes, counted.
+        return Ok(value);
+    }
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kept = match names.iter().find(|kept| **kept == name) {
+        Some(kept) => kept,
+        None => {
+            let kept: &'static str = Box::leak(name.into_boxed_str());
+            names.push(kept);
+            kept
+        }
+    };
+    Ok(HeaderValue::from_static(kept))
+}
+
 fn http_connection_manager(
     typed: &TypedConfig,
     clusters: &Clusters,
@@ -207,7 +242,7 @@ fn http_connection_manager(
             .filter(|upgrade| upgrade.enabled.unwrap_or(true))
             .map(|upgrade| upgrade.upgrade_type.to_ascii_lowercase())
             .collect(),
-        server_name: config.server_name.unwrap_or_else(|| "strait".to_owned()),
+        server_name: server_name(path, config.server_name)?,
         stat_prefix: config.stat_prefix,
         http_filters,
         max_stream_duration: config

@@ -67,6 +67,18 @@ fn base_translates() {
     assert_eq!(hcm.http2, crate::model::Http2Settings::default());
     assert!(hcm.generate_request_id && !hcm.use_remote_address);
     assert_eq!(hcm.server_name, "strait");
+    // A name of one's own, kept once however many configs name it; beyond ASCII too.
+    for name in ["edge-1", "edge-1", "périphérie"] {
+        let text = edited(
+            "stat_prefix: ingress",
+            &format!("stat_prefix: x\n          server_name: {name}"),
+        );
+        let snapshot = snapshot_from_yaml(&text).unwrap();
+        assert_eq!(
+            snapshot.listeners[0].hcm.server_name.as_bytes(),
+            name.as_bytes()
+        );
+    }
     let cluster = &snapshot.clusters["web"];
     assert_eq!(cluster.discovery, Discovery::StrictDns);
     assert_eq!(cluster.connect_timeout, Duration::from_millis(250));
@@ -160,6 +172,7 @@ fn errors_name_paths() {
         ("stat_prefix: ingress", "stat_prefix: x\n          access_log: [{name: envoy.access_loggers.file, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /tmp/x, log_format: {text_format_source: {inline_string: \"%FOO%\"}}}}]", format!("{HCM}.access_log[0].typed_config.log_format.text_format_source: unknown command %FOO%")),
         ("stat_prefix: ingress", "stat_prefix: x\n          access_log: [{name: envoy.access_loggers.stdout, filter: {}}]", format!("{HCM}.access_log[0].filter: filter is not supported yet")),
         ("stat_prefix: ingress", "stat_prefix: x\n          max_request_headers_kb: 9000", format!("{HCM}.max_request_headers_kb: must be between 1 and 8192")),
+        ("stat_prefix: ingress", "stat_prefix: x\n          server_name: \"a\\nb\"", format!("{HCM}.server_name: is not a valid header value")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {initial_stream_window_size: 1000}", format!("{HCM}.http2_protocol_options.initial_stream_window_size: 1000 is not between 65535 and 2147483647")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {max_concurrent_streams: 0}", format!("{HCM}.http2_protocol_options.max_concurrent_streams: 0 is not between 1 and 2147483647")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {allow_connect: true}", format!("{HCM}.http2_protocol_options.allow_connect: allow_connect is not supported yet")),
