@@ -1126,7 +1126,7 @@ pub(crate) fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// A copy of `req`'s head, without a body (nor extensions).
+/// A copy of `req`'s head, extensions included, without a body.
 pub(crate) fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut b = Request::builder()
         .method(req.method().clone())
@@ -1134,6 +1134,11 @@ pub(crate) fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
         .version(req.version());
     if let Some(h) = b.headers_mut() {
         *h = req.headers().clone();
+    }
+    // The head's extensions go too: the header case either codec recorded (a
+    // hedged attempt or a replay writes the names as the client did).
+    if let Some(e) = b.extensions_mut() {
+        *e = req.extensions().clone();
     }
     b.body(RequestBody::empty())
         .expect("parts copied from a valid request")

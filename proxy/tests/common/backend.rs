@@ -340,15 +340,24 @@ impl Backend {
     /// Reads each request head verbatim (recorded in `heads()`), answers `200 ok` and
     /// closes. For checks on the exact bytes a proxy sends (header case).
     pub async fn raw_recorder(name: &str) -> Backend {
-        Backend::serve(name, |mut stream, c| async move {
+        Backend::raw_recorder_stalling_first(name, Duration::ZERO).await
+    }
+
+    /// `raw_recorder`, except that the first request's answer waits `stall`: an
+    /// attempt a per-try timeout gives up on, or hedges.
+    pub async fn raw_recorder_stalling_first(name: &str, stall: Duration) -> Backend {
+        Backend::serve(name, move |mut stream, c| async move {
             let Some(head) = read_head(&mut stream).await else {
                 return;
             };
-            c.requests.fetch_add(1, Ordering::SeqCst);
+            let first = c.requests.fetch_add(1, Ordering::SeqCst) == 0;
             c.heads
                 .lock()
                 .expect("heads lock")
                 .push(String::from_utf8_lossy(&head).into_owned());
+            if first {
+                tokio::time::sleep(stall).await;
+            }
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
                 .await;
