@@ -47,8 +47,10 @@ traffic_run() {
   port=$(free_port)
   sed -e "s/{{port}}/$port/; s/{{backend_port}}/$backend/; s#{{wasm}}#$plugin#" \
     "perf/configs/$tpl" > "$tmp/$name.yaml"
-  "$@" -c "$tmp/$name.yaml" --concurrency 1 --log-level error \
-    --admin-address-path "$tmp/$name.admin" > "$tmp/$name.log" 2>&1 &
+  # An empty compiled-module cache: the plugin is compiled at start, as on a first
+  # deployment, whatever an earlier run left in ~/.cache/strait/wasm.
+  STRAIT_WASM_CACHE_DIR="$tmp/wasm-cache-$name" "$@" -c "$tmp/$name.yaml" --concurrency 1 \
+    --log-level error --admin-address-path "$tmp/$name.admin" > "$tmp/$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     [ -s "$tmp/$name.admin" ] && curl -s -o /dev/null "http://127.0.0.1:$port/" && break

@@ -318,8 +318,8 @@ impl AsyncWrite for ConnIo {
 }
 
 /// Reads until the first bytes tell HTTP/2's prior-knowledge preface from HTTP/1.1
-/// (as hyper-util's automatic codec does); what was read waits in `io.prefix`.
-/// Returns whether the connection speaks HTTP/2.
+/// (as hyper-util's automatic codec does). Returns whether the connection speaks
+/// HTTP/2, and what was read.
 ///
 /// The read takes whatever the client sent, up to a codec's first read, not just
 /// the preface's 24 bytes: the request that follows (usually all there) is then not
@@ -327,7 +327,7 @@ impl AsyncWrite for ConnIo {
 /// reads past the framing guard: Strait's HTTP/1.1 codec, which comes next unless
 /// the preface came, checks framing itself and drops the guard, and HTTP/2
 /// needs none (the guard stops following).
-async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
+async fn sniff(io: &mut ConnIo) -> io::Result<(bool, BytesMut)> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = BytesMut::with_capacity(crate::h1::READ_SMALL);
     let h2 = loop {
@@ -343,8 +343,7 @@ async fn sniff(io: &mut ConnIo) -> io::Result<bool> {
     if h2 {
         io.inner.stop_following();
     }
-    io.prefix = (!buf.is_empty()).then(|| Box::new(buf.freeze()));
-    Ok(h2)
+    Ok((h2, buf))
 }
 
 /// What ends or releases a connection: drain, its idle timeout, its quiet time.
@@ -553,33 +552,45 @@ pub fn serve(stream: Socket, ctx: Arc<ConnCtx>) -> impl Future<Output = ()> + Se
     let mut conn = Conn::new(stream, ctx);
     async move {
         // Each phase's future is boxed while it runs (hyper's state is a few KiB):
-        // only the idle wait, a few words, stays in the task.
-        let h2 = match conn.watch.open.ctx.listener.config.hcm.codec_type {
-            CodecType::Http1 => false,
-            CodecType::Http2 => true,
-            CodecType::Auto => match Box::pin(conn.sniff()).await {
-                Some(h2) => h2,
-                // Drained or timed out before a byte, or the socket failed.
-                None => return,
-            },
+        // only the idle wait, a few words, stays in the task. The HTTP/1.1 phase is
+        // built in its box (the codec's state, ~1.2 KiB, is not copied), and the
+        // first one sniffs the protocol (`Auto`) in that same box, its codec parsing
+        // the bytes the sniff read: one allocation for both.
+        let mut start = match conn.watch.open.ctx.listener.config.hcm.codec_type {
+            CodecType::Http2 => Start::H2,
+            CodecType::Http1 => Start::H1,
+            CodecType::Auto => Start::Sniff,
         };
-        let http = &conn.watch.open.ctx.listener.http;
-        if h2 {
-            http.downstream_cx_http2_total.inc();
-            Box::pin(conn.serve_h2()).await;
-            return;
-        }
-        http.downstream_cx_http1_total.inc();
-        loop {
-            match Box::pin(conn.serve_h1_own()).await {
-                Own::Released if conn.idle().await => {}
+        while start != Start::H2 {
+            match crate::pin_in_place!(conn.serve_h1_own(start)).await {
+                Own::Released if conn.idle().await => start = Start::Again,
                 Own::Released | Own::Closed => return,
-                Own::Upgrade => break,
+                Own::H2 => start = Start::H2,
+                // An upgrade request: hyper's server has the connection from here on.
+                Own::Upgrade => {
+                    while Box::pin(conn.serve_h1()).await && conn.idle().await {}
+                    return;
+                }
             }
         }
-        // An upgrade request: hyper's server has the connection from here on.
-        while Box::pin(conn.serve_h1()).await && conn.idle().await {}
+        let http = &conn.watch.open.ctx.listener.http;
+        http.downstream_cx_http2_total.inc();
+        Box::pin(conn.serve_h2()).await;
     }
+}
+
+/// How a run of [`Conn::serve_h1_own`] begins.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    /// The connection's first: read until HTTP/2's preface or HTTP/1.1 shows.
+    Sniff,
+    /// The connection's first, configured HTTP/1.1 only.
+    H1,
+    /// HTTP/2: configured so, or the sniff found its preface (not a start of
+    /// `serve_h1_own`: the connection goes to the HTTP/2 server).
+    H2,
+    /// After the codec was released: HTTP/1.1 again.
+    Again,
 }
 
 /// How a run of Strait's HTTP/1.1 server codec ended.
@@ -587,6 +598,9 @@ enum Own {
     /// Quiet long enough: the socket is back in the connection, the codec freed.
     Released,
     Closed,
+    /// HTTP/2 (configured, or the preface came): the socket and the bytes read are
+    /// back in the connection for the HTTP/2 server.
+    H2,
     /// The next request asks for an upgrade: the socket is back in the connection
     /// with the request's bytes, for hyper's server.
     Upgrade,
@@ -620,13 +634,6 @@ impl Conn {
         }
     }
 
-    /// Reads the first bytes; whether they are HTTP/2's preface. `None`: the
-    /// connection closes (drained, timed out, or the socket failed).
-    async fn sniff(&mut self) -> Option<bool> {
-        let io = self.io.as_mut()?;
-        self.watch.wait(sniff(io)).await?.ok()
-    }
-
     async fn serve_h2(&mut self) {
         let Some(io) = self.io.take() else {
             return;
@@ -651,8 +658,33 @@ impl Conn {
 
     /// Serves HTTP/1.1 with Strait's own codec (`h1_server`) until the connection
     /// ends, has been idle long enough to release the codec's state, or asks for an
-    /// upgrade.
-    async fn serve_h1_own(&mut self) -> Own {
+    /// upgrade. A connection's first run (`start`) may find it is HTTP/2 instead.
+    async fn serve_h1_own(&mut self, start: Start) -> Own {
+        let mut read = None;
+        match start {
+            Start::H2 => return Own::H2,
+            Start::Sniff => {
+                let Some(io) = self.io.as_mut() else {
+                    return Own::Closed;
+                };
+                // Drained or timed out before a byte, or the socket failed.
+                let Some(Ok((h2, sniffed))) = self.watch.wait(sniff(io)).await else {
+                    return Own::Closed;
+                };
+                if h2 {
+                    if let Some(io) = self.io.as_mut() {
+                        io.prefix = Some(Box::new(sniffed.freeze()));
+                    }
+                    return Own::H2;
+                }
+                read = Some(sniffed);
+            }
+            Start::H1 | Start::Again => {}
+        }
+        if start != Start::Again {
+            let http = &self.watch.open.ctx.listener.http;
+            http.downstream_cx_http1_total.inc();
+        }
         let Some(io) = self.io.take() else {
             return Own::Closed;
         };
@@ -662,11 +694,15 @@ impl Conn {
         // show: such a connection keeps its codec.
         let releasable = downstream.unfiltered().is_some();
         // The sniff's buffer (or a released codec's) goes on without a copy.
-        let read = prefix.map_or_else(BytesMut::new, |b| BytesMut::from(*b));
+        let read = match (read, prefix) {
+            (Some(read), _) => read,
+            (None, prefix) => prefix.map_or_else(BytesMut::new, |b| BytesMut::from(*b)),
+        };
         let side = h1_server::Side::new(downstream, read);
         let ctx = self.watch.open.ctx.clone();
         let ran = {
-            let mut codec = Box::pin(h1_server::serve(side.clone(), ctx.clone()));
+            // In this phase's own box (see `serve`): one allocation per connection.
+            let mut codec = std::pin::pin!(h1_server::serve(side.clone(), ctx.clone()));
             let idle = || side.lock().releasable();
             let release: Option<&(dyn Fn() -> bool + Sync)> = match releasable {
                 true => Some(&idle),

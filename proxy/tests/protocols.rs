@@ -52,6 +52,36 @@ async fn h2c_client_to_h1_upstream() {
     assert_eq!(e.path, "/p?q=1");
 }
 
+/// `codec_type` pins a listener to one protocol: HTTP/2 serves h2c with no sniff,
+/// HTTP/1 serves HTTP/1.1; each counts its kind of connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codec_type_pins_the_protocol() {
+    let b = Backend::echo("b").await;
+    for (codec, h2) in [("HTTP2", true), ("HTTP1", false)] {
+        let config = Bootstrap::catch_all("b")
+            .cluster("b", b.addr())
+            .hcm(&format!("codec_type: {codec}"))
+            .build();
+        let s = Strait::start(&config).await;
+        let addr = s.main_addr().await;
+        for _ in 0..2 {
+            let r = match h2 {
+                true => get_h2(addr, "h", "/p", &[]).await,
+                false => get(addr, "h", "/p", &[]).await,
+            };
+            assert_eq!(r.status, 200, "{codec}");
+            assert_eq!(r.version == http::Version::HTTP_2, h2, "{codec}");
+        }
+        let (mine, other) = match h2 {
+            true => ("http2", "http1"),
+            false => ("http1", "http2"),
+        };
+        let count = |kind: &str| format!("http.ingress.downstream_cx_{kind}_total");
+        s.wait_stat(&count(mine), |v| v == 2).await;
+        assert_eq!(s.stat(&count(other)).await, Some(0), "{codec}");
+    }
+}
+
 /// Concurrent h2 streams share one upstream connection, once it is up.
 async fn concurrent_h2_streams(warm_first: bool) -> u64 {
     let b = Backend::echo("b").await;
