@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -70,8 +70,14 @@ pub fn watch(
 /// write, 0.19 times per proxied request, pre-empting the worker it shared a CPU with
 /// (43,259 times in a 4 s run). A writer that keeps the file open is seen when it
 /// closes it; SIGHUP and `POST /reload` re-read it at any time.
+///
+/// The path is watched as given, symlinks kept: a config reached through links
+/// (Kubernetes mounts a ConfigMap as `<name>` -> `..data/<name>` and updates it by
+/// renaming a new `..data` link over the old one) changes without an event naming it.
+/// So an entry renamed or created under another name is a change when the config now
+/// resolves to another file.
 fn watch_file(path: &std::path::Path, tx: mpsc::UnboundedSender<()>) -> anyhow::Result<()> {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => ".".into(),
@@ -89,18 +95,26 @@ fn watch_file(path: &std::path::Path, tx: mpsc::UnboundedSender<()>) -> anyhow::
         )
         .map_err(|e| anyhow::anyhow!("cannot watch {} for config changes: {e}", dir.display()))?;
     let mut events = inotify.into_event_stream(vec![0u8; 4096])?;
+    let mut resolved = std::fs::canonicalize(&path).ok();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
-            match event {
-                Ok(event) if event.name.as_deref() == Some(file_name.as_os_str()) => {
-                    let _ = tx.send(());
-                }
-                Ok(_) => {}
+            let event = match event {
+                Ok(event) => event,
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e,
                         "config watch failed; SIGHUP or POST /reload re-reads it");
                     return;
                 }
+            };
+            let ours = event.name.as_deref() == Some(file_name.as_os_str());
+            let relinked = !ours
+                && event
+                    .mask
+                    .intersects(EventMask::MOVED_TO | EventMask::CREATE)
+                && std::fs::canonicalize(&path).ok() != resolved;
+            if ours || relinked {
+                resolved = std::fs::canonicalize(&path).ok();
+                let _ = tx.send(());
             }
         }
     });

@@ -216,6 +216,45 @@ async fn in_place_rewrite_reloads_and_a_neighbours_writes_do_not_wake_the_proxy(
     assert_eq!(get(addr, "h", "/b", &[]).await.status, 200);
 }
 
+/// A config reached through symlinks, as Kubernetes mounts a ConfigMap: the path is a
+/// link into `..data/`, and an update renames a new `..data` link over the old one, so
+/// no event names the config file itself. Both swaps reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_behind_symlinks_reloads_when_a_link_is_swapped() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(&config(&a, &b, false)).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 404);
+    let dir = s.dir();
+    let name = s.config_path().file_name().unwrap().to_owned();
+    let version = |v: &str, routes_b: bool| {
+        std::fs::create_dir(dir.join(v)).unwrap();
+        std::fs::write(dir.join(v).join(&name), config(&a, &b, routes_b)).unwrap();
+    };
+
+    // The file becomes a link to `..data/<name>`, `..data` a link to `..v1`.
+    version("..v1", true);
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink(
+        std::path::Path::new("..data").join(&name),
+        dir.join("link.tmp"),
+    )
+    .unwrap();
+    std::fs::rename(dir.join("link.tmp"), s.config_path()).unwrap();
+    s.wait_stat("server.config_reload_success", |v| v >= 1)
+        .await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 200);
+
+    // The update: `..v2`, then a new `..data` renamed over the old one.
+    version("..v2", false);
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    s.wait_stat("server.config_reload_success", |v| v >= 2)
+        .await;
+    assert_eq!(get(addr, "h", "/b", &[]).await.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
