@@ -638,7 +638,7 @@ fn request(
                     .template
                     .as_ref()
                     .expect("a retry has the last attempt's head or a template");
-                Box::new(pool::copy_head(template))
+                Box::new(template.copy_head())
             });
             if plan.target.auto_host_rewrite {
                 let authority =

@@ -291,7 +291,7 @@ async fn start(
         h2,
         false,
         Default::default(),
-        Box::new(request),
+        Box::new(request.into()),
     )
     .await
     .map_err(Failure::Proxy)?;

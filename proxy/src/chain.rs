@@ -638,7 +638,7 @@ impl ChainId {
     pub fn keep_sent_request(self, req: crate::pool::UpstreamRequest) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                let (head, _) = (*req).into_parts();
+                let (head, _) = req.request.into_parts();
                 chain.info.borrow_mut().sent_request =
                     Some(SentHead::request_moved(Box::new(head)));
             }

@@ -161,7 +161,7 @@ fn handle(ctx: &Arc<ConnCtx>, req: Request<DownstreamBody>, copy_head: bool) -> 
     // The request future is several KiB; the codec moves what is returned into its
     // state: boxed here, built in its box, it is never copied, and a pointer moves.
     let req = Box::new(req);
-    let handling = crate::pin_in_place!(router::handle(req, ctx.clone(), smuggling));
+    let handling = crate::pin_in_place!(router::handle(req, None, ctx.clone(), smuggling));
     Handled {
         handling,
         active: Some(active),

@@ -416,8 +416,9 @@ pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
 
 /// The header names of an HTTP/1.1 message as they came on the wire, for those not
 /// all lowercase: the other codec writes them back so (H1 → H1 keeps header case,
-/// which `HeaderMap` lowercases). A request carries it in its extensions, a response
-/// in its body (`h1_client::ResponseBody`).
+/// which `HeaderMap` lowercases). A request carries it beside its head
+/// (`pool::Upstream`), a response in its body (`h1_client::ResponseBody`): not in
+/// `http::Extensions`, whose first entry costs three allocations.
 #[derive(Clone)]
 pub struct HeaderCase {
     /// The head the names sit in (shared with its header values: no copy).

@@ -37,7 +37,7 @@ use crate::h1::{
     self, content_length, is_chunked, write_field, CasedWriter, Decoded, Decoder, Framing,
     HeaderCase, WriteError, Writer, MAX_HEADERS, READ_SMALL,
 };
-use crate::pool::H1Conn;
+use crate::pool::{H1Conn, Upstream};
 
 /// The longest response head accepted: Envoy's `max_response_headers_kb` default.
 const MAX_HEAD: usize = 60 * 1024;
@@ -85,12 +85,12 @@ impl std::error::Error for Failure {
 /// served before (a failure before any response byte is then the keep-alive race).
 pub(crate) async fn send(
     mut conn: Box<H1Conn>,
-    req: &mut Request<RequestBody>,
+    req: &mut Upstream,
     reused: bool,
 ) -> Result<Response<ResponseBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
     let idempotent = crate::pool::idempotent(req.method());
-    let (head, framing) = encode_head(req);
+    let (head, framing) = encode_head(&req.request, req.case.as_ref());
     // The head stays with the caller: for another connection (below), or a retry.
     let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
     let mut writer = Writer::new(head, body, framing);
@@ -167,8 +167,9 @@ pub(crate) async fn send(
     Ok(response.map(|()| body))
 }
 
-/// The request line and headers, and how the body is framed.
-fn encode_head(req: &Request<RequestBody>) -> (Vec<u8>, Framing) {
+/// The request line and headers (the names cased as `case` recorded them), and how
+/// the body is framed.
+fn encode_head(req: &Request<RequestBody>, case: Option<&HeaderCase>) -> (Vec<u8>, Framing) {
     let headers = req.headers();
     let body = req.body();
     let mut out = Vec::with_capacity(256);
@@ -214,7 +215,7 @@ fn encode_head(req: &Request<RequestBody>) -> (Vec<u8>, Framing) {
         (Framing::Chunked, false, true, Some(Add::Chunked))
     };
     // Names as the client sent them, when Strait's server codec parsed the request.
-    let mut names = CasedWriter::new(req.extensions().get::<HeaderCase>());
+    let mut names = CasedWriter::new(case);
     for (name, value) in headers {
         if (skip_te && name == header::TRANSFER_ENCODING)
             || (skip_cl && name == header::CONTENT_LENGTH)
@@ -501,7 +502,7 @@ mod tests {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let (head, framing) = encode_head(&req.body(body).expect("request"));
+        let (head, framing) = encode_head(&req.body(body).expect("request"), None);
         (String::from_utf8(head).expect("ascii head"), framing)
     }
 

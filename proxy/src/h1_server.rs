@@ -227,6 +227,8 @@ enum Head {
 struct Parsed {
     /// Boxed, as the router takes it.
     request: router::DownstreamRequest,
+    /// The names that came with uppercase letters, for the upstream's HTTP/1.1 head.
+    case: Option<HeaderCase>,
     keep_alive: bool,
     /// Both `content-length` and `transfer-encoding`: refused, and the connection
     /// closes after the answer.
@@ -318,6 +320,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
         };
         let Parsed {
             request,
+            case,
             keep_alive,
             smuggling,
             ..
@@ -330,7 +333,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
         // The request future is several KiB: built in its box, never copied.
         let answer = {
             let mut handling =
-                crate::pin_in_place!(router::handle(request, ctx.clone(), smuggling));
+                crate::pin_in_place!(router::handle(request, case, ctx.clone(), smuggling));
             // While the answer is awaited the client may go away: its end of the
             // connection cancels the request (and its upstream exchange, callouts…),
             // as hyper's server and Envoy do. Bytes it sends meanwhile (a pipelined
@@ -626,12 +629,10 @@ fn parse(
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    if !case.is_empty() {
-        request.extensions_mut().insert(case);
-    }
     let reads_body = !smuggling && framing != Framing::Length(0);
     Ok(Some(Head::Request(Parsed {
         request,
+        case: (!case.is_empty()).then_some(case),
         keep_alive: keep_alive && !close && !smuggling,
         smuggling,
         framing: match reads_body {

@@ -49,6 +49,7 @@ use crate::body::RequestBody;
 use crate::breaker::Slot;
 use crate::cluster::{ClusterRuntime, Host};
 use crate::error::ProxyError;
+use crate::h1::HeaderCase;
 use crate::h1_client;
 use crate::runtime::FastMap;
 
@@ -64,7 +65,55 @@ struct PoolKey {
 /// A request on its way upstream. Boxed: it passes through half a dozen async
 /// functions (router, attempts, pool, codec), each copying its arguments into its
 /// future, and ~300 bytes inline cost more in copies than one allocation.
-pub type UpstreamRequest = Box<Request<RequestBody>>;
+pub type UpstreamRequest = Box<Upstream>;
+
+/// A request for an upstream, and how its client cased the header names when Strait's
+/// HTTP/1.1 server codec parsed it, for Strait's HTTP/1.1 client to write them back
+/// so (H1 → H1 keeps header case). The case rides beside the head rather than in its
+/// `http::Extensions`: a first extension costs the map's box, its table and the
+/// value's box, and every read a hash lookup (430 instructions and 48 code misses per
+/// HTTP/1.1 request from a client that sends `Host:`, `perf/instructions --cache`).
+pub struct Upstream {
+    pub request: Request<RequestBody>,
+    pub case: Option<HeaderCase>,
+}
+
+impl Upstream {
+    pub fn new(request: Request<RequestBody>, case: Option<HeaderCase>) -> Upstream {
+        Upstream { request, case }
+    }
+
+    /// A copy of the head (extensions and header case included), without the body.
+    pub(crate) fn copy_head(&self) -> Upstream {
+        Upstream {
+            request: copy_head(&self.request),
+            case: self.case.clone(),
+        }
+    }
+}
+
+impl From<Request<RequestBody>> for Upstream {
+    fn from(request: Request<RequestBody>) -> Upstream {
+        Upstream {
+            request,
+            case: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Upstream {
+    type Target = Request<RequestBody>;
+
+    fn deref(&self) -> &Request<RequestBody> {
+        &self.request
+    }
+}
+
+impl std::ops::DerefMut for Upstream {
+    fn deref_mut(&mut self) -> &mut Request<RequestBody> {
+        &mut self.request
+    }
+}
 
 type H2Sender = http2::SendRequest<RequestBody>;
 
@@ -399,19 +448,20 @@ struct Lent<'a> {
 }
 
 impl Lent<'_> {
-    fn get(&mut self) -> &mut Request<RequestBody> {
+    fn get(&mut self) -> &mut Upstream {
         self.req
             .as_mut()
             .expect("a lent request is present until given up")
     }
 
-    /// The request, for a codec that consumes it; `back` gets a copy of its head.
-    fn give_up(&mut self) -> UpstreamRequest {
+    /// The request, for a codec that consumes it (hyper's); `back` gets a copy of its
+    /// head.
+    fn give_up(&mut self) -> Request<RequestBody> {
         let req = self.req.take().expect("a lent request is given up once");
         if let Some(back) = self.back.as_deref_mut() {
-            *back = Some(Box::new(copy_head(&req)));
+            *back = Some(Box::new(req.copy_head()));
         }
-        req
+        req.request
     }
 }
 
@@ -449,18 +499,17 @@ pub async fn send_signalled(
     // moved whole into hyper's dispatcher (and into a task per HTTP/2 stream), so
     // every byte of it is copied on every request.
     if h2 {
-        return Box::pin(send_h2(cluster, host, key, *lent.give_up(), ready)).await;
+        return Box::pin(send_h2(cluster, host, key, lent.give_up(), ready)).await;
     }
     // A request parsed by hyper's HTTP/1 server (an upgrade's connection) carries
     // hyper's header case map, an extension only hyper's client can write back: it
     // goes through hyper's client, as do upgrades. Everything else takes Strait's
     // own codec, which writes back the case Strait's server codec recorded.
-    let extensions = lent.get().extensions();
-    let hyper_case = !extensions.is_empty() && extensions.get::<crate::h1::HeaderCase>().is_none();
+    let hyper_case = !lent.get().extensions().is_empty();
     if upgrade || hyper_case {
         // Boxed: hyper's client future (~1.9 KiB) would otherwise make every
         // request's future that much larger, used or not.
-        let hyper = send_hyper(cluster, host, key, upgrade, *lent.give_up(), ready);
+        let hyper = send_hyper(cluster, host, key, upgrade, lent.give_up(), ready);
         return Box::pin(hyper).await;
     }
     send_own(cluster, host, key, &mut lent, ready).await
@@ -492,7 +541,7 @@ async fn send_own(
             // Handed over from hyper's side of the pool under `max_connections`.
             // Rare, and boxed for the same reason as `send_hyper`.
             Pooled::Hyper(conn) => {
-                return Box::pin(send_on_hyper(key, conn, *req.give_up())).await;
+                return Box::pin(send_on_hyper(key, conn, req.give_up())).await;
             }
         };
         let local = conn.info.clone();
@@ -1135,7 +1184,7 @@ pub(crate) fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     if let Some(h) = b.headers_mut() {
         *h = req.headers().clone();
     }
-    // The head's extensions go too: the header case either codec recorded (a
+    // The head's extensions go too: the header case hyper's server recorded (a
     // hedged attempt or a replay writes the names as the client did).
     if let Some(e) = b.extensions_mut() {
         *e = req.extensions().clone();

@@ -27,8 +27,10 @@ use crate::body::{
 };
 use crate::chain::{ChainHandle, ChainId, Step, Verdict};
 use crate::error::ProxyError;
+use crate::h1::HeaderCase;
 use crate::headers::{self, ForwardingPolicy};
 use crate::lb::LbState;
+use crate::pool::Upstream;
 use crate::retry::{self, RetryHeaders, RetryState};
 use crate::runtime::{self, FastMap, ListenerRuntime, Runtime, Shared};
 use crate::stream::{LogInfo, StreamGuard};
@@ -176,10 +178,13 @@ impl ConnCtx {
 /// request future and `proxy` would each copy ~270 bytes inline.
 pub type DownstreamRequest = Box<Request<DownstreamBody>>;
 
-/// Handles one request. `smuggling`: the connection's framing guard saw this request
-/// carry both Content-Length and Transfer-Encoding (see `framing`); it is refused.
+/// Handles one request. `case`: how the client cased its header names, when Strait's
+/// HTTP/1.1 server codec parsed it. `smuggling`: the connection's framing guard saw
+/// this request carry both Content-Length and Transfer-Encoding (see `framing`); it is
+/// refused.
 pub async fn handle(
     req: DownstreamRequest,
+    case: Option<HeaderCase>,
     conn: Arc<ConnCtx>,
     smuggling: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -205,7 +210,8 @@ pub async fn handle(
         let guard = guard.expect("guard just made");
         return Ok(local_reply(failure, grpc, &listener, guard));
     }
-    Ok(match proxy(req, &conn, &rt, &listener, &mut guard).await {
+    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard).await;
+    Ok(match proxied {
         Ok(resp) => resp,
         Err(failure) => {
             // `proxy` takes the guard only when it returns a response.
@@ -241,6 +247,7 @@ impl From<ProxyError> for Failure<'_> {
 
 async fn proxy<'a>(
     mut req: DownstreamRequest,
+    case: Option<HeaderCase>,
     conn: &ConnCtx,
     rt: &'a Runtime,
     listener: &'a Arc<ListenerRuntime>,
@@ -649,13 +656,13 @@ async fn proxy<'a>(
         _ => (body, None),
     };
     // The head as sent goes to the plugins' `on_log` when the attempts are over.
-    let first = Box::new(Request::from_parts(parts, first_body));
+    let first = Box::new(Upstream::new(Request::from_parts(parts, first_body), case));
     // Attempts one after another get each head back from the pool for the next; only
     // hedged attempts, which overlap, need a copy made up front.
     let template = retry
         .as_ref()
         .filter(|_| timeouts.hedge)
-        .map(|_| Box::new(crate::pool::copy_head(&first)));
+        .map(|_| Box::new(first.copy_head()));
 
     // Do IO. Envoy's route timeout starts when the request is complete: at once for
     // a request without a body, else when its body ends (a slow upload is not a

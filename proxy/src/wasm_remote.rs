@@ -236,7 +236,7 @@ async fn exchange(
         h2,
         false,
         Default::default(),
-        Box::new(request),
+        Box::new(request.into()),
     )
     .await
     .map_err(|e| format!("{e} ({})", host.addr))?;

@@ -173,12 +173,27 @@ async fn hedged_attempt_wins_over_a_slow_first_attempt() {
 /// names as the client did (H1 -> H1 keeps case), as the first attempt does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedged_attempt_keeps_header_case() {
-    let up = Backend::raw_recorder_stalling_first("up", Duration::from_secs(5)).await;
-    let config = route(
+    every_attempt_keeps_header_case(
         "retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}, hedge_policy: {hedge_on_per_try_timeout: true}",
     )
-    .cluster("up", up.addr())
-    .build();
+    .await;
+}
+
+/// A retry after a per-try timeout sends the head the cancelled attempt handed back,
+/// with its header case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_attempt_keeps_header_case() {
+    every_attempt_keeps_header_case(
+        "retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s}",
+    )
+    .await;
+}
+
+/// Two attempts under `policy` (the first one's answer stalls past its per-try
+/// timeout): both write the client's header names verbatim.
+async fn every_attempt_keeps_header_case(policy: &str) {
+    let up = Backend::raw_recorder_stalling_first("up", Duration::from_secs(5)).await;
+    let config = route(policy).cluster("up", up.addr()).build();
     let s = Strait::start(&config).await;
     let mut raw = RawConn::connect(s.main_addr().await).await;
     raw.write(b"GET / HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: One\r\nx-lower: two\r\n\r\n")
@@ -186,7 +201,7 @@ async fn a_hedged_attempt_keeps_header_case() {
     let reply = raw.read_until("ok", Duration::from_secs(4)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let heads = up.heads();
-    assert_eq!(heads.len(), 2, "the first attempt and its hedge: {heads:?}");
+    assert_eq!(heads.len(), 2, "the first attempt and the next: {heads:?}");
     for (attempt, head) in heads.iter().enumerate() {
         for line in ["X-Mixed-Case: One\r\n", "x-lower: two\r\n"] {
             assert!(
