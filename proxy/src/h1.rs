@@ -670,6 +670,32 @@ pub(crate) fn is_chunked(value: &[u8]) -> bool {
 }
 
 /// Whether a comma-separated header value has `token` (case-insensitive).
+/// What one `Connection` value says.
+#[derive(Default)]
+pub(crate) struct ConnectionValue {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// It names something besides `close` and `keep-alive`: a header to drop with it,
+    /// or `upgrade`.
+    pub other: bool,
+}
+
+impl ConnectionValue {
+    pub(crate) fn parse(value: &[u8]) -> ConnectionValue {
+        let mut said = ConnectionValue::default();
+        for token in value.split(|&b| b == b',').map(trim) {
+            if token.eq_ignore_ascii_case(b"close") {
+                said.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                said.keep_alive = true;
+            } else if !token.is_empty() {
+                said.other = true;
+            }
+        }
+        said
+    }
+}
+
 pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')

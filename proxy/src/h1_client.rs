@@ -325,8 +325,16 @@ fn parse_head(
                 .map_err(|_| Failure::Protocol("invalid response header value"))?;
             match name {
                 header::CONNECTION => {
-                    close |= h1::has_token(value.as_bytes(), b"close");
-                    keep_alive |= h1::has_token(value.as_bytes(), b"keep-alive");
+                    let said = h1::ConnectionValue::parse(value.as_bytes());
+                    close |= said.close;
+                    keep_alive |= said.keep_alive;
+                    // The router drops the hop-by-hop headers before the filters see
+                    // the response; one that only says `keep-alive` or `close` (nearly
+                    // every upstream's) names no other header to drop with it: it is
+                    // not kept at all.
+                    if !said.other {
+                        continue;
+                    }
                 }
                 header::CONTENT_LENGTH => {
                     // Every line must agree on one number.

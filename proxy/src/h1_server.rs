@@ -586,9 +586,15 @@ fn parse(
                 chunked = Some(is_chunked(value.as_bytes()));
             }
             header::CONNECTION => {
-                close |= h1::has_token(value.as_bytes(), b"close");
-                if h1::has_token(value.as_bytes(), b"keep-alive") {
-                    keep_alive = true;
+                let said = h1::ConnectionValue::parse(value.as_bytes());
+                close |= said.close;
+                keep_alive |= said.keep_alive;
+                // Envoy's connection manager drops `Connection` before the filters,
+                // the access log or the upstream see the request. One that says only
+                // `close` or `keep-alive` names no other header to drop with it: it is
+                // not kept at all, rather than removed later.
+                if !said.other {
+                    continue;
                 }
             }
             header::EXPECT => {

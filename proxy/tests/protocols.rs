@@ -315,6 +315,37 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     assert_eq!(r.header("x-resp-kept"), Some("1"));
 }
 
+/// A client's `Connection: close` is the connection's business: as in Envoy (whose
+/// connection manager drops it first), neither the upstream nor the access log sees
+/// it, while the other headers of the request are logged and forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_is_neither_forwarded_nor_logged() {
+    let b = Backend::raw_recorder("b").await;
+    let (log, hcm) = access_log("%REQ(CONNECTION)%|%REQ(X-BAR)%");
+    let config = Bootstrap::catch_all("up")
+        .hcm(&hcm)
+        .cluster("up", b.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let mut raw = RawConn::connect(s.main_addr().await).await;
+    raw.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Bar: kept\r\n\r\n")
+        .await;
+    let reply = raw.read_until("ok", Duration::from_secs(4)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "the proxy closes, and says so: {reply}"
+    );
+    let heads = b.heads();
+    assert!(heads[0].contains("X-Bar: kept\r\n"), "{}", heads[0]);
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("connection: close"),
+        "forwarded upstream: {}",
+        heads[0]
+    );
+    assert_eq!(first_log_line(&log).await, "-|kept");
+}
+
 /// An h2 client that resets its stream (RST_STREAM) cancels the request upstream:
 /// the upstream request ends long before the backend would have answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

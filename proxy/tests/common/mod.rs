@@ -55,13 +55,17 @@ pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = 
 /// the file's path and the HttpConnectionManager YAML that writes it (for
 /// `Bootstrap::hcm`). Read its first line with `first_log_line`.
 pub fn flags_log() -> (std::path::PathBuf, String) {
+    access_log("%RESPONSE_CODE% %RESPONSE_FLAGS%")
+}
+
+/// As `flags_log`, a line of `format` per request.
+pub fn access_log(format: &str) -> (std::path::PathBuf, String) {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let path =
-        std::env::temp_dir().join(format!("strait-flags-{}-{nanos}.log", std::process::id()));
+    let path = std::env::temp_dir().join(format!("strait-log-{}-{nanos}.log", std::process::id()));
     let hcm = format!(
-        "access_log:\n- name: envoy.access_loggers.file\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n    path: {}\n    log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
+        "access_log:\n- name: envoy.access_loggers.file\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n    path: {}\n    log_format: {{text_format_source: {{inline_string: \"{format}\\n\"}}}}\n",
         path.display()
     );
     (path, hcm)
