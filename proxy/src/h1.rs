@@ -683,6 +683,18 @@ pub(crate) struct ConnectionValue {
 impl ConnectionValue {
     pub(crate) fn parse(value: &[u8]) -> ConnectionValue {
         let mut said = ConnectionValue::default();
+        // Nearly every value is one of these, whole: no splitting and trimming.
+        match value {
+            b"keep-alive" | b"Keep-Alive" => {
+                said.keep_alive = true;
+                return said;
+            }
+            b"close" | b"Close" => {
+                said.close = true;
+                return said;
+            }
+            _ => {}
+        }
         for token in value.split(|&b| b == b',').map(trim) {
             if token.eq_ignore_ascii_case(b"close") {
                 said.close = true;
@@ -870,6 +882,21 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_values() {
+        let said = |v: &[u8]| {
+            let c = ConnectionValue::parse(v);
+            (c.close, c.keep_alive, c.other)
+        };
+        assert_eq!(said(b"keep-alive"), (false, true, false));
+        assert_eq!(said(b"KEEP-ALIVE"), (false, true, false));
+        assert_eq!(said(b"Close"), (true, false, false));
+        assert_eq!(said(b" close ,, keep-alive "), (true, true, false));
+        assert_eq!(said(b"close, X-Hop"), (true, false, true));
+        assert_eq!(said(b"Upgrade"), (false, false, true));
+        assert_eq!(said(b""), (false, false, false));
+    }
 
     /// A socket that takes at most `limit` bytes per write and counts each kind.
     struct Trickle {
