@@ -260,20 +260,30 @@ impl HeaderMutations {
             && self.response_headers_to_remove.is_empty()
     }
 
+    /// Applies the request mutations. Inline, so that the usual case (a route, virtual
+    /// host or config with none: three of each per request) is two length checks,
+    /// not a call (~36 instructions and two code misses each).
+    #[inline]
     pub fn apply_request(&self, headers: &mut HeaderMap) {
-        apply(
+        let (remove, add) = (
             &self.request_headers_to_remove,
             &self.request_headers_to_add,
-            headers,
         );
+        if !(remove.is_empty() && add.is_empty()) {
+            apply(remove, add, headers);
+        }
     }
 
+    /// Applies the response mutations (inline, as [`Self::apply_request`]).
+    #[inline]
     pub fn apply_response(&self, headers: &mut HeaderMap) {
-        apply(
+        let (remove, add) = (
             &self.response_headers_to_remove,
             &self.response_headers_to_add,
-            headers,
         );
+        if !(remove.is_empty() && add.is_empty()) {
+            apply(remove, add, headers);
+        }
     }
 }
 
