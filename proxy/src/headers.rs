@@ -23,10 +23,11 @@ pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// What Envoy's connection manager removes from a request before its filters run:
-/// `connection`, `keep-alive`, `proxy-connection` and `transfer-encoding`, and
-/// `upgrade` unless the request upgrades. The rest of the hop-by-hop set goes at the
-/// router ([`remove_hop_by_hop`]).
+/// What Envoy's connection manager removes from a request before its filters and
+/// its access log see it: `connection` with the headers it names, `keep-alive`,
+/// `proxy-connection` and `transfer-encoding`, and `upgrade` unless the request
+/// upgrades. The rest of the hop-by-hop set goes at the router
+/// ([`remove_hop_by_hop`]).
 pub fn remove_connection_headers(headers: &mut HeaderMap) {
     // One pass over the names (most requests carry none of these), as in
     // `remove_hop_by_hop`.
@@ -34,6 +35,9 @@ pub fn remove_connection_headers(headers: &mut HeaderMap) {
         return;
     }
     if upgrade_type(headers).is_none() {
+        // The names go with the header that names them: once it is gone, nothing
+        // later can tell they were hop-by-hop.
+        remove_named(headers, false);
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
@@ -81,15 +85,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
-    if present & CONN != 0 && connection_tokens(headers).any(|t| !is_connection_option(t)) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !is_connection_option(t))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    if present & CONN != 0 {
+        remove_named(headers, keep_upgrade);
     }
     let remove = |headers: &mut HeaderMap, bit: u8, name: &HeaderName| {
         if present & bit != 0 {
@@ -112,6 +109,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 headers.remove(header::TE);
             }
         }
+    }
+}
+
+/// Removes the headers the `Connection` header names (not itself); `keep_upgrade`
+/// keeps `upgrade`.
+fn remove_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if !connection_tokens(headers).any(|t| !is_connection_option(t)) {
+        return;
+    }
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !is_connection_option(t))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 

@@ -312,10 +312,15 @@ async fn proxy<'a>(
         info.resolver = Some(listener.routes.clone());
     });
     let id = guard.chain.as_ref().map(ChainHandle::id);
-    if id.is_some() || !listener.stages.is_empty() {
-        // Envoy's connection manager drops the connection's own headers before the
-        // filters, so plugins never see `connection` or `keep-alive`.
+    let filtered = id.is_some() || !listener.stages.is_empty();
+    if filtered || !listener.access_logs.is_empty() {
+        // Envoy's connection manager drops the connection's own headers first: the
+        // plugins and the access log never see `connection` or what it names. (With
+        // neither, the router drops them with the rest of the hop-by-hop set; the
+        // HTTP/1.1 codec keeps no `Connection: close` or `keep-alive` at all.)
         headers::remove_connection_headers(req.headers_mut());
+    }
+    if filtered {
         let (mut parts, body) = (*req).into_parts();
         let eos = body.is_end_stream();
         // Wasm filters alone run at once; a fault filter's delay, or a plugin that

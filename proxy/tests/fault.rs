@@ -369,3 +369,36 @@ async fn unsupported_fields_are_refused_with_their_path() {
         assert!(stderr.contains(&want), "{fault}: {stderr}");
     }
 }
+
+/// With an HTTP filter before the router, the connection's own headers go before the
+/// filters run, and so do the headers `Connection` names: neither reaches the
+/// upstream (as on a route without filters, and as in Envoy).
+#[tokio::test]
+async fn headers_named_by_connection_are_dropped_before_the_filters() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(
+        &backend,
+        "abort: {http_status: 503, percentage: {numerator: 0}}",
+    )
+    .await;
+    let resp = get(
+        strait.main_addr().await,
+        "example.test",
+        "/",
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("x-bar", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo = resp.echo();
+    assert_eq!(
+        echo.header("x-hop"),
+        None,
+        "x-hop reached the upstream: {:?}",
+        echo.headers
+    );
+    assert_eq!(echo.header("x-bar"), Some("kept"));
+}

@@ -344,6 +344,27 @@ async fn connection_close_is_neither_forwarded_nor_logged() {
         heads[0]
     );
     assert_eq!(first_log_line(&log).await, "-|kept");
+    // One that names another header: neither it nor the named one is forwarded, and
+    // the log does not see `Connection` either.
+    let mut raw = RawConn::connect(s.main_addr().await).await;
+    raw.write(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Bar: kept\r\n\r\n",
+    )
+    .await;
+    let reply = raw.read_until("ok", Duration::from_secs(4)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let head = b.heads()[1].to_ascii_lowercase();
+    assert!(
+        !head.contains("x-hop") && !head.contains("connection:"),
+        "{head}"
+    );
+    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines[1], "-|kept");
 }
 
 /// An h2 client that resets its stream (RST_STREAM) cancels the request upstream:
