@@ -669,7 +669,6 @@ pub(crate) fn is_chunked(value: &[u8]) -> bool {
         .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Whether a comma-separated header value has `token` (case-insensitive).
 /// What one `Connection` value says.
 #[derive(Default)]
 pub(crate) struct ConnectionValue {
@@ -708,6 +707,7 @@ impl ConnectionValue {
     }
 }
 
+/// Whether a comma-separated header value has `token` (case-insensitive).
 pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
