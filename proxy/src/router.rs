@@ -18,7 +18,8 @@ use strait_filters::stream_info::{ClusterAt, RouteAt, RouteNames, UpstreamInfo};
 use strait_filters::wasm::MetaValue;
 use strait_filters::LocalReply;
 use strait_xds::model::{
-    ClusterSpecifier, RequestView, RouteAction, RouteTarget, UpstreamProtocol,
+    ClusterSpecifier, HttpConnectionManager, RequestView, RouteAction, RouteTarget,
+    ServerHeaderTransformation, UpstreamProtocol,
 };
 
 use crate::attempts::{self, Answer, Plan};
@@ -527,7 +528,7 @@ async fn proxy<'a>(
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
     let (mut parts, body) = (*req).into_parts();
     let new_path = target.rewrite_path(&route.matcher, &path_and_query);
-    if new_path.is_some() {
+    if new_path.is_some() && !hcm.suppress_envoy_headers {
         if let Ok(v) = HeaderValue::from_str(&path_and_query) {
             parts.headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
         }
@@ -558,23 +559,25 @@ async fn proxy<'a>(
     };
     // Envoy tells the upstream the time it has: the per-try timeout, else (or when
     // hedging) the route's. Without steering headers both values were made at
-    // translation.
-    if !steering {
-        let made = match (timeouts.per_try, timeouts.hedge) {
-            (Some(_), false) => target
-                .retry_policy
-                .as_ref()
-                .and_then(|p| p.per_try_timeout_header.as_ref()),
-            _ => target.timeout_header.as_ref(),
-        };
-        if let Some(v) = made {
-            parts
-                .headers
-                .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
+    // translation. `suppress_envoy_headers` keeps it (and a retry's) to itself.
+    if !hcm.suppress_envoy_headers {
+        if !steering {
+            let made = match (timeouts.per_try, timeouts.hedge) {
+                (Some(_), false) => target
+                    .retry_policy
+                    .as_ref()
+                    .and_then(|p| p.per_try_timeout_header.as_ref()),
+                _ => target.timeout_header.as_ref(),
+            };
+            if let Some(v) = made {
+                parts
+                    .headers
+                    .insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, v.clone());
+            }
+        } else if let Some(t) = timeouts.expected() {
+            let ms = HeaderValue::from(t.as_millis() as u64);
+            parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
         }
-    } else if let Some(t) = timeouts.expected() {
-        let ms = HeaderValue::from(t.as_millis() as u64);
-        parts.headers.insert(&X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, ms);
     }
     let max_duration = timeouts::stream_duration(
         hcm.max_stream_duration,
@@ -712,7 +715,7 @@ async fn proxy<'a>(
         per_try_idle: timeouts.per_try_idle,
         hedge: timeouts.hedge,
         attempt_count_header: vhost.include_request_attempt_count,
-        expected_timeout: timeouts.expected(),
+        expected_timeout: timeouts.expected().filter(|_| !hcm.suppress_envoy_headers),
         global_timeout: timeouts.global,
         routed_at,
         target,
@@ -759,12 +762,14 @@ async fn proxy<'a>(
     }
     vhost.headers.apply_response(&mut parts.headers);
     rc.headers.apply_response(&mut parts.headers);
-    let service_ms = crate::clock::tokio_now()
-        .saturating_duration_since(guard.start())
-        .as_millis() as u64;
-    parts
-        .headers
-        .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, headers::number(service_ms));
+    if !hcm.suppress_envoy_headers {
+        let service_ms = crate::clock::tokio_now()
+            .saturating_duration_since(guard.start())
+            .as_millis() as u64;
+        parts
+            .headers
+            .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, headers::number(service_ms));
+    }
     if let Some(chain) = chain {
         let upstream = guard.upstream.as_ref().and_then(|u| u.host.as_ref());
         let upstream = upstream.map(|host| UpstreamInfo {
@@ -796,7 +801,7 @@ async fn proxy<'a>(
     }
     // After the filters, as Envoy's connection manager does: plugins see the
     // upstream's `server`, and the configured name overwrites whatever they set.
-    set_server(&mut parts.headers, &hcm.server_name);
+    set_server(&mut parts.headers, hcm);
     if let Some(chain) = chain {
         chain.keep_response_status(parts.status, "via_upstream");
     }
@@ -933,8 +938,20 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-fn set_server(headers: &mut http::HeaderMap, name: &HeaderValue) {
-    headers.insert(header::SERVER, name.clone());
+/// The `server` header as `server_header_transformation` says, for every response
+/// (proxied or local), as Envoy's connection manager does when it encodes the headers.
+fn set_server(headers: &mut http::HeaderMap, hcm: &HttpConnectionManager) {
+    match hcm.server_header_transformation {
+        ServerHeaderTransformation::Overwrite => {
+            headers.insert(header::SERVER, hcm.server_name.clone());
+        }
+        ServerHeaderTransformation::AppendIfAbsent => {
+            if let http::header::Entry::Vacant(slot) = headers.entry(header::SERVER) {
+                slot.insert(hcm.server_name.clone());
+            }
+        }
+        ServerHeaderTransformation::PassThrough => {}
+    }
 }
 
 type Mutations<'a> = [&'a strait_xds::model::HeaderMutations; 3];
@@ -957,7 +974,7 @@ fn finish_local(
     for m in mutations.into_iter().flatten() {
         m.apply_response(resp.headers_mut());
     }
-    set_server(resp.headers_mut(), &listener.config.hcm.server_name);
+    set_server(resp.headers_mut(), &listener.config.hcm);
     guard.status = resp.status().as_u16();
     guard.details = details;
     if let Some(chain) = guard.chain.as_ref().map(ChainHandle::id) {
@@ -988,7 +1005,7 @@ fn local_reply(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if err.overloaded() {
+    if err.overloaded() && !listener.config.hcm.suppress_envoy_headers {
         resp.headers_mut()
             .insert(&X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
     }

@@ -562,3 +562,123 @@ response_headers_to_remove: [x-backend-drop-rc]
     assert_eq!(d.header("x-vh-resp"), Some("vh"));
     assert_eq!(d.header("x-rc-resp"), Some("rc"));
 }
+
+/// The router's `suppress_envoy_headers`, as in Envoy: none of the router's own
+/// `x-envoy-*` headers go upstream (the expected timeout, on a retry too; the original
+/// path of a rewrite) or downstream (the service time; `x-envoy-overloaded` on a
+/// circuit breaker's 503). `x-envoy-attempt-count`, which Envoy's router adds whatever
+/// the flag, still goes. The same requests without the flag show every header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppress_envoy_headers_drops_the_routers_own_headers() {
+    let vhosts = r#"- name: default
+  domains: ["*"]
+  include_request_attempt_count: true
+  routes:
+  - match: {prefix: /retry}
+    route: {cluster: flaky, timeout: 5s, retry_policy: {retry_on: 5xx, num_retries: 1}}
+  - match: {prefix: /old}
+    route: {cluster: echo, prefix_rewrite: /new, timeout: 5s}
+  - match: {prefix: /over}
+    route: {cluster: over}
+"#;
+    for suppress in [false, true] {
+        let flaky = Backend::flaky("flaky", 1, Misbehave::Status(503)).await;
+        let echo = Backend::echo("echo").await;
+        let over = format!(
+            "{}  circuit_breakers:\n    thresholds: [{{max_requests: 0}}]\n",
+            cluster_yaml("over", &[(echo.addr(), 1)], false)
+        );
+        let mut config = Bootstrap::new(vhosts)
+            .cluster("flaky", flaky.addr())
+            .cluster("echo", echo.addr())
+            .cluster_raw(&over);
+        if suppress {
+            config = config.router("suppress_envoy_headers: true");
+        }
+        let s = Strait::start(&config.build()).await;
+        let addr = s.main_addr().await;
+        let shown = |value: Option<&str>| value.map(str::to_owned);
+        let (timeout, path) = match suppress {
+            false => (Some("5000".to_owned()), Some("/old/x".to_owned())),
+            true => (None, None),
+        };
+
+        let r = get(addr, "h", "/old/x", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let e = r.echo();
+        assert_eq!(e.path, "/new/x");
+        assert_eq!(shown(e.header("x-envoy-original-path")), path, "{suppress}");
+        let expected = e.header("x-envoy-expected-rq-timeout-ms");
+        assert_eq!(shown(expected), timeout, "{suppress}");
+        assert_eq!(e.header("x-envoy-attempt-count"), Some("1"), "{suppress}");
+        let service_time = r.header("x-envoy-upstream-service-time");
+        assert_eq!(service_time.is_some(), !suppress, "{suppress}");
+
+        let r = get(addr, "h", "/retry", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let e = r.echo();
+        assert_eq!(e.header("x-envoy-attempt-count"), Some("2"), "{suppress}");
+        let expected = e.header("x-envoy-expected-rq-timeout-ms");
+        assert_eq!(expected.is_some(), !suppress, "the retry's, {suppress}");
+
+        let r = get(addr, "h", "/over", &[]).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().ends_with("reset reason: overflow"), "{}", r.text());
+        let overloaded = r.header("x-envoy-overloaded");
+        assert_eq!(overloaded.is_some(), !suppress, "{suppress}");
+    }
+}
+
+/// `server_header_transformation`, as Envoy's connection manager applies it to every
+/// response: OVERWRITE (the default) puts `server_name` on all, APPEND_IF_ABSENT only
+/// where the response has none, PASS_THROUGH leaves the upstream's (or none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_header_transformation_follows_envoy() {
+    let echo = Backend::echo("echo").await;
+    let vhosts = r#"- name: default
+  domains: ["*"]
+  routes:
+  - match: {prefix: /local}
+    direct_response: {status: 200, body: {inline_string: here}}
+  - match: {prefix: /}
+    route: {cluster: echo}
+"#;
+    let own = [("x-backend-respond-header", "server=upstream-x")];
+    // (setting, upstream sends one, upstream sends none, local reply)
+    type Row<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let table: [Row; 4] = [
+        (None, Some("edge"), Some("edge"), Some("edge")),
+        (Some("OVERWRITE"), Some("edge"), Some("edge"), Some("edge")),
+        (
+            Some("APPEND_IF_ABSENT"),
+            Some("upstream-x"),
+            Some("edge"),
+            Some("edge"),
+        ),
+        (Some("PASS_THROUGH"), Some("upstream-x"), None, None),
+    ];
+    for (setting, with_own, without, local) in table {
+        let mut config = Bootstrap::new(vhosts)
+            .cluster("echo", echo.addr())
+            .hcm("server_name: edge");
+        if let Some(setting) = setting {
+            config = config.hcm(&format!("server_header_transformation: {setting}"));
+        }
+        let s = Strait::start(&config.build()).await;
+        let addr = s.main_addr().await;
+        for (path, headers, want) in [
+            ("/", &own[..], with_own),
+            ("/", &[][..], without),
+            ("/local", &[][..], local),
+        ] {
+            let r = get(addr, "h", path, headers).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.header("server"), want, "{setting:?} {path} {headers:?}");
+        }
+    }
+}

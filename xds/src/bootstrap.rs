@@ -20,7 +20,9 @@ use serde::de::{Deserializer, Error as _, IgnoredAny};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::{AppendAction, CodecType, Discovery, DnsLookupFamily, LbPolicy};
+use crate::model::{
+    AppendAction, CodecType, Discovery, DnsLookupFamily, LbPolicy, ServerHeaderTransformation,
+};
 
 /// The error message of an [`Unsupported`] field; the translator prefixes the field name.
 pub(crate) const NOT_SUPPORTED: &str = "is not supported yet";
@@ -269,6 +271,14 @@ impl ProtoEnum for CodecType {
         ("HTTP1", 1, Some(Self::Http1)),
         ("HTTP2", 2, Some(Self::Http2)),
         ("HTTP3", 3, None),
+    ];
+}
+
+impl ProtoEnum for ServerHeaderTransformation {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("OVERWRITE", 0, Some(Self::Overwrite)),
+        ("APPEND_IF_ABSENT", 1, Some(Self::AppendIfAbsent)),
+        ("PASS_THROUGH", 2, Some(Self::PassThrough)),
     ];
 }
 

@@ -72,6 +72,19 @@ pub struct Listener {
     pub metadata: Metadata,
 }
 
+/// `server_header_transformation` of the connection manager: what happens to the
+/// `server` header of every response, proxied or local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerHeaderTransformation {
+    /// `server_name` replaces whatever the upstream sent (Envoy's default).
+    #[default]
+    Overwrite,
+    /// `server_name` only on a response that has no `server` header.
+    AppendIfAbsent,
+    /// The response's own `server` header (or none) goes through untouched.
+    PassThrough,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecType {
     Auto,
@@ -128,6 +141,14 @@ pub struct HttpConnectionManager {
     /// Value of the `server` response header; Envoy's default is "envoy", ours "strait".
     /// Validated and made once here: each response clones it (no allocation).
     pub server_name: HeaderValue,
+    /// When `server_name` goes on a response (`server_header_transformation`).
+    pub server_header_transformation: ServerHeaderTransformation,
+    /// The router filter's `suppress_envoy_headers`: the router adds none of its own
+    /// `x-envoy-*` headers (`x-envoy-expected-rq-timeout-ms` and
+    /// `x-envoy-original-path` upstream, `x-envoy-upstream-service-time` and
+    /// `x-envoy-overloaded` downstream), as in Envoy. Headers other parts add
+    /// (`x-envoy-attempt-count`, `x-envoy-external-address`, ...) stay.
+    pub suppress_envoy_headers: bool,
     /// `http_filters` before the router, in order; the router itself is implied.
     pub http_filters: Vec<HttpFilterConfig>,
     /// `common_http_protocol_options.max_stream_duration`: a stream's lifetime limit

@@ -76,6 +76,7 @@ pub fn cluster_yaml(name: &str, endpoints: &[(SocketAddr, u32)], http2: bool) ->
 pub struct Bootstrap {
     virtual_hosts: String,
     hcm_extra: String,
+    router_extra: String,
     route_config_extra: String,
     clusters: Vec<String>,
     stat_prefix: Option<String>,
@@ -101,6 +102,14 @@ impl Bootstrap {
     pub fn hcm(mut self, yaml: &str) -> Bootstrap {
         self.hcm_extra.push_str(yaml.trim_matches('\n'));
         self.hcm_extra.push('\n');
+        self
+    }
+
+    /// Fields of the router filter's typed config (e.g. `suppress_envoy_headers`),
+    /// YAML from column 0.
+    pub fn router(mut self, yaml: &str) -> Bootstrap {
+        self.router_extra.push_str(yaml.trim_matches('\n'));
+        self.router_extra.push('\n');
         self
     }
 
@@ -157,11 +166,12 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-{hcm}          route_config:
+{router}{hcm}          route_config:
             name: local
 {rc}            virtual_hosts:
 {vhosts}{clusters}"#,
             prefix = self.stat_prefix.as_deref().unwrap_or("ingress"),
+            router = indent(&self.router_extra, 14),
             hcm = indent(&self.hcm_extra, 10),
             rc = indent(&self.route_config_extra, 12),
             vhosts = indent(&self.virtual_hosts, 12),

@@ -10,7 +10,7 @@ use super::{
     duration, proto_enum, Address, DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
     RouteConfiguration, Unsupported,
 };
-use crate::model::CodecType;
+use crate::model::{CodecType, ServerHeaderTransformation};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +104,8 @@ pub struct HttpConnectionManager {
     pub scoped_routes: Option<Unsupported>,
     pub tracing: Option<Unsupported>,
     pub http3_protocol_options: Option<Unsupported>,
-    pub server_header_transformation: Option<Unsupported>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub server_header_transformation: Option<ServerHeaderTransformation>,
     pub scheme_header_transformation: Option<Unsupported>,
     pub max_request_headers_count: Option<Unsupported>,
     pub drain_timeout: Option<Unsupported>,
@@ -183,12 +184,12 @@ pub struct HttpFilter {
     pub config_discovery: Option<Unsupported>,
 }
 
-/// `extensions.filters.http.router.v3.Router`; nothing in it changes what Strait does.
-#[derive(Debug, Deserialize)]
+/// `extensions.filters.http.router.v3.Router`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Router {
-    /// Accepted and ignored.
-    pub suppress_envoy_headers: Option<IgnoredAny>,
+    /// No `x-envoy-*` headers of the router's own: see the model's field.
+    pub suppress_envoy_headers: Option<bool>,
     /// Accepted and ignored (tracing is not supported).
     pub start_child_span: Option<IgnoredAny>,
     /// Accepted and ignored.

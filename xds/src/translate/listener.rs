@@ -190,7 +190,7 @@ fn http_connection_manager(
 ) -> Result<HttpConnectionManager> {
     let config: bootstrap::HttpConnectionManager = typed.decode()?;
     let path = typed.fields_path.as_str();
-    let http_filters = http_filters(path, &config.http_filters)?;
+    let (http_filters, router) = http_filters(path, &config.http_filters)?;
     let route_config = config.route_config.as_ref().ok_or_else(|| {
         ConfigError::new(format!("{path}.route_config"), "route_config is required")
     })?;
@@ -243,6 +243,8 @@ fn http_connection_manager(
             .map(|upgrade| upgrade.upgrade_type.to_ascii_lowercase())
             .collect(),
         server_name: server_name(path, config.server_name)?,
+        server_header_transformation: config.server_header_transformation.unwrap_or_default(),
+        suppress_envoy_headers: router.suppress_envoy_headers.unwrap_or(false),
         stat_prefix: config.stat_prefix,
         http_filters,
         max_stream_duration: config
@@ -327,13 +329,17 @@ fn internal_addresses(
 }
 
 /// The router must come last (as Envoy requires); before it, wasm and fault filters
-/// in the order given.
-fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<HttpFilterConfig>> {
+/// in the order given. Returns them and the router's own config.
+fn http_filters(
+    path: &str,
+    filters: &[bootstrap::HttpFilter],
+) -> Result<(Vec<HttpFilterConfig>, Router)> {
     let Some(last) = filters.len().checked_sub(1) else {
         let message = format!("http_filters must end with {ROUTER_NAME}");
         return Err(ConfigError::new(format!("{path}.http_filters"), message));
     };
     let mut chain = Vec::new();
+    let mut router = Router::default();
     for (i, filter) in filters.iter().enumerate() {
         let path = format!("{path}.http_filters[{i}]");
         let is_router = match &filter.typed_config {
@@ -341,7 +347,7 @@ fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<Htt
                 let typed = TypedConfig::parse(format!("{path}.typed_config"), value)?;
                 match typed.type_name.as_str() {
                     ROUTER_TYPE => {
-                        typed.decode::<Router>()?;
+                        router = typed.decode::<Router>()?;
                         true
                     }
                     WASM_TYPE => {
@@ -374,7 +380,7 @@ fn http_filters(path: &str, filters: &[bootstrap::HttpFilter]) -> Result<Vec<Htt
             return Err(ConfigError::new(path, message));
         }
     }
-    Ok(chain)
+    Ok((chain, router))
 }
 
 fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {

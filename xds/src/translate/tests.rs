@@ -3,7 +3,8 @@ use std::time::Duration;
 use super::*;
 use crate::model::{
     AccessLogSink, AppendAction, ClusterSpecifier, CodecType, Discovery, FormatCommand,
-    FormatPiece, JsonValueTemplate, LbPolicy, LogFormat, RetryOn, RouteAction, UpstreamProtocol,
+    FormatPiece, JsonValueTemplate, LbPolicy, LogFormat, RetryOn, RouteAction,
+    ServerHeaderTransformation, UpstreamProtocol,
 };
 
 const BASE: &str = r#"
@@ -103,6 +104,38 @@ fn base_translates() {
 }
 
 #[test]
+fn server_header_and_envoy_headers_options() {
+    let hcm = |text: &str| {
+        let snapshot = snapshot_from_yaml(text).unwrap();
+        let hcm = &snapshot.listeners[0].hcm;
+        (hcm.server_header_transformation, hcm.suppress_envoy_headers)
+    };
+    assert_eq!(hcm(BASE), (ServerHeaderTransformation::Overwrite, false));
+    for (written, want) in [
+        ("OVERWRITE", ServerHeaderTransformation::Overwrite),
+        (
+            "APPEND_IF_ABSENT",
+            ServerHeaderTransformation::AppendIfAbsent,
+        ),
+        ("PASS_THROUGH", ServerHeaderTransformation::PassThrough),
+        ("2", ServerHeaderTransformation::PassThrough),
+    ] {
+        let text = edited(
+            "stat_prefix: ingress",
+            &format!("stat_prefix: x\n          server_header_transformation: {written}"),
+        );
+        assert_eq!(hcm(&text).0, want, "{written}");
+    }
+    for (written, want) in [("true", true), ("false", false)] {
+        let text = edited(
+            "router.v3.Router",
+            &format!("router.v3.Router\n              suppress_envoy_headers: {written}"),
+        );
+        assert_eq!(hcm(&text).1, want, "{written}");
+    }
+}
+
+#[test]
 fn errors_name_paths() {
     let routes = format!("{HCM}.route_config.virtual_hosts[0].routes[0]");
     let cluster = "static_resources.clusters[0]";
@@ -173,6 +206,8 @@ fn errors_name_paths() {
         ("stat_prefix: ingress", "stat_prefix: x\n          access_log: [{name: envoy.access_loggers.stdout, filter: {}}]", format!("{HCM}.access_log[0].filter: filter is not supported yet")),
         ("stat_prefix: ingress", "stat_prefix: x\n          max_request_headers_kb: 9000", format!("{HCM}.max_request_headers_kb: must be between 1 and 8192")),
         ("stat_prefix: ingress", "stat_prefix: x\n          server_name: \"a\\nb\"", format!("{HCM}.server_name: is not a valid header value")),
+        ("stat_prefix: ingress", "stat_prefix: x\n          server_header_transformation: REPLACE", format!("{HCM}.server_header_transformation: unknown value \"REPLACE\", expected one of OVERWRITE, APPEND_IF_ABSENT, PASS_THROUGH")),
+        ("router.v3.Router", "router.v3.Router\n              suppress_envoy_headers: yes", format!("{HCM}.http_filters[0].typed_config.suppress_envoy_headers: invalid type")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {initial_stream_window_size: 1000}", format!("{HCM}.http2_protocol_options.initial_stream_window_size: 1000 is not between 65535 and 2147483647")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {max_concurrent_streams: 0}", format!("{HCM}.http2_protocol_options.max_concurrent_streams: 0 is not between 1 and 2147483647")),
         ("stat_prefix: ingress", "stat_prefix: x\n          http2_protocol_options: {allow_connect: true}", format!("{HCM}.http2_protocol_options.allow_connect: allow_connect is not supported yet")),
