@@ -498,9 +498,9 @@ impl ClusterRuntime {
         let current = self.hosts.load();
         let known = || current.hosts.iter().chain(&current.excluded);
         let same = known().count() == resolved.len()
-            && resolved
-                .iter()
-                .all(|(a, ep)| known().any(|h| h.addr == *a && h.eds == ep.health));
+            && resolved.iter().all(|(a, ep)| {
+                known().any(|h| h.addr == *a && h.eds == ep.health && h.hostname == ep.hostname)
+            });
         if same && known().next().is_some() {
             return;
         }
@@ -517,19 +517,16 @@ impl ClusterRuntime {
                             && h.weight == ep.weight.max(1)
                             && (h.priority, h.locality, h.locality_weight, h.eds)
                                 == (ep.priority, ep.locality, ep.locality_weight, ep.health)
+                            && h.hostname == ep.hostname
                     })
                     .cloned()
                     .unwrap_or_else(|| {
-                        let hostname = match self.config.discovery {
-                            Discovery::Static => "",
-                            Discovery::StrictDns | Discovery::LogicalDns => &ep.host,
-                        };
                         // Same address, new weight: the health verdict carries over.
                         let health = match known().find(|h| h.addr == addr) {
                             Some(old) => *old.health.lock(),
                             None => HealthState::initial(self.config.health_check.is_some()),
                         };
-                        let mut host = Host::new(addr, hostname, ep.weight, health);
+                        let mut host = Host::new(addr, &ep.hostname, ep.weight, health);
                         host.priority = ep.priority;
                         host.locality = ep.locality;
                         host.locality_weight = ep.locality_weight;

@@ -534,7 +534,7 @@ async fn proxy<'a>(
         }
     }
     let upstream_authority = upstream_authority(target, &authority, &host);
-    if upstream_authority != authority {
+    if upstream_authority != authority && !hcm.suppress_envoy_headers {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(&X_ENVOY_ORIGINAL_HOST, v);
         }

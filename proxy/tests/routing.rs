@@ -309,9 +309,23 @@ async fn path_and_host_rewrites() {
     route: {cluster: a, host_rewrite_literal: rewritten.example}
   - match: {prefix: /host-auto}
     route: {cluster: dns, auto_host_rewrite: true}
+  - match: {prefix: /named-static}
+    route: {cluster: named_static, auto_host_rewrite: true}
+  - match: {prefix: /named-dns}
+    route: {cluster: named_dns, auto_host_rewrite: true}
+  - match: {prefix: /unnamed-static}
+    route: {cluster: a, auto_host_rewrite: true}
   - match: {prefix: /}
     route: {cluster: a}
 "#;
+    // An endpoint's `hostname` is what `auto_host_rewrite` sends, STATIC or DNS (over
+    // the name resolved), as in Envoy.
+    let named = |name: &str, kind: &str, address: &str| {
+        format!(
+            "- name: {name}\n  type: {kind}\n  dns_lookup_family: V4_ONLY\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n    - lb_endpoints:\n      - endpoint:\n          hostname: {name}.example\n          address:\n            socket_address: {{address: {address}, port_value: {}}}\n",
+            a.addr().port()
+        )
+    };
     let dns_cluster = format!(
         r#"
 - name: dns
@@ -330,7 +344,9 @@ async fn path_and_host_rewrites() {
     );
     let config = Bootstrap::new(vhosts)
         .cluster("a", a.addr())
-        .cluster_raw(&dns_cluster);
+        .cluster_raw(&dns_cluster)
+        .cluster_raw(&named("named_static", "STATIC", "127.0.0.1"))
+        .cluster_raw(&named("named_dns", "STRICT_DNS", "localhost"));
     let s = Strait::start(&config.build()).await;
     let addr = s.main_addr().await;
 
@@ -374,6 +390,27 @@ async fn path_and_host_rewrites() {
         e.host, "localhost",
         "auto_host_rewrite uses the endpoint's DNS name"
     );
+
+    let e = get(addr, "orig.test", "/named-static", &[]).await.echo();
+    assert_eq!(
+        e.host, "named_static.example",
+        "a STATIC endpoint's hostname"
+    );
+    let e = get(addr, "orig.test", "/unnamed-static", &[]).await.echo();
+    assert_eq!(
+        e.host, "orig.test",
+        "a STATIC endpoint without one keeps Host"
+    );
+    let e = eventually(
+        std::time::Duration::from_secs(10),
+        "the named dns cluster to resolve",
+        || async {
+            let r = get(addr, "orig.test", "/named-dns", &[]).await;
+            (r.status == 200).then(|| r.echo())
+        },
+    )
+    .await;
+    assert_eq!(e.host, "named_dns.example", "hostname over the DNS name");
 
     let e = get(addr, "orig.test", "/plain", &[]).await.echo();
     assert_eq!(e.host, "orig.test", "Host is preserved without a rewrite");
@@ -565,7 +602,7 @@ response_headers_to_remove: [x-backend-drop-rc]
 
 /// The router's `suppress_envoy_headers`, as in Envoy: none of the router's own
 /// `x-envoy-*` headers go upstream (the expected timeout, on a retry too; the original
-/// path of a rewrite) or downstream (the service time; `x-envoy-overloaded` on a
+/// path and host of a rewrite) or downstream (the service time; `x-envoy-overloaded` on a
 /// circuit breaker's 503). `x-envoy-attempt-count`, which Envoy's router adds whatever
 /// the flag, still goes. The same requests without the flag show every header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,7 +614,7 @@ async fn suppress_envoy_headers_drops_the_routers_own_headers() {
   - match: {prefix: /retry}
     route: {cluster: flaky, timeout: 5s, retry_policy: {retry_on: 5xx, num_retries: 1}}
   - match: {prefix: /old}
-    route: {cluster: echo, prefix_rewrite: /new, timeout: 5s}
+    route: {cluster: echo, prefix_rewrite: /new, timeout: 5s, host_rewrite_literal: new.example}
   - match: {prefix: /over}
     route: {cluster: over}
 "#;
@@ -598,16 +635,20 @@ async fn suppress_envoy_headers_drops_the_routers_own_headers() {
         let s = Strait::start(&config.build()).await;
         let addr = s.main_addr().await;
         let shown = |value: Option<&str>| value.map(str::to_owned);
-        let (timeout, path) = match suppress {
-            false => (Some("5000".to_owned()), Some("/old/x".to_owned())),
-            true => (None, None),
+        let (timeout, path, host) = match suppress {
+            false => (Some("5000".into()), Some("/old/x".into()), Some("h".into())),
+            true => (None, None, None),
         };
 
         let r = get(addr, "h", "/old/x", &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let e = r.echo();
-        assert_eq!(e.path, "/new/x");
+        assert_eq!(
+            (e.path.as_str(), e.host.as_str()),
+            ("/new/x", "new.example")
+        );
         assert_eq!(shown(e.header("x-envoy-original-path")), path, "{suppress}");
+        assert_eq!(shown(e.header("x-envoy-original-host")), host, "{suppress}");
         let expected = e.header("x-envoy-expected-rq-timeout-ms");
         assert_eq!(shown(expected), timeout, "{suppress}");
         assert_eq!(e.header("x-envoy-attempt-count"), Some("1"), "{suppress}");

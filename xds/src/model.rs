@@ -144,8 +144,8 @@ pub struct HttpConnectionManager {
     /// When `server_name` goes on a response (`server_header_transformation`).
     pub server_header_transformation: ServerHeaderTransformation,
     /// The router filter's `suppress_envoy_headers`: the router adds none of its own
-    /// `x-envoy-*` headers (`x-envoy-expected-rq-timeout-ms` and
-    /// `x-envoy-original-path` upstream, `x-envoy-upstream-service-time` and
+    /// `x-envoy-*` headers (`x-envoy-expected-rq-timeout-ms`, `x-envoy-original-path`
+    /// and `x-envoy-original-host` upstream, `x-envoy-upstream-service-time` and
     /// `x-envoy-overloaded` downstream), as in Envoy. Headers other parts add
     /// (`x-envoy-attempt-count`, `x-envoy-external-address`, ...) stay.
     pub suppress_envoy_headers: bool,
@@ -1071,6 +1071,10 @@ pub struct Endpoint {
     /// An IP literal for STATIC; a host name or IP for the DNS types.
     pub host: String,
     pub port: u16,
+    /// The host's name, what a route's `auto_host_rewrite` puts in `Host`: the
+    /// endpoint's `hostname`, else for the DNS types the name resolved, else (STATIC)
+    /// none, and the request's `Host` stays. As Envoy names its hosts.
+    pub hostname: String,
     /// `load_balancing_weight`, default 1.
     pub weight: u32,
     /// The `priority` of its `LocalityLbEndpoints` (0 is the highest).

@@ -324,8 +324,8 @@ pub struct LbEndpoint {
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: Address,
-    /// Accepted and ignored.
-    pub hostname: Option<IgnoredAny>,
+    /// The name `auto_host_rewrite` sends (see the model's `Endpoint::hostname`).
+    pub hostname: Option<String>,
     pub health_check_config: Option<Unsupported>,
     pub additional_addresses: Option<Unsupported>,
 }

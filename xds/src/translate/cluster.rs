@@ -504,9 +504,15 @@ fn endpoints(
                     message,
                 ));
             }
+            let hostname = match (&lb_endpoint.endpoint.hostname, discovery) {
+                (Some(name), _) if !name.is_empty() => name.clone(),
+                (_, Discovery::Static) => String::new(),
+                _ => socket.address.clone(),
+            };
             endpoints.push(Endpoint {
                 host: socket.address.clone(),
                 port: socket.port_value,
+                hostname,
                 weight,
                 priority,
                 locality: i as u32,
