@@ -376,16 +376,18 @@ async fn path_and_host_rewrites() {
     assert_eq!(e.host, "rewritten.example");
     assert_eq!(e.path, "/host-literal");
 
-    // The DNS cluster resolves in the background; wait until it has a host.
-    let e = eventually(
-        std::time::Duration::from_secs(10),
-        "the dns cluster to resolve",
-        || async {
-            let r = get(addr, "orig.test", "/host-auto", &[]).await;
-            (r.status == 200).then(|| r.echo())
-        },
-    )
-    .await;
+    // The DNS clusters resolve in the background: wait until a route through one answers.
+    let resolved = |path: &'static str| {
+        eventually(
+            std::time::Duration::from_secs(10),
+            path,
+            move || async move {
+                let r = get(addr, "orig.test", path, &[]).await;
+                (r.status == 200).then(|| r.echo())
+            },
+        )
+    };
+    let e = resolved("/host-auto").await;
     assert_eq!(
         e.host, "localhost",
         "auto_host_rewrite uses the endpoint's DNS name"
@@ -401,15 +403,7 @@ async fn path_and_host_rewrites() {
         e.host, "orig.test",
         "a STATIC endpoint without one keeps Host"
     );
-    let e = eventually(
-        std::time::Duration::from_secs(10),
-        "the named dns cluster to resolve",
-        || async {
-            let r = get(addr, "orig.test", "/named-dns", &[]).await;
-            (r.status == 200).then(|| r.echo())
-        },
-    )
-    .await;
+    let e = resolved("/named-dns").await;
     assert_eq!(e.host, "named_dns.example", "hostname over the DNS name");
 
     let e = get(addr, "orig.test", "/plain", &[]).await.echo();
