@@ -58,6 +58,16 @@ class LinkOrder(unittest.TestCase):
         self.assertEqual(linkorder.order([a, b], "/bin/x"), ["f", "g"])
         self.assertEqual(linkorder.order([a, b], "/bin/y"), [])
 
+    def test_serving_threads_first_then_start_up_by_reach(self):
+        worker = ["ob=/bin/x\n", "fn=serve\n", "0 10\n", "fn=parse\n", "0 30\n"]
+        # Two processes' main threads: `compile` (one config only) costs the most,
+        # `load` ran in both, `parse` also ran on a worker.
+        main1 = ["ob=/bin/x\n", "fn=load\n", "0 5\n", "fn=compile\n", "0 900\n",
+                 "fn=parse\n", "0 1\n"]
+        main2 = ["ob=/bin/x\n", "fn=load\n", "0 5\n", "fn=bind\n", "0 2\n"]
+        self.assertEqual(linkorder.order([worker], "/bin/x", [main1, main2]),
+                         ["parse", "serve", "load", "compile", "bind"])
+
 
 class Options(unittest.TestCase):
     def test_strait_binary_must_be_executable(self):

@@ -20,8 +20,8 @@ fn main() {
     link_order();
 }
 
-/// Release links put the functions `perf/order` saw running (start-up and every perf
-/// scenario, hottest first) at the front of `.text`, so the code a running proxy uses is
+/// Release links put the functions `perf/order` saw running (every perf scenario's,
+/// hottest first, then start-up's) at the front of `.text`, so the code a running proxy uses is
 /// a few contiguous MiB instead of pages scattered over the whole section: less resident
 /// code (each page fault maps a 64 KiB window around it) and fewer i-TLB misses. The
 /// list is `link-order.txt`, or the file `STRAIT_LINK_ORDER` names (`perf/pgo` makes
