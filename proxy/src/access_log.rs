@@ -60,7 +60,10 @@ pub struct LogRecord<'a> {
     pub request_duration: Option<Duration>,
     pub response_duration: Option<Duration>,
     pub upstream_host: Option<SocketAddr>,
+    /// The cluster's observability name (`alt_stat_name`, else its name).
     pub upstream_cluster: Option<&'a str>,
+    /// The cluster's own name.
+    pub upstream_cluster_raw: Option<&'a str>,
     pub upstream_local: Option<SocketAddr>,
     pub upstream_failure: Option<&'a str>,
     /// The client address after `x-forwarded-for` processing.
@@ -135,6 +138,7 @@ pub fn render_request(
         response_duration: None,
         upstream_host: None,
         upstream_cluster: None,
+        upstream_cluster_raw: None,
         upstream_local: None,
         upstream_failure: None,
         downstream_remote: guard.peer,
@@ -251,6 +255,7 @@ fn eval<'a>(command: &'a FormatCommand, rec: &'a LogRecord) -> Value<'a> {
         C::ResponseDuration => rec.response_duration.map_or(Value::Missing, millis),
         C::UpstreamHost => addr(rec.upstream_host),
         C::UpstreamCluster => rec.upstream_cluster.map_or(Value::Missing, text),
+        C::UpstreamClusterRaw => rec.upstream_cluster_raw.map_or(Value::Missing, text),
         C::UpstreamLocalAddress => addr(rec.upstream_local),
         C::UpstreamTransportFailureReason => rec.upstream_failure.map_or(Value::Missing, text),
         C::DownstreamRemoteAddress => Value::Addr(rec.downstream_remote),
@@ -686,6 +691,7 @@ mod tests {
             response_duration: None,
             upstream_host: Some("127.0.0.1:9000".parse().unwrap()),
             upstream_cluster: Some("backend"),
+            upstream_cluster_raw: Some("backend"),
             upstream_local: None,
             upstream_failure: None,
             downstream_remote: "[::1]:5000".parse().unwrap(),

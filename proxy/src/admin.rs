@@ -240,7 +240,9 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
         };
         let hosts = c.hosts.load();
         let mut host_statuses = Vec::new();
+        let observability_name = c.config.observability_name();
         if !as_json {
+            let _ = writeln!(out, "{name}::observability_name::{observability_name}");
             // Envoy's header lines: each routing priority's circuit-breaker limits.
             for (priority, t) in ["default", "high"].iter().zip(&c.config.circuit_breakers) {
                 let limits = [
@@ -281,7 +283,11 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<Full<Bytes>> {
             }
         }
         if as_json {
-            statuses.push(json!({"name": name, "host_statuses": host_statuses}));
+            statuses.push(json!({
+                "name": name,
+                "observability_name": observability_name,
+                "host_statuses": host_statuses,
+            }));
         }
     }
     if as_json {

@@ -434,14 +434,14 @@ impl ClusterRuntime {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             stats: ClusterStats::register(
                 store,
-                &config.name,
+                &config.stat_name(),
                 config.health_check.is_some(),
                 config.outlier_detection.is_some(),
             ),
             outlier_lock: parking_lot::Mutex::new(()),
             breakers: [RoutingPriority::Default, RoutingPriority::High].map(|p| {
                 let thresholds = &config.circuit_breakers[p.index()];
-                Breakers::register(store, &Scope::cluster(&config.name), p, thresholds)
+                Breakers::register(store, &Scope::cluster(&config.stat_name()), p, thresholds)
             }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config,

@@ -215,11 +215,8 @@ impl StreamGuard {
             .sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f).unwrap_or(usize::MAX));
         let flags = self.flags.join(",");
         let now = Instant::now();
-        let (cluster_name, upstream_host) = match &self.upstream {
-            Some(up) => (
-                Some(up.cluster.config.name.as_str()),
-                up.host.as_ref().map(|h| h.addr),
-            ),
+        let (cluster, upstream_host) = match &self.upstream {
+            Some(up) => (Some(&up.cluster.config), up.host.as_ref().map(|h| h.addr)),
             None => (None, None),
         };
         let record = LogRecord {
@@ -241,7 +238,8 @@ impl StreamGuard {
             request_duration: None,
             response_duration: self.response_started.map(|t| t - self.start),
             upstream_host,
-            upstream_cluster: cluster_name,
+            upstream_cluster: cluster.map(|c| c.observability_name()),
+            upstream_cluster_raw: cluster.map(|c| c.name.as_str()),
             upstream_local: None,
             upstream_failure: None,
             downstream_remote: info.downstream_remote,

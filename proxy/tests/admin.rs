@@ -179,3 +179,53 @@ async fn quitquitquit_exits() {
         .expect("strait exits");
     assert!(status.success(), "{status}");
 }
+
+/// A cluster's `alt_stat_name`, as Envoy uses it: its stats go by that name (a `:`
+/// made `_`), in the dotted and the Prometheus form alike; `%UPSTREAM_CLUSTER%` and
+/// `/clusters`' `observability_name` show it as written; `%UPSTREAM_CLUSTER_RAW%` and
+/// everything else keep the cluster's own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alt_stat_name_names_the_clusters_stats() {
+    let up = Backend::echo("up").await;
+    let cluster = cluster_with("backend", up.addr(), "alt_stat_name: \"svc:8080\"");
+    let (log, hcm) = access_log("%UPSTREAM_CLUSTER%|%UPSTREAM_CLUSTER_RAW%");
+    let s = Strait::start(
+        &Bootstrap::catch_all("backend")
+            .cluster_raw(&cluster)
+            .hcm(&hcm)
+            .build(),
+    )
+    .await;
+    let r = get(s.main_addr().await, "h", "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    s.wait_stat("cluster.svc_8080.upstream_rq_total", |v| v == 1)
+        .await;
+    let stats = s.stats().await;
+    let own: Vec<&String> = stats
+        .keys()
+        .filter(|k| k.starts_with("cluster.backend."))
+        .collect();
+    assert!(
+        own.is_empty(),
+        "stats under the cluster's own name: {own:?}"
+    );
+    let (_, prom) = s.admin_get("/stats/prometheus").await;
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"svc_8080\"} 1"),
+        "{prom}"
+    );
+    assert_eq!(first_log_line(&log).await, "svc:8080|backend");
+
+    let (_, text) = s.admin_get("/clusters").await;
+    let line = "backend::observability_name::svc:8080";
+    assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    let (_, json) = s.admin_get("/clusters?format=json").await;
+    let json: serde_json::Value = serde_json::from_str(&json).expect("/clusters?format=json");
+    let status = &json["cluster_statuses"][0];
+    assert_eq!(
+        (&status["name"], &status["observability_name"]),
+        (&"backend".into(), &"svc:8080".into()),
+        "{json}"
+    );
+}

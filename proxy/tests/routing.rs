@@ -615,9 +615,10 @@ async fn suppress_envoy_headers_drops_the_routers_own_headers() {
     for suppress in [false, true] {
         let flaky = Backend::flaky("flaky", 1, Misbehave::Status(503)).await;
         let echo = Backend::echo("echo").await;
-        let over = format!(
-            "{}  circuit_breakers:\n    thresholds: [{{max_requests: 0}}]\n",
-            cluster_yaml("over", &[(echo.addr(), 1)], false)
+        let over = cluster_with(
+            "over",
+            echo.addr(),
+            "circuit_breakers:\n  thresholds: [{max_requests: 0}]",
         );
         let mut config = Bootstrap::new(vhosts)
             .cluster("flaky", flaky.addr())

@@ -369,9 +369,10 @@ async fn max_stream_duration_before_the_request_ended_is_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_try_timeout_does_not_count_the_wait_for_a_connection() {
     let up = Backend::echo("up").await;
-    let cluster = format!(
-        "{}  circuit_breakers:\n    thresholds: [{{max_connections: 1}}]\n",
-        cluster_yaml("up", &[(up.addr(), 1)], false)
+    let cluster = cluster_with(
+        "up",
+        up.addr(),
+        "circuit_breakers:\n  thresholds: [{max_connections: 1}]",
     );
     let config = Bootstrap::new(
         "- name: default\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: up}\n  - match: {prefix: /}\n    route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s}}\n",

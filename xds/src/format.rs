@@ -102,6 +102,7 @@ fn command(name: &str, arg: Option<&str>, max_len: Option<usize>) -> Result<Form
         "RESPONSE_DURATION" => ResponseDuration,
         "UPSTREAM_HOST" => UpstreamHost,
         "UPSTREAM_CLUSTER" => UpstreamCluster,
+        "UPSTREAM_CLUSTER_RAW" => UpstreamClusterRaw,
         "UPSTREAM_LOCAL_ADDRESS" => UpstreamLocalAddress,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => UpstreamTransportFailureReason,
         "DOWNSTREAM_REMOTE_ADDRESS" => DownstreamRemoteAddress,

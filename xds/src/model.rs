@@ -426,7 +426,10 @@ pub enum FormatCommand {
     RequestDuration,
     ResponseDuration,
     UpstreamHost,
+    /// The cluster's observability name (`alt_stat_name`, else its name).
     UpstreamCluster,
+    /// The cluster's own name, whatever its `alt_stat_name`.
+    UpstreamClusterRaw,
     UpstreamLocalAddress,
     UpstreamTransportFailureReason,
     DownstreamRemoteAddress,
@@ -854,6 +857,9 @@ pub enum UpstreamProtocol {
 #[derive(Debug, PartialEq)]
 pub struct Cluster {
     pub name: String,
+    /// `alt_stat_name`: the name for observability (see [`Cluster::stat_name`] and
+    /// [`Cluster::observability_name`]), as Envoy's.
+    pub alt_stat_name: Option<String>,
     pub metadata: Metadata,
     pub discovery: Discovery,
     /// Default 5 s.
@@ -884,6 +890,23 @@ pub struct Cluster {
     pub circuit_breakers: [CircuitBreakers; 2],
     /// `outlier_detection`: passive ejection of failing hosts, when configured.
     pub outlier_detection: Option<OutlierDetection>,
+}
+
+impl Cluster {
+    /// The name in the cluster's stats (`cluster.<name>.…`): `alt_stat_name` with each
+    /// `:` made `_`, as Envoy emits it, else the cluster's name.
+    pub fn stat_name(&self) -> std::borrow::Cow<'_, str> {
+        match &self.alt_stat_name {
+            Some(alt) => alt.replace(':', "_").into(),
+            None => self.name.as_str().into(),
+        }
+    }
+
+    /// The name access logs (`%UPSTREAM_CLUSTER%`) and the admin's `/clusters` show:
+    /// `alt_stat_name` as written, else the cluster's name (Envoy's observability name).
+    pub fn observability_name(&self) -> &str {
+        self.alt_stat_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// `config.cluster.v3.OutlierDetection`, the consecutive-failure detectors, with

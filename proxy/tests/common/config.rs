@@ -71,6 +71,16 @@ pub fn cluster_yaml(name: &str, endpoints: &[(SocketAddr, u32)], http2: bool) ->
     out
 }
 
+/// A STATIC HTTP/1.1 cluster with one endpoint and `fields` (cluster fields, YAML from
+/// column 0, e.g. `alt_stat_name: x`) added.
+pub fn cluster_with(name: &str, addr: SocketAddr, fields: &str) -> String {
+    format!(
+        "{}{}",
+        cluster_yaml(name, &[(addr, 1)], false),
+        indent(fields, 2)
+    )
+}
+
 /// A bootstrap under construction.
 #[derive(Clone, Default)]
 pub struct Bootstrap {

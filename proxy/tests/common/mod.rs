@@ -21,7 +21,7 @@ pub use client::{
     count_body, empty, full, get, get_h2, send_raw, send_raw_until_close, Client, Proto, RawConn,
     Resp,
 };
-pub use config::{cluster_yaml, Bootstrap};
+pub use config::{cluster_with, cluster_yaml, Bootstrap};
 pub use proxy::Strait;
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` with

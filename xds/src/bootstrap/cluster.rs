@@ -42,7 +42,8 @@ pub struct Cluster {
     #[serde(default)]
     pub typed_extension_protocol_options: BTreeMap<String, Value>,
     pub metadata: Option<super::Metadata>,
-    pub alt_stat_name: Option<IgnoredAny>,
+    /// The name the cluster's stats and `%UPSTREAM_CLUSTER%` go by.
+    pub alt_stat_name: Option<String>,
     pub circuit_breakers: Option<CircuitBreakers>,
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]

@@ -51,6 +51,7 @@ fn cluster(path: &str, config: &bootstrap::Cluster) -> Result<Cluster> {
     let (protocol, idle_timeout) = protocol(path, config)?;
     Ok(Cluster {
         name: config.name.clone(),
+        alt_stat_name: config.alt_stat_name.clone().filter(|name| !name.is_empty()),
         metadata: crate::bootstrap::Metadata::filter_metadata(&config.metadata),
         discovery,
         connect_timeout: positive(
