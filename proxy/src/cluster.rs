@@ -355,13 +355,12 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
-    fn register(store: &Store, name: &str, health_checked: bool, outlier: bool) -> ClusterStats {
-        let scope = Scope::cluster(name);
-        let c = |n: &str| store.counter(&scope, n);
+    fn register(store: &Store, scope: &Scope, health_checked: bool, outlier: bool) -> ClusterStats {
+        let c = |n: &str| store.counter(scope, n);
         ClusterStats {
             upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_active: store.gauge(&scope, "upstream_rq_active"),
-            upstream_rq_time: store.histogram(&scope, "upstream_rq_time"),
+            upstream_rq_active: store.gauge(scope, "upstream_rq_active"),
+            upstream_rq_time: store.histogram(scope, "upstream_rq_time"),
             upstream_rq_xx: [
                 c("upstream_rq_1xx"),
                 c("upstream_rq_2xx"),
@@ -378,7 +377,7 @@ impl ClusterStats {
             upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: store.gauge(&scope, "upstream_cx_active"),
+            upstream_cx_active: store.gauge(scope, "upstream_cx_active"),
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_destroy_remote: c("upstream_cx_destroy_remote"),
@@ -388,10 +387,10 @@ impl ClusterStats {
             upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             lb_healthy_panic: c("lb_healthy_panic"),
-            membership_healthy: store.gauge(&scope, "membership_healthy"),
-            membership_total: store.gauge(&scope, "membership_total"),
-            health_check: health_checked.then(|| HealthCheckStats::register(store, &scope)),
-            outlier: outlier.then(|| OutlierStats::register(store, &scope)),
+            membership_healthy: store.gauge(scope, "membership_healthy"),
+            membership_total: store.gauge(scope, "membership_total"),
+            health_check: health_checked.then(|| HealthCheckStats::register(store, scope)),
+            outlier: outlier.then(|| OutlierStats::register(store, scope)),
         }
     }
 
@@ -430,18 +429,19 @@ impl ClusterRuntime {
     /// Builds the runtime of a cluster and resolves its endpoints once, so a cluster
     /// is usable as soon as the config that names it is published.
     pub async fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<ClusterRuntime> {
+        let scope = Scope::cluster(&config.stat_name());
         let rt = Arc::new(ClusterRuntime {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             stats: ClusterStats::register(
                 store,
-                &config.stat_name(),
+                &scope,
                 config.health_check.is_some(),
                 config.outlier_detection.is_some(),
             ),
             outlier_lock: parking_lot::Mutex::new(()),
             breakers: [RoutingPriority::Default, RoutingPriority::High].map(|p| {
                 let thresholds = &config.circuit_breakers[p.index()];
-                Breakers::register(store, &Scope::cluster(&config.stat_name()), p, thresholds)
+                Breakers::register(store, &scope, p, thresholds)
             }),
             hosts: ArcSwap::from_pointee(HostSet::default()),
             config,
