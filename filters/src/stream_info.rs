@@ -302,6 +302,13 @@ impl StreamInfo {
         }
     }
 
+    /// How the response goes to the client, for the phases after its headers:
+    /// `response.code`, and `details` unless a plugin's reply set its own.
+    pub fn keep_status(&mut self, status: http::StatusCode, details: &'static str) {
+        self.response_code = Some(status.as_u16());
+        self.response_details.get_or_insert(details.into());
+    }
+
     /// The route the stream took, or (before routing) would take with `head`.
     pub fn route_names(&self, head: Option<&RequestHead>) -> Option<RouteNames> {
         let resolver = self.resolver.as_ref()?;

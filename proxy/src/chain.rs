@@ -652,9 +652,7 @@ impl ChainId {
     pub fn keep_response_status(self, status: StatusCode, details: &'static str) {
         with_stream(self, |chain| {
             if !chain.slots.is_empty() {
-                let mut info = chain.info.borrow_mut();
-                info.response_code = Some(status.as_u16());
-                info.response_details.get_or_insert(details.into());
+                chain.info.borrow_mut().keep_status(status, details);
             }
         });
     }
@@ -856,10 +854,29 @@ pub async fn resume_request_headers(
 }
 
 /// The response-headers phase, run at once; see [`resume_response_headers`].
-pub fn response_headers_now(id: ChainId, head: &mut ResponseHead, end_of_stream: bool) -> Step {
-    headers_phase(id, 0..usize::MAX, |f| {
-        f.on_response_headers(head, end_of_stream)
-    })
+/// `before` completes the stream's facts the filters read (the upstream, the
+/// attempts); when the filters continue, the status is kept as in
+/// [`ChainId::keep_response_status`]. One lookup of the stream for all three.
+pub fn response_headers_now(
+    id: ChainId,
+    head: &mut ResponseHead,
+    end_of_stream: bool,
+    before: impl FnOnce(&mut StreamInfo),
+) -> Step {
+    let step = with_stream(id, |chain| {
+        before(&mut chain.info.borrow_mut());
+        let step = run_headers(id, chain, 0..usize::MAX, |f| {
+            f.on_response_headers(head, end_of_stream)
+        });
+        if let (Step::Done(Verdict::Continue), false) = (&step, chain.slots.is_empty()) {
+            chain
+                .info
+                .borrow_mut()
+                .keep_status(head.status, "via_upstream");
+        }
+        step
+    });
+    step.unwrap_or(Step::Done(Verdict::Continue))
 }
 
 /// Waits for the filter paused at `at` in the response-headers phase, then runs
@@ -900,33 +917,41 @@ pub enum Step {
 fn headers_phase(
     id: ChainId,
     slots: std::ops::Range<usize>,
+    phase: impl FnMut(&mut WasmHttpFilter) -> FilterStatus,
+) -> Step {
+    with_stream(id, |chain| run_headers(id, chain, slots, phase))
+        .unwrap_or(Step::Done(Verdict::Continue))
+}
+
+/// [`headers_phase`] on the stream's chain, already looked up.
+fn run_headers(
+    id: ChainId,
+    chain: &mut StreamChain,
+    slots: std::ops::Range<usize>,
     mut phase: impl FnMut(&mut WasmHttpFilter) -> FilterStatus,
 ) -> Step {
-    with_stream(id, |chain| {
-        let count = slots.end.saturating_sub(slots.start);
-        for (index, slot) in chain
-            .slots
-            .iter_mut()
-            .enumerate()
-            .skip(slots.start)
-            .take(count)
-        {
-            let status = phase(&mut slot.filter);
-            if slot.filter.error().is_some() {
-                slot.runtime.export_failures();
-            }
-            send_calls(id, index, &mut slot.filter, &mut chain.calls);
-            match status {
-                FilterStatus::LocalReply(reply) => return Step::Done(Verdict::LocalReply(reply)),
-                FilterStatus::StopIteration if slot.filter.has_calls_in_flight() => {
-                    return Step::Paused(index)
-                }
-                _ => {}
-            }
+    let count = slots.end.saturating_sub(slots.start);
+    for (index, slot) in chain
+        .slots
+        .iter_mut()
+        .enumerate()
+        .skip(slots.start)
+        .take(count)
+    {
+        let status = phase(&mut slot.filter);
+        if slot.filter.error().is_some() {
+            slot.runtime.export_failures();
         }
-        Step::Done(Verdict::Continue)
-    })
-    .unwrap_or(Step::Done(Verdict::Continue))
+        send_calls(id, index, &mut slot.filter, &mut chain.calls);
+        match status {
+            FilterStatus::LocalReply(reply) => return Step::Done(Verdict::LocalReply(reply)),
+            FilterStatus::StopIteration if slot.filter.has_calls_in_flight() => {
+                return Step::Paused(index)
+            }
+            _ => {}
+        }
+    }
+    Step::Done(Verdict::Continue)
 }
 
 /// The head of the paused phase.

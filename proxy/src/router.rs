@@ -301,8 +301,11 @@ async fn proxy<'a>(
             downstream_remote: SocketAddr::new(effective_ip, 0),
         })
     };
+    // Drawn before the filters, so a plugin's `xds.cluster_name` and the router's
+    // weighted pick agree.
+    let random: u64 = rand::random();
     guard.chain = ChainHandle::new(listener, start_time, |info| {
-        info.random = rand::random();
+        info.random = random;
         info.version = Some(req.version());
         info.connection = Some(strait_filters::wasm::ConnectionInfo {
             id: conn.id,
@@ -449,14 +452,6 @@ async fn proxy<'a>(
                 "direct_response",
             )));
         }
-    };
-    // A stream with filters drew its random value when its plugins could first ask
-    // for the cluster (a weighted pick then agrees with `xds.cluster_name`).
-    let random: u64 = match chain {
-        Some(chain) => chain
-            .with_info(|info| info.random)
-            .unwrap_or_else(rand::random),
-        None => rand::random(),
     };
     let Some(cluster_name) = target.cluster.pick(req.headers(), random) else {
         listener.http.no_cluster.inc();
@@ -778,21 +773,26 @@ async fn proxy<'a>(
             metadata: host.metadata.clone(),
         });
         let (attempts, flags) = (guard.attempts, guard.flag_bits());
-        chain.with_info(|info| {
+        let eos = body.is_end_stream();
+        let step = crate::chain::response_headers_now(chain, &mut parts, eos, |info| {
             info.upstream = upstream;
             info.attempts = attempts;
             info.response_flags = flags;
             info.response_details = Some("via_upstream".into());
         });
-        let eos = body.is_end_stream();
-        let verdict = match crate::chain::response_headers_now(chain, &mut parts, eos) {
+        let verdict = match step {
+            // The status is kept already.
             Step::Done(verdict) => verdict,
             // A filter paused for its callouts: a cold path, boxed.
             Step::Paused(at) => {
-                Box::pin(crate::chain::resume_response_headers(
+                let verdict = Box::pin(crate::chain::resume_response_headers(
                     chain, at, &mut parts, eos, hcm,
                 ))
-                .await
+                .await;
+                if matches!(verdict, Verdict::Continue) {
+                    chain.keep_response_status(parts.status, "via_upstream");
+                }
+                verdict
             }
         };
         if let Verdict::LocalReply(reply) = verdict {
@@ -802,9 +802,6 @@ async fn proxy<'a>(
     // After the filters, as Envoy's connection manager does: plugins see the
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, hcm);
-    if let Some(chain) = chain {
-        chain.keep_response_status(parts.status, "via_upstream");
-    }
     let status = parts.status.as_u16();
     guard.status = status;
     if let Some(log) = &mut guard.log {

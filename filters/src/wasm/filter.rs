@@ -163,7 +163,7 @@ impl WasmHttpFilter {
                 *response = Some(head);
             }
             stream.info = None;
-            calls.append(&mut vm.take_dispatched());
+            vm.move_dispatched(calls);
             Ok((action?, vm.take_signals(context)))
         });
         match result {
@@ -285,7 +285,7 @@ impl WasmHttpFilter {
         let calls = &mut self.calls;
         let result = self.vm.with_running(generation, |vm| {
             let outcome = vm.call_answer(token, response, data);
-            calls.append(&mut vm.take_dispatched());
+            vm.move_dispatched(calls);
             outcome?;
             Ok(vm.take_signals(context))
         });

@@ -387,7 +387,7 @@ impl WasmNetworkFilter {
             mem::swap(&mut vm.store.data_mut().stream, stream);
             let result = f(vm, context);
             mem::swap(&mut vm.store.data_mut().stream, stream);
-            calls.append(&mut vm.take_dispatched());
+            vm.move_dispatched(calls);
             let signals = vm.take_signals(context);
             result.map(|()| signals)
         });

@@ -671,6 +671,15 @@ impl Running {
         std::mem::take(&mut self.store.data_mut().dispatched)
     }
 
+    /// Moves the calls made since the last take to the end of `into`; after most
+    /// callbacks there are none, and then nothing is built or dropped.
+    pub(crate) fn move_dispatched(&mut self, into: &mut Vec<Dispatch>) {
+        let dispatched = &mut self.store.data_mut().dispatched;
+        if !dispatched.is_empty() {
+            into.append(dispatched);
+        }
+    }
+
     /// Whether `context` has calls in flight.
     pub(crate) fn has_calls(&self, context: u32) -> bool {
         self.store
