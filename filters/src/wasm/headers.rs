@@ -10,6 +10,8 @@
 //! u32 count, count × (u32 name_len, u32 value_len), then for each pair:
 //! name bytes, NUL, value bytes, NUL            (all integers little-endian)
 //! ```
+use std::cell::RefCell;
+
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, StatusCode, Uri};
@@ -353,9 +355,38 @@ pub(crate) fn path(uri: &Uri) -> &str {
 }
 
 fn parse(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
-    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+    let name = header_name(name)?;
     let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
     Ok((name, value))
+}
+
+/// Names kept by [`header_name`] per worker.
+const CACHED_NAMES: usize = 16;
+
+thread_local! {
+    /// The header names plugins added or replaced on this worker, as they passed
+    /// them (lowercase, as the SDKs do). A plugin sets the same few names on every
+    /// stream: finding one here is a comparison of bytes and a reference count,
+    /// where parsing it cost a lowercase pass, a lookup among the standard names, and
+    /// for a custom name an allocated copy (and its free with the head). Bounded: the
+    /// first names seen stay, later ones are parsed every time.
+    static NAMES: RefCell<Vec<HeaderName>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `name` as a `HeaderName`, from the worker's cache when a plugin set it before.
+fn header_name(name: &str) -> Result<HeaderName, Status> {
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(known) = names.iter().find(|known| known.as_str() == name) {
+            return Ok(known.clone());
+        }
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+        // Only a name passed in its canonical (lowercase) form can be found again.
+        if names.len() < CACHED_NAMES && parsed.as_str() == name {
+            names.push(parsed.clone());
+        }
+        Ok(parsed)
+    })
 }
 
 pub(crate) fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -407,6 +438,26 @@ pub(crate) fn deserialize_pairs(bytes: &[u8]) -> Result<Vec<Pair>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_come_from_the_worker_cache_once_seen() {
+        // Each test runs on a thread of its own: this cache starts empty.
+        let first = header_name("x-perf").unwrap();
+        let again = header_name("x-perf").unwrap();
+        assert_eq!(first, again);
+        assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
+        // Another case is the same name, parsed, and not kept (it would never match).
+        assert_eq!(header_name("X-Perf").unwrap(), first);
+        assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
+        assert_eq!(header_name("bad name"), Err(Status::BadArgument));
+        // Bounded: names past the limit are parsed, right, and not kept.
+        for i in 0..CACHED_NAMES + 4 {
+            let name = format!("x-n{i}");
+            assert_eq!(header_name(&name).unwrap().as_str(), name);
+        }
+        assert_eq!(NAMES.with(|names| names.borrow().len()), CACHED_NAMES);
+        assert_eq!(header_name("x-perf").unwrap(), first);
+    }
 
     #[test]
     fn pairs_round_trip() {
