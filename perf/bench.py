@@ -248,17 +248,22 @@ def scenario_targets(scenario, shared, start):
     `shared` are Strait, Envoy, NGINX, HAProxy (plain bootstrap) and direct;
     `start(name)` starts a Strait or Envoy on the scenario's own bootstrap. With
     `plain`, the shared Strait and Envoy run too, as "strait-plain"/"envoy-plain",
-    right before direct: Strait, Envoy, Strait plain, Envoy plain, direct.
+    each right after the same proxy with the feature: Strait, Strait plain, Envoy,
+    Envoy plain, direct. Back to back, the two runs of a pair mostly see the host in
+    the same state, and the report compares each round's pair (`report.paired`).
     """
     wanted = set(scenario.only or report.TARGETS)
     own = {}
     if scenario.bootstrap != "envoy.yaml":
         own = {t.name: start(t.name) for t in shared
                if t.name in report.PLAIN and t.name in wanted}
-    order = [own.get(t.name, t) for t in shared if t.name in wanted and t.name != "direct"]
-    if scenario.plain:
-        order += [dataclasses.replace(t, name=f"{t.name}-plain") for t in shared
-                  if t.name in report.PLAIN]
+    order = []
+    for t in shared:
+        if t.name not in wanted or t.name == "direct":
+            continue
+        order.append(own.get(t.name, t))
+        if scenario.plain and t.name in report.PLAIN:
+            order.append(dataclasses.replace(t, name=f"{t.name}-plain"))
     order += [t for t in shared if t.name == "direct" and t.name in wanted]
     return order, list(own.values())
 

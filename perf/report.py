@@ -41,8 +41,34 @@ def summarize(per_round):
 
 
 def summarize_all(rounds):
-    return {scenario: {target: summarize(runs) for target, runs in by_target.items()}
-            for scenario, by_target in rounds.items()}
+    out = {scenario: {target: summarize(runs) for target, runs in by_target.items()}
+           for scenario, by_target in rounds.items()}
+    for scenario, by_target in rounds.items():
+        for proxy in PLAIN:
+            with_runs, plain_runs = by_target.get(proxy), by_target.get(f"{proxy}-plain")
+            if with_runs and plain_runs:
+                out[scenario][proxy].update(paired(with_runs, plain_runs))
+    return out
+
+
+def paired(with_runs, plain_runs):
+    """A proxy with a feature against itself without it, round by round.
+
+    The two runs of a round are back to back (`bench.scenario_targets`). The host
+    here has slow spells of several seconds (every proxy's req/s drops ~20% and its
+    CPU per request rises as much), and a median of three rounds taken separately for
+    each side can put a slow spell on one side only; the median of each round's own
+    ratio (or difference) cancels a spell that covers both runs of the pair.
+    """
+    pairs = list(zip(with_runs, plain_runs))
+    cost = [None if w.get("cpu_s_per_10k") is None or p.get("cpu_s_per_10k") is None
+            else (w["cpu_s_per_10k"] - p["cpu_s_per_10k"]) * 100 for w, p in pairs]
+    return {
+        "paired_kept": median([ratio(w.get("rps"), p.get("rps")) for w, p in pairs]),
+        "paired_cpu": median([ratio(w.get("cpu_s_per_10k"), p.get("cpu_s_per_10k"))
+                              for w, p in pairs]),
+        "paired_cost_us": median(cost),
+    }
 
 
 def total_errors(summary):
@@ -126,17 +152,26 @@ def plain_figures(by_target):
     something (a negative or zero loss is noise, and the quotient meaningless).
     """
     rps = {t: by_target.get(t, {}).get("rps") for t in by_target}
-    kept = {p: ratio(rps.get(p), rps.get(f"{p}-plain")) for p in PLAIN}
+    # Each round's pair where the rounds were kept (`paired`), else the medians'.
+    def pick(p, key, fallback):
+        value = by_target.get(p, {}).get(key)
+        return fallback if value is None else value
+
+    kept = {p: pick(p, "paired_kept", ratio(rps.get(p), rps.get(f"{p}-plain")))
+            for p in PLAIN}
     loss = {p: None if kept[p] is None else 1 - kept[p] for p in PLAIN}
     envoy_loss = loss["envoy"]
     # CPU per request does not depend on who saturates first: steadier than req/s on a
     # shared machine.
-    cpu = {p: ratio(by_target.get(p, {}).get("cpu_s_per_10k"),
-                    by_target.get(f"{p}-plain", {}).get("cpu_s_per_10k")) for p in PLAIN}
+    cpu = {p: pick(p, "paired_cpu", ratio(by_target.get(p, {}).get("cpu_s_per_10k"),
+                                          by_target.get(f"{p}-plain", {}).get(
+                                              "cpu_s_per_10k"))) for p in PLAIN}
     # What the feature itself costs per request, in µs of proxy CPU: unlike the loss,
     # it does not shrink for a proxy that is slow without the feature.
-    cost = {p: _cost_us(by_target.get(p, {}).get("cpu_s_per_10k"),
-                        by_target.get(f"{p}-plain", {}).get("cpu_s_per_10k")) for p in PLAIN}
+    cost = {p: pick(p, "paired_cost_us",
+                    _cost_us(by_target.get(p, {}).get("cpu_s_per_10k"),
+                             by_target.get(f"{p}-plain", {}).get("cpu_s_per_10k")))
+            for p in PLAIN}
     return {
         "kept": kept, "loss": loss, "cpu": cpu, "cost_us": cost,
         "cost_ratio": ratio(cost["strait"], cost["envoy"])
@@ -216,7 +251,10 @@ def markdown(meta, summary, kinds, open_loop=None):
         out += ["", f"**{scenario}** — {meta['docs'][scenario]}", ""]
         out += idle_table(by_target) if kinds[scenario] == "idle" else load_table(by_target)
         if any(f"{p}-plain" in by_target for p in PLAIN):
-            out += ["", f"**{scenario}** vs the plain route, same rounds", ""]
+            pairs = any("paired_kept" in by_target.get(p, {}) for p in PLAIN)
+            out += ["", f"**{scenario}** vs the plain route, same rounds"
+                    + (" (ratios, loss and feature CPU: the median of each round's "
+                       "back-to-back pair; req/s: the medians)" if pairs else ""), ""]
             out += plain_table(by_target, meta.get("goals", {}).get(scenario))
         if open_loop and scenario in open_loop:
             out += ["", f"**{scenario}**, open loop (oha -q, latency-corrected)", ""]

@@ -243,6 +243,36 @@ class Report(unittest.TestCase):
         faster["envoy"]["rps"] = 11000  # Envoy "gained": no meaningful loss ratio
         self.assertIsNone(report.plain_figures(faster)["loss_ratio"])
 
+    def test_pairs_compare_each_round_with_its_own_plain_run(self):
+        def run(rps, cpu):
+            return {"rps": rps, "cpu_s_per_10k": cpu, "errors": 0}
+
+        # Round 2 is a slow spell for the plugin's run only, round 3 for both runs of
+        # the pair: the medians taken apart say 25% lost, the pairs 10%.
+        rounds = {"h1-wasm": {
+            "strait": [run(90, 0.10), run(60, 0.15), run(54, 0.15)],
+            "strait-plain": [run(100, 0.09), run(100, 0.09), run(60, 0.135)],
+            "envoy": [run(40, 0.30)] * 3, "envoy-plain": [run(50, 0.25)] * 3,
+            "direct": [run(200, None)] * 3}}
+        summary = report.summarize_all(rounds)
+        strait = summary["h1-wasm"]["strait"]
+        self.assertEqual(strait["rps"], 60)
+        self.assertAlmostEqual(strait["paired_kept"], 0.9)
+        self.assertAlmostEqual(strait["paired_cpu"], 0.15 / 0.135)
+        self.assertAlmostEqual(strait["paired_cost_us"], 1.5)
+        self.assertNotIn("paired_kept", summary["h1-wasm"]["direct"])
+        got = report.plain_figures(summary["h1-wasm"])
+        self.assertAlmostEqual(got["loss"]["strait"], 0.1)
+        self.assertAlmostEqual(got["loss"]["envoy"], 0.2)
+        self.assertAlmostEqual(got["loss_ratio"], 0.5)
+        self.assertAlmostEqual(got["cost_ratio"], 1.5 / 5.0)
+        meta = {"date": "d", "machine": "m", "command": "perf/run", "workers": 1,
+                "rounds": 3, "duration": 3, "pinning": "none",
+                "docs": {"h1-wasm": "wasm"}}
+        text = report.markdown(meta, summary, {"h1-wasm": "load"})
+        self.assertIn("median of each round's back-to-back pair", text)
+        self.assertIn("| Strait | 60 | 100 | 0.90 | 10.0% | 1.11 | 1.50 |", text)
+
     def test_markdown_plain_scenario(self):
         meta = {"date": "d", "machine": "m", "command": "perf/run", "workers": 1,
                 "rounds": 3, "duration": 3, "pinning": "none",
@@ -347,9 +377,9 @@ class Scenarios(unittest.TestCase):
         order, own = bench.scenario_targets(SCENARIOS["h1-keepalive"], shared, start)
         self.assertEqual((order, own, started), (shared, [], []))
         order, own = bench.scenario_targets(SCENARIOS["h1-wasm"], shared, start)
-        self.assertEqual([t.name for t in order], ["strait", "envoy", "strait-plain",
+        self.assertEqual([t.name for t in order], ["strait", "strait-plain", "envoy",
                                                    "envoy-plain", "direct"])
-        self.assertEqual([t.h1_port for t in order], [101, 102, 0, 1, 4])
+        self.assertEqual([t.h1_port for t in order], [101, 0, 102, 1, 4])
         self.assertEqual([t.h1_port for t in own], [101, 102])
         self.assertEqual(started, ["strait", "envoy"])
 
