@@ -145,11 +145,18 @@ def load_table(by_target):
                    "RSS idle MiB", "RSS load MiB", "errors"], rows)
 
 
+# Below these, a loss or a feature's CPU per request is within a --quick run's noise.
+NOISE_LOSS = 0.01
+NOISE_US = 0.1
+
+
 def plain_figures(by_target):
     """Each proxy's req/s with ÷ without the scenario's feature, and the cross ratios.
 
     loss = 1 − with ÷ without. "Strait loss ÷ Envoy loss" is None unless Envoy lost
-    something (a negative or zero loss is noise, and the quotient meaningless).
+    at least NOISE_LOSS, and "Strait's feature µs ÷ Envoy's" unless Envoy's were at
+    least NOISE_US: below that Envoy's figure is this host's noise (it reads 0.3% or
+    0.002 µs for a feature that costs it nothing), and a quotient by it meaningless.
     """
     rps = {t: by_target.get(t, {}).get("rps") for t in by_target}
     # Each round's pair where the rounds were kept (`paired`), else the medians'.
@@ -175,9 +182,9 @@ def plain_figures(by_target):
     return {
         "kept": kept, "loss": loss, "cpu": cpu, "cost_us": cost,
         "cost_ratio": ratio(cost["strait"], cost["envoy"])
-        if cost["envoy"] and cost["envoy"] > 0 else None,
+        if cost["envoy"] and cost["envoy"] >= NOISE_US else None,
         "loss_ratio": ratio(loss["strait"], envoy_loss)
-        if envoy_loss and envoy_loss > 0 else None,
+        if envoy_loss and envoy_loss >= NOISE_LOSS else None,
         "strait_with_vs_envoy_without": ratio(rps.get("strait"), rps.get("envoy-plain")),
     }
 

@@ -242,6 +242,13 @@ class Report(unittest.TestCase):
         faster = self._plain_summary()
         faster["envoy"]["rps"] = 11000  # Envoy "gained": no meaningful loss ratio
         self.assertIsNone(report.plain_figures(faster)["loss_ratio"])
+        # Envoy's loss and µs within the noise: no quotient by them either.
+        level = self._plain_summary()
+        level["envoy"]["rps"] = 9970
+        level["envoy"]["cpu_s_per_10k"] = level["envoy-plain"]["cpu_s_per_10k"] + 0.0005
+        got = report.plain_figures(level)
+        self.assertIsNone(got["loss_ratio"])
+        self.assertIsNone(got["cost_ratio"])
 
     def test_pairs_compare_each_round_with_its_own_plain_run(self):
         def run(rps, cpu):
