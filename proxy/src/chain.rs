@@ -253,6 +253,17 @@ struct StreamChain {
     info: Rc<RefCell<StreamInfo>>,
 }
 
+impl StreamChain {
+    /// The status the response goes out with, for the phases after its headers
+    /// (`StreamInfo::keep_status`); only a chain with wasm filters keeps it (only
+    /// plugins read it).
+    fn keep_status(&mut self, status: StatusCode, details: &'static str) {
+        if !self.slots.is_empty() {
+            self.info.borrow_mut().keep_status(status, details);
+        }
+    }
+}
+
 /// Where a body phase waits: the request's or the response's body, whether the
 /// held chunk ended it, and the body's task to wake when an answer comes.
 struct BodyWait {
@@ -650,11 +661,7 @@ impl ChainId {
     /// itself is kept by the downstream codec once it is written
     /// ([`Self::keep_sent_response`]).
     pub fn keep_response_status(self, status: StatusCode, details: &'static str) {
-        with_stream(self, |chain| {
-            if !chain.slots.is_empty() {
-                chain.info.borrow_mut().keep_status(status, details);
-            }
-        });
+        with_stream(self, |chain| chain.keep_status(status, details));
     }
 
     /// Keeps the response head as it went to the client, for the plugins' `on_log`:
@@ -868,11 +875,8 @@ pub fn response_headers_now(
         let step = run_headers(id, chain, 0..usize::MAX, |f| {
             f.on_response_headers(head, end_of_stream)
         });
-        if let (Step::Done(Verdict::Continue), false) = (&step, chain.slots.is_empty()) {
-            chain
-                .info
-                .borrow_mut()
-                .keep_status(head.status, "via_upstream");
+        if let Step::Done(Verdict::Continue) = step {
+            chain.keep_status(head.status, "via_upstream");
         }
         step
     });
