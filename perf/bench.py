@@ -311,7 +311,7 @@ def main(argv=None):
                 group, tmp, proxy_cpus, args.workers, backend.h1_port, nofile),
         }
         order = [restartable(group, starters[name])
-                 for name in (report.STRAIT,) + report.PEERS] + [backend]
+                 for name in report.RUN_ORDER] + [backend]
         log(pinning)
         bench = Bench(args, tmp, load_cpus, oha)
         raw, open_raw = {}, {}

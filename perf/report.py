@@ -13,6 +13,11 @@ PEERS = ("envoy", "nginx", "haproxy")
 PLAIN = ("strait", "envoy")
 TARGETS = (STRAIT, "envoy") + tuple(f"{t}-plain" for t in PLAIN) + (
     "nginx", "haproxy", "direct")
+# The order each round runs the shared targets in: HAProxy, the peer Strait's targets
+# are closest to, right after Strait, so the two runs of that round's ratio mostly see
+# the host in the same state (`per_round_ratios`). Envoy's ratios are 2-4×, far
+# outside the host's swings.
+RUN_ORDER = (STRAIT, "haproxy", "nginx", "envoy")
 LABELS = {"strait": "Strait", "envoy": "Envoy", "nginx": "NGINX", "haproxy": "HAProxy",
           "direct": "direct", "strait-plain": "Strait, plain route",
           "envoy-plain": "Envoy, plain route"}
@@ -44,11 +49,33 @@ def summarize_all(rounds):
     out = {scenario: {target: summarize(runs) for target, runs in by_target.items()}
            for scenario, by_target in rounds.items()}
     for scenario, by_target in rounds.items():
+        strait_runs = by_target.get(STRAIT)
+        for peer in PEERS:
+            if strait_runs and by_target.get(peer):
+                out[scenario][peer]["strait_over"] = per_round_ratios(
+                    strait_runs, by_target[peer])
         for proxy in PLAIN:
             with_runs, plain_runs = by_target.get(proxy), by_target.get(f"{proxy}-plain")
             if with_runs and plain_runs:
                 out[scenario][proxy].update(paired(with_runs, plain_runs))
     return out
+
+
+# The figures the summary divides, Strait's by each peer's.
+RATIO_KEYS = ("rps", "p99_ms", "cpu_s_per_10k", "rss_load", "bytes_per_conn")
+
+
+def per_round_ratios(strait_runs, peer_runs):
+    """Strait ÷ a peer, the median of each round's own ratio, per figure.
+
+    The host's slow spells (see `paired`) last seconds: a ratio of medians taken
+    apart can set a spell that fell on Strait's run in one round against a peer's run
+    outside it. Each round's two runs are a few seconds apart, in the same round's
+    host state more often than any two runs of different rounds.
+    """
+    pairs = list(zip(strait_runs, peer_runs))
+    return {key: median([ratio(s.get(key), p.get(key)) for s, p in pairs])
+            for key in RATIO_KEYS}
 
 
 def paired(with_runs, plain_runs):
@@ -106,14 +133,20 @@ SUMMARY_METRICS = (
 
 
 def summary_table(summary, kinds, open_loop=None):
-    """One row per scenario and metric: Strait's figure divided by each peer's. With
+    """One row per scenario and metric: Strait's figure divided by each peer's, the
+    median of the rounds' own ratios (`per_round_ratios`) where the rounds are kept. With
     an open-loop pass, its p99 (every target at the same offered rate: the latency
     figure that counts) follows the closed-loop one."""
     def row(scenario, label, by_target, key):
         strait = by_target.get(STRAIT, {})
-        return [scenario, label] + [
-            _fmt(ratio(strait.get(key), by_target[peer].get(key)))
-            if peer in by_target else "n/a" for peer in PEERS]
+
+        def over(peer):
+            per_round = by_target[peer].get("strait_over", {}).get(key)
+            return per_round if per_round is not None else ratio(
+                strait.get(key), by_target[peer].get(key))
+
+        return [scenario, label] + [_fmt(over(peer)) if peer in by_target else "n/a"
+                                    for peer in PEERS]
 
     rows = []
     for scenario, by_target in summary.items():
@@ -252,7 +285,8 @@ def markdown(meta, summary, kinds, open_loop=None):
            f"median of rounds; {meta['pinning']}"
            + (f"; load average {meta['load'][0]:.2f} before, {meta['load'][1]:.2f} after"
               if meta.get("load") else "") + ".", "",
-           "**Strait ÷ peer** (below 1 is better for ↓ rows, above 1 for ↑ rows):", ""]
+           "**Strait ÷ peer**, the median of each round's own ratio (below 1 is better "
+           "for ↓ rows, above 1 for ↑ rows):", ""]
     out += summary_table(summary, kinds, open_loop)
     for scenario, by_target in summary.items():
         out += ["", f"**{scenario}** — {meta['docs'][scenario]}", ""]

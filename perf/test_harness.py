@@ -280,6 +280,33 @@ class Report(unittest.TestCase):
         self.assertIn("median of each round's back-to-back pair", text)
         self.assertIn("| Strait | 60 | 100 | 0.90 | 10.0% | 1.11 | 1.50 |", text)
 
+    def test_peer_ratios_are_the_median_of_each_rounds_ratio(self):
+        def run(rps, cpu):
+            return {"rps": rps, "cpu_s_per_10k": cpu, "p99_ms": 1.0, "errors": 0}
+
+        # Round 1 is a slow spell for both runs of the pair, round 3 for HAProxy's
+        # run only: the medians taken apart say 0.90 and 1.11, the rounds 1.0 and 1.0.
+        rounds = {"h1-keepalive": {
+            "strait": [run(60, 0.15), run(90, 0.10), run(100, 0.09)],
+            "haproxy": [run(60, 0.15), run(90, 0.10), run(70, 0.13)],
+            "nginx": [run(45, 0.20)] * 3, "envoy": [run(30, 0.30)] * 3,
+            "direct": [run(120, None)] * 3}}
+        summary = report.summarize_all(rounds)
+        self.assertAlmostEqual(summary["h1-keepalive"]["haproxy"]["rps"], 70)
+        over = summary["h1-keepalive"]["haproxy"]["strait_over"]
+        self.assertAlmostEqual(over["rps"], 1.0)
+        self.assertAlmostEqual(over["cpu_s_per_10k"], 1.0)
+        self.assertIsNone(over["bytes_per_conn"])
+        self.assertNotIn("strait_over", summary["h1-keepalive"]["direct"])
+        self.assertNotIn("strait_over", summary["h1-keepalive"]["strait"])
+        text = "\n".join(report.summary_table(summary, {"h1-keepalive": "load"}))
+        self.assertIn("| h1-keepalive | req/s ↑ | 3.00 | 2.00 | 1.00 |", text)
+        self.assertIn("| h1-keepalive | CPU per request ↓ | 0.33 | 0.50 | 1.00 |", text)
+        # A summary without the rounds (an older JSON) falls back to the medians.
+        del summary["h1-keepalive"]["haproxy"]["strait_over"]
+        text = "\n".join(report.summary_table(summary, {"h1-keepalive": "load"}))
+        self.assertIn("| h1-keepalive | req/s ↑ | 3.00 | 2.00 | 1.29 |", text)
+
     def test_markdown_plain_scenario(self):
         meta = {"date": "d", "machine": "m", "command": "perf/run", "workers": 1,
                 "rounds": 3, "duration": 3, "pinning": "none",
