@@ -30,10 +30,33 @@ use crate::stream::StreamGuard;
 /// stream's timers wait for that end (the route and per-try timeouts start there,
 /// as Envoy's do); the body runs on the upstream connection's task, so its end
 /// wakes them.
+/// It also keeps why the body failed when the client framed it wrongly: the
+/// upstream exchange then fails too (an HTTP/2 upstream only sees its stream reset),
+/// and the router answers 400 for the client's error instead of 503.
 #[derive(Default, Debug)]
-pub struct ByteCount(AtomicU64, AtomicBool, futures_util::task::AtomicWaker);
+pub struct ByteCount(
+    AtomicU64,
+    AtomicBool,
+    futures_util::task::AtomicWaker,
+    std::sync::OnceLock<&'static str>,
+);
 
 impl ByteCount {
+    /// What was wrong with the request body, if the client framed it wrongly.
+    pub fn malformed(&self) -> Option<&'static str> {
+        self.3.get().copied()
+    }
+
+    /// Keeps `error` if it is the downstream codec's "not a body of its framing".
+    fn failed(&self, error: &BoxError) {
+        let malformed = error
+            .downcast_ref::<crate::h1_server::BodyError>()
+            .and_then(crate::h1_server::BodyError::malformed);
+        if let Some(what) = malformed {
+            let _ = self.3.set(what);
+        }
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -347,10 +370,14 @@ impl Body for RequestBody {
                 .map(|data| data.map(|d| Ok(Frame::data(d)))),
             RequestBody::Streaming { inner, received } => {
                 let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
-                if let Some(Ok(f)) = &frame {
-                    if let Some(d) = f.data_ref() {
-                        received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
                     }
+                    Some(Err(e)) => received.failed(e),
+                    None => {}
                 }
                 if frame.is_none() || inner.is_end_stream() {
                     received.end();
@@ -388,7 +415,10 @@ impl Body for RequestBody {
                     return Poll::Ready(trailers.take().map(|t| Ok(*t)));
                 }
                 let (chunk, end) = match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Some(Err(e)) => {
+                        received.failed(&e);
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
                             received.0.fetch_add(data.len() as u64, Ordering::Relaxed);

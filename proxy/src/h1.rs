@@ -302,9 +302,10 @@ pub(crate) enum Decoded {
     Trailers(HeaderMap),
     /// The body ended.
     End,
-    /// The body cannot be read to its end: the connection failed, or the bytes are
-    /// not a body of the framing.
+    /// The connection closed or failed before the body's end.
     Failed(&'static str),
+    /// The bytes are not a body of the framing (a bad chunk line).
+    Malformed(&'static str),
 }
 
 /// Reads a message body of its framing from a connection's buffer and socket.
@@ -378,9 +379,9 @@ impl Decoder {
                         self.done = true;
                         return Poll::Ready(Decoded::End);
                     }
-                    Chunk::Error(what) => return Poll::Ready(Decoded::Failed(what)),
+                    Chunk::Error(what) => return Poll::Ready(Decoded::Malformed(what)),
                     Chunk::More if read.len() > 64 * 1024 => {
-                        return Poll::Ready(Decoded::Failed("chunk line too long"))
+                        return Poll::Ready(Decoded::Malformed("chunk line too long"))
                     }
                     Chunk::More => READ_SMALL,
                 },

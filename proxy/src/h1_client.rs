@@ -458,14 +458,15 @@ impl ResponseBody {
                 self.end();
                 return Poll::Ready(None);
             }
-            Decoded::Failed(what) => {
+            Decoded::Failed(_) => {
                 self.ended = true;
                 self.conn = None;
-                let failure = match what.starts_with("connection") {
-                    true => Failure::Broken,
-                    false => Failure::Protocol(what),
-                };
-                return Poll::Ready(Some(Err(failure)));
+                return Poll::Ready(Some(Err(Failure::Broken)));
+            }
+            Decoded::Malformed(what) => {
+                self.ended = true;
+                self.conn = None;
+                return Poll::Ready(Some(Err(Failure::Protocol(what))));
             }
         };
         // The last frame frees the connection at once: a codec may drop the body once

@@ -140,11 +140,24 @@ pub struct RequestBody {
 
 /// The request body could not be read to its end.
 #[derive(Debug)]
-pub struct BodyError(&'static str);
+pub struct BodyError {
+    what: &'static str,
+    /// The client sent bytes that are not a body of its framing (a bad chunk line),
+    /// rather than going away.
+    malformed: bool,
+}
+
+impl BodyError {
+    /// What was wrong with the body, when the client framed it wrongly: the request
+    /// is refused with 400, as Envoy's codec does, not taken for an upstream reset.
+    pub fn malformed(&self) -> Option<&'static str> {
+        self.malformed.then_some(self.what)
+    }
+}
 
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "downstream request body: {}", self.0)
+        write!(f, "downstream request body: {}", self.what)
     }
 }
 
@@ -175,7 +188,10 @@ impl Body for RequestBody {
                 Ok(n) if n > 0 => side.continue_pending = None,
                 _ => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(BodyError("the connection failed"))));
+                    return Poll::Ready(Some(Err(BodyError {
+                        what: "the connection failed",
+                        malformed: false,
+                    })));
                 }
             }
         }
@@ -188,7 +204,17 @@ impl Body for RequestBody {
             }
             Decoded::Failed(what) => {
                 this.ended = true;
-                return Poll::Ready(Some(Err(BodyError(what))));
+                return Poll::Ready(Some(Err(BodyError {
+                    what,
+                    malformed: false,
+                })));
+            }
+            Decoded::Malformed(what) => {
+                this.ended = true;
+                return Poll::Ready(Some(Err(BodyError {
+                    what,
+                    malformed: true,
+                })));
             }
         };
         this.ended = side.body.done();
@@ -492,6 +518,24 @@ fn bad(why: &'static str) -> Refused {
     Refused(StatusCode::BAD_REQUEST, why)
 }
 
+/// Refuses a request target that is not origin-form (`/path`), absolute-form
+/// (`http://host/path`) or `*`: an authority alone (`GET example.com`) would take the
+/// place of `Host`, and a fragment (`/a#b`) is never sent by a client (RFC 9112 §3.2)
+/// and Envoy and HAProxy refuse it too. CONNECT, the one method with an authority
+/// target, goes to hyper's server before this.
+fn check_target(target: &[u8]) -> Result<(), Refused> {
+    match target.first() {
+        Some(b'/') => {}
+        Some(b'*') if target.len() == 1 => {}
+        _ if target.windows(3).any(|w| w == b"://") => {}
+        _ => return Err(bad("request target is not a path or an absolute URL")),
+    }
+    if target.contains(&b'#') {
+        return Err(bad("fragment in the request target"));
+    }
+    Ok(())
+}
+
 /// What httparse found wrong with a head.
 fn head_error(e: httparse::Error) -> &'static str {
     match e {
@@ -536,16 +580,20 @@ fn parse(
     let path = parsed.path.unwrap_or("");
     let path_at = (path.as_ptr() as usize - base, path.len());
     let count = parsed.headers.len();
+    // An `h2c` upgrade is not one: as Envoy does, the request goes on as plain
+    // HTTP/1.1 and the router strips the upgrade's headers (`curl --http2` sends it on
+    // every `http://` URL).
     let upgrade = method == Method::CONNECT
         || (version == Version::HTTP_11
-            && parsed
-                .headers
-                .iter()
-                .any(|f| f.name.eq_ignore_ascii_case("upgrade")));
+            && parsed.headers.iter().any(|f| {
+                f.name.eq_ignore_ascii_case("upgrade")
+                    && !h1::trim(f.value).eq_ignore_ascii_case(b"h2c")
+            }));
     if upgrade {
         // Left in the buffer for hyper's server.
         return Ok(Some(Head::Upgrade));
     }
+    check_target(path.as_bytes())?;
     let mut at = h1::take_offsets();
     h1::field_offsets(read, parsed.headers, &mut at);
     let head = read.split_to(len).freeze();
@@ -558,7 +606,11 @@ fn parse(
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
     let mut length: Option<u64> = None;
+    // More than one `content-length` line, or one with copies of its number.
+    let mut length_copies = false;
     let mut chunked: Option<bool> = None;
+    // A transfer coding besides `chunked` (`gzip, chunked`, or two lines).
+    let mut other_coding = false;
     let mut expect_continue = false;
     for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
@@ -577,12 +629,15 @@ fn parse(
                 if length.is_some_and(|prev| prev != n) {
                     return Err(bad("differing content-length values"));
                 }
+                length_copies |= length.is_some() || value.as_bytes().contains(&b',');
                 length = Some(n);
             }
             header::TRANSFER_ENCODING => {
                 if version == Version::HTTP_10 {
                     return Err(bad("transfer-encoding in an HTTP/1.0 request"));
                 }
+                other_coding |= chunked.is_some()
+                    || !h1::trim(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
                 chunked = Some(is_chunked(value.as_bytes()));
             }
             header::CONNECTION => {
@@ -607,6 +662,24 @@ fn parse(
     h1::give_offsets(at);
     if chunked == Some(false) {
         return Err(bad("transfer-encoding that does not end in chunked"));
+    }
+    // The codec decodes `chunked` only, and the upstream request is framed anew:
+    // forwarding the body without the other codings would change what it means.
+    // Envoy answers 501 as well (RFC 9112 §6.1: a coding the server does not
+    // understand).
+    if other_coding {
+        return Err(Refused(
+            StatusCode::NOT_IMPLEMENTED,
+            "a transfer coding other than chunked",
+        ));
+    }
+    // Copies of one number are valid (RFC 9110 §8.6), but the upstream gets one
+    // value, as the RFC asks of a proxy that accepts them: a peer that reads only
+    // the first line, or refuses the list, sees the same framing.
+    if length_copies && chunked.is_none() {
+        if let Some(n) = length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
     let smuggling = chunked.is_some() && length.is_some();
     let framing = match (chunked, length) {

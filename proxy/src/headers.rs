@@ -12,6 +12,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// A header of the connection, not the message (RFC 9110 §7.6.1): `connection`,
 /// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`.
@@ -39,7 +40,9 @@ pub fn remove_connection_headers(headers: &mut HeaderMap) {
         // later can tell they were hop-by-hop.
         remove_named(headers, false);
         headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        if headers.remove(header::UPGRADE).as_ref().is_some_and(is_h2c) {
+            headers.remove(&HTTP2_SETTINGS);
+        }
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
@@ -147,18 +150,24 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether the request asks to switch protocols, and to which (lower-case).
+/// Whether the request asks to switch protocols, and to which (lower-case). Not for
+/// `h2c`: Envoy does not upgrade a connection to HTTP/2 in place, and strips that
+/// request's upgrade headers instead of refusing it ([`remove_connection_headers`]).
 pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
     if !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
         return None;
     }
-    Some(
-        headers
-            .get(header::UPGRADE)?
-            .to_str()
-            .ok()?
-            .to_ascii_lowercase(),
-    )
+    let kind = headers
+        .get(header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
+    (kind != "h2c").then_some(kind)
+}
+
+fn is_h2c(value: &HeaderValue) -> bool {
+    value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
 /// Maps with at most this many names are searched by a scan for a name outside
@@ -435,6 +444,24 @@ mod tests {
         let mut grpc = map(&[("te", "trailers")]);
         remove_hop_by_hop(&mut grpc, false);
         assert!(grpc.contains_key("te"));
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_stripped_not_refused() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", " H2C "),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("x-kept", "1"),
+        ]);
+        assert_eq!(upgrade_type(&h), None);
+        remove_connection_headers(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+        // Without `Connection: upgrade` as well: the settings go with the `h2c`.
+        let mut h = map(&[("upgrade", "h2c"), ("http2-settings", "x"), ("x-b", "1")]);
+        h.append("connection", HeaderValue::from_static("x-a"));
+        remove_connection_headers(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-b"]);
     }
 
     #[test]

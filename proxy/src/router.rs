@@ -402,7 +402,10 @@ async fn proxy<'a>(
         return answered!(Err(ProxyError::NoRoute.into()));
     };
     let vhost = &rc.virtual_hosts[vhost_at];
-    let Some(route_at) = vhost.find_route_index(&view) else {
+    // Envoy matches a CONNECT request only against routes with a `connect_matcher`,
+    // which Strait's config refuses: none matches, and it is answered 404.
+    let connect = req.method() == http::Method::CONNECT;
+    let Some(route_at) = vhost.find_route_index(&view).filter(|_| !connect) else {
         listener.http.no_route.inc();
         return answered!(Err(ProxyError::NoRoute.into()));
     };
@@ -723,7 +726,15 @@ async fn proxy<'a>(
             guard.request_slot = request_slot;
             (resp, lease)
         }
-        Answer::Failed(error) => return Err(fail(error)),
+        Answer::Failed(error) => {
+            // The client's broken body failed the exchange: its error, not the
+            // upstream's (Envoy's codec answers 400 too).
+            let malformed = guard.received.as_ref().and_then(|r| r.malformed());
+            return Err(fail(match malformed {
+                Some(reason) => ProxyError::BadRequest { reason },
+                None => error,
+            }));
+        }
         Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain),
     };
     if let Some(idle) = timeouts.per_try_idle {
@@ -899,6 +910,16 @@ fn check_request(req: &Request<DownstreamBody>, max_headers_kb: u32) -> Result<(
         + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if size > max_headers_kb as usize * 1024 {
         return Err(ProxyError::HeadersTooLarge);
+    }
+    // An authority alone as the target (`GET example.com`) would stand in for `Host`;
+    // only CONNECT has one. The HTTP/1.1 codec refuses it before a request exists,
+    // this catches the requests hyper's server parses (upgrades).
+    let uri = req.uri();
+    if uri.scheme().is_none() && uri.authority().is_some() && req.method() != http::Method::CONNECT
+    {
+        return Err(ProxyError::BadRequest {
+            reason: "request target is not a path or an absolute URL",
+        });
     }
     Ok(())
 }

@@ -230,6 +230,20 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
         ("invalid header name", b"GET / HTTP/1.1\r\nHost: h\r\nBad@Name: x\r\n\r\n".to_vec(), 400),
         ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: h\r\nX-Nul: a\0b\r\n\r\n".to_vec(), 400),
         ("garbage request line", b"NOT A REQUEST\r\n\r\n".to_vec(), 400),
+        // `Host: h` must not be replaced by the target's authority.
+        ("authority-form target", b"GET example.com HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
+        ("fragment in the target", b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
+        // Sent on without its gzip coding, the body would change meaning.
+        (
+            "gzip, chunked",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            501,
+        ),
+        (
+            "two transfer-encoding lines",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            501,
+        ),
         ("headers over max_request_headers_kb", oversize.into_bytes(), 431),
     ];
     let replies = futures_util::future::join_all(
@@ -256,4 +270,106 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
     );
     // Well-formed requests still work.
     assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+}
+
+/// A chunked request body that breaks its framing halfway (here a chunk size that is
+/// not hex) is the client's error: 400 and the connection closed, as Envoy's codec
+/// answers, not "503 upstream reset". Over an
+/// HTTP/1.1 and an HTTP/2 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_400_not_an_upstream_reset() {
+    let b = Backend::echo("b").await;
+    let config = Bootstrap::new(
+        "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /h2}\n    route: {cluster: b2}\n  - match: {prefix: /}\n    route: {cluster: b1}\n",
+    )
+    .cluster("b1", b.addr())
+    .h2_cluster("b2", b.addr())
+    .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    for (path, cluster) in [("/h1", "b1"), ("/h2", "b2")] {
+        let mut c = RawConn::connect(addr).await;
+        c.write(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        // The head and the first chunk are on their way upstream before the bad line.
+        s.wait_stat(&format!("cluster.{cluster}.upstream_rq_total"), |v| v >= 1)
+            .await;
+        c.write(b"zz\r\nabc\r\n0\r\n\r\n").await;
+        let (reply, closed) = c.read_to_close(Duration::from_secs(5)).await;
+        let status_line = reply.lines().next().unwrap_or("<nothing>");
+        assert!(
+            status_line.starts_with("HTTP/1.1 400"),
+            "{path}: {status_line:?}\n{reply}"
+        );
+        assert!(closed, "{path}: the connection closes after a broken body");
+    }
+    s.wait_stat("http.ingress.downstream_rq_4xx", |v| v == 2)
+        .await;
+    assert_eq!(s.stat("http.ingress.downstream_rq_5xx").await, Some(0));
+    // The client that framed its body well is served as before.
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+}
+
+/// What Strait does with request shapes other proxies treat each their own way: the
+/// upstream gets one unambiguous message.
+/// - `Content-Length` copies of one number (RFC 9110 §8.6 allows them) go on as one
+///   value, so a peer that reads only the first line or refuses lists sees the same
+///   framing.
+/// - An `h2c` upgrade (`curl --http2` on every `http://` URL) is served as plain
+///   HTTP/1.1 with the upgrade's headers stripped, as Envoy does, not refused.
+/// - CONNECT matches no route (Envoy matches it only with a `connect_matcher`, which
+///   the config refuses): 404, and nothing goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_requests_go_upstream_as_one_plain_message() {
+    let b = Backend::raw_recorder("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    for (name, request) in [
+        (
+            "two lines",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        (
+            "a list",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
+        ),
+        (
+            "h2c upgrade",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        ),
+    ] {
+        let mut c = RawConn::connect(addr).await;
+        c.write(request.as_bytes()).await;
+        let reply = c.read_until("\r\n\r\n", Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{name}: {reply}");
+    }
+    let heads: Vec<String> = b.heads().iter().map(|h| h.to_ascii_lowercase()).collect();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    for head in &heads[..2] {
+        assert_eq!(
+            head.matches("content-length").count(),
+            1,
+            "one content-length line upstream: {head}"
+        );
+        assert!(head.contains("content-length: 3\r\n"), "{head}");
+    }
+    for name in ["upgrade", "http2-settings", "connection: upgrade"] {
+        assert!(
+            !heads[2].contains(name),
+            "{name} went upstream: {}",
+            heads[2]
+        );
+    }
+
+    let mut c = RawConn::connect(addr).await;
+    c.write(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n")
+        .await;
+    let reply = c.read_until("\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert_eq!(b.requests(), 3, "CONNECT went upstream");
 }
