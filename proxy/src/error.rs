@@ -52,7 +52,17 @@ pub enum ProxyError {
     FilterReset,
 }
 
+/// The reset reason of an upstream response that is not valid HTTP (a malformed head,
+/// a framing the codec refuses), in Envoy's words: answered 502 with the `UPE` flag,
+/// as Envoy's router does for a protocol-error reset, not 503.
+pub const PROTOCOL_ERROR: &str = "protocol error";
+
 impl ProxyError {
+    /// An upstream that answered with something that is not valid HTTP.
+    fn upstream_protocol_error(&self) -> bool {
+        matches!(self, ProxyError::UpstreamReset { reason } if reason == PROTOCOL_ERROR)
+    }
+
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute
@@ -79,6 +89,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => 404,
             ProxyError::NoCluster | ProxyError::NoHealthyUpstream | ProxyError::Overflow => 503,
+            _ if self.upstream_protocol_error() => 502,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
@@ -103,6 +114,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "UH",
             ProxyError::Overflow => "UO",
             ProxyError::ConnectFailure { .. } => "UF",
+            _ if self.upstream_protocol_error() => "UPE",
             ProxyError::UpstreamReset { .. } => "UR",
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
@@ -127,6 +139,9 @@ impl ProxyError {
             ProxyError::Overflow => "upstream_reset_before_response_started{overflow}",
             ProxyError::ConnectFailure { .. } => {
                 "upstream_reset_before_response_started{connection_failure}"
+            }
+            _ if self.upstream_protocol_error() => {
+                "upstream_reset_before_response_started{protocol_error}"
             }
             ProxyError::UpstreamReset { .. } => {
                 "upstream_reset_before_response_started{connection_termination}"

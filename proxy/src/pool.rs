@@ -572,7 +572,7 @@ async fn send_own(
 /// The reset an own-codec failure stands for, in Envoy's words.
 fn own_error(e: &h1_client::Failure) -> ProxyError {
     let reason = match e {
-        h1_client::Failure::Protocol(_) => "protocol error",
+        h1_client::Failure::Protocol(_) => crate::error::PROTOCOL_ERROR,
         _ => "connection termination",
     };
     ProxyError::UpstreamReset {

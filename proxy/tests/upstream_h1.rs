@@ -146,6 +146,24 @@ fn answers(head: &str) -> Scripted {
         "/bad-length" => Scripted::Close(bytes(
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         )),
+        "/length-and-chunked" => Scripted::Close(bytes(
+            "HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )),
+        "/gzip-chunked" => Scripted::Close(bytes(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )),
+        "/obs-fold" => Scripted::Close(bytes(
+            "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+        )),
+        "/length-copies" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc",
+        )),
+        // No space after the code, and a reason that is not ASCII: httparse gives a
+        // `""` that is not in the read buffer for both.
+        "/no-reason" => Scripted::KeepAlive(bytes("HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok")),
+        "/latin1-reason" => Scripted::KeepAlive(
+            b"HTTP/1.1 299 Tr\xe8s bien\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ),
         "/short" => Scripted::Close(bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nonly5")),
         "/early" => Scripted::Close(bytes(
             "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!",
@@ -188,6 +206,16 @@ async fn bodiless_answers_and_informational_heads_keep_the_connection() {
     let r = c.get("h", "/trailers", &[]).await;
     assert_eq!((r.status, r.text().as_str()), (200, "body"));
     assert_eq!((r.trailer("x-a"), r.trailer("x-b")), (Some("1"), Some("2")));
+    // Copies of one length go on as one value.
+    let r = c.get("h", "/length-copies", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abc"));
+    assert_eq!(r.header("content-length"), Some("3"));
+    // Status lines without a reason, or with one that is not ASCII, took a worker's
+    // connection task down (an offset computed from httparse's static `""`).
+    let r = c.get("h", "/no-reason", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let r = c.get("h", "/latin1-reason", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (299, "ok"));
     let r = c.get("h", "/plain", &[]).await;
     assert_eq!(r.text(), "0123456789");
     assert_eq!(
@@ -195,7 +223,7 @@ async fn bodiless_answers_and_informational_heads_keep_the_connection() {
         1,
         "every answer left the connection reusable"
     );
-    assert_eq!(b.requests(), 6);
+    assert_eq!(b.requests(), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,14 +241,26 @@ async fn a_close_delimited_body_ends_with_the_connection() {
     assert_eq!(b.connections(), 2);
 }
 
+/// An answer that is not valid HTTP/1.1 is a protocol error: 502 with the `UPE` flag,
+/// as Envoy's router answers it, not the 503 of a reset. That includes framings the
+/// proxy cannot pass on as they mean: a length beside `transfer-encoding` (the
+/// response-splitting shape), a coding besides `chunked` (the body would lose it),
+/// and obs-fold (RFC 9112 §5.2 lets a proxy answer 502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_answers_are_503_and_close_their_connection() {
+async fn malformed_answers_are_502_and_close_their_connection() {
     let b = Backend::scripted("raw", answers).await;
     let s = proxy_to(&b).await;
     let mut c = h2(&s).await;
-    for path in ["/garbage", "/bad-length"] {
+    let malformed = [
+        "/garbage",
+        "/bad-length",
+        "/length-and-chunked",
+        "/gzip-chunked",
+        "/obs-fold",
+    ];
+    for path in malformed {
         let r = c.get("h", path, &[]).await;
-        assert_eq!(r.status, 503, "{path}");
+        assert_eq!(r.status, 502, "{path}");
         assert!(
             r.text().ends_with("reset reason: protocol error"),
             "{path}: {}",
@@ -236,7 +276,11 @@ async fn malformed_answers_are_503_and_close_their_connection() {
     // The proxy and the client connection are fine.
     let r = c.get("h", "/plain", &[]).await;
     assert_eq!(r.text(), "0123456789");
-    assert_eq!(b.connections(), 4);
+    assert_eq!(b.connections(), malformed.len() as u64 + 2);
+    s.wait_stat("http.ingress.downstream_rq_5xx", |v| {
+        v == malformed.len() as i64
+    })
+    .await;
 }
 
 /// An upstream may answer before it has read the request body (413, 401): the answer
