@@ -1588,26 +1588,40 @@ const SEEN_VALUES: usize = 16;
 const SEEN_VALUE_LEN: usize = 256;
 
 impl Seen {
-    fn authority(&mut self, raw: &[u8]) -> Option<Authority> {
+    /// The `:authority`, or why it is refused. Checked only when it differs from the
+    /// last one seen.
+    fn authority(&mut self, raw: &[u8]) -> Result<Authority, &'static str> {
         if let Some(a) = self
             .authority
             .as_ref()
             .filter(|a| a.as_str().as_bytes() == raw)
         {
-            return Some(a.clone());
+            return Ok(a.clone());
         }
-        let a = Authority::from_maybe_shared(Bytes::copy_from_slice(raw)).ok()?;
+        // RFC 9113 §8.3.1: no userinfo for http(s).
+        if raw.contains(&b'@') {
+            return Err("userinfo in :authority");
+        }
+        let a = Authority::from_maybe_shared(Bytes::copy_from_slice(raw))
+            .map_err(|_| "an invalid :authority")?;
         self.authority = (raw.len() <= SEEN_VALUE_LEN).then(|| a.clone());
-        Some(a)
+        Ok(a)
     }
 
-    fn path(&mut self, raw: &[u8]) -> Option<PathAndQuery> {
+    /// The `:path`, or why it is refused, as [`Self::authority`].
+    fn path(&mut self, raw: &[u8]) -> Result<PathAndQuery, &'static str> {
         if let Some(p) = self.path.as_ref().filter(|p| p.as_str().as_bytes() == raw) {
-            return Some(p.clone());
+            return Ok(p.clone());
         }
-        let p = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(raw)).ok()?;
+        // A client never sends one (RFC 9110 §4.2.5), and `http::Uri` would drop it
+        // silently: refused, as on HTTP/1.1.
+        if raw.contains(&b'#') {
+            return Err("a fragment in :path");
+        }
+        let p = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(raw))
+            .map_err(|_| "an invalid :path")?;
         self.path = (raw.len() <= SEEN_VALUE_LEN).then(|| p.clone());
-        Some(p)
+        Ok(p)
     }
 
     fn value(&mut self, index: usize, raw: &[u8]) -> Option<HeaderValue> {
@@ -1701,16 +1715,16 @@ impl RequestParts {
                     Err(_) => self.bad("an invalid :scheme"),
                 },
                 b"authority" if self.authority.is_none() => match seen.authority(value) {
-                    Some(a) => self.authority = Some(a),
-                    None => self.bad("an invalid :authority"),
+                    Ok(a) => self.authority = Some(a),
+                    Err(why) => self.bad(why),
                 },
                 b"path" if self.path.is_none() => {
                     if value.is_empty() {
                         return self.bad("an empty :path");
                     }
                     match seen.path(value) {
-                        Some(p) => self.path = Some(p),
-                        None => self.bad("an invalid :path"),
+                        Ok(p) => self.path = Some(p),
+                        Err(why) => self.bad(why),
                     }
                 }
                 b"method" | b"scheme" | b"authority" | b"path" => {
@@ -1749,10 +1763,30 @@ impl RequestParts {
             else {
                 return self.bad("an invalid content-length");
             };
-            if self.declared.is_some_and(|d| d != len) {
-                return self.bad("content-length values that differ");
+            match self.declared {
+                Some(declared) if declared != len => {
+                    return self.bad("content-length values that differ")
+                }
+                // A copy: the request goes on with one line, as from HTTP/1.1.
+                Some(_) => return,
+                None => self.declared = Some(len),
             }
-            self.declared = Some(len);
+        }
+        // RFC 9113 §8.2.3: a client may split `cookie` into one field per pair (they
+        // compress better); they are one `; `-joined field before any non-HTTP/2 hop,
+        // and plugins see one, as in Envoy.
+        if name == header::COOKIE && !self.trailers {
+            if let Some(first) = self.headers.get_mut(header::COOKIE) {
+                let mut joined = Vec::with_capacity(first.len() + 2 + value.len());
+                joined.extend_from_slice(first.as_bytes());
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(value.as_bytes());
+                match HeaderValue::from_bytes(&joined) {
+                    Ok(v) => *first = v,
+                    Err(_) => self.bad("an invalid header value"),
+                }
+                return;
+            }
         }
         self.headers.append(name, value);
     }

@@ -148,8 +148,13 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// HPACK: `:method GET`, `:scheme http` (static indexes), `:authority h` and
 /// `:path` (literals with a static name), then `extra` as literals with new names.
 fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    request_block_at("h", path, extra)
+}
+
+/// As [`request_block`], with `:authority` given.
+fn request_block_at(authority: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut b = vec![0x82, 0x86];
-    literal(&mut b, Some(1), "", "h");
+    literal(&mut b, Some(1), "", authority);
     literal(&mut b, Some(4), "", path);
     for (name, value) in extra {
         literal(&mut b, None, name, value);
@@ -242,10 +247,19 @@ async fn a_malformed_request_resets_its_stream_only() {
     c.get(3, "/direct", &[("connection", "close")]).await;
     let rst = c.until(|f| f.kind == RST_STREAM).await;
     assert_eq!((rst.stream, rst.code()), (3, PROTOCOL_ERROR));
+    // A fragment, which `http::Uri` would drop silently (refused on HTTP/1.1 too),
+    // and userinfo in `:authority` (§8.3.1).
+    c.get(5, "/direct#frag", &[]).await;
+    let rst = c.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!((rst.stream, rst.code()), (5, PROTOCOL_ERROR));
+    let block = request_block_at("user@h", "/direct", &[]);
+    c.send(HEADERS, END_HEADERS | END_STREAM, 7, &block).await;
+    let rst = c.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!((rst.stream, rst.code()), (7, PROTOCOL_ERROR));
     // The connection serves the next stream.
-    c.get(5, "/direct", &[("x-fine", "1")]).await;
+    c.get(9, "/direct", &[("x-fine", "1")]).await;
     let head = c.until(|f| f.kind == HEADERS).await;
-    assert_eq!((head.stream, status_of(&head)), (5, 200));
+    assert_eq!((head.stream, status_of(&head)), (9, 200));
     let data = c.until(|f| f.kind == DATA).await;
     assert_eq!(data.payload, b"direct");
     assert_eq!(data.flags & END_STREAM, END_STREAM);
@@ -535,4 +549,37 @@ async fn a_large_response_head_spans_continuation_frames() {
         let data = c.until(|f| f.kind == DATA).await;
         assert_eq!(data.payload, b"ok");
     }
+}
+
+/// A client may split `cookie` into one field per pair (RFC 9113 §8.2.3, for HPACK):
+/// they go on as one `; `-joined field, as the RFC asks before an HTTP/1.1 hop and as
+/// Envoy passes them. Copies of one `content-length` go on as one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_cookies_and_length_copies_go_upstream_as_one_field() {
+    let b = Backend::echo("b").await;
+    let s = strait(&b, "direct").await;
+    let mut c = Client::connect(s.main_addr().await, Proto::H2)
+        .await
+        .expect("h2c connect");
+    let r = c
+        .get(
+            "h",
+            "/",
+            &[("cookie", "a=1"), ("cookie", "b=2"), ("x-other", "1")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let e = r.echo();
+    assert_eq!(e.version, "HTTP/1.1");
+    assert_eq!(e.header("cookie"), Some("a=1; b=2"), "{:?}", e.headers);
+    let req = c.request(
+        http::Method::POST,
+        "h",
+        "/",
+        &[("content-length", "3"), ("content-length", "3")],
+        full("abc"),
+    );
+    let e = c.send(req).await.expect("response").echo();
+    assert_eq!(e.header("content-length"), Some("3"), "{:?}", e.headers);
+    assert_eq!(e.body, "abc");
 }
