@@ -73,6 +73,11 @@ pub(crate) struct Writer<B> {
     /// Trailer names that may be sent (those the head's `trailer` announced), `None`
     /// for any.
     pub(crate) trailers: Option<Vec<HeaderName>>,
+    /// The body failed: what is queued still goes out (the head and the data before
+    /// the failure, as Envoy and NGINX send them), then the error is returned. The
+    /// message stays incomplete (no last chunk, or fewer bytes than its length), so
+    /// the peer knows it was cut short.
+    failed: Option<BoxError>,
 }
 
 impl<B> Writer<B>
@@ -93,6 +98,7 @@ where
             took_body: false,
             wrote_any: false,
             trailers: None,
+            failed: None,
         }
     }
 
@@ -113,7 +119,11 @@ where
         loop {
             // Gather what the body has ready before writing, up to a writev's worth
             // (and at most `MAX_QUEUED` bytes held for a slow socket).
-            while !self.ended && self.out.len() < MAX_SLICES - 3 && self.queued < MAX_QUEUED {
+            while !self.ended
+                && self.failed.is_none()
+                && self.out.len() < MAX_SLICES - 3
+                && self.queued < MAX_QUEUED
+            {
                 let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
                     break;
                 };
@@ -127,11 +137,14 @@ where
                             }
                         }
                     },
-                    Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e.into()))),
+                    Some(Err(e)) => self.failed = Some(e.into()),
                     None => self.finish().map_err(WriteError::Body)?,
                 }
             }
             if self.queued == 0 {
+                if let Some(e) = self.failed.take() {
+                    return Poll::Ready(Err(WriteError::Body(e)));
+                }
                 return match self.ended {
                     true => Poll::Ready(Ok(())),
                     // The body has nothing yet; its waker is registered.

@@ -165,6 +165,9 @@ fn answers(head: &str) -> Scripted {
             b"HTTP/1.1 299 Tr\xe8s bien\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         ),
         "/short" => Scripted::Close(bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nonly5")),
+        "/bad-chunk" => Scripted::Close(bytes(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n",
+        )),
         "/early" => Scripted::Close(bytes(
             "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!",
         )),
@@ -281,6 +284,24 @@ async fn malformed_answers_are_502_and_close_their_connection() {
         v == malformed.len() as i64
     })
     .await;
+}
+
+/// A body that breaks its framing after the head: an HTTP/1.1 client gets the head and
+/// the data before the break, then the connection closes with the body unfinished (no
+/// last chunk), as from Envoy and NGINX. Before, everything queued was dropped and
+/// the client saw an empty reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_broken_midway_reaches_the_client_unfinished() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let (reply, closed) = send_raw_until_close(
+        s.main_addr().await,
+        b"GET /bad-chunk HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n3\r\nabc\r\n"), "{reply:?}");
+    assert!(closed, "the connection closes on the unfinished body");
 }
 
 /// An upstream may answer before it has read the request body (413, 401): the answer
