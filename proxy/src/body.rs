@@ -30,6 +30,7 @@ use crate::stream::StreamGuard;
 /// stream's timers wait for that end (the route and per-try timeouts start there,
 /// as Envoy's do); the body runs on the upstream connection's task, so its end
 /// wakes them.
+///
 /// It also keeps why the body failed when the client framed it wrongly: the
 /// upstream exchange then fails too (an HTTP/2 upstream only sees its stream reset),
 /// and the router answers 400 for the client's error instead of 503.

@@ -675,6 +675,49 @@ pub(crate) fn write_hex(out: &mut Vec<u8>, n: usize) {
     }
 }
 
+/// What a head's `content-length` and `transfer-encoding` lines say, gathered line by
+/// line: the rules both codecs apply, to requests and to responses.
+#[derive(Default)]
+pub(crate) struct FramingFields {
+    /// The length every `content-length` line gave.
+    pub(crate) length: Option<u64>,
+    /// More than one length line, or one with copies of its number (`3, 3`).
+    length_copies: bool,
+    /// Whether the last coding is `chunked`; `None` without `transfer-encoding`.
+    pub(crate) chunked: Option<bool>,
+    /// A coding besides `chunked` (`gzip, chunked`), or a second line. The codecs
+    /// decode `chunked` only and frame the message anew: one with another coding
+    /// would lose it on the way.
+    pub(crate) other_coding: bool,
+}
+
+impl FramingFields {
+    /// One `content-length` line: each must give one number, the same one.
+    pub(crate) fn content_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        let n = parse_length(value).ok_or("content-length is not a number")?;
+        if self.length.is_some_and(|prev| prev != n) {
+            return Err("differing content-length values");
+        }
+        self.length_copies |= self.length.is_some() || value.contains(&b',');
+        self.length = Some(n);
+        Ok(())
+    }
+
+    /// One `transfer-encoding` line.
+    pub(crate) fn transfer_encoding(&mut self, value: &[u8]) {
+        self.other_coding |=
+            self.chunked.is_some() || !trim(value).eq_ignore_ascii_case(b"chunked");
+        self.chunked = Some(is_chunked(value));
+    }
+
+    /// The length to pass on as one value when the lines were copies of it: RFC 9110
+    /// §8.6 lets a recipient accept them if it sends one, so a peer that reads only
+    /// the first line, or refuses lists, sees the same framing.
+    pub(crate) fn copied_length(&self) -> Option<u64> {
+        self.length.filter(|_| self.length_copies)
+    }
+}
+
 /// Whether a `transfer-encoding` value ends in `chunked`.
 pub(crate) fn is_chunked(value: &[u8]) -> bool {
     value
@@ -896,6 +939,34 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_fields_take_copies_and_refuse_the_rest() {
+        let lines = |length: &[&[u8]], coding: &[&[u8]]| {
+            let mut f = FramingFields::default();
+            let length: Result<Vec<()>, _> = length.iter().map(|v| f.content_length(v)).collect();
+            coding.iter().for_each(|v| f.transfer_encoding(v));
+            (length.map(|_| ()), f)
+        };
+        let (ok, f) = lines(&[b"3"], &[]);
+        assert_eq!((ok, f.length, f.copied_length()), (Ok(()), Some(3), None));
+        // Copies, in one line or several: one value to pass on.
+        let (ok, f) = lines(&[b"3, 3", b"3"], &[]);
+        assert_eq!((ok, f.copied_length()), (Ok(()), Some(3)));
+        let (ok, _) = lines(&[b"3", b"4"], &[]);
+        assert_eq!(ok, Err("differing content-length values"));
+        let (ok, _) = lines(&[b"+3"], &[]);
+        assert_eq!(ok, Err("content-length is not a number"));
+        // `chunked` alone (any case, trimmed) is the one coding passed on.
+        let (_, f) = lines(&[], &[b" Chunked "]);
+        assert_eq!((f.chunked, f.other_coding), (Some(true), false));
+        let (_, f) = lines(&[], &[b"gzip, chunked"]);
+        assert_eq!((f.chunked, f.other_coding), (Some(true), true));
+        let (_, f) = lines(&[], &[b"gzip", b"chunked"]);
+        assert_eq!((f.chunked, f.other_coding), (Some(true), true));
+        let (_, f) = lines(&[], &[b"chunked, gzip"]);
+        assert_eq!(f.chunked, Some(false));
+    }
 
     #[test]
     fn connection_values() {

@@ -311,12 +311,7 @@ fn parse_head(
         let mut headers = HeaderMap::with_capacity(count + 4);
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
-        let mut length: Option<Result<u64, ()>> = None;
-        // More than one `content-length` line, or one with copies of its number.
-        let mut length_copies = false;
-        let mut chunked: Option<bool> = None;
-        // A transfer coding besides `chunked`, or a second line.
-        let mut other_coding = false;
+        let mut framing_fields = h1::FramingFields::default();
         let mut case = HeaderCase::new(head.clone());
         for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
             let name = &head[name_at as usize..(name_at + name_len) as usize];
@@ -343,40 +338,29 @@ fn parse_head(
                         continue;
                     }
                 }
-                header::CONTENT_LENGTH => {
-                    // Every line must agree on one number.
-                    let n = h1::parse_length(value.as_bytes());
-                    length_copies |= length.is_some() || value.as_bytes().contains(&b',');
-                    length = match (length, n) {
-                        (None, Some(n)) => Some(Ok(n)),
-                        (Some(Ok(prev)), Some(n)) if prev == n => Some(Ok(n)),
-                        _ => Some(Err(())),
-                    };
-                }
-                header::TRANSFER_ENCODING => {
-                    other_coding |= chunked.is_some()
-                        || !h1::trim(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
-                    chunked = Some(is_chunked(value.as_bytes()));
-                }
+                header::CONTENT_LENGTH => framing_fields
+                    .content_length(value.as_bytes())
+                    .map_err(Failure::Protocol)?,
+                header::TRANSFER_ENCODING => framing_fields.transfer_encoding(value.as_bytes()),
                 _ => {}
             }
             headers.append(name, value);
         }
         h1::give_offsets(at);
-        // The response goes on framed anew (chunked, a length, or HTTP/2 frames):
-        // a body with another coding would lose it, and a length beside
-        // `transfer-encoding` is the shape of response splitting. Envoy answers
-        // both with 502 as well.
-        if other_coding {
+        // A length beside `transfer-encoding` is the shape of response splitting.
+        // Envoy answers both with 502 as well.
+        if framing_fields.other_coding {
             return Err(Failure::Protocol("a transfer coding other than chunked"));
         }
+        let h1::FramingFields {
+            length, chunked, ..
+        } = framing_fields;
         if chunked.is_some() && length.is_some() {
             return Err(Failure::Protocol(
                 "both content-length and transfer-encoding",
             ));
         }
-        // Copies of one number go on as one value (RFC 9110 §8.6).
-        if let (true, Some(Ok(n))) = (length_copies, length) {
+        if let Some(n) = framing_fields.copied_length() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         let framing = if head_only || matches!(status.as_u16(), 204 | 304) {
@@ -393,8 +377,7 @@ fn parse_head(
             }
         } else {
             match length {
-                Some(Ok(len)) => Framing::Length(len),
-                Some(Err(())) => return Err(Failure::Protocol("invalid content-length")),
+                Some(len) => Framing::Length(len),
                 None => Framing::Close,
             }
         };

@@ -40,8 +40,8 @@ use tokio::io::AsyncWrite;
 use crate::body::{DownstreamBody, ResponseBody};
 use crate::conn::IdleEntry;
 use crate::h1::{
-    self, is_chunked, CasedWriter, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer,
-    MAX_HEADERS, READ_SMALL,
+    self, CasedWriter, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer, MAX_HEADERS,
+    READ_SMALL,
 };
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
@@ -605,12 +605,7 @@ fn parse(
     let mut case = HeaderCase::new(head.clone());
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
-    let mut length: Option<u64> = None;
-    // More than one `content-length` line, or one with copies of its number.
-    let mut length_copies = false;
-    let mut chunked: Option<bool> = None;
-    // A transfer coding besides `chunked` (`gzip, chunked`, or two lines).
-    let mut other_coding = false;
+    let mut framing_fields = h1::FramingFields::default();
     let mut expect_continue = false;
     for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
@@ -624,21 +619,15 @@ fn parse(
             HeaderValue::from_maybe_shared(value).map_err(|_| bad("invalid header value"))?;
         match name {
             header::CONTENT_LENGTH => {
-                let n = h1::parse_length(value.as_bytes())
-                    .ok_or(bad("content-length is not a number"))?;
-                if length.is_some_and(|prev| prev != n) {
-                    return Err(bad("differing content-length values"));
-                }
-                length_copies |= length.is_some() || value.as_bytes().contains(&b',');
-                length = Some(n);
+                framing_fields
+                    .content_length(value.as_bytes())
+                    .map_err(bad)?;
             }
             header::TRANSFER_ENCODING => {
                 if version == Version::HTTP_10 {
                     return Err(bad("transfer-encoding in an HTTP/1.0 request"));
                 }
-                other_coding |= chunked.is_some()
-                    || !h1::trim(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
-                chunked = Some(is_chunked(value.as_bytes()));
+                framing_fields.transfer_encoding(value.as_bytes());
             }
             header::CONNECTION => {
                 let said = h1::ConnectionValue::parse(value.as_bytes());
@@ -660,26 +649,22 @@ fn parse(
         headers.append(name, value);
     }
     h1::give_offsets(at);
+    let h1::FramingFields {
+        length, chunked, ..
+    } = framing_fields;
     if chunked == Some(false) {
         return Err(bad("transfer-encoding that does not end in chunked"));
     }
-    // The codec decodes `chunked` only, and the upstream request is framed anew:
-    // forwarding the body without the other codings would change what it means.
     // Envoy answers 501 as well (RFC 9112 §6.1: a coding the server does not
     // understand).
-    if other_coding {
+    if framing_fields.other_coding {
         return Err(Refused(
             StatusCode::NOT_IMPLEMENTED,
             "a transfer coding other than chunked",
         ));
     }
-    // Copies of one number are valid (RFC 9110 §8.6), but the upstream gets one
-    // value, as the RFC asks of a proxy that accepts them: a peer that reads only
-    // the first line, or refuses the list, sees the same framing.
-    if length_copies && chunked.is_none() {
-        if let Some(n) = length {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    if let Some(n) = framing_fields.copied_length().filter(|_| chunked.is_none()) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let smuggling = chunked.is_some() && length.is_some();
     let framing = match (chunked, length) {
