@@ -596,6 +596,9 @@ pub(crate) struct NameCache {
     raw: Vec<u8>,
     /// Each name, and where its bytes end in `raw`.
     names: Vec<(u16, HeaderName)>,
+    /// The last `Host` value found valid: a client sends the same one head after
+    /// head, and comparing the bytes costs a third of checking each.
+    host: Vec<u8>,
 }
 
 thread_local! {
@@ -613,6 +616,21 @@ const CACHED_NAMES: usize = 24;
 const CACHED_BYTES: usize = 512;
 
 impl NameCache {
+    /// Whether `value` is a valid `Host` value ([`is_host`]).
+    pub(crate) fn is_host(&mut self, value: &[u8]) -> bool {
+        if !self.host.is_empty() && self.host == value {
+            return true;
+        }
+        if !is_host(value) {
+            return false;
+        }
+        if value.len() <= 255 {
+            self.host.clear();
+            self.host.extend_from_slice(value);
+        }
+        true
+    }
+
     /// The name of line `i` of a head, `raw` as it came.
     pub(crate) fn name(
         &mut self,
@@ -723,6 +741,27 @@ impl FramingFields {
     pub(crate) fn copied_length(&self) -> Option<u64> {
         self.length.filter(|_| self.length_copies)
     }
+}
+
+/// The bytes a `Host` value may have (RFC 9110 §7.2: `uri-host [ ":" port ]`): a
+/// reg-name's unreserved, sub-delims and percent-encoded bytes, an IP literal's
+/// brackets and colons. Not `/`, `?`, `#`, `@`, spaces or controls.
+const HOST_BYTES: [bool; 256] = {
+    let mut ok = [false; 256];
+    let allowed =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%";
+    let mut i = 0;
+    while i < allowed.len() {
+        ok[allowed[i] as usize] = true;
+        i += 1;
+    }
+    ok
+};
+
+/// Whether a `Host` value is a host and port: not empty, no byte outside
+/// [`HOST_BYTES`].
+pub(crate) fn is_host(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| HOST_BYTES[b as usize])
 }
 
 /// Whether a `transfer-encoding` value ends in `chunked`.
@@ -946,6 +985,22 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "h",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "a-b.c_d~e",
+        ] {
+            assert!(is_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "h, i", "h/x", "u@h", "h?q", "h#f", "h\tx", "h i"] {
+            assert!(!is_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn framing_fields_take_copies_and_refuse_the_rest() {

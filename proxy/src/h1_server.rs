@@ -607,6 +607,7 @@ fn parse(
     let mut close = false;
     let mut framing_fields = h1::FramingFields::default();
     let mut expect_continue = false;
+    let mut saw_host = false;
     for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
         let raw = &head[name_at as usize..(name_at + name_len) as usize];
         if h1::has_upper(raw) {
@@ -643,6 +644,17 @@ fn parse(
             }
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            // RFC 9112 §3.2: one `Host`, a valid host and port, or 400. Two lines
+            // would route on the first while the upstream might read the second.
+            header::HOST => {
+                if saw_host {
+                    return Err(bad("more than one host header"));
+                }
+                saw_host = true;
+                if !names.is_host(value.as_bytes()) {
+                    return Err(bad("a host header that is not a host and port"));
+                }
             }
             _ => {}
         }

@@ -233,6 +233,9 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
         // `Host: h` must not be replaced by the target's authority.
         ("authority-form target", b"GET example.com HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
         ("fragment in the target", b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
+        // Routed on the first, the upstream might read the second (RFC 9112 §3.2: 400).
+        ("two host lines", b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n".to_vec(), 400),
+        ("a host that is not one", b"GET / HTTP/1.1\r\nHost: h/x\r\n\r\n".to_vec(), 400),
         // Sent on without its gzip coding, the body would change meaning.
         (
             "gzip, chunked",
