@@ -39,8 +39,9 @@ use crate::h1::{
 };
 use crate::pool::{H1Conn, Upstream};
 
-/// The longest response head accepted: Envoy's `max_response_headers_kb` default.
-const MAX_HEAD: usize = 60 * 1024;
+/// The longest response head accepted: Envoy's HTTP/1.1 client codec default
+/// (`MAX_RESPONSE_HEADERS_KB`, 80 KiB, "the vanilla http_parser behaviour").
+const MAX_HEAD: usize = 80 * 1024;
 /// Why an exchange failed.
 pub enum Failure {
     /// The connection failed before a byte of the response came back. `true` when the
@@ -270,6 +271,11 @@ fn parse_head(
             read,
             &mut fields,
         ) {
+            // A head that arrived whole in one read is held to the same limit as
+            // one still coming in.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(Failure::Protocol("response head too large"))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
