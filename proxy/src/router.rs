@@ -262,13 +262,26 @@ async fn proxy<'a>(
         mutations: None,
     })?;
 
-    let authority = authority(&req).map(str::to_owned).ok_or(Failure {
-        error: ProxyError::BadRequest {
-            reason: "missing host",
+    let authority = match authority(&req) {
+        Some(authority) => authority.to_owned(),
+        // Envoy's `default_host_for_http_10`: an HTTP/1.0 request without `Host` is
+        // routed on that host and goes upstream with it.
+        None => match (&hcm.default_host_for_http_10, req.version()) {
+            (Some(host), Version::HTTP_10) => {
+                req.headers_mut().insert(header::HOST, host.clone());
+                host.to_str().unwrap_or_default().to_owned()
+            }
+            _ => {
+                return Err(Failure {
+                    error: ProxyError::BadRequest {
+                        reason: "missing host",
+                    },
+                    close: true,
+                    mutations: None,
+                })
+            }
         },
-        close: true,
-        mutations: None,
-    })?;
+    };
     let policy = ForwardingPolicy {
         use_remote_address: hcm.use_remote_address,
         xff_num_trusted_hops: hcm.xff_num_trusted_hops,

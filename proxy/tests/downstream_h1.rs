@@ -60,6 +60,31 @@ async fn response_header_case_comes_back_as_the_upstream_sent_it() {
     assert!(b.heads()[0].contains("X-Asked: 1\r\n"), "{:?}", b.heads());
 }
 
+/// An HTTP/1.0 client may send no `Host` (old health checkers do). Without
+/// `default_host_for_http_10` that is a 400; with it the request is routed on that
+/// host and goes upstream with it, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_without_host_takes_the_default_host() {
+    let b = Backend::scripted("raw", answers).await;
+    let request = b"GET /a HTTP/1.0\r\n\r\n";
+    let s = proxy(&b, "").await;
+    let (reply, _) = send_raw_until_close(s.main_addr().await, request).await;
+    assert!(reply.starts_with("HTTP/1.0 400"), "{reply}");
+    let options =
+        "http_protocol_options: {accept_http_10: true, default_host_for_http_10: \"svc.local\"}";
+    let s = proxy(&b, options).await;
+    let (reply, _) = send_raw_until_close(s.main_addr().await, request).await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+    let heads = b.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("\r\nhost: svc.local\r\n"),
+        "{heads:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_clients_keep_alive_only_when_they_ask() {
     let b = Backend::scripted("raw", answers).await;

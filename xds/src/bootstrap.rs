@@ -176,13 +176,16 @@ pub struct CommonHttpProtocolOptions {
     pub max_requests_per_connection: Option<Unsupported>,
 }
 
-/// `Http1ProtocolOptions`: only the empty message is accepted.
+/// `Http1ProtocolOptions`. `accept_http_10` and `default_host_for_http_10` are the
+/// connection manager's (Strait serves HTTP/1.0 either way); on a cluster, where
+/// they mean nothing, Envoy ignores them and so does Strait. The rest is not
+/// supported.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http1ProtocolOptions {
     pub allow_absolute_url: Option<Unsupported>,
-    pub accept_http_10: Option<Unsupported>,
-    pub default_host_for_http_10: Option<Unsupported>,
+    pub accept_http_10: Option<bool>,
+    pub default_host_for_http_10: Option<String>,
     pub header_key_format: Option<Unsupported>,
     pub enable_trailers: Option<Unsupported>,
     pub allow_chunked_length: Option<Unsupported>,

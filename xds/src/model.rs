@@ -157,6 +157,9 @@ pub struct HttpConnectionManager {
     /// `internal_address_config`: which downstream addresses are internal. `None`
     /// (Envoy 1.40's default): no request is internal.
     pub internal_addresses: Option<InternalAddresses>,
+    /// `http_protocol_options.default_host_for_http_10`: the host of an HTTP/1.0
+    /// request that names none (it is routed on it and sent upstream with it).
+    pub default_host_for_http_10: Option<HeaderValue>,
 }
 
 /// `internal_address_config` as translated.

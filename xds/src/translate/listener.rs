@@ -257,7 +257,42 @@ fn http_connection_manager(
             .as_ref()
             .map(|c| internal_addresses(&format!("{path}.internal_address_config"), c))
             .transpose()?,
+        default_host_for_http_10: default_host_for_http_10(
+            &format!("{path}.http_protocol_options"),
+            config.http_protocol_options.as_ref(),
+        )?,
     })
+}
+
+/// `http_protocol_options`: Strait serves HTTP/1.0 whether or not `accept_http_10` is
+/// set (Envoy answers 426 without it), and `default_host_for_http_10` names the host
+/// of an HTTP/1.0 request without one. Envoy takes it only with `accept_http_10`.
+fn default_host_for_http_10(
+    path: &str,
+    options: Option<&bootstrap::Http1ProtocolOptions>,
+) -> Result<Option<HeaderValue>> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let Some(host) = &options.default_host_for_http_10 else {
+        return Ok(None);
+    };
+    if options.accept_http_10 != Some(true) {
+        let message = "needs accept_http_10: true, as in Envoy";
+        return Err(ConfigError::new(
+            format!("{path}.default_host_for_http_10"),
+            message,
+        ));
+    }
+    match http::uri::Authority::try_from(host.as_str()) {
+        Ok(a) if a.as_str() == host && !host.contains('@') => Ok(Some(
+            HeaderValue::from_str(host).expect("an authority is a header value"),
+        )),
+        _ => Err(ConfigError::new(
+            format!("{path}.default_host_for_http_10"),
+            format!("{host:?} is not a host and port"),
+        )),
+    }
 }
 
 /// `http2_protocol_options`, within Envoy's bounds: windows of 65,535 to 2^31-1 bytes,

@@ -136,6 +136,43 @@ fn server_header_and_envoy_headers_options() {
 }
 
 #[test]
+fn default_host_for_http_10() {
+    let with = |options: &str| {
+        edited(
+            "stat_prefix: ingress",
+            &format!("stat_prefix: ingress\n          http_protocol_options: {options}"),
+        )
+    };
+    let snapshot = snapshot_from_yaml(&with(
+        "{accept_http_10: true, default_host_for_http_10: \"svc.local:8080\"}",
+    ))
+    .unwrap();
+    let host = snapshot.listeners[0].hcm.default_host_for_http_10.clone();
+    assert_eq!(host, Some(http::HeaderValue::from_static("svc.local:8080")));
+    // Accepted without a default host, as in Envoy; HTTP/1.0 is served either way.
+    let snapshot = snapshot_from_yaml(&with("{accept_http_10: false}")).unwrap();
+    assert_eq!(snapshot.listeners[0].hcm.default_host_for_http_10, None);
+    let path = format!("{HCM}.http_protocol_options.default_host_for_http_10");
+    for (options, message) in [
+        (
+            "{default_host_for_http_10: h}",
+            format!("{path}: needs accept_http_10: true, as in Envoy"),
+        ),
+        (
+            "{accept_http_10: true, default_host_for_http_10: \"a b\"}",
+            format!("{path}: \"a b\" is not a host and port"),
+        ),
+        (
+            "{accept_http_10: true, default_host_for_http_10: \"u@h\"}",
+            format!("{path}: \"u@h\" is not a host and port"),
+        ),
+    ] {
+        let error = snapshot_from_yaml(&with(options)).unwrap_err().to_string();
+        assert_eq!(error, message, "{options}");
+    }
+}
+
+#[test]
 fn errors_name_paths() {
     let routes = format!("{HCM}.route_config.virtual_hosts[0].routes[0]");
     let cluster = "static_resources.clusters[0]";
