@@ -270,6 +270,7 @@ fn route_cluster<'a>(
         host,
         path_and_query: head.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &head.headers,
+        connect: head.method == http::Method::CONNECT,
     };
     let route_config = &hcm.route_config;
     let route = route_config.find_virtual_host(host)?.find_route(&view)?;

@@ -108,6 +108,7 @@ impl strait_filters::stream_info::RouteResolver for Routes {
             host: authority,
             path_and_query,
             headers: &head.headers,
+            connect: head.method == http::Method::CONNECT,
         };
         let vhost_at = self.config.find_virtual_host_index(authority)?;
         let vhost = &self.config.virtual_hosts[vhost_at];
@@ -409,16 +410,14 @@ async fn proxy<'a>(
         host: &authority,
         path_and_query: &path_and_query,
         headers: req.headers(),
+        connect: req.method() == http::Method::CONNECT,
     };
     let Some(vhost_at) = rc.find_virtual_host_index(&authority) else {
         listener.http.no_route.inc();
         return answered!(Err(ProxyError::NoRoute.into()));
     };
     let vhost = &rc.virtual_hosts[vhost_at];
-    // Envoy matches a CONNECT request only against routes with a `connect_matcher`,
-    // which Strait's config refuses: none matches, and it is answered 404.
-    let connect = req.method() == http::Method::CONNECT;
-    let Some(route_at) = vhost.find_route_index(&view).filter(|_| !connect) else {
+    let Some(route_at) = vhost.find_route_index(&view) else {
         listener.http.no_route.inc();
         return answered!(Err(ProxyError::NoRoute.into()));
     };

@@ -1138,4 +1138,7 @@ pub struct RequestView<'a> {
     /// Path and query, as received (e.g. `/a/b?x=1`).
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
+    /// A CONNECT request: Envoy matches it only against routes with a
+    /// `connect_matcher`, which the translator refuses, so it matches none.
+    pub connect: bool,
 }

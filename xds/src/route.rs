@@ -60,8 +60,12 @@ impl VirtualHost {
         self.routes.get(self.find_route_index(req)?)
     }
 
-    /// [`Self::find_route`], as an index into `routes`.
+    /// [`Self::find_route`], as an index into `routes`. A CONNECT request matches
+    /// none (`RequestView::connect`).
     pub fn find_route_index(&self, req: &crate::model::RequestView<'_>) -> Option<usize> {
+        if req.connect {
+            return None;
+        }
         self.routes
             .iter()
             .position(|route| route.matcher.matches(req))

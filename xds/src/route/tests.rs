@@ -197,6 +197,7 @@ fn route_matching() {
             host: "h",
             path_and_query: path,
             headers: &map,
+            connect: false,
         };
         let found = config.virtual_hosts[0].find_route(&req).is_some();
         assert_eq!(found, want, "{matcher} {path} {header_pairs:?}");
@@ -215,6 +216,7 @@ fn first_matching_route_wins() {
             host: "h",
             path_and_query: path,
             headers: &map,
+            connect: false,
         };
         config.virtual_hosts[0]
             .find_route(&req)
@@ -222,6 +224,14 @@ fn first_matching_route_wins() {
     };
     assert_eq!(name("/a").as_deref(), Some("exact"));
     assert_eq!(name("/a/b").as_deref(), Some("any"));
+    // CONNECT matches no route: none can have a `connect_matcher`.
+    let connect = RequestView {
+        host: "h",
+        path_and_query: "/",
+        headers: &map,
+        connect: true,
+    };
+    assert!(config.virtual_hosts[0].find_route(&connect).is_none());
 }
 
 fn target(config: &RouteConfig) -> &RouteTarget {
