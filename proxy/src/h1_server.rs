@@ -518,18 +518,11 @@ fn bad(why: &'static str) -> Refused {
     Refused(StatusCode::BAD_REQUEST, why)
 }
 
-/// Refuses a request target that is not origin-form (`/path`), absolute-form
-/// (`http://host/path`) or `*`: an authority alone (`GET example.com`) would take the
-/// place of `Host`, and a fragment (`/a#b`) is never sent by a client (RFC 9112 §3.2)
-/// and Envoy and HAProxy refuse it too. CONNECT, the one method with an authority
-/// target, goes to hyper's server before this.
+/// Refuses a fragment in the request target (`/a#b`): a client never sends one (RFC
+/// 9110 §4.2.5), Envoy and HAProxy refuse it, and `http::Uri` would drop it silently,
+/// so only the raw bytes show it. The target's shape (an authority alone, `GET
+/// example.com`) is the router's check, for every codec (`router::check_request`).
 fn check_target(target: &[u8]) -> Result<(), Refused> {
-    match target.first() {
-        Some(b'/') => {}
-        Some(b'*') if target.len() == 1 => {}
-        _ if target.windows(3).any(|w| w == b"://") => {}
-        _ => return Err(bad("request target is not a path or an absolute URL")),
-    }
     if target.contains(&b'#') {
         return Err(bad("fragment in the request target"));
     }
@@ -586,8 +579,7 @@ fn parse(
     let upgrade = method == Method::CONNECT
         || (version == Version::HTTP_11
             && parsed.headers.iter().any(|f| {
-                f.name.eq_ignore_ascii_case("upgrade")
-                    && !h1::trim(f.value).eq_ignore_ascii_case(b"h2c")
+                f.name.eq_ignore_ascii_case("upgrade") && !crate::headers::is_h2c(f.value)
             }));
     if upgrade {
         // Left in the buffer for hyper's server.

@@ -40,7 +40,10 @@ pub fn remove_connection_headers(headers: &mut HeaderMap) {
         // later can tell they were hop-by-hop.
         remove_named(headers, false);
         headers.remove(header::CONNECTION);
-        if headers.remove(header::UPGRADE).as_ref().is_some_and(is_h2c) {
+        if headers
+            .remove(header::UPGRADE)
+            .is_some_and(|v| is_h2c(v.as_bytes()))
+        {
             headers.remove(&HTTP2_SETTINGS);
         }
     }
@@ -157,17 +160,18 @@ pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
     if !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
         return None;
     }
-    let kind = headers
-        .get(header::UPGRADE)?
-        .to_str()
-        .ok()?
-        .trim()
-        .to_ascii_lowercase();
-    (kind != "h2c").then_some(kind)
+    let value = headers.get(header::UPGRADE)?;
+    if is_h2c(value.as_bytes()) {
+        return None;
+    }
+    Some(value.to_str().ok()?.trim().to_ascii_lowercase())
 }
 
-fn is_h2c(value: &HeaderValue) -> bool {
-    value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")
+/// Whether an `Upgrade` value asks for `h2c`: not an upgrade in Strait, as in Envoy
+/// (the HTTP/1.1 codec serves the request itself, and the router strips the upgrade's
+/// headers).
+pub fn is_h2c(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
 /// Maps with at most this many names are searched by a scan for a name outside

@@ -924,8 +924,8 @@ fn check_request(req: &Request<DownstreamBody>, max_headers_kb: u32) -> Result<(
         return Err(ProxyError::HeadersTooLarge);
     }
     // An authority alone as the target (`GET example.com`) would stand in for `Host`;
-    // only CONNECT has one. The HTTP/1.1 codec refuses it before a request exists,
-    // this catches the requests hyper's server parses (upgrades).
+    // only CONNECT has one. For every codec: Strait's HTTP/1.1 one and hyper's
+    // (upgrades) parse it into an authority-only URI.
     let uri = req.uri();
     if uri.scheme().is_none() && uri.authority().is_some() && req.method() != http::Method::CONNECT
     {
