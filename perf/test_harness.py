@@ -30,6 +30,11 @@ def sample(name):
         return file.read()
 
 
+
+def one_run(rps, cpu):
+    """One target's figures for one round, as `Bench.load` gives them."""
+    return {"rps": rps, "cpu_s_per_10k": cpu, "p99_ms": 1.0, "errors": 0}
+
 class LinkOrder(unittest.TestCase):
     # Recorded from a C program (`leaf` a loop; `fib(6)` recursing down to `leaf`; `main`
     # calling `fib(6)` then `leaf(1000)`), built as /tmp/cgs, under `valgrind
@@ -251,9 +256,7 @@ class Report(unittest.TestCase):
         self.assertIsNone(got["cost_ratio"])
 
     def test_pairs_compare_each_round_with_its_own_plain_run(self):
-        def run(rps, cpu):
-            return {"rps": rps, "cpu_s_per_10k": cpu, "errors": 0}
-
+        run = one_run
         # Round 2 is a slow spell for the plugin's run only, round 3 for both runs of
         # the pair: the medians taken apart say 25% lost, the pairs 10%.
         rounds = {"h1-wasm": {
@@ -281,9 +284,7 @@ class Report(unittest.TestCase):
         self.assertIn("| Strait | 60 | 100 | 0.90 | 10.0% | 1.11 | 1.50 |", text)
 
     def test_peer_ratios_are_the_median_of_each_rounds_ratio(self):
-        def run(rps, cpu):
-            return {"rps": rps, "cpu_s_per_10k": cpu, "p99_ms": 1.0, "errors": 0}
-
+        run = one_run
         # Round 1 is a slow spell for both runs of the pair, round 3 for HAProxy's
         # run only: the medians taken apart say 0.90 and 1.11, the rounds 1.0 and 1.0.
         rounds = {"h1-keepalive": {
