@@ -644,7 +644,7 @@ fn parse(
                     return Err(bad("more than one host header"));
                 }
                 saw_host = true;
-                if !names.is_host(value.as_bytes()) {
+                if !h1::is_host_remembered(value.as_bytes()) {
                     return Err(bad("a host header that is not a host and port"));
                 }
             }
