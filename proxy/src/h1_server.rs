@@ -787,7 +787,9 @@ fn encode_response(
     let mut framing = match length {
         Some(n) => Framing::Length(n),
         None if body.is_end_stream() => {
-            if can_have_length && !head_request {
+            // A 304's length, if any, is the representation's (RFC 9110 §8.6): an
+            // empty body says nothing about it.
+            if can_have_body {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
             Framing::Length(0)
@@ -902,12 +904,16 @@ mod tests {
         let (head, framing, _) = encode(200, &[], b"abc", v11, true, true);
         assert!(head.contains("content-length: 3\r\n"), "{head}");
         assert_eq!(framing, Framing::Length(0));
-        // 204: no length, no body; 304 keeps the length it was given.
+        // 204: no length, no body; 304 keeps the length it was given, and is given
+        // none when it had none (an upstream's chunked 304).
         let (head, framing, _) = encode(204, &[("content-length", "0")], b"", v11, false, true);
         assert!(!head.contains("content-length"), "{head}");
         assert_eq!(framing, Framing::Length(0));
         let (head, framing, _) = encode(304, &[("content-length", "7")], b"", v11, false, true);
         assert!(head.contains("content-length: 7\r\n"), "{head}");
+        assert_eq!(framing, Framing::Length(0));
+        let (head, framing, _) = encode(304, &[("etag", "\"x\"")], b"", v11, false, true);
+        assert!(!head.contains("content-length"), "{head}");
         assert_eq!(framing, Framing::Length(0));
         // A declared length stands; a transfer-encoding from a filter does not.
         let (head, framing, _) = encode(

@@ -139,6 +139,10 @@ fn answers(head: &str) -> Scripted {
             Scripted::Close(bytes("HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nread until the end"))
         }
         "/no-content" => Scripted::KeepAlive(bytes("HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n")),
+        // A 304 framed as chunked: it has no body, and says nothing of a length.
+        "/not-modified" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nETag: \"v1\"\r\n\r\n",
+        )),
         "/continue" => Scripted::KeepAlive(bytes(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter",
         )),
@@ -242,6 +246,30 @@ async fn bodiless_answers_and_informational_heads_keep_the_connection() {
         "every answer left the connection reusable"
     );
     assert_eq!(b.requests(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_is_given_no_length_it_did_not_have() {
+    // A 304's `content-length` is the length of the representation it stands for
+    // (RFC 9110 §8.6). HTTP/1.1 clients were sent a made-up `content-length: 0`,
+    // which a cache may store over the real length.
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut raw = RawConn::connect(s.main_addr().await).await;
+    raw.write(b"GET /not-modified HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await;
+    let head = raw.read_until("\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{head}");
+    assert!(head.contains("ETag: \"v1\"\r\n"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("content-length"), "{head}");
+    assert!(!lower.contains("transfer-encoding"), "{head}");
+    // Nothing followed the head: the next answer on the connection is the next
+    // request's.
+    raw.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let all = raw.read_until("0123456789", Duration::from_secs(10)).await;
+    let next = all.split_once("\r\n\r\n").map_or("", |(_, rest)| rest);
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
