@@ -741,10 +741,11 @@ const HOST_BYTES: [bool; 256] = {
     ok
 };
 
-/// Whether a `Host` value is a host and port: not empty, no byte outside
-/// [`HOST_BYTES`].
+/// Whether a `Host` value is a host and port: no byte outside [`HOST_BYTES`]. Empty
+/// is valid: RFC 9112 §3.2 has a client send it for a target without an authority,
+/// and Envoy and HAProxy pass it on.
 pub(crate) fn is_host(value: &[u8]) -> bool {
-    !value.is_empty() && value.iter().all(|&b| HOST_BYTES[b as usize])
+    value.iter().all(|&b| HOST_BYTES[b as usize])
 }
 
 thread_local! {
@@ -1003,10 +1004,11 @@ mod tests {
             "127.0.0.1:1",
             "[::1]:80",
             "a-b.c_d~e",
+            "",
         ] {
             assert!(is_host(ok.as_bytes()), "{ok}");
         }
-        for bad in ["", "h, i", "h/x", "u@h", "h?q", "h#f", "h\tx", "h i"] {
+        for bad in ["h, i", "h/x", "u@h", "h?q", "h#f", "h\tx", "h i"] {
             assert!(!is_host(bad.as_bytes()), "{bad}");
         }
     }

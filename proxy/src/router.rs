@@ -940,8 +940,9 @@ fn authority(req: &Request<DownstreamBody>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str());
     }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then_some(host)
+    // Empty is a valid `Host` (RFC 9112 §3.2), routed as Envoy routes it; only a
+    // missing one is refused.
+    req.headers().get(header::HOST)?.to_str().ok()
 }
 
 /// The authority sent upstream. `auto_host_rewrite` uses the endpoint's DNS name, as

@@ -273,6 +273,14 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
     );
     // Well-formed requests still work.
     assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    // An empty `Host` is a valid one (RFC 9112 §3.2: what a client sends for a target
+    // without an authority). It is routed and goes on empty, as in Envoy and HAProxy.
+    let mut raw = RawConn::connect(addr).await;
+    raw.write(b"GET /empty-host HTTP/1.1\r\nHost:\r\n\r\n")
+        .await;
+    let reply = raw.read_until("\"backend\"", Duration::from_secs(10)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"host\":\"\""), "{reply}");
 }
 
 /// A chunked request body that breaks its framing halfway (here a chunk size that is
