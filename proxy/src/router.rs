@@ -550,7 +550,15 @@ async fn proxy<'a>(
         }
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
-    parts.headers.remove(header::EXPECT);
+    // Strait answered `100-continue` itself; other expectations are the upstream's
+    // to meet or refuse (417), as Envoy passes them on.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
     route.headers.apply_request(&mut parts.headers);
     if let Some(w) = weighted {
         w.apply_request(&mut parts.headers);

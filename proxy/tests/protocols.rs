@@ -275,6 +275,22 @@ async fn expect_100_continue() {
         !reply.to_ascii_lowercase().contains("\"expect\""),
         "Expect is not forwarded: {reply}"
     );
+    // An expectation Strait does not meet itself is the upstream's to meet or
+    // refuse (417), as in Envoy: it goes on, and the body is not held back.
+    let mut raw = RawConn::connect(s.main_addr().await).await;
+    raw.write(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: x-custom\r\n\r\nhello",
+    )
+    .await;
+    let reply = raw.read_until("\"backend\"", Duration::from_secs(10)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"body_len\":5"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\"expect\":\"x-custom\""),
+        "{reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
