@@ -39,6 +39,13 @@ impl Source {
     }
 }
 
+/// `--mode validate`: the config loaded, translated and its plugins started as a
+/// start would, with nothing bound and no upstream called. Returns notes on what was
+/// left unchecked (`code.remote` modules).
+pub fn validate(source: &Source) -> anyhow::Result<Vec<String>> {
+    crate::runtime::validate(&source.load()?)
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub source: Source,

@@ -120,6 +120,18 @@ struct Cli {
     /// Quick mode upstream, host:port.
     #[arg(long, requires = "listen")]
     upstream: Option<String>,
+    /// serve, or validate: check the config as a start would (YAML, translation,
+    /// every local wasm plugin compiled and configured), print `configuration '<path>'
+    /// OK` and exit 0, or the error and exit 1. Nothing is bound and no upstream is
+    /// called, as in Envoy's `--mode validate`.
+    #[arg(long, value_enum, default_value_t = Mode::Serve)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Serve,
+    Validate,
 }
 
 /// Transparent huge pages off for the process (unless `MIMALLOC_ALLOW_THP` asks for
@@ -168,6 +180,25 @@ fn main() {
         (None, Some(listen), Some(upstream)) => Source::Quick { listen, upstream },
         _ => unreachable!("clap requires --config-path or --listen with --upstream"),
     };
+    if cli.mode == Mode::Validate {
+        let name = match &source {
+            Source::File(path) => path.display().to_string(),
+            Source::Quick { .. } => "--listen/--upstream".to_owned(),
+        };
+        match app::validate(&source) {
+            Ok(notes) => {
+                for note in notes {
+                    eprintln!("strait: {note}");
+                }
+                println!("configuration '{name}' OK");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("strait: error initializing configuration '{name}': {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let options = Options {
         source,
         concurrency: cli

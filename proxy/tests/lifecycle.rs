@@ -346,6 +346,33 @@ async fn invalid_configs_at_startup_exit_non_zero_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_mode_checks_a_config_and_binds_nothing() {
+    // A port in use by someone else: validating must not try to bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let good = Bootstrap::catch_all("b")
+        .cluster("b", "127.0.0.1:1".parse().expect("addr"))
+        .build()
+        .replacen("port_value: 0", &format!("port_value: {port}"), 1);
+    assert!(good.contains(&format!("port_value: {port}")));
+    let (code, stdout, stderr) = Strait::validate(&good).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("configuration '") && stdout.trim_end().ends_with("' OK"),
+        "{stdout}"
+    );
+    let bad = good.replace("cluster: b}", "cluster: missing}");
+    let (code, stdout, stderr) = Strait::validate(&bad).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("error initializing configuration '"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing"), "{stderr}");
+    assert!(!stdout.contains("OK"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_mode_proxies_everything_to_the_upstream() {
     let b = Backend::echo("b").await;
     let (_s, addr) = Strait::start_quick(&b.addr().to_string()).await;

@@ -173,6 +173,28 @@ async fn bad_module_file_fails_startup_naming_the_field() {
 }
 
 #[tokio::test]
+async fn validate_mode_starts_each_plugin_and_reports_a_refusal() {
+    let bootstrap = Bootstrap::catch_all("backend").cluster("backend", Backend::closed_port());
+    let good = wasm_filter_yaml("headers", &module("headers"), "x-strait-plugin: on", false);
+    let (code, stdout, stderr) = Strait::validate(&with_filter(&bootstrap, &good)).await;
+    assert_eq!(
+        (code, stdout.trim_end().ends_with("' OK")),
+        (0, true),
+        "{stdout}{stderr}"
+    );
+    // The module compiles, but `proxy_on_configure` refuses the configuration (the
+    // headers plugin wants `name: value`): a start would fail, so validation does.
+    let refused = wasm_filter_yaml("headers", &module("headers"), "no colon here", false);
+    let (code, stdout, stderr) = Strait::validate(&with_filter(&bootstrap, &refused)).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("http_filters[0].typed_config")
+            && stderr.contains("strait_testdata_headers.wasm"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn reload_with_a_bad_plugin_keeps_the_old_one() {
     let backend = Backend::echo("backend").await;
     let strait = start(&backend, "headers", "x-strait-plugin: v1", false).await;

@@ -144,6 +144,24 @@ async fn a_wrong_sha256_refuses_startup_naming_the_field() {
 }
 
 #[tokio::test]
+async fn validate_mode_does_not_fetch_a_remote_module() {
+    // As Envoy's validation mode, no upstream is called: the module is left
+    // unchecked, and stderr says so.
+    let backend = Backend::echo("backend").await;
+    let files = Backend::file("plugins", module(), 0).await;
+    let filter = remote_filter(&"0".repeat(64), "x-strait-plugin: on", false, 1);
+    let (code, stdout, stderr) = Strait::validate(&config(&backend, &files, &filter)).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{FILTER_PATH}: module http://plugins.example/modules/headers.wasm not fetched"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(files.requests(), 0);
+}
+
+#[tokio::test]
 async fn a_failed_fetch_refuses_startup_unless_fail_open() {
     let backend = Backend::echo("backend").await;
     let files = Backend::file("plugins", module(), u64::MAX).await;

@@ -162,6 +162,30 @@ impl Strait {
         Strait::start_expect_failure_env(yaml, &[]).await
     }
 
+    /// `strait --mode validate -c <yaml>`: (exit code, stdout, stderr).
+    pub async fn validate(yaml: &str) -> (i32, String, String) {
+        let dir = fresh_dir();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+            .args(["--mode", "validate", "-c", &config.display().to_string()])
+            .env("STRAIT_WASM_CACHE_DIR", dir.join("wasm-cache"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(STARTUP, run)
+            .await
+            .expect("validation ends in time")
+            .expect("run strait");
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
     /// `start_expect_failure`, with these environment variables for the proxy.
     pub async fn start_expect_failure_env(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
         let dir = fresh_dir();
