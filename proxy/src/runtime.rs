@@ -264,10 +264,37 @@ impl Runtime {
 /// `--mode validate`: what starting on `snapshot` would check beyond the translation,
 /// short of the network. Every plugin with a local module is compiled and one VM of
 /// it started (`proxy_on_vm_start`, `proxy_on_configure`), so a plugin that refuses
-/// its configuration is caught. As in Envoy's validation mode nothing is bound and no
-/// upstream is called: a `code.remote` module is not fetched, and the returned notes
-/// say which were left unchecked.
+/// its configuration is caught, and every access-log file must open for appending
+/// (one not there yet needs its directory). As in Envoy's validation mode nothing is
+/// bound and no upstream is called: a `code.remote` module is not fetched, and the
+/// returned notes say which were left unchecked.
 pub fn validate(snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
+    for (i, l) in snapshot.listeners.iter().enumerate() {
+        for (j, log) in l.hcm.access_logs.iter().enumerate() {
+            let model::AccessLogSink::File(path) = &log.sink else {
+                continue;
+            };
+            let opened = match path.try_exists() {
+                Ok(true) => std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map(drop),
+                _ => match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no directory {}", dir.display()),
+                    )),
+                    _ => Ok(()),
+                },
+            };
+            opened.map_err(|e| {
+                anyhow::anyhow!(
+                    "static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.access_log[{j}]: cannot open {}: {e}",
+                    path.display()
+                )
+            })?;
+        }
+    }
     let node = Arc::new(node_info(&snapshot.node));
     let store = Store::default();
     let mut notes = Vec::new();

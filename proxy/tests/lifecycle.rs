@@ -370,6 +370,28 @@ async fn validate_mode_checks_a_config_and_binds_nothing() {
     );
     assert!(stderr.contains("missing"), "{stderr}");
     assert!(!stdout.contains("OK"), "{stdout}");
+    // An access log a start could not open fails validation, naming the field; one
+    // that can be created is not created.
+    let (path, hcm) = access_log("%RESPONSE_CODE%");
+    let with_log = |hcm: &str| {
+        Bootstrap::catch_all("b")
+            .cluster("b", "127.0.0.1:1".parse().expect("addr"))
+            .hcm(hcm)
+            .build()
+    };
+    let (code, _, stderr) = Strait::validate(&with_log(&hcm)).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!path.exists(), "validation created {}", path.display());
+    let nowhere = hcm.replace(
+        &path.display().to_string(),
+        "/nonexistent-strait-dir/access.log",
+    );
+    let (code, _, stderr) = Strait::validate(&with_log(&nowhere)).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("access_log[0]: cannot open /nonexistent-strait-dir/access.log"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
