@@ -4,11 +4,12 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# traffic_plugin: the proxy-wasm module perf/run builds (perf/plugins/header), as an
-# absolute path; nothing when it is not built.
+# traffic_plugin: the proxy-wasm module perf/run measures (perf/plugins/header), built
+# where perf/run builds it (perf/install.py), as an absolute path; nothing when it
+# cannot be built (no wasm32-wasip1 target).
 traffic_plugin() {
-  local plugin=${CARGO_TARGET_DIR:-target}/perf-plugins/wasm32-wasip1/release/perf_header.wasm
-  if [ -f "$plugin" ]; then realpath "$plugin"; fi
+  python3 -c 'import sys; sys.path.insert(0, "perf"); import install; print(install.build_plugin("header"))' \
+    2>/dev/null | tail -1 | xargs -r realpath
 }
 
 # traffic_setup: a temporary directory ($tmp, removed on exit) with the backend
