@@ -22,8 +22,9 @@ pub enum ProxyError {
     NoHealthyUpstream,
     /// TCP connect failed or timed out (`UF`).
     ConnectFailure { reason: String },
-    /// The upstream reset or closed before sending response headers (`UC`/`UR`).
-    UpstreamReset { reason: String },
+    /// The upstream reset or closed before sending response headers (`UR`, or `UPE`
+    /// for an answer that is not valid HTTP).
+    UpstreamReset { reason: ResetReason },
     /// The route timeout elapsed before the response (`UT`).
     UpstreamTimeout,
     /// The retry policy's `per_try_timeout` ended the last attempt (`UT`).
@@ -52,17 +53,34 @@ pub enum ProxyError {
     FilterReset,
 }
 
-/// The reset reason of an upstream response that is not valid HTTP (a malformed head,
-/// a framing the codec refuses), in Envoy's words: answered 502 with the `UPE` flag,
-/// as Envoy's router does for a protocol-error reset, not 503.
-pub const PROTOCOL_ERROR: &str = "protocol error";
+/// Why an upstream stream ended before its response head, as Envoy's
+/// `StreamResetReason`: it words the local reply, decides the answer (a protocol
+/// error is 502 `UPE`, the rest 503 `UR`) and the retry (`refused-stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The connection closed or failed.
+    ConnectionTermination,
+    /// The upstream answered with something that is not valid HTTP (a malformed
+    /// head, a framing the codec refuses).
+    ProtocolError,
+    /// HTTP/2 `REFUSED_STREAM`: the upstream promises it did not process the request.
+    RefusedStream,
+    /// Another HTTP/2 stream reset, as the h2 crate words it.
+    Remote(String),
+}
+
+impl fmt::Display for ResetReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResetReason::ConnectionTermination => f.write_str("connection termination"),
+            ResetReason::ProtocolError => f.write_str("protocol error"),
+            ResetReason::RefusedStream => f.write_str("remote refused stream reset"),
+            ResetReason::Remote(h2) => write!(f, "remote reset: {h2}"),
+        }
+    }
+}
 
 impl ProxyError {
-    /// An upstream that answered with something that is not valid HTTP.
-    fn upstream_protocol_error(&self) -> bool {
-        matches!(self, ProxyError::UpstreamReset { reason } if reason == PROTOCOL_ERROR)
-    }
-
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute
@@ -89,7 +107,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => 404,
             ProxyError::NoCluster | ProxyError::NoHealthyUpstream | ProxyError::Overflow => 503,
-            _ if self.upstream_protocol_error() => 502,
+            ProxyError::UpstreamReset {
+                reason: ResetReason::ProtocolError,
+            } => 502,
             ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. } => 503,
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
@@ -114,7 +134,9 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "UH",
             ProxyError::Overflow => "UO",
             ProxyError::ConnectFailure { .. } => "UF",
-            _ if self.upstream_protocol_error() => "UPE",
+            ProxyError::UpstreamReset {
+                reason: ResetReason::ProtocolError,
+            } => "UPE",
             ProxyError::UpstreamReset { .. } => "UR",
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
@@ -140,9 +162,9 @@ impl ProxyError {
             ProxyError::ConnectFailure { .. } => {
                 "upstream_reset_before_response_started{connection_failure}"
             }
-            _ if self.upstream_protocol_error() => {
-                "upstream_reset_before_response_started{protocol_error}"
-            }
+            ProxyError::UpstreamReset {
+                reason: ResetReason::ProtocolError,
+            } => "upstream_reset_before_response_started{protocol_error}",
             ProxyError::UpstreamReset { .. } => {
                 "upstream_reset_before_response_started{connection_termination}"
             }

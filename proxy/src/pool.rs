@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 use crate::body::RequestBody;
 use crate::breaker::Slot;
 use crate::cluster::{ClusterRuntime, Host};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, ResetReason};
 use crate::h1::HeaderCase;
 use crate::h1_client;
 use crate::runtime::FastMap;
@@ -572,19 +572,17 @@ async fn send_own(
 /// The reset an own-codec failure stands for, in Envoy's words.
 fn own_error(e: &h1_client::Failure) -> ProxyError {
     let reason = match e {
-        h1_client::Failure::Protocol(_) => crate::error::PROTOCOL_ERROR,
-        _ => "connection termination",
+        h1_client::Failure::Protocol(_) => ResetReason::ProtocolError,
+        _ => ResetReason::ConnectionTermination,
     };
-    ProxyError::UpstreamReset {
-        reason: reason.to_string(),
-    }
+    ProxyError::UpstreamReset { reason }
 }
 
 /// Sends one request on a hyper HTTP/1.1 connection.
 async fn send_on_hyper(key: PoolKey, mut conn: H1, req: Request<RequestBody>) -> Sent {
     if conn.sender.ready().await.is_err() {
         return Err(ProxyError::UpstreamReset {
-            reason: "connection termination".to_string(),
+            reason: ResetReason::ConnectionTermination,
         });
     }
     let sent = conn.sender.try_send_request(req).await;
@@ -1193,21 +1191,17 @@ pub(crate) fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
         .expect("parts copied from a valid request")
 }
 
-/// The reset reason of an HTTP/2 `REFUSED_STREAM`, Envoy's wording; `refused-stream`
-/// retries look for it.
-pub const REFUSED_STREAM: &str = "remote refused stream reset";
-
 pub fn reset_error(e: &hyper::Error) -> ProxyError {
     let reason = if let Some(h2) =
         std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>())
     {
         if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-            REFUSED_STREAM.to_string()
+            ResetReason::RefusedStream
         } else {
-            format!("remote reset: {h2}")
+            ResetReason::Remote(h2.to_string())
         }
     } else {
-        "connection termination".to_string()
+        ResetReason::ConnectionTermination
     };
     ProxyError::UpstreamReset { reason }
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use strait_xds::model::{RetryOn, RetryPolicy, RouteTarget};
 
-use crate::error::ProxyError;
-use crate::pool::REFUSED_STREAM;
+use crate::error::{ProxyError, ResetReason};
 
 /// How one upstream attempt ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy)]
@@ -248,7 +247,7 @@ pub fn outcome(sent: &crate::pool::Sent) -> Option<Outcome<'_>> {
         },
         Err(ProxyError::ConnectFailure { .. }) => Outcome::ConnectFailure,
         Err(ProxyError::UpstreamReset { reason }) => Outcome::Reset {
-            refused: reason == REFUSED_STREAM,
+            refused: *reason == ResetReason::RefusedStream,
         },
         Err(ProxyError::PerTryTimeout | ProxyError::PerTryIdleTimeout) => Outcome::PerTryTimeout,
         Err(_) => return None,
