@@ -353,8 +353,9 @@ fn parse_head(
             headers.append(name, value);
         }
         h1::give_offsets(at);
-        // A length beside `transfer-encoding` is the shape of response splitting.
-        // Envoy answers both with 502 as well.
+        // A coding besides `chunked` would be lost on the way (the body is framed
+        // anew), and a length beside `transfer-encoding` is the shape of response
+        // splitting: Envoy answers both with 502 as well.
         if framing_fields.other_coding {
             return Err(Failure::Protocol("a transfer coding other than chunked"));
         }
