@@ -882,6 +882,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
         let config = AccessLog {
+            path: "access_log[0]".to_owned(),
             sink: AccessLogSink::File(path.clone()),
             format: LogFormat::Text(vec![req(":method", None, None), lit("\n")]),
         };

@@ -163,7 +163,7 @@ impl Runtime {
         );
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut wasm_plugins: Vec<Arc<WasmFilterRuntime>> = Vec::new();
-        for (i, l) in snapshot.listeners.iter().enumerate() {
+        for l in &snapshot.listeners {
             let mut http_filters = Vec::with_capacity(l.hcm.http_filters.len());
             let mut stages = Vec::new();
             for filter in &l.hcm.http_filters {
@@ -216,12 +216,9 @@ impl Runtime {
                 network_filters.push(runtime);
             }
             let mut access_logs = Vec::new();
-            for (j, log) in l.hcm.access_logs.iter().enumerate() {
-                let logger = AccessLogger::new(log, writers).map_err(|e| {
-                    anyhow::anyhow!(
-                        "static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.access_log[{j}]: {e}"
-                    )
-                })?;
+            for log in &l.hcm.access_logs {
+                let logger = AccessLogger::new(log, writers)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", log.path))?;
                 access_logs.push(logger);
             }
             let scope = Scope::listener(&listener_stat_name(l.address));
@@ -269,8 +266,8 @@ impl Runtime {
 /// bound and no upstream is called: a `code.remote` module is not fetched, and the
 /// returned notes say which were left unchecked.
 pub fn validate(snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
-    for (i, l) in snapshot.listeners.iter().enumerate() {
-        for (j, log) in l.hcm.access_logs.iter().enumerate() {
+    for l in &snapshot.listeners {
+        for log in &l.hcm.access_logs {
             let model::AccessLogSink::File(path) = &log.sink else {
                 continue;
             };
@@ -288,10 +285,7 @@ pub fn validate(snapshot: &Snapshot) -> anyhow::Result<Vec<String>> {
                 },
             };
             opened.map_err(|e| {
-                anyhow::anyhow!(
-                    "static_resources.listeners[{i}].filter_chains[0].filters[0].typed_config.access_log[{j}]: cannot open {}: {e}",
-                    path.display()
-                )
+                anyhow::anyhow!("{}: cannot open {}: {e}", log.path, path.display())
             })?;
         }
     }

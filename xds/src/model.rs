@@ -369,6 +369,9 @@ pub enum AccessLogSink {
 
 #[derive(Debug, Clone)]
 pub struct AccessLog {
+    /// Field path of the entry (`….typed_config.access_log[0]`), for errors found
+    /// when its sink is opened.
+    pub path: String,
     pub sink: AccessLogSink,
     pub format: LogFormat,
 }

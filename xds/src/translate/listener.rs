@@ -435,6 +435,7 @@ fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {
             }
         };
         return Ok(AccessLog {
+            path: path.to_owned(),
             sink,
             format: default_format(),
         });
@@ -488,6 +489,7 @@ fn access_log(path: &str, config: &bootstrap::AccessLog) -> Result<AccessLog> {
         _ => return Err(typed.unsupported()),
     };
     Ok(AccessLog {
+        path: path.to_owned(),
         sink,
         format: log_format.unwrap_or_else(default_format),
     })
@@ -647,6 +649,24 @@ mod network_filter_tests {
         assert_eq!(filters[1].path, format!("{CHAIN}.filters[1].typed_config"));
         let plain = snapshot_from_yaml(&config("")).unwrap();
         assert!(plain.listeners[0].network_filters.is_empty());
+    }
+
+    #[test]
+    fn the_connection_managers_paths_count_the_filters_before_it() {
+        // The access log's path names the connection manager where it is,
+        // `filters[1]` behind a network filter: errors found when its file is opened
+        // point there.
+        let yaml = config(NETWORK_WASM).replacen(
+            "          stat_prefix: ingress\n",
+            "          stat_prefix: ingress\n          access_log: [{name: envoy.access_loggers.stdout}]\n",
+            1,
+        );
+        assert!(yaml.contains("access_loggers.stdout"));
+        let snapshot = snapshot_from_yaml(&yaml).unwrap();
+        assert_eq!(
+            snapshot.listeners[0].hcm.access_logs[0].path,
+            format!("{CHAIN}.filters[1].typed_config.access_log[0]")
+        );
     }
 
     #[test]
