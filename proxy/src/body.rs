@@ -35,17 +35,18 @@ use crate::stream::StreamGuard;
 /// upstream exchange then fails too (an HTTP/2 upstream only sees its stream reset),
 /// and the router answers 400 for the client's error instead of 503.
 #[derive(Default, Debug)]
-pub struct ByteCount(
-    AtomicU64,
-    AtomicBool,
-    futures_util::task::AtomicWaker,
-    std::sync::OnceLock<&'static str>,
-);
+pub struct ByteCount {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+    /// The stream's timers, waiting for the end.
+    end_waker: futures_util::task::AtomicWaker,
+    malformed: std::sync::OnceLock<&'static str>,
+}
 
 impl ByteCount {
     /// What was wrong with the request body, if the client framed it wrongly.
     pub fn malformed(&self) -> Option<&'static str> {
-        self.3.get().copied()
+        self.malformed.get().copied()
     }
 
     /// Keeps `error` if it is the downstream codec's "not a body of its framing".
@@ -54,21 +55,21 @@ impl ByteCount {
             .downcast_ref::<crate::h1_server::BodyError>()
             .and_then(crate::h1_server::BodyError::malformed);
         if let Some(what) = malformed {
-            let _ = self.3.set(what);
+            let _ = self.malformed.set(what);
         }
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn ended(&self) -> bool {
-        self.1.load(Ordering::Relaxed)
+        self.ended.load(Ordering::Relaxed)
     }
 
     fn end(&self) {
-        self.1.store(true, Ordering::Release);
-        self.2.wake();
+        self.ended.store(true, Ordering::Release);
+        self.end_waker.wake();
     }
 
     /// Whether the body ended; if not, its end wakes the task of `cx`.
@@ -76,7 +77,7 @@ impl ByteCount {
         if self.ended() {
             return true;
         }
-        self.2.register(cx.waker());
+        self.end_waker.register(cx.waker());
         self.ended()
     }
 }
@@ -374,7 +375,7 @@ impl Body for RequestBody {
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
-                            received.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+                            received.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
                     }
                     Some(Err(e)) => received.failed(e),
@@ -422,7 +423,9 @@ impl Body for RequestBody {
                     }
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
-                            received.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            received
+                                .bytes
+                                .fetch_add(data.len() as u64, Ordering::Relaxed);
                             (data, inner.is_end_stream())
                         }
                         Err(frame) => {
