@@ -108,14 +108,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     remove(headers, TRANSFER_ENCODING, &header::TRANSFER_ENCODING);
     remove(headers, PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE);
     remove(headers, PROXY_AUTHORIZATION, &header::PROXY_AUTHORIZATION);
-    // `te: trailers` is the one TE value that survives a hop (gRPC needs it over h2).
     if present & TE != 0 {
-        if let Some(te) = headers.get(header::TE) {
-            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-                headers.remove(header::TE);
-            }
-        }
+        sanitize_te(headers);
     }
+}
+
+/// `trailers` is the one TE value that survives a hop (gRPC needs it over h2, where
+/// it is the only value allowed): a TE that lists it among others (`gzip, trailers`)
+/// goes on as `te: trailers` (lower case: an HTTP/2 upstream may take nothing else),
+/// any other TE is removed, as Envoy's `sanitizeTEHeader`.
+fn sanitize_te(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::TE).iter();
+    let only_trailers =
+        values.next().is_some_and(|v| v.as_bytes() == b"trailers") && values.next().is_none();
+    if only_trailers {
+        return;
+    }
+    let trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    match trailers {
+        true => headers.insert(header::TE, HeaderValue::from_static("trailers")),
+        false => headers.remove(header::TE),
+    };
 }
 
 /// Removes the headers the `Connection` header names (not itself); `keep_upgrade`
@@ -448,6 +465,30 @@ mod tests {
         let mut grpc = map(&[("te", "trailers")]);
         remove_hop_by_hop(&mut grpc, false);
         assert!(grpc.contains_key("te"));
+    }
+
+    #[test]
+    fn te_goes_on_as_trailers_alone_or_not_at_all() {
+        for (sent, kept) in [
+            (&[" gzip , Trailers"][..], Some("trailers")),
+            (&["gzip", "trailers"][..], Some("trailers")),
+            (&["trailers"][..], Some("trailers")),
+            (&["TRAILERS"][..], Some("trailers")),
+            (&["gzip, deflate;q=0.5"][..], None),
+            (&["trailers;q=0.5"][..], None),
+            (&[""][..], None),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(header::TE, HeaderValue::from_str(v).unwrap());
+            }
+            remove_hop_by_hop(&mut h, false);
+            let got: Vec<_> = h.get_all(header::TE).iter().collect();
+            match kept {
+                Some(v) => assert_eq!(got, [v], "{sent:?}"),
+                None => assert!(got.is_empty(), "{sent:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]

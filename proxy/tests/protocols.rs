@@ -253,6 +253,30 @@ async fn trailers_h1_chunked() {
     trailers_cross(Proto::H1, false).await;
 }
 
+/// `TE` is hop-by-hop, but `trailers` in it goes on alone, whatever else the client
+/// listed (Envoy's `sanitizeTEHeader`); an HTTP/2 upstream takes no other value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_goes_upstream_as_trailers_alone() {
+    for h2_upstream in [false, true] {
+        let b = Backend::echo("b").await;
+        let s = proxy_to(&b, h2_upstream).await;
+        let addr = s.main_addr().await;
+        for (sent, forwarded) in [
+            ("gzip, trailers", Some("trailers")),
+            ("Trailers", Some("trailers")),
+            ("gzip;q=1.0, deflate", None),
+        ] {
+            let r = get(addr, "h", "/", &[("te", sent)]).await;
+            assert_eq!(r.status, 200, "TE {sent:?}, h2 upstream {h2_upstream}");
+            assert_eq!(
+                r.echo().header("te"),
+                forwarded,
+                "TE {sent:?}, h2 upstream {h2_upstream}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue() {
     let b = Backend::echo("b").await;
