@@ -23,6 +23,7 @@
 //! chunked response when its `trailer` header announced them. Upgrades (`Upgrade`,
 //! `CONNECT`) are left to hyper's server for the rest of the connection.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -35,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use strait_xds::model::{HttpConnectionManager, ServerHeaderTransformation};
 use tokio::io::AsyncWrite;
 
 use crate::body::{DownstreamBody, ResponseBody};
@@ -305,7 +307,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                         Ok(None) if s.read.len() > max_head => {
                             return Poll::Ready(Ok(Head::Refuse(Refused(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request head larger than max_request_headers_kb",
+                                "request head larger than max_request_headers_kb".into(),
                             ))))
                         }
                         Ok(None) => {}
@@ -317,7 +319,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                         if timer.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Ok(Head::Refuse(Refused(
                                 StatusCode::REQUEST_TIMEOUT,
-                                "request head not complete within request_headers_timeout",
+                                "request head not complete within request_headers_timeout".into(),
                             ))));
                         }
                     }
@@ -339,8 +341,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Head::Closed => return Ok(Outcome::Closed),
             Head::Upgrade => return Ok(Outcome::Upgrade),
             Head::Refuse(Refused(status, why)) => {
-                tracing::debug!(peer = %ctx.peer, %status, why, "refused a request head");
-                let _ = refuse(&side, status).await;
+                tracing::debug!(peer = %ctx.peer, %status, %why, "refused a request head");
+                let _ = refuse(&side, status, &why, hcm).await;
                 return Ok(Outcome::Closed);
             }
         };
@@ -487,20 +489,39 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How much of it.
 const LINGER_BYTES: usize = 16 << 20;
 
-/// Answers a head that cannot be served, and closes.
-async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
-    let mut head = Vec::with_capacity(128);
+/// Answers a head that cannot be served, and closes. The body says what was wrong
+/// and where (`bad request: invalid header value at byte 36 (line 3, header x-nul)`),
+/// in the wording of the proxy's other local replies; Envoy's says only `Bad
+/// Request`, which leaves whoever reads it to guess which of their headers it was.
+async fn refuse(
+    side: &SharedSide,
+    status: StatusCode,
+    why: &str,
+    hcm: &HttpConnectionManager,
+) -> io::Result<()> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let body = Bytes::from(format!("{}: {why}", reason.to_ascii_lowercase()));
+    let mut head = Vec::with_capacity(192);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\n");
+    head.extend_from_slice(reason.as_bytes());
+    head.extend_from_slice(b"\r\ncontent-type: text/plain\r\nconnection: close\r\n");
+    // As on every other response (the router's `set_server`): a local answer has no
+    // `server` of its own to keep.
+    if hcm.server_header_transformation != ServerHeaderTransformation::PassThrough {
+        head.extend_from_slice(b"server: ");
+        head.extend_from_slice(hcm.server_name.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     write_date(&mut head);
     head.extend_from_slice(b"\r\n");
+    let length = body.len() as u64;
     let mut writer = Writer::new(
         head,
-        http_body_util::Empty::<Bytes>::new(),
-        Framing::Length(0),
+        http_body_util::Full::new(body),
+        Framing::Length(length),
     );
     let mut out = SideWriter(side);
     let _ = std::future::poll_fn(|cx| writer.poll(&mut out, cx)).await;
@@ -510,12 +531,70 @@ async fn refuse(side: &SharedSide, status: StatusCode) -> io::Result<()> {
     shut
 }
 
-/// A request head refused: the status it is answered with, and what was wrong (for
-/// the debug log: hyper's server, and Envoy's, answer without a body).
-struct Refused(StatusCode, &'static str);
+/// A request head refused: the status it is answered with, and what was wrong and
+/// where, for the answer's body and the debug log.
+struct Refused(StatusCode, Cow<'static, str>);
 
 fn bad(why: &'static str) -> Refused {
-    Refused(StatusCode::BAD_REQUEST, why)
+    Refused(StatusCode::BAD_REQUEST, Cow::Borrowed(why))
+}
+
+/// 400 for `why`, found at byte `offset` of `head` (the request head, from its first
+/// byte): the answer names the byte, its line and, past a header's name, the header.
+#[cold]
+#[inline(never)]
+fn bad_at(why: &str, head: &[u8], offset: usize) -> Refused {
+    Refused(
+        StatusCode::BAD_REQUEST,
+        Cow::Owned(locate(why, head, offset)),
+    )
+}
+
+fn locate(why: &str, head: &[u8], offset: usize) -> String {
+    let offset = offset.min(head.len());
+    let line_start = head[..offset]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = head[..line_start].iter().filter(|&&b| b == b'\n').count() + 1;
+    let mut out = format!("{why} at byte {offset} (line {line}");
+    // A header line whose name came before the byte: say which header. The name is
+    // a token (printable ASCII), so it is safe to echo.
+    let rest = &head[line_start..offset];
+    if let Some(colon) = rest.iter().position(|&b| b == b':').filter(|_| line > 1) {
+        let name = &rest[..colon];
+        if name.len() <= 64 && HeaderName::from_bytes(name).is_ok() {
+            out.push_str(", header ");
+            out.push_str(&String::from_utf8_lossy(name));
+        }
+    }
+    out.push(')');
+    out
+}
+
+/// Where httparse finds `read`'s head malformed: the byte that makes the shortest
+/// refused prefix. Its parsing is incremental, so a refused prefix stays refused as
+/// it grows, and a binary search finds the byte in log2(len) parses. Only the
+/// answer to a refused head pays for it.
+#[cold]
+#[inline(never)]
+fn error_offset(read: &[u8]) -> usize {
+    let refused = |n: usize| {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        httparse::Request::new(&mut fields)
+            .parse(&read[..n])
+            .is_err()
+    };
+    // `refused(lo)` is false (nothing is not refused), `refused(hi)` true.
+    let (mut lo, mut hi) = (0, read.len());
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        match refused(mid) {
+            true => hi = mid,
+            false => lo = mid,
+        }
+    }
+    hi.saturating_sub(1)
 }
 
 /// Refuses a fragment in the request target (`/a#b`): a client never sends one (RFC
@@ -558,10 +637,20 @@ fn parse(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refused(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "more than 100 header lines",
+                "more than 100 header lines".into(),
             ))
         }
-        Err(e) => return Err(bad(head_error(e))),
+        Err(e) => {
+            let at = error_offset(read);
+            // A line that starts with whitespace continues the one before (obs-fold,
+            // RFC 9112 §5.2): httparse reads it as a bad name; say what it is.
+            let folded = at > 0 && read[at - 1] == b'\n' && matches!(read[at], b' ' | b'\t');
+            let why = match folded {
+                true => "a header line folded onto the one before (obs-fold)",
+                false => head_error(e),
+            };
+            return Err(bad_at(why, read, at));
+        }
     };
     let method = parsed.method.unwrap_or("");
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
@@ -605,16 +694,18 @@ fn parse(
         if h1::has_upper(raw) {
             case.add(name_at as usize, name_len as usize, count);
         }
-        let name = names.name(i, raw).map_err(|_| bad("invalid header name"))?;
+        let name = names
+            .name(i, raw)
+            .map_err(|_| bad_at("invalid header name", &head, name_at as usize))?;
         let value = head.slice(value_at as usize..(value_at + value_len) as usize);
         // Shares the head's bytes: no copy.
-        let value =
-            HeaderValue::from_maybe_shared(value).map_err(|_| bad("invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| bad_at("invalid header value", &head, value_at as usize))?;
         match name {
             header::CONTENT_LENGTH => {
                 framing_fields
                     .content_length(value.as_bytes())
-                    .map_err(bad)?;
+                    .map_err(|why| bad_at(why, &head, value_at as usize))?;
             }
             header::TRANSFER_ENCODING => {
                 if version == Version::HTTP_10 {
@@ -641,11 +732,11 @@ fn parse(
             // would route on the first while the upstream might read the second.
             header::HOST => {
                 if saw_host {
-                    return Err(bad("more than one host header"));
+                    return Err(bad_at("a second host header", &head, name_at as usize));
                 }
                 saw_host = true;
                 if !h1::is_host_remembered(value.as_bytes()) {
-                    return Err(bad("a host header that is not a host and port"));
+                    return Err(bad_at("not a host and port", &head, value_at as usize));
                 }
             }
             _ => {}
@@ -664,7 +755,7 @@ fn parse(
     if framing_fields.other_coding {
         return Err(Refused(
             StatusCode::NOT_IMPLEMENTED,
-            "a transfer coding other than chunked",
+            "a transfer coding other than chunked".into(),
         ));
     }
     if let Some(n) = framing_fields.copied_length().filter(|_| chunked.is_none()) {
@@ -941,5 +1032,28 @@ mod tests {
         // A date the answer has is kept.
         let (head, _, _) = encode(200, &[("date", "then")], b"", v11, false, true);
         assert_eq!(head.matches("date: ").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn a_refused_head_is_located_to_its_byte() {
+        // Deep in a large head, and in the request line.
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..60 {
+            head.extend_from_slice(format!("x-h{i:02}: some value\r\n").as_bytes());
+        }
+        let bad = head.len() + "x-late: ab".len();
+        head.extend_from_slice(b"x-late: ab\x01c\r\n\r\n");
+        assert_eq!(error_offset(&head), bad);
+        assert_eq!(
+            locate("invalid header value", &head, bad),
+            format!("invalid header value at byte {bad} (line 62, header x-late)")
+        );
+        let line = b"GET /a b HTTP/1.1\r\n\r\n";
+        assert_eq!(error_offset(line), 7);
+        assert_eq!(locate("x", line, 7), "x at byte 7 (line 1)");
+        // A name error names no header: the name is what is wrong.
+        let name = b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n";
+        assert_eq!(error_offset(name), 19);
+        assert_eq!(locate("x", name, 19), "x at byte 19 (line 2)");
     }
 }

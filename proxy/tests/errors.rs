@@ -215,55 +215,111 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
     let addr = s.main_addr().await;
     let big = "a".repeat(10 * 1024);
     let oversize = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n");
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+    // Each answer's body names what was wrong and, for a fault in the head's bytes,
+    // where: the byte (from 0 at the head's first), its line and its header.
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "content-length and transfer-encoding",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
             400,
+            "bad request: both content-length and transfer-encoding",
         ),
         (
             "two differing content-lengths",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
             400,
+            "bad request: differing content-length values at byte 61 (line 4, header Content-Length)",
         ),
-        ("obs-fold continuation", b"GET / HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n".to_vec(), 400),
-        ("invalid header name", b"GET / HTTP/1.1\r\nHost: h\r\nBad@Name: x\r\n\r\n".to_vec(), 400),
-        ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: h\r\nX-Nul: a\0b\r\n\r\n".to_vec(), 400),
-        ("garbage request line", b"NOT A REQUEST\r\n\r\n".to_vec(), 400),
+        (
+            "obs-fold continuation",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n".to_vec(),
+            400,
+            "bad request: a header line folded onto the one before (obs-fold) at byte 38 (line 4)",
+        ),
+        (
+            "invalid header name",
+            b"GET / HTTP/1.1\r\nHost: h\r\nBad@Name: x\r\n\r\n".to_vec(),
+            400,
+            "bad request: invalid header name at byte 28 (line 3)",
+        ),
+        (
+            "NUL in a header value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Nul: a\0b\r\n\r\n".to_vec(),
+            400,
+            "bad request: invalid header value at byte 33 (line 3, header X-Nul)",
+        ),
+        (
+            "garbage request line",
+            b"NOT A REQUEST\r\n\r\n".to_vec(),
+            400,
+            "bad request: invalid HTTP version at byte 6 (line 1)",
+        ),
         // `Host: h` must not be replaced by the target's authority.
-        ("authority-form target", b"GET example.com HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
-        ("fragment in the target", b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), 400),
+        (
+            "authority-form target",
+            b"GET example.com HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+            400,
+            "bad request: request target is not a path or an absolute URL",
+        ),
+        (
+            "fragment in the target",
+            b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+            400,
+            "bad request: fragment in the request target",
+        ),
         // Routed on the first, the upstream might read the second (RFC 9112 §3.2: 400).
-        ("two host lines", b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n".to_vec(), 400),
-        ("a host that is not one", b"GET / HTTP/1.1\r\nHost: h/x\r\n\r\n".to_vec(), 400),
+        (
+            "two host lines",
+            b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n".to_vec(),
+            400,
+            "bad request: a second host header at byte 25 (line 3)",
+        ),
+        (
+            "a host that is not one",
+            b"GET / HTTP/1.1\r\nHost: h/x\r\n\r\n".to_vec(),
+            400,
+            "bad request: not a host and port at byte 22 (line 2, header Host)",
+        ),
         // Sent on without its gzip coding, the body would change meaning.
         (
             "gzip, chunked",
             b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
             501,
+            "not implemented: a transfer coding other than chunked",
         ),
         (
             "two transfer-encoding lines",
             b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
             501,
+            "not implemented: a transfer coding other than chunked",
         ),
-        ("headers over max_request_headers_kb", oversize.into_bytes(), 431),
+        (
+            "headers over max_request_headers_kb",
+            oversize.into_bytes(),
+            431,
+            "request header too large",
+        ),
     ];
     let replies = futures_util::future::join_all(
         cases
             .iter()
-            .map(|(_, bytes, _)| send_raw_until_close(addr, bytes)),
+            .map(|(_, bytes, _, _)| send_raw_until_close(addr, bytes)),
     )
     .await;
     let mut failures = Vec::new();
-    for ((name, _, want), (reply, closed)) in cases.iter().zip(replies) {
+    for ((name, _, want, body), (reply, closed)) in cases.iter().zip(replies) {
         let status_line = reply.lines().next().unwrap_or("<nothing>").to_owned();
         if !status_line.starts_with(&format!("HTTP/1.1 {want}")) {
             failures.push(format!("{name}: want {want}, got {status_line:?}"));
         }
+        let (head, got) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        if got != *body || !head.contains("content-type: text/plain") {
+            failures.push(format!("{name}: want body {body:?}, got {reply:?}"));
+        }
         if !closed {
             failures.push(format!("{name}: connection left open after the error"));
         }
+        eprintln!("BODY {name}: {:?}", reply.split("\r\n\r\n").nth(1));
     }
     let forwarded = b.requests();
     assert!(
