@@ -31,32 +31,45 @@ use crate::stream::StreamGuard;
 /// as Envoy's do); the body runs on the upstream connection's task, so its end
 /// wakes them.
 ///
-/// It also keeps why the body failed when the client framed it wrongly: the
-/// upstream exchange then fails too (an HTTP/2 upstream only sees its stream reset),
-/// and the router answers 400 for the client's error instead of 503.
+/// It also keeps why the body failed when the client is to blame: the upstream
+/// exchange then fails too (an HTTP/2 upstream only sees its stream reset), and the
+/// router answers for the client's error (400), or not at all for a client that went
+/// away, instead of blaming the upstream with a 503.
 #[derive(Default, Debug)]
 pub struct ByteCount {
     bytes: AtomicU64,
     ended: AtomicBool,
     /// The stream's timers, waiting for the end.
     end_waker: futures_util::task::AtomicWaker,
-    malformed: std::sync::OnceLock<&'static str>,
+    fault: std::sync::OnceLock<BodyFault>,
+}
+
+/// How the client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Bytes that are not a body of its framing (a bad chunk line).
+    Malformed(&'static str),
+    /// The client's HTTP/1.1 connection closed or failed before the body ended.
+    Disconnected,
 }
 
 impl ByteCount {
-    /// What was wrong with the request body, if the client framed it wrongly.
-    pub fn malformed(&self) -> Option<&'static str> {
-        self.malformed.get().copied()
+    /// How the request body failed, if the client is to blame.
+    pub fn fault(&self) -> Option<BodyFault> {
+        self.fault.get().copied()
     }
 
-    /// Keeps `error` if it is the downstream codec's "not a body of its framing".
+    /// Keeps `error` if it is the downstream codec's: a body not of its framing, or
+    /// a connection gone before the body's end.
     fn failed(&self, error: &BoxError) {
-        let malformed = error
-            .downcast_ref::<crate::h1_server::BodyError>()
-            .and_then(crate::h1_server::BodyError::malformed);
-        if let Some(what) = malformed {
-            let _ = self.malformed.set(what);
-        }
+        let Some(error) = error.downcast_ref::<crate::h1_server::BodyError>() else {
+            return;
+        };
+        let fault = match error.malformed() {
+            Some(what) => BodyFault::Malformed(what),
+            None => BodyFault::Disconnected,
+        };
+        let _ = self.fault.set(fault);
     }
 
     pub fn get(&self) -> u64 {

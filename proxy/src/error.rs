@@ -51,6 +51,9 @@ pub enum ProxyError {
     /// response at all; HTTP/1.1 closes the connection, HTTP/2 sends RST_STREAM.
     /// Status 0 in the access log, as in Envoy's.
     FilterReset,
+    /// The client's connection closed before its request body ended (`DC`): no
+    /// response, status 0 in the access log, and no `downstream_rq_5xx`, as in Envoy.
+    DownstreamDisconnect,
 }
 
 /// Why an upstream stream ended before its response head, as Envoy's
@@ -98,7 +101,8 @@ impl ProxyError {
             | ProxyError::RequestTimeout
             | ProxyError::UpgradeRejected
             | ProxyError::BadRequest { .. }
-            | ProxyError::HeadersTooLarge => Side::Downstream,
+            | ProxyError::HeadersTooLarge
+            | ProxyError::DownstreamDisconnect => Side::Downstream,
         }
     }
 
@@ -122,7 +126,7 @@ impl ProxyError {
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
             ProxyError::HeadersTooLarge => 431,
-            ProxyError::FilterReset => 0,
+            ProxyError::FilterReset | ProxyError::DownstreamDisconnect => 0,
         }
     }
 
@@ -149,6 +153,7 @@ impl ProxyError {
             ProxyError::UpgradeRejected => "UPE",
             ProxyError::BadRequest { .. } | ProxyError::HeadersTooLarge => "DPE",
             ProxyError::FilterReset => "",
+            ProxyError::DownstreamDisconnect => "DC",
         }
     }
 
@@ -178,6 +183,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => "http1.codec_error",
             ProxyError::HeadersTooLarge => "http1.headers_too_large",
             ProxyError::FilterReset => "wasm_close_stream",
+            ProxyError::DownstreamDisconnect => "downstream_remote_disconnect",
         }
     }
 
@@ -200,7 +206,8 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::UpgradeRejected
             | ProxyError::NoCluster
-            | ProxyError::FilterReset => String::new(),
+            | ProxyError::FilterReset
+            | ProxyError::DownstreamDisconnect => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
             ProxyError::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()

@@ -24,7 +24,8 @@ use strait_xds::model::{
 
 use crate::attempts::{self, Answer, Plan};
 use crate::body::{
-    ByteCount, Deadlines, DownstreamBody, ReplayHandle, RequestBody, ResponseBody, StreamTimers,
+    BodyFault, ByteCount, Deadlines, DownstreamBody, ReplayHandle, RequestBody, ResponseBody,
+    StreamTimers,
 };
 use crate::chain::{ChainHandle, ChainId, Step, Verdict};
 use crate::error::ProxyError;
@@ -218,11 +219,12 @@ pub async fn handle(
         Err(failure) => {
             // `proxy` takes the guard only when it returns a response.
             let mut guard = guard.expect("guard kept on the error path");
-            if let ProxyError::FilterReset = failure.error {
+            if let ProxyError::FilterReset | ProxyError::DownstreamDisconnect = failure.error {
                 // No response: hyper closes an HTTP/1.1 connection, and resets an
                 // HTTP/2 stream, for a service error. The guard logs status 0.
                 guard.details = failure.error.details();
-                return Err(ProxyError::FilterReset);
+                guard.set_flag(failure.error.flag());
+                return Err(failure.error);
             }
             local_reply(failure, grpc, &listener, guard)
         }
@@ -748,10 +750,13 @@ async fn proxy<'a>(
         }
         Answer::Failed(error) => {
             // The client's broken body failed the exchange: its error, not the
-            // upstream's (Envoy's codec answers 400 too).
-            let malformed = guard.received.as_ref().and_then(|r| r.malformed());
-            return Err(fail(match malformed {
-                Some(reason) => ProxyError::BadRequest { reason },
+            // upstream's (Envoy's codec answers 400 too). A client gone before its
+            // body ended is not answered at all (`DC`, status 0, as in Envoy): a 503
+            // `UR` would blame a healthy upstream in the stats and the access log.
+            let fault = guard.received.as_ref().and_then(|r| r.fault());
+            return Err(fail(match fault {
+                Some(BodyFault::Malformed(reason)) => ProxyError::BadRequest { reason },
+                Some(BodyFault::Disconnected) => ProxyError::DownstreamDisconnect,
                 None => error,
             }));
         }

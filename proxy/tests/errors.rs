@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
+use tokio::io::AsyncWriteExt;
 
 use common::*;
 
@@ -337,6 +338,147 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
     let reply = raw.read_until("\"backend\"", Duration::from_secs(10)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("\"host\":\"\""), "{reply}");
+}
+
+/// Heads with random bytes changed (control bytes, separators, anything), cut short or
+/// with a line repeated: each connection gets an HTTP/1.1 answer or a close, never
+/// anything else; never a 5xx (the upstream is healthy), and a 400 says why; it
+/// closes once its client has, and takes nobody else down: a keep-alive connection
+/// opened before is still served, and no task panicked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_heads_end_only_their_own_connection() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    let mut good = RawConn::connect(addr).await;
+    let templates: [&[u8]; 3] = [
+        b"GET /a/b?q=1 HTTP/1.1\r\nHost: example.com:80\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-Long: abcdefghij\r\n\r\nhello",
+        b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    const SPICE: &[u8] = b"\r\n\0 :\t\x7f\xff,;0aA\"";
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: usize| {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as usize % n
+    };
+    let mut inputs = Vec::new();
+    for round in 0..300 {
+        let mut bytes = templates[round % templates.len()].to_vec();
+        for _ in 0..1 + rand(3) {
+            let at = rand(bytes.len());
+            bytes[at] = match rand(2) {
+                0 => SPICE[rand(SPICE.len())],
+                _ => rand(256) as u8,
+            };
+        }
+        match rand(6) {
+            0 => bytes.truncate(rand(bytes.len())),
+            1 => {
+                // A line repeated (a second Host, Content-Length, …).
+                let lines: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] == b'\n').collect();
+                if lines.len() > 2 {
+                    let (from, to) = (lines[0] + 1, lines[1] + 1);
+                    let line = bytes[from..to].to_vec();
+                    bytes.splice(to..to, line);
+                }
+            }
+            _ => {}
+        }
+        inputs.push(bytes);
+    }
+    let mut failures = Vec::new();
+    for batch in inputs.chunks(30) {
+        let replies = futures_util::future::join_all(batch.iter().map(|bytes| async move {
+            let mut c = RawConn::connect(addr).await;
+            c.write(bytes).await;
+            let _ = c.stream.shutdown().await;
+            c.read_to_close(Duration::from_secs(5)).await
+        }))
+        .await;
+        for (bytes, (reply, closed)) in batch.iter().zip(replies) {
+            let sent = String::from_utf8_lossy(bytes);
+            let status = reply
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|code| code.parse::<u16>().ok());
+            if !reply.is_empty() && status.is_none() {
+                failures.push(format!("{sent:?}: not an HTTP/1.1 answer: {reply:?}"));
+            }
+            if !closed {
+                failures.push(format!("{sent:?}: still open 5 s after its client closed"));
+            }
+            // The upstream is healthy: a 5xx would blame it for the client's bytes.
+            // A refusal says what was wrong.
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            match status {
+                Some(500..) => failures.push(format!("{sent:?}: {reply:?}")),
+                Some(400) if body.is_empty() => {
+                    failures.push(format!("{sent:?}: 400 without a reason: {reply:?}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    good.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let reply = good
+        .read_until("\"backend\"", Duration::from_secs(10))
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let stderr = s.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A client that goes away before its request body ends (its connection closed
+/// halfway through a `Content-Length` or a chunked body) is not answered, and the
+/// stream is logged as the client's, `0 DC`, as Envoy logs it: not as a 503 `UR`,
+/// which would blame a healthy upstream in `downstream_rq_5xx` and the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_not_an_upstream_failure() {
+    for h2_upstream in [false, true] {
+        let b = Backend::echo("b").await;
+        let (log, hcm) = access_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+        let config = Bootstrap::catch_all("b").hcm(&hcm);
+        let config = match h2_upstream {
+            true => config.h2_cluster("b", b.addr()),
+            false => config.cluster("b", b.addr()),
+        };
+        let s = Strait::start(&config.build()).await;
+        let addr = s.main_addr().await;
+        let cut: [&[u8]; 2] = [
+            b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhalf",
+            b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ];
+        for bytes in cut {
+            let mut c = RawConn::connect(addr).await;
+            c.write(bytes).await;
+            // The request goes upstream with what came of its body; then the client
+            // goes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.stream.shutdown().await.unwrap();
+            let (reply, closed) = c.read_to_close(Duration::from_secs(5)).await;
+            assert!(
+                closed && reply.is_empty(),
+                "h2 upstream {h2_upstream}: closed {closed}, answered {reply:?}"
+            );
+        }
+        let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            (lines.len() == 2).then_some(lines)
+        })
+        .await;
+        assert_eq!(
+            lines, ["0 DC downstream_remote_disconnect"; 2],
+            "h2 upstream {h2_upstream}"
+        );
+        assert_eq!(s.stat("http.ingress.downstream_rq_5xx").await, Some(0));
+        // The upstream, never at fault, serves the next request.
+        assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    }
 }
 
 /// A chunked request body that breaks its framing halfway (here a chunk size that is
