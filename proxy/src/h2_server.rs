@@ -623,7 +623,10 @@ impl Conn {
                         self.slots[i].as_ref().map(|s| &s.task),
                         Some(Task::Answering(_))
                     );
-                    self.close(i, Some(reason));
+                    // Envoy logs a stream its client reset `DR`, `http2.remote_reset`.
+                    crate::stream::ending_with("DR", "http2.remote_reset", || {
+                        self.close(i, Some(reason))
+                    });
                     if !answered {
                         self.resets += 1;
                         if self.resets > RESET_ALLOWANCE && self.resets > self.opened / 2 {

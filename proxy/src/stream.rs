@@ -1,6 +1,7 @@
 //! The per-stream drop guard: records a stream's stats and access log exactly once,
 //! whatever path the stream ended on.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -255,6 +256,36 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        if self.status == 0 && self.flags.is_empty() && self.details == "via_upstream" {
+            // Dropped unanswered, with nothing said why: its codec cancelled it
+            // because the client went away (its connection closed, `DC`) or, in the
+            // scope of `ending_with`, for the reason given there (an HTTP/2 client's
+            // RST_STREAM, `DR`), as Envoy logs these.
+            let (flag, details) = ENDED_BY
+                .get()
+                .unwrap_or(("DC", "downstream_remote_disconnect"));
+            self.set_flag(flag);
+            self.details = details;
+        }
         self.record();
     }
+}
+
+thread_local! {
+    /// Why the streams dropped in the current `ending_with` scope end, when their
+    /// codec knows better than "the client went away".
+    static ENDED_BY: Cell<Option<(&'static str, &'static str)>> = const { Cell::new(None) };
+}
+
+/// Runs `end` (which drops streams that may still be unanswered) with the response
+/// flag and details their access log entries get.
+pub fn ending_with<R>(flag: &'static str, details: &'static str, end: impl FnOnce() -> R) -> R {
+    struct Restore(Option<(&'static str, &'static str)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENDED_BY.set(self.0);
+        }
+    }
+    let _restore = Restore(ENDED_BY.replace(Some((flag, details))));
+    end()
 }

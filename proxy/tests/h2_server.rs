@@ -428,6 +428,49 @@ async fn responses_wait_for_a_client_that_reads_late() {
     assert_eq!(bytes, STREAMS as usize * SIZE);
 }
 
+/// A client that leaves before its answer is logged as Envoy logs it, status 0 and
+/// the client's flag: `DR` (`http2.remote_reset`) when it reset its HTTP/2 stream, `DC`
+/// (`downstream_remote_disconnect`) when it closed its connection, HTTP/2 or HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
+    let b = Backend::echo("b").await;
+    let (log, hcm) =
+        access_log("%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+    let s = strait_with(&b, &hcm).await;
+    let addr = s.main_addr().await;
+    let slow = [("x-backend-delay-ms", "2000")];
+    let mut c = Conn::open(addr, &[]).await;
+    c.get(1, "/reset", &slow).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()).await;
+    // The connection goes on: another stream is answered on it.
+    c.get_direct(3).await;
+    c.get(5, "/h2-closed", &slow).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    let mut h1 = RawConn::connect(addr).await;
+    h1.write(b"GET /h1-closed HTTP/1.1\r\nHost: h\r\nx-backend-delay-ms: 2000\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(h1);
+    let mut lines = eventually(Duration::from_secs(5), "four access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 4).then_some(lines)
+    })
+    .await;
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "/direct 200 - direct_response",
+            "/h1-closed 0 DC downstream_remote_disconnect",
+            "/h2-closed 0 DC downstream_remote_disconnect",
+            "/reset 0 DR http2.remote_reset",
+        ]
+    );
+}
+
 /// Connections that send random frames (random types, flags, streams and payloads,
 /// after a valid preface) end however the protocol says, each on its own: the
 /// proxy keeps serving everyone else.
