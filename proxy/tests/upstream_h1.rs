@@ -139,6 +139,10 @@ fn answers(head: &str) -> Scripted {
             Scripted::Close(bytes("HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nread until the end"))
         }
         "/no-content" => Scripted::KeepAlive(bytes("HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n")),
+        // More bytes than the answer's length: what follows looks like an answer.
+        "/overlong" => Scripted::KeepAlive(bytes(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret",
+        )),
         // A 304 framed as chunked: it has no body, and says nothing of a length.
         "/not-modified" => Scripted::KeepAlive(bytes(
             "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nETag: \"v1\"\r\n\r\n",
@@ -328,6 +332,105 @@ async fn malformed_answers_are_502_and_close_their_connection() {
         v == malformed.len() as i64
     })
     .await;
+}
+
+/// An answer made of a valid one with random bytes changed, for `/fuzz/<seed>`:
+/// from a few shapes (a length, chunked with trailers, a 204, a 100 first), one to
+/// three bytes replaced by a control byte, a separator or anything, sometimes cut.
+fn fuzzed_answer(head: &str) -> Scripted {
+    const SHAPES: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: b\r\n\r\n0123456789",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n4\r\nbody\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-B: c\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    const SPICE: &[u8] = b"\r\n\0 :\t\x7f\xff,;0aA-";
+    let seed = head
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.strip_prefix("/fuzz/"));
+    let Some(seed) = seed.and_then(|n| n.parse::<u64>().ok()) else {
+        return Scripted::Close(SHAPES[0].to_vec());
+    };
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rand = move |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    let mut bytes = SHAPES[rand(SHAPES.len())].to_vec();
+    for _ in 0..1 + rand(3) {
+        let at = rand(bytes.len());
+        bytes[at] = match rand(2) {
+            0 => SPICE[rand(SPICE.len())],
+            _ => rand(256) as u8,
+        };
+    }
+    if rand(5) == 0 {
+        bytes.truncate(rand(bytes.len()));
+    }
+    Scripted::Close(bytes)
+}
+
+/// Upstream answers with random bytes changed, all on one HTTP/2 client connection:
+/// each ends its own stream however it must (proxied, 502 for an answer that is
+/// not HTTP/1.1, a reset for a body broken after its head went out) within a bound,
+/// and the client's connection, shared by every stream, serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_answers_end_only_their_own_stream() {
+    let b = Backend::scripted("raw", fuzzed_answer).await;
+    let config = Bootstrap::catch_all("up")
+        .hcm("stream_idle_timeout: 2s")
+        .cluster("up", b.addr());
+    let s = Strait::start_with(&config.build(), &["--concurrency", "1"]).await;
+    let mut c = h2(&s).await;
+    let mut statuses = std::collections::BTreeMap::<String, u32>::new();
+    for seed in 1..=200u64 {
+        let req = c.request(Method::GET, "h", &format!("/fuzz/{seed}"), &[], empty());
+        let outcome = tokio::time::timeout(Duration::from_secs(10), c.send(req))
+            .await
+            .unwrap_or_else(|_| panic!("/fuzz/{seed}: no end within 10 s"));
+        let key = match outcome {
+            Ok(r) if r.status == 502 => {
+                let text = r.text();
+                assert!(
+                    text.ends_with("reset reason: protocol error"),
+                    "/fuzz/{seed}: {text}"
+                );
+                "502".to_owned()
+            }
+            Ok(r) => r.status.to_string(),
+            Err(_) => "reset".to_owned(),
+        };
+        *statuses.entry(key).or_default() += 1;
+    }
+    // Both kinds of ending were exercised.
+    assert!(
+        statuses.contains_key("502") && statuses.len() > 2,
+        "{statuses:?}"
+    );
+    let r = c.get("h", "/plain", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    let stderr = s.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Bytes an upstream sends past its answer's length (here shaped as a second answer)
+/// belong to no request: the connection is not reused, so they never reach the next
+/// request's client (a response desync, possibly another client's data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_past_an_answer_never_answer_the_next_request() {
+    let b = Backend::scripted("raw", answers).await;
+    let s = proxy_to(&b).await;
+    let mut c = h2(&s).await;
+    let r = c.get("h", "/overlong", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    for _ in 0..3 {
+        let r = c.get("h", "/plain", &[]).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    }
+    assert_eq!(b.connections(), 2, "the overlong answer's connection is not reused");
 }
 
 /// A response head of 70,000 bytes passes (Envoy's HTTP/1.1 client takes up to
