@@ -651,6 +651,12 @@ impl Conn {
             initial_stream_window: hcm.http2.initial_stream_window_size,
             initial_connection_window: hcm.http2.initial_connection_window_size,
             max_concurrent_streams: hcm.http2.max_concurrent_streams,
+            rx_reset: ctx.listener.http.downstream_rq_rx_reset.clone(),
+            destroy_remote_active_rq: ctx
+                .listener
+                .http
+                .downstream_cx_destroy_remote_active_rq
+                .clone(),
         };
         let handler = {
             let ctx = ctx.clone();

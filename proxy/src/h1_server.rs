@@ -41,6 +41,7 @@ use tokio::io::AsyncWrite;
 
 use crate::body::{DownstreamBody, ResponseBody};
 use crate::conn::IdleEntry;
+use crate::error::ProxyError;
 use crate::h1::{
     self, CasedWriter, Decoded, Decoder, Framing, HeaderCase, WriteError, Writer, MAX_HEADERS,
     READ_SMALL,
@@ -417,10 +418,19 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             })
             .await
         };
-        let Some(Ok(response)) = answer else {
-            // The client went away, or no response (a filter reset the stream): the
-            // connection closes, as hyper's did.
-            return Ok(Outcome::Closed);
+        let response = match answer {
+            Some(Ok(response)) => response,
+            // The client went away (while the answer was awaited, or before its body
+            // ended), or no response (a filter reset the stream): the connection
+            // closes, as hyper's did.
+            None | Some(Err(ProxyError::DownstreamDisconnect)) => {
+                ctx.listener
+                    .http
+                    .downstream_cx_destroy_remote_active_rq
+                    .inc();
+                return Ok(Outcome::Closed);
+            }
+            Some(Err(_)) => return Ok(Outcome::Closed),
         };
         let closing = side.lock().closing;
         let keep_alive = keep_alive && !closing && !smuggling;

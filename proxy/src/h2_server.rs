@@ -50,6 +50,7 @@ use crate::body::DownstreamBody;
 use crate::conn::Counted;
 use crate::h2_frame::{self as frame, Head, Reason};
 use crate::hpack::{Decoder, Encoder};
+use crate::stats::Counter;
 
 /// A stream's answer, as the connection's handler makes it.
 type Answer = crate::conn::Handled;
@@ -60,6 +61,11 @@ pub(crate) struct Settings {
     pub initial_stream_window: u32,
     pub initial_connection_window: u32,
     pub max_concurrent_streams: u32,
+    /// The connection manager's `downstream_rq_rx_reset`: streams the client reset.
+    pub rx_reset: Counter,
+    /// Its `downstream_cx_destroy_remote_active_rq`: the client closed the connection
+    /// with streams open.
+    pub destroy_remote_active_rq: Counter,
 }
 
 /// Passes through the connection's loop before it yields to other connections: each
@@ -196,6 +202,8 @@ struct Conn {
     resets: u32,
     /// Streams Strait reset for the client's protocol errors.
     local_resets: u32,
+    rx_reset: Counter,
+    destroy_remote_active_rq: Counter,
     /// Complete frames wait in the read buffer: the output was over [`HIGH_WATER`].
     backlog: bool,
 }
@@ -377,6 +385,8 @@ where
                 opened: 0,
                 resets: 0,
                 local_resets: 0,
+                rx_reset: settings.rx_reset.clone(),
+                destroy_remote_active_rq: settings.destroy_remote_active_rq.clone(),
                 backlog: false,
             },
         }
@@ -420,12 +430,16 @@ where
                     Poll::Ready(Ok(0)) => {
                         // The client closed its side: its streams end with it.
                         conn.peer_gone = true;
+                        conn.gone_with_streams();
                         conn.drop_streams();
                         conn.phase = Phase::Done;
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Ok(_)) => true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                    Poll::Ready(Err(e)) => {
+                        conn.gone_with_streams();
+                        return Poll::Ready(Err(Error::Io(e)));
+                    }
                     Poll::Pending => false,
                 };
                 // Frames left in the buffer while the output was full go on too.
@@ -619,6 +633,7 @@ impl Conn {
                 }
                 let reason = Reason(u32::from_be_bytes(payload.try_into().expect("checked")));
                 if let Some(&i) = self.ids.get(&head.stream) {
+                    self.rx_reset.inc();
                     let answered = !matches!(
                         self.slots[i].as_ref().map(|s| &s.task),
                         Some(Task::Answering(_))
@@ -1320,6 +1335,16 @@ impl Conn {
     fn finished(&self) -> bool {
         let closed = matches!(self.closing, Closing::Final(_)) || self.peer_gone;
         closed && self.ids.is_empty() && self.tx.out.len() == 0
+    }
+}
+
+impl Conn {
+    /// The client closed the connection: `downstream_cx_destroy_remote_active_rq` if
+    /// any of its streams was still open.
+    fn gone_with_streams(&self) {
+        if !self.ids.is_empty() {
+            self.destroy_remote_active_rq.inc();
+        }
     }
 }
 

@@ -35,6 +35,10 @@ pub struct HttpStats {
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
     pub downstream_cx_protocol_error: Counter,
+    /// Connections the client closed while a request on them was unanswered.
+    pub downstream_cx_destroy_remote_active_rq: Counter,
+    /// HTTP/2 streams the client reset (RST_STREAM).
+    pub downstream_rq_rx_reset: Counter,
     pub downstream_cx_idle_timeout: Counter,
     /// Strait's own: idle HTTP/1.1 connections whose codec state was released.
     pub downstream_cx_idle_released: Counter,
@@ -67,6 +71,8 @@ impl HttpStats {
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_idle_released: c("downstream_cx_idle_released"),
             downstream_rq_timeout: c("downstream_rq_timeout"),

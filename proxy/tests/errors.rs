@@ -476,6 +476,11 @@ async fn a_client_gone_mid_body_is_not_an_upstream_failure() {
             "h2 upstream {h2_upstream}"
         );
         assert_eq!(s.stat("http.ingress.downstream_rq_5xx").await, Some(0));
+        assert_eq!(
+            s.stat("http.ingress.downstream_cx_destroy_remote_active_rq")
+                .await,
+            Some(2)
+        );
         // The upstream, never at fault, serves the next request.
         assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
     }

@@ -430,7 +430,8 @@ async fn responses_wait_for_a_client_that_reads_late() {
 
 /// A client that leaves before its answer is logged as Envoy logs it, status 0 and
 /// the client's flag: `DR` (`http2.remote_reset`) when it reset its HTTP/2 stream, `DC`
-/// (`downstream_remote_disconnect`) when it closed its connection, HTTP/2 or HTTP/1.1.
+/// (`downstream_remote_disconnect`) when it closed its connection, HTTP/2 or HTTP/1.1;
+/// and counted in `downstream_rq_rx_reset` and `downstream_cx_destroy_remote_active_rq`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
     let b = Backend::echo("b").await;
@@ -468,6 +469,14 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
             "/h2-closed 0 DC downstream_remote_disconnect",
             "/reset 0 DR http2.remote_reset",
         ]
+    );
+    // Envoy's counters of the same: one stream reset, two connections closed with a
+    // request unanswered.
+    assert_eq!(s.stat("http.ingress.downstream_rq_rx_reset").await, Some(1));
+    assert_eq!(
+        s.stat("http.ingress.downstream_cx_destroy_remote_active_rq")
+            .await,
+        Some(2)
     );
 }
 

@@ -430,7 +430,11 @@ async fn bytes_past_an_answer_never_answer_the_next_request() {
         let r = c.get("h", "/plain", &[]).await;
         assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
     }
-    assert_eq!(b.connections(), 2, "the overlong answer's connection is not reused");
+    assert_eq!(
+        b.connections(),
+        2,
+        "the overlong answer's connection is not reused"
+    );
 }
 
 /// A response head of 70,000 bytes passes (Envoy's HTTP/1.1 client takes up to
