@@ -116,7 +116,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `trailers` is the one TE value that survives a hop (gRPC needs it over h2, where
 /// it is the only value allowed): a TE that lists it among others (`gzip, trailers`)
 /// goes on as `te: trailers` (lower case: an HTTP/2 upstream may take nothing else),
-/// any other TE is removed, as Envoy's `sanitizeTEHeader`.
+/// any other TE is removed, as Envoy's `sanitizeTEHeader`. Out of line: few requests
+/// carry a TE, and its removals inlined into the router made the compiler outline
+/// `HeaderMap::remove` for every other call there.
+#[inline(never)]
 fn sanitize_te(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::TE).iter();
     let only_trailers =
