@@ -266,6 +266,14 @@ impl Drop for StreamGuard {
                 .unwrap_or(("DC", "downstream_remote_disconnect"));
             self.set_flag(flag);
             self.details = details;
+            // The plugins' `on_log` (when the chain drops, after `record`) reads the
+            // same in `response.flags` and `response.code_details`.
+            if let Some(chain) = &self.chain {
+                chain.id().with_info(|info| {
+                    info.response_flags |= flag_bit(flag);
+                    info.response_details.get_or_insert(details.into());
+                });
+            }
         }
         self.record();
     }

@@ -292,6 +292,36 @@ async fn a_weighted_pick_is_the_cluster_plugins_read_before_routing() {
     assert_eq!(seen.len(), 2, "both clusters picked: {seen:?}");
 }
 
+/// A client that leaves before its answer: the plugin's `on_log` reads what Envoy
+/// 1.40's does (checked by hand with this plugin), `response.code_details`
+/// `downstream_remote_disconnect`, the `DC` bit (0x4000) in `response.flags`, and no
+/// `response.code`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_log_sees_a_client_that_left() {
+    let backend = Backend::echo("backend").await;
+    let strait = start(&backend, "props", "", false).await;
+    let addr = strait.main_addr().await;
+    let mut c = RawConn::connect(addr).await;
+    c.write(
+        b"GET /slow HTTP/1.1\r\nHost: h\r\nx-backend-delay-ms: 2000\r\n\
+          x-props-at-log: response/code_details,response/flags,response/code\r\n\r\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    let logged = eventually(Duration::from_secs(5), "on_log's values", || async {
+        let r = get(addr, "h", "/", &[("x-props-log", "1")]).await;
+        let log = r.echo().headers.get("x-props-log").cloned()?;
+        (log != "none").then_some(log)
+    })
+    .await;
+    assert_eq!(
+        logged,
+        "response.code_details=s:downstream_remote_disconnect;response.flags=h:0040000000000000;\
+         response.code=none"
+    );
+}
+
 /// `proxy_close_stream` on an HTTP stream resets that stream and nothing else, as
 /// Envoy does: no response; HTTP/1.1 closes the connection, h2 sends RST_STREAM and
 /// the connection's other streams carry on.
