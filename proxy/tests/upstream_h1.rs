@@ -336,7 +336,8 @@ async fn malformed_answers_are_502_and_close_their_connection() {
 
 /// An answer made of a valid one with random bytes changed, for `/fuzz/<seed>`:
 /// from a few shapes (a length, chunked with trailers, a 204, a 100 first), one to
-/// three bytes replaced by a control byte, a separator or anything, sometimes cut.
+/// three bytes replaced by a control byte, a separator or anything, sometimes cut
+/// (`common::mutate`).
 fn fuzzed_answer(head: &str) -> Scripted {
     const SHAPES: [&[u8]; 4] = [
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: b\r\n\r\n0123456789",
@@ -344,7 +345,6 @@ fn fuzzed_answer(head: &str) -> Scripted {
         b"HTTP/1.1 204 No Content\r\nX-B: c\r\n\r\n",
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     ];
-    const SPICE: &[u8] = b"\r\n\0 :\t\x7f\xff,;0aA-";
     let seed = head
         .split(' ')
         .nth(1)
@@ -352,25 +352,9 @@ fn fuzzed_answer(head: &str) -> Scripted {
     let Some(seed) = seed.and_then(|n| n.parse::<u64>().ok()) else {
         return Scripted::Close(SHAPES[0].to_vec());
     };
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut rand = move |n: usize| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    };
-    let mut bytes = SHAPES[rand(SHAPES.len())].to_vec();
-    for _ in 0..1 + rand(3) {
-        let at = rand(bytes.len());
-        bytes[at] = match rand(2) {
-            0 => SPICE[rand(SPICE.len())],
-            _ => rand(256) as u8,
-        };
-    }
-    if rand(5) == 0 {
-        bytes.truncate(rand(bytes.len()));
-    }
-    Scripted::Close(bytes)
+    let mut rng = mutate::Rng::new(seed);
+    let shape = SHAPES[rng.below(SHAPES.len())];
+    Scripted::Close(mutate::mutate(shape, &mut rng, false))
 }
 
 /// Upstream answers with random bytes changed, all on one HTTP/2 client connection:

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod mutate;
 pub mod proxy;
 
 use std::future::Future;
