@@ -888,7 +888,15 @@ impl Body for ResponseBody {
                     g.bytes_sent += d.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Some("UR")),
+            Poll::Ready(Some(Err(e))) if e.is::<FilterReplied>() => this.finish(Some("UR")),
+            Poll::Ready(Some(Err(e))) => {
+                let (flag, details) = after_response_started(e);
+                if let Some(g) = &mut this.stream.guard {
+                    g.ended_by(flag, details);
+                }
+                // The connection is not given back: `Some` drops the lease.
+                this.finish(Some(flag));
+            }
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }
@@ -975,6 +983,35 @@ fn poll_filtered(
     }
 }
 
+/// Envoy's response flag and details for an upstream body that failed after its head
+/// went to the client. Envoy's HTTP/1.1 codec takes a body cut short by the
+/// connection's end (or reset) for a protocol error, as it does a malformed one
+/// (checked against Envoy 1.40: `200 UPE upstream_reset_after_response_started{
+/// protocol_error}`); an HTTP/2 upstream's RST_STREAM is a remote reset.
+fn after_response_started(error: &BoxError) -> (&'static str, &'static str) {
+    if let Some(failure) = error.downcast_ref::<crate::h1_client::Failure>() {
+        if !matches!(failure, crate::h1_client::Failure::Body(_)) {
+            return (
+                "UPE",
+                "upstream_reset_after_response_started{protocol_error}",
+            );
+        }
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = source {
+        if e.downcast_ref::<h2::Error>()
+            .is_some_and(h2::Error::is_reset)
+        {
+            return ("UR", "upstream_reset_after_response_started{remote_reset}");
+        }
+        source = e.source();
+    }
+    (
+        "UR",
+        "upstream_reset_after_response_started{connection_termination}",
+    )
+}
+
 /// A filter's local reply (or reset) after the response head was sent: all that is
 /// left is to reset the stream, which the caller does for any error.
 fn late_reply(f: &mut ResponseFilters, reply: strait_filters::LocalReply) -> BoxError {
@@ -1032,6 +1069,37 @@ fn far_future() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_failed_after_the_head_is_named_as_envoy_names_it() {
+        let cases: [(BoxError, &str, &str); 4] = [
+            (
+                Box::new(crate::h1_client::Failure::Broken),
+                "UPE",
+                "upstream_reset_after_response_started{protocol_error}",
+            ),
+            (
+                Box::new(crate::h1_client::Failure::Protocol("bad chunk")),
+                "UPE",
+                "upstream_reset_after_response_started{protocol_error}",
+            ),
+            // An error of h2's own making (not a peer's RST_STREAM, which only h2
+            // makes) is no remote reset.
+            (
+                Box::new(h2::Error::from(h2::Reason::CANCEL)),
+                "UR",
+                "upstream_reset_after_response_started{connection_termination}",
+            ),
+            (
+                Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                "UR",
+                "upstream_reset_after_response_started{connection_termination}",
+            ),
+        ];
+        for (error, flag, details) in cases {
+            assert_eq!(after_response_started(&error), (flag, details), "{error}");
+        }
+    }
 
     #[test]
     fn earliest_takes_the_first_deadline_or_idle_timeout() {

@@ -106,6 +106,20 @@ impl StreamGuard {
             .fold(0, |bits, flag| bits | flag_bit(flag))
     }
 
+    /// The stream ended for `details`, with response flag `flag`: for the access log
+    /// and for the plugins' `on_log` (run when the chain drops, after `record`),
+    /// which read them as `response.flags` and `response.code_details`.
+    pub fn ended_by(&mut self, flag: &'static str, details: &'static str) {
+        self.set_flag(flag);
+        self.details = details;
+        if let Some(chain) = &self.chain {
+            chain.id().with_info(|info| {
+                info.response_flags |= flag_bit(flag);
+                info.response_details = Some(details.into());
+            });
+        }
+    }
+
     pub fn set_flag(&mut self, flag: &'static str) {
         if !flag.is_empty() && !self.flags.contains(&flag) {
             self.flags.push(flag);
@@ -264,16 +278,7 @@ impl Drop for StreamGuard {
             let (flag, details) = ENDED_BY
                 .get()
                 .unwrap_or(("DC", "downstream_remote_disconnect"));
-            self.set_flag(flag);
-            self.details = details;
-            // The plugins' `on_log` (when the chain drops, after `record`) reads the
-            // same in `response.flags` and `response.code_details`.
-            if let Some(chain) = &self.chain {
-                chain.id().with_info(|info| {
-                    info.response_flags |= flag_bit(flag);
-                    info.response_details.get_or_insert(details.into());
-                });
-            }
+            self.ended_by(flag, details);
         }
         self.record();
     }

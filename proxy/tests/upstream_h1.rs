@@ -445,7 +445,10 @@ async fn a_response_head_up_to_80_kib_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_broken_midway_reaches_the_client_unfinished() {
     let b = Backend::scripted("raw", answers).await;
-    let s = proxy_to(&b).await;
+    let (log, hcm) =
+        access_log("%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+    let config = Bootstrap::catch_all("up").hcm(&hcm).cluster("up", b.addr());
+    let s = Strait::start_with(&config.build(), &["--concurrency", "1"]).await;
     let (reply, closed) = send_raw_until_close(
         s.main_addr().await,
         b"GET /bad-chunk HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -454,6 +457,29 @@ async fn a_body_broken_midway_reaches_the_client_unfinished() {
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\n3\r\nabc\r\n"), "{reply:?}");
     assert!(closed, "the connection closes on the unfinished body");
+    // A body cut short by the upstream's close, too.
+    let (reply, closed) = send_raw_until_close(
+        s.main_addr().await,
+        b"GET /short HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    assert!(reply.ends_with("\r\n\r\nonly5"), "{reply:?}");
+    assert!(closed, "the connection closes on the unfinished body");
+    // Both are logged as Envoy's HTTP/1.1 codec takes them: a protocol error after
+    // the response started, not the body's success.
+    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(
+        lines,
+        [
+            "/bad-chunk 200 UPE upstream_reset_after_response_started{protocol_error}",
+            "/short 200 UPE upstream_reset_after_response_started{protocol_error}",
+        ]
+    );
 }
 
 /// An upstream may answer before it has read the request body (413, 401): the answer
