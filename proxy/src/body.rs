@@ -637,6 +637,12 @@ impl StreamTimers {
         self.attempt_pending.is_some()
     }
 
+    /// The response head is in: `request_timeout` no longer applies (as in Envoy,
+    /// which disarms it then). The timer is left as it is; `fired` re-arms it.
+    pub fn response_started(&mut self) {
+        self.request = None;
+    }
+
     /// Whether the request is complete: it had no body, or the body ended.
     pub fn request_ended(&self) -> bool {
         self.request_body.as_ref().is_none_or(|b| b.ended())
@@ -679,6 +685,10 @@ impl StreamTimers {
     /// Which timer fired, once `sleep` has; `None` when none is due (a deadline was
     /// cleared after the timer was set), and the timer is re-armed for the next one.
     pub fn fired(&mut self) -> Option<Expiry> {
+        // A request deadline outlived by the request's end is disarmed, not re-armed.
+        if self.request.is_some() && self.request_ended() {
+            self.request = None;
+        }
         let expiry = self.due(Instant::now());
         if expiry.is_none() {
             let next = self.next_wake().unwrap_or_else(far_future);
@@ -713,6 +723,9 @@ impl StreamTimers {
         if self.route.is_some_and(|d| now >= d) {
             Some(Expiry::Route)
         } else if self.request.is_some_and(|d| now >= d) {
+            // Only while the request is incomplete (`fired` disarms it after): Envoy
+            // disarms `request_timeout` once the request is in; it bounds receiving
+            // the request, not waiting for the answer.
             Some(Expiry::Request)
         } else if self.max_duration.is_some_and(|d| now >= d) {
             Some(Expiry::MaxDuration)
@@ -732,7 +745,9 @@ impl StreamTimers {
         match expiry {
             Expiry::Route => ProxyError::UpstreamTimeout,
             Expiry::Request => ProxyError::RequestTimeout,
-            Expiry::Idle => ProxyError::StreamIdleTimeout,
+            Expiry::Idle => ProxyError::StreamIdleTimeout {
+                request_complete: self.request_ended(),
+            },
             Expiry::PerTryIdle => ProxyError::PerTryIdleTimeout,
             Expiry::Attempt => ProxyError::PerTryTimeout,
             Expiry::MaxDuration => ProxyError::MaxStreamDuration {
@@ -866,11 +881,14 @@ impl Body for ResponseBody {
                 Poll::Pending => {
                     if let Some(t) = &mut this.stream.timers {
                         if let Poll::Ready(expiry) = t.poll_expiry(cx) {
-                            // Headers are gone already: the stream is reset.
+                            // Headers are gone already: the stream is reset,
+                            // logged with the status sent and the timer's details
+                            // (`200 SI stream_idle_timeout`, as Envoy).
+                            let err = t.error(expiry);
                             if let Some(g) = &mut this.stream.guard {
                                 g.timed_out(expiry);
+                                g.ended_by(err.flag(), err.details());
                             }
-                            let err = t.error(expiry);
                             this.finish(Some(err.flag()));
                             return Poll::Ready(Some(Err(Box::new(err))));
                         }
@@ -1007,7 +1025,7 @@ fn after_response_started(error: &BoxError) -> (&'static str, &'static str) {
         source = e.source();
     }
     (
-        "UR",
+        "UC",
         "upstream_reset_after_response_started{connection_termination}",
     )
 }
@@ -1087,12 +1105,12 @@ mod tests {
             // makes) is no remote reset.
             (
                 Box::new(h2::Error::from(h2::Reason::CANCEL)),
-                "UR",
+                "UC",
                 "upstream_reset_after_response_started{connection_termination}",
             ),
             (
                 Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
-                "UR",
+                "UC",
                 "upstream_reset_after_response_started{connection_termination}",
             ),
         ];

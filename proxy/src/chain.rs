@@ -827,7 +827,8 @@ async fn wasm_request_headers(
         match step {
             Step::Done(verdict) => return verdict,
             Step::Paused(at) => {
-                if let Err(reply) = wait_resumed(id, at, Head::Request(head), hcm).await {
+                let waited = wait_resumed(id, at, Head::Request(head), end_of_stream, hcm);
+                if let Err(reply) = waited.await {
                     return Verdict::LocalReply(reply);
                 }
                 start = at + 1;
@@ -854,7 +855,7 @@ pub async fn resume_request_headers(
     end_of_stream: bool,
     hcm: &HttpConnectionManager,
 ) -> Verdict {
-    if let Err(reply) = wait_resumed(id, at, Head::Request(head), hcm).await {
+    if let Err(reply) = wait_resumed(id, at, Head::Request(head), end_of_stream, hcm).await {
         return Verdict::LocalReply(reply);
     }
     wasm_request_headers(id, head, end_of_stream, at + 1..usize::MAX, hcm).await
@@ -894,7 +895,8 @@ pub async fn resume_response_headers(
 ) -> Verdict {
     let mut at = at;
     loop {
-        if let Err(reply) = wait_resumed(id, at, Head::Response(head), hcm).await {
+        // The request went upstream whole before its answer came.
+        if let Err(reply) = wait_resumed(id, at, Head::Response(head), true, hcm).await {
             return Verdict::LocalReply(reply);
         }
         match headers_phase(id, at + 1..usize::MAX, |f| {
@@ -977,11 +979,14 @@ impl Head<'_> {
 /// callout response (`Ok`), or answers the stream (`Err`). Answers for other
 /// slots are delivered meanwhile without the head. A filter whose calls all came
 /// back without resuming keeps the stream waiting, as in Envoy, until the
-/// connection manager's `stream_idle_timeout` answers 408.
+/// connection manager's `stream_idle_timeout` answers: 504 when the client had sent
+/// the whole request (`request_complete`), else 408, as Envoy's
+/// `maybeRequestTimeoutCode`.
 async fn wait_resumed(
     id: ChainId,
     at: usize,
     mut head: Head<'_>,
+    request_complete: bool,
     hcm: &HttpConnectionManager,
 ) -> Result<(), LocalReply> {
     let deadline = hcm
@@ -1033,8 +1038,11 @@ async fn wait_resumed(
             Some(deadline) => {
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     with_stream(id, |chain| chain.paused = None);
-                    let mut reply =
-                        LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream_idle_timeout");
+                    let status = match request_complete {
+                        true => StatusCode::GATEWAY_TIMEOUT,
+                        false => StatusCode::REQUEST_TIMEOUT,
+                    };
+                    let mut reply = LocalReply::new(status, "stream_idle_timeout");
                     reply.body = Bytes::from("stream timeout");
                     return Err(reply);
                 }

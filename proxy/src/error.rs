@@ -20,8 +20,9 @@ pub enum ProxyError {
     NoCluster,
     /// The cluster has no endpoint to send to (`UH`).
     NoHealthyUpstream,
-    /// TCP connect failed or timed out (`UF`).
-    ConnectFailure { reason: String },
+    /// TCP connect failed or timed out (`UF`); `reason` for the log, `cause` for
+    /// the answer and its details.
+    ConnectFailure { reason: String, cause: ConnectCause },
     /// The upstream reset or closed before sending response headers (`UR`, or `UPE`
     /// for an answer that is not valid HTTP).
     UpstreamReset { reason: ResetReason },
@@ -34,9 +35,11 @@ pub enum ProxyError {
     /// `max_stream_duration` elapsed: 504 once the request was received whole, else
     /// 408; no response flag (Envoy sets none).
     MaxStreamDuration { request_complete: bool },
-    /// The stream saw no activity for the idle timeout (`SI`).
-    StreamIdleTimeout,
-    /// The connection manager's `request_timeout` elapsed (408).
+    /// The stream saw no activity for the idle timeout (`SI`): 504 once the request
+    /// was received whole, else 408, as Envoy's `maybeRequestTimeoutCode`.
+    StreamIdleTimeout { request_complete: bool },
+    /// The connection manager's `request_timeout` elapsed before the request was
+    /// received whole (408; no flag, as in Envoy).
     RequestTimeout,
     /// An upgrade (e.g. WebSocket) that the connection manager does not allow.
     UpgradeRejected,
@@ -54,6 +57,28 @@ pub enum ProxyError {
     /// The client's connection closed before its request body ended (`DC`): no
     /// response, status 0 in the access log, and no `downstream_rq_5xx`, as in Envoy.
     DownstreamDisconnect,
+}
+
+/// Why a TCP connect to an upstream failed, as Envoy's details name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectCause {
+    /// `connect_timeout` elapsed.
+    Timeout,
+    Refused,
+    HostUnreachable,
+    NetworkUnreachable,
+    Other,
+}
+
+impl ConnectCause {
+    pub fn of(e: &std::io::Error) -> ConnectCause {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectCause::Refused,
+            std::io::ErrorKind::HostUnreachable => ConnectCause::HostUnreachable,
+            std::io::ErrorKind::NetworkUnreachable => ConnectCause::NetworkUnreachable,
+            _ => ConnectCause::Other,
+        }
+    }
 }
 
 /// Why an upstream stream ended before its response head, as Envoy's
@@ -96,7 +121,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
             | ProxyError::PerTryIdleTimeout => Side::Upstream,
-            ProxyError::StreamIdleTimeout
+            ProxyError::StreamIdleTimeout { .. }
             | ProxyError::MaxStreamDuration { .. }
             | ProxyError::RequestTimeout
             | ProxyError::UpgradeRejected
@@ -118,11 +143,12 @@ impl ProxyError {
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
             | ProxyError::PerTryIdleTimeout => 504,
-            ProxyError::MaxStreamDuration { request_complete } => match request_complete {
+            ProxyError::MaxStreamDuration { request_complete }
+            | ProxyError::StreamIdleTimeout { request_complete } => match request_complete {
                 true => 504,
                 false => 408,
             },
-            ProxyError::StreamIdleTimeout | ProxyError::RequestTimeout => 408,
+            ProxyError::RequestTimeout => 408,
             ProxyError::UpgradeRejected => 403,
             ProxyError::BadRequest { .. } => 400,
             ProxyError::HeadersTooLarge => 431,
@@ -141,15 +167,19 @@ impl ProxyError {
             ProxyError::UpstreamReset {
                 reason: ResetReason::ProtocolError,
             } => "UPE",
+            // Envoy's `streamResetReasonToResponseFlag`: a connection's end is `UC`,
+            // an HTTP/2 stream reset `UR`.
+            ProxyError::UpstreamReset {
+                reason: ResetReason::ConnectionTermination,
+            } => "UC",
             ProxyError::UpstreamReset { .. } => "UR",
             ProxyError::UpstreamTimeout
             | ProxyError::PerTryTimeout
             | ProxyError::PerTryIdleTimeout => "UT",
             ProxyError::MaxStreamDuration { .. } => "",
-            ProxyError::StreamIdleTimeout => "SI",
-            // Envoy sets no flag of its own for request_timeout; DT is its flag for a
-            // stream that outlived its allowed duration, the closest meaning.
-            ProxyError::RequestTimeout => "DT",
+            ProxyError::StreamIdleTimeout { .. } => "SI",
+            // Envoy sets none for request_timeout (its details say it).
+            ProxyError::RequestTimeout => "",
             ProxyError::UpgradeRejected => "UPE",
             ProxyError::BadRequest { .. } | ProxyError::HeadersTooLarge => "DPE",
             ProxyError::FilterReset => "",
@@ -164,20 +194,29 @@ impl ProxyError {
             ProxyError::NoCluster => "cluster_not_found",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::Overflow => "upstream_reset_before_response_started{overflow}",
-            ProxyError::ConnectFailure { .. } => {
-                "upstream_reset_before_response_started{connection_failure}"
-            }
-            ProxyError::UpstreamReset {
-                reason: ResetReason::ProtocolError,
-            } => "upstream_reset_before_response_started{protocol_error}",
-            ProxyError::UpstreamReset { .. } => {
-                "upstream_reset_before_response_started{connection_termination}"
-            }
-            ProxyError::UpstreamTimeout => "upstream_response_timeout",
+            // With the transport's reason, spaces as `_`, as Envoy 1.40 words them.
+            ProxyError::ConnectFailure { cause, .. } => match cause {
+                ConnectCause::Timeout => "upstream_reset_before_response_started{connection_timeout}",
+                ConnectCause::Refused => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+                ConnectCause::HostUnreachable => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_No_route_to_host}",
+                ConnectCause::NetworkUnreachable => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Network_is_unreachable}",
+                ConnectCause::Other => "upstream_reset_before_response_started{remote_connection_failure}",
+            },
+            ProxyError::UpstreamReset { reason } => match reason {
+                ResetReason::ProtocolError => "upstream_reset_before_response_started{protocol_error}",
+                ResetReason::ConnectionTermination => {
+                    "upstream_reset_before_response_started{connection_termination}"
+                }
+                ResetReason::RefusedStream => {
+                    "upstream_reset_before_response_started{remote_refused_stream_reset}"
+                }
+                ResetReason::Remote(_) => "upstream_reset_before_response_started{remote_reset}",
+            },
+            ProxyError::UpstreamTimeout => "response_timeout",
             ProxyError::PerTryTimeout => "upstream_per_try_timeout",
             ProxyError::PerTryIdleTimeout => "upstream_per_try_idle_timeout",
             ProxyError::MaxStreamDuration { .. } => "max_duration_timeout",
-            ProxyError::StreamIdleTimeout => "stream_idle_timeout",
+            ProxyError::StreamIdleTimeout { .. } => "stream_idle_timeout",
             ProxyError::RequestTimeout => "request_overall_timeout",
             ProxyError::UpgradeRejected => "upgrade_failed",
             ProxyError::BadRequest { .. } => "http1.codec_error",
@@ -213,6 +252,10 @@ impl ProxyError {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()
             }
             // Envoy's wording; the transport reason goes to the log and access log.
+            ProxyError::ConnectFailure {
+                cause: ConnectCause::Timeout,
+                ..
+            } => "upstream connect error or disconnect/reset before headers. reset reason: connection timeout".into(),
             ProxyError::ConnectFailure { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".into()
             }
@@ -223,7 +266,7 @@ impl ProxyError {
             | ProxyError::PerTryTimeout
             | ProxyError::PerTryIdleTimeout => "upstream request timeout".into(),
             ProxyError::MaxStreamDuration { .. } => "downstream duration timeout".into(),
-            ProxyError::StreamIdleTimeout => "stream timeout".into(),
+            ProxyError::StreamIdleTimeout { .. } => "stream timeout".into(),
             ProxyError::RequestTimeout => "request timeout".into(),
             ProxyError::BadRequest { reason } => format!("bad request: {reason}"),
             ProxyError::HeadersTooLarge => "request header too large".into(),

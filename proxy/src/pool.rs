@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 use crate::body::RequestBody;
 use crate::breaker::Slot;
 use crate::cluster::{ClusterRuntime, Host};
-use crate::error::{ProxyError, ResetReason};
+use crate::error::{ConnectCause, ProxyError, ResetReason};
 use crate::h1::HeaderCase;
 use crate::h1_client;
 use crate::runtime::FastMap;
@@ -979,6 +979,7 @@ async fn connect(
             crate::outlier::report_connect(cluster, host, false);
             return Err(ProxyError::ConnectFailure {
                 reason: format!("delayed connect error: {}", io_reason(&e)),
+                cause: ConnectCause::of(&e),
             });
         }
         Err(_) => {
@@ -988,6 +989,7 @@ async fn connect(
             crate::outlier::report_connect(cluster, host, false);
             return Err(ProxyError::ConnectFailure {
                 reason: "connection timeout".into(),
+                cause: ConnectCause::Timeout,
             });
         }
     };

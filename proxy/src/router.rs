@@ -765,6 +765,10 @@ async fn proxy<'a>(
     if let Some(idle) = timeouts.per_try_idle {
         timers = StreamTimers::with_try_idle(timers, idle, guard.received.clone());
     }
+    // Envoy disarms `request_timeout` when the response begins, too.
+    if let Some(t) = &mut timers {
+        t.response_started();
+    }
     let status = resp.status().as_u16();
 
     if status == 101 {

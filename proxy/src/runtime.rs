@@ -43,6 +43,9 @@ pub struct HttpStats {
     /// Strait's own: idle HTTP/1.1 connections whose codec state was released.
     pub downstream_cx_idle_released: Counter,
     pub downstream_rq_timeout: Counter,
+    /// `stream_idle_timeout` fired (Envoy's counter; `downstream_rq_timeout` is
+    /// `request_timeout`'s).
+    pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_max_duration_reached: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -76,6 +79,7 @@ impl HttpStats {
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_idle_released: c("downstream_cx_idle_released"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),

@@ -197,6 +197,7 @@ impl StreamGuard {
             (crate::body::Expiry::MaxDuration, _) => {
                 self.listener.http.downstream_rq_max_duration_reached.inc()
             }
+            (crate::body::Expiry::Idle, _) => self.listener.http.downstream_rq_idle_timeout.inc(),
             _ => self.listener.http.downstream_rq_timeout.inc(),
         }
     }

@@ -27,6 +27,104 @@ async fn connect_failure_is_503_and_counted() {
         .await;
 }
 
+/// A listener whose accept queue is full and never drained: a connect to it gets no
+/// SYN-ACK (Linux drops the SYN) and times out.
+fn blackhole() -> (Vec<socket2::Socket>, std::net::SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![listener];
+    for _ in 0..3 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        held.push(s);
+    }
+    (held, addr)
+}
+
+/// Local replies for upstream failures carry Envoy's response flag and details, as
+/// Envoy 1.40 logs them for the same failures (checked with raw sockets): `UF` with
+/// the transport's reason for a refused connect and `connection_timeout` (and its
+/// own body) for one that timed out, `UC` for a connection closed before the head,
+/// `UT response_timeout` for the route timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_carry_envoys_flags_and_details() {
+    let b = Backend::echo("b").await;
+    let (_held, hole) = blackhole();
+    let vhosts = r#"
+- name: t
+  domains: ["*"]
+  routes:
+  - {match: {prefix: /refused}, route: {cluster: refused}}
+  - {match: {prefix: /hole}, route: {cluster: hole}}
+  - {match: {prefix: /slow}, route: {cluster: b, timeout: 0.2s}}
+  - {match: {prefix: /}, route: {cluster: b}}
+"#;
+    let (log, hcm) =
+        access_log("%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+    let hole_cluster = cluster_yaml("hole", &[(hole, 1)], false)
+        .replace("connect_timeout: 1s", "connect_timeout: 0.25s");
+    let config = Bootstrap::new(vhosts)
+        .hcm(&hcm)
+        .cluster("b", b.addr())
+        .cluster("refused", Backend::closed_port())
+        .cluster_raw(&hole_cluster)
+        .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    let timeout_body = "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
+    for (path, headers, status, body) in [
+        (
+            "/refused",
+            &[][..],
+            503,
+            &format!("{RESET_BODY}. reset reason: remote connection failure")[..],
+        ),
+        ("/hole", &[][..], 503, timeout_body),
+        (
+            "/slow",
+            &[("x-backend-delay-ms", "3000")][..],
+            504,
+            "upstream request timeout",
+        ),
+        (
+            "/reset",
+            &[("x-backend-reset", "before-headers")][..],
+            503,
+            &format!("{RESET_BODY}. reset reason: connection termination")[..],
+        ),
+    ] {
+        let r = get(addr, "h", path, headers).await;
+        assert_eq!((r.status, r.text().as_str()), (status, body), "{path}");
+    }
+    let mut lines = eventually(Duration::from_secs(5), "four access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 4).then_some(lines)
+    })
+    .await;
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "/hole 503 UF upstream_reset_before_response_started{connection_timeout}",
+            "/refused 503 UF upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            "/reset 503 UC upstream_reset_before_response_started{connection_termination}",
+            "/slow 504 UT response_timeout",
+        ]
+    );
+}
+
 /// The "503 upstream connect error" users of other sidecars see when an upstream
 /// closes an idle keep-alive connection just as it is reused: a body-less idempotent
 /// request is retried once on a new connection instead.
@@ -58,22 +156,77 @@ async fn keepalive_race_is_retried_on_a_new_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_is_408() {
+    // `request_timeout` bounds receiving the request, as Envoy's: a body that does
+    // not arrive in time is 408 (no flag, details `request_overall_timeout`); a
+    // request received whole waits for its answer however slow (Envoy 1.40 disarms
+    // the timer then, checked with raw sockets), bounded by the route's timeout.
     let slow = Backend::echo("slow").await;
+    let (log, hcm) = access_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
     let config = Bootstrap::catch_all("slow")
-        .hcm("request_timeout: 0.3s")
+        .hcm(&format!("request_timeout: 0.3s\n{hcm}"))
         .cluster("slow", slow.addr())
         .build();
     let s = Strait::start(&config).await;
-    let r = get(
-        s.main_addr().await,
-        "h",
-        "/",
-        &[("x-backend-delay-ms", "5000")],
-    )
-    .await;
-    assert_eq!(r.status, 408, "{}", r.text());
+    let addr = s.main_addr().await;
+    let mut c = RawConn::connect(addr).await;
+    c.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let reply = c
+        .read_until("request timeout", Duration::from_secs(5))
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
     s.wait_stat("http.ingress.downstream_rq_timeout", |v| v == 1)
         .await;
+    let r = get(addr, "h", "/", &[("x-backend-delay-ms", "1000")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(
+        lines,
+        ["408 - request_overall_timeout", "200 - via_upstream"]
+    );
+    assert_eq!(s.stat("http.ingress.downstream_rq_timeout").await, Some(1));
+}
+
+/// `stream_idle_timeout` before the answer: 504 once the request was received whole,
+/// 408 while it was still coming (Envoy's `maybeRequestTimeoutCode`), `SI` both;
+/// counted in `downstream_rq_idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_is_504_once_the_request_is_in() {
+    let slow = Backend::echo("slow").await;
+    let (log, hcm) = access_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+    let config = Bootstrap::catch_all("slow")
+        .hcm(&format!("stream_idle_timeout: 0.3s\n{hcm}"))
+        .cluster("slow", slow.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    let r = get(addr, "h", "/", &[("x-backend-delay-ms", "3000")]).await;
+    assert_eq!((r.status, r.text().as_str()), (504, "stream timeout"));
+    let mut c = RawConn::connect(addr).await;
+    c.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let reply = c.read_until("stream timeout", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(
+        lines,
+        ["504 SI stream_idle_timeout", "408 SI stream_idle_timeout"]
+    );
+    assert_eq!(
+        s.stat("http.ingress.downstream_rq_idle_timeout").await,
+        Some(2)
+    );
+    assert_eq!(s.stat("http.ingress.downstream_rq_timeout").await, Some(0));
 }
 
 /// Headers already went out, so the idle timeout can only reset the stream; the

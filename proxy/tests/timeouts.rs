@@ -117,7 +117,7 @@ async fn per_try_idle_timeout_watches_the_response_body() {
     })
     .await
     .iter()
-    .zip(["200 - via_upstream", "200 UT via_upstream"])
+    .zip(["200 - via_upstream", "200 UT upstream_per_try_idle_timeout"])
     .for_each(|(got, want)| assert_eq!(got, want));
     s.wait_stat("cluster.up.upstream_rq_per_try_idle_timeout", |v| v == 1)
         .await;

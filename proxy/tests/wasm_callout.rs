@@ -147,8 +147,9 @@ async fn callout_answers_reach_the_plugin_and_count_in_the_cluster_stats() {
 #[tokio::test]
 async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
     // The callout never gets an answer (no timeout on the call): the request waits
-    // paused until the connection manager's stream idle timeout answers 408, as in
-    // Envoy; the next request on the proxy is unaffected.
+    // paused until the connection manager's stream idle timeout answers, 504 as the
+    // request came whole (Envoy's `maybeRequestTimeoutCode`); the next request on the
+    // proxy is unaffected.
     let (_backend, _silent, _strait, addr) = silent_auth().await;
     let resp = within(
         Duration::from_secs(10),
@@ -161,7 +162,7 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
         ),
     )
     .await;
-    assert_eq!(resp.status, 408, "{}", resp.text());
+    assert_eq!(resp.status, 504, "{}", resp.text());
     assert_eq!(resp.text(), "stream timeout");
     let resp = get(addr, "example.test", "/", &[]).await;
     assert_eq!(resp.status, 200);
@@ -219,7 +220,8 @@ async fn a_kept_service_calls_the_clusters_of_the_published_config() {
 async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
     // The plugin holds the request body for a scan that never answers: the body
     // waits (the head went upstream already, as in Envoy) and the stream idle
-    // timeout answers 408.
+    // timeout answers 504, the client having sent it whole (Envoy's
+    // `maybeRequestTimeoutCode`).
     let (_backend, _silent, _strait, addr) = silent_auth().await;
     let mut c = Client::connect(addr, Proto::H1).await.expect("connect");
     let req = c.request(
@@ -236,7 +238,7 @@ async fn a_body_held_for_a_callout_is_bounded_by_the_stream_idle_timeout() {
     )
     .await
     .expect("a response");
-    assert_eq!(resp.status, 408, "{:?}", resp.body);
+    assert_eq!(resp.status, 504, "{:?}", resp.body);
     assert_eq!(&resp.body[..], b"stream timeout");
     let resp = get(addr, "example.test", "/", &[]).await;
     assert_eq!(resp.status, 200);
