@@ -23,8 +23,8 @@ pub enum ProxyError {
     /// TCP connect failed or timed out (`UF`); `reason` for the log, `cause` for
     /// the answer and its details.
     ConnectFailure { reason: String, cause: ConnectCause },
-    /// The upstream reset or closed before sending response headers (`UR`, or `UPE`
-    /// for an answer that is not valid HTTP).
+    /// The upstream closed (`UC`) or reset its HTTP/2 stream (`UR`) before sending
+    /// response headers, or answered with something that is not valid HTTP (`UPE`).
     UpstreamReset { reason: ResetReason },
     /// The route timeout elapsed before the response (`UT`).
     UpstreamTimeout,
@@ -71,6 +71,7 @@ pub enum ConnectCause {
 }
 
 impl ConnectCause {
+    /// The cause a failed connect's error stands for.
     pub fn of(e: &std::io::Error) -> ConnectCause {
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => ConnectCause::Refused,
