@@ -107,12 +107,7 @@ async fn local_replies_carry_envoys_flags_and_details() {
         let r = get(addr, "h", path, headers).await;
         assert_eq!((r.status, r.text().as_str()), (status, body), "{path}");
     }
-    let mut lines = eventually(Duration::from_secs(5), "four access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 4).then_some(lines)
-    })
-    .await;
+    let mut lines = log_lines(&log, 4).await;
     lines.sort();
     assert_eq!(
         lines,
@@ -179,12 +174,7 @@ async fn request_timeout_is_408() {
         .await;
     let r = get(addr, "h", "/", &[("x-backend-delay-ms", "1000")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 2).then_some(lines)
-    })
-    .await;
+    let lines = log_lines(&log, 2).await;
     assert_eq!(
         lines,
         ["408 - request_overall_timeout", "200 - via_upstream"]
@@ -212,12 +202,7 @@ async fn stream_idle_timeout_is_504_once_the_request_is_in() {
         .await;
     let reply = c.read_until("stream timeout", Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
-    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 2).then_some(lines)
-    })
-    .await;
+    let lines = log_lines(&log, 2).await;
     assert_eq!(
         lines,
         ["504 SI stream_idle_timeout", "408 SI stream_idle_timeout"]
@@ -589,12 +574,7 @@ async fn a_client_gone_mid_body_is_not_an_upstream_failure() {
                 "h2 upstream {h2_upstream}: closed {closed}, answered {reply:?}"
             );
         }
-        let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
-            let text = std::fs::read_to_string(&log).ok()?;
-            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-            (lines.len() == 2).then_some(lines)
-        })
-        .await;
+        let lines = log_lines(&log, 2).await;
         assert_eq!(
             lines, ["0 DC downstream_remote_disconnect"; 2],
             "h2 upstream {h2_upstream}"

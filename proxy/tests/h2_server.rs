@@ -454,12 +454,7 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(h1);
-    let mut lines = eventually(Duration::from_secs(5), "four access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 4).then_some(lines)
-    })
-    .await;
+    let mut lines = log_lines(&log, 4).await;
     lines.sort();
     assert_eq!(
         lines,

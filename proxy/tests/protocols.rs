@@ -399,12 +399,7 @@ async fn connection_close_is_neither_forwarded_nor_logged() {
         !head.contains("x-hop") && !head.contains("connection:"),
         "{head}"
     );
-    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() >= 2).then_some(lines)
-    })
-    .await;
+    let lines = log_lines(&log, 2).await;
     assert_eq!(lines[1], "-|kept");
 }
 

@@ -110,15 +110,10 @@ async fn per_try_idle_timeout_watches_the_response_body() {
     .await;
     assert_eq!(err.0, 200, "the head went out before the body stalled");
     assert!(err.1.is_err(), "the body ends in an error, not its end");
-    eventually(Duration::from_secs(5), "two log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 2).then_some(lines)
-    })
-    .await
-    .iter()
-    .zip(["200 - via_upstream", "200 UT upstream_per_try_idle_timeout"])
-    .for_each(|(got, want)| assert_eq!(got, want));
+    assert_eq!(
+        log_lines(&log, 2).await,
+        ["200 - via_upstream", "200 UT upstream_per_try_idle_timeout"]
+    );
     s.wait_stat("cluster.up.upstream_rq_per_try_idle_timeout", |v| v == 1)
         .await;
     assert_eq!(

@@ -467,12 +467,7 @@ async fn a_body_broken_midway_reaches_the_client_unfinished() {
     assert!(closed, "the connection closes on the unfinished body");
     // Both are logged as Envoy's HTTP/1.1 codec takes them: a protocol error after
     // the response started, not the body's success.
-    let lines = eventually(Duration::from_secs(5), "two access log lines", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        (lines.len() == 2).then_some(lines)
-    })
-    .await;
+    let lines = log_lines(&log, 2).await;
     assert_eq!(
         lines,
         [

@@ -72,6 +72,20 @@ pub fn access_log(format: &str) -> (std::path::PathBuf, String) {
     (path, hcm)
 }
 
+/// The first `n` lines of an access log, once the proxy has written that many.
+pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} access log lines"),
+        || async {
+            let text = std::fs::read_to_string(path).ok()?;
+            let lines: Vec<String> = text.lines().take(n).map(str::to_owned).collect();
+            (lines.len() == n).then_some(lines)
+        },
+    )
+    .await
+}
+
 /// The first line of an access log, once the proxy has written it.
 pub async fn first_log_line(path: &std::path::Path) -> String {
     eventually(Duration::from_secs(5), "an access log line", || async {
