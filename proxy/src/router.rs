@@ -219,12 +219,20 @@ pub async fn handle(
         Err(failure) => {
             // `proxy` takes the guard only when it returns a response.
             let mut guard = guard.expect("guard kept on the error path");
-            if let ProxyError::FilterReset | ProxyError::DownstreamDisconnect = failure.error {
-                // No response: hyper closes an HTTP/1.1 connection, and resets an
-                // HTTP/2 stream, for a service error. The guard logs status 0.
-                guard.details = failure.error.details();
-                guard.set_flag(failure.error.flag());
-                return Err(failure.error);
+            // No response: hyper closes an HTTP/1.1 connection, and resets an HTTP/2
+            // stream, for a service error. The guard logs status 0.
+            match failure.error {
+                ProxyError::FilterReset => {
+                    // The plugin's own details, if it gave any, are in the stream's
+                    // info already.
+                    guard.details = failure.error.details();
+                    return Err(failure.error);
+                }
+                ProxyError::DownstreamDisconnect => {
+                    guard.ended_by(failure.error.flag(), failure.error.details());
+                    return Err(failure.error);
+                }
+                _ => {}
             }
             local_reply(failure, grpc, &listener, guard)
         }
