@@ -1,5 +1,6 @@
 //! The admin API on `admin.address`, Envoy's endpoints and formats.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -54,11 +55,25 @@ fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
     reply(StatusCode::OK, "application/json", text)
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri()
+/// Query parameter `name`, percent-decoded (`filter=%5Eserver` is `^server`).
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<Cow<'a, str>> {
+    let raw = req
+        .uri()
         .query()?
         .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    Some(percent_encoding::percent_decode_str(raw).decode_utf8_lossy())
+}
+
+/// `/stats`' `?filter=`: a regular expression matched anywhere in a stat's name, as
+/// Envoy's; one that does not compile is the request's error, said as such.
+fn stats_filter(req: &Request<Incoming>) -> Result<Option<regex::Regex>, String> {
+    match query_param(req, "filter") {
+        None => Ok(None),
+        Some(re) => regex::Regex::new(&re)
+            .map(Some)
+            .map_err(|e| format!("Invalid regex in filter={re}: {e}\n")),
+    }
 }
 
 async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Bytes>> {
@@ -84,24 +99,25 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
             }
         }
         "/server_info" => json(server_info(proxy)),
-        "/stats" => match query_param(&req, "format") {
-            Some("json") => json(store.render_json()),
-            Some("prometheus") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                store.render_prometheus(),
-            ),
-            _ => reply(
-                StatusCode::OK,
-                text,
-                store.render_text(query_param(&req, "filter")),
-            ),
-        },
-        "/stats/prometheus" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            store.render_prometheus(),
-        ),
+        "/stats" | "/stats/prometheus" => {
+            let filter = match stats_filter(&req) {
+                Ok(filter) => filter,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, text, e),
+            };
+            let format = match req.uri().path() {
+                "/stats/prometheus" => Some(Cow::Borrowed("prometheus")),
+                _ => query_param(&req, "format"),
+            };
+            match format.as_deref() {
+                Some("json") => json(store.render_json(filter.as_ref())),
+                Some("prometheus") => reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    store.render_prometheus(filter.as_ref()),
+                ),
+                _ => reply(StatusCode::OK, text, store.render_text(filter.as_ref())),
+            }
+        }
         "/config_dump" => {
             let rt = proxy.shared.runtime.load();
             json(json!({"configs": [{
@@ -109,10 +125,13 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
                 "bootstrap": rt.snapshot.source,
             }]}))
         }
-        "/clusters" => clusters(proxy, query_param(&req, "format") == Some("json")),
+        "/clusters" => clusters(
+            proxy,
+            query_param(&req, "format").as_deref() == Some("json"),
+        ),
         "/listeners" => {
             let ls = proxy.listener_addresses();
-            if query_param(&req, "format") == Some("json") {
+            if query_param(&req, "format").as_deref() == Some("json") {
                 json(
                     json!({"listener_statuses": ls.iter().map(|(name, a)| json!({
                     "name": name,

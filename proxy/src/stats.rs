@@ -402,11 +402,13 @@ impl Store {
     }
 
     /// Envoy's `/stats` text: `name: value` for counters and gauges sorted by name, then
-    /// histograms as quantile summaries. `filter` keeps names containing it.
-    pub fn render_text(&self, filter: Option<&str>) -> String {
+    /// histograms as quantile summaries. `filter` keeps the names it matches anywhere
+    /// (Envoy's `?filter=`: `server` finds every name containing it, `^server\.` only
+    /// those starting so).
+    pub fn render_text(&self, filter: Option<&regex::Regex>) -> String {
         let external = self.external(false);
         let registry = self.registry.lock();
-        let wanted = |name: &&String| filter.is_none_or(|f| name.contains(f));
+        let wanted = |name: &&String| filter.is_none_or(|f| f.is_match(name));
         let mut out = String::new();
         let mut histograms = Vec::new();
         let mut all: Vec<(&String, &Metric)> = registry
@@ -436,12 +438,14 @@ impl Store {
         out
     }
 
-    /// Prometheus text exposition format 0.0.4, one `# TYPE` per family.
-    pub fn render_prometheus(&self) -> String {
+    /// Prometheus text exposition format 0.0.4, one `# TYPE` per family; `filter`
+    /// matches the Envoy names (`cluster.backend.upstream_rq_total`), as Envoy's.
+    pub fn render_prometheus(&self, filter: Option<&regex::Regex>) -> String {
         let external = self.external(true);
         let registry = self.registry.lock();
         let mut families: BTreeMap<&str, Vec<&Metric>> = BTreeMap::new();
-        for metric in registry.values().chain(external.iter().map(|(_, m)| m)) {
+        let all = registry.iter().chain(external.iter().map(|(n, m)| (n, m)));
+        for (_, metric) in all.filter(|(name, _)| filter.is_none_or(|f| f.is_match(name))) {
             families.entry(&metric.family).or_default().push(metric);
         }
         let mut out = String::new();
@@ -478,7 +482,7 @@ impl Store {
 
     /// `/stats?format=json`: `{"stats":[{"name":..,"value":..},..]}` and, as Envoy does,
     /// a last element `{"histograms":{"supported_quantiles":..,"computed_quantiles":..}}`.
-    pub fn render_json(&self) -> serde_json::Value {
+    pub fn render_json(&self, filter: Option<&regex::Regex>) -> serde_json::Value {
         use serde_json::json;
         let external = self.external(false);
         let registry = self.registry.lock();
@@ -487,6 +491,7 @@ impl Store {
         let mut all: Vec<(&String, &Metric)> = registry
             .iter()
             .chain(external.iter().map(|(name, metric)| (name, metric)))
+            .filter(|(name, _)| filter.is_none_or(|f| f.is_match(name)))
             .collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         for (name, metric) in all {
@@ -574,11 +579,11 @@ mod tests {
         store.add_source("test", || source);
         let text = store.render_text(None);
         assert_eq!(text, "server.live: 1\nwasmcustom.plugin_hits: 3\n");
-        let prometheus = store.render_prometheus();
+        let prometheus = store.render_prometheus(None);
         assert!(prometheus.contains("# TYPE plugin_hits counter\nplugin_hits 3\n"));
         assert!(prometheus.contains("plugin_ms_bucket{le=\"+Inf\"} 2\n"));
         assert!(prometheus.contains("plugin_ms_sum 10\nplugin_ms_count 2\n"));
-        let json = store.render_json().to_string();
+        let json = store.render_json(None).to_string();
         assert!(json.contains(r#"{"name":"wasmcustom.plugin_hits","value":3}"#));
     }
 
@@ -632,7 +637,7 @@ mod tests {
         store
             .counter(&Scope::custom("wasm.my-plugin"), "hits")
             .inc();
-        let text = store.render_prometheus();
+        let text = store.render_prometheus(None);
         let expected = [
             "# TYPE envoy_http_downstream_rq_total counter",
             "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 4",
@@ -674,7 +679,7 @@ mod tests {
             h.record(v);
         }
         assert_eq!((h.count(), h.sum()), (6, 4000018));
-        let text = store.render_prometheus();
+        let text = store.render_prometheus(None);
         let family = "envoy_cluster_upstream_rq_time";
         let label = "envoy_cluster_name=\"backend\"";
         for (le, n) in [
@@ -735,10 +740,17 @@ mod tests {
             lines.next(),
             Some("cluster.b.upstream_rq_time: No recorded values")
         );
+        let filter = |re: &str| regex::Regex::new(re).unwrap();
         assert_eq!(
-            store.render_text(Some("rq_total")),
+            store.render_text(Some(&filter("rq_total"))),
             "cluster.b.upstream_rq_total: 2\n"
         );
+        // A regex, as Envoy's: anchored, and with classes.
+        assert_eq!(
+            store.render_text(Some(&filter(r"^cluster\.a\.upstream_cx_\w+$"))),
+            "cluster.a.upstream_cx_active: -1\n"
+        );
+        assert_eq!(store.render_text(Some(&filter("^rq_total"))), "");
     }
 
     #[test]
@@ -746,7 +758,7 @@ mod tests {
         let store = Store::new();
         store.counter(&Scope::server(), "c").add(2);
         store.histogram(&Scope::server(), "h").record(5);
-        let json = store.render_json();
+        let json = store.render_json(None);
         assert_eq!(
             json["stats"][0],
             serde_json::json!({"name": "server.c", "value": 2})

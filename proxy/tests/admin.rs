@@ -97,6 +97,40 @@ async fn stats_count_requests() {
         prom.contains("# TYPE envoy_cluster_upstream_rq_time histogram"),
         "{prom}"
     );
+
+    // `?filter=` is a regular expression over the Envoy names, as Envoy's, in every
+    // format; percent-encoded as a client sends it (`^cluster\.b\.upstream_rq_total$`).
+    let exact = "filter=%5Ecluster%5C.b%5C.upstream_rq_total%24";
+    let (status, text) = s.admin_get(&format!("/stats?{exact}")).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "cluster.b.upstream_rq_total: 7\n")
+    );
+    let (_, json) = s.admin_get(&format!("/stats?format=json&{exact}")).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["stats"],
+        serde_json::json!([{"name": "cluster.b.upstream_rq_total", "value": 7}])
+    );
+    let (_, prom) = s.admin_get(&format!("/stats/prometheus?{exact}")).await;
+    assert_eq!(
+        prom,
+        "# TYPE envoy_cluster_upstream_rq_total counter\n\
+         envoy_cluster_upstream_rq_total{envoy_cluster_name=\"b\"} 7\n"
+    );
+    // A plain word still finds every name containing it.
+    let (_, text) = s.admin_get("/stats?filter=downstream_rq_").await;
+    assert!(
+        text.lines().count() > 3 && text.lines().all(|l| l.contains("downstream_rq_")),
+        "{text}"
+    );
+    // One that does not compile is the request's error, and says so.
+    let (status, text) = s.admin_get("/stats?filter=%28unclosed").await;
+    assert_eq!(status, 400);
+    assert!(
+        text.starts_with("Invalid regex in filter=(unclosed: "),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
