@@ -48,6 +48,7 @@ use crate::h1::{
 };
 use crate::netfilter::Downstream;
 use crate::router::{self, ConnCtx};
+use crate::stream::{LogInfo, StreamGuard};
 
 /// The connection's socket and read buffer, shared by its loop and the request body.
 pub(crate) struct Side {
@@ -343,7 +344,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Head::Upgrade => return Ok(Outcome::Upgrade),
             Head::Refuse(Refused(status, why)) => {
                 tracing::debug!(peer = %ctx.peer, %status, %why, "refused a request head");
-                let _ = refuse(&side, status, &why, hcm).await;
+                let guard = refused_stream(&ctx, status, &why);
+                let _ = refuse(&side, status, &why, hcm, guard).await;
                 return Ok(Outcome::Closed);
             }
         };
@@ -508,6 +510,7 @@ async fn refuse(
     status: StatusCode,
     why: &str,
     hcm: &HttpConnectionManager,
+    mut guard: StreamGuard,
 ) -> io::Result<()> {
     let reason = status.canonical_reason().unwrap_or("");
     let body = Bytes::from(format!("{}: {why}", reason.to_ascii_lowercase()));
@@ -528,6 +531,9 @@ async fn refuse(
     write_date(&mut head);
     head.extend_from_slice(b"\r\n");
     let length = body.len() as u64;
+    guard.bytes_sent = length;
+    // Logged and counted now: what follows is the connection's close.
+    drop(guard);
     let mut writer = Writer::new(
         head,
         http_body_util::Full::new(body),
@@ -539,6 +545,45 @@ async fn refuse(
     // The rest of a refused head may still be coming.
     linger(side).await;
     shut
+}
+
+/// The stream a refused head stands for in the stats and the access log, as Envoy
+/// keeps one: counted in `downstream_rq_total` and by status, the codec's errors in
+/// `downstream_cx_protocol_error` (`DPE`), the head timeout in
+/// `downstream_rq_header_timeout`; logged with no method or path (`- 400 DPE
+/// http1.codec_error`, as Envoy 1.40 logs it).
+fn refused_stream(ctx: &ConnCtx, status: StatusCode, why: &str) -> StreamGuard {
+    let listener = &ctx.listener;
+    let mut guard = StreamGuard::new(listener.clone(), ctx.peer, ctx.local);
+    guard.status = status.as_u16();
+    if status == StatusCode::REQUEST_TIMEOUT {
+        listener.http.downstream_rq_header_timeout.inc();
+        guard.ended_by("", "request_header_timeout");
+    } else {
+        listener.http.downstream_cx_protocol_error.inc();
+        // Envoy's names where its codec has one for the same fault.
+        let details = match status {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "http1.headers_too_large",
+            StatusCode::NOT_IMPLEMENTED => "http1.invalid_transfer_encoding",
+            _ if why.starts_with("invalid header value") => "http1.invalid_characters",
+            _ => "http1.codec_error",
+        };
+        guard.ended_by("DPE", details);
+    }
+    if !listener.access_logs.is_empty() {
+        guard.log = Some(Box::new(LogInfo {
+            start_time: std::time::SystemTime::now(),
+            method: None,
+            path: String::new(),
+            authority: String::new(),
+            protocol: "HTTP/1.1",
+            request_headers: HeaderMap::new(),
+            response_headers: None,
+            route_name: String::new(),
+            downstream_remote: ctx.peer,
+        }));
+    }
+    guard
 }
 
 /// A request head refused: the status it is answered with, and what was wrong and

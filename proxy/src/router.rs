@@ -315,7 +315,7 @@ async fn proxy<'a>(
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         Box::new(LogInfo {
             start_time,
-            method: req.method().clone(),
+            method: Some(req.method().clone()),
             path: path.to_owned(),
             authority: authority.to_owned(),
             protocol: protocol_name(req.version()),

@@ -46,6 +46,8 @@ pub struct HttpStats {
     /// `stream_idle_timeout` fired (Envoy's counter; `downstream_rq_timeout` is
     /// `request_timeout`'s).
     pub downstream_rq_idle_timeout: Counter,
+    /// `request_headers_timeout` fired: a head not complete in time.
+    pub downstream_rq_header_timeout: Counter,
     pub downstream_rq_max_duration_reached: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -80,6 +82,7 @@ impl HttpStats {
             downstream_cx_idle_released: c("downstream_cx_idle_released"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),

@@ -18,7 +18,8 @@ use crate::runtime::ListenerRuntime;
 /// What the access log needs beyond counters; built only when the listener logs.
 pub struct LogInfo {
     pub start_time: SystemTime,
-    pub method: http::Method,
+    /// `None` for a head the codec refused before it had a request line.
+    pub method: Option<http::Method>,
     pub path: String,
     pub authority: String,
     pub protocol: &'static str,
@@ -238,7 +239,7 @@ impl StreamGuard {
         let record = LogRecord {
             start_time: info.start_time,
             request_headers: &info.request_headers,
-            method: info.method.as_str(),
+            method: info.method.as_ref().map_or("", http::Method::as_str),
             path: &info.path,
             authority: &info.authority,
             scheme: "http",

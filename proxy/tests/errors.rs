@@ -543,6 +543,55 @@ async fn random_heads_end_only_their_own_connection() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A head the codec refuses is a request in the stats and the access log, as Envoy
+/// keeps it (Envoy 1.40 logs these four `- 400 DPE http1.codec_error`, `- 400 DPE
+/// http1.invalid_characters`, `- 501 DPE http1.invalid_transfer_encoding`, `- 408 -
+/// request_header_timeout`): a client's malformed requests are seen, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_heads_are_counted_and_logged() {
+    let b = Backend::echo("b").await;
+    let (log, hcm) = access_log(
+        "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%",
+    );
+    let config = Bootstrap::catch_all("b")
+        .hcm(&format!("request_headers_timeout: 0.3s\n{hcm}"))
+        .cluster("b", b.addr())
+        .build();
+    let s = Strait::start(&config).await;
+    let addr = s.main_addr().await;
+    let heads: [&[u8]; 4] = [
+        b"GET /a HTTP/1.1\r\nHost: h\r\nBad@Name: x\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: h\r\nX-Nul: a\0b\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"GET /d HTTP/1.1\r\nHost: h\r\nX-Partial: ab",
+    ];
+    for head in heads {
+        let mut c = RawConn::connect(addr).await;
+        c.write(head).await;
+        let (reply, closed) = c.read_to_close(Duration::from_secs(5)).await;
+        assert!(closed && reply.starts_with("HTTP/1.1 "), "{reply}");
+    }
+    let lines = log_lines(&log, 4).await;
+    assert_eq!(
+        lines,
+        [
+            "- - 400 DPE http1.codec_error",
+            "- - 400 DPE http1.invalid_characters",
+            "- - 501 DPE http1.invalid_transfer_encoding",
+            "- - 408 - request_header_timeout",
+        ]
+    );
+    let stats = s.stats().await;
+    let stat = |name: &str| stats.get(&format!("http.ingress.{name}")).copied();
+    assert_eq!(stat("downstream_rq_total"), Some(4));
+    assert_eq!(stat("downstream_rq_4xx"), Some(3));
+    assert_eq!(stat("downstream_rq_5xx"), Some(1));
+    assert_eq!(stat("downstream_cx_protocol_error"), Some(3));
+    assert_eq!(stat("downstream_rq_header_timeout"), Some(1));
+    assert_eq!(stat("downstream_rq_active"), Some(0));
+    assert_eq!(b.requests(), 0);
+}
+
 /// A client that goes away before its request body ends (its connection closed
 /// halfway through a `Content-Length` or a chunked body) is not answered, and the
 /// stream is logged as the client's, `0 DC`, as Envoy logs it: not as a 503 `UR`,
