@@ -307,9 +307,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                             return Poll::Ready(Ok(head));
                         }
                         Ok(None) if s.read.len() > max_head => {
-                            return Poll::Ready(Ok(Head::Refuse(Refused(
-                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request head larger than max_request_headers_kb".into(),
+                            return Poll::Ready(Ok(Head::Refuse(Refused::too_large(
+                                "request head larger than max_request_headers_kb",
                             ))))
                         }
                         Ok(None) => {}
@@ -319,10 +318,12 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                     if let Some(t) = headers_timeout {
                         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
                         if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Ok(Head::Refuse(Refused(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "request head not complete within request_headers_timeout".into(),
-                            ))));
+                            return Poll::Ready(Ok(Head::Refuse(Refused {
+                                status: StatusCode::REQUEST_TIMEOUT,
+                                why: "request head not complete within request_headers_timeout"
+                                    .into(),
+                                details: "request_header_timeout",
+                            })));
                         }
                     }
                 } else if s.closing {
@@ -342,10 +343,11 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Head::Request(parsed) => parsed,
             Head::Closed => return Ok(Outcome::Closed),
             Head::Upgrade => return Ok(Outcome::Upgrade),
-            Head::Refuse(Refused(status, why)) => {
+            Head::Refuse(refused) => {
+                let Refused { status, why, .. } = &refused;
                 tracing::debug!(peer = %ctx.peer, %status, %why, "refused a request head");
-                let guard = refused_stream(&ctx, status, &why);
-                let _ = refuse(&side, status, &why, hcm, guard).await;
+                let guard = refused_stream(&ctx, &refused);
+                let _ = refuse(&side, *status, why, hcm, guard).await;
                 return Ok(Outcome::Closed);
             }
         };
@@ -552,23 +554,16 @@ async fn refuse(
 /// `downstream_cx_protocol_error` (`DPE`), the head timeout in
 /// `downstream_rq_header_timeout`; logged with no method or path (`- 400 DPE
 /// http1.codec_error`, as Envoy 1.40 logs it).
-fn refused_stream(ctx: &ConnCtx, status: StatusCode, why: &str) -> StreamGuard {
+fn refused_stream(ctx: &ConnCtx, refused: &Refused) -> StreamGuard {
     let listener = &ctx.listener;
     let mut guard = StreamGuard::new(listener.clone(), ctx.peer, ctx.local);
-    guard.status = status.as_u16();
-    if status == StatusCode::REQUEST_TIMEOUT {
+    guard.status = refused.status.as_u16();
+    if refused.status == StatusCode::REQUEST_TIMEOUT {
         listener.http.downstream_rq_header_timeout.inc();
-        guard.ended_by("", "request_header_timeout");
+        guard.ended_by("", refused.details);
     } else {
         listener.http.downstream_cx_protocol_error.inc();
-        // Envoy's names where its codec has one for the same fault.
-        let details = match status {
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "http1.headers_too_large",
-            StatusCode::NOT_IMPLEMENTED => "http1.invalid_transfer_encoding",
-            _ if why.starts_with("invalid header value") => "http1.invalid_characters",
-            _ => "http1.codec_error",
-        };
-        guard.ended_by("DPE", details);
+        guard.ended_by("DPE", refused.details);
     }
     if !listener.access_logs.is_empty() {
         guard.log = Some(Box::new(LogInfo {
@@ -586,23 +581,48 @@ fn refused_stream(ctx: &ConnCtx, status: StatusCode, why: &str) -> StreamGuard {
     guard
 }
 
-/// A request head refused: the status it is answered with, and what was wrong and
-/// where, for the answer's body and the debug log.
-struct Refused(StatusCode, Cow<'static, str>);
+/// A request head refused: the status it is answered with, what was wrong and where
+/// (the answer's body and the debug log), and Envoy's response-code details for the
+/// same fault (the access log).
+struct Refused {
+    status: StatusCode,
+    why: Cow<'static, str>,
+    details: &'static str,
+}
+
+impl Refused {
+    fn too_large(why: &'static str) -> Refused {
+        Refused {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            why: why.into(),
+            details: "http1.headers_too_large",
+        }
+    }
+}
+
+/// Envoy's details for a head its codec refuses, where it has no more precise name.
+const CODEC_ERROR: &str = "http1.codec_error";
+/// Envoy's details for a header value with a byte a value cannot hold.
+const INVALID_CHARACTERS: &str = "http1.invalid_characters";
 
 fn bad(why: &'static str) -> Refused {
-    Refused(StatusCode::BAD_REQUEST, Cow::Borrowed(why))
+    Refused {
+        status: StatusCode::BAD_REQUEST,
+        why: why.into(),
+        details: CODEC_ERROR,
+    }
 }
 
 /// 400 for `why`, found at byte `offset` of `head` (the request head, from its first
 /// byte): the answer names the byte, its line and, past a header's name, the header.
 #[cold]
 #[inline(never)]
-fn bad_at(why: &str, head: &[u8], offset: usize) -> Refused {
-    Refused(
-        StatusCode::BAD_REQUEST,
-        Cow::Owned(locate(why, head, offset)),
-    )
+fn bad_at(why: &str, details: &'static str, head: &[u8], offset: usize) -> Refused {
+    Refused {
+        status: StatusCode::BAD_REQUEST,
+        why: Cow::Owned(locate(why, head, offset)),
+        details,
+    }
 }
 
 fn locate(why: &str, head: &[u8], offset: usize) -> String {
@@ -663,15 +683,15 @@ fn check_target(target: &[u8]) -> Result<(), Refused> {
     Ok(())
 }
 
-/// What httparse found wrong with a head.
-fn head_error(e: httparse::Error) -> &'static str {
+/// What httparse found wrong with a head, and Envoy's details for it.
+fn head_error(e: httparse::Error) -> (&'static str, &'static str) {
     match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Version => "invalid HTTP version",
-        httparse::Error::Token | httparse::Error::Status => "invalid request line",
-        httparse::Error::TooManyHeaders => "more than 100 header lines",
+        httparse::Error::HeaderName => ("invalid header name", CODEC_ERROR),
+        httparse::Error::HeaderValue => ("invalid header value", INVALID_CHARACTERS),
+        httparse::Error::NewLine => ("invalid line ending", CODEC_ERROR),
+        httparse::Error::Version => ("invalid HTTP version", CODEC_ERROR),
+        httparse::Error::Token | httparse::Error::Status => ("invalid request line", CODEC_ERROR),
+        httparse::Error::TooManyHeaders => ("more than 100 header lines", CODEC_ERROR),
     }
 }
 
@@ -690,21 +710,24 @@ fn parse(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refused(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "more than 100 header lines".into(),
-            ))
+            return Err(Refused {
+                details: "http1.too_many_headers",
+                ..Refused::too_large("more than 100 header lines")
+            })
         }
         Err(e) => {
             let at = error_offset(read);
             // A line that starts with whitespace continues the one before (obs-fold,
             // RFC 9112 §5.2): httparse reads it as a bad name; say what it is.
             let folded = at > 0 && read[at - 1] == b'\n' && matches!(read[at], b' ' | b'\t');
-            let why = match folded {
-                true => "a header line folded onto the one before (obs-fold)",
+            let (why, details) = match folded {
+                true => (
+                    "a header line folded onto the one before (obs-fold)",
+                    CODEC_ERROR,
+                ),
                 false => head_error(e),
             };
-            return Err(bad_at(why, read, at));
+            return Err(bad_at(why, details, read, at));
         }
     };
     let method = parsed.method.unwrap_or("");
@@ -751,16 +774,22 @@ fn parse(
         }
         let name = names
             .name(i, raw)
-            .map_err(|_| bad_at("invalid header name", &head, name_at as usize))?;
+            .map_err(|_| bad_at("invalid header name", CODEC_ERROR, &head, name_at as usize))?;
         let value = head.slice(value_at as usize..(value_at + value_len) as usize);
         // Shares the head's bytes: no copy.
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| bad_at("invalid header value", &head, value_at as usize))?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| {
+            bad_at(
+                "invalid header value",
+                INVALID_CHARACTERS,
+                &head,
+                value_at as usize,
+            )
+        })?;
         match name {
             header::CONTENT_LENGTH => {
                 framing_fields
                     .content_length(value.as_bytes())
-                    .map_err(|why| bad_at(why, &head, value_at as usize))?;
+                    .map_err(|why| bad_at(why, CODEC_ERROR, &head, value_at as usize))?;
             }
             header::TRANSFER_ENCODING => {
                 if version == Version::HTTP_10 {
@@ -787,11 +816,21 @@ fn parse(
             // would route on the first while the upstream might read the second.
             header::HOST => {
                 if saw_host {
-                    return Err(bad_at("a second host header", &head, name_at as usize));
+                    return Err(bad_at(
+                        "a second host header",
+                        CODEC_ERROR,
+                        &head,
+                        name_at as usize,
+                    ));
                 }
                 saw_host = true;
                 if !h1::is_host_remembered(value.as_bytes()) {
-                    return Err(bad_at("not a host and port", &head, value_at as usize));
+                    return Err(bad_at(
+                        "not a host and port",
+                        CODEC_ERROR,
+                        &head,
+                        value_at as usize,
+                    ));
                 }
             }
             _ => {}
@@ -808,10 +847,11 @@ fn parse(
     // Envoy answers 501 as well (RFC 9112 §6.1: a coding the server does not
     // understand).
     if framing_fields.other_coding {
-        return Err(Refused(
-            StatusCode::NOT_IMPLEMENTED,
-            "a transfer coding other than chunked".into(),
-        ));
+        return Err(Refused {
+            status: StatusCode::NOT_IMPLEMENTED,
+            why: "a transfer coding other than chunked".into(),
+            details: "http1.invalid_transfer_encoding",
+        });
     }
     if let Some(n) = framing_fields.copied_length().filter(|_| chunked.is_none()) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
