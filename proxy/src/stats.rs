@@ -290,6 +290,22 @@ pub struct Store {
     sources: Arc<Mutex<Sources>>,
 }
 
+/// The registry's metrics and the external sources', sorted by name, those whose name
+/// `filter` matches: what each `/stats` format renders.
+fn selected<'a>(
+    registry: &'a BTreeMap<String, Metric>,
+    external: &'a [(String, Metric)],
+    filter: Option<&regex::Regex>,
+) -> Vec<(&'a String, &'a Metric)> {
+    let mut all: Vec<(&String, &Metric)> = registry
+        .iter()
+        .chain(external.iter().map(|(name, metric)| (name, metric)))
+        .filter(|(name, _)| filter.is_none_or(|f| f.is_match(name)))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    all
+}
+
 impl Store {
     pub fn new() -> Store {
         Store::default()
@@ -408,15 +424,9 @@ impl Store {
     pub fn render_text(&self, filter: Option<&regex::Regex>) -> String {
         let external = self.external(false);
         let registry = self.registry.lock();
-        let wanted = |name: &&String| filter.is_none_or(|f| f.is_match(name));
         let mut out = String::new();
         let mut histograms = Vec::new();
-        let mut all: Vec<(&String, &Metric)> = registry
-            .iter()
-            .chain(external.iter().map(|(name, metric)| (name, metric)))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, metric) in all.into_iter().filter(|(name, _)| wanted(name)) {
+        for (name, metric) in selected(&registry, &external, filter) {
             match &metric.handle {
                 Handle::Counter(c) => _ = writeln!(out, "{name}: {}", c.value()),
                 Handle::Gauge(g) => _ = writeln!(out, "{name}: {}", g.value()),
@@ -444,8 +454,7 @@ impl Store {
         let external = self.external(true);
         let registry = self.registry.lock();
         let mut families: BTreeMap<&str, Vec<&Metric>> = BTreeMap::new();
-        let all = registry.iter().chain(external.iter().map(|(n, m)| (n, m)));
-        for (_, metric) in all.filter(|(name, _)| filter.is_none_or(|f| f.is_match(name))) {
+        for (_, metric) in selected(&registry, &external, filter) {
             families.entry(&metric.family).or_default().push(metric);
         }
         let mut out = String::new();
@@ -488,13 +497,7 @@ impl Store {
         let registry = self.registry.lock();
         let mut stats = Vec::new();
         let mut computed = Vec::new();
-        let mut all: Vec<(&String, &Metric)> = registry
-            .iter()
-            .chain(external.iter().map(|(name, metric)| (name, metric)))
-            .filter(|(name, _)| filter.is_none_or(|f| f.is_match(name)))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, metric) in all {
+        for (name, metric) in selected(&registry, &external, filter) {
             match &metric.handle {
                 Handle::Counter(c) => stats.push(json!({"name": name, "value": c.value()})),
                 Handle::Gauge(g) => stats.push(json!({"name": name, "value": g.value()})),
