@@ -73,6 +73,7 @@ use strait_xds::model::{HttpConnectionManager, SetFilterStateConfig, WasmFilterC
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
+use crate::error::ProxyError;
 use crate::fault::FaultFilterRuntime;
 use crate::runtime::{FastMap, ListenerRuntime};
 use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
@@ -1038,12 +1039,11 @@ async fn wait_resumed(
             Some(deadline) => {
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     with_stream(id, |chain| chain.paused = None);
-                    let status = match request_complete {
-                        true => StatusCode::GATEWAY_TIMEOUT,
-                        false => StatusCode::REQUEST_TIMEOUT,
-                    };
-                    let mut reply = LocalReply::new(status, "stream_idle_timeout");
-                    reply.body = Bytes::from("stream timeout");
+                    // The connection manager's own answer to the timer, as the router's.
+                    let timeout = ProxyError::StreamIdleTimeout { request_complete };
+                    let status = StatusCode::from_u16(timeout.status()).expect("a valid status");
+                    let mut reply = LocalReply::new(status, timeout.details());
+                    reply.body = Bytes::from(timeout.body());
                     return Err(reply);
                 }
             }
