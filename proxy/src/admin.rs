@@ -14,8 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::app::{Proxy, ShutdownKind};
+use crate::app::{Drain, Proxy, ShutdownKind};
 use crate::cluster::Host;
+use crate::conn::Drained;
 use strait_xds::model::EdsHealth;
 
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
@@ -65,6 +66,19 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<Cow<'a, str
     Some(percent_encoding::percent_decode_str(raw).decode_utf8_lossy())
 }
 
+/// Whether the query has the parameter `name`, with or without a value (Envoy's
+/// boolean admin parameters: `?graceful`, `?inboundonly`).
+fn query_flag(req: &Request<Incoming>, name: &str) -> bool {
+    req.uri().query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv == name
+                || kv
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
+    })
+}
+
 /// `/stats`' `?filter=`: a regular expression matched anywhere in a stat's name, as
 /// Envoy's; one that does not compile is the request's error, said as such.
 fn stats_filter(req: &Request<Incoming>) -> Result<Option<regex::Regex>, String> {
@@ -80,7 +94,7 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
     let text = "text/plain; charset=UTF-8";
     let mutating = matches!(
         req.uri().path(),
-        "/drain_listeners" | "/quitquitquit" | "/reload"
+        "/drain_listeners" | "/quitquitquit" | "/reload" | "/healthcheck/fail" | "/healthcheck/ok"
     );
     if mutating && req.method() != Method::POST {
         return reply(
@@ -147,7 +161,19 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
             }
         }
         "/drain_listeners" => {
-            proxy.drain_listeners();
+            let flag = |name| query_flag(&req, name);
+            proxy.drain(Drain {
+                scope: match flag("inboundonly") {
+                    true => Drained::INBOUND,
+                    false => Drained::ALL,
+                },
+                graceful: flag("graceful"),
+                skip_exit: flag("skip_exit"),
+            });
+            reply(StatusCode::OK, text, "OK\n")
+        }
+        "/healthcheck/fail" | "/healthcheck/ok" => {
+            proxy.fail_health_checks(req.uri().path() == "/healthcheck/fail");
             reply(StatusCode::OK, text, "OK\n")
         }
         "/reload" => match proxy.reload().await {
@@ -169,7 +195,9 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
 
 const HELP: &str = "  /clusters: upstream cluster status (?format=json)
   /config_dump: the active config
-  /drain_listeners (POST): stop accepting and drain connections
+  /drain_listeners (POST): drain connections and stop accepting (?inboundonly: inbound listeners only; ?graceful: keep accepting for the drain time; ?skip_exit: never stop accepting)
+  /healthcheck/fail (POST): fail health checks (health_check filter 503, /ready DRAINING, connections close after their responses)
+  /healthcheck/ok (POST): pass health checks again
   /listeners: listeners and their bound addresses (?format=json)
   /quitquitquit (POST): exit the server
   /ready: LIVE when serving

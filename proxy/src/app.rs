@@ -14,6 +14,7 @@ use strait_xds::model::Snapshot;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::access_log::Writers;
+use crate::conn::Drained;
 use crate::runtime::{Runtime, Shared};
 use crate::stats::{Scope, Store};
 use crate::wasm_service::{self, WasmServiceRuntime};
@@ -51,6 +52,8 @@ pub struct Options {
     pub source: Source,
     pub concurrency: usize,
     pub drain_time: Duration,
+    /// See [`drain_on_sigterm`].
+    pub min_drain_time: Duration,
     pub admin_address_path: Option<PathBuf>,
 }
 
@@ -66,11 +69,28 @@ pub struct Proxy {
     pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
     reload_ok: crate::stats::Counter,
     reload_failed: crate::stats::Counter,
-    draining: std::sync::atomic::AtomicBool,
+    /// The listeners a drain reached so far.
+    drained: std::sync::Mutex<Drained>,
+    /// `server.live`: 0 while health checks are failed (Envoy's gauge).
+    live: crate::stats::Gauge,
     /// Active health checkers of the published clusters (main thread).
     health: std::sync::Mutex<crate::health::Checkers>,
     /// The running `envoy.bootstrap.wasm` services of the published config.
     wasm_services: std::sync::Mutex<Vec<Arc<WasmServiceRuntime>>>,
+}
+
+/// A drain (admin `/drain_listeners`, `SIGTERM`).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// The listeners drained: all, or the inbound ones (`?inboundonly`).
+    pub scope: Drained,
+    /// `?graceful`: the listeners keep accepting for the drain time before they stop
+    /// (each connection they accept meanwhile closes after its first response):
+    /// clients that still pick this instance get answers, not refused connections.
+    pub graceful: bool,
+    /// `?skip_exit`: the listeners never stop accepting; only their connections are
+    /// drained.
+    pub skip_exit: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,15 +223,76 @@ impl Proxy {
             .clone()
     }
 
+    /// Whether a drain started, or the operator failed the server's health check.
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        *self
+            .drained
+            .lock()
+            .expect("drain state lock is never poisoned")
+            != Drained::NONE
+            || self.shared.health_check_failed()
     }
 
-    /// Stops accepting everywhere and asks open connections to finish.
-    pub fn drain_listeners(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+    /// Admin `/healthcheck/fail` (`true`) and `/healthcheck/ok`: Envoy's server-wide
+    /// health-check state (see [`Shared::health_check_failed`]).
+    pub fn fail_health_checks(&self, fail: bool) {
+        self.shared
+            .failing_health_checks
+            .store(fail, Ordering::Relaxed);
+        if fail {
+            tracing::warn!("health checks failed by the admin API (/healthcheck/fail)");
+        } else {
+            tracing::info!("health checks pass again (/healthcheck/ok)");
+        }
+        self.set_live();
+    }
+
+    /// `server.live` follows the health-check state alone, as Envoy's (a drain leaves
+    /// it at 1 there too).
+    fn set_live(&self) {
+        self.live.set(i64::from(!self.shared.health_check_failed()));
+    }
+
+    /// Drains the listeners of `drain.scope`: their connections are asked to close
+    /// now (idle ones close, busy ones after their current response: HTTP/1.1
+    /// `Connection: close`, HTTP/2 GOAWAY), and the listeners stop accepting now, at
+    /// the end of the drain time (`graceful`), or never (`skip_exit`). Envoy's
+    /// `/drain_listeners`. A graceful drain of listeners already drained does nothing.
+    pub fn drain(&self, drain: Drain) {
+        {
+            let mut drained = self
+                .drained
+                .lock()
+                .expect("drain state lock is never poisoned");
+            if drain.graceful && drained.with(drain.scope) == *drained {
+                return;
+            }
+            *drained = drained.with(drain.scope);
+        }
+        tracing::info!(scope = ?drain.scope, graceful = drain.graceful, skip_exit = drain.skip_exit, "draining listeners");
+        let scope = drain.scope;
         for w in &self.workers {
-            let _ = w.commands.send(Command::Drain);
+            let _ = w.commands.send(Command::Drain { scope });
+        }
+        match (drain.skip_exit, drain.graceful) {
+            (true, _) => {}
+            (false, false) => self.stop_accepting(scope),
+            (false, true) => {
+                let workers: Vec<_> = self.workers.iter().map(|w| w.commands.clone()).collect();
+                let after = self.options.drain_time;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    for w in workers {
+                        let _ = w.send(Command::StopAccepting { scope });
+                    }
+                });
+            }
+        }
+    }
+
+    fn stop_accepting(&self, scope: Drained) {
+        for w in &self.workers {
+            let _ = w.commands.send(Command::StopAccepting { scope });
         }
     }
 }
@@ -254,6 +335,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             connections: Default::default(),
             started: std::time::SystemTime::now(),
             local_ip: crate::headers::local_address(),
+            failing_health_checks: Default::default(),
         });
         let mut workers = Vec::with_capacity(options.concurrency);
         for i in 0..options.concurrency {
@@ -269,11 +351,13 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             shutdown: shutdown_tx.clone(),
             reload_ok: store.counter(&server, "config_reload_success"),
             reload_failed: store.counter(&server, "config_reload_failure"),
-            draining: Default::default(),
+            drained: Default::default(),
+            live: store.gauge(&server, "live"),
             health: Default::default(),
             wasm_services: std::sync::Mutex::new(services),
         });
         proxy.sync_health_checkers(&shared.runtime.load());
+        proxy.set_live();
         store
             .gauge(&server, "concurrency")
             .set(options.concurrency as i64);
@@ -301,18 +385,65 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
 
         let kind = shutdown_rx.recv().await.unwrap_or(ShutdownKind::Immediate);
         tracing::info!(?kind, "shutting down");
-        proxy.drain_listeners();
         if let ShutdownKind::Graceful = kind {
-            let deadline = tokio::time::Instant::now() + options.drain_time;
-            while shared.connections.load(Ordering::Relaxed) > 0
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            drain_on_sigterm(&proxy).await;
         }
+        proxy.drain(Drain {
+            scope: Drained::ALL,
+            graceful: false,
+            skip_exit: false,
+        });
         shared.writers.flush_blocking(Duration::from_secs(2));
         Ok(0)
     })
+}
+
+/// `SIGTERM`: drain, then return when no connection is left or the drain time is up.
+///
+/// A sidecar (some listener has `traffic_direction: INBOUND`) drains its inbound
+/// listeners only, gracefully: they keep accepting, and every connection closes after
+/// its next response, while the callers' endpoints learn that this instance is
+/// going. The other listeners (the application's outbound calls) keep serving
+/// untouched for at least `min_drain_time` and then until their last connection
+/// closes: the application, which got its own `SIGTERM`, can finish its work and
+/// make calls until it exits. (Envoy exits on `SIGTERM` at once; meshes put an agent
+/// in front that does this dance through `/drain_listeners?inboundonly&graceful`.)
+///
+/// Without inbound listeners (an edge proxy) every listener stops accepting now and
+/// its connections drain.
+async fn drain_on_sigterm(proxy: &Proxy) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + proxy.options.drain_time;
+    let sidecar = proxy
+        .shared
+        .runtime
+        .load()
+        .listeners
+        .iter()
+        .any(|l| Drained::of(&l.config) == Drained::INBOUND);
+    let not_before = match sidecar {
+        true => {
+            proxy.drain(Drain {
+                scope: Drained::INBOUND,
+                graceful: true,
+                skip_exit: true,
+            });
+            started + proxy.options.min_drain_time
+        }
+        false => {
+            proxy.drain(Drain {
+                scope: Drained::ALL,
+                graceful: false,
+                skip_exit: false,
+            });
+            started
+        }
+    };
+    let connections = &proxy.shared.connections;
+    let now = tokio::time::Instant::now;
+    while now() < deadline && (now() < not_before || connections.load(Ordering::Relaxed) > 0) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Re-resolves STRICT_DNS / LOGICAL_DNS clusters at their refresh rate.

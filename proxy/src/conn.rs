@@ -370,19 +370,23 @@ impl Watch {
         now - self.since
     }
 
+    /// Which drains reach this connection (see [`Drained`]).
+    fn class(&self) -> Drained {
+        Drained::of(&self.open.ctx.listener.config)
+    }
+
     /// The listener's idle timeout (`common_http_protocol_options.idle_timeout`).
     fn idle_timeout(&self) -> Option<Duration> {
         self.open.ctx.listener.config.hcm.idle_timeout
     }
 
-    /// Waits for `input` while the connection holds no codec; `None` when the
-    /// connection is to close first (a drain, or its idle timeout). The idle timeout
-    /// and the drain come from an entry in the worker's idle list, as in [`Self::run`].
+    /// Waits for the connection's first `input` while it holds no codec; `None` when
+    /// the connection is to close first (its idle timeout; a drain, unless the input
+    /// comes within [`h1_server::FIRST_REQUEST_GRACE`]: a connection accepted during a
+    /// graceful drain is served once). The idle timeout and the drain come from an
+    /// entry in the worker's idle list, as in [`Self::run`].
     async fn wait<F: Future>(&mut self, input: F) -> Option<F::Output> {
-        if self.draining {
-            return None;
-        }
-        let deadline = self.idle_timeout().map(|t| self.since + t);
+        let (deadline, class) = (self.idle_timeout().map(|t| self.since + t), self.class());
         tokio::pin!(input);
         // The entry is made once the input has to be waited for: a client's first
         // bytes usually come with its connection, and then the connection never
@@ -392,7 +396,7 @@ impl Watch {
         let woke = std::future::poll_fn(|cx| match input.as_mut().poll(cx) {
             Poll::Ready(out) => Poll::Ready(Ok(out)),
             Poll::Pending => entry
-                .get_or_insert_with(|| IdleEntry::enter(deadline))
+                .get_or_insert_with(|| IdleEntry::enter(deadline, class))
                 .poll_end(cx)
                 .map_or(Poll::Pending, |end| Poll::Ready(Err(end))),
         })
@@ -401,7 +405,12 @@ impl Watch {
             Ok(out) => Some(out),
             Err(end) => {
                 self.ended(end);
-                None
+                match end {
+                    IdleEnd::Drain => tokio::time::timeout(h1_server::FIRST_REQUEST_GRACE, input)
+                        .await
+                        .ok(),
+                    IdleEnd::Timeout => None,
+                }
             }
         }
     }
@@ -441,7 +450,8 @@ impl Watch {
         // the entry when the tick is due (to within its 250 ms) and `drain_idle` when
         // the worker drains. A tokio timer and a drain-channel subscription cost ~1,000
         // instructions per connection between them, the entry ~150.
-        let mut entry = IdleEntry::enter(every.map(|e| crate::clock::tokio_now() + e));
+        let class = self.class();
+        let mut entry = IdleEntry::enter(every.map(|e| crate::clock::tokio_now() + e), class);
         // The entry is polled only when it woke the task (a select would poll it at
         // every wake of the connection: ~800 instructions per request, three wakes
         // each).
@@ -499,7 +509,7 @@ impl Watch {
                             .inc();
                         return None;
                     }
-                    entry = IdleEntry::enter(Some(now + every.unwrap_or(RELEASE_AFTER)));
+                    entry = IdleEntry::enter(Some(now + every.unwrap_or(RELEASE_AFTER)), class);
                 }
             }
         }
@@ -657,6 +667,10 @@ impl Conn {
                 .http
                 .downstream_cx_destroy_remote_active_rq
                 .clone(),
+            drain_close: (!ctx.listener.config.drain_modify_only).then(|| {
+                let shared = ctx.shared.clone();
+                Arc::new(move || shared.health_check_failed()) as h2_server::DrainClose
+            }),
         };
         let handler = {
             let ctx = ctx.clone();
@@ -822,7 +836,7 @@ impl Conn {
         if watch.draining {
             return false;
         }
-        let entry = IdleEntry::enter(watch.idle_timeout().map(|t| watch.since + t));
+        let entry = IdleEntry::enter(watch.idle_timeout().map(|t| watch.since + t), watch.class());
         let woke = std::future::poll_fn(|cx| match entry.poll_end(cx) {
             Some(end) => Poll::Ready(Err(end)),
             None => socket.poll_read_ready(cx).map(Ok),
@@ -854,9 +868,9 @@ pub(crate) enum IdleEnd {
 struct IdleList {
     slots: Vec<IdleSlot>,
     free: Vec<u32>,
-    /// The worker is draining: every idle connection closes, and so does any that
-    /// goes idle from now on.
-    draining: bool,
+    /// The classes of connections this worker drains: every idle connection of
+    /// them closes, and so does any that goes idle from now on.
+    draining: Drained,
     /// The base of the slots' deadlines.
     epoch: Option<Instant>,
 }
@@ -869,6 +883,8 @@ struct IdleSlot {
     /// 0 while waiting, else 1 + the `IdleEnd` the heartbeat decided.
     ended: u8,
     live: bool,
+    /// The connection's class, for drains of some listeners only.
+    class: Drained,
     waker: Option<std::task::Waker>,
 }
 
@@ -895,11 +911,11 @@ thread_local! {
 pub(crate) struct IdleEntry(u32);
 
 impl IdleEntry {
-    pub(crate) fn enter(deadline: Option<Instant>) -> IdleEntry {
+    pub(crate) fn enter(deadline: Option<Instant>, class: Drained) -> IdleEntry {
         IDLE.with(|list| {
             let mut list = list.borrow_mut();
             let deadline_ms = deadline.map_or(u32::MAX, |at| list.ms(at));
-            let ended = match list.draining {
+            let ended = match list.draining.covers(class) {
                 true => 1 + IdleEnd::Drain as u8,
                 false => 0,
             };
@@ -907,6 +923,7 @@ impl IdleEntry {
                 deadline_ms,
                 ended,
                 live: true,
+                class,
                 waker: None,
             };
             let index = match list.free.pop() {
@@ -982,14 +999,63 @@ pub fn sweep_idle() {
     });
 }
 
-/// A drain began on this worker: its idle connections close now, and those that go
-/// idle later close instead of waiting.
-pub fn drain_idle() {
+/// Envoy's drain-close while the server's health check is failed (admin
+/// `/healthcheck/fail`): each response on a listener of the default `drain_type`
+/// ends its connection (HTTP/1.1 `Connection: close`; HTTP/2 sends GOAWAY), so
+/// clients move to the other instances their health checks still find healthy.
+#[inline]
+pub(crate) fn drain_close(ctx: &ConnCtx) -> bool {
+    ctx.shared.health_check_failed() && !ctx.listener.config.drain_modify_only
+}
+
+/// Which connections a drain reaches: those of inbound listeners
+/// (`traffic_direction: INBOUND`), the others, or both. A connection's class is one of
+/// the first two; a drain's is any set of them.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained(u8);
+
+impl std::fmt::Debug for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            0 => "none",
+            1 => "inbound",
+            2 => "not inbound",
+            _ => "all",
+        })
+    }
+}
+
+impl Drained {
+    pub const NONE: Drained = Drained(0);
+    pub const INBOUND: Drained = Drained(1);
+    pub const OTHER: Drained = Drained(2);
+    pub const ALL: Drained = Drained(3);
+
+    /// The class of a connection of `listener`.
+    pub fn of(listener: &strait_xds::model::Listener) -> Drained {
+        match listener.traffic_direction {
+            1 => Drained::INBOUND,
+            _ => Drained::OTHER,
+        }
+    }
+
+    pub fn covers(self, class: Drained) -> bool {
+        self.0 & class.0 != 0
+    }
+
+    pub fn with(self, more: Drained) -> Drained {
+        Drained(self.0 | more.0)
+    }
+}
+
+/// A drain began on this worker for the connections of `scope`: those idle close
+/// now, and those that go idle later close instead of waiting.
+pub fn drain_idle(scope: Drained) {
     IDLE.with(|list| {
         let mut list = list.borrow_mut();
-        list.draining = true;
+        list.draining = list.draining.with(scope);
         for slot in &mut list.slots {
-            if slot.live && slot.ended == 0 {
+            if slot.live && slot.ended == 0 && scope.covers(slot.class) {
                 IdleList::end(slot, IdleEnd::Drain);
             }
         }
@@ -1022,10 +1088,11 @@ mod tests {
         let cx = Context::from_waker(waker);
         let now = Instant::now();
         // Registered first with the latest deadline; the earlier ones after it.
-        let late = IdleEntry::enter(Some(now + Duration::from_secs(3600)));
-        let later = IdleEntry::enter(Some(now + Duration::from_secs(1800)));
-        let none = IdleEntry::enter(None);
-        let passed = IdleEntry::enter(Some(now - Duration::from_millis(1)));
+        let o = Drained::OTHER;
+        let late = IdleEntry::enter(Some(now + Duration::from_secs(3600)), o);
+        let later = IdleEntry::enter(Some(now + Duration::from_secs(1800)), o);
+        let none = IdleEntry::enter(None, o);
+        let passed = IdleEntry::enter(Some(now - Duration::from_millis(1)), o);
         for entry in [&late, &later, &none, &passed] {
             assert_eq!(entry.poll_end(&cx), None);
         }
@@ -1036,14 +1103,23 @@ mod tests {
         assert_eq!(passed.poll_end(&cx), Some(IdleEnd::Timeout));
         drop(passed);
         // A slot given up is reused, fresh.
-        let again = IdleEntry::enter(None);
+        let again = IdleEntry::enter(None, o);
         sweep_idle();
         assert_eq!(again.poll_end(&cx), None);
-        drain_idle();
-        for entry in [&late, &later, &none, &again] {
+        // A drain of inbound listeners leaves the others' connections alone.
+        let inbound = IdleEntry::enter(None, Drained::INBOUND);
+        drain_idle(Drained::INBOUND);
+        assert_eq!(inbound.poll_end(&cx), Some(IdleEnd::Drain));
+        assert_eq!(again.poll_end(&cx), None);
+        let inbound_after = IdleEntry::enter(None, Drained::INBOUND);
+        assert_eq!(inbound_after.poll_end(&cx), Some(IdleEnd::Drain));
+        let other_after = IdleEntry::enter(None, o);
+        assert_eq!(other_after.poll_end(&cx), None);
+        drain_idle(Drained::ALL);
+        for entry in [&late, &later, &none, &again, &other_after] {
             assert_eq!(entry.poll_end(&cx), Some(IdleEnd::Drain));
         }
-        let after = IdleEntry::enter(None);
+        let after = IdleEntry::enter(None, o);
         assert_eq!(after.poll_end(&cx), Some(IdleEnd::Drain));
     }
 }

@@ -277,6 +277,10 @@ struct Parsed {
 /// wake-up an `eventfd` write too (at 100 ms, 0.29 writes per request).
 const SPECULATIVE_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a drained connection that has not sent its first request yet waits for
+/// it (see `conn::Watch::wait`).
+pub(crate) const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves requests until the connection closes or asks for an upgrade.
 pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Outcome> {
     let hcm = &ctx.listener.config.hcm;
@@ -285,6 +289,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
     let max_head = (hcm.max_request_headers_kb as usize * 1024).max(8192) + 4096;
     let headers_timeout = hcm.request_headers_timeout;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut first_request_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let head = std::future::poll_fn(|cx| {
             let mut guard = side.lock();
@@ -327,7 +332,14 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                         }
                     }
                 } else if s.closing {
-                    return Poll::Ready(Ok(Head::Closed));
+                    // A drain. A connection that has not sent its first request
+                    // (accepted during a graceful drain, or just before one) is
+                    // served once if it comes soon; the others close now.
+                    let grace = first_request_grace
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)));
+                    if s.parsed_one || grace.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(Head::Closed));
+                    }
                 }
                 s.idle = s.read.is_empty();
                 match ready!(h1::poll_read(&mut s.io, &mut s.read, cx, READ_SMALL)) {
@@ -405,7 +417,10 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                 // still cancels it, that much later.
                 if s.io.speculative() {
                     let grace = grace.get_or_insert_with(|| {
-                        IdleEntry::enter(Some(crate::clock::tokio_now() + SPECULATIVE_WATCH))
+                        IdleEntry::enter(
+                            Some(crate::clock::tokio_now() + SPECULATIVE_WATCH),
+                            crate::conn::Drained::of(&ctx.listener.config),
+                        )
                     });
                     if grace.poll_end(cx).is_none() {
                         return Poll::Pending;
@@ -437,7 +452,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Some(Err(_)) => return Ok(Outcome::Closed),
         };
         let closing = side.lock().closing;
-        let keep_alive = keep_alive && !closing && !smuggling;
+        let keep_alive = keep_alive && !closing && !smuggling && !crate::conn::drain_close(&ctx);
         let (head, framing, keep_alive, trailers) =
             encode_response(&response, version, head_request, keep_alive);
         // The head, written from a borrow, goes to the plugins' `on_log`: moved.

@@ -66,7 +66,14 @@ pub(crate) struct Settings {
     /// Its `downstream_cx_destroy_remote_active_rq`: the client closed the connection
     /// with streams open.
     pub destroy_remote_active_rq: Counter,
+    /// Asked after each pass that answered: whether the connection is to close now
+    /// (Envoy's drain-close while the server's health check is failed). The
+    /// connection then sends GOAWAY and ends once its open streams are done.
+    pub drain_close: Option<DrainClose>,
 }
+
+/// See [`Settings::drain_close`].
+pub(crate) type DrainClose = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Passes through the connection's loop before it yields to other connections: each
 /// pass reads what arrived, runs the streams it woke, and writes what they answered.
@@ -204,6 +211,7 @@ struct Conn {
     local_resets: u32,
     rx_reset: Counter,
     destroy_remote_active_rq: Counter,
+    drain_close: Option<DrainClose>,
     /// Complete frames wait in the read buffer: the output was over [`HIGH_WATER`].
     backlog: bool,
 }
@@ -387,6 +395,7 @@ where
                 local_resets: 0,
                 rx_reset: settings.rx_reset.clone(),
                 destroy_remote_active_rq: settings.destroy_remote_active_rq.clone(),
+                drain_close: settings.drain_close.clone(),
                 backlog: false,
             },
         }
@@ -1218,6 +1227,10 @@ impl Conn {
         // other.
         if self.ready.is_empty() {
             self.ready = ready;
+        }
+        if self.closing == Closing::No && self.drain_close.as_ref().is_some_and(|f| f()) {
+            self.closing = Closing::Asked;
+            self.shared.task.wake();
         }
         true
     }

@@ -108,9 +108,15 @@ struct Cli {
     /// trace, debug, info, warn, error, critical or off.
     #[arg(short = 'l', long, default_value = "info")]
     log_level: String,
-    /// Seconds to let in-flight requests finish after SIGTERM.
+    /// Seconds to let in-flight requests finish after SIGTERM; also how long
+    /// `/drain_listeners?graceful` keeps the listeners accepting.
     #[arg(long = "drain-time-s", default_value_t = 600)]
     drain_time_s: u64,
+    /// With inbound listeners (a sidecar), how long after SIGTERM the other listeners
+    /// keep serving before Strait may exit on its last connection closing (at most
+    /// --drain-time-s).
+    #[arg(long = "min-drain-time-s", default_value_t = 5)]
+    min_drain_time_s: u64,
     /// Write the admin listener's bound address to this file (useful with port 0).
     #[arg(long)]
     admin_address_path: Option<PathBuf>,
@@ -206,6 +212,7 @@ fn main() {
             .filter(|n| *n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         drain_time: Duration::from_secs(cli.drain_time_s),
+        min_drain_time: Duration::from_secs(cli.min_drain_time_s.min(cli.drain_time_s)),
         admin_address_path: cli.admin_address_path,
     };
     match app::run(options) {

@@ -365,6 +365,20 @@ pub struct Shared {
     pub started: std::time::SystemTime,
     /// This machine's address, for `x-forwarded-for` when the peer is loopback.
     pub local_ip: std::net::IpAddr,
+    /// Set by admin `/healthcheck/fail`, cleared by `/healthcheck/ok`: Envoy's
+    /// server-wide "health check failed" state (see [`Shared::health_check_failed`]).
+    pub failing_health_checks: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Whether the operator failed this server's health checks (admin
+    /// `/healthcheck/fail`): the `health_check` filter answers 503, `/ready` says
+    /// `DRAINING`, and connections on listeners of the default drain type close after
+    /// their current response, as Envoy's do.
+    pub fn health_check_failed(&self) -> bool {
+        self.failing_health_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A JSON value (of a `google.protobuf.Struct`) as plugins read it.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::conn;
+use crate::conn::{self, Drained};
 use crate::router::ConnCtx;
 use crate::runtime::Shared;
 
@@ -23,8 +23,12 @@ pub enum Command {
     },
     /// Stop accepting for the listener `name`; its open connections drain.
     Unlisten { name: String },
-    /// Stop accepting everywhere and ask every connection to close gracefully.
-    Drain,
+    /// Ask the connections of the listeners in `scope` to close gracefully: idle ones
+    /// now, busy ones after their current response (HTTP/1.1 `Connection: close`,
+    /// HTTP/2 GOAWAY), and those accepted from now on after their first.
+    Drain { scope: Drained },
+    /// Stop accepting for the listeners in `scope`.
+    StopAccepting { scope: Drained },
 }
 
 pub struct WorkerHandle {
@@ -73,11 +77,18 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                     t.abort();
                 }
             }
-            Command::Drain => {
-                for (_, t) in accepting.drain() {
-                    t.abort();
-                }
-                conn::drain_idle();
+            Command::Drain { scope } => conn::drain_idle(scope),
+            Command::StopAccepting { scope } => {
+                let rt = shared.runtime.load();
+                accepting.retain(|name, task| {
+                    // A listener the config no longer has is in every scope.
+                    let class = rt.listener(name).map(|l| Drained::of(&l.config));
+                    let stop = class.is_none_or(|class| scope.covers(class));
+                    if stop {
+                        task.abort();
+                    }
+                    !stop
+                });
             }
         }
     }

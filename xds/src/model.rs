@@ -67,6 +67,9 @@ pub struct Listener {
     pub hcm: HttpConnectionManager,
     /// `traffic_direction` as its number (0 unspecified, 1 inbound, 2 outbound).
     pub traffic_direction: i64,
+    /// `drain_type: MODIFY_ONLY`: the listener's connections are not closed because
+    /// the server's health check failed (admin `/healthcheck/fail`).
+    pub drain_modify_only: bool,
     /// The filter chain's `name`.
     pub filter_chain_name: String,
     pub metadata: Metadata,

@@ -44,7 +44,8 @@ pub struct Listener {
     pub api_listener: Option<Unsupported>,
     pub internal_listener: Option<Unsupported>,
     pub access_log: Option<Unsupported>,
-    pub drain_type: Option<Unsupported>,
+    #[serde(default, deserialize_with = "super::proto_enum")]
+    pub drain_type: Option<DrainType>,
     pub enable_mptcp: Option<Unsupported>,
     pub ignore_global_conn_limit: Option<Unsupported>,
 }
@@ -352,6 +353,20 @@ pub struct RemoteRetryPolicy {
     pub retry_priority: Option<Unsupported>,
     pub retry_host_predicate: Option<Unsupported>,
     pub host_selection_retry_max_attempts: Option<Unsupported>,
+}
+
+/// `config.listener.v3.Listener.DrainType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainType {
+    Default,
+    ModifyOnly,
+}
+
+impl super::ProtoEnum for DrainType {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("DEFAULT", 0, Some(Self::Default)),
+        ("MODIFY_ONLY", 1, Some(Self::ModifyOnly)),
+    ];
 }
 
 /// `config.core.v3.TrafficDirection`, as its number.

@@ -129,6 +129,7 @@ fn listener(path: &str, config: &bootstrap::Listener, clusters: &Clusters) -> Re
         network_filters,
         hcm: http_connection_manager(&typed, clusters)?,
         traffic_direction: config.traffic_direction.map_or(0, |d| d.0),
+        drain_modify_only: config.drain_type == Some(bootstrap::DrainType::ModifyOnly),
         filter_chain_name: chain.name.clone(),
         metadata: crate::bootstrap::Metadata::filter_metadata(&config.metadata),
     })
