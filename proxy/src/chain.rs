@@ -1,11 +1,13 @@
 //! The HTTP filter chain runner: the configured `http_filters` (proxy-wasm plugins
-//! and fault filters) between the connection manager and the router.
+//! and the native fault, set_filter_state and health_check filters) between the
+//! connection manager and the router.
 //!
 //! Filters run in config order. Wasm filters are synchronous calls (below); a fault
 //! filter (`crate::fault`) is awaited between them, since a delay is a sleep. So the
 //! request-headers phase runs the wasm slots in segments: those before the first
 //! fault filter, the fault, the next segment, and so on ([`request_headers`]).
-//! Fault filters have no response, body or log phase.
+//! Fault filters have no response, body or log phase; the health check filter's
+//! response phase is the router's call (`crate::health_filter`).
 //!
 //! # Where the filters live
 //!
@@ -75,6 +77,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::ProxyError;
 use crate::fault::FaultFilterRuntime;
+use crate::health_filter::{HealthCheckRuntime, HealthChecks};
 use crate::runtime::{FastMap, ListenerRuntime};
 use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
 use crate::stream::StreamGuard;
@@ -740,6 +743,19 @@ pub enum NativeFilter {
     Fault(Arc<FaultFilterRuntime>),
     /// `envoy.filters.http.set_filter_state`: sets the stream's filter state.
     SetFilterState(Arc<SetFilterStateConfig>),
+    /// `envoy.filters.http.health_check`: may answer a health check (after reading
+    /// its body); it also has a response phase, run by the router through
+    /// [`HealthChecks`].
+    HealthCheck(Arc<HealthCheckRuntime>),
+}
+
+/// What the native filters' request phase touches of a stream beside its head.
+pub struct StageStream<'s, 'h> {
+    /// The request body: a health check filter that answers reads it first.
+    pub body: &'s mut crate::body::DownstreamBody,
+    pub guard: &'s mut StreamGuard,
+    /// The stream's side of its health check filters.
+    pub health: &'s mut HealthChecks<'h>,
 }
 
 /// The request-headers phase of every HTTP filter before the router, in config
@@ -751,10 +767,10 @@ pub async fn request_headers(
     hcm: &HttpConnectionManager,
     head: &mut RequestHead,
     end_of_stream: bool,
-    guard: &mut StreamGuard,
+    stream: &mut StageStream<'_, '_>,
 ) -> Verdict {
     let mut ran = 0;
-    for stage in stages {
+    for (at, stage) in stages.iter().enumerate() {
         if let Some(id) = chain {
             let slots = ran..stage.after_wasm;
             if let Verdict::LocalReply(reply) =
@@ -766,13 +782,21 @@ pub async fn request_headers(
         ran = stage.after_wasm;
         match &stage.filter {
             NativeFilter::Fault(fault) => {
-                if let Some(reply) = fault.request_headers(hcm, head, guard).await {
+                if let Some(reply) = fault.request_headers(hcm, head, stream.guard).await {
                     return Verdict::LocalReply(reply);
                 }
             }
             NativeFilter::SetFilterState(config) => {
                 if let Some(id) = chain {
-                    set_filter_state(id, config, head, guard);
+                    set_filter_state(id, config, head, stream.guard);
+                }
+            }
+            NativeFilter::HealthCheck(filter) => {
+                let reply = filter
+                    .request_headers(at, hcm, head, end_of_stream, stream)
+                    .await;
+                if let Some(reply) = reply {
+                    return Verdict::LocalReply(reply);
                 }
             }
         }

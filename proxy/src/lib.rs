@@ -29,6 +29,7 @@ mod h2_frame;
 pub mod h2_server;
 pub mod headers;
 pub mod health;
+pub mod health_filter;
 mod hpack;
 pub mod lb;
 pub mod listener;

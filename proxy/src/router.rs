@@ -31,6 +31,7 @@ use crate::chain::{ChainHandle, ChainId, Step, Verdict};
 use crate::error::ProxyError;
 use crate::h1::HeaderCase;
 use crate::headers::{self, ForwardingPolicy};
+use crate::health_filter::HealthChecks;
 use crate::lb::LbState;
 use crate::pool::Upstream;
 use crate::retry::{self, RetryHeaders, RetryState};
@@ -199,6 +200,7 @@ pub async fn handle(
         listener.http.downstream_rq_http1_total.inc();
     }
     let mut guard = Some(StreamGuard::new(listener.clone(), conn.peer, conn.local));
+    let mut health = HealthChecks::new(&conn.shared, &rt.clusters);
     let grpc = is_grpc(req.headers());
     if smuggling {
         listener.http.downstream_cx_protocol_error.inc();
@@ -211,9 +213,9 @@ pub async fn handle(
             mutations: None,
         };
         let guard = guard.expect("guard just made");
-        return Ok(local_reply(failure, grpc, &listener, guard));
+        return Ok(local_reply(failure, grpc, &listener, guard, &health));
     }
-    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard).await;
+    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard, &mut health).await;
     Ok(match proxied {
         Ok(resp) => resp,
         Err(failure) => {
@@ -234,7 +236,7 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            local_reply(failure, grpc, &listener, guard)
+            local_reply(failure, grpc, &listener, guard, &health)
         }
     })
 }
@@ -264,6 +266,7 @@ async fn proxy<'a>(
     rt: &'a Runtime,
     listener: &'a Arc<ListenerRuntime>,
     slot: &mut Option<StreamGuard>,
+    health: &mut HealthChecks<'_>,
 ) -> Result<Response<ResponseBody>, Failure<'a>> {
     let guard = slot.as_mut().expect("proxy is called with a guard");
     let hcm = &listener.config.hcm;
@@ -349,7 +352,8 @@ async fn proxy<'a>(
         headers::remove_connection_headers(req.headers_mut());
     }
     if filtered {
-        let (mut parts, body) = (*req).into_parts();
+        health.arm();
+        let (mut parts, mut body) = (*req).into_parts();
         let eos = body.is_end_stream();
         // Wasm filters alone run at once; a fault filter's delay, or a plugin that
         // paused for its callouts, is awaited in a box, so neither sits in every
@@ -365,13 +369,18 @@ async fn proxy<'a>(
                 }
             },
             _ => {
+                let mut stream = crate::chain::StageStream {
+                    body: &mut body,
+                    guard,
+                    health,
+                };
                 Box::pin(crate::chain::request_headers(
                     id,
                     &listener.stages,
                     hcm,
                     &mut parts,
                     eos,
-                    guard,
+                    &mut stream,
                 ))
                 .await
             }
@@ -384,7 +393,7 @@ async fn proxy<'a>(
             if !listener.access_logs.is_empty() {
                 guard.log = Some(log_info(&req, &authority));
             }
-            return answer_filter(reply, listener, slot, id);
+            return answer_filter(reply, listener, slot, id, health);
         }
         // A filter may have changed it; compared first, it is copied only then.
         match self::authority(&req) {
@@ -459,6 +468,7 @@ async fn proxy<'a>(
                 Some(mutations),
                 guard,
                 "redirect",
+                health,
             )));
         }
         RouteAction::DirectResponse { status, body } => {
@@ -475,6 +485,7 @@ async fn proxy<'a>(
                 Some(mutations),
                 guard,
                 "direct_response",
+                health,
             )));
         }
     };
@@ -768,7 +779,7 @@ async fn proxy<'a>(
                 None => error,
             }));
         }
-        Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain),
+        Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain, health),
     };
     if let Some(idle) = timeouts.per_try_idle {
         timers = StreamTimers::with_try_idle(timers, idle, guard.received.clone());
@@ -844,9 +855,10 @@ async fn proxy<'a>(
             }
         };
         if let Verdict::LocalReply(reply) = verdict {
-            return answer_filter(reply, listener, slot, None);
+            return answer_filter(reply, listener, slot, None, health);
         }
     }
+    health.response_headers(&listener.stages, parts.status, &mut parts.headers);
     // After the filters, as Envoy's connection manager does: plugins see the
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, hcm);
@@ -888,12 +900,13 @@ fn answer_filter<'a>(
     listener: &ListenerRuntime,
     slot: &mut Option<StreamGuard>,
     chain: Option<ChainId>,
+    health: &HealthChecks<'_>,
 ) -> Result<Response<ResponseBody>, Failure<'a>> {
     if reply.reset {
         return Err(ProxyError::FilterReset.into());
     }
     let guard = slot.take().expect("guard present");
-    Ok(filter_reply(reply, listener, guard, chain))
+    Ok(filter_reply(reply, listener, guard, chain, health))
 }
 
 /// A local reply an HTTP filter asked for (`send_http_response`, or a plugin
@@ -906,6 +919,7 @@ fn filter_reply(
     listener: &ListenerRuntime,
     guard: StreamGuard,
     chain: Option<ChainId>,
+    health: &HealthChecks<'_>,
 ) -> Response<ResponseBody> {
     let mut resp = Response::new(reply.body);
     *resp.status_mut() = reply.status;
@@ -929,9 +943,9 @@ fn filter_reply(
         "request_payload_too_large" => "request_payload_too_large",
         "response_payload_too_large" => "response_payload_too_large",
         crate::fault::ABORT_DETAILS => crate::fault::ABORT_DETAILS,
-        _ => "filter_local_reply",
+        other => crate::health_filter::details(other).unwrap_or("filter_local_reply"),
     };
-    finish_local(resp, listener, None, guard, details)
+    finish_local(resp, listener, None, guard, details, health)
 }
 
 /// Rejects heads larger than `max_request_headers_kb`. hyper's parser already refuses
@@ -1020,16 +1034,21 @@ fn route_mutations<'a>(
     [&route.headers, &vhost.headers, &rc.headers]
 }
 
+/// Every local response ends here: the route's response headers, the health check
+/// filters' response phase (`health`), the `server` header, the stream's record.
 fn finish_local(
     mut resp: Response<Bytes>,
     listener: &ListenerRuntime,
     mutations: Option<Mutations<'_>>,
     mut guard: StreamGuard,
     details: &'static str,
+    health: &HealthChecks<'_>,
 ) -> Response<ResponseBody> {
     for m in mutations.into_iter().flatten() {
         m.apply_response(resp.headers_mut());
     }
+    let status = resp.status();
+    health.response_headers(&listener.stages, status, resp.headers_mut());
     set_server(resp.headers_mut(), &listener.config.hcm);
     guard.status = resp.status().as_u16();
     guard.details = details;
@@ -1049,6 +1068,7 @@ fn local_reply(
     grpc: bool,
     listener: &ListenerRuntime,
     mut guard: StreamGuard,
+    health: &HealthChecks<'_>,
 ) -> Response<ResponseBody> {
     let err = &failure.error;
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -1066,7 +1086,14 @@ fn local_reply(
             .insert(&X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
     }
     guard.set_flag(err.flag());
-    finish_local(resp, listener, failure.mutations, guard, err.details())
+    finish_local(
+        resp,
+        listener,
+        failure.mutations,
+        guard,
+        err.details(),
+        health,
+    )
 }
 
 fn is_grpc(headers: &http::HeaderMap) -> bool {

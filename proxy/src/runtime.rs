@@ -14,6 +14,7 @@ use crate::access_log::{AccessLogger, Writers};
 use crate::chain::{NativeFilter, NativeStage, WasmFilterRuntime};
 use crate::cluster::ClusterRuntime;
 use crate::fault::FaultFilterRuntime;
+use crate::health_filter::HealthCheckRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 use strait_filters::stream_info::{ListenerInfo, RouteResolver};
 use strait_filters::wasm::{MetaValue, NodeInfo};
@@ -197,6 +198,16 @@ impl Runtime {
                         stages.push(NativeStage {
                             after_wasm: http_filters.len(),
                             filter: NativeFilter::SetFilterState(config.clone()),
+                        });
+                        continue;
+                    }
+                    HttpFilterConfig::HealthCheck(config) => {
+                        stages.push(NativeStage {
+                            after_wasm: http_filters.len(),
+                            filter: NativeFilter::HealthCheck(HealthCheckRuntime::new(
+                                config.clone(),
+                                &snapshot.node.cluster,
+                            )),
                         });
                         continue;
                     }

@@ -108,6 +108,7 @@ async fn quickstart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_proxy() {
     const WWW: &str = "www.example.com";
+    const ELB: &str = "ELB-HealthChecker/2.0";
     let api: &[&str] = &["api#0", "api#1"];
     let cases = vec![
         Case::new(
@@ -299,6 +300,68 @@ async fn front_proxy() {
             "h2c downstream",
             Req::get("/static/app.js").host(WWW).h2(),
             backend(&["static"]),
+        ),
+        Case::new(
+            "load balancer probe answered by the health_check filter",
+            Req::get("/healthz")
+                .host("example.com")
+                .header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "health check on a direct response route: none of its headers",
+            Req::get("/healthz").host(WWW).header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "health check on a forwarding route gets its response headers",
+            Req::get("/healthz")
+                .host("shop.example.com")
+                .header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "health check for a host without a route",
+            Req::get("/healthz")
+                .host("unknown.example.org")
+                .header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "health check over h2c",
+            Req::get("/healthz")
+                .host(WWW)
+                .header("user-agent", ELB)
+                .h2(),
+            Want::Local(200),
+        ),
+        Case::new(
+            "health check body read and dropped",
+            Req::post("/healthz", "probe=1")
+                .host(WWW)
+                .header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "probe with a query is no health check: the route answers",
+            Req::get("/healthz?full=1")
+                .host("example.com")
+                .header("user-agent", ELB),
+            Want::Local(200),
+        ),
+        Case::new(
+            "other user agents' /healthz: the route answers",
+            Req::get("/healthz")
+                .host("example.com")
+                .header("user-agent", "curl/8.5.0"),
+            Want::Local(200),
+        ),
+        Case::new(
+            "probe path elsewhere is proxied",
+            Req::get("/healthz/deep")
+                .host(WWW)
+                .header("user-agent", ELB),
+            backend(&["web"]),
         ),
     ];
     harness::run_example("front-proxy.yaml", &["legacy"], cases).await;

@@ -215,6 +215,90 @@ pub enum HttpFilterConfig {
     Fault(Arc<FaultFilterConfig>),
     /// `envoy.filters.http.set_filter_state`.
     SetFilterState(Arc<SetFilterStateConfig>),
+    /// `envoy.filters.http.health_check`.
+    HealthCheck(Arc<HealthCheckFilterConfig>),
+}
+
+/// `envoy.extensions.filters.http.health_check.v3.HealthCheck` as translated.
+#[derive(Debug)]
+pub struct HealthCheckFilterConfig {
+    /// Field path of the filter's fields.
+    pub path: String,
+    /// `pass_through_mode`: health checks go upstream unless the server's health
+    /// check failed or a cached answer is fresh; otherwise the filter answers them.
+    pub pass_through_mode: bool,
+    /// `cache_time`, whole milliseconds as Envoy reads it; `None` when unset or
+    /// under 1 ms. Only in pass-through mode (Envoy refuses it otherwise).
+    pub cache_time: Option<Duration>,
+    /// A request matching all of these is a health check (none: every request).
+    pub headers: Vec<RequestHeaderMatcher>,
+    /// `cluster_min_healthy_percentages` by cluster name, the percentage truncated
+    /// to a whole number as Envoy does. Empty in pass-through mode, where Envoy
+    /// ignores it.
+    pub cluster_min_healthy_percentages: Vec<(String, u64)>,
+}
+
+/// A route `HeaderMatcher` in a filter's `headers`, where Envoy also matches the
+/// request's pseudo-headers (`:path` is how a health check endpoint is named).
+#[derive(Debug)]
+pub struct RequestHeaderMatcher {
+    /// `None`: `matcher.name` is a header; else the pseudo-header matched, and
+    /// `matcher.name` a stand-in.
+    pub pseudo: Option<PseudoHeader>,
+    pub matcher: HeaderMatcher,
+}
+
+/// The request pseudo-headers a [`RequestHeaderMatcher`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    /// Path and query, as the request line has them.
+    Path,
+    Method,
+    Authority,
+    Scheme,
+}
+
+impl PseudoHeader {
+    pub fn from_name(name: &str) -> Option<PseudoHeader> {
+        match name {
+            ":path" => Some(PseudoHeader::Path),
+            ":method" => Some(PseudoHeader::Method),
+            ":authority" => Some(PseudoHeader::Authority),
+            ":scheme" => Some(PseudoHeader::Scheme),
+            _ => None,
+        }
+    }
+}
+
+/// A request's pseudo-header values, for [`RequestHeaderMatcher::matches`].
+#[derive(Debug, Clone, Copy)]
+pub struct PseudoHeaders<'a> {
+    pub path: &'a str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub scheme: &'a str,
+}
+
+impl RequestHeaderMatcher {
+    /// A header is matched by [`HeaderMatcher::matches`]; a pseudo-header, which a
+    /// request always has, by the same kind and inversion over its one value.
+    pub fn matches(&self, headers: &HeaderMap, pseudo: &PseudoHeaders<'_>) -> bool {
+        let value = match self.pseudo {
+            None => return self.matcher.matches(headers),
+            Some(PseudoHeader::Path) => pseudo.path,
+            Some(PseudoHeader::Method) => pseudo.method,
+            Some(PseudoHeader::Authority) => pseudo.authority,
+            Some(PseudoHeader::Scheme) => pseudo.scheme,
+        };
+        let matched = match &self.matcher.kind {
+            HeaderMatchKind::Present(present) => *present,
+            HeaderMatchKind::String(matcher) => matcher.matches(value),
+            HeaderMatchKind::Range { start, end } => value
+                .parse::<i64>()
+                .is_ok_and(|n| (*start..*end).contains(&n)),
+        };
+        matched != self.matcher.invert
+    }
 }
 
 /// `envoy.extensions.filters.http.set_filter_state.v3.Config` as translated: the

@@ -8,6 +8,7 @@
 mod cluster;
 mod fault;
 mod headers;
+mod health_check;
 mod listener;
 mod route;
 #[cfg(test)]

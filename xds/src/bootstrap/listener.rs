@@ -446,6 +446,21 @@ pub struct HttpFault {
     pub filter_metadata: Option<Unsupported>,
 }
 
+/// `extensions.filters.http.health_check.v3.HealthCheck`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFilter {
+    /// A `BoolValue` Envoy requires; the translator refuses a config without it.
+    pub pass_through_mode: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub cache_time: Option<Duration>,
+    #[serde(default)]
+    pub headers: Vec<super::HeaderMatcher>,
+    /// By cluster name; sorted, so a check visits the clusters in one order.
+    #[serde(default)]
+    pub cluster_min_healthy_percentages: std::collections::BTreeMap<String, super::Percent>,
+}
+
 /// `extensions.filters.common.fault.v3.FaultDelay`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

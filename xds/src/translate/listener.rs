@@ -8,8 +8,8 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::{
-    data_source, fault, ip_address, route, timeout_or, wasm, Clusters, ConfigError, Result,
-    TypedConfig,
+    data_source, fault, health_check, ip_address, route, timeout_or, wasm, Clusters, ConfigError,
+    Result, TypedConfig,
 };
 use crate::bootstrap::{
     self, FileAccessLog, Router, StreamAccessLog, SubstitutionFormatString, NOT_SUPPORTED,
@@ -30,6 +30,7 @@ const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const NETWORK_WASM_TYPE: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
 const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
 const SET_FILTER_STATE_TYPE: &str = "envoy.extensions.filters.http.set_filter_state.v3.Config";
+const HEALTH_CHECK_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
 const FILE_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
@@ -364,8 +365,8 @@ fn internal_addresses(
     })
 }
 
-/// The router must come last (as Envoy requires); before it, wasm and fault filters
-/// in the order given. Returns them and the router's own config.
+/// The router must come last (as Envoy requires); before it, the wasm, fault,
+/// set_filter_state and health_check filters in the order given. Returns them and the router's own config.
 fn http_filters(
     path: &str,
     filters: &[bootstrap::HttpFilter],
@@ -397,6 +398,11 @@ fn http_filters(
                     SET_FILTER_STATE_TYPE => {
                         let config = set_filter_state(&typed)?;
                         chain.push(HttpFilterConfig::SetFilterState(Arc::new(config)));
+                        false
+                    }
+                    HEALTH_CHECK_TYPE => {
+                        let config = health_check::filter(&typed)?;
+                        chain.push(HttpFilterConfig::HealthCheck(Arc::new(config)));
                         false
                     }
                     _ => return Err(typed.unsupported()),
