@@ -338,7 +338,7 @@ fn settle(
     // This attempt's outcome is in: an armed retry no longer counts as under way.
     drop(retry_slot.take());
     if let Ok((resp, _)) = sent {
-        guard.upstream_responded(resp.status().as_u16());
+        guard.upstream_responded(resp.status().as_u16(), resp.headers());
     }
     // A filter that answered from the request body ended the upstream leg.
     if sent.is_err() {
@@ -591,7 +591,7 @@ async fn single(
     };
     match sent {
         Ok((resp, lease)) => {
-            guard.upstream_responded(resp.status().as_u16());
+            guard.upstream_responded(resp.status().as_u16(), resp.headers());
             Answer::Response(resp, lease, request_slot)
         }
         Err(error) => match plan.chain.and_then(ChainId::take_pending_reply) {

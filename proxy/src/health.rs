@@ -257,6 +257,32 @@ fn record(cluster: &ClusterRuntime, check: &HealthCheck, host: &Host, outcome: O
     }
 }
 
+/// An answer from `host` carried `x-envoy-immediate-health-check-fail`: its operator
+/// failed its health checks (admin `/healthcheck/fail`) and it is going away. As
+/// Envoy's router, a health-checked cluster takes that as an active check failure
+/// at once: the host leaves the load balancer now, not at its next check, and comes
+/// back after `healthy_threshold` passing checks. Called on a worker; the verdict
+/// reaches the others as any check's does.
+pub fn immediate_fail(cluster: &ClusterRuntime, host: &Host) {
+    let Some(check) = &cluster.config.health_check else {
+        return;
+    };
+    let state = *host.health.lock();
+    if !state.healthy {
+        return;
+    }
+    let next = transition(
+        state,
+        Outcome::Failure,
+        check.unhealthy_threshold,
+        check.healthy_threshold,
+    );
+    if host.set_health(next) {
+        tracing::info!(cluster = %cluster.config.name, host = %host.addr, "host failed its health check at once (x-envoy-immediate-health-check-fail)");
+        cluster.recount();
+    }
+}
+
 /// Runs one check within its `timeout`.
 pub async fn run(check: &HealthCheck, cluster: &str, addr: SocketAddr) -> Outcome {
     let attempt = async {

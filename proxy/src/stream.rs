@@ -15,6 +15,10 @@ use crate::body::ByteCount;
 use crate::cluster::{ClusterRuntime, Host};
 use crate::runtime::ListenerRuntime;
 
+/// A host whose health check the operator failed says so on its answers (Envoy's
+/// `health_check` filter adds it); see [`crate::health::immediate_fail`].
+const IMMEDIATE_HEALTH_CHECK_FAIL: &str = "x-envoy-immediate-health-check-fail";
+
 /// What the access log needs beyond counters; built only when the listener logs.
 pub struct LogInfo {
     pub start_time: SystemTime,
@@ -174,7 +178,7 @@ impl StreamGuard {
     }
 
     /// Records the upstream response head.
-    pub fn upstream_responded(&mut self, status: u16) {
+    pub fn upstream_responded(&mut self, status: u16, headers: &HeaderMap) {
         let now = crate::clock::tokio_now();
         self.response_started = Some(now);
         if let Some(up) = &self.upstream {
@@ -188,6 +192,11 @@ impl StreamGuard {
                     h.rq_error.fetch_add(1, Ordering::Relaxed);
                 }
                 crate::outlier::report(&up.cluster, h, status);
+                if up.cluster.config.health_check.is_some()
+                    && headers.contains_key(IMMEDIATE_HEALTH_CHECK_FAIL)
+                {
+                    crate::health::immediate_fail(&up.cluster, h);
+                }
             }
         }
     }

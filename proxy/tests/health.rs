@@ -365,3 +365,43 @@ async fn configured_endpoint_health_is_honoured() {
     let want = "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].health_status: DEGRADED is not supported";
     assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
 }
+
+/// A host whose operator failed its health checks says so on its answers
+/// (`x-envoy-immediate-health-check-fail`, added by Envoy's and Strait's
+/// `health_check` filter): the host leaves load balancing at once, before its next
+/// check, and comes back once checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_health_check_fail_takes_the_host_out_at_once() {
+    let a = Backend::with_health("a").await;
+    let b = Backend::with_health("b").await;
+    // Two passing checks, 1 s apart, bring a host back: none can between the answer
+    // and the look at `/clusters` below.
+    let check = "timeout: 1s\ninterval: 1s\nno_traffic_interval: 1s\nunhealthy_threshold: 3\nhealthy_threshold: 2\nhttp_health_check: {path: /healthz}";
+    let s = start(&[a.addr(), b.addr()], check, "").await;
+    let addr = s.main_addr().await;
+    s.wait_stat("cluster.c.health_check.healthy", |v| v == 2)
+        .await;
+    let plain = get(addr, "h", "/", &[]).await;
+    assert_eq!(plain.status, 200);
+    let (_, body) = s.admin_get("/clusters").await;
+    assert!(!body.contains("/failed_active_hc"), "{body}");
+
+    let failing = [(
+        "x-backend-respond-header",
+        "x-envoy-immediate-health-check-fail=true",
+    )];
+    let r = get(addr, "h", "/", &failing).await;
+    assert_eq!(r.status, 200);
+    let (gone, other) = match r.header("x-backend-name") {
+        Some("a") => (a.addr(), b.addr()),
+        _ => (b.addr(), a.addr()),
+    };
+    let (_, body) = s.admin_get("/clusters").await;
+    let flagged = |host| format!("c::{host}::health_flags::/failed_active_hc");
+    assert!(body.lines().any(|l| l == flagged(gone)), "{body}");
+    assert!(!body.lines().any(|l| l == flagged(other)), "{body}");
+    assert_eq!(s.stat("cluster.c.membership_healthy").await, Some(1));
+    // Its checks still pass: it comes back.
+    wait_flags(&s, gone, "healthy").await;
+    assert_eq!(backends_seen(addr, 10).await, names(&["a", "b"]));
+}
