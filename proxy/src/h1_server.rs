@@ -61,6 +61,9 @@ pub(crate) struct Side {
     continue_pending: Option<usize>,
     /// A drain asked the connection to close after the current exchange.
     pub(crate) closing: bool,
+    /// Draining before the connection's first request: how long it may still come
+    /// ([`FIRST_REQUEST_GRACE`]).
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The loop waits for a new request with nothing buffered: the codec can be let
     /// go (see `conn`).
     pub(crate) idle: bool,
@@ -83,6 +86,7 @@ impl Side {
             body: Decoder::new(Framing::Length(0)),
             continue_pending: None,
             closing: false,
+            grace: None,
             idle: false,
             write_blocked: false,
             names: h1::NameCache::default(),
@@ -289,7 +293,6 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
     let max_head = (hcm.max_request_headers_kb as usize * 1024).max(8192) + 4096;
     let headers_timeout = hcm.request_headers_timeout;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut first_request_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let head = std::future::poll_fn(|cx| {
             let mut guard = side.lock();
@@ -335,7 +338,8 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                     // A drain. A connection that has not sent its first request
                     // (accepted during a graceful drain, or just before one) is
                     // served once if it comes soon; the others close now.
-                    let grace = first_request_grace
+                    let grace = s
+                        .grace
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)));
                     if s.parsed_one || grace.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Ok(Head::Closed));

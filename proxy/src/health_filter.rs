@@ -268,15 +268,24 @@ impl<'a> HealthChecks<'a> {
     /// The response phase of the listener's health check filters, in Envoy's
     /// encoding order (the last filter first). Nothing unless armed; a listener
     /// without the filter looks at its stages and stops.
+    #[inline]
     pub fn response_headers(
         &self,
         stages: &[NativeStage],
         status: StatusCode,
         headers: &mut HeaderMap,
     ) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.run_response_headers(stages, status, headers);
         }
+    }
+
+    fn run_response_headers(
+        &self,
+        stages: &[NativeStage],
+        status: StatusCode,
+        headers: &mut HeaderMap,
+    ) {
         let mut failed = None;
         for (at, stage) in stages.iter().enumerate().rev() {
             let NativeFilter::HealthCheck(filter) = &stage.filter else {
