@@ -94,7 +94,13 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
     let text = "text/plain; charset=UTF-8";
     let mutating = matches!(
         req.uri().path(),
-        "/drain_listeners" | "/quitquitquit" | "/reload" | "/healthcheck/fail" | "/healthcheck/ok"
+        "/drain_listeners"
+            | "/quitquitquit"
+            | "/reload"
+            | "/healthcheck/fail"
+            | "/healthcheck/ok"
+            | "/logging"
+            | "/reset_counters"
     );
     if mutating && req.method() != Method::POST {
         return reply(
@@ -172,6 +178,22 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
             });
             reply(StatusCode::OK, text, "OK\n")
         }
+        "/logging" => {
+            let change = match crate::logging::Change::parse(req.uri().query()) {
+                Ok(change) => change,
+                Err(why) => return reply(StatusCode::BAD_REQUEST, text, format!("error: {why}\n")),
+            };
+            match crate::logging::apply(&change) {
+                Ok(listing) => reply(StatusCode::OK, text, listing),
+                Err(usage) => reply(StatusCode::BAD_REQUEST, text, usage),
+            }
+        }
+        "/reset_counters" => {
+            store.reset_counters();
+            reply(StatusCode::OK, text, "OK\n")
+        }
+        "/runtime" => json(json!({"entries": {}, "layers": []})),
+        "/certs" => json(json!({"certificates": []})),
         "/healthcheck/fail" | "/healthcheck/ok" => {
             proxy.fail_health_checks(req.uri().path() == "/healthcheck/fail");
             reply(StatusCode::OK, text, "OK\n")
@@ -199,6 +221,10 @@ const HELP: &str = "  /clusters: upstream cluster status (?format=json)
   /healthcheck/fail (POST): fail health checks (health_check filter 503, /ready DRAINING, connections close after their responses)
   /healthcheck/ok (POST): pass health checks again
   /listeners: listeners and their bound addresses (?format=json)
+  /logging (POST): list loggers and their levels; ?level=, ?<logger>=<level>, ?paths=<logger>:<level>,... change them
+  /reset_counters (POST): set every counter to zero
+  /runtime: runtime layers (Strait has none: empty)
+  /certs: certificates in use (Strait serves no TLS yet: empty)
   /quitquitquit (POST): exit the server
   /ready: LIVE when serving
   /reload (POST): re-read the config file

@@ -33,6 +33,7 @@ pub mod health_filter;
 mod hpack;
 pub mod lb;
 pub mod listener;
+pub mod logging;
 pub mod netfilter;
 pub mod outlier;
 pub mod pool;

@@ -169,18 +169,23 @@ static DISABLE_TRANSPARENT_HUGE_PAGES: extern "C" fn() = {
 fn main() {
     let cli = Cli::parse();
     let _ = strait::worker::MEMORY_TRIM.set(mimalloc_trim);
-    let level = match cli.log_level.as_str() {
-        "critical" => "error",
-        "off" => "off",
-        l => l,
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,hyper=warn"))
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let level = strait::logging::Level::parse(&cli.log_level).unwrap_or_else(|| {
+        eprintln!(
+            "strait: --log-level {}: not one of trace, debug, info, warn, error, critical, off",
+            cli.log_level
+        );
+        std::process::exit(1);
+    });
+    let (filter, logging) = strait::logging::layer(level);
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    strait::logging::install(logging);
     let source = match (cli.config, cli.listen, cli.upstream) {
         (Some(path), _, _) => Source::File(path),
         (None, Some(listen), Some(upstream)) => Source::Quick { listen, upstream },

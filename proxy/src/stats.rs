@@ -311,6 +311,17 @@ impl Store {
         Store::default()
     }
 
+    /// Admin `/reset_counters`: every registered counter to zero (gauges and
+    /// histograms keep their values, as Envoy's).
+    pub fn reset_counters(&self) {
+        let registry = self.registry.lock();
+        for metric in registry.values() {
+            if let Handle::Counter(c) = &metric.handle {
+                c.0.store(0, Relaxed);
+            }
+        }
+    }
+
     pub fn counter(&self, scope: &Scope, stat: &str) -> Counter {
         match self.register(scope, stat, || Handle::Counter(Counter::default())) {
             Some(Handle::Counter(c)) => c,

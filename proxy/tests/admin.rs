@@ -263,3 +263,104 @@ async fn alt_stat_name_names_the_clusters_stats() {
         "{json}"
     );
 }
+
+/// `/logging` as Envoy's: POST only, lists the loggers, changes all of them, one, or
+/// several, refuses unknown names and levels naming them, and the change takes
+/// effect at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_levels_change_while_running() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    assert_eq!(s.admin_get("/logging").await.0, 405);
+    let (status, listing) = s.admin_post("/logging").await;
+    assert_eq!(status, 200);
+    assert!(listing.starts_with("active loggers:\n"), "{listing}");
+    for logger in ["admin", "http", "router", "upstream", "wasm"] {
+        assert!(
+            listing.contains(&format!("\n  {logger}: info\n")),
+            "{listing}"
+        );
+    }
+
+    // A refused head is logged at debug by the `http` logger: not at info.
+    let refuse = || async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    };
+    refuse().await;
+    let (status, listing) = s.admin_post("/logging?http=debug").await;
+    assert_eq!(status, 200);
+    assert!(listing.contains("\n  http: debug\n"), "{listing}");
+    assert!(listing.contains("\n  router: info\n"), "{listing}");
+    assert!(!s.stderr().contains("refused a request head"));
+    refuse().await;
+    eventually(Duration::from_secs(5), "the debug line", || async {
+        s.stderr().contains("refused a request head").then_some(())
+    })
+    .await;
+
+    let (status, listing) = s.admin_post("/logging?paths=router:trace,wasm:error").await;
+    assert_eq!(status, 200);
+    assert!(listing.contains("\n  router: trace\n"), "{listing}");
+    assert!(listing.contains("\n  wasm: error\n"), "{listing}");
+    let (status, listing) = s.admin_post("/logging?level=warning").await;
+    assert_eq!(status, 200);
+    assert!(
+        !listing.contains(": info\n") && !listing.contains(": trace\n"),
+        "{listing}"
+    );
+
+    // Refused, and nothing changed.
+    let (status, body) = s.admin_post("/logging?level=loud").await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("error: unknown logger level"), "{body}");
+    let (status, body) = s.admin_post("/logging?nosuch=debug").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.starts_with("error: unknown logger name `nosuch`"),
+        "{body}"
+    );
+    let (status, body) = s.admin_post("/logging?paths=http:debug,router:nope").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("unknown logger level `nope` for router"),
+        "{body}"
+    );
+    assert_eq!(s.admin_post("/logging?http=info&router=info").await.0, 400);
+    let (_, listing) = s.admin_post("/logging").await;
+    assert!(listing.contains("\n  http: warning\n"), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_counters_runtime_and_certs() {
+    let b = Backend::echo("b").await;
+    let s = Strait::start(&Bootstrap::catch_all("b").cluster("b", b.addr()).build()).await;
+    let addr = s.main_addr().await;
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    s.wait_stat("cluster.b.upstream_rq_total", |v| v == 1).await;
+    assert_eq!(s.admin_get("/reset_counters").await.0, 405);
+    assert_eq!(s.admin_post("/reset_counters").await, (200, "OK\n".into()));
+    assert_eq!(s.stat("cluster.b.upstream_rq_total").await, Some(0));
+    assert_eq!(s.stat("http.ingress.downstream_rq_total").await, Some(0));
+    // Gauges keep their values.
+    assert_eq!(s.stat("server.concurrency").await, Some(2));
+    assert_eq!(get(addr, "h", "/", &[]).await.status, 200);
+    s.wait_stat("cluster.b.upstream_rq_total", |v| v == 1).await;
+
+    let (status, body) = s.admin_get("/runtime").await;
+    assert_eq!(status, 200);
+    let runtime: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(runtime, serde_json::json!({"entries": {}, "layers": []}));
+    let (status, body) = s.admin_get("/certs").await;
+    assert_eq!(status, 200);
+    let certs: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(certs, serde_json::json!({"certificates": []}));
+}

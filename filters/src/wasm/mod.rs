@@ -67,6 +67,34 @@ pub use network::{ConnectionInfo, NetworkStatus, PeerType, WasmNetworkFilter};
 pub use properties::{MetaValue, NodeInfo};
 pub use vm::WasmVm;
 
+/// The `wasm` logger's level as proxy-wasm numbers it (0 trace … 5 critical), for
+/// `proxy_get_log_level`; `u32::MAX` until the embedder sets one (then tracing's
+/// global maximum answers).
+static LOG_LEVEL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Sets what `proxy_get_log_level` answers plugins: the level of the host's `wasm`
+/// logger (admin `/logging?wasm=debug`), so the SDKs drop finer lines in the guest.
+pub fn set_log_level(level: u32) {
+    LOG_LEVEL.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn log_level() -> u32 {
+    match LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+        u32::MAX => {
+            use tracing::level_filters::LevelFilter;
+            match LevelFilter::current() {
+                LevelFilter::TRACE => 0,
+                LevelFilter::DEBUG => 1,
+                LevelFilter::INFO => 2,
+                LevelFilter::WARN => 3,
+                LevelFilter::ERROR => 4,
+                _ => 5,
+            }
+        }
+        level => level,
+    }
+}
+
 /// One plugin as Envoy's `envoy.filters.http.wasm` configures it; the xDS
 /// translator produces it.
 #[derive(Debug, Clone)]

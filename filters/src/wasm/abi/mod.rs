@@ -112,16 +112,7 @@ fn add_logging_and_time(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
         "proxy_get_log_level",
         |mut caller: C<'_>, out: i32| {
             // The SDKs filter below this level themselves, saving a host call per line.
-            use tracing::level_filters::LevelFilter;
-            let level = match LevelFilter::current() {
-                LevelFilter::TRACE => 0,
-                LevelFilter::DEBUG => 1,
-                LevelFilter::INFO => 2,
-                LevelFilter::WARN => 3,
-                LevelFilter::ERROR => 4,
-                _ => 5,
-            };
-            finish(write_u32(&mut caller, out, level))
+            finish(write_u32(&mut caller, out, super::log_level()))
         },
     )?;
     linker.func_wrap(
