@@ -418,8 +418,16 @@ impl Watch {
     /// A wait without a codec ended before its input: the connection closes.
     fn ended(&mut self, end: IdleEnd) {
         match end {
-            IdleEnd::Drain => self.draining = true,
+            IdleEnd::Drain => self.drained(),
             IdleEnd::Timeout => self.open.ctx.listener.http.downstream_cx_idle_timeout.inc(),
+        }
+    }
+
+    /// A drain reached the connection: it closes (after its current response).
+    fn drained(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            self.open.ctx.listener.http.downstream_cx_drain_close.inc();
         }
     }
 
@@ -488,7 +496,7 @@ impl Watch {
                     return Some(r);
                 }
                 Event::Drain => {
-                    self.draining = true;
+                    self.drained();
                     shutdown(conn.as_mut());
                 }
                 Event::Tick => {
@@ -668,8 +676,17 @@ impl Conn {
                 .downstream_cx_destroy_remote_active_rq
                 .clone(),
             drain_close: (!ctx.listener.config.drain_modify_only).then(|| {
-                let shared = ctx.shared.clone();
-                Arc::new(move || shared.health_check_failed()) as h2_server::DrainClose
+                let (shared, count) = (
+                    ctx.shared.clone(),
+                    ctx.listener.http.downstream_cx_drain_close.clone(),
+                );
+                Arc::new(move || {
+                    let close = shared.health_check_failed();
+                    if close {
+                        count.inc();
+                    }
+                    close
+                }) as h2_server::DrainClose
             }),
         };
         let handler = {

@@ -281,6 +281,17 @@ struct Parsed {
 /// wake-up an `eventfd` write too (at 100 ms, 0.29 writes per request).
 const SPECULATIVE_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Envoy's drain-close while the server's health check is failed
+/// ([`crate::conn::drain_close`]), counted in `downstream_cx_drain_close`.
+#[inline]
+fn drain_close(ctx: &ConnCtx) -> bool {
+    let close = crate::conn::drain_close(ctx);
+    if close {
+        ctx.listener.http.downstream_cx_drain_close.inc();
+    }
+    close
+}
+
 /// How long a drained connection that has not sent its first request yet waits for
 /// it (see `conn::Watch::wait`).
 pub(crate) const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -456,7 +467,7 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
             Some(Err(_)) => return Ok(Outcome::Closed),
         };
         let closing = side.lock().closing;
-        let keep_alive = keep_alive && !closing && !smuggling && !crate::conn::drain_close(&ctx);
+        let keep_alive = keep_alive && !closing && !smuggling && !drain_close(&ctx);
         let (head, framing, keep_alive, trailers) =
             encode_response(&response, version, head_request, keep_alive);
         // The head, written from a borrow, goes to the plugins' `on_log`: moved.

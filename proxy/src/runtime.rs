@@ -41,6 +41,8 @@ pub struct HttpStats {
     /// HTTP/2 streams the client reset (RST_STREAM).
     pub downstream_rq_rx_reset: Counter,
     pub downstream_cx_idle_timeout: Counter,
+    /// Connections a drain or a failed health check closed (after their response).
+    pub downstream_cx_drain_close: Counter,
     /// Strait's own: idle HTTP/1.1 connections whose codec state was released.
     pub downstream_cx_idle_released: Counter,
     pub downstream_rq_timeout: Counter,
@@ -80,6 +82,7 @@ impl HttpStats {
             downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_cx_idle_released: c("downstream_cx_idle_released"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),

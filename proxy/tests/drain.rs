@@ -186,6 +186,12 @@ async fn a_failed_health_check_closes_connections_after_their_answers() {
         assert_eq!(answer.body, "admin-like");
         assert!(!answer.closes(), "{}", answer.head);
     }
+    // Counted as Envoy's: the keep-alive connection, the new one, the h2 one.
+    assert_eq!(s.stat("http.main.downstream_cx_drain_close").await, Some(3));
+    assert_eq!(
+        s.stat("http.admin-like.downstream_cx_drain_close").await,
+        Some(0)
+    );
 
     assert_eq!(s.admin_post("/healthcheck/ok").await, (200, "OK\n".into()));
     assert_eq!(s.admin_get("/ready").await, (200, "LIVE\n".into()));
@@ -217,6 +223,8 @@ async fn draining_inbound_listeners_leaves_outbound_ones_serving() {
         idle_in.closed_within(Duration::from_secs(5)).await,
         "an idle inbound connection closes"
     );
+    assert_eq!(s.stat("http.in.downstream_cx_drain_close").await, Some(1));
+    assert_eq!(s.stat("http.out.downstream_cx_drain_close").await, Some(0));
     assert_eq!(s.admin_get("/ready").await.0, 503);
     // A drain is not a failed health check (as in Envoy).
     assert_eq!(s.stat("server.live").await, Some(1));
