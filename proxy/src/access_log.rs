@@ -347,6 +347,14 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// `time` as RFC 3339 in UTC with milliseconds (`2026-12-07T20:35:07.118Z`), as
+/// Envoy's admin prints `last_updated`.
+pub fn rfc3339_millis(time: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_time(time, "%Y-%m-%dT%H:%M:%S.%3fZ", &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// strftime in UTC for the specifiers listed in the module docs.
 fn write_time(time: SystemTime, format: &str, out: &mut Vec<u8>) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -139,11 +139,35 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
             }
         }
         "/config_dump" => {
+            let name_regex = match query_param(&req, "name_regex") {
+                None => None,
+                Some(re) => match regex::Regex::new(&re) {
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        let why = format!("Invalid regex in name_regex={re}: {e}\n");
+                        return reply(StatusCode::BAD_REQUEST, text, why);
+                    }
+                },
+            };
+            let query = crate::config_dump::Query {
+                resource: query_param(&req, "resource").map(Cow::into_owned),
+                name_regex,
+                mask: query_param(&req, "mask")
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
             let rt = proxy.shared.runtime.load();
-            json(json!({"configs": [{
-                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                "bootstrap": rt.snapshot.source,
-            }]}))
+            let published = *proxy.published.lock().expect("not poisoned");
+            let last_updated = crate::access_log::rfc3339_millis(published);
+            match crate::config_dump::render(&rt.snapshot.source, &last_updated, &query) {
+                Ok(dump) => json(dump),
+                Err(why) => reply(StatusCode::NOT_FOUND, text, why),
+            }
         }
         "/clusters" => clusters(
             proxy,
@@ -216,7 +240,7 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
 }
 
 const HELP: &str = "  /clusters: upstream cluster status (?format=json)
-  /config_dump: the active config
+  /config_dump: the active config, as Envoy's sections (?resource=static_clusters|static_listeners|static_route_configs, ?name_regex=, ?mask=)
   /drain_listeners (POST): drain connections and stop accepting (?inboundonly: inbound listeners only; ?graceful: keep accepting for the drain time; ?skip_exit: never stop accepting)
   /healthcheck/fail (POST): fail health checks (health_check filter 503, /ready DRAINING, connections close after their responses)
   /healthcheck/ok (POST): pass health checks again

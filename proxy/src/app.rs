@@ -69,6 +69,9 @@ pub struct Proxy {
     pub shutdown: mpsc::UnboundedSender<ShutdownKind>,
     reload_ok: crate::stats::Counter,
     reload_failed: crate::stats::Counter,
+    /// When the config in force was published (start, or the last good reload),
+    /// `last_updated` in `/config_dump`.
+    pub published: std::sync::Mutex<std::time::SystemTime>,
     /// The listeners a drain reached so far.
     drained: std::sync::Mutex<Drained>,
     /// `server.live`: 0 while health checks are failed (Envoy's gauge).
@@ -169,6 +172,7 @@ impl Proxy {
         }
         let new = Arc::new(new);
         self.shared.runtime.store(new.clone());
+        *self.published.lock().expect("not poisoned") = std::time::SystemTime::now();
         // Kept services call the published config's clusters from now on.
         for service in &services {
             service.point_at(&new.clusters);
@@ -351,6 +355,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             shutdown: shutdown_tx.clone(),
             reload_ok: store.counter(&server, "config_reload_success"),
             reload_failed: store.counter(&server, "config_reload_failure"),
+            published: std::sync::Mutex::new(std::time::SystemTime::now()),
             drained: Default::default(),
             live: store.gauge(&server, "live"),
             health: Default::default(),

@@ -18,6 +18,7 @@ pub mod callout;
 pub mod chain;
 pub mod clock;
 pub mod cluster;
+pub mod config_dump;
 pub mod conn;
 pub mod error;
 pub mod fault;

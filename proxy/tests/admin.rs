@@ -364,3 +364,73 @@ async fn reset_counters_runtime_and_certs() {
     let certs: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(certs, serde_json::json!({"certificates": []}));
 }
+
+/// `/config_dump` in Envoy's sections, with `?resource=`, `?name_regex=`, `?mask=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_has_envoys_sections() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let s = Strait::start(
+        &Bootstrap::catch_all("alpha")
+            .cluster("alpha", a.addr())
+            .cluster("beta", b.addr())
+            .build(),
+    )
+    .await;
+    let s = &s;
+    let dump = |path: &'static str| async move {
+        let (status, body) = s.admin_get(path).await;
+        let value = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+        (status, value, body)
+    };
+    let (status, all, body) = dump("/config_dump").await;
+    assert_eq!(status, 200, "{body}");
+    let types: Vec<&str> = all["configs"]
+        .as_array()
+        .expect("configs")
+        .iter()
+        .map(|c| c["@type"].as_str().unwrap_or_default())
+        .collect();
+    let admin_type = |t: &str| format!("type.googleapis.com/envoy.admin.v3.{t}ConfigDump");
+    assert_eq!(
+        types,
+        [
+            "Bootstrap",
+            "Clusters",
+            "Listeners",
+            "ScopedRoutes",
+            "Routes",
+            "Secrets"
+        ]
+        .map(admin_type)
+    );
+    let clusters = &all["configs"][1]["static_clusters"];
+    assert_eq!(clusters[1]["cluster"]["name"], "beta", "{all}");
+    assert_eq!(
+        clusters[1]["cluster"]["@type"],
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    );
+    let updated = clusters[1]["last_updated"].as_str().expect("last_updated");
+    assert!(updated.ends_with('Z') && updated.len() == 24, "{updated}");
+    assert_eq!(
+        all["configs"][2]["static_listeners"][0]["listener"]["name"],
+        "main"
+    );
+
+    let (status, beta, _) =
+        dump("/config_dump?resource=static_clusters&name_regex=^be&mask=cluster.name").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        beta,
+        serde_json::json!({"configs": [{
+            "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster",
+            "cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "beta"},
+        }]})
+    );
+    assert_eq!(
+        s.admin_get("/config_dump?resource=dynamic_clusters")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(s.admin_get("/config_dump?name_regex=(").await.0, 400);
+}
