@@ -106,6 +106,16 @@ pub struct Activity {
     pub(crate) started: AtomicU32,
     /// The socket refused the codec's last write: hyper holds output.
     write_blocked: AtomicBool,
+    /// A reload removed the connection's listener: it closes after its current
+    /// response, as Envoy drains a removed listener's connections.
+    listener_gone: AtomicBool,
+}
+
+impl Activity {
+    /// Notes that the connection's listener left the config.
+    pub(crate) fn listener_removed(&self) {
+        self.listener_gone.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One request counted in [`Activity::active`] until its response body is gone
@@ -393,32 +403,36 @@ impl Watch {
         // enters the list (entering, polling and leaving it were ~330 instructions
         // of every new connection).
         let mut entry = None;
-        let woke = std::future::poll_fn(|cx| match input.as_mut().poll(cx) {
-            Poll::Ready(out) => Poll::Ready(Ok(out)),
-            Poll::Pending => entry
-                .get_or_insert_with(|| IdleEntry::enter(deadline, class))
-                .poll_end(cx)
-                .map_or(Poll::Pending, |end| Poll::Ready(Err(end))),
-        })
-        .await;
-        match woke {
-            Ok(out) => Some(out),
-            Err(end) => {
-                self.ended(end);
-                match end {
-                    IdleEnd::Drain => tokio::time::timeout(h1_server::FIRST_REQUEST_GRACE, input)
-                        .await
-                        .ok(),
-                    IdleEnd::Timeout => None,
-                }
+        let end = loop {
+            let woke = std::future::poll_fn(|cx| match input.as_mut().poll(cx) {
+                Poll::Ready(out) => Poll::Ready(Ok(out)),
+                Poll::Pending => entry
+                    .get_or_insert_with(|| IdleEntry::enter(deadline, class))
+                    .poll_end(cx)
+                    .map_or(Poll::Pending, |end| Poll::Ready(Err(end))),
+            })
+            .await;
+            match woke {
+                Ok(out) => return Some(out),
+                Err(IdleEnd::Recheck) if !listener_removed(&self.open.ctx) => entry = None,
+                Err(end) => break end,
             }
+        };
+        self.ended(end);
+        match end {
+            IdleEnd::Drain | IdleEnd::Recheck => {
+                tokio::time::timeout(h1_server::FIRST_REQUEST_GRACE, input)
+                    .await
+                    .ok()
+            }
+            IdleEnd::Timeout => None,
         }
     }
 
     /// A wait without a codec ended before its input: the connection closes.
     fn ended(&mut self, end: IdleEnd) {
         match end {
-            IdleEnd::Drain => self.drained(),
+            IdleEnd::Drain | IdleEnd::Recheck => self.drained(),
             IdleEnd::Timeout => self.open.ctx.listener.http.downstream_cx_idle_timeout.inc(),
         }
     }
@@ -481,6 +495,7 @@ impl Watch {
                     // Once draining, the entry stays ended and nothing else is due.
                     Some(IdleEnd::Drain) if !self.draining => Poll::Ready(Event::Drain),
                     Some(IdleEnd::Timeout) => Poll::Ready(Event::Tick),
+                    Some(IdleEnd::Recheck) => Poll::Ready(Event::Recheck),
                     _ => Poll::Pending,
                 }
             })
@@ -498,6 +513,14 @@ impl Watch {
                 Event::Drain => {
                     self.drained();
                     shutdown(conn.as_mut());
+                }
+                Event::Recheck => {
+                    if !self.draining && listener_removed(&self.open.ctx) {
+                        self.drained();
+                        shutdown(conn.as_mut());
+                    }
+                    let next = Instant::now() + every.unwrap_or(RELEASE_AFTER);
+                    entry = IdleEntry::enter(Some(next), class);
                 }
                 Event::Tick => {
                     let now = Instant::now();
@@ -529,6 +552,8 @@ enum Event<R> {
     Ended(R),
     Drain,
     Tick,
+    /// The worker asked its idle list to look at their listener again.
+    Recheck,
 }
 
 /// The waker [`Watch::run`] gives its idle-list entry (the drain, the tick): it
@@ -675,15 +700,12 @@ impl Conn {
                 .http
                 .downstream_cx_destroy_remote_active_rq
                 .clone(),
-            drain_close: (!ctx.listener.config.drain_modify_only).then(|| {
-                let (shared, count) = (
-                    ctx.shared.clone(),
-                    ctx.listener.http.downstream_cx_drain_close.clone(),
-                );
+            drain_close: Some({
+                let ctx = ctx.clone();
                 Arc::new(move || {
-                    let close = shared.health_check_failed();
+                    let close = drain_close(&ctx);
                     if close {
-                        count.inc();
+                        ctx.listener.http.downstream_cx_drain_close.inc();
                     }
                     close
                 }) as h2_server::DrainClose
@@ -853,17 +875,21 @@ impl Conn {
         if watch.draining {
             return false;
         }
-        let entry = IdleEntry::enter(watch.idle_timeout().map(|t| watch.since + t), watch.class());
-        let woke = std::future::poll_fn(|cx| match entry.poll_end(cx) {
-            Some(end) => Poll::Ready(Err(end)),
-            None => socket.poll_read_ready(cx).map(Ok),
-        })
-        .await;
-        match woke {
-            Ok(read) => read.is_ok(),
-            Err(end) => {
-                watch.ended(end);
-                false
+        loop {
+            let entry =
+                IdleEntry::enter(watch.idle_timeout().map(|t| watch.since + t), watch.class());
+            let woke = std::future::poll_fn(|cx| match entry.poll_end(cx) {
+                Some(end) => Poll::Ready(Err(end)),
+                None => socket.poll_read_ready(cx).map(Ok),
+            })
+            .await;
+            match woke {
+                Ok(read) => return read.is_ok(),
+                Err(IdleEnd::Recheck) if !listener_removed(&watch.open.ctx) => {}
+                Err(end) => {
+                    watch.ended(end);
+                    return false;
+                }
             }
         }
     }
@@ -874,6 +900,8 @@ impl Conn {
 pub(crate) enum IdleEnd {
     Drain,
     Timeout,
+    /// A reload removed a listener: is this connection's still there?
+    Recheck,
 }
 
 /// This worker's connection waits that its heartbeat ends: connections waiting with
@@ -976,7 +1004,8 @@ impl IdleEntry {
                     None
                 }
                 1 => Some(IdleEnd::Drain),
-                _ => Some(IdleEnd::Timeout),
+                2 => Some(IdleEnd::Timeout),
+                _ => Some(IdleEnd::Recheck),
             }
         })
     }
@@ -1016,13 +1045,45 @@ pub fn sweep_idle() {
     });
 }
 
+/// Whether a response is to end its connection for a drain decided elsewhere:
 /// Envoy's drain-close while the server's health check is failed (admin
 /// `/healthcheck/fail`): each response on a listener of the default `drain_type`
 /// ends its connection (HTTP/1.1 `Connection: close`; HTTP/2 sends GOAWAY), so
-/// clients move to the other instances their health checks still find healthy.
+/// clients move to the other instances their health checks still find healthy; and
+/// a connection whose listener a reload removed.
 #[inline]
 pub(crate) fn drain_close(ctx: &ConnCtx) -> bool {
-    ctx.shared.health_check_failed() && !ctx.listener.config.drain_modify_only
+    (ctx.shared.health_check_failed() && !ctx.listener.config.drain_modify_only)
+        || ctx.activity.listener_gone.load(Ordering::Relaxed)
+}
+
+/// Whether a reload removed `ctx`'s listener (looked up by name in the config in
+/// force); notes it for [`drain_close`].
+fn listener_removed(ctx: &ConnCtx) -> bool {
+    let gone = ctx
+        .shared
+        .runtime
+        .load()
+        .listener(&ctx.listener.config.name)
+        .is_none();
+    if gone {
+        ctx.activity.listener_removed();
+    }
+    gone
+}
+
+/// A reload removed a listener: every connection waiting in this worker's idle list
+/// looks whether its listener is still configured, and closes if not (a busy one
+/// learns it at its next request, in the router).
+pub fn recheck_idle() {
+    IDLE.with(|list| {
+        let mut list = list.borrow_mut();
+        for slot in &mut list.slots {
+            if slot.live && slot.ended == 0 {
+                IdleList::end(slot, IdleEnd::Recheck);
+            }
+        }
+    });
 }
 
 /// Which connections a drain reaches: those of inbound listeners

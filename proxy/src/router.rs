@@ -170,11 +170,16 @@ pub struct ConnCtx {
 
 impl ConnCtx {
     /// The listener's config in the current runtime, or the one the connection was
-    /// accepted with when the listener has since been removed.
+    /// accepted with when the listener has since been removed (the connection then
+    /// closes after this response).
     fn listener(&self, rt: &Runtime) -> Arc<ListenerRuntime> {
-        rt.listener(&self.listener.config.name)
-            .cloned()
-            .unwrap_or_else(|| self.listener.clone())
+        match rt.listener(&self.listener.config.name) {
+            Some(listener) => listener.clone(),
+            None => {
+                self.activity.listener_removed();
+                self.listener.clone()
+            }
+        }
     }
 }
 

@@ -76,6 +76,9 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 if let Some(t) = accepting.remove(&name) {
                     t.abort();
                 }
+                // Its connections close: the idle ones now, the others after their
+                // next response (the router notes that their listener is gone).
+                conn::recheck_idle();
             }
             Command::Drain { scope } => conn::drain_idle(scope),
             Command::StopAccepting { scope } => {

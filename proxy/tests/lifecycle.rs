@@ -479,3 +479,66 @@ async fn transparent_huge_pages_are_off_unless_asked_for() {
         "MIMALLOC_ALLOW_THP=1 keeps them"
     );
 }
+
+/// A reload that removes a listener closes that listener's connections, as Envoy
+/// drains them: keep-alive clients do not go on reaching a listener the config no
+/// longer has. The other listeners' connections are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listeners_connections_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let yaml = |second: bool| {
+        let mut yaml = format!(
+            "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\nstatic_resources:\n  listeners:{}",
+            direct_listener("one")
+        );
+        if second {
+            yaml.push_str(&direct_listener("two"));
+        }
+        yaml
+    };
+    let s = Strait::start(&yaml(true)).await;
+    let (one, two) = (s.addr("one").await, s.addr("two").await);
+    async fn exchange(stream: &mut tokio::net::TcpStream) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = within(Duration::from_secs(5), "an answer", stream.read(&mut buf))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    let mut kept = tokio::net::TcpStream::connect(one).await.unwrap();
+    assert!(exchange(&mut kept).await.ends_with("one"));
+    let mut idle = tokio::net::TcpStream::connect(two).await.unwrap();
+    assert!(exchange(&mut idle).await.ends_with("two"));
+    let mut h2 = Client::connect(two, Proto::H2).await.unwrap();
+    assert_eq!(h2.get("h", "/", &[]).await.status, 200);
+
+    s.rewrite_config(&yaml(false));
+    eventually(Duration::from_secs(10), "two to stop accepting", || async {
+        tokio::net::TcpStream::connect(two)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    // The idle HTTP/1.1 connection closes.
+    let mut byte = [0u8; 1];
+    let read = within(Duration::from_secs(5), "the close", idle.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // HTTP/2: GOAWAY; no new stream is served.
+    eventually(Duration::from_secs(5), "the h2 connection to end", || {
+        let req = h2.request(http::Method::GET, "h", "/", &[], empty());
+        let mut again = h2.clone_h2();
+        async move { again.send(req).await.is_err().then_some(()) }
+    })
+    .await;
+    // The kept listener's connection goes on.
+    for _ in 0..2 {
+        let answer = exchange(&mut kept).await;
+        assert!(answer.ends_with("one"), "{answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+    }
+}
