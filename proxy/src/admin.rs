@@ -199,6 +199,8 @@ async fn handle(req: Request<Incoming>, proxy: &Arc<Proxy>) -> Response<Full<Byt
                 },
                 graceful: flag("graceful"),
                 skip_exit: flag("skip_exit"),
+                gradual: flag("graceful")
+                    && proxy.options.drain_strategy == crate::app::DrainStrategy::Gradual,
             });
             reply(StatusCode::OK, text, "OK\n")
         }

@@ -54,6 +54,8 @@ pub struct Options {
     pub drain_time: Duration,
     /// See [`drain_on_sigterm`].
     pub min_drain_time: Duration,
+    /// `--drain-strategy`: how `/drain_listeners?graceful` tells connections.
+    pub drain_strategy: DrainStrategy,
     pub admin_address_path: Option<PathBuf>,
 }
 
@@ -82,6 +84,17 @@ pub struct Proxy {
     wasm_services: std::sync::Mutex<Vec<Arc<WasmServiceRuntime>>>,
 }
 
+/// Envoy's `--drain-strategy`: how a graceful admin drain tells its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrainStrategy {
+    /// Each connection at a random time within the drain time, so their clients do
+    /// not all reconnect elsewhere at once (Envoy's default).
+    #[default]
+    Gradual,
+    /// All at once.
+    Immediate,
+}
+
 /// A drain (admin `/drain_listeners`, `SIGTERM`).
 #[derive(Debug, Clone, Copy)]
 pub struct Drain {
@@ -94,6 +107,8 @@ pub struct Drain {
     /// `?skip_exit`: the listeners never stop accepting; only their connections are
     /// drained.
     pub skip_exit: bool,
+    /// Spread over the drain time ([`DrainStrategy::Gradual`]) rather than at once.
+    pub gradual: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -275,8 +290,9 @@ impl Proxy {
         }
         tracing::info!(scope = ?drain.scope, graceful = drain.graceful, skip_exit = drain.skip_exit, "draining listeners");
         let scope = drain.scope;
+        let spread = drain.gradual.then_some(self.options.drain_time);
         for w in &self.workers {
-            let _ = w.commands.send(Command::Drain { scope });
+            let _ = w.commands.send(Command::Drain { scope, spread });
         }
         match (drain.skip_exit, drain.graceful) {
             (true, _) => {}
@@ -397,6 +413,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             scope: Drained::ALL,
             graceful: false,
             skip_exit: false,
+            gradual: false,
         });
         shared.writers.flush_blocking(Duration::from_secs(2));
         Ok(0)
@@ -432,6 +449,7 @@ async fn drain_on_sigterm(proxy: &Proxy) {
                 scope: Drained::INBOUND,
                 graceful: true,
                 skip_exit: true,
+                gradual: false,
             });
             started + proxy.options.min_drain_time
         }
@@ -440,6 +458,7 @@ async fn drain_on_sigterm(proxy: &Proxy) {
                 scope: Drained::ALL,
                 graceful: false,
                 skip_exit: false,
+                gradual: false,
             });
             started
         }

@@ -916,6 +916,10 @@ struct IdleList {
     /// The classes of connections this worker drains: every idle connection of
     /// them closes, and so does any that goes idle from now on.
     draining: Drained,
+    /// Gradual drains under way, by class (inbound, other): until when, in the
+    /// list's milliseconds. Each waiting connection of such a class closes at a
+    /// random time before then (see [`drain_idle`]).
+    gradual: [Option<u32>; 2],
     /// The base of the slots' deadlines.
     epoch: Option<Instant>,
 }
@@ -930,7 +934,29 @@ struct IdleSlot {
     live: bool,
     /// The connection's class, for drains of some listeners only.
     class: Drained,
+    /// `deadline_ms` is a gradual drain's time for this connection, not its idle
+    /// timeout.
+    drains: bool,
     waker: Option<std::task::Waker>,
+}
+
+impl IdleSlot {
+    /// A gradual drain until `end_ms` (list milliseconds, now `now_ms`) picks this
+    /// connection's time: uniform over what is left of the drain. Entries are made
+    /// afresh at each tick of a connection, each picking again: the chance to close
+    /// in the next moment is then that moment over the time left, so a connection's
+    /// close time is uniform over the drain, as Envoy's per-response chance
+    /// (elapsed / drain time) makes it.
+    fn drain_by(&mut self, now_ms: u32, end_ms: u32) {
+        let at = match end_ms.checked_sub(now_ms) {
+            Some(left) if left > 0 => now_ms + rand::random::<u32>() % left,
+            _ => now_ms,
+        };
+        if at < self.deadline_ms {
+            self.deadline_ms = at;
+            self.drains = true;
+        }
+    }
 }
 
 impl IdleList {
@@ -964,13 +990,18 @@ impl IdleEntry {
                 true => 1 + IdleEnd::Drain as u8,
                 false => 0,
             };
-            let slot = IdleSlot {
+            let mut slot = IdleSlot {
                 deadline_ms,
                 ended,
                 live: true,
                 class,
+                drains: false,
                 waker: None,
             };
+            if let Some(end_ms) = list.gradual[class.index()] {
+                let now_ms = list.ms(Instant::now());
+                slot.drain_by(now_ms, end_ms);
+            }
             let index = match list.free.pop() {
                 Some(index) => {
                     list.slots[index as usize] = slot;
@@ -1039,7 +1070,11 @@ pub fn sweep_idle() {
         let now_ms = list.ms(now);
         for slot in &mut list.slots {
             if slot.live && slot.ended == 0 && slot.deadline_ms <= now_ms {
-                IdleList::end(slot, IdleEnd::Timeout);
+                let end = match slot.drains {
+                    true => IdleEnd::Drain,
+                    false => IdleEnd::Timeout,
+                };
+                IdleList::end(slot, end);
             }
         }
     });
@@ -1124,17 +1159,45 @@ impl Drained {
     pub fn with(self, more: Drained) -> Drained {
         Drained(self.0 | more.0)
     }
+
+    /// A connection's class as an index (inbound 0, other 1).
+    fn index(self) -> usize {
+        usize::from(self != Drained::INBOUND)
+    }
 }
 
-/// A drain began on this worker for the connections of `scope`: those idle close
-/// now, and those that go idle later close instead of waiting.
-pub fn drain_idle(scope: Drained) {
+/// A drain began on this worker for the connections of `scope`. Over `spread`
+/// (Envoy's gradual drain strategy), each connection closes at a random time within
+/// it: an idle one then, a busy one after the response it is on then (HTTP/2:
+/// GOAWAY). Without (immediate), idle ones close now, busy ones after their current
+/// response, and those that go idle later close instead of waiting.
+pub fn drain_idle(scope: Drained, spread: Option<Duration>) {
     IDLE.with(|list| {
         let mut list = list.borrow_mut();
-        list.draining = list.draining.with(scope);
+        let Some(spread) = spread else {
+            list.draining = list.draining.with(scope);
+            for slot in &mut list.slots {
+                if slot.live && slot.ended == 0 && scope.covers(slot.class) {
+                    IdleList::end(slot, IdleEnd::Drain);
+                }
+            }
+            return;
+        };
+        let now_ms = list.ms(Instant::now());
+        let end_ms = now_ms.saturating_add(u32::try_from(spread.as_millis()).unwrap_or(u32::MAX));
+        for class in [Drained::INBOUND, Drained::OTHER] {
+            if scope.covers(class) {
+                let gradual = &mut list.gradual[class.index()];
+                // A drain already under way keeps its (earlier) end.
+                *gradual = Some(gradual.map_or(end_ms, |e| e.min(end_ms)));
+            }
+        }
+        let ends = list.gradual;
         for slot in &mut list.slots {
             if slot.live && slot.ended == 0 && scope.covers(slot.class) {
-                IdleList::end(slot, IdleEnd::Drain);
+                if let Some(end_ms) = ends[slot.class.index()] {
+                    slot.drain_by(now_ms, end_ms);
+                }
             }
         }
     });
@@ -1186,18 +1249,44 @@ mod tests {
         assert_eq!(again.poll_end(&cx), None);
         // A drain of inbound listeners leaves the others' connections alone.
         let inbound = IdleEntry::enter(None, Drained::INBOUND);
-        drain_idle(Drained::INBOUND);
+        drain_idle(Drained::INBOUND, None);
         assert_eq!(inbound.poll_end(&cx), Some(IdleEnd::Drain));
         assert_eq!(again.poll_end(&cx), None);
         let inbound_after = IdleEntry::enter(None, Drained::INBOUND);
         assert_eq!(inbound_after.poll_end(&cx), Some(IdleEnd::Drain));
         let other_after = IdleEntry::enter(None, o);
         assert_eq!(other_after.poll_end(&cx), None);
-        drain_idle(Drained::ALL);
+        drain_idle(Drained::ALL, None);
         for entry in [&late, &later, &none, &again, &other_after] {
             assert_eq!(entry.poll_end(&cx), Some(IdleEnd::Drain));
         }
         let after = IdleEntry::enter(None, o);
+        assert_eq!(after.poll_end(&cx), Some(IdleEnd::Drain));
+    }
+
+    #[test]
+    fn a_gradual_drain_ends_each_wait_within_its_time() {
+        let waker = std::task::Waker::noop();
+        let cx = Context::from_waker(waker);
+        let entries: Vec<_> = (0..50)
+            .map(|_| IdleEntry::enter(None, Drained::INBOUND))
+            .collect();
+        let other = IdleEntry::enter(None, Drained::OTHER);
+        drain_idle(Drained::INBOUND, Some(Duration::from_millis(400)));
+        sweep_idle();
+        let ended = entries.iter().filter(|e| e.poll_end(&cx).is_some()).count();
+        assert!(ended < 25, "{ended} of 50 ended at the drain's start");
+        // A wait entered during the drain gets a time within what is left of it.
+        let late = IdleEntry::enter(None, Drained::INBOUND);
+        std::thread::sleep(Duration::from_millis(450));
+        sweep_idle();
+        for entry in entries.iter().chain([&late]) {
+            assert_eq!(entry.poll_end(&cx), Some(IdleEnd::Drain));
+        }
+        assert_eq!(other.poll_end(&cx), None, "another class is not drained");
+        // After the drain time a new wait ends at once.
+        let after = IdleEntry::enter(None, Drained::INBOUND);
+        sweep_idle();
         assert_eq!(after.poll_end(&cx), Some(IdleEnd::Drain));
     }
 }

@@ -117,6 +117,11 @@ struct Cli {
     /// --drain-time-s).
     #[arg(long = "min-drain-time-s", default_value_t = 5)]
     min_drain_time_s: u64,
+    /// How `/drain_listeners?graceful` tells connections to close: gradual (each at
+    /// a random time within --drain-time-s, Envoy's default) or immediate (all at
+    /// once). SIGTERM's drain is always immediate.
+    #[arg(long = "drain-strategy", value_enum, default_value_t = DrainStrategyArg::Gradual)]
+    drain_strategy: DrainStrategyArg,
     /// Write the admin listener's bound address to this file (useful with port 0).
     #[arg(long)]
     admin_address_path: Option<PathBuf>,
@@ -132,6 +137,12 @@ struct Cli {
     /// called, as in Envoy's `--mode validate`.
     #[arg(long, value_enum, default_value_t = Mode::Serve)]
     mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DrainStrategyArg {
+    Gradual,
+    Immediate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -218,6 +229,10 @@ fn main() {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         drain_time: Duration::from_secs(cli.drain_time_s),
         min_drain_time: Duration::from_secs(cli.min_drain_time_s.min(cli.drain_time_s)),
+        drain_strategy: match cli.drain_strategy {
+            DrainStrategyArg::Gradual => app::DrainStrategy::Gradual,
+            DrainStrategyArg::Immediate => app::DrainStrategy::Immediate,
+        },
         admin_address_path: cli.admin_address_path,
     };
     match app::run(options) {

@@ -26,7 +26,12 @@ pub enum Command {
     /// Ask the connections of the listeners in `scope` to close gracefully: idle ones
     /// now, busy ones after their current response (HTTP/1.1 `Connection: close`,
     /// HTTP/2 GOAWAY), and those accepted from now on after their first.
-    Drain { scope: Drained },
+    Drain {
+        scope: Drained,
+        /// Envoy's gradual strategy: each connection closes at a random time within
+        /// this; `None` (immediate): all are told now.
+        spread: Option<Duration>,
+    },
     /// Stop accepting for the listeners in `scope`.
     StopAccepting { scope: Drained },
 }
@@ -80,8 +85,10 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                 // next response (the router notes that their listener is gone).
                 conn::recheck_idle();
             }
-            Command::Drain { scope } => conn::drain_idle(scope),
+            Command::Drain { scope, spread } => conn::drain_idle(scope, spread),
             Command::StopAccepting { scope } => {
+                // The drain time is over: what a gradual drain left open closes now.
+                conn::drain_idle(scope, None);
                 let rt = shared.runtime.load();
                 accepting.retain(|name, task| {
                     // A listener the config no longer has is in every scope.

@@ -248,7 +248,8 @@ async fn draining_inbound_listeners_leaves_outbound_ones_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_drain_keeps_accepting_for_the_drain_time() {
-    let mut s = Strait::start_with(&sidecar(), &["--drain-time-s", "2"]).await;
+    let args = ["--drain-time-s", "2", "--drain-strategy", "immediate"];
+    let mut s = Strait::start_with(&sidecar(), &args).await;
     let (inbound, outbound) = (s.addr("in").await, s.addr("out").await);
     let mut busy = Raw::connect(inbound).await;
     assert!(!busy.get().await.closes());
@@ -291,7 +292,8 @@ async fn a_graceful_drain_keeps_accepting_for_the_drain_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_exit_drains_connections_and_keeps_accepting() {
-    let s = Strait::start_with(&sidecar(), &["--drain-time-s", "1"]).await;
+    let args = ["--drain-time-s", "1", "--drain-strategy", "immediate"];
+    let s = Strait::start_with(&sidecar(), &args).await;
     let inbound = s.addr("in").await;
     let (status, _) = s
         .admin_post("/drain_listeners?inboundonly&graceful&skip_exit")
@@ -345,4 +347,38 @@ async fn sigterm_on_a_sidecar_keeps_outbound_serving_until_the_application_is_do
         .await
         .expect("strait exits once the application's connections are gone");
     assert!(status.success(), "exit status {status}");
+}
+
+/// Envoy's default drain strategy: a graceful drain tells each connection at a
+/// random time within the drain time, so their clients do not all reconnect
+/// elsewhere at once; a non-graceful drain after it tells the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gradual_drain_spreads_the_closes_over_the_drain_time() {
+    let s = Strait::start_with(&sidecar(), &["--drain-time-s", "60"]).await;
+    let inbound = s.addr("in").await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut c = Raw::connect(inbound).await;
+        assert!(!c.get().await.closes());
+        idle.push(c);
+    }
+    assert_eq!(
+        s.admin_post("/drain_listeners?inboundonly&graceful")
+            .await
+            .0,
+        200
+    );
+    // Two heartbeats later, about 1 in 100 would have closed: far from all.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut open = 0;
+    for c in &mut idle {
+        if !c.closed_within(Duration::from_millis(10)).await {
+            open += 1;
+        }
+    }
+    assert!(open >= 15, "only {open} of 20 connections left open");
+    assert_eq!(s.admin_post("/drain_listeners?inboundonly").await.0, 200);
+    for c in &mut idle {
+        assert!(c.closed_within(Duration::from_secs(5)).await);
+    }
 }
