@@ -447,6 +447,12 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
     // The connection goes on: another stream is answered on it.
     c.get_direct(3).await;
     c.get(5, "/h2-closed", &slow).await;
+    // A body shorter than its content-length, once the router has the stream: the
+    // stream is reset (PROTOCOL_ERROR) and logged as Envoy 1.40 logs it.
+    let block = request_block("/short-body", &[("content-length", "5"), slow[0]]);
+    c.send(HEADERS, END_HEADERS, 7, &block).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(DATA, END_STREAM, 7, b"abc").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(c);
     let mut h1 = RawConn::connect(addr).await;
@@ -454,7 +460,7 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(h1);
-    let mut lines = log_lines(&log, 4).await;
+    let mut lines = log_lines(&log, 5).await;
     lines.sort();
     assert_eq!(
         lines,
@@ -463,6 +469,7 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_gone() {
             "/h1-closed 0 DC downstream_remote_disconnect",
             "/h2-closed 0 DC downstream_remote_disconnect",
             "/reset 0 DR http2.remote_reset",
+            "/short-body 0 DPE http2.remote_reset",
         ]
     );
     // Envoy's counters of the same: one stream reset, two connections closed with a
