@@ -1287,9 +1287,7 @@ impl Conn {
             // The client broke the protocol on a stream already handed to the
             // router (a body longer or shorter than its content-length, say): Envoy
             // 1.40 logs it `DPE`, `http2.remote_reset`.
-            crate::stream::ending_with("DPE", "http2.remote_reset", || {
-                self.close(i, Some(reason))
-            });
+            crate::stream::ending_with("DPE", "http2.remote_reset", || self.close(i, Some(reason)));
         }
         self.local_resets += 1;
         if self.local_resets > 1024 && self.local_resets > self.opened / 2 {
