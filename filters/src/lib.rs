@@ -26,8 +26,11 @@
 //! | `:authority` | `RequestHead::uri` authority, else the `host` header |
 //! | `:path` | `RequestHead::uri` path and query |
 //! | `:status` | `ResponseHead::status` |
-// `deny`, not `forbid`: the one exception is deserializing a compiled module from
-// the disk cache (`wasm::cache`), which wasmtime marks unsafe.
+// `deny`, not `forbid`: two exceptions, each `#[allow]`ed where it is, with its
+// SAFETY comment: deserializing a compiled module from the disk cache
+// (`wasm::cache`), which wasmtime marks unsafe, and a headers callback's head lent
+// to the store by pointer for the callback (`wasm::state::Held`), which saves two
+// moves of each head per phase.
 #![deny(unsafe_code)]
 
 pub mod stream_info;

@@ -419,7 +419,7 @@ impl Body for RequestBody {
                         BodyVerdict::Hold => *waiting = false,
                         BodyVerdict::LocalReply(reply) => {
                             *waiting = false;
-                            chain.set_pending_reply(reply);
+                            chain.set_pending_reply(*reply);
                             *trailers = None;
                             return Poll::Ready(Some(Err(Box::new(FilterReplied))));
                         }
@@ -459,7 +459,7 @@ impl Body for RequestBody {
                     // A filter waits for its callouts' answers, and the body with it.
                     BodyVerdict::Wait => *waiting = true,
                     BodyVerdict::LocalReply(reply) => {
-                        chain.set_pending_reply(reply);
+                        chain.set_pending_reply(*reply);
                         *trailers = None;
                         return Poll::Ready(Some(Err(Box::new(FilterReplied))));
                     }
@@ -967,7 +967,7 @@ fn poll_filtered(
                     return Poll::Ready(Some(Ok(Frame::data(data))))
                 }
                 BodyVerdict::LocalReply(reply) => {
-                    return Poll::Ready(Some(Err(late_reply(f, reply))))
+                    return Poll::Ready(Some(Err(late_reply(f, *reply))))
                 }
                 _ => continue,
             }
@@ -996,7 +996,7 @@ fn poll_filtered(
             BodyVerdict::Hold => continue,
             // A filter waits for its callouts' answers, and the body with it.
             BodyVerdict::Wait => f.waiting = true,
-            BodyVerdict::LocalReply(reply) => return Poll::Ready(Some(Err(late_reply(f, reply)))),
+            BodyVerdict::LocalReply(reply) => return Poll::Ready(Some(Err(late_reply(f, *reply)))),
         }
     }
 }

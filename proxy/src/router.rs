@@ -398,12 +398,22 @@ async fn proxy<'a>(
             if !listener.access_logs.is_empty() {
                 guard.log = Some(log_info(&req, &authority));
             }
-            return answer_filter(reply, listener, slot, id, health);
+            return answer_filter(*reply, listener, slot, id, health);
         }
-        // A filter may have changed it; compared first, it is copied only then.
-        match self::authority(&req) {
-            Some(now) if now != authority => authority = now.to_owned(),
-            _ => {}
+        // A filter may have changed it; compared first as bytes (no `to_str` pass
+        // over an unchanged `Host`), it is copied only then. A `Host` that is no
+        // longer a string leaves it as it was.
+        let changed = match req.uri().authority() {
+            Some(now) => now.as_str() != authority,
+            None => req
+                .headers()
+                .get(header::HOST)
+                .is_some_and(|host| host.as_bytes() != authority.as_bytes()),
+        };
+        if changed {
+            if let Some(now) = self::authority(&req) {
+                authority = now.to_owned();
+            }
         }
     }
     // Envoy's router starts the route timeout when it gets the request, after the
@@ -860,7 +870,7 @@ async fn proxy<'a>(
             }
         };
         if let Verdict::LocalReply(reply) = verdict {
-            return answer_filter(reply, listener, slot, None, health);
+            return answer_filter(*reply, listener, slot, None, health);
         }
     }
     health.response_headers(&listener.stages, parts.status, &mut parts.headers);

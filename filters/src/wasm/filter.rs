@@ -23,7 +23,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::callout::{CallAnswer, Dispatch};
 use super::headers::HeaderView;
-use super::state::{HostState, StreamData};
+use super::state::{Held, HostState, StreamData};
 use super::vm::{Phase, WasmVm};
 use super::WasmError;
 use crate::stream_info::{SentHead, StreamInfo};
@@ -134,32 +134,37 @@ impl WasmHttpFilter {
         size: usize,
         end_of_stream: bool,
         mut lent: Lent<'_>,
-    ) -> FilterStatus {
+    ) -> Outcome {
         let Some((generation, context)) = self.context.filter(|_| self.error.is_none()) else {
-            return self.answer_failure();
+            return self.failure_outcome();
         };
         let (request_visible, response_visible) = (self.request_visible, self.response_visible);
         let info = self.info.clone();
         let (calls, request, response) = (&mut self.calls, &mut self.request, &mut self.response);
         let result = self.vm.with_running(generation, |vm| {
+            // A head lent by pointer leaves the store when this closure ends, also
+            // if a host function panics.
+            let lending = Lending(vm);
+            let vm = &mut *lending.0;
             lent.lend(vm.store.data_mut());
             let stream = &mut vm.store.data_mut().stream;
             // The heads this filter holds (its headers phase did not continue).
             if stream.request.is_none() && request_visible {
-                stream.request = request.take();
+                stream.request = request.take().map(Held::Owned);
             }
             if stream.response.is_none() && response_visible {
-                stream.response = response.take();
+                stream.response = response.take().map(Held::Owned);
             }
             stream.info = info;
             let action = vm.http_phase(phase, context, size, end_of_stream);
             lent.take_back(vm.store.data_mut());
             let stream = &mut vm.store.data_mut().stream;
-            // The heads the callback saw, back where later phases find them.
-            if let Some(head) = stream.request.take() {
+            // The heads the callback saw out of the store: a held one back where
+            // later phases find it, a lent one (edited in place) simply dropped.
+            if let Some(Held::Owned(head)) = stream.request.take() {
                 *request = Some(head);
             }
-            if let Some(head) = stream.response.take() {
+            if let Some(Held::Owned(head)) = stream.response.take() {
                 *response = Some(head);
             }
             stream.info = None;
@@ -171,15 +176,18 @@ impl WasmHttpFilter {
                 self.resume_request |= signals.resume_request;
                 self.resume_response |= signals.resume_response;
                 match (signals.local_reply, action) {
-                    (Some(reply), _) => self.answer(*reply),
-                    (None, 0) => FilterStatus::Continue,
+                    (Some(reply), _) => {
+                        self.note_reset(&reply);
+                        Outcome::Reply(reply)
+                    }
+                    (None, 0) => Outcome::Continue,
                     // Pause and the StopIteration* variants of other SDKs.
-                    (None, _) => FilterStatus::StopIteration,
+                    (None, _) => Outcome::Stop,
                 }
             }
             Err(error) => {
                 self.error = Some(error);
-                self.answer_failure()
+                self.failure_outcome()
             }
         }
     }
@@ -217,19 +225,20 @@ impl WasmHttpFilter {
         let mut data = StreamData::default();
         let resuming_request = match paused {
             Paused::Request(head) => {
-                data.request = Some(Box::new(mem::replace(head, placeholder_request())));
+                let paused = Box::new(mem::replace(head, placeholder_request()));
+                data.request = Some(Held::Owned(paused));
                 self.run_call_response(generation, context, token, response, &mut data);
-                *head = data.request.take().map_or_else(placeholder_request, |h| *h);
+                let back = data.request.take().and_then(Held::into_owned);
+                *head = back.map_or_else(placeholder_request, |h| *h);
                 self.request = Some(Box::new(copy_request_head(head)));
                 Some(true)
             }
             Paused::Response(head) => {
-                data.response = Some(Box::new(mem::replace(head, placeholder_response())));
+                let paused = Box::new(mem::replace(head, placeholder_response()));
+                data.response = Some(Held::Owned(paused));
                 self.run_call_response(generation, context, token, response, &mut data);
-                *head = data
-                    .response
-                    .take()
-                    .map_or_else(placeholder_response, |h| *h);
+                let back = data.response.take().and_then(Held::into_owned);
+                *head = back.map_or_else(placeholder_response, |h| *h);
                 self.response = Some(Box::new(copy_response_head(head)));
                 Some(false)
             }
@@ -304,43 +313,52 @@ impl WasmHttpFilter {
     /// The plugin's local reply or reset. A reset (`proxy_close_stream`) leaves
     /// `wasm_close_stream` as the response details unless some are set, as Envoy.
     fn answer(&self, reply: LocalReply) -> FilterStatus {
+        self.note_reset(&reply);
+        FilterStatus::LocalReply(reply)
+    }
+
+    /// Records a reset's details in the stream's info (see [`Self::answer`]).
+    fn note_reset(&self, reply: &LocalReply) {
         if let (true, Some(info)) = (reply.reset, &self.info) {
             let mut info = info.borrow_mut();
             if info.response_details.is_none() {
                 info.response_details = Some(reply.details.clone().into());
             }
         }
-        FilterStatus::LocalReply(reply)
     }
 
     /// The first phase after a failure (in it, or in starting the VM) answers 500,
     /// or continues when the plugin is fail-open; the phases after it continue.
     fn answer_failure(&mut self) -> FilterStatus {
+        self.failure_outcome().into()
+    }
+
+    fn failure_outcome(&mut self) -> Outcome {
         if self.fail_open || mem::replace(&mut self.failure_answered, true) {
-            return FilterStatus::Continue;
+            return Outcome::Continue;
         }
-        FilterStatus::LocalReply(LocalReply::new(
+        Outcome::Reply(Box::new(LocalReply::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "wasm_fail_stream",
-        ))
+        )))
     }
 
     /// Lends the heads a callback may still see (those a headers phase held).
     fn lend_heads(&mut self, data: &mut StreamData) {
         if self.request_visible {
-            data.request = self.request.take();
+            data.request = self.request.take().map(Held::Owned);
         }
         if self.response_visible {
-            data.response = self.response.take();
+            data.response = self.response.take().map(Held::Owned);
         }
     }
 
     /// Puts the heads the callback saw back where later phases find them.
     fn keep_heads(&mut self, data: &mut StreamData) {
-        if let Some(request) = data.request.take() {
+        if let Some(Held::Owned(request)) = data.request.take() {
             self.request = Some(request);
         }
-        if let Some(response) = data.response.take() {
+        if let Some(Held::Owned(response)) = data.response.take() {
             self.response = Some(response);
         }
     }
@@ -359,19 +377,19 @@ fn placeholder_response() -> ResponseHead {
 impl HttpFilter for WasmHttpFilter {
     fn on_request_headers(&mut self, head: &mut RequestHead, end_of_stream: bool) -> FilterStatus {
         let count = HeaderView::Request(head).len();
-        let status = self.dispatch(
+        let outcome = self.dispatch(
             Phase::RequestHeaders,
             count,
             end_of_stream,
             Lent::RequestHead(head),
         );
-        self.request_visible = status != FilterStatus::Continue;
+        self.request_visible = !matches!(outcome, Outcome::Continue);
         // Later phases see the head only while this filter holds it; `on_log` gets
         // the stream's final head from its info, so a copy is made only for those.
         if self.request_visible || self.info.is_none() {
             self.request = Some(Box::new(copy_request_head(head)));
         }
-        status
+        outcome.into()
     }
 
     fn on_request_body(&mut self, body: &mut BodyBuffer, end_of_stream: bool) -> FilterStatus {
@@ -382,6 +400,7 @@ impl HttpFilter for WasmHttpFilter {
             end_of_stream,
             Lent::RequestBody(body),
         )
+        .into()
     }
 
     fn on_request_trailers(&mut self, trailers: &mut HeaderMap) -> FilterStatus {
@@ -392,6 +411,7 @@ impl HttpFilter for WasmHttpFilter {
             false,
             Lent::RequestTrailers(trailers),
         )
+        .into()
     }
 
     fn on_response_headers(
@@ -400,17 +420,17 @@ impl HttpFilter for WasmHttpFilter {
         end_of_stream: bool,
     ) -> FilterStatus {
         let count = HeaderView::Response(head).len();
-        let status = self.dispatch(
+        let outcome = self.dispatch(
             Phase::ResponseHeaders,
             count,
             end_of_stream,
             Lent::ResponseHead(head),
         );
-        self.response_visible = status != FilterStatus::Continue;
+        self.response_visible = !matches!(outcome, Outcome::Continue);
         if self.response_visible || self.info.is_none() {
             self.response = Some(Box::new(copy_response_head(head)));
         }
-        status
+        outcome.into()
     }
 
     fn on_response_body(&mut self, body: &mut BodyBuffer, end_of_stream: bool) -> FilterStatus {
@@ -421,6 +441,7 @@ impl HttpFilter for WasmHttpFilter {
             end_of_stream,
             Lent::ResponseBody(body),
         )
+        .into()
     }
 
     fn on_response_trailers(&mut self, trailers: &mut HeaderMap) -> FilterStatus {
@@ -431,6 +452,7 @@ impl HttpFilter for WasmHttpFilter {
             false,
             Lent::ResponseTrailers(trailers),
         )
+        .into()
     }
 
     fn on_log(&mut self) {
@@ -465,11 +487,11 @@ impl WasmHttpFilter {
         let info = self.info.clone();
         let result = self.vm.with_running(generation, |vm| {
             let stream = &mut vm.store.data_mut().stream;
-            heads.swap(stream);
+            heads.lend(stream);
             stream.info = info;
             let result = vm.finish_stream(context, log);
             let stream = &mut vm.store.data_mut().stream;
-            heads.swap(stream);
+            heads.take_back(stream);
             stream.info = None;
             result
         });
@@ -512,17 +534,58 @@ struct LogHeads {
 }
 
 impl LogHeads {
-    /// Lends them to the store's stream data, or (called again) takes them back.
-    fn swap(&mut self, stream: &mut StreamData) {
+    /// Lends them to the store's stream data.
+    fn lend(&mut self, stream: &mut StreamData) {
         mem::swap(&mut self.sent_request, &mut stream.sent_request);
         mem::swap(&mut self.sent_response, &mut stream.sent_response);
-        mem::swap(&mut self.request, &mut stream.request);
-        mem::swap(&mut self.response, &mut stream.response);
+        stream.request = self.request.take().map(Held::Owned);
+        stream.response = self.response.take().map(Held::Owned);
+    }
+
+    /// Takes them back, a sent head the plugin read unpacked.
+    fn take_back(&mut self, stream: &mut StreamData) {
+        mem::swap(&mut self.sent_request, &mut stream.sent_request);
+        mem::swap(&mut self.sent_response, &mut stream.sent_response);
+        if let Some(Held::Owned(head)) = stream.request.take() {
+            self.request = Some(head);
+        }
+        if let Some(Held::Owned(head)) = stream.response.take() {
+            self.response = Some(head);
+        }
     }
 }
 
-/// What a phase lends the plugin: the proxy's own value, moved into the store's
-/// stream data for the callback and back out after it.
+/// What a callback decided. Small enough to return in registers: a `FilterStatus`
+/// holds its reply inline (~160 bytes), which every return through the phase's
+/// layers copied, though nearly every callback continues.
+enum Outcome {
+    Continue,
+    Stop,
+    Reply(Box<LocalReply>),
+}
+
+impl From<Outcome> for FilterStatus {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Continue => FilterStatus::Continue,
+            Outcome::Stop => FilterStatus::StopIteration,
+            Outcome::Reply(reply) => FilterStatus::LocalReply(*reply),
+        }
+    }
+}
+
+/// Removes a head lent by pointer from the store when a callback's closure ends,
+/// however it ends (a host function that panics unwinds through it).
+struct Lending<'a>(&'a mut super::vm::Running);
+
+impl Drop for Lending<'_> {
+    fn drop(&mut self) {
+        self.0.store.data_mut().stream.forget_lent();
+    }
+}
+
+/// What a phase lends the plugin: the proxy's own value, in the store's stream
+/// data for the callback (a head by pointer, the rest moved in and back out).
 enum Lent<'a> {
     RequestHead(&'a mut RequestHead),
     RequestBody(&'a mut BodyBuffer),
@@ -536,23 +599,18 @@ impl Lent<'_> {
     fn lend(&mut self, state: &mut HostState) {
         let stream = &mut state.stream;
         match self {
-            // The head moves into the store in the box a phase gave back last (its
-            // contents a placeholder), so the callback's host calls and the moves
-            // around it handle a pointer, not the head.
-            Lent::RequestHead(head) => {
-                let spare = state.spare_request.take();
-                let mut lent = spare.unwrap_or_else(|| Box::new(placeholder_request()));
-                mem::swap(&mut *lent, *head);
-                stream.request = Some(lent);
-            }
+            // A head is lent by pointer, not moved: the callback's host calls edit
+            // the proxy's own.
+            // SAFETY: `dispatch` takes it out of the store right after the callback,
+            // before this `Lent` (which borrows the head) is used again or dropped,
+            // and its `Lending` guard removes it if a host function panics first.
+            #[allow(unsafe_code)]
+            Lent::RequestHead(head) => stream.request = Some(unsafe { Held::lent(&mut **head) }),
             Lent::RequestBody(body) => stream.request_body = Some(mem::take(*body)),
             Lent::RequestTrailers(map) => stream.request_trailers = Some(mem::take(*map)),
-            Lent::ResponseHead(head) => {
-                let spare = state.spare_response.take();
-                let mut lent = spare.unwrap_or_else(|| Box::new(placeholder_response()));
-                mem::swap(&mut *lent, *head);
-                stream.response = Some(lent);
-            }
+            // SAFETY: as for the request head.
+            #[allow(unsafe_code)]
+            Lent::ResponseHead(head) => stream.response = Some(unsafe { Held::lent(&mut **head) }),
             Lent::ResponseBody(body) => stream.response_body = Some(mem::take(*body)),
             Lent::ResponseTrailers(map) => stream.response_trailers = Some(mem::take(*map)),
         }
@@ -563,21 +621,11 @@ impl Lent<'_> {
     fn take_back(&mut self, state: &mut HostState) {
         let stream = &mut state.stream;
         match self {
-            Lent::RequestHead(head) => {
-                let back = stream.request.take();
-                let mut back = back.unwrap_or_else(|| Box::new(placeholder_request()));
-                mem::swap(&mut *back, *head);
-                state.spare_request = Some(back);
-            }
+            // Edited in place: `dispatch` takes the pointer out of the store.
+            Lent::RequestHead(_) | Lent::ResponseHead(_) => {}
             Lent::RequestBody(body) => **body = stream.request_body.take().unwrap_or_default(),
             Lent::RequestTrailers(map) => {
                 **map = stream.request_trailers.take().unwrap_or_default()
-            }
-            Lent::ResponseHead(head) => {
-                let back = stream.response.take();
-                let mut back = back.unwrap_or_else(|| Box::new(placeholder_response()));
-                mem::swap(&mut *back, *head);
-                state.spare_response = Some(back);
             }
             Lent::ResponseBody(body) => **body = stream.response_body.take().unwrap_or_default(),
             Lent::ResponseTrailers(map) => {

@@ -137,9 +137,13 @@ impl HeaderView<'_> {
                 let mut hosts = head.headers.get_all(HOST).iter();
                 let first = hosts.next();
                 let host_count = usize::from(first.is_some()) + hosts.count();
+                // `is_ascii` is `to_str().is_ok()` here (which `authority` uses): a
+                // `HeaderValue` holds no control bytes but tab, so only bytes past
+                // ASCII fail `to_str`; and it checks a word at a time, where
+                // `to_str` went byte by byte (~70 instructions a request).
                 let has_authority = match head.uri.authority() {
                     Some(authority) => !authority.as_str().is_empty(),
-                    None => first.is_some_and(|h| !h.is_empty() && h.to_str().is_ok()),
+                    None => first.is_some_and(|h| !h.is_empty() && h.as_bytes().is_ascii()),
                 };
                 // :path, :method and :scheme are never empty.
                 3 + usize::from(has_authority) + head.headers.len() - host_count

@@ -1,6 +1,8 @@
 //! What a VM's `Store` holds for the host functions.
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,6 @@ pub(crate) struct HostState {
     /// The stream data of the callback in progress, moved in by the filter for the
     /// duration of the call so host functions edit the proxy's values in place.
     pub stream: StreamData,
-    /// The stand-ins a filter leaves in the proxy's place while it lends a head to
-    /// the store, kept between callbacks (making and dropping one cost ~150
-    /// instructions a phase). Never edited: nothing reads the proxy's side then.
-    pub spare_request: Option<Box<crate::RequestHead>>,
-    pub spare_response: Option<Box<crate::ResponseHead>>,
     /// What plugins asked of each live context, read by the filter after a callback.
     pub signals: HashMap<u32, StreamSignals, foldhash::fast::RandomState>,
     /// Some context in `signals` may hold a request: set by [`HostState::signal`],
@@ -90,8 +87,6 @@ impl HostState {
             stream: StreamData::default(),
             signals: HashMap::default(),
             signaled: false,
-            spare_request: None,
-            spare_response: None,
             root_context_id: 0,
             done: false,
             calls: HashMap::default(),
@@ -110,10 +105,10 @@ impl HostState {
 /// of the stream (yet), which host functions report as `NotFound`.
 #[derive(Default)]
 pub(crate) struct StreamData {
-    pub request: Option<Box<RequestHead>>,
+    pub request: Option<Held<RequestHead>>,
     pub request_body: Option<BodyBuffer>,
     pub request_trailers: Option<HeaderMap>,
-    pub response: Option<Box<ResponseHead>>,
+    pub response: Option<Held<ResponseHead>>,
     pub response_body: Option<BodyBuffer>,
     pub response_trailers: Option<HeaderMap>,
     /// A network filter's data: read from the client / written to it (buffer types
@@ -165,10 +160,90 @@ impl StreamData {
     /// Unpacks the sent heads `on_log` holds, before a host call reads a head.
     pub(crate) fn unpack_sent(&mut self) {
         if self.request.is_none() {
-            self.request = self.sent_request.take().and_then(SentHead::into_request);
+            let sent = self.sent_request.take().and_then(SentHead::into_request);
+            self.request = sent.map(Held::Owned);
         }
         if self.response.is_none() {
-            self.response = self.sent_response.take().and_then(SentHead::into_response);
+            let sent = self.sent_response.take().and_then(SentHead::into_response);
+            self.response = sent.map(Held::Owned);
+        }
+    }
+
+    /// Drops the heads a headers phase lent ([`Held::lent`]), so no pointer to them
+    /// outlives the phase.
+    pub(crate) fn forget_lent(&mut self) {
+        if self.request.as_ref().is_some_and(Held::is_lent) {
+            self.request = None;
+        }
+        if self.response.as_ref().is_some_and(Held::is_lent) {
+            self.response = None;
+        }
+    }
+}
+
+/// A head the store holds for a callback: its own (the heads a filter keeps while
+/// it holds them, those `on_log` reads), or the proxy's, lent by pointer for the
+/// length of one headers callback. Lending moved the head into a box and back
+/// (a 224-byte request head swapped twice per phase: ~340 instructions a stream
+/// for both heads); host functions read and edit it through `Deref` either way.
+pub(crate) enum Held<T> {
+    Owned(Box<T>),
+    /// Made only by [`Held::lent`] (`LentPtr`'s field is private to this module).
+    Lent(LentPtr<T>),
+}
+
+/// The pointer of a lent head; only [`Held::lent`] makes one.
+pub(crate) struct LentPtr<T>(NonNull<T>);
+
+impl<T> Held<T> {
+    /// A pointer to `head`, for the store during one callback.
+    ///
+    /// # Safety
+    ///
+    /// The caller removes the returned value from the store (e.g. with
+    /// [`StreamData::forget_lent`], also when unwinding) before `head`'s borrow
+    /// ends, and does not touch `head` meanwhile: until then the store's host
+    /// functions are the head's only users.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn lent(head: &mut T) -> Self {
+        Held::Lent(LentPtr(NonNull::from(head)))
+    }
+
+    pub(crate) fn is_lent(&self) -> bool {
+        matches!(self, Held::Lent(_))
+    }
+
+    /// The head if the store owns it; a lent head stays the proxy's.
+    pub(crate) fn into_owned(self) -> Option<Box<T>> {
+        match self {
+            Held::Owned(head) => Some(head),
+            Held::Lent(_) => None,
+        }
+    }
+}
+
+impl<T> Deref for Held<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match self {
+            Held::Owned(head) => head,
+            // SAFETY: a lent pointer is in the store only while its head is
+            // borrowed for the callback and used by nobody else (`Held::lent`'s
+            // contract), and `&self` borrows the store.
+            #[allow(unsafe_code)]
+            Held::Lent(LentPtr(head)) => unsafe { head.as_ref() },
+        }
+    }
+}
+
+impl<T> DerefMut for Held<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        match self {
+            Held::Owned(head) => head,
+            // SAFETY: as in `deref`; `&mut self` borrows the store exclusively.
+            #[allow(unsafe_code)]
+            Held::Lent(LentPtr(head)) => unsafe { head.as_mut() },
         }
     }
 }
