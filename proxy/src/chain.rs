@@ -1,6 +1,6 @@
 //! The HTTP filter chain runner: the configured `http_filters` (proxy-wasm plugins
-//! and the native fault, set_filter_state and health_check filters) between the
-//! connection manager and the router.
+//! and the native fault, set_filter_state, health_check and local_ratelimit filters)
+//! between the connection manager and the router.
 //!
 //! Filters run in config order. Wasm filters are synchronous calls (below); a fault
 //! filter (`crate::fault`) is awaited between them, since a delay is a sleep. So the
@@ -77,6 +77,7 @@ use tokio::task::AbortHandle;
 use crate::error::ProxyError;
 use crate::fault::FaultFilterRuntime;
 use crate::health_filter::{HealthCheckRuntime, HealthChecks};
+use crate::rate_limit::{LocalRateLimitRuntime, XRateLimit};
 use crate::runtime::{FastMap, ListenerRuntime};
 use crate::stats::{Counter, ExternalStat, ExternalValue, Scope, StatSource, Store};
 use crate::stream::StreamGuard;
@@ -813,6 +814,10 @@ pub enum NativeFilter {
     /// its body); it also has a response phase, run by the router through
     /// [`HealthChecks`].
     HealthCheck(Arc<HealthCheckRuntime>),
+    /// `envoy.filters.http.local_ratelimit`: may answer a request over its limit
+    /// (`crate::rate_limit`); its `x-ratelimit-*` headers go on the response through
+    /// [`StageStream::rate_limit`].
+    LocalRateLimit(Arc<LocalRateLimitRuntime>),
 }
 
 /// What the native filters' request phase touches of a stream beside its head.
@@ -822,6 +827,10 @@ pub struct StageStream<'s, 'h> {
     pub guard: &'s mut StreamGuard,
     /// The stream's side of its health check filters.
     pub health: &'s mut HealthChecks<'h>,
+    /// The connection's id: keys its per-connection rate limit bucket.
+    pub conn_id: u64,
+    /// The `x-ratelimit-*` headers a rate limit filter leaves for the response.
+    pub rate_limit: &'s mut XRateLimit,
 }
 
 /// The request-headers phase of every HTTP filter before the router, in config
@@ -862,6 +871,11 @@ pub async fn request_headers(
                     .request_headers(at, hcm, head, end_of_stream, stream)
                     .await;
                 if let Some(reply) = reply {
+                    return Verdict::LocalReply(Box::new(reply));
+                }
+            }
+            NativeFilter::LocalRateLimit(filter) => {
+                if let Some(reply) = filter.request_headers(hcm, head, stream) {
                     return Verdict::LocalReply(Box::new(reply));
                 }
             }

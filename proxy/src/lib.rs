@@ -38,6 +38,7 @@ pub mod logging;
 pub mod netfilter;
 pub mod outlier;
 pub mod pool;
+pub mod rate_limit;
 pub mod reload;
 pub mod retry;
 pub mod router;

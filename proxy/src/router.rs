@@ -356,6 +356,8 @@ async fn proxy<'a>(
         // HTTP/1.1 codec keeps no `Connection: close` or `keep-alive` at all.)
         headers::remove_connection_headers(req.headers_mut());
     }
+    // What a local rate limit filter leaves for the response (`x-ratelimit-*`).
+    let mut rate_limit = crate::rate_limit::XRateLimit::default();
     if filtered {
         health.arm();
         let (mut parts, mut body) = (*req).into_parts();
@@ -378,6 +380,8 @@ async fn proxy<'a>(
                     body: &mut body,
                     guard,
                     health,
+                    conn_id: conn.id,
+                    rate_limit: &mut rate_limit,
                 };
                 Box::pin(crate::chain::request_headers(
                     id,
@@ -476,6 +480,7 @@ async fn proxy<'a>(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
+            rate_limit.apply(resp.headers_mut());
             let guard = slot.take().expect("guard present");
             return answered!(Ok(finish_local(
                 resp,
@@ -492,7 +497,8 @@ async fn proxy<'a>(
                 .as_ref()
                 .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b));
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            let resp = local_response(status, body, is_grpc(req.headers()));
+            let mut resp = local_response(status, body, is_grpc(req.headers()));
+            rate_limit.apply(resp.headers_mut());
             let guard = slot.take().expect("guard present");
             return answered!(Ok(finish_local(
                 resp,
@@ -874,6 +880,7 @@ async fn proxy<'a>(
         }
     }
     health.response_headers(&listener.stages, parts.status, &mut parts.headers);
+    rate_limit.apply(&mut parts.headers);
     // After the filters, as Envoy's connection manager does: plugins see the
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, hcm);
@@ -958,6 +965,7 @@ fn filter_reply(
         "request_payload_too_large" => "request_payload_too_large",
         "response_payload_too_large" => "response_payload_too_large",
         crate::fault::ABORT_DETAILS => crate::fault::ABORT_DETAILS,
+        crate::rate_limit::DETAILS => crate::rate_limit::DETAILS,
         other => crate::health_filter::details(other).unwrap_or("filter_local_reply"),
     };
     finish_local(resp, listener, None, guard, details, health)

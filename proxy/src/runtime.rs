@@ -15,6 +15,7 @@ use crate::chain::{NativeFilter, NativeStage, WasmFilterRuntime};
 use crate::cluster::ClusterRuntime;
 use crate::fault::FaultFilterRuntime;
 use crate::health_filter::HealthCheckRuntime;
+use crate::rate_limit::LocalRateLimitRuntime;
 use crate::stats::{Counter, Gauge, Scope, Store};
 use strait_filters::stream_info::{ListenerInfo, RouteResolver};
 use strait_filters::wasm::{MetaValue, NodeInfo};
@@ -211,6 +212,19 @@ impl Runtime {
                                 config.clone(),
                                 &snapshot.node.cluster,
                             )),
+                        });
+                        continue;
+                    }
+                    HttpFilterConfig::LocalRateLimit(config) => {
+                        // An unchanged listener keeps its buckets, as in Envoy.
+                        let kept =
+                            LocalRateLimitRuntime::kept(previous, &snapshot, &l.name, stages.len());
+                        let filter = kept.unwrap_or_else(|| {
+                            LocalRateLimitRuntime::new(config.clone(), &l.hcm.route_config, store)
+                        });
+                        stages.push(NativeStage {
+                            after_wasm: http_filters.len(),
+                            filter: NativeFilter::LocalRateLimit(filter),
                         });
                         continue;
                     }

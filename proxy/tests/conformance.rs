@@ -145,6 +145,21 @@ async fn front_proxy() {
             Want::Local(302),
         ),
         Case::new(
+            "rate-limited route: the bucket's one token passes",
+            Req::get("/api/export/orders").host(WWW),
+            backend(api),
+        ),
+        Case::new(
+            "rate-limited route: then 429 with the route's headers",
+            Req::get("/api/export/orders").host(WWW),
+            Want::Local(429),
+        ),
+        Case::new(
+            "rate limit applies to its route only",
+            Req::get("/api/orders").host(WWW),
+            backend(api),
+        ),
+        Case::new(
             "header match -> canary, auto_host_rewrite",
             Req::get("/api/users").host(WWW).header("x-canary", "1"),
             backend(&["api_canary"]),

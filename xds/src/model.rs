@@ -217,6 +217,54 @@ pub enum HttpFilterConfig {
     SetFilterState(Arc<SetFilterStateConfig>),
     /// `envoy.filters.http.health_check`.
     HealthCheck(Arc<HealthCheckFilterConfig>),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Arc<LocalRateLimitConfig>),
+}
+
+/// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit` as translated, in
+/// `http_filters` or in a `typed_per_filter_config`.
+#[derive(Debug)]
+pub struct LocalRateLimitConfig {
+    /// Field path of the config's fields.
+    pub path: String,
+    /// The filter's name in `http_filters` (per-route configs are keyed by it), or the
+    /// `typed_per_filter_config` key of a per-route config.
+    pub name: String,
+    /// Stats are `<stat_prefix>.http_local_rate_limit.*`.
+    pub stat_prefix: String,
+    /// The answer's status: `status.code`, 429 when unset or under 400 (as Envoy).
+    pub status: u16,
+    /// `None`: no limit (only a filter-level config may have none).
+    pub token_bucket: Option<TokenBucket>,
+    /// `filter_enabled.default_value`; `None` (unset) is 0%, as in Envoy.
+    pub filter_enabled: Option<FractionalPercent>,
+    /// `filter_enforced.default_value`; `None` (unset) is 0%.
+    pub filter_enforced: Option<FractionalPercent>,
+    /// `request_headers_to_add_when_not_enforced` (request side) and
+    /// `response_headers_to_add` (response side) as one set of mutations.
+    pub headers: HeaderMutations,
+    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`.
+    pub x_ratelimit_headers: bool,
+    /// `local_rate_limit_per_downstream_connection`: a bucket per connection.
+    pub per_downstream_connection: bool,
+    /// `rate_limited_as_resource_exhausted`: gRPC status 8, not 14.
+    pub rate_limited_as_resource_exhausted: bool,
+}
+
+/// `type.v3.TokenBucket`: `max_tokens` at most, `tokens_per_fill` more every
+/// `fill_interval` (Envoy 1.40 adds them continuously, not in steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    pub fill_interval: Duration,
+}
+
+/// A filter's config in a route's, virtual host's or route configuration's
+/// `typed_per_filter_config`, keyed by the filter's name.
+#[derive(Debug)]
+pub enum PerFilterConfig {
+    LocalRateLimit(Arc<LocalRateLimitConfig>),
 }
 
 /// `envoy.extensions.filters.http.health_check.v3.HealthCheck` as translated.
@@ -543,6 +591,8 @@ pub struct RouteConfig {
     pub headers: HeaderMutations,
     /// Lookup index built by the translator; see `find_virtual_host`.
     pub index: VirtualHostIndex,
+    /// `typed_per_filter_config` by filter name, for every route (least specific).
+    pub typed_per_filter_config: Vec<(String, PerFilterConfig)>,
 }
 
 /// Envoy's domain search order: exact, then longest `*.suffix`/`*suffix`, then longest
@@ -566,6 +616,8 @@ pub struct VirtualHost {
     pub headers: HeaderMutations,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    /// `typed_per_filter_config` by filter name, for its routes.
+    pub typed_per_filter_config: Vec<(String, PerFilterConfig)>,
 }
 
 #[derive(Debug)]
@@ -575,6 +627,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config` by filter name (most specific).
+    pub typed_per_filter_config: Vec<(String, PerFilterConfig)>,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -10,6 +10,7 @@ mod fault;
 mod headers;
 mod health_check;
 mod listener;
+mod local_ratelimit;
 mod route;
 #[cfg(test)]
 mod tests;

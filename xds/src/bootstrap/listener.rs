@@ -511,3 +511,137 @@ impl super::ProtoEnum for Denominator {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderControlled {}
+
+/// `extensions.filters.http.local_ratelimit.v3.LocalRateLimit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRateLimit {
+    #[serde(default)]
+    pub stat_prefix: String,
+    pub status: Option<HttpStatus>,
+    pub token_bucket: Option<TokenBucket>,
+    pub filter_enabled: Option<RuntimeFractionalPercent>,
+    pub filter_enforced: Option<RuntimeFractionalPercent>,
+    #[serde(default)]
+    pub request_headers_to_add_when_not_enforced: Vec<super::HeaderValueOption>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<super::HeaderValueOption>,
+    /// Only picks rate limit actions for `descriptors`; checked (0..=10), then unused.
+    pub stage: Option<u32>,
+    pub local_rate_limit_per_downstream_connection: Option<bool>,
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub enable_x_ratelimit_headers: Option<XRateLimitHeaders>,
+    pub rate_limited_as_resource_exhausted: Option<bool>,
+    pub descriptors: Option<Unsupported>,
+    pub local_cluster_rate_limit: Option<Unsupported>,
+    pub vh_rate_limits: Option<Unsupported>,
+    pub always_consume_default_token_bucket: Option<Unsupported>,
+    pub rate_limits: Option<Unsupported>,
+    pub max_dynamic_descriptors: Option<Unsupported>,
+}
+
+/// `type.v3.HttpStatus`; the code by name (`TooManyRequests`) or number.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStatus {
+    #[serde(default, deserialize_with = "proto_enum")]
+    pub code: Option<StatusCode>,
+}
+
+/// `type.v3.StatusCode`, as the status it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusCode(pub u16);
+
+impl super::ProtoEnum for StatusCode {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("Empty", 0, Some(StatusCode(0))),
+        ("Continue", 100, Some(StatusCode(100))),
+        ("OK", 200, Some(StatusCode(200))),
+        ("Created", 201, Some(StatusCode(201))),
+        ("Accepted", 202, Some(StatusCode(202))),
+        ("NonAuthoritativeInformation", 203, Some(StatusCode(203))),
+        ("NoContent", 204, Some(StatusCode(204))),
+        ("ResetContent", 205, Some(StatusCode(205))),
+        ("PartialContent", 206, Some(StatusCode(206))),
+        ("MultiStatus", 207, Some(StatusCode(207))),
+        ("AlreadyReported", 208, Some(StatusCode(208))),
+        ("IMUsed", 226, Some(StatusCode(226))),
+        ("MultipleChoices", 300, Some(StatusCode(300))),
+        ("MovedPermanently", 301, Some(StatusCode(301))),
+        ("Found", 302, Some(StatusCode(302))),
+        ("SeeOther", 303, Some(StatusCode(303))),
+        ("NotModified", 304, Some(StatusCode(304))),
+        ("UseProxy", 305, Some(StatusCode(305))),
+        ("TemporaryRedirect", 307, Some(StatusCode(307))),
+        ("PermanentRedirect", 308, Some(StatusCode(308))),
+        ("BadRequest", 400, Some(StatusCode(400))),
+        ("Unauthorized", 401, Some(StatusCode(401))),
+        ("PaymentRequired", 402, Some(StatusCode(402))),
+        ("Forbidden", 403, Some(StatusCode(403))),
+        ("NotFound", 404, Some(StatusCode(404))),
+        ("MethodNotAllowed", 405, Some(StatusCode(405))),
+        ("NotAcceptable", 406, Some(StatusCode(406))),
+        ("ProxyAuthenticationRequired", 407, Some(StatusCode(407))),
+        ("RequestTimeout", 408, Some(StatusCode(408))),
+        ("Conflict", 409, Some(StatusCode(409))),
+        ("Gone", 410, Some(StatusCode(410))),
+        ("LengthRequired", 411, Some(StatusCode(411))),
+        ("PreconditionFailed", 412, Some(StatusCode(412))),
+        ("PayloadTooLarge", 413, Some(StatusCode(413))),
+        ("URITooLong", 414, Some(StatusCode(414))),
+        ("UnsupportedMediaType", 415, Some(StatusCode(415))),
+        ("RangeNotSatisfiable", 416, Some(StatusCode(416))),
+        ("ExpectationFailed", 417, Some(StatusCode(417))),
+        ("MisdirectedRequest", 421, Some(StatusCode(421))),
+        ("UnprocessableEntity", 422, Some(StatusCode(422))),
+        ("Locked", 423, Some(StatusCode(423))),
+        ("FailedDependency", 424, Some(StatusCode(424))),
+        ("UpgradeRequired", 426, Some(StatusCode(426))),
+        ("PreconditionRequired", 428, Some(StatusCode(428))),
+        ("TooManyRequests", 429, Some(StatusCode(429))),
+        ("RequestHeaderFieldsTooLarge", 431, Some(StatusCode(431))),
+        ("InternalServerError", 500, Some(StatusCode(500))),
+        ("NotImplemented", 501, Some(StatusCode(501))),
+        ("BadGateway", 502, Some(StatusCode(502))),
+        ("ServiceUnavailable", 503, Some(StatusCode(503))),
+        ("GatewayTimeout", 504, Some(StatusCode(504))),
+        ("HTTPVersionNotSupported", 505, Some(StatusCode(505))),
+        ("VariantAlsoNegotiates", 506, Some(StatusCode(506))),
+        ("InsufficientStorage", 507, Some(StatusCode(507))),
+        ("LoopDetected", 508, Some(StatusCode(508))),
+        ("NotExtended", 510, Some(StatusCode(510))),
+        ("NetworkAuthenticationRequired", 511, Some(StatusCode(511))),
+    ];
+}
+
+/// `type.v3.TokenBucket`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub max_tokens: Option<u32>,
+    pub tokens_per_fill: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub fill_interval: Option<Duration>,
+    /// Names the bucket for xDS-delivered buckets; nothing here.
+    pub name: Option<IgnoredAny>,
+}
+
+/// `config.core.v3.RuntimeFractionalPercent`. Strait has no runtime layer: the key is
+/// accepted and never read, as Envoy reads it only when the runtime sets it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFractionalPercent {
+    pub default_value: Option<FractionalPercent>,
+    pub runtime_key: Option<IgnoredAny>,
+}
+
+/// `common.ratelimit.v3.XRateLimitHeadersRFCVersion`: whether to send the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XRateLimitHeaders(pub bool);
+
+impl super::ProtoEnum for XRateLimitHeaders {
+    const VALUES: &'static [(&'static str, i64, Option<Self>)] = &[
+        ("OFF", 0, Some(XRateLimitHeaders(false))),
+        ("DRAFT_VERSION_03", 1, Some(XRateLimitHeaders(true))),
+    ];
+}

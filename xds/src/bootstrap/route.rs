@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::{duration, proto_enum, redirect_code, DataSource, Unsupported};
 use crate::model::AppendAction;
@@ -32,7 +33,9 @@ pub struct RouteConfiguration {
     pub most_specific_header_mutations_wins: Option<Unsupported>,
     pub cluster_specifier_plugins: Option<Unsupported>,
     pub request_mirror_policies: Option<Unsupported>,
-    pub typed_per_filter_config: Option<Unsupported>,
+    /// Filter configs by filter name, decoded by the translator once it reads `@type`.
+    #[serde(default)]
+    pub typed_per_filter_config: Map<String, Value>,
     pub ignore_port_in_host_matching: Option<Unsupported>,
 }
 
@@ -57,7 +60,9 @@ pub struct VirtualHost {
     pub virtual_clusters: Option<Unsupported>,
     pub rate_limits: Option<Unsupported>,
     pub cors: Option<Unsupported>,
-    pub typed_per_filter_config: Option<Unsupported>,
+    /// Filter configs by filter name, decoded by the translator once it reads `@type`.
+    #[serde(default)]
+    pub typed_per_filter_config: Map<String, Value>,
     pub include_request_attempt_count: Option<bool>,
     pub include_attempt_count_in_response: Option<Unsupported>,
     pub retry_policy: Option<RetryPolicy>,
@@ -86,7 +91,9 @@ pub struct Route {
     pub response_headers_to_remove: Vec<String>,
     pub metadata: Option<super::Metadata>,
     pub decorator: Option<Unsupported>,
-    pub typed_per_filter_config: Option<Unsupported>,
+    /// Filter configs by filter name, decoded by the translator once it reads `@type`.
+    #[serde(default)]
+    pub typed_per_filter_config: Map<String, Value>,
     pub tracing: Option<Unsupported>,
     pub per_request_buffer_limit_bytes: Option<Unsupported>,
     pub filter_action: Option<Unsupported>,

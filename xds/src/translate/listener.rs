@@ -8,8 +8,8 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::{
-    data_source, fault, health_check, ip_address, route, timeout_or, wasm, Clusters, ConfigError,
-    Result, TypedConfig,
+    data_source, fault, health_check, ip_address, local_ratelimit, route, timeout_or, wasm,
+    Clusters, ConfigError, Result, TypedConfig,
 };
 use crate::bootstrap::{
     self, FileAccessLog, Router, StreamAccessLog, SubstitutionFormatString, NOT_SUPPORTED,
@@ -366,7 +366,7 @@ fn internal_addresses(
 }
 
 /// The router must come last (as Envoy requires); before it, the wasm, fault,
-/// set_filter_state and health_check filters in the order given. Returns them and the router's own config.
+/// set_filter_state, health_check and local_ratelimit filters in the order given. Returns them and the router's own config.
 fn http_filters(
     path: &str,
     filters: &[bootstrap::HttpFilter],
@@ -403,6 +403,11 @@ fn http_filters(
                     HEALTH_CHECK_TYPE => {
                         let config = health_check::filter(&typed)?;
                         chain.push(HttpFilterConfig::HealthCheck(Arc::new(config)));
+                        false
+                    }
+                    local_ratelimit::TYPE => {
+                        let config = local_ratelimit::filter(&typed, &filter.name)?;
+                        chain.push(HttpFilterConfig::LocalRateLimit(Arc::new(config)));
                         false
                     }
                     _ => return Err(typed.unsupported()),

@@ -8,13 +8,13 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::headers::{header_name, header_value, mutations};
-use super::{data_source, timeout_or, Clusters, ConfigError, Result};
+use super::{data_source, local_ratelimit, timeout_or, Clusters, ConfigError, Result, TypedConfig};
 use crate::bootstrap::{self, RegexMatcher, RegexRewrite, NOT_SUPPORTED};
 use crate::model::{
     ClusterSpecifier, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher,
-    MaxStreamDuration, PathMatch, QueryParameterMatcher, Redirect, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteConfig, RouteMatch, RouteTarget, StringMatchKind, StringMatcher, VirtualHost,
-    VirtualHostIndex, WeightedCluster,
+    MaxStreamDuration, PathMatch, PerFilterConfig, QueryParameterMatcher, Redirect, RetryOn,
+    RetryPolicy, Route, RouteAction, RouteConfig, RouteMatch, RouteTarget, StringMatchKind,
+    StringMatcher, VirtualHost, VirtualHostIndex, WeightedCluster,
 };
 
 /// What route translation needs from around it.
@@ -60,7 +60,30 @@ pub(super) fn route_config(
             &config.response_headers_to_add,
             &config.response_headers_to_remove,
         )?,
+        typed_per_filter_config: typed_per_filter_config(path, &config.typed_per_filter_config)?,
     })
+}
+
+/// `typed_per_filter_config`: each filter's config by the filter's name. Only the
+/// local rate limit filter has one so far; any other type is refused with its path.
+fn typed_per_filter_config(
+    path: &str,
+    configs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, PerFilterConfig)>> {
+    configs
+        .iter()
+        .map(|(name, value)| {
+            let path = format!("{path}.typed_per_filter_config.{name}");
+            let typed = TypedConfig::parse(path, value)?;
+            let config = match typed.type_name.as_str() {
+                local_ratelimit::TYPE => PerFilterConfig::LocalRateLimit(Arc::new(
+                    local_ratelimit::per_route(&typed, name)?,
+                )),
+                _ => return Err(typed.unsupported()),
+            };
+            Ok((name.clone(), config))
+        })
+        .collect()
 }
 
 fn virtual_host(
@@ -93,6 +116,7 @@ fn virtual_host(
         metadata: bootstrap::Metadata::filter_metadata(&config.metadata),
         domains: config.domains.clone(),
         include_request_attempt_count: config.include_request_attempt_count.unwrap_or(false),
+        typed_per_filter_config: typed_per_filter_config(path, &config.typed_per_filter_config)?,
         routes: config
             .routes
             .iter()
@@ -253,6 +277,7 @@ fn route(
     Ok(Route {
         name: config.name.clone(),
         metadata: bootstrap::Metadata::filter_metadata(&config.metadata),
+        typed_per_filter_config: typed_per_filter_config(path, &config.typed_per_filter_config)?,
         matcher,
         action,
         headers: mutations(
