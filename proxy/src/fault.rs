@@ -26,8 +26,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use strait_filters::LocalReply;
 use strait_xds::model::{
-    ClusterSpecifier, FaultAbortKind, FaultFilterConfig, HttpConnectionManager, RequestView,
-    RouteAction,
+    ClusterSpecifier, FaultAbortKind, FaultFilterConfig, HttpConnectionManager, RouteAction,
 };
 
 use crate::stats::{Counter, Gauge, Scope, Store};
@@ -262,16 +261,8 @@ fn route_cluster<'a>(
     hcm: &'a HttpConnectionManager,
     head: &'a http::request::Parts,
 ) -> Option<&'a str> {
-    let host = match head.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => head.headers.get(header::HOST)?.to_str().ok()?,
-    };
-    let view = RequestView {
-        host,
-        path_and_query: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: &head.headers,
-        connect: head.method == http::Method::CONNECT,
-    };
+    let view = crate::router::route_view(&head.uri, &head.method, &head.headers)?;
+    let host = view.host;
     let route_config = &hcm.route_config;
     let route = route_config.find_virtual_host(host)?.find_route(&view)?;
     let RouteAction::Route(target) = &route.action else {

@@ -44,7 +44,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use strait_filters::{LocalReply, RequestHead};
 use strait_xds::model::{
-    HealthCheckFilterConfig, HttpConnectionManager, PseudoHeaders, RequestView, RouteAction,
+    HealthCheckFilterConfig, HttpConnectionManager, PseudoHeaders, RouteAction,
 };
 
 use crate::body::DownstreamBody;
@@ -362,16 +362,8 @@ fn route_mutations<'a>(
     hcm: &'a HttpConnectionManager,
     head: &'a RequestHead,
 ) -> Option<[&'a strait_xds::model::HeaderMutations; 3]> {
-    let host = match head.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => head.headers.get(header::HOST)?.to_str().ok()?,
-    };
-    let view = RequestView {
-        host,
-        path_and_query: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: &head.headers,
-        connect: head.method == http::Method::CONNECT,
-    };
+    let view = crate::router::route_view(&head.uri, &head.method, &head.headers)?;
+    let host = view.host;
     let route_config = &hcm.route_config;
     let vhost = route_config.find_virtual_host(host)?;
     let route = vhost.find_route(&view)?;

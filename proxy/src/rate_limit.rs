@@ -55,8 +55,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use strait_filters::{LocalReply, RequestHead};
 use strait_xds::model::{
-    FractionalPercent, HttpConnectionManager, LocalRateLimitConfig, PerFilterConfig, RequestView,
-    RouteAction, RouteConfig, Snapshot, TokenBucket as BucketConfig,
+    FractionalPercent, HttpConnectionManager, LocalRateLimitConfig, PerFilterConfig, RouteAction,
+    RouteConfig, Snapshot, TokenBucket as BucketConfig,
 };
 
 use crate::chain::{NativeFilter, StageStream};
@@ -251,16 +251,8 @@ fn picks(percent: Option<FractionalPercent>) -> bool {
 
 /// The virtual host and route `head` takes, as the router will pick them.
 fn route_at(routes: &RouteConfig, head: &RequestHead) -> Option<(usize, usize)> {
-    let host = match head.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => head.headers.get(header::HOST)?.to_str().ok()?,
-    };
-    let view = RequestView {
-        host,
-        path_and_query: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: &head.headers,
-        connect: head.method == http::Method::CONNECT,
-    };
+    let view = crate::router::route_view(&head.uri, &head.method, &head.headers)?;
+    let host = view.host;
     let vhost = routes.find_virtual_host_index(host)?;
     let route = routes.virtual_hosts[vhost].find_route_index(&view)?;
     Some((vhost, route))

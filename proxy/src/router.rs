@@ -183,6 +183,26 @@ impl ConnCtx {
     }
 }
 
+/// What routes are matched on, for a filter that looks up the route a request will
+/// take before the router does: the authority (the `Host` header when the URI has
+/// none; `None` when neither is usable), the path and query, the headers.
+pub(crate) fn route_view<'a>(
+    uri: &'a http::Uri,
+    method: &http::Method,
+    headers: &'a http::HeaderMap,
+) -> Option<RequestView<'a>> {
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    Some(RequestView {
+        host,
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers,
+        connect: method == http::Method::CONNECT,
+    })
+}
+
 /// A request as a downstream codec hands it to the router. Boxed: the codec, the
 /// request future and `proxy` would each copy ~270 bytes inline.
 pub type DownstreamRequest = Box<Request<DownstreamBody>>;

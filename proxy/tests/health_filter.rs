@@ -11,16 +11,6 @@ use http::Method;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-/// The access log has `want`'s lines, in any order: requests on separate
-/// connections may be served, and logged, by different workers.
-async fn assert_log(log: &std::path::Path, want: &[&str]) {
-    let mut got = log_lines(log, want.len()).await;
-    got.sort();
-    let mut want = want.to_vec();
-    want.sort();
-    assert_eq!(got, want);
-}
-
 /// The bootstrap `node.cluster`, which health check responses carry.
 const NODE_CLUSTER: &str = "edge-proxies";
 const HEALTHCHECKED: &str = "x-envoy-upstream-healthchecked-cluster";

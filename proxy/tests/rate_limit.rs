@@ -13,16 +13,6 @@ const ON: &str = "{default_value: {numerator: 100, denominator: HUNDRED}}";
 
 /// A local rate limit filter with `fields` (YAML from column 0) as an `http_filters`
 /// item.
-/// The access log has `want`'s lines, in any order: requests on separate
-/// connections may be served, and logged, by different workers.
-async fn assert_log(log: &std::path::Path, want: &[&str]) {
-    let mut got = log_lines(log, want.len()).await;
-    got.sort();
-    let mut want = want.to_vec();
-    want.sort();
-    assert_eq!(got, want);
-}
-
 fn filter_yaml(fields: &str) -> String {
     format!(
         "- name: envoy.filters.http.local_ratelimit\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n{}",

@@ -86,6 +86,17 @@ pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     .await
 }
 
+/// Waits for the access log to have `want`'s lines, and checks them in any order:
+/// requests on separate connections may be served, and logged, by different
+/// workers.
+pub async fn assert_log(path: &std::path::Path, want: &[&str]) {
+    let mut got = log_lines(path, want.len()).await;
+    got.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(got, want);
+}
+
 /// The first line of an access log, once the proxy has written it.
 pub async fn first_log_line(path: &std::path::Path) -> String {
     eventually(Duration::from_secs(5), "an access log line", || async {
