@@ -959,7 +959,7 @@ fn answer_filter<'a>(
 fn filter_reply(
     reply: LocalReply,
     listener: &ListenerRuntime,
-    guard: StreamGuard,
+    mut guard: StreamGuard,
     chain: Option<ChainId>,
     health: &HealthChecks<'_>,
 ) -> Response<ResponseBody> {
@@ -986,6 +986,13 @@ fn filter_reply(
         "response_payload_too_large" => "response_payload_too_large",
         crate::fault::ABORT_DETAILS => crate::fault::ABORT_DETAILS,
         crate::rate_limit::DETAILS => crate::rate_limit::DETAILS,
+        // The connection manager's stream idle timer, while a filter waited for its
+        // callouts (`chain::wait_resumed`): logged and counted as the router's own.
+        "stream_idle_timeout" => {
+            guard.set_flag("SI");
+            listener.http.downstream_rq_idle_timeout.inc();
+            "stream_idle_timeout"
+        }
         other => crate::health_filter::details(other).unwrap_or("filter_local_reply"),
     };
     finish_local(resp, listener, None, guard, details, health)

@@ -150,7 +150,13 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
     // paused until the connection manager's stream idle timeout answers, 504 as the
     // request came whole (Envoy's `maybeRequestTimeoutCode`); the next request on the
     // proxy is unaffected.
-    let (_backend, _silent, _strait, addr) = silent_auth().await;
+    // Logged and counted as the router's own stream idle timeout (`SI`).
+    let backend = Backend::echo("backend").await;
+    let (auth, _silent) = silent_server().await;
+    let (log, logging) = access_log("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%");
+    let hcm = format!("stream_idle_timeout: 0.3s\n{logging}");
+    let strait = Strait::start(&config(&backend, auth, &hcm)).await;
+    let addr = strait.main_addr().await;
     let resp = within(
         Duration::from_secs(10),
         "the paused request is answered",
@@ -164,8 +170,13 @@ async fn a_paused_request_is_bounded_by_the_stream_idle_timeout() {
     .await;
     assert_eq!(resp.status, 504, "{}", resp.text());
     assert_eq!(resp.text(), "stream timeout");
+    assert_eq!(first_log_line(&log).await, "504 SI stream_idle_timeout");
+    strait
+        .wait_stat("http.ingress.downstream_rq_idle_timeout", |v| v == 1)
+        .await;
     let resp = get(addr, "example.test", "/", &[]).await;
     assert_eq!(resp.status, 200);
+    let _ = std::fs::remove_file(log);
 }
 
 /// A service kept across a reload (its config unchanged) calls the clusters of the
