@@ -825,12 +825,44 @@ pub struct StageStream<'s, 'h> {
     /// The request body: a health check filter that answers reads it first.
     pub body: &'s mut crate::body::DownstreamBody,
     pub guard: &'s mut StreamGuard,
-    /// The stream's side of its health check filters.
-    pub health: &'s mut HealthChecks<'h>,
+    /// What the request phase leaves for the stream's response.
+    pub response: &'s mut StageResponse<'h>,
     /// The connection's id: keys its per-connection rate limit bucket.
     pub conn_id: u64,
-    /// The `x-ratelimit-*` headers a rate limit filter leaves for the response.
-    pub rate_limit: &'s mut XRateLimit,
+}
+
+/// The native filters' response phase: what their request phase left for every
+/// response of the stream, proxied or answered locally (a route's direct response,
+/// a filter's reply, the proxy's own error): the health check filters' marks and the
+/// rate limit filter's `x-ratelimit-*` values. The router applies it in the one
+/// place each kind of response passes.
+pub struct StageResponse<'a> {
+    pub health: HealthChecks<'a>,
+    pub rate_limit: XRateLimit,
+}
+
+impl<'a> StageResponse<'a> {
+    pub fn new(
+        shared: &'a crate::runtime::Shared,
+        clusters: &'a FastMap<String, Arc<crate::cluster::ClusterRuntime>>,
+    ) -> Self {
+        StageResponse {
+            health: HealthChecks::new(shared, clusters),
+            rate_limit: XRateLimit::default(),
+        }
+    }
+
+    /// The stream reached the filters: their response phase runs from now on.
+    pub fn arm(&mut self) {
+        self.health.arm();
+    }
+
+    /// On a response's headers, before the `server` header is set.
+    #[inline]
+    pub fn apply(&self, stages: &[NativeStage], status: StatusCode, headers: &mut http::HeaderMap) {
+        self.health.response_headers(stages, status, headers);
+        self.rate_limit.apply(headers);
+    }
 }
 
 /// The request-headers phase of every HTTP filter before the router, in config

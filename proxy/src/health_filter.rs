@@ -117,9 +117,9 @@ impl HealthCheckRuntime {
         if !self.is_health_check(head) {
             return None;
         }
-        stream.health.checked |= bit(at);
+        stream.response.health.checked |= bit(at);
         let handling = !self.config.pass_through_mode
-            || stream.health.shared.health_check_failed()
+            || stream.response.health.shared.health_check_failed()
             || self.cache.as_ref().is_some_and(ResponseCache::fresh);
         if !handling {
             return None;
@@ -129,7 +129,7 @@ impl HealthCheckRuntime {
                 return Some(reply);
             }
         }
-        Some(self.answer(stream.health, hcm, head, stream.guard))
+        Some(self.answer(&stream.response.health, hcm, head, stream.guard))
     }
 
     fn is_health_check(&self, head: &RequestHead) -> bool {

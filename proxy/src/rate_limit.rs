@@ -188,7 +188,7 @@ impl LocalRateLimitRuntime {
         };
         if config.x_ratelimit_headers {
             if let Some(decision) = &decision {
-                *stream.rate_limit = decision.headers;
+                stream.response.rate_limit = decision.headers;
             }
         }
         if decision.as_ref().is_none_or(|d| d.allowed) {
@@ -202,7 +202,7 @@ impl LocalRateLimitRuntime {
         }
         limiter.stats.enforced.inc();
         stream.guard.set_flag("RL");
-        Some(reply(config, hcm, head, *stream.rate_limit))
+        Some(reply(config, hcm, head))
     }
 
     fn limiter_for(&self, hcm: &HttpConnectionManager, head: &RequestHead) -> &Limiter {
@@ -263,7 +263,6 @@ fn reply(
     config: &LocalRateLimitConfig,
     hcm: &HttpConnectionManager,
     head: &RequestHead,
-    x_ratelimit: XRateLimit,
 ) -> LocalReply {
     let grpc = head
         .headers
@@ -302,8 +301,8 @@ fn reply(
             }
         }
     }
+    // The `x-ratelimit-*` values go on in the router, as on every response.
     config.headers.apply_response(&mut reply.headers);
-    x_ratelimit.apply(&mut reply.headers);
     reply
 }
 

@@ -27,11 +27,10 @@ use crate::body::{
     BodyFault, ByteCount, Deadlines, DownstreamBody, ReplayHandle, RequestBody, ResponseBody,
     StreamTimers,
 };
-use crate::chain::{ChainHandle, ChainId, Step, Verdict};
+use crate::chain::{ChainHandle, ChainId, StageResponse, Step, Verdict};
 use crate::error::ProxyError;
 use crate::h1::HeaderCase;
 use crate::headers::{self, ForwardingPolicy};
-use crate::health_filter::HealthChecks;
 use crate::lb::LbState;
 use crate::pool::Upstream;
 use crate::retry::{self, RetryHeaders, RetryState};
@@ -225,7 +224,7 @@ pub async fn handle(
         listener.http.downstream_rq_http1_total.inc();
     }
     let mut guard = Some(StreamGuard::new(listener.clone(), conn.peer, conn.local));
-    let mut health = HealthChecks::new(&conn.shared, &rt.clusters);
+    let mut native = StageResponse::new(&conn.shared, &rt.clusters);
     let grpc = is_grpc(req.headers());
     if smuggling {
         listener.http.downstream_cx_protocol_error.inc();
@@ -238,9 +237,9 @@ pub async fn handle(
             mutations: None,
         };
         let guard = guard.expect("guard just made");
-        return Ok(local_reply(failure, grpc, &listener, guard, &health));
+        return Ok(local_reply(failure, grpc, &listener, guard, &native));
     }
-    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard, &mut health).await;
+    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard, &mut native).await;
     Ok(match proxied {
         Ok(resp) => resp,
         Err(failure) => {
@@ -261,7 +260,7 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            local_reply(failure, grpc, &listener, guard, &health)
+            local_reply(failure, grpc, &listener, guard, &native)
         }
     })
 }
@@ -291,7 +290,7 @@ async fn proxy<'a>(
     rt: &'a Runtime,
     listener: &'a Arc<ListenerRuntime>,
     slot: &mut Option<StreamGuard>,
-    health: &mut HealthChecks<'_>,
+    native: &mut StageResponse<'_>,
 ) -> Result<Response<ResponseBody>, Failure<'a>> {
     let guard = slot.as_mut().expect("proxy is called with a guard");
     let hcm = &listener.config.hcm;
@@ -376,10 +375,8 @@ async fn proxy<'a>(
         // HTTP/1.1 codec keeps no `Connection: close` or `keep-alive` at all.)
         headers::remove_connection_headers(req.headers_mut());
     }
-    // What a local rate limit filter leaves for the response (`x-ratelimit-*`).
-    let mut rate_limit = crate::rate_limit::XRateLimit::default();
     if filtered {
-        health.arm();
+        native.arm();
         let (mut parts, mut body) = (*req).into_parts();
         let eos = body.is_end_stream();
         // Wasm filters alone run at once; a fault filter's delay, or a plugin that
@@ -399,9 +396,8 @@ async fn proxy<'a>(
                 let mut stream = crate::chain::StageStream {
                     body: &mut body,
                     guard,
-                    health,
+                    response: native,
                     conn_id: conn.id,
-                    rate_limit: &mut rate_limit,
                 };
                 Box::pin(crate::chain::request_headers(
                     id,
@@ -422,7 +418,7 @@ async fn proxy<'a>(
             if !listener.access_logs.is_empty() {
                 guard.log = Some(log_info(&req, &authority));
             }
-            return answer_filter(*reply, listener, slot, id, health);
+            return answer_filter(*reply, listener, slot, id, native);
         }
         // A filter may have changed it; compared first as bytes (no `to_str` pass
         // over an unchanged `Host`), it is copied only then. A `Host` that is no
@@ -500,7 +496,6 @@ async fn proxy<'a>(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            rate_limit.apply(resp.headers_mut());
             let guard = slot.take().expect("guard present");
             return answered!(Ok(finish_local(
                 resp,
@@ -508,7 +503,7 @@ async fn proxy<'a>(
                 Some(mutations),
                 guard,
                 "redirect",
-                health,
+                native,
             )));
         }
         RouteAction::DirectResponse { status, body } => {
@@ -517,8 +512,7 @@ async fn proxy<'a>(
                 .as_ref()
                 .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b));
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            let mut resp = local_response(status, body, is_grpc(req.headers()));
-            rate_limit.apply(resp.headers_mut());
+            let resp = local_response(status, body, is_grpc(req.headers()));
             let guard = slot.take().expect("guard present");
             return answered!(Ok(finish_local(
                 resp,
@@ -526,7 +520,7 @@ async fn proxy<'a>(
                 Some(mutations),
                 guard,
                 "direct_response",
-                health,
+                native,
             )));
         }
     };
@@ -820,7 +814,7 @@ async fn proxy<'a>(
                 None => error,
             }));
         }
-        Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain, health),
+        Answer::FilterReplied(reply) => return answer_filter(reply, listener, slot, chain, native),
     };
     if let Some(idle) = timeouts.per_try_idle {
         timers = StreamTimers::with_try_idle(timers, idle, guard.received.clone());
@@ -896,11 +890,10 @@ async fn proxy<'a>(
             }
         };
         if let Verdict::LocalReply(reply) = verdict {
-            return answer_filter(*reply, listener, slot, None, health);
+            return answer_filter(*reply, listener, slot, None, native);
         }
     }
-    health.response_headers(&listener.stages, parts.status, &mut parts.headers);
-    rate_limit.apply(&mut parts.headers);
+    native.apply(&listener.stages, parts.status, &mut parts.headers);
     // After the filters, as Envoy's connection manager does: plugins see the
     // upstream's `server`, and the configured name overwrites whatever they set.
     set_server(&mut parts.headers, hcm);
@@ -942,13 +935,13 @@ fn answer_filter<'a>(
     listener: &ListenerRuntime,
     slot: &mut Option<StreamGuard>,
     chain: Option<ChainId>,
-    health: &HealthChecks<'_>,
+    native: &StageResponse<'_>,
 ) -> Result<Response<ResponseBody>, Failure<'a>> {
     if reply.reset {
         return Err(ProxyError::FilterReset.into());
     }
     let guard = slot.take().expect("guard present");
-    Ok(filter_reply(reply, listener, guard, chain, health))
+    Ok(filter_reply(reply, listener, guard, chain, native))
 }
 
 /// A local reply an HTTP filter asked for (`send_http_response`, or a plugin
@@ -961,7 +954,7 @@ fn filter_reply(
     listener: &ListenerRuntime,
     mut guard: StreamGuard,
     chain: Option<ChainId>,
-    health: &HealthChecks<'_>,
+    native: &StageResponse<'_>,
 ) -> Response<ResponseBody> {
     let mut resp = Response::new(reply.body);
     *resp.status_mut() = reply.status;
@@ -995,7 +988,7 @@ fn filter_reply(
         }
         other => crate::health_filter::details(other).unwrap_or("filter_local_reply"),
     };
-    finish_local(resp, listener, None, guard, details, health)
+    finish_local(resp, listener, None, guard, details, native)
 }
 
 /// Rejects heads larger than `max_request_headers_kb`. hyper's parser already refuses
@@ -1084,21 +1077,21 @@ fn route_mutations<'a>(
     [&route.headers, &vhost.headers, &rc.headers]
 }
 
-/// Every local response ends here: the route's response headers, the health check
-/// filters' response phase (`health`), the `server` header, the stream's record.
+/// Every local response ends here: the route's response headers, the native
+/// filters' response phase (`native`), the `server` header, the stream's record.
 fn finish_local(
     mut resp: Response<Bytes>,
     listener: &ListenerRuntime,
     mutations: Option<Mutations<'_>>,
     mut guard: StreamGuard,
     details: &'static str,
-    health: &HealthChecks<'_>,
+    native: &StageResponse<'_>,
 ) -> Response<ResponseBody> {
     for m in mutations.into_iter().flatten() {
         m.apply_response(resp.headers_mut());
     }
     let status = resp.status();
-    health.response_headers(&listener.stages, status, resp.headers_mut());
+    native.apply(&listener.stages, status, resp.headers_mut());
     set_server(resp.headers_mut(), &listener.config.hcm);
     guard.status = resp.status().as_u16();
     guard.details = details;
@@ -1118,7 +1111,7 @@ fn local_reply(
     grpc: bool,
     listener: &ListenerRuntime,
     mut guard: StreamGuard,
-    health: &HealthChecks<'_>,
+    native: &StageResponse<'_>,
 ) -> Response<ResponseBody> {
     let err = &failure.error;
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -1142,7 +1135,7 @@ fn local_reply(
         failure.mutations,
         guard,
         err.details(),
-        health,
+        native,
     )
 }
 

@@ -279,6 +279,27 @@ async fn x_ratelimit_headers() {
     let _ = std::fs::remove_file(log);
 }
 
+/// The proxy's own answers (here a 503 for an upstream that reset the request)
+/// carry the `x-ratelimit-*` values too, as Envoy's local replies do.
+#[tokio::test]
+async fn x_ratelimit_headers_reach_the_proxys_own_answers() {
+    let backend = Backend::echo("backend").await;
+    let fields = format!(
+        "{}\nenable_x_ratelimit_headers: DRAFT_VERSION_03",
+        enforced(5, "60s")
+    );
+    let (strait, log) = start(&backend, &fields).await;
+    let addr = strait.main_addr().await;
+    let reset = [("x-backend-reset", "before-headers")];
+    let resp = get(addr, "example.test", "/", &reset).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.header("x-ratelimit-limit"), Some("5"));
+    assert_eq!(resp.header("x-ratelimit-remaining"), Some("4"));
+    assert_eq!(resp.header("x-ratelimit-reset"), Some("0"));
+    drop(strait);
+    let _ = std::fs::remove_file(log);
+}
+
 #[tokio::test]
 async fn a_reload_keeps_the_bucket_of_an_unchanged_listener_only() {
     let backend = Backend::echo("backend").await;
