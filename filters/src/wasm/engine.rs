@@ -43,6 +43,8 @@ impl WasmEngine {
         // Epoch checks cost a load and compare per loop back-edge and function entry;
         // fuel metering would cost several instructions per basic block.
         config.epoch_interruption(true);
+        config.memory_may_move(false);
+        config.table_lazy_init(false);
         let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:?}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()

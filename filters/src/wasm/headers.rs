@@ -124,8 +124,8 @@ impl HeaderView<'_> {
     }
 
     /// `host` on a request, which plugins read and write as `:authority`.
-    fn is_request_host(&self, name: &str) -> bool {
-        matches!(self, HeaderView::Request(_)) && name.eq_ignore_ascii_case("host")
+    fn is_request_host(&self, name: &[u8]) -> bool {
+        matches!(self, HeaderView::Request(_)) && name.eq_ignore_ascii_case(b"host")
     }
 
     /// The number of pairs a plugin sees, counted without building them: this is
@@ -185,7 +185,7 @@ impl HeaderView<'_> {
         if name.starts_with(':') {
             return self.pseudo_value(name).map(HeaderBytes::Owned);
         }
-        if self.is_request_host(name) {
+        if self.is_request_host(name.as_bytes()) {
             return None;
         }
         // `HeaderMap::get` lowercases a `&str` name itself.
@@ -208,24 +208,27 @@ impl HeaderView<'_> {
         (!value.is_empty()).then_some(value)
     }
 
-    pub fn add(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+    /// Adds a value. `name` comes as the guest passed it: a regular header's name is
+    /// validated by `HeaderName` (ASCII only), so only a pseudo-header's needs UTF-8.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), Status> {
         if self.is_request_host(name) {
             return self.set_pseudo(":authority", value);
         }
-        if name.starts_with(':') {
-            return self.set_pseudo(name, value);
+        if name.starts_with(b":") {
+            return self.set_pseudo(pseudo_name(name)?, value);
         }
         let (name, value) = parse(name, value)?;
         self.headers_mut().append(name, value);
         Ok(())
     }
 
-    pub fn replace(&mut self, name: &str, value: &[u8]) -> Result<(), Status> {
+    /// Replaces every value of `name` (see [`Self::add`] for `name`).
+    pub fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), Status> {
         if self.is_request_host(name) {
             return self.set_pseudo(":authority", value);
         }
-        if name.starts_with(':') {
-            return self.set_pseudo(name, value);
+        if name.starts_with(b":") {
+            return self.set_pseudo(pseudo_name(name)?, value);
         }
         let (name, value) = parse(name, value)?;
         self.headers_mut().insert(name, value);
@@ -235,15 +238,17 @@ impl HeaderView<'_> {
     /// Removing `:authority` (or `host`) takes the authority off the request;
     /// removing another pseudo-header is a no-op: a request always has a method and
     /// path, a response a status.
-    pub fn remove(&mut self, name: &str) -> Result<(), Status> {
+    pub fn remove(&mut self, name: &[u8]) -> Result<(), Status> {
         if let HeaderView::Request(head) = self {
-            if name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host") {
+            if name.eq_ignore_ascii_case(b":authority") || name.eq_ignore_ascii_case(b"host") {
                 remove_authority(head);
                 return Ok(());
             }
         }
-        if !name.starts_with(':') {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+        if name.starts_with(b":") {
+            pseudo_name(name)?;
+        } else {
+            let name = HeaderName::from_bytes(name).map_err(|_| Status::BadArgument)?;
             self.headers_mut().remove(name);
         }
         Ok(())
@@ -261,8 +266,7 @@ impl HeaderView<'_> {
         }
         let mut pseudo = Vec::new();
         for (name, value) in pairs {
-            let name = std::str::from_utf8(name).map_err(|_| Status::BadArgument)?;
-            if name.starts_with(':') || self.is_request_host(name) {
+            if name.starts_with(b":") || self.is_request_host(name) {
                 pseudo.push((name, value));
             } else {
                 let (name, value) = parse(name, value)?;
@@ -358,10 +362,15 @@ pub(crate) fn path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("/", PathAndQuery::as_str)
 }
 
-fn parse(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
+fn parse(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
     let name = header_name(name)?;
     let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
     Ok((name, value))
+}
+
+/// A pseudo-header's name as text (a name that is not UTF-8 is a bad argument).
+fn pseudo_name(name: &[u8]) -> Result<&str, Status> {
+    std::str::from_utf8(name).map_err(|_| Status::BadArgument)
 }
 
 /// Names kept by [`header_name`] per worker.
@@ -378,15 +387,15 @@ thread_local! {
 }
 
 /// `name` as a `HeaderName`, from the worker's cache when a plugin set it before.
-fn header_name(name: &str) -> Result<HeaderName, Status> {
+fn header_name(name: &[u8]) -> Result<HeaderName, Status> {
     NAMES.with(|names| {
         let mut names = names.borrow_mut();
-        if let Some(known) = names.iter().find(|known| known.as_str() == name) {
+        if let Some(known) = names.iter().find(|known| known.as_str().as_bytes() == name) {
             return Ok(known.clone());
         }
-        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+        let parsed = HeaderName::from_bytes(name).map_err(|_| Status::BadArgument)?;
         // Only a name passed in its canonical (lowercase) form can be found again.
-        if names.len() < CACHED_NAMES && parsed.as_str() == name {
+        if names.len() < CACHED_NAMES && parsed.as_str().as_bytes() == name {
             names.push(parsed.clone());
         }
         Ok(parsed)
@@ -446,21 +455,21 @@ mod tests {
     #[test]
     fn header_names_come_from_the_worker_cache_once_seen() {
         // Each test runs on a thread of its own: this cache starts empty.
-        let first = header_name("x-perf").unwrap();
-        let again = header_name("x-perf").unwrap();
+        let first = header_name(b"x-perf").unwrap();
+        let again = header_name(b"x-perf").unwrap();
         assert_eq!(first, again);
         assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
         // Another case is the same name, parsed, and not kept (it would never match).
-        assert_eq!(header_name("X-Perf").unwrap(), first);
+        assert_eq!(header_name(b"X-Perf").unwrap(), first);
         assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
-        assert_eq!(header_name("bad name"), Err(Status::BadArgument));
+        assert_eq!(header_name(b"bad name"), Err(Status::BadArgument));
         // Bounded: names past the limit are parsed, right, and not kept.
         for i in 0..CACHED_NAMES + 4 {
             let name = format!("x-n{i}");
-            assert_eq!(header_name(&name).unwrap().as_str(), name);
+            assert_eq!(header_name(name.as_bytes()).unwrap().as_str(), name);
         }
         assert_eq!(NAMES.with(|names| names.borrow().len()), CACHED_NAMES);
-        assert_eq!(header_name("x-perf").unwrap(), first);
+        assert_eq!(header_name(b"x-perf").unwrap(), first);
     }
 
     #[test]
@@ -535,12 +544,12 @@ mod tests {
         assert_eq!(view.get(":path").unwrap(), b"/old?q=1");
         assert_eq!(view.get(":authority").unwrap(), b"example.com");
         assert_eq!(view.get(":method").unwrap(), b"GET");
-        view.replace(":path", b"/new").unwrap();
-        view.replace(":method", b"POST").unwrap();
-        view.replace(":authority", b"other.test").unwrap();
+        view.replace(b":path", b"/new").unwrap();
+        view.replace(b":method", b"POST").unwrap();
+        view.replace(b":authority", b"other.test").unwrap();
         // :authority, :path, :method, :scheme; `host` is :authority, not a header.
         assert_eq!(view.len(), 4);
-        assert!(view.replace(":path", b"no spaces allowed").is_err());
+        assert!(view.replace(b":path", b"no spaces allowed").is_err());
         assert_eq!(head.uri, "/new");
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.headers["host"], "other.test");
@@ -571,9 +580,9 @@ mod tests {
         view.set_all(&[(b":authority".to_vec(), b"new.test".to_vec())])
             .unwrap();
         assert_eq!(view.get(":authority").unwrap(), b"new.test");
-        view.replace("host", b"via-host.test").unwrap();
+        view.replace(b"host", b"via-host.test").unwrap();
         assert_eq!(view.get(":authority").unwrap(), b"via-host.test");
-        view.remove(":authority").unwrap();
+        view.remove(b":authority").unwrap();
         assert_eq!(view.get(":authority"), None);
         assert!(head.headers.get("host").is_none());
 
@@ -581,7 +590,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        HeaderView::Request(&mut h2).remove(":authority").unwrap();
+        HeaderView::Request(&mut h2).remove(b":authority").unwrap();
         assert_eq!(h2.uri, "/p?q");
     }
 }

@@ -388,24 +388,31 @@ impl Running {
         self.store.set_epoch_deadline(self.deadline_ticks);
         match func.call(&mut self.store, params) {
             Ok(result) => Ok(result),
-            Err(error) => {
-                self.failed = true;
-                self.plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let error = self.classify(callback, error);
-                let backtrace = match &error {
-                    WasmError::Trap { backtrace, .. } => backtrace.as_str(),
-                    _ => "",
-                };
-                tracing::error!(
-                    target: "strait::wasm",
-                    plugin = %self.plugin.config.name,
-                    error = %error,
-                    backtrace,
-                    "plugin failed; its VM will be restarted for the next stream"
-                );
-                Err(error)
-            }
+            Err(error) => Err(self.failed(callback, error)),
         }
+    }
+
+    /// Marks the VM failed, counts and logs the failure. Out of line: every call
+    /// returns through `call`, and this path (a formatted log line) made its frame
+    /// and register saves several times those of the success path.
+    #[cold]
+    #[inline(never)]
+    fn failed(&mut self, callback: &'static str, error: wasmtime::Error) -> WasmError {
+        self.failed = true;
+        self.plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let error = self.classify(callback, error);
+        let backtrace = match &error {
+            WasmError::Trap { backtrace, .. } => backtrace.as_str(),
+            _ => "",
+        };
+        tracing::error!(
+            target: "strait::wasm",
+            plugin = %self.plugin.config.name,
+            error = %error,
+            backtrace,
+            "plugin failed; its VM will be restarted for the next stream"
+        );
+        error
     }
 
     fn classify(&self, callback: &'static str, error: wasmtime::Error) -> WasmError {

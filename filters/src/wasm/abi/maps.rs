@@ -65,7 +65,7 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
                 &mut caller,
                 [(key_ptr, key_len), (value_ptr, value_len)],
                 |[key, value], state| {
-                    headers::view(&mut state.stream, map)?.add(utf8(key)?, value)?;
+                    headers::view(&mut state.stream, map)?.add(key, value)?;
                     Ok(())
                 },
             ))
@@ -84,7 +84,7 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
                 &mut caller,
                 [(key_ptr, key_len), (value_ptr, value_len)],
                 |[key, value], state| {
-                    headers::view(&mut state.stream, map)?.replace(utf8(key)?, value)?;
+                    headers::view(&mut state.stream, map)?.replace(key, value)?;
                     Ok(())
                 },
             ))
@@ -98,7 +98,7 @@ pub(super) fn add_header_maps(linker: &mut Linker<HostState>) -> wasmtime::Resul
                 &mut caller,
                 [(key_ptr, key_len)],
                 |[key], state| {
-                    headers::view(&mut state.stream, map)?.remove(utf8(key)?)?;
+                    headers::view(&mut state.stream, map)?.remove(key)?;
                     Ok(())
                 },
             ))
