@@ -782,7 +782,9 @@ impl Drop for ChainHandle {
         // ends, so plugins see it in `on_log`.
         {
             let mut info = chain.info.borrow_mut();
-            info.request_duration = info.start_time.elapsed().ok();
+            info.request_duration = crate::clock::system_now()
+                .duration_since(info.start_time)
+                .ok();
         }
         // In place: moving each slot out of the vector copied it.
         for slot in &mut chain.slots {

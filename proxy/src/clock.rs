@@ -18,12 +18,17 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 thread_local! {
     /// Inside a scoped poll: `Some(None)` until the clock is first read in it.
     static NOW: Cell<Option<Option<Instant>>> = const { Cell::new(None) };
+    /// The wall clock at one reading of the monotonic clock (see [`system_now`]).
+    static WALL: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
 }
+
+/// How long [`system_now`] advances the wall clock it read by the monotonic one.
+const WALL_REFRESH: Duration = Duration::from_secs(1);
 
 /// The time, read once per poll of a [`Scoped`] task; outside one, the clock.
 pub fn now() -> Instant {
@@ -35,6 +40,25 @@ pub fn now() -> Instant {
             now
         }
         None => Instant::now(),
+    })
+}
+
+/// The wall-clock time of [`now`]: the system clock read at most once a second per
+/// thread and advanced by the monotonic clock in between, so a request's start
+/// time (access logs, `request.time`) costs no second clock read. A step of the
+/// system clock (NTP, an operator) shows within a second.
+pub fn system_now() -> SystemTime {
+    let now = now();
+    WALL.with(|wall| {
+        if let Some((at, wall_at)) = wall.get() {
+            let fresh = now.checked_duration_since(at).filter(|d| *d < WALL_REFRESH);
+            if let Some(since) = fresh {
+                return wall_at + since;
+            }
+        }
+        let wall_now = SystemTime::now();
+        wall.set(Some((now, wall_now)));
+        wall_now
     })
 }
 
@@ -93,6 +117,28 @@ mod tests {
         assert!(Pin::new(&mut task).poll(&mut cx).is_ready());
         drop(task);
         assert!(seen[1] >= seen[0] + Duration::from_millis(2), "{seen:?}");
+    }
+
+    #[test]
+    fn wall_time_follows_the_monotonic_clock_and_is_read_again_each_second() {
+        let first = system_now();
+        let real = SystemTime::now();
+        let skew =
+            |a: SystemTime, b: SystemTime| a.duration_since(b).unwrap_or_else(|e| e.duration());
+        assert!(skew(first, real) < Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
+        let later = system_now();
+        assert!(later.duration_since(first).unwrap() >= Duration::from_millis(20));
+        assert!(skew(later, SystemTime::now()) < Duration::from_millis(50));
+        // A reading past the refresh anchors again on the system clock.
+        WALL.with(|wall| {
+            let (at, wall_at) = wall.get().unwrap();
+            wall.set(Some((
+                at - WALL_REFRESH,
+                wall_at - Duration::from_secs(3600),
+            )));
+        });
+        assert!(skew(system_now(), SystemTime::now()) < Duration::from_millis(50));
     }
 
     #[test]

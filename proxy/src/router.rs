@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -337,7 +336,7 @@ async fn proxy<'a>(
     // before routing, so a plugin may rewrite what routing looks at.
     let mut authority = authority;
     // Taken before the filters: a fault delay is part of the logged duration.
-    let start_time = SystemTime::now();
+    let start_time = crate::clock::system_now();
     let log_info = |req: &Request<DownstreamBody>, authority: &str| {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         Box::new(LogInfo {
