@@ -798,12 +798,18 @@ impl ResponseBody {
     ) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(inner),
-            stream: Box::new(BodyStream {
-                lease,
-                timers,
-                guard: Some(guard),
-                filters: None,
-            }),
+            // Built in its box: `Box::new` wrote the value (the stream's guard, timers
+            // and lease) on the stack first and copied it into memory the request
+            // had not touched yet.
+            stream: Box::write(
+                Box::new_uninit(),
+                BodyStream {
+                    lease,
+                    timers,
+                    guard: Some(guard),
+                    filters: None,
+                },
+            ),
         }
     }
 

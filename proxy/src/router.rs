@@ -737,7 +737,15 @@ async fn proxy<'a>(
         _ => (body, None),
     };
     // The head as sent goes to the plugins' `on_log` when the attempts are over.
-    let first = Box::new(Upstream::new(Request::from_parts(parts, first_body), case));
+    // Built in its box, not on the stack and copied twice more (`Upstream::new`,
+    // `Box::new`).
+    let first = Box::write(
+        Box::new_uninit(),
+        Upstream {
+            request: Request::from_parts(parts, first_body),
+            case,
+        },
+    );
     // Attempts one after another get each head back from the pool for the next; only
     // hedged attempts, which overlap, need a copy made up front.
     let template = retry
