@@ -139,7 +139,9 @@ impl WasmHttpFilter {
             return self.failure_outcome();
         };
         let (request_visible, response_visible) = (self.request_visible, self.response_visible);
-        let info = self.info.clone();
+        // Lent to the store for the callback and taken back (a clone and its drop
+        // cost a count up and down per phase); if the VM is not running it stays.
+        let info = &mut self.info;
         let (calls, request, response) = (&mut self.calls, &mut self.request, &mut self.response);
         let result = self.vm.with_running(generation, |vm| {
             // A head lent by pointer leaves the store when this closure ends, also
@@ -155,7 +157,7 @@ impl WasmHttpFilter {
             if stream.response.is_none() && response_visible {
                 stream.response = response.take().map(Held::Owned);
             }
-            stream.info = info;
+            stream.info = info.take();
             let action = vm.http_phase(phase, context, size, end_of_stream);
             lent.take_back(vm.store.data_mut());
             let stream = &mut vm.store.data_mut().stream;
@@ -167,7 +169,7 @@ impl WasmHttpFilter {
             if let Some(Held::Owned(head)) = stream.response.take() {
                 *response = Some(head);
             }
-            stream.info = None;
+            *info = stream.info.take();
             vm.move_dispatched(calls);
             Ok((action?, vm.take_signals(context)))
         });
