@@ -348,4 +348,16 @@ static_resources:
 "#
         )
     }
+
+    /// One `http_filters` item: filter `name` with a typed config of `type_name`
+    /// (after `type.googleapis.com/`) whose `fields` are YAML at its fields'
+    /// indentation.
+    pub fn http_filter(name: &str, type_name: &str, fields: &str) -> String {
+        format!(
+            r#"          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/{type_name}
+{fields}"#
+        )
+    }
 }

@@ -128,11 +128,10 @@ mod tests {
                 route: {weighted_clusters: {clusters: [{name: a, weight: 1}]}}
               - match: {prefix: "/"}
                 route: {cluster: a}"#;
-        let filter = format!(
-            r#"          - name: envoy.filters.http.fault
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-{fields}"#
+        let filter = crate::translate::test_yaml::http_filter(
+            "envoy.filters.http.fault",
+            "envoy.extensions.filters.http.fault.v3.HTTPFault",
+            fields,
         );
         crate::translate::test_yaml::with_http_filters(routes, &filter)
     }

@@ -80,11 +80,10 @@ mod tests {
     /// the indentation of the typed_config's fields), then the router.
     fn config(fields: &str) -> String {
         let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: a}";
-        let filter = format!(
-            r#"          - name: envoy.filters.http.health_check
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
-{fields}"#
+        let filter = crate::translate::test_yaml::http_filter(
+            "envoy.filters.http.health_check",
+            "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            fields,
         );
         crate::translate::test_yaml::with_http_filters(routes, &filter)
     }

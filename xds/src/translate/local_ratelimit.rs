@@ -182,11 +182,10 @@ mod tests {
         let routes = format!(
             "              - match: {{prefix: \"/\"}}\n                route: {{cluster: a}}\n{route_extra}"
         );
-        let filter = format!(
-            r#"          - name: envoy.filters.http.local_ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-{fields}"#
+        let filter = crate::translate::test_yaml::http_filter(
+            "envoy.filters.http.local_ratelimit",
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            fields,
         );
         crate::translate::test_yaml::with_http_filters(&routes, &filter)
     }
