@@ -38,7 +38,9 @@ pub struct WasmHttpFilter {
     /// VM generation and context id; `None` if the VM could not start.
     context: Option<(u64, u32)>,
     fail_open: bool,
-    error: Option<WasmError>,
+    /// Boxed, as `pending_reply`: both are rare, and inline (~250 bytes) they were
+    /// most of every stream's filter, built and copied into its chain per stream.
+    error: Option<Box<WasmError>>,
     /// The failure was answered (500 or fail-open continue); later phases pass.
     failure_answered: bool,
     /// Boxed: kept only while a phase holds its head (or without a `StreamInfo`),
@@ -52,7 +54,7 @@ pub struct WasmHttpFilter {
     resume_response: bool,
     finished: bool,
     /// A local reply asked for in a callout response callback.
-    pending_reply: Option<LocalReply>,
+    pending_reply: Option<Box<LocalReply>>,
     /// Callouts the plugin dispatched, not yet taken by the chain to send.
     calls: Vec<Dispatch>,
     /// The stream's facts, lent to every callback (properties, filter state).
@@ -86,7 +88,7 @@ impl WasmHttpFilter {
             vm: vm.clone(),
             context,
             fail_open: vm.plugin().config().fail_open,
-            error,
+            error: error.map(Box::new),
             failure_answered: false,
             request: None,
             response: None,
@@ -111,7 +113,7 @@ impl WasmHttpFilter {
 
     /// The failure that ended this stream's plugin processing, if any.
     pub fn error(&self) -> Option<&WasmError> {
-        self.error.as_ref()
+        self.error.as_deref()
     }
 
     /// Whether the plugin called `proxy_continue_stream` for the request / response
@@ -188,7 +190,7 @@ impl WasmHttpFilter {
                 }
             }
             Err(error) => {
-                self.error = Some(error);
+                self.error = Some(Box::new(error));
                 self.failure_outcome()
             }
         }
@@ -271,7 +273,7 @@ impl WasmHttpFilter {
             return self.answer_failure();
         }
         if let Some(reply) = self.pending_reply.take() {
-            return self.answer(reply);
+            return self.answer(*reply);
         }
         let resumed = match resuming_request {
             Some(true) => mem::take(&mut self.resume_request),
@@ -305,10 +307,10 @@ impl WasmHttpFilter {
                 self.resume_request |= signals.resume_request;
                 self.resume_response |= signals.resume_response;
                 if let Some(reply) = signals.local_reply {
-                    self.pending_reply = Some(*reply);
+                    self.pending_reply = Some(reply);
                 }
             }
-            Err(error) => self.error = Some(error),
+            Err(error) => self.error = Some(Box::new(error)),
         }
     }
 
@@ -513,7 +515,7 @@ impl WasmHttpFilter {
         // A failure while logging cannot change the response any more; the VM
         // already logged it and will be restarted.
         if let Err(error) = result {
-            self.error.get_or_insert(error);
+            self.error.get_or_insert_with(|| Box::new(error));
         }
     }
 }

@@ -10,7 +10,7 @@
 //! u32 count, count × (u32 name_len, u32 value_len), then for each pair:
 //! name bytes, NUL, value bytes, NUL            (all integers little-endian)
 //! ```
-use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -363,9 +363,7 @@ pub(crate) fn path(uri: &Uri) -> &str {
 }
 
 fn parse(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
-    let name = header_name(name)?;
-    let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
-    Ok((name, value))
+    Ok((header_name(&NAMES, name)?, header_value(&VALUES, value)?))
 }
 
 /// A pseudo-header's name as text (a name that is not UTF-8 is a bad argument).
@@ -373,33 +371,117 @@ fn pseudo_name(name: &[u8]) -> Result<&str, Status> {
     std::str::from_utf8(name).map_err(|_| Status::BadArgument)
 }
 
-/// Names kept by [`header_name`] per worker.
-const CACHED_NAMES: usize = 16;
+/// Names and values [`Interned`] keeps, each.
+const INTERNED: usize = 16;
+/// The longest name or value interned; longer ones are parsed every time.
+const INTERNED_LEN: usize = 64;
 
-thread_local! {
-    /// The header names plugins added or replaced on this worker, as they passed
-    /// them (lowercase, as the SDKs do). A plugin sets the same few names on every
-    /// stream: finding one here is a comparison of bytes and a reference count,
-    /// where parsing it cost a lowercase pass, a lookup among the standard names, and
-    /// for a custom name an allocated copy (and its free with the head). Bounded: the
-    /// first names seen stay, later ones are parsed every time.
-    static NAMES: RefCell<Vec<HeaderName>> = const { RefCell::new(Vec::new()) };
+/// The header names plugins set, as they passed them (lowercase, as the SDKs do).
+static NAMES: Interned<HeaderName> = Interned::new();
+/// The header values plugins set.
+static VALUES: Interned<HeaderValue> = Interned::new();
+
+/// The first few header names or values plugins set in this process, in memory that
+/// lives as long as it (`&'static`, bounded by `INTERNED` × `INTERNED_LEN`). A
+/// plugin sets the same few on every stream: found here, one costs a comparison of
+/// bytes and a copy of two words. Parsed each time, it cost a validation pass, an
+/// allocated copy, its free with the head, and for a name kept in an `Arc`-like
+/// buffer an atomic count up and down (a static `Bytes` has no count). Slots fill
+/// once and stay: a plugin that sets a new value on every stream (a request id, a
+/// time) fills what is left and then parses as before.
+struct Interned<T: 'static> {
+    slots: [OnceLock<T>; INTERNED],
 }
 
-/// `name` as a `HeaderName`, from the worker's cache when a plugin set it before.
-fn header_name(name: &[u8]) -> Result<HeaderName, Status> {
-    NAMES.with(|names| {
-        let mut names = names.borrow_mut();
-        if let Some(known) = names.iter().find(|known| known.as_str().as_bytes() == name) {
-            return Ok(known.clone());
+/// What [`Interned`] compares.
+trait Text {
+    fn text(&self) -> &[u8];
+}
+
+impl Text for HeaderName {
+    fn text(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
+impl Text for HeaderValue {
+    fn text(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl<T: Clone + Text> Interned<T> {
+    const fn new() -> Self {
+        Self {
+            slots: [const { OnceLock::new() }; INTERNED],
         }
-        let parsed = HeaderName::from_bytes(name).map_err(|_| Status::BadArgument)?;
-        // Only a name passed in its canonical (lowercase) form can be found again.
-        if names.len() < CACHED_NAMES && parsed.as_str().as_bytes() == name {
-            names.push(parsed.clone());
+    }
+
+    /// The kept item whose bytes are `key`; else `make()` kept in a free slot (`None`
+    /// once all are taken or when `make` declines).
+    fn find_or_keep(&self, key: &[u8], make: impl FnOnce() -> Option<T>) -> Option<T> {
+        let mut make = Some(make);
+        for slot in &self.slots {
+            let kept = match slot.get() {
+                Some(kept) => kept,
+                // Another thread may fill it first: then it holds that one's item.
+                None => match make.take().and_then(|make| make()) {
+                    Some(item) => slot.get_or_init(|| item),
+                    None => return None,
+                },
+            };
+            if kept.text() == key {
+                return Some(kept.clone());
+            }
         }
-        Ok(parsed)
-    })
+        None
+    }
+}
+
+/// `name` as a `HeaderName`: the one `names` keeps when a plugin set it before.
+fn header_name(names: &Interned<HeaderName>, name: &[u8]) -> Result<HeaderName, Status> {
+    if let Some(kept) = names.find_or_keep(name, || None) {
+        return Ok(kept);
+    }
+    let parsed = HeaderName::from_bytes(name).map_err(|_| Status::BadArgument)?;
+    // Only a name passed in its canonical (lowercase) form can be found again.
+    if parsed.as_str().as_bytes() == name && name.len() <= INTERNED_LEN {
+        let keep = || Some(HeaderName::from_static(leak_token(name)?));
+        if let Some(kept) = names.find_or_keep(name, keep) {
+            return Ok(kept);
+        }
+    }
+    Ok(parsed)
+}
+
+/// `value` as a `HeaderValue`: the one `values` keeps when a plugin set it before.
+fn header_value(values: &Interned<HeaderValue>, value: &[u8]) -> Result<HeaderValue, Status> {
+    if let Some(kept) = values.find_or_keep(value, || None) {
+        return Ok(kept);
+    }
+    let parsed = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+    if value.len() <= INTERNED_LEN {
+        let keep = || {
+            let leaked: &'static [u8] = Box::leak(value.to_vec().into_boxed_slice());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_static(leaked)).ok()
+        };
+        if let Some(kept) = values.find_or_keep(value, keep) {
+            return Ok(kept);
+        }
+    }
+    Ok(parsed)
+}
+
+/// `name` as text that lives as long as the process, if it is a lowercase token
+/// (RFC 9110 `tchar`s): all `HeaderName::from_static` accepts without panicking.
+fn leak_token(name: &[u8]) -> Option<&'static str> {
+    let tchar =
+        |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(b);
+    if name.is_empty() || !name.iter().all(tchar) {
+        return None;
+    }
+    let text = std::str::from_utf8(name).ok()?;
+    Some(Box::leak(text.to_owned().into_boxed_str()))
 }
 
 pub(crate) fn serialize_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -453,23 +535,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_names_come_from_the_worker_cache_once_seen() {
-        // Each test runs on a thread of its own: this cache starts empty.
-        let first = header_name(b"x-perf").unwrap();
-        let again = header_name(b"x-perf").unwrap();
-        assert_eq!(first, again);
-        assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
-        // Another case is the same name, parsed, and not kept (it would never match).
-        assert_eq!(header_name(b"X-Perf").unwrap(), first);
-        assert_eq!(NAMES.with(|names| names.borrow().len()), 1);
-        assert_eq!(header_name(b"bad name"), Err(Status::BadArgument));
-        // Bounded: names past the limit are parsed, right, and not kept.
-        for i in 0..CACHED_NAMES + 4 {
-            let name = format!("x-n{i}");
-            assert_eq!(header_name(name.as_bytes()).unwrap().as_str(), name);
+    fn header_names_and_values_plugins_set_are_interned_and_bounded() {
+        static NAMES: Interned<HeaderName> = Interned::new();
+        static VALUES: Interned<HeaderValue> = Interned::new();
+        let name = |n: &[u8]| header_name(&NAMES, n);
+        let value = |v: &[u8]| header_value(&VALUES, v);
+        let at = |n: &HeaderName| n.as_str().as_ptr();
+        // Kept: the same bytes in memory each time, not a copy.
+        let first = name(b"x-perf").unwrap();
+        assert_eq!(at(&name(b"x-perf").unwrap()), at(&first));
+        let wasm = value(b"wasm").unwrap();
+        assert_eq!(
+            value(b"wasm").unwrap().as_bytes().as_ptr(),
+            wasm.as_bytes().as_ptr()
+        );
+        assert_eq!(wasm, "wasm");
+        // Another case is the same name, parsed every time (it would never match).
+        let upper = name(b"X-Perf").unwrap();
+        assert_eq!(upper, first);
+        assert_ne!(at(&upper), at(&first));
+        assert_eq!(name(b"bad name"), Err(Status::BadArgument));
+        assert_eq!(value(b"bad\nvalue"), Err(Status::BadArgument));
+        // Too long to keep: parsed, right, every time.
+        let long = vec![b'a'; INTERNED_LEN + 1];
+        let (a, b) = (value(&long).unwrap(), value(&long).unwrap());
+        assert_eq!(a.as_bytes(), &long[..]);
+        assert_ne!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        // Bounded: once the slots are full, names are parsed, right, and not kept.
+        for i in 0..INTERNED + 4 {
+            let n = format!("x-n{i}");
+            assert_eq!(name(n.as_bytes()).unwrap().as_str(), n);
         }
-        assert_eq!(NAMES.with(|names| names.borrow().len()), CACHED_NAMES);
-        assert_eq!(header_name(b"x-perf").unwrap(), first);
+        assert!(NAMES.slots.iter().all(|slot| slot.get().is_some()));
+        let late = format!("x-n{}", INTERNED + 3);
+        let (a, b) = (
+            name(late.as_bytes()).unwrap(),
+            name(late.as_bytes()).unwrap(),
+        );
+        assert_eq!((a.as_str(), b.as_str()), (&late[..], &late[..]));
+        assert_ne!(at(&a), at(&b));
+        assert_eq!(at(&name(b"x-perf").unwrap()), at(&first));
+        // A standard name is kept as `http`'s own (no bytes to compare but its text).
+        assert_eq!(name(b"content-type").unwrap(), http::header::CONTENT_TYPE);
     }
 
     #[test]
