@@ -33,6 +33,7 @@
 // moves of each head per phase.
 #![deny(unsafe_code)]
 
+pub mod header_maps;
 pub mod stream_info;
 pub mod wasm;
 

@@ -240,6 +240,31 @@ impl SentHead {
     }
 }
 
+impl SentHead {
+    /// Gives the head's map back for the thread's next heads
+    /// ([`crate::header_maps::recycle`]); a packed copy has none.
+    fn recycle(self) {
+        match self.0 {
+            Sent::Request(mut head) => {
+                crate::header_maps::recycle(std::mem::take(&mut head.headers))
+            }
+            Sent::Response(mut head) => {
+                crate::header_maps::recycle(std::mem::take(&mut head.headers))
+            }
+            Sent::Packed(_) => {}
+        }
+    }
+}
+
+impl Drop for StreamInfo {
+    /// The heads kept for `on_log` end with the stream: their maps serve the
+    /// thread's next ones.
+    fn drop(&mut self) {
+        let heads = [self.sent_request.take(), self.sent_response.take()];
+        heads.into_iter().flatten().for_each(SentHead::recycle);
+    }
+}
+
 fn pack(headers: &http::HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + headers.len() * 48);
     for (name, value) in headers {

@@ -156,8 +156,13 @@ fn send<'a>(
 /// Hands the head the last attempt sent (back from the pool) to the stream's
 /// plugins, whose `on_log` sees it as Envoy's access-log context does.
 fn keep_sent(plan: &Plan<'_>, head: Option<UpstreamRequest>) {
-    if let (Some(chain), Some(head)) = (plan.chain, head) {
-        chain.keep_sent_request(head);
+    match (plan.chain, head) {
+        (Some(chain), Some(head)) => chain.keep_sent_request(head),
+        // Without plugins to log it, its map serves the worker's next request.
+        (None, Some(mut head)) => {
+            crate::headers::recycle(std::mem::take(head.request.headers_mut()));
+        }
+        (_, None) => {}
     }
 }
 

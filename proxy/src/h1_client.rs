@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 
@@ -314,7 +314,7 @@ fn parse_head(
             .map_err(|_| Failure::Protocol("invalid response status"))?;
         // Room for what the proxy adds (`server`, the service time): growing a
         // `HeaderMap` rehashes it.
-        let mut headers = HeaderMap::with_capacity(count + 4);
+        let mut headers = crate::headers::map_with_capacity(count + 4);
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         let mut framing_fields = h1::FramingFields::default();
@@ -551,7 +551,7 @@ mod tests {
         assert!(head.ends_with("content-length: 5\r\n\r\n"), "{head}");
         assert_eq!(framing, Framing::Length(5));
         // Unknown size: chunked, and a stale length dropped.
-        let body = RequestBody::full(Bytes::from_static(b"x"), Some(HeaderMap::new()));
+        let body = RequestBody::full(Bytes::from_static(b"x"), Some(http::HeaderMap::new()));
         let (head, framing) = head_of(Method::PUT, &[], body);
         assert!(
             head.ends_with("transfer-encoding: chunked\r\n\r\n"),

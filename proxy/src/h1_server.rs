@@ -477,7 +477,11 @@ pub(crate) async fn serve(side: SharedSide, ctx: Arc<ConnCtx>) -> io::Result<Out
                 chain.keep_sent_response(head);
                 body
             }
-            None => response.into_body(),
+            None => {
+                let (head, body) = response.into_parts();
+                crate::headers::recycle(head.headers);
+                body
+            }
         };
         let mut writer = Writer::new(head, body, framing);
         writer.trailers = Some(trailers);
@@ -790,7 +794,7 @@ fn parse(
         .map_err(|_| bad("invalid request target"))?;
     // Room for what the proxy adds (forwarding headers, request id, timeouts):
     // growing a `HeaderMap` rehashes it.
-    let mut headers = HeaderMap::with_capacity(count + 6);
+    let mut headers = crate::headers::map_with_capacity(count + 6);
     let mut case = HeaderCase::new(head.clone());
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;

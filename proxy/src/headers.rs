@@ -14,6 +14,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+pub use strait_filters::header_maps::{map_with_capacity, recycle};
+
 /// A header of the connection, not the message (RFC 9110 §7.6.1): `connection`,
 /// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`.
 pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {

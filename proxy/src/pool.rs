@@ -467,8 +467,13 @@ impl Lent<'_> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let (Some(req), Some(back)) = (self.req.take(), self.back.as_deref_mut()) {
-            *back = Some(req);
+        match (self.req.take(), self.back.as_deref_mut()) {
+            (Some(req), Some(back)) => *back = Some(req),
+            // Nobody wants the head back: its map serves the worker's next request.
+            (Some(mut req), None) => {
+                crate::headers::recycle(std::mem::take(req.request.headers_mut()));
+            }
+            (None, _) => {}
         }
     }
 }
