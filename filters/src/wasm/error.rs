@@ -51,3 +51,11 @@ pub enum WasmError {
     #[error("wasm plugin {plugin:?}: the VM serving this stream failed earlier")]
     VmFailed { plugin: String },
 }
+
+/// The host passes a callback's failure boxed (`vm::Failure`); load paths, which
+/// return it whole, unbox it with `?`.
+impl From<Box<WasmError>> for WasmError {
+    fn from(error: Box<WasmError>) -> Self {
+        *error
+    }
+}

@@ -38,9 +38,10 @@ pub struct WasmHttpFilter {
     /// VM generation and context id; `None` if the VM could not start.
     context: Option<(u64, u32)>,
     fail_open: bool,
-    /// Boxed, as `pending_reply`: both are rare, and inline (~250 bytes) they were
-    /// most of every stream's filter, built and copied into its chain per stream.
-    error: Option<Box<WasmError>>,
+    /// Boxed (as the VM returns it, and as `pending_reply`): both are rare, and
+    /// inline (~250 bytes) they were most of every stream's filter, built and copied
+    /// into its chain per stream.
+    error: Option<super::vm::Failure>,
     /// The failure was answered (500 or fail-open continue); later phases pass.
     failure_answered: bool,
     /// Boxed: kept only while a phase holds its head (or without a `StreamInfo`),
@@ -88,7 +89,7 @@ impl WasmHttpFilter {
             vm: vm.clone(),
             context,
             fail_open: vm.plugin().config().fail_open,
-            error: error.map(Box::new),
+            error,
             failure_answered: false,
             request: None,
             response: None,
@@ -190,7 +191,7 @@ impl WasmHttpFilter {
                 }
             }
             Err(error) => {
-                self.error = Some(Box::new(error));
+                self.error = Some(error);
                 self.failure_outcome()
             }
         }
@@ -310,7 +311,7 @@ impl WasmHttpFilter {
                     self.pending_reply = Some(reply);
                 }
             }
-            Err(error) => self.error = Some(Box::new(error)),
+            Err(error) => self.error = Some(error),
         }
     }
 
@@ -515,7 +516,7 @@ impl WasmHttpFilter {
         // A failure while logging cannot change the response any more; the VM
         // already logged it and will be restarted.
         if let Err(error) = result {
-            self.error.get_or_insert_with(|| Box::new(error));
+            self.error.get_or_insert(error);
         }
     }
 }

@@ -29,7 +29,7 @@ use wasmtime::{Instance, Store, TypedFunc};
 
 use super::callout::{CallAnswer, Dispatch};
 use super::state::{HostState, StreamData};
-use super::vm::WasmVm;
+use super::vm::{Failure, WasmVm};
 use super::WasmError;
 use crate::BodyBuffer;
 
@@ -130,7 +130,7 @@ pub struct WasmNetworkFilter {
     context: Option<(u64, u32)>,
     connection: Arc<ConnectionInfo>,
     fail_open: bool,
-    error: Option<WasmError>,
+    error: Option<Failure>,
     /// The plugin asked to close the connection, or failed closed.
     close: bool,
     upstream_closed: bool,
@@ -220,7 +220,7 @@ impl WasmNetworkFilter {
 
     /// The failure that ended this connection's plugin processing, if any.
     pub fn error(&self) -> Option<&WasmError> {
-        self.error.as_ref()
+        self.error.as_deref()
     }
 
     /// The callouts dispatched since the last take, for the embedder to send.
@@ -364,7 +364,7 @@ impl WasmNetworkFilter {
         });
     }
 
-    fn run(&mut self, f: impl FnOnce(&mut super::vm::Running, u32) -> Result<(), WasmError>) {
+    fn run(&mut self, f: impl FnOnce(&mut super::vm::Running, u32) -> Result<(), Failure>) {
         let mut stream = StreamData {
             connection: Some(self.connection.clone()),
             ..StreamData::default()
@@ -377,7 +377,7 @@ impl WasmNetworkFilter {
     fn run_with(
         &mut self,
         stream: &mut StreamData,
-        f: impl FnOnce(&mut super::vm::Running, u32) -> Result<(), WasmError>,
+        f: impl FnOnce(&mut super::vm::Running, u32) -> Result<(), Failure>,
     ) {
         let Some((generation, context)) = self.context else {
             return;
@@ -401,7 +401,7 @@ impl WasmNetworkFilter {
         }
     }
 
-    fn fail(&mut self, error: WasmError) {
+    fn fail(&mut self, error: Failure) {
         if !self.fail_open {
             self.close = true;
         }

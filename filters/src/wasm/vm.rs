@@ -20,6 +20,11 @@ use super::WasmError;
 use crate::BodyBuffer;
 use http::HeaderMap;
 
+/// A callback's failure, boxed: a `WasmError` is 88 bytes, and returned inline each
+/// guest call's `Result` was copied through every frame up to the filter (~30
+/// instructions a call), which keeps it boxed anyway.
+pub(crate) type Failure = Box<WasmError>;
+
 /// Per-worker handle of a plugin. Creates the VM on first use and again on the
 /// first stream after a failure; streams of a failed VM get `VmFailed`.
 pub struct WasmVm {
@@ -61,7 +66,7 @@ impl WasmVm {
     /// `proxy_on_queue_ready` on the root context, for queue `id`, which this VM
     /// registered.
     pub fn on_queue_ready(&self, id: u32) -> Result<(), WasmError> {
-        self.ensure_running()?;
+        self.ensure_running().map_err(|e| *e)?;
         self.with_running(self.generation.get(), |vm| {
             let root = vm.root_context_id;
             let exports = vm.exports.clone();
@@ -75,6 +80,7 @@ impl WasmVm {
                 None => Ok(()),
             }
         })
+        .map_err(|e| *e)
     }
 
     pub fn plugin(&self) -> &Arc<WasmPlugin> {
@@ -84,7 +90,7 @@ impl WasmVm {
     /// Starts the VM now rather than on the first stream, so configuration errors
     /// (`proxy_on_configure` returning false) surface at config time.
     pub fn start(&self) -> Result<(), WasmError> {
-        self.ensure_running().map(|_| ())
+        self.ensure_running().map(|_| ()).map_err(|e| *e)
     }
 
     /// The tick period the plugin asked for (zero: no ticks).
@@ -98,7 +104,7 @@ impl WasmVm {
     /// Runs `proxy_on_tick` on the root context; the worker calls this every
     /// `tick_period`.
     pub fn on_tick(&self) -> Result<(), WasmError> {
-        self.ensure_running()?;
+        self.ensure_running().map_err(|e| *e)?;
         self.with_running(self.generation.get(), |vm| {
             let root = vm.root_context_id;
             let exports = vm.exports.clone();
@@ -107,6 +113,7 @@ impl WasmVm {
                 None => Ok(()),
             }
         })
+        .map_err(|e| *e)
     }
 
     /// Calls the root context dispatched (in `proxy_on_tick`, `proxy_on_configure`,
@@ -130,9 +137,10 @@ impl WasmVm {
             vm.call_answer(token, answer, &mut StreamData::default())
                 .map(|_| ())
         })
+        .map_err(|e| *e)
     }
 
-    fn ensure_running(&self) -> Result<u64, WasmError> {
+    fn ensure_running(&self) -> Result<u64, Failure> {
         let mut running = self.running.borrow_mut();
         if running.as_ref().is_some_and(|vm| !vm.failed) {
             return Ok(self.generation.get());
@@ -141,12 +149,12 @@ impl WasmVm {
         self.generation.set(self.generation.get() + 1);
         self.plugin.stats.vm_starts.fetch_add(1, Ordering::Relaxed);
         let notifier = self.queue_notifier.borrow().clone();
-        *running = Some(Running::start(&self.plugin, notifier)?);
+        *running = Some(Running::start(&self.plugin, notifier).map_err(Box::new)?);
         Ok(self.generation.get())
     }
 
     /// A new stream context; returns the VM generation and the context id.
-    pub(crate) fn create_stream(&self) -> Result<(u64, u32), WasmError> {
+    pub(crate) fn create_stream(&self) -> Result<(u64, u32), Failure> {
         let generation = self.ensure_running()?;
         self.with_running(generation, |vm| {
             let id = vm.next_context_id;
@@ -175,14 +183,14 @@ impl WasmVm {
     pub(crate) fn with_running<R>(
         &self,
         generation: u64,
-        f: impl FnOnce(&mut Running) -> Result<R, WasmError>,
-    ) -> Result<R, WasmError> {
+        f: impl FnOnce(&mut Running) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
         let mut running = self.running.borrow_mut();
         match running.as_mut() {
             Some(vm) if generation == self.generation.get() && !vm.failed => f(vm),
-            _ => Err(WasmError::VmFailed {
+            _ => Err(Box::new(WasmError::VmFailed {
                 plugin: self.plugin.config.name.clone(),
-            }),
+            })),
         }
     }
 }
@@ -383,7 +391,7 @@ impl Running {
         context: u32,
         func: &TypedFunc<P, R>,
         params: P,
-    ) -> Result<R, WasmError> {
+    ) -> Result<R, Failure> {
         self.store.data_mut().effective_context = context;
         self.store.set_epoch_deadline(self.deadline_ticks);
         match func.call(&mut self.store, params) {
@@ -397,7 +405,7 @@ impl Running {
     /// and register saves several times those of the success path.
     #[cold]
     #[inline(never)]
-    fn failed(&mut self, callback: &'static str, error: wasmtime::Error) -> WasmError {
+    fn failed(&mut self, callback: &'static str, error: wasmtime::Error) -> Failure {
         self.failed = true;
         self.plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
         let error = self.classify(callback, error);
@@ -412,7 +420,7 @@ impl Running {
             backtrace,
             "plugin failed; its VM will be restarted for the next stream"
         );
-        error
+        Box::new(error)
     }
 
     fn classify(&self, callback: &'static str, error: wasmtime::Error) -> WasmError {
@@ -455,7 +463,7 @@ impl Running {
         context: u32,
         size: usize,
         end_of_stream: bool,
-    ) -> Result<i32, WasmError> {
+    ) -> Result<i32, Failure> {
         let (ctx, size, eos) = (context as i32, size as i32, i32::from(end_of_stream));
         let e = Rc::clone(&self.exports);
         let result = match phase {
@@ -499,7 +507,7 @@ impl Running {
         context: u32,
         (abi01, abi02): (&HeadersFn01, &HeadersFn),
         (size, eos): (i32, i32),
-    ) -> Option<Result<i32, WasmError>> {
+    ) -> Option<Result<i32, Failure>> {
         let ctx = context as i32;
         match (abi01, abi02) {
             (Some(f), _) => Some(self.call(name, context, f, (ctx, size))),
@@ -511,7 +519,7 @@ impl Running {
 
     /// `proxy_on_log`, then `proxy_on_done` and `proxy_on_delete`: the end of a
     /// stream context. The context is forgotten even if the plugin fails here.
-    pub(crate) fn finish_stream(&mut self, context: u32, log: bool) -> Result<(), WasmError> {
+    pub(crate) fn finish_stream(&mut self, context: u32, log: bool) -> Result<(), Failure> {
         let e = Rc::clone(&self.exports);
         let ctx = context as i32;
         let result = (|| {
@@ -549,7 +557,7 @@ impl Running {
         token: u32,
         answer: CallAnswer,
         data: &mut StreamData,
-    ) -> Result<Option<u32>, WasmError> {
+    ) -> Result<Option<u32>, Failure> {
         let calls = &mut self.store.data_mut().calls;
         let context = match answer.is_final() {
             true => calls.remove(&token),
