@@ -15,6 +15,7 @@ pub mod attempts;
 pub mod body;
 pub mod breaker;
 pub mod callout;
+mod cells;
 pub mod chain;
 pub mod clock;
 pub mod cluster;

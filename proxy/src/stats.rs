@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -92,56 +92,116 @@ impl Scope {
     }
 }
 
-/// A monotonically increasing count.
-#[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+/// Where a stat's value lives: a slot of per-thread cells (a registered stat, see
+/// `cells`), or one shared atomic (a detached handle: `default()`, a name taken by
+/// another kind, or past the slots).
+#[derive(Debug, Clone)]
+enum Cell {
+    Slot(u32),
+    Shared(Arc<AtomicU64>),
+}
 
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
+impl Cell {
+    /// A registered stat's slot (a shared atomic once the slots run out).
+    fn registered() -> Cell {
+        crate::cells::allocate(1).map_or_else(|| Cell::Shared(Arc::default()), Cell::Slot)
     }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
+
+    #[inline]
+    fn add(&self, n: u64) {
+        match self {
+            Cell::Slot(slot) => crate::cells::add(*slot, n),
+            Cell::Shared(cell) => {
+                cell.fetch_add(n, Relaxed);
+            }
+        }
     }
-    pub fn value(&self) -> u64 {
-        self.0.load(Relaxed)
+
+    fn value(&self) -> u64 {
+        match self {
+            Cell::Slot(slot) => crate::cells::sum(*slot),
+            Cell::Shared(cell) => cell.load(Relaxed),
+        }
+    }
+
+    fn set(&self, value: u64) {
+        match self {
+            Cell::Slot(slot) => crate::cells::set(*slot, value),
+            Cell::Shared(cell) => cell.store(value, Relaxed),
+        }
     }
 }
 
-/// A value that goes up and down (active connections, pool sizes).
-#[derive(Debug, Clone, Default)]
-pub struct Gauge(Arc<AtomicI64>);
+impl Default for Cell {
+    fn default() -> Self {
+        Cell::Shared(Arc::default())
+    }
+}
 
-impl Gauge {
+/// A monotonically increasing count. Registered (`Store::counter`), its adds are
+/// per-thread (`cells`): a load and a store on a line only this thread writes.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Cell);
+
+impl Counter {
+    #[inline]
     pub fn inc(&self) {
         self.add(1);
     }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.add(n);
+    }
+    pub fn value(&self) -> u64 {
+        self.0.value()
+    }
+}
+
+/// A value that goes up and down (active connections, pool sizes). Registered, its
+/// adds are per-thread as a counter's; `set` makes the sum the value.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Cell);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
     pub fn dec(&self) {
         self.add(-1);
     }
+    #[inline]
     pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Relaxed);
+        // Two's complement: a wrapping add of `n as u64` subtracts a negative.
+        self.0.add(n as u64);
     }
     pub fn set(&self, n: i64) {
-        self.0.store(n, Relaxed);
+        self.0.set(n as u64);
     }
     pub fn value(&self) -> i64 {
-        self.0.load(Relaxed)
+        self.0.value() as i64
     }
 }
+
+/// Buckets per histogram: one per bound of `BUCKETS` and the overflow.
+const HISTOGRAM_BUCKETS: usize = BUCKETS.len() + 1;
 
 /// A distribution over `BUCKETS`; values are usually milliseconds.
 #[derive(Debug, Clone, Default)]
 pub struct Histogram(Arc<HistogramCells>);
 
-/// Recording a value costs two atomic adds (its bucket and the sum): the count is
-/// the buckets' total, read at scrape time, and min and max are written only when
-/// the value passes them (`fetch_min`/`fetch_max` are a `lock cmpxchg` loop on x86,
-/// paid even when nothing changes). Two histograms take a value per proxied request.
+/// Recording a value adds to its bucket and to the sum: per-thread cells for a
+/// registered histogram (a run of `HISTOGRAM_BUCKETS + 1` slots), shared atomics for a
+/// detached one. The count is the buckets' total, read at scrape time; min and max
+/// are shared and written only when a value passes them (`fetch_min`/`fetch_max` are
+/// a `lock cmpxchg` loop on x86, paid even when nothing changes).
 #[derive(Debug)]
 struct HistogramCells {
+    /// The first of the slots (buckets, then the sum); `None`: `shared` holds them.
+    slots: Option<u32>,
     /// Per-bucket (not cumulative) counts; the last one is the overflow bucket.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS],
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
@@ -150,6 +210,7 @@ struct HistogramCells {
 impl Default for HistogramCells {
     fn default() -> Self {
         HistogramCells {
+            slots: None,
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum: AtomicU64::new(0),
             min: AtomicU64::new(u64::MAX),
@@ -159,11 +220,28 @@ impl Default for HistogramCells {
 }
 
 impl Histogram {
+    /// A registered histogram: its buckets and sum in per-thread cells.
+    fn registered() -> Histogram {
+        let slots = crate::cells::allocate(HISTOGRAM_BUCKETS as u32 + 1);
+        Histogram(Arc::new(HistogramCells {
+            slots,
+            ..HistogramCells::default()
+        }))
+    }
+
     pub fn record(&self, value: u64) {
         let cells = &*self.0;
         let bucket = BUCKETS.partition_point(|&bound| bound < value as f64);
-        cells.buckets[bucket].fetch_add(1, Relaxed);
-        cells.sum.fetch_add(value, Relaxed);
+        match cells.slots {
+            Some(first) => {
+                crate::cells::add(first + bucket as u32, 1);
+                crate::cells::add(first + HISTOGRAM_BUCKETS as u32, value);
+            }
+            None => {
+                cells.buckets[bucket].fetch_add(1, Relaxed);
+                cells.sum.fetch_add(value, Relaxed);
+            }
+        }
         if value < cells.min.load(Relaxed) {
             cells.min.fetch_min(value, Relaxed);
         }
@@ -172,19 +250,33 @@ impl Histogram {
         }
     }
 
+    /// Per-bucket counts and the sum, read once.
+    fn read(&self) -> ([u64; HISTOGRAM_BUCKETS], u64) {
+        let cells = &*self.0;
+        match cells.slots {
+            Some(first) => {
+                let sums = crate::cells::sums(first, HISTOGRAM_BUCKETS + 1);
+                (std::array::from_fn(|i| sums[i]), sums[HISTOGRAM_BUCKETS])
+            }
+            None => (
+                std::array::from_fn(|i| cells.buckets[i].load(Relaxed)),
+                cells.sum.load(Relaxed),
+            ),
+        }
+    }
+
     pub fn count(&self) -> u64 {
-        self.0.buckets.iter().map(|b| b.load(Relaxed)).sum()
+        self.read().0.iter().sum()
     }
 
     pub fn sum(&self) -> u64 {
-        self.0.sum.load(Relaxed)
+        self.read().1
     }
 
     /// Estimate of quantile `q` (0..=1): linear interpolation inside the bucket that
     /// holds it, clamped to the observed min and max. NaN when nothing was recorded.
     pub fn quantile(&self, q: f64) -> f64 {
-        let counts: [u64; BUCKETS.len() + 1] =
-            std::array::from_fn(|i| self.0.buckets[i].load(Relaxed));
+        let (counts, _) = self.read();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return f64::NAN;
@@ -211,10 +303,11 @@ impl Histogram {
     /// Cumulative counts per bound of `BUCKETS`, then the total (`+Inf`).
     fn cumulative(&self) -> Vec<u64> {
         let mut running = 0;
-        let buckets = self.0.buckets.iter();
-        buckets
-            .map(|b| {
-                running += b.load(Relaxed);
+        self.read()
+            .0
+            .iter()
+            .map(|n| {
+                running += n;
                 running
             })
             .collect()
@@ -317,46 +410,57 @@ impl Store {
         let registry = self.registry.lock();
         for metric in registry.values() {
             if let Handle::Counter(c) = &metric.handle {
-                c.0.store(0, Relaxed);
+                c.0.set(0);
             }
         }
     }
 
     pub fn counter(&self, scope: &Scope, stat: &str) -> Counter {
-        match self.register(scope, stat, || Handle::Counter(Counter::default())) {
+        let new = || Handle::Counter(Counter(Cell::registered()));
+        match self.register(scope, stat, "counter", new) {
             Some(Handle::Counter(c)) => c,
             _ => Counter::default(),
         }
     }
 
     pub fn gauge(&self, scope: &Scope, stat: &str) -> Gauge {
-        match self.register(scope, stat, || Handle::Gauge(Gauge::default())) {
+        let new = || Handle::Gauge(Gauge(Cell::registered()));
+        match self.register(scope, stat, "gauge", new) {
             Some(Handle::Gauge(g)) => g,
             _ => Gauge::default(),
         }
     }
 
     pub fn histogram(&self, scope: &Scope, stat: &str) -> Histogram {
-        match self.register(scope, stat, || Handle::Histogram(Histogram::default())) {
+        let new = || Handle::Histogram(Histogram::registered());
+        match self.register(scope, stat, "histogram", new) {
             Some(Handle::Histogram(h)) => h,
             _ => Histogram::default(),
         }
     }
 
-    /// The existing handle of that name, or a new one. `None` (after a warning) when the
-    /// name is taken by another kind; the caller then hands out a detached handle.
-    fn register(&self, scope: &Scope, stat: &str, new: impl FnOnce() -> Handle) -> Option<Handle> {
+    /// The existing handle of that name, or a new one (`new` runs only then: a
+    /// registered stat takes slots, and a reload re-registers every name). `None`
+    /// (after a warning) when the name is taken by another kind; the caller then
+    /// hands out a detached handle.
+    fn register(
+        &self,
+        scope: &Scope,
+        stat: &str,
+        kind: &'static str,
+        new: impl FnOnce() -> Handle,
+    ) -> Option<Handle> {
         let name = scope.name(stat);
-        let fresh = new();
         let mut registry = self.registry.lock();
         if let Some(existing) = registry.get(&name) {
-            if existing.handle.kind() == fresh.kind() {
+            if existing.handle.kind() == kind {
                 return Some(existing.handle.clone());
             }
-            let (existing, wanted) = (existing.handle.kind(), fresh.kind());
-            tracing::warn!(%name, existing, wanted, "stat registered with another type");
+            let existing = existing.handle.kind();
+            tracing::warn!(%name, existing, wanted = kind, "stat registered with another type");
             return None;
         }
+        let fresh = new();
         let labels = scope
             .label
             .as_ref()
