@@ -170,12 +170,14 @@ impl ConnCtx {
     /// The listener's config in the current runtime, or the one the connection was
     /// accepted with when the listener has since been removed (the connection then
     /// closes after this response).
-    fn listener(&self, rt: &Runtime) -> Arc<ListenerRuntime> {
+    /// Borrowed: the request holds `rt` to its end, and the stream guard takes the
+    /// one count it needs (each count is an atomic on a line every worker writes).
+    fn listener<'a>(&'a self, rt: &'a Runtime) -> &'a Arc<ListenerRuntime> {
         match rt.listener(&self.listener.config.name) {
-            Some(listener) => listener.clone(),
+            Some(listener) => listener,
             None => {
                 self.activity.listener_removed();
-                self.listener.clone()
+                &self.listener
             }
         }
     }
@@ -236,9 +238,9 @@ pub async fn handle(
             mutations: None,
         };
         let guard = guard.expect("guard just made");
-        return Ok(local_reply(failure, grpc, &listener, guard, &native));
+        return Ok(local_reply(failure, grpc, listener, guard, &native));
     }
-    let proxied = proxy(req, case, &conn, &rt, &listener, &mut guard, &mut native).await;
+    let proxied = proxy(req, case, &conn, &rt, listener, &mut guard, &mut native).await;
     Ok(match proxied {
         Ok(resp) => resp,
         Err(failure) => {
@@ -259,7 +261,7 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            local_reply(failure, grpc, &listener, guard, &native)
+            local_reply(failure, grpc, listener, guard, &native)
         }
     })
 }
