@@ -1,12 +1,13 @@
 //! The stats store: counters, gauges and histograms named like Envoy's.
 //!
 //! Handles are registered at config time (`Store::counter` and friends format the name
-//! and take the registry lock once); a request then only touches `Relaxed` atomics
-//! through the handles it was given: no string formatting, no lock, nothing shared
-//! but the cache lines of the stats it updates. The registry lock is taken again only
-//! by registration and by the admin renderers.
+//! and take the registry lock once); a request then only adds to its own thread's
+//! cells through the handles it was given (`cells`): no string formatting, no lock,
+//! no `lock`-prefixed instruction, no line another worker writes. The registry lock
+//! is taken again only by registration and by the admin renderers, which sum the
+//! threads' cells.
 //!
-//! Registering a name that exists returns the same atomics, so a config reload that
+//! Registering a name that exists returns the same handle, so a config reload that
 //! re-registers its stats keeps their values. Each stat records its Prometheus family
 //! and label when registered (from its `Scope`), because a cluster name may contain
 //! dots and cannot be recovered from the dotted name.
@@ -198,48 +199,62 @@ pub struct Histogram(Arc<HistogramCells>);
 /// a `lock cmpxchg` loop on x86, paid even when nothing changes).
 #[derive(Debug)]
 struct HistogramCells {
-    /// The first of the slots (buckets, then the sum); `None`: `shared` holds them.
-    slots: Option<u32>,
-    /// Per-bucket (not cumulative) counts; the last one is the overflow bucket.
-    buckets: [AtomicU64; HISTOGRAM_BUCKETS],
-    sum: AtomicU64,
+    counts: Counts,
     min: AtomicU64,
     max: AtomicU64,
 }
 
-impl Default for HistogramCells {
-    fn default() -> Self {
+/// Where a histogram's per-bucket (not cumulative) counts and sum are: the last
+/// bucket is the overflow.
+#[derive(Debug)]
+enum Counts {
+    /// The first of `HISTOGRAM_BUCKETS + 1` slots: the buckets, then the sum.
+    Slots(u32),
+    Shared {
+        buckets: [AtomicU64; HISTOGRAM_BUCKETS],
+        sum: AtomicU64,
+    },
+}
+
+impl HistogramCells {
+    fn new(counts: Counts) -> Self {
         HistogramCells {
-            slots: None,
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum: AtomicU64::new(0),
+            counts,
             min: AtomicU64::new(u64::MAX),
             max: AtomicU64::new(0),
         }
     }
 }
 
+impl Default for HistogramCells {
+    fn default() -> Self {
+        HistogramCells::new(Counts::Shared {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        })
+    }
+}
+
 impl Histogram {
     /// A registered histogram: its buckets and sum in per-thread cells.
     fn registered() -> Histogram {
-        let slots = crate::cells::allocate(HISTOGRAM_BUCKETS as u32 + 1);
-        Histogram(Arc::new(HistogramCells {
-            slots,
-            ..HistogramCells::default()
-        }))
+        match crate::cells::allocate(HISTOGRAM_BUCKETS as u32 + 1) {
+            Some(first) => Histogram(Arc::new(HistogramCells::new(Counts::Slots(first)))),
+            None => Histogram::default(),
+        }
     }
 
     pub fn record(&self, value: u64) {
         let cells = &*self.0;
         let bucket = BUCKETS.partition_point(|&bound| bound < value as f64);
-        match cells.slots {
-            Some(first) => {
+        match &cells.counts {
+            Counts::Slots(first) => {
                 crate::cells::add(first + bucket as u32, 1);
                 crate::cells::add(first + HISTOGRAM_BUCKETS as u32, value);
             }
-            None => {
-                cells.buckets[bucket].fetch_add(1, Relaxed);
-                cells.sum.fetch_add(value, Relaxed);
+            Counts::Shared { buckets, sum } => {
+                buckets[bucket].fetch_add(1, Relaxed);
+                sum.fetch_add(value, Relaxed);
             }
         }
         if value < cells.min.load(Relaxed) {
@@ -252,15 +267,14 @@ impl Histogram {
 
     /// Per-bucket counts and the sum, read once.
     fn read(&self) -> ([u64; HISTOGRAM_BUCKETS], u64) {
-        let cells = &*self.0;
-        match cells.slots {
-            Some(first) => {
-                let sums = crate::cells::sums(first, HISTOGRAM_BUCKETS + 1);
+        match &self.0.counts {
+            Counts::Slots(first) => {
+                let sums = crate::cells::sums(*first, HISTOGRAM_BUCKETS + 1);
                 (std::array::from_fn(|i| sums[i]), sums[HISTOGRAM_BUCKETS])
             }
-            None => (
-                std::array::from_fn(|i| cells.buckets[i].load(Relaxed)),
-                cells.sum.load(Relaxed),
+            Counts::Shared { buckets, sum } => (
+                std::array::from_fn(|i| buckets[i].load(Relaxed)),
+                sum.load(Relaxed),
             ),
         }
     }
@@ -502,11 +516,14 @@ impl Store {
                         Handle::Gauge(gauge)
                     }
                     ExternalValue::Histogram { sum, count } => {
-                        let histogram = Histogram::default();
-                        let cells = &histogram.0;
-                        cells.buckets[BUCKETS.len()].store(count, Relaxed);
-                        cells.sum.store(sum, Relaxed);
-                        Handle::Histogram(histogram)
+                        // The overflow bucket holds the count: only `+Inf`, `_sum`
+                        // and `_count` are rendered for these.
+                        let buckets = std::array::from_fn(|i| {
+                            AtomicU64::new(if i == BUCKETS.len() { count } else { 0 })
+                        });
+                        let sum = AtomicU64::new(sum);
+                        let cells = HistogramCells::new(Counts::Shared { buckets, sum });
+                        Handle::Histogram(Histogram(Arc::new(cells)))
                     }
                 };
                 let metric = Metric {
