@@ -158,10 +158,8 @@ fn send<'a>(
 fn keep_sent(plan: &Plan<'_>, head: Option<UpstreamRequest>) {
     match (plan.chain, head) {
         (Some(chain), Some(head)) => chain.keep_sent_request(head),
-        // Without plugins to log it, its map serves the worker's next request.
-        (None, Some(mut head)) => {
-            crate::headers::recycle(std::mem::take(head.request.headers_mut()));
-        }
+        // Without plugins to log it.
+        (None, Some(head)) => head.recycle(),
         (_, None) => {}
     }
 }

@@ -79,8 +79,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(request: Request<RequestBody>, case: Option<HeaderCase>) -> Upstream {
-        Upstream { request, case }
+    /// Ends a head nobody needs any more: its header map serves the worker's next
+    /// request (`strait_filters::header_maps`). Boxed, as heads travel: not moved out.
+    pub(crate) fn recycle(mut self: Box<Self>) {
+        crate::headers::recycle(std::mem::take(self.request.headers_mut()));
     }
 
     /// A copy of the head (extensions and header case included), without the body.
@@ -469,10 +471,8 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         match (self.req.take(), self.back.as_deref_mut()) {
             (Some(req), Some(back)) => *back = Some(req),
-            // Nobody wants the head back: its map serves the worker's next request.
-            (Some(mut req), None) => {
-                crate::headers::recycle(std::mem::take(req.request.headers_mut()));
-            }
+            // Nobody wants the head back.
+            (Some(req), None) => req.recycle(),
             (None, _) => {}
         }
     }
